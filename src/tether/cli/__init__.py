@@ -1,0 +1,1 @@
+"""The ``tether`` command line: thin wrappers over configs and recipes, heavy imports deferred."""

@@ -1,0 +1,50 @@
+"""``tether config``: list and show shipped configs, resolved and validated."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import typer
+
+from tether.cli.common import SetOpt
+from tether.core.config import Config, dump_config, load_config, packaged_configs
+from tether.core.errors import ConfigError
+
+app = typer.Typer(help="List, show and validate configs.", no_args_is_help=True)
+
+# Which config class a shipped config's folder holds (tether/configs/<folder>/<name>.yaml).
+CONFIG_CLASSES: dict[str, str] = {
+    "sft": "tether.train.sft:SFTConfig",
+}
+
+
+def config_class(kind: str) -> type[Config]:
+    """The config class for a folder name such as ``sft``."""
+    if kind not in CONFIG_CLASSES:
+        raise ConfigError(f"no config kind {kind!r}; known: {', '.join(CONFIG_CLASSES)}")
+    module, _, name = CONFIG_CLASSES[kind].partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+@app.command("list")
+def list_() -> None:
+    """Print the name of every shipped config.
+
+    Example: tether config list
+    """
+    for name in packaged_configs():
+        typer.echo(name)
+
+
+@app.command()
+def show(name: str, set_: SetOpt = None,
+         kind: str | None = typer.Option(None, help="config kind (sft, ...) for a file outside tether/configs")) -> None:
+    """Validate a config (shipped name or file) and print it with every default filled in.
+
+    Example: tether config show sft/demo --set optim.lr=3e-4
+    """
+    cfg_kind = kind or Path(name).parts[0] if not Path(name).is_file() else kind
+    if cfg_kind is None:
+        raise ConfigError(f"{name}: pass --kind (one of {', '.join(CONFIG_CLASSES)}) for a config file")
+    typer.echo(dump_config(load_config(config_class(cfg_kind), name, set_ or [])), nl=False)

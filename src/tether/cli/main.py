@@ -1,0 +1,77 @@
+"""Entry point of the ``tether`` command.
+
+User mistakes (a missing path, a bad config key, a malformed row) print one line and exit
+with code 2; unexpected errors print one line and exit 1; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from tether import __version__
+from tether.cli import config_cmd, data_cmd, models_cmd, train_cmd
+
+app = typer.Typer(
+    name="tether",
+    help="Align language models and prove it: train, attack, measure.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(train_cmd.app, name="train")
+app.add_typer(models_cmd.app, name="models")
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(config_cmd.app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tether {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks and debug logs")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        # transformers and accelerate log advice meant for library authors; keep the terminal for results.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; map errors to exit codes (2: user error, 1: internal error)."""
+    from tether.core.errors import UserError
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or bool(os.environ.get("TETHER_DEBUG"))
+    try:
+        app(args=args, prog_name="tether", standalone_mode=True)
+    except UserError as exc:
+        if debug:
+            raise
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
+        if debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        typer.secho(f"internal error: {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+                    err=True, fg=typer.colors.RED)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""``tether train``: training recipes."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, build_config
+
+app = typer.Typer(help="Train a model (SFT; reward models, DPO, PPO, GRPO as they land).", no_args_is_help=True)
+
+
+@app.command()
+def sft(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False) -> None:
+    """Supervised fine-tuning on completion / assistant tokens only.
+
+    Example: tether train sft --config sft/demo --set loop.max_steps=20 --out runs/sft-demo
+    """
+    from tether.train import sft as recipe
+
+    cfg = build_config(recipe.SFTConfig, config, set_, out)
+    summary = recipe.run(cfg, resume=resume)
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"model: {cfg.out}/model   run: {cfg.out}")

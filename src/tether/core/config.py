@@ -1,0 +1,173 @@
+"""Typed configs: one pydantic model per command, YAML for storage, dotted overrides.
+
+Every command's config subclasses :class:`Config` (``extra="forbid"``), so an unknown
+key is an error rather than a silently ignored typo. Errors name the dotted key and,
+where it helps, the allowed keys or values::
+
+    config key 'optim.lrr' is not allowed; allowed keys: lr, weight_decay, warmup_steps
+    config key 'optim.schedule': Input should be 'constant', 'linear' or 'cosine' (got 'cosin')
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tether.core.errors import ConfigError
+
+C = TypeVar("C", bound="Config")
+
+
+class Config(BaseModel):
+    """Base of every typed config: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def packaged_config_dir() -> Path:
+    """The directory of configs shipped inside the package (``tether/configs``)."""
+    return Path(str(resources.files("tether") / "configs"))
+
+
+def packaged_configs() -> list[str]:
+    """Names of every shipped config, e.g. ``["sft/demo"]``."""
+    root = packaged_config_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config file path: an existing file, or a shipped config name such as ``sft/demo``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = packaged_config_dir() / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+        known = ", ".join(packaged_configs())
+        raise ConfigError(f"config file {str(name_or_path)!r} not found (shipped configs: {known})")
+    raise ConfigError(f"no config named {str(name_or_path)!r}; shipped configs: {', '.join(packaged_configs())}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"optim.lr=1e-5"`` into (``["optim", "lr"]``, value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key.subkey=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with every dotted override set, creating nested tables as needed."""
+    result = _deep_copy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for depth, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                prefix = ".".join(keys[: depth + 1])
+                raise ConfigError(f"override {text!r}: config key {prefix!r} is a value, not a table")
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+def load_config(
+    cls: type[C], source: str | Path | None = None, overrides: Sequence[str] = ()
+) -> C:
+    """Build a ``cls`` from an optional YAML file (path or shipped name) and dotted overrides.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a key or value does not validate.
+    """
+    data: dict[str, Any] = {}
+    where = "overrides"
+    if source is not None:
+        path = resolve_config_path(source)
+        where = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}:{line} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(loaded).__name__}")
+        data = loaded
+    data = apply_overrides(data, overrides)
+    return validate_config(cls, data, where=where)
+
+
+def validate_config(cls: type[C], data: dict[str, Any], *, where: str = "config") -> C:
+    """Validate a plain dict as ``cls``, turning pydantic's errors into one readable line."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {format_validation_error(cls, exc)}") from None
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The config as YAML, every field written out (defaults included), keys in declaration order."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def format_validation_error(cls: type[BaseModel], exc: ValidationError) -> str:
+    """One line per problem, joined by '; ', each naming the dotted key at fault."""
+    parts = []
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"]]
+        key = ".".join(loc) or "<root>"
+        if error["type"] == "extra_forbidden":
+            allowed = _allowed_keys(cls, list(error["loc"][:-1]))
+            hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
+            parts.append(f"config key {key!r} is not allowed{hint}")
+        elif error["type"] == "missing":
+            parts.append(f"config key {key!r} is required")
+        else:
+            parts.append(f"config key {key!r}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _allowed_keys(cls: type[BaseModel], loc: list[Any]) -> list[str]:
+    """Field names of the (nested) model that ``loc`` points into."""
+    model: type[BaseModel] | None = cls
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``Foo``, ``Foo | None`` or ``list[Foo]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}

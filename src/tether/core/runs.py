@@ -1,0 +1,171 @@
+"""Run directories: every command writes one, so any result can be traced to what made it.
+
+Layout::
+
+    DIR/config.yaml      the resolved config, every field written out
+    DIR/metrics.jsonl    one JSON object per logged step, appended and flushed as it goes
+    DIR/record.json      a typed, versioned RunRecord: what ran, versions, seed, timings, outputs
+    DIR/checkpoints/     training state for --resume
+    DIR/...              artifacts (models, datasets, reports)
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from tether.core.config import dump_config
+from tether.core.errors import UserError
+
+RECORD_SCHEMA_VERSION = 1
+_TRACKED_PACKAGES = ("tether", "torch", "transformers", "tokenizers", "accelerate", "peft", "datasets")
+
+
+class RunRecord(BaseModel):
+    """What ran, with what, and what it produced. Written to ``record.json``."""
+
+    schema_version: int = RECORD_SCHEMA_VERSION
+    command: str
+    status: Literal["running", "finished", "failed", "interrupted"] = "running"
+    seed: int | None = None
+    started_at: str
+    finished_at: str | None = None
+    seconds: float | None = None
+    resumed: int = Field(0, description="how many times this run was resumed")
+    versions: dict[str, str] = Field(default_factory=dict)
+    git_revision: str | None = None
+    host: str = Field(default_factory=platform.node)
+    outputs: dict[str, str] = Field(default_factory=dict, description="name -> path, relative to the run dir")
+    counters: dict[str, int] = Field(default_factory=dict, description="e.g. skipped_rows")
+    summary: dict[str, Any] = Field(default_factory=dict, description="final metrics")
+    error: str | None = None
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of tether's core packages, plus Python."""
+    found = {"python": platform.python_version()}
+    for name in _TRACKED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def git_revision(start: Path | None = None) -> str | None:
+    """The git commit of the working tree tether runs from (or ``start``), if any; '+dirty' when modified."""
+    cwd = start or Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{rev}+dirty" if dirty else rev
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class RunDir:
+    """A run directory opened for writing.
+
+    ``resume=False`` refuses a directory that already holds a run, so nothing is overwritten
+    by accident; ``resume=True`` reopens it, keeping metrics and checkpoints.
+    """
+
+    def __init__(self, path: str | Path, *, command: str, config: BaseModel, seed: int | None,
+                 resume: bool = False) -> None:
+        self.path = Path(path)
+        self.record_path = self.path / "record.json"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.checkpoints = self.path / "checkpoints"
+        self._started = time.perf_counter()
+        existing = self.record_path.is_file()
+        if existing and not resume:
+            raise UserError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
+        if resume and not existing:
+            raise UserError(f"--resume: {self.path} holds no run to resume (no record.json)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.checkpoints.mkdir(exist_ok=True)
+        if existing:
+            self.record = RunRecord.model_validate_json(self.record_path.read_text())
+            self.record.resumed += 1
+            self.record.status = "running"
+            self.record.error = None
+        else:
+            self.record = RunRecord(command=command, seed=seed, started_at=_now())
+        self.record.versions = package_versions()
+        self.record.git_revision = git_revision()
+        (self.path / "config.yaml").write_text(dump_config(config))
+        self.save_record()
+
+    def log_metrics(self, metrics: dict[str, Any]) -> None:
+        """Append one JSON line to ``metrics.jsonl`` and flush it, so a killed run loses nothing logged."""
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(metrics, sort_keys=False) + "\n")
+            fh.flush()
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every logged line, in order."""
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop logged lines with ``step > after_step`` (written after the checkpoint a resume starts from)."""
+        kept = [m for m in self.read_metrics() if m.get("step", 0) <= after_step]
+        self.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+
+    def add_output(self, name: str, path: str | Path) -> None:
+        """Record an artifact, stored relative to the run directory where possible."""
+        p = Path(path)
+        try:
+            p = p.resolve().relative_to(self.path.resolve())
+        except ValueError:
+            pass
+        self.record.outputs[name] = str(p)
+        self.save_record()
+
+    def count(self, name: str, amount: int) -> None:
+        """Add to a named counter (e.g. ``skipped_rows``) in the record."""
+        self.record.counters[name] = self.record.counters.get(name, 0) + amount
+        self.save_record()
+
+    def record_skipped(self, messages: list[str]) -> None:
+        """Count skipped input rows and keep every reason in ``skipped_rows.txt`` (file:line: why)."""
+        if not messages:
+            return
+        with (self.path / "skipped_rows.txt").open("a") as fh:
+            fh.writelines(m + "\n" for m in messages)
+        self.count("skipped_rows", len(messages))
+
+    def finish(self, status: Literal["finished", "failed", "interrupted"] = "finished", *,
+               summary: dict[str, Any] | None = None, error: str | None = None) -> None:
+        """Close the record with a status, the final summary and the elapsed time."""
+        self.record.status = status
+        self.record.finished_at = _now()
+        self.record.seconds = round((self.record.seconds or 0.0) + time.perf_counter() - self._started, 3)
+        if summary is not None:
+            self.record.summary = summary
+        self.record.error = error
+        self.save_record()
+
+    def save_record(self) -> None:
+        """Write ``record.json`` atomically (write then rename), so it is never half-written."""
+        tmp = self.record_path.with_suffix(".json.tmp")
+        tmp.write_text(self.record.model_dump_json(indent=2))
+        tmp.replace(self.record_path)

@@ -1,0 +1,44 @@
+"""Where datasets come from: a file or directory path, or a registered built-in source.
+
+``builtin:NAME`` names a generator registered in :data:`DATASET_SOURCES` (the world
+registers its datasets there); anything else is a path read by :func:`read_records`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from tether.core.registry import Registry
+from tether.data.io import LoadedRecords, parse_rows, read_records
+
+R = TypeVar("R", bound=BaseModel)
+
+DATASET_SOURCES: Registry[Callable[[int], list[dict[str, Any]]]] = Registry("dataset source")
+
+
+def load_records(spec: str, record_type: type[R], *, seed: int = 0, skip_bad: bool = False) -> LoadedRecords[R]:
+    """Records from ``builtin:NAME`` (generated with ``seed``) or from a path."""
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        rows = DATASET_SOURCES.get(name)(seed)
+        return parse_rows(((f"{spec}[{i}]", row) for i, row in enumerate(rows)), record_type,
+                          source=spec, skip_bad=skip_bad)
+    return read_records(spec, record_type, skip_bad=skip_bad)
+
+
+@DATASET_SOURCES.register("arithmetic-chat")
+def arithmetic_chat(seed: int, size: int = 512) -> list[dict[str, Any]]:
+    """Two-digit addition as chat demonstrations; a demo dataset that needs no files."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(size):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        rows.append({"messages": [
+            {"role": "user", "content": f"What is {a} + {b}?"},
+            {"role": "assistant", "content": f"{a} + {b} = {a + b}."},
+        ]})
+    return rows

@@ -1,0 +1,1 @@
+"""Pure loss functions: tensors in, a NamedTuple out; no configs, no I/O, no devices."""

@@ -1,0 +1,1 @@
+"""Hugging Face models: loading, LoRA, chat templates, log-probs, reward heads, generation."""

@@ -1,0 +1,225 @@
+"""Batched generation behind one interface: the ``Generator`` protocol.
+
+Two in-process backends:
+- ``sampler`` (default): tether's own loop over the KV cache: left padding, positions from
+  the attention mask, temperature / top-k / top-p, stop strings and EOS, a seeded
+  ``torch.Generator``, per-token log-probs of the sampled tokens. Faster than
+  ``model.generate`` on small models where per-step overhead dominates (see bench/generation.py).
+- ``hf-generate``: ``transformers``' ``model.generate``, for architectures or features the
+  sampler does not cover.
+
+Log-probs convention: ``Completion.logprobs[i]`` is log p(token_i | context) under the
+model's *raw* distribution (temperature 1, no top-k/top-p truncation), the quantity a
+trainer recomputes; the same choice vLLM makes by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from tether.core.config import Config
+from tether.models.chat import Prompt, prompt_text
+from tether.models.logprobs import position_ids_from_mask
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class GenerationSettings(Config):
+    """How to sample completions."""
+
+    max_new_tokens: int = Field(64, ge=1, description="tokens generated at most per completion")
+    temperature: float = Field(1.0, ge=0.0, description="0 means greedy decoding")
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 keeps all")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass; 1 keeps all")
+    stop: list[str] = Field(default_factory=list, description="stop strings; excluded from the returned text")
+    seed: int = Field(0, description="seed of the sampling generator")
+    batch_size: int = Field(32, ge=1, description="prompts per forward batch")
+    backend: Literal["sampler", "hf-generate"] = Field("sampler", description="see tether.models.generation")
+
+
+@dataclass
+class Completion:
+    """One generated completion."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: Literal["eos", "stop", "length"] = "length"
+
+
+class Generator(Protocol):
+    """Prompts in, completions out, one per prompt, in order."""
+
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
+        """Complete every prompt (plain text, or messages rendered with the chat template)."""
+        ...
+
+
+def filter_logits(logits: Tensor, *, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Set logits outside the top-k and the top-p nucleus to -inf.  (B, V) -> (B, V)
+
+    The nucleus is the smallest set of most likely tokens whose probability reaches ``top_p``;
+    the most likely token is always kept.
+    """
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token when the mass *before* it already reaches top_p.
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def pick_tokens(logits: Tensor, settings: GenerationSettings, generator: torch.Generator) -> Tensor:
+    """Greedy (temperature 0) or sampled next tokens.  (B, V) -> (B,)"""
+    if settings.temperature == 0.0:
+        return logits.argmax(-1)
+    scaled = filter_logits(logits.float() / settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+    return torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+class HFGenerator:
+    """A :class:`Generator` over an in-process HF model and its tokenizer."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        eos = {tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
+        self.eos_ids = sorted(e for e in eos if e is not None)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
+        """Token ids per prompt; plain text gets the tokenizer's special tokens, templates bring their own."""
+        return [
+            list(self.tokenizer(prompt_text(self.tokenizer, p), add_special_tokens=isinstance(p, str))["input_ids"])
+            for p in prompts
+        ]
+
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
+        """Complete every prompt, batching prompts of similar length together."""
+        encoded = self.encode(prompts)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        generator = torch.Generator(device=self.model.device).manual_seed(settings.seed)
+        results: list[Completion | None] = [None] * len(encoded)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(order), settings.batch_size):
+                batch = order[start:start + settings.batch_size]
+                run = self._sample if settings.backend == "sampler" else self._hf_generate
+                for i, completion in zip(batch, run([encoded[i] for i in batch], settings, generator), strict=True):
+                    results[i] = completion
+        finally:
+            self.model.train(was_training)
+        return [r for r in results if r is not None]
+
+    def _left_pad(self, batch: list[list[int]]) -> tuple[Tensor, Tensor]:
+        width = max(len(ids) for ids in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, seq in enumerate(batch):
+            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+        return ids.to(self.model.device), mask.to(self.model.device)
+
+    @torch.inference_mode()
+    def _sample(self, batch: list[list[int]], settings: GenerationSettings,
+                generator: torch.Generator) -> list[Completion]:
+        ids, mask = self._left_pad(batch)                                    # (B, P)
+        positions = position_ids_from_mask(mask)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        cache = out.past_key_values
+        next_pos = positions[:, -1:] + 1                                     # (B, 1)
+        eos = torch.tensor(self.eos_ids, device=ids.device)
+        size = len(batch)
+        tokens = torch.full((size, settings.max_new_tokens), self.pad_id, dtype=torch.long, device=ids.device)
+        logprobs = torch.zeros((size, settings.max_new_tokens), dtype=torch.float32, device=ids.device)
+        finished = torch.zeros(size, dtype=torch.bool, device=ids.device)
+        reasons: list[str] = ["length"] * size
+        lengths = [settings.max_new_tokens] * size
+        logits = out.logits[:, -1]                                           # (B, V)
+        for step in range(settings.max_new_tokens):
+            chosen = pick_tokens(logits, settings, generator)                # (B,)
+            chosen = torch.where(finished, self.pad_id, chosen)
+            tokens[:, step] = chosen
+            logprobs[:, step] = torch.log_softmax(logits.float(), -1).gather(-1, chosen[:, None]).squeeze(-1)
+            hit_eos = torch.isin(chosen, eos) & ~finished
+            for row in hit_eos.nonzero().flatten().tolist():
+                reasons[row], lengths[row] = "eos", step + 1
+            finished |= hit_eos
+            if settings.stop:
+                for row in (~finished).nonzero().flatten().tolist():
+                    if self._hits_stop(tokens[row, : step + 1], settings.stop):
+                        reasons[row], lengths[row] = "stop", step + 1
+                        finished[row] = True
+            if bool(finished.all()) or step + 1 == settings.max_new_tokens:
+                break
+            mask = torch.cat([mask, torch.ones((size, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+            out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos,
+                             past_key_values=cache, use_cache=True)
+            cache, next_pos = out.past_key_values, next_pos + 1
+            logits = out.logits[:, -1]
+        return [
+            self._completion(tokens[row, : lengths[row]].tolist(), logprobs[row, : lengths[row]].tolist(),
+                             reasons[row], settings.stop)
+            for row in range(size)
+        ]
+
+    def _hf_generate(self, batch: list[list[int]], settings: GenerationSettings,
+                     generator: torch.Generator) -> list[Completion]:
+        ids, mask = self._left_pad(batch)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        sample = settings.temperature > 0
+        kwargs = dict(temperature=settings.temperature, top_k=settings.top_k or None, top_p=settings.top_p) if sample else {}
+        with torch.random.fork_rng(devices=[] if ids.device.type == "cpu" else [ids.device]):
+            torch.manual_seed(seed)
+            out = self.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens, do_sample=sample,
+                eos_token_id=self.eos_ids, pad_token_id=self.pad_id, stop_strings=settings.stop or None,
+                tokenizer=self.tokenizer if settings.stop else None, return_dict_in_generate=True,
+                output_logits=True, **kwargs,
+            )
+        new = out.sequences[:, ids.shape[1]:]                                 # (B, N)
+        raw = torch.stack(out.logits, dim=1).float().log_softmax(-1)         # (B, N, V)
+        token_logps = raw.gather(-1, new[..., None]).squeeze(-1)
+        completions = []
+        for row in range(len(batch)):
+            seq = new[row].tolist()
+            end, reason = len(seq), "length"
+            for j, tok in enumerate(seq):
+                if tok in self.eos_ids:
+                    end, reason = j + 1, "eos"
+                    break
+            if reason == "length" and settings.stop:
+                for j in range(1, len(seq) + 1):
+                    if self._hits_stop(new[row, :j], settings.stop):
+                        end, reason = j, "stop"
+                        break
+            completions.append(self._completion(seq[:end], token_logps[row, :end].tolist(), reason, settings.stop))
+        return completions
+
+    def _hits_stop(self, generated: Tensor, stop: list[str]) -> bool:
+        # Only the tail can complete a stop string; decoding it alone keeps the check O(1) per step.
+        tail = self.tokenizer.decode(generated[-(max(len(s) for s in stop) + 2):], skip_special_tokens=True)
+        return any(s in tail for s in stop)
+
+    def _completion(self, ids: list[int], logps: list[float], reason: str, stop: list[str]) -> Completion:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if reason == "stop":
+            cut = min((text.find(s) for s in stop if s in text), default=len(text))
+            text = text[:cut]
+        return Completion(text=text, token_ids=ids, logprobs=logps, finish_reason=reason)  # type: ignore[arg-type]

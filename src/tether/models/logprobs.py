@@ -1,0 +1,110 @@
+"""Log-probabilities of completion tokens under a causal LM, without a full-vocabulary log-softmax.
+
+Convention (as TRL computes it): the log-prob of a sequence is the *sum* over completion
+tokens of log p(x_t | x_<t); prompt and padding tokens are masked out. Token ``t``'s
+log-prob is stored at position ``t`` (aligned with ``input_ids``), so position 0 is 0.
+
+Memory: only the hidden states of scored positions reach the output head, in chunks of
+``chunk_size`` rows, and each chunk computes ``logit[target] - logsumexp(logits)`` (never a
+(B, T, V) log-softmax). Under autograd each chunk is checkpointed, so its logits are
+recomputed in backward instead of kept.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+class CompletionLogps(NamedTuple):
+    """Log-probs of the masked tokens of a batch."""
+
+    token_logps: Tensor     # (B, T) log p(x_t | x_<t) where scored, 0 elsewhere
+    sequence_logps: Tensor  # (B,) sum of token_logps over scored tokens
+    num_tokens: Tensor      # (B,) how many tokens were scored
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions counted over real tokens only, so left padding does not shift them.  (B, T) -> (B, T)"""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def gather_token_logps(logits: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(logits)[target] as ``logit[target] - logsumexp(logits)``.  (N, V), (N,) -> (N,)
+
+    Computed in float32 whatever the logits' dtype: bf16 logsumexp loses ~2 digits.
+    """
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def completion_logps(
+    model: PreTrainedModel,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    loss_mask: Tensor,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+) -> CompletionLogps:
+    """Per-token and summed log-probs of the tokens where ``loss_mask`` is true.
+
+    Args:
+        model: any HF causal LM, optionally wrapped by peft.
+        input_ids: (B, T) prompt + completion ids, left or right padded.
+        attention_mask: (B, T) 1 on real tokens.
+        loss_mask: (B, T) true on tokens to score (completion tokens); position 0 is never scored.
+        chunk_size: rows of hidden states sent through the output head at once.
+        temperature: logits are divided by it (use the sampling temperature in RL).
+
+    Returns:
+        :class:`CompletionLogps`; differentiable when autograd is on.
+    """
+    scored = loss_mask.bool() & attention_mask.bool()
+    scored[:, 0] = False
+    hidden, head, softcap = _hidden_and_head(model, input_ids, attention_mask)  # (B, T, H)
+    # Position t-1's hidden state predicts token t.
+    rows = scored[:, 1:].nonzero(as_tuple=True)               # indices into (B, T-1)
+    h = hidden[:, :-1][rows]                                   # (N, H)
+    targets = input_ids[:, 1:][rows]                           # (N,)
+
+    def chunk_logps(h_chunk: Tensor, t_chunk: Tensor) -> Tensor:
+        logits = head(h_chunk)                                 # (n, V)
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        if temperature != 1.0:
+            logits = logits / temperature
+        return gather_token_logps(logits, t_chunk)
+
+    pieces = []
+    for start in range(0, h.shape[0], chunk_size):
+        args = (h[start:start + chunk_size], targets[start:start + chunk_size])
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(chunk_logps, *args, use_reentrant=False))
+        else:
+            pieces.append(chunk_logps(*args))
+    flat = torch.cat(pieces) if pieces else h.new_zeros(0, dtype=torch.float32)
+    token_logps = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    token_logps[:, 1:] = token_logps[:, 1:].index_put(rows, flat)
+    return CompletionLogps(token_logps, token_logps.sum(-1), scored.sum(-1))
+
+
+def _hidden_and_head(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor):
+    """Final hidden states (after the last norm), the output head, and any final logit soft-cap."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = lm.get_output_embeddings()
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    backbone = getattr(lm, lm.base_model_prefix, None)
+    position_ids = position_ids_from_mask(attention_mask)
+    if backbone is None or head is None or backbone is lm:
+        # Unknown layout: fall back to full logits, still gathered without a log-softmax.
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        return logits, torch.nn.Identity(), None
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    return out.last_hidden_state, head, softcap

@@ -1,0 +1,73 @@
+"""Reward and value models: a causal-LM backbone with a scalar head.
+
+They are ordinary HF ``AutoModelForSequenceClassification`` directories with
+``num_labels=1``, so any tool loads them. The score of a sequence is the head's output at
+its last non-padding token (transformers' convention, which needs ``pad_token_id`` in the
+config; left and right padding both work).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from tether.core.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tether.models.loading import ModelConfig
+
+
+def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """A scalar-head model from ``cfg.path``: a saved reward model, or a causal LM whose head is new.
+
+    Loading a causal LM checkpoint keeps its backbone weights and initialises the score
+    head (transformers reports the head as newly initialised); that is how reward models
+    start from the policy's base.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from tether.models.loading import resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.path.startswith("tiny:"):
+        from tether.models.tiny import tiny_config
+
+        config = tiny_config(cfg.path.removeprefix("tiny:"), tokenizer, num_labels=1)
+        model = AutoModelForSequenceClassification.from_config(config).to(dtype)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(cfg.path, num_labels=1, trust_remote_code=cfg.trust_remote_code)
+            config.pad_token_id = tokenizer.pad_token_id
+            model = AutoModelForSequenceClassification.from_pretrained(
+                cfg.path, config=config, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+            )
+        except ValueError as exc:
+            raise UserError(f"{cfg.path}: this architecture has no sequence-classification head "
+                            f"in transformers ({str(exc).splitlines()[0]})") from None
+        except OSError as exc:
+            raise UserError(f"cannot load a model from {cfg.path!r}: {str(exc).splitlines()[0]}") from None
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = model.to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora is not None:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        targets = None if cfg.lora.target_modules == "attention" else cfg.lora.target_modules
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                 lora_dropout=cfg.lora.dropout, target_modules=targets))
+    return model
+
+
+def sequence_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """One scalar per sequence.  (B, T), (B, T) -> (B,)"""
+    from tether.models.logprobs import position_ids_from_mask
+
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask))
+    return out.logits.squeeze(-1).to(torch.float32)

@@ -1,0 +1,60 @@
+"""Tiny random-init models of the architectures users bring, built from configs (no downloads).
+
+Used by tests (the architecture sweep), demos, and anyone who wants to check a pipeline's
+mechanics in seconds before pointing it at a real model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+# Small enough to run a step in milliseconds on a CPU; each keeps the structural features
+# of its family (grouped-query attention, head_dim overrides, soft-capping, fused qkv ...).
+_GQA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=1024)
+TINY_ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "llama": dict(_GQA),
+    "qwen2": dict(_GQA),
+    "qwen3": dict(_GQA, head_dim=16),
+    "mistral": dict(_GQA, sliding_window=None),
+    "gemma2": dict(_GQA, head_dim=16, query_pre_attn_scalar=16, sliding_window=64),
+    "phi3": dict(_GQA),
+    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=1024),
+    "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     max_position_embeddings=1024),
+    "opt": dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                word_embed_proj_dim=64, max_position_embeddings=1024),
+}
+
+
+def tiny_config(arch: str, tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> Any:
+    """A transformers config for a tiny ``arch`` model sized to ``tokenizer``'s vocabulary."""
+    if arch not in TINY_ARCHITECTURES:
+        from tether.core.errors import UserError
+
+        raise UserError(f"unknown tiny architecture {arch!r}; known: {', '.join(TINY_ARCHITECTURES)}")
+    kwargs = dict(TINY_ARCHITECTURES[arch])
+    kwargs.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    kwargs.update(overrides)
+    return AutoConfig.for_model(arch, **kwargs)
+
+
+def build_tiny_model(arch: str, tokenizer: PreTrainedTokenizerBase, *, seed: int = 0, **overrides: Any) -> PreTrainedModel:
+    """A randomly initialised tiny causal LM of ``arch``, deterministic in ``seed``."""
+    import torch
+
+    config = tiny_config(arch, tokenizer, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.eval()  # as from_pretrained returns it: dropout off until a trainer turns it on
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model

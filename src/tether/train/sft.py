@@ -1,0 +1,140 @@
+"""Supervised fine-tuning recipe: NLL on completion tokens only.
+
+Prompt tokens, and in multi-turn conversations every non-assistant turn, are masked out of
+the loss (see :mod:`tether.models.chat`). ``run(cfg)`` reads top to bottom:
+load -> data -> loop (batch -> loss -> step -> log -> eval -> checkpoint) -> save.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from tether.core.config import Config
+from tether.core.runs import RunDir
+from tether.core.seeding import seed_everything
+from tether.data.collate import TokenBatch, pad_batch, truncate
+from tether.data.records import SFTRecord
+from tether.data.sources import load_records
+from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
+from tether.losses.sft import sft_loss
+from tether.models.chat import TokenizedExample, tokenize_conversation, tokenize_prompt_completion
+from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
+from tether.models.logprobs import completion_logps
+
+
+class SFTData(Config):
+    """Demonstrations to train on."""
+
+    train: str = Field(description="JSONL / datasets directory of SFT records, or builtin:NAME")
+    eval: str | None = Field(None, description="held-out records for eval loss")
+    max_length: int = Field(1024, ge=2, description="tokens per example; longer ones are cut at the end")
+    skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
+
+
+class SFTConfig(Config):
+    """``tether train sft``."""
+
+    model: ModelConfig
+    data: SFTData
+    optim: OptimConfig = OptimConfig()
+    loop: LoopConfig = LoopConfig()
+    eval_every: int = Field(0, ge=0, description="eval loss every N steps; 0: only at the end")
+    out: str = Field("runs/sft", description="run directory")
+    seed: int = Field(0, description="seeds the model init (tiny:), data order and dropout")
+
+
+def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int) -> TokenizedExample:
+    """One SFT record as ids with the loss on assistant / completion tokens."""
+    if record.messages is not None:
+        example = tokenize_conversation(tokenizer, [m.model_dump() for m in record.messages])
+    else:
+        prompt = record.prompt if isinstance(record.prompt, str) else [m.model_dump() for m in record.prompt or []]
+        completion = (record.completion if isinstance(record.completion, str)
+                      else [m.model_dump() for m in record.completion or []])
+        example = tokenize_prompt_completion(tokenizer, prompt, completion)
+    return truncate(example, max_length)
+
+
+def run(cfg: SFTConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Train, write the run directory and the fine-tuned model (``OUT/model``); return the summary."""
+    seed_everything(cfg.seed)
+    run_dir = RunDir(cfg.out, command="train sft", config=cfg, seed=cfg.seed, resume=resume)
+    try:
+        summary = _train(cfg, run_dir, resume)
+    except BaseException as exc:
+        run_dir.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
+        raise
+    run_dir.finish(summary=summary)
+    return summary
+
+
+def _train(cfg: SFTConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    train_set = _load(cfg.data.train, cfg, tokenizer, run_dir)
+    eval_set = _load(cfg.data.eval, cfg, tokenizer, run_dir) if cfg.data.eval else []
+
+    loop = TrainLoop(model, cfg.optim, cfg.loop, run_dir, seed=cfg.seed)
+    if resume:
+        loop.resume()
+    device = loop.accelerator.device
+    pad_id = tokenizer.pad_token_id
+
+    def loss_sum(batch: TokenBatch) -> torch.Tensor:
+        logps = completion_logps(loop.model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+        return sft_loss(logps.token_logps, batch.loss_mask).loss_sum
+
+    eval_loss = None
+    for _step, micro_batches in loop.plan(len(train_set)):
+        batches = [pad_batch([train_set[i] for i in ids], pad_id, device) for ids in micro_batches]
+        stats = loop.step(batches, loss_sum, count=lambda b: int(b.loss_mask[:, 1:].sum()),
+                          num_tokens=lambda b: int(b.attention_mask.sum()))
+        extra = {}
+        if eval_set and cfg.eval_every and loop.step_count % cfg.eval_every == 0:
+            eval_loss = evaluate_loss(loop.model, eval_set, pad_id, device)
+            extra["eval_loss"] = round(eval_loss, 6)
+        loop.log(stats, extra)
+        loop.maybe_checkpoint()
+
+    if eval_set:
+        eval_loss = evaluate_loss(loop.model, eval_set, pad_id, device)
+    summary: dict[str, Any] = {"steps": loop.step_count, "tokens_seen": loop.tokens_seen}
+    last = run_dir.read_metrics()
+    if last:
+        summary["train_loss"] = last[-1]["loss"]
+    if eval_loss is not None:
+        summary["eval_loss"] = round(eval_loss, 6)
+    if loop.is_main:
+        model_dir = save_model(loop.unwrapped(), tokenizer, Path(cfg.out) / "model")  # type: ignore[arg-type]
+        run_dir.add_output("model", model_dir)
+    return summary
+
+
+def _load(spec: str, cfg: SFTConfig, tokenizer: Any, run_dir: RunDir) -> list[TokenizedExample]:
+    loaded = load_records(spec, SFTRecord, seed=cfg.seed, skip_bad=cfg.data.skip_bad)
+    run_dir.record_skipped(loaded.skipped)
+    if not loaded.records:
+        from tether.core.errors import DataError
+
+        raise DataError(f"{spec}: no usable records")
+    return [tokenize_sft(r, tokenizer, cfg.data.max_length) for r in loaded.records]
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, examples: list[TokenizedExample], pad_id: int,
+                  device: torch.device, batch_size: int = 32) -> float:
+    """Mean NLL per completion token over ``examples``."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = pad_batch(examples[start:start + batch_size], pad_id, device)
+        logps = completion_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)  # type: ignore[arg-type]
+        loss = sft_loss(logps.token_logps, batch.loss_mask)
+        total += float(loss.loss_sum)
+        count += int(loss.num_tokens)
+    model.train(was_training)
+    return total / max(count, 1)
