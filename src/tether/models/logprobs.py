@@ -59,15 +59,20 @@ def completion_logps(
         model: any HF causal LM, optionally wrapped by peft.
         input_ids: (B, T) prompt + completion ids, left or right padded.
         attention_mask: (B, T) 1 on real tokens.
-        loss_mask: (B, T) true on tokens to score (completion tokens); position 0 is never scored.
+        loss_mask: (B, T) true on tokens to score (completion tokens); a row's first real token
+            is never scored (nothing precedes it).
         chunk_size: rows of hidden states sent through the output head at once.
         temperature: logits are divided by it (use the sampling temperature in RL).
 
     Returns:
         :class:`CompletionLogps`; differentiable when autograd is on.
     """
-    scored = loss_mask.bool() & attention_mask.bool()
+    # A token is scored only if it and the token before it are real: the first real token
+    # of a row has no context, whatever the padding side.
+    real = attention_mask.bool()
+    scored = loss_mask.bool() & real
     scored[:, 0] = False
+    scored[:, 1:] &= real[:, :-1]
     hidden, head, softcap = _hidden_and_head(model, input_ids, attention_mask)  # (B, T, H)
     # Position t-1's hidden state predicts token t.
     rows = scored[:, 1:].nonzero(as_tuple=True)               # indices into (B, T-1)

@@ -10,6 +10,20 @@ if TYPE_CHECKING:
     from tether.models.loading import LoraSettings
 
 
+# Attention projections for architectures missing from peft's table (peft's own wins where present).
+_EXTRA_ATTENTION_MODULES: dict[str, list[str]] = {
+    "phi3": ["qkv_proj", "o_proj"],
+}
+
+
+def attention_modules(model_type: str) -> list[str] | None:
+    """The attention projection names LoRA adapts for ``model_type``; None if neither table knows it."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TABLE
+
+    found = PEFT_TABLE.get(model_type) or _EXTRA_ATTENTION_MODULES.get(model_type)
+    return list(found) if found else None
+
+
 def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
     """Wrap ``model`` in peft LoRA adapters; only the adapters are trainable afterwards.
 
@@ -22,7 +36,13 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedMode
 
     targets: str | list[str] | None
     if settings.target_modules == "attention":
-        targets = None  # peft resolves from model.config.model_type
+        model_type = model.config.model_type
+        targets = attention_modules(model_type)
+        if targets is None:
+            from tether.core.errors import UserError
+
+            raise UserError(f"no known attention modules for architecture {model_type!r}; set "
+                            "model.lora.target_modules to 'all-linear' or a list of module names")
     else:
         targets = settings.target_modules
     config = LoraConfig(
@@ -32,7 +52,7 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedMode
         lora_dropout=settings.dropout,
         target_modules=targets,
     )
-    if getattr(model, "is_gradient_checkpointing", False):
+    if getattr(model, "is_activation_checkpointing", False):
         # Frozen embeddings give inputs without grad; checkpointed blocks still need a graph.
         model.enable_input_require_grads()
     return get_peft_model(model, config)  # type: ignore[return-value]

@@ -1,0 +1,89 @@
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from pydantic import Field
+
+from tether.cli.config_cmd import CONFIG_CLASSES, config_class
+from tether.core.config import Config, apply_overrides, dump_config, load_config, packaged_configs
+from tether.core.errors import ConfigError
+
+
+class Optim(Config):
+    lr: float = 1e-3
+    schedule: Literal["constant", "cosine"] = "cosine"
+
+
+class Job(Config):
+    name: str = Field("job")
+    steps: int = 10
+    optim: Optim = Optim()
+    tags: list[str] = []
+
+
+def test_dotted_overrides_set_nested_values_parsed_as_yaml():
+    data = apply_overrides({"optim": {"lr": 1}}, ["optim.lr=1e-5", "steps=3", "tags=[a, b]", "new.deep.key=true"])
+    assert data == {"optim": {"lr": "1e-5"}, "steps": 3, "tags": ["a", "b"], "new": {"deep": {"key": True}}}
+    cfg = load_config(Job, None, ["optim.lr=1e-5", "steps=3"])
+    assert cfg.optim.lr == pytest.approx(1e-5)
+    assert cfg.steps == 3
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config(Job, None, ["optim.lrr=1"])
+    message = str(err.value)
+    assert "'optim.lrr' is not allowed" in message
+    assert "allowed keys: lr, schedule" in message
+
+
+def test_wrong_choice_names_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        load_config(Job, None, ["optim.schedule=cosin"])
+    assert "'optim.schedule'" in str(err.value)
+    assert "'constant' or 'cosine'" in str(err.value)
+    assert "cosin" in str(err.value)
+
+
+def test_wrong_type_names_key_and_value():
+    with pytest.raises(ConfigError, match=r"config key 'steps'.*valid integer.*'many'"):
+        load_config(Job, None, ["steps=many"])
+
+
+def test_override_into_a_value_is_an_error():
+    with pytest.raises(ConfigError, match="'steps' is a value"):
+        apply_overrides({"steps": 3}, ["steps.x=1"])
+    # where the file does not set the key, validation names it instead
+    with pytest.raises(ConfigError, match="config key 'steps'"):
+        load_config(Job, None, ["steps.x=1"])
+
+
+def test_yaml_file_roundtrips_verbatim(tmp_path: Path):
+    cfg = load_config(Job, None, ["name=x", "optim.schedule=constant"])
+    path = tmp_path / "job.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(Job, path) == cfg
+
+
+def test_bad_yaml_names_file_and_line(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: a\nsteps: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+ is not valid YAML"):
+        load_config(Job, path)
+
+
+def test_missing_config_file_is_a_clear_error():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Job, "no/such/file.yaml")
+
+
+@pytest.mark.parametrize("name", packaged_configs())
+def test_every_shipped_config_validates(name: str):
+    kind = name.split("/")[0]
+    assert kind in CONFIG_CLASSES, f"shipped config {name} has no config class registered"
+    cfg = load_config(config_class(kind), name)
+    assert isinstance(cfg, Config)
+
+
+def test_there_are_shipped_configs():
+    assert "sft/demo" in packaged_configs()
