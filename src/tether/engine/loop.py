@@ -193,7 +193,7 @@ class TrainLoop:
         self.tokens_seen += int(tokens.item())
         return StepStats(
             loss=float(loss_t.item()) / max(total, 1.0), grad_norm=grad_norm,
-            lr=self.scheduler.get_last_lr()[0], items=self.cfg.batch_size, tokens=int(tokens.item()),
+            lr=float(self.scheduler.get_last_lr()[0]), items=self.cfg.batch_size, tokens=int(tokens.item()),
             seconds=time.perf_counter() - started,
         )
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from pydantic import Field
@@ -187,7 +187,8 @@ class HFGenerator:
         kwargs = dict(temperature=settings.temperature, top_k=settings.top_k or None, top_p=settings.top_p) if sample else {}
         with torch.random.fork_rng(devices=[] if ids.device.type == "cpu" else [ids.device]):
             torch.manual_seed(seed)
-            out = self.model.generate(
+            lm: Any = self.model
+            out = lm.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens, do_sample=sample,
                 eos_token_id=self.eos_ids, pad_token_id=self.pad_id, stop_strings=settings.stop or None,
                 tokenizer=self.tokenizer if settings.stop else None, return_dict_in_generate=True,
@@ -218,7 +219,7 @@ class HFGenerator:
         return any(s in tail for s in stop)
 
     def _completion(self, ids: list[int], logps: list[float], reason: str, stop: list[str]) -> Completion:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
         if reason == "stop":
             cut = min((text.find(s) for s in stop if s in text), default=len(text))
             text = text[:cut]

@@ -104,7 +104,7 @@ def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = Non
         from tether.models.tokenizer import build_tokenizer
 
         model = build_tiny_model(cfg.path.removeprefix("tiny:"), tokenizer or build_tokenizer())
-        model = model.to(dtype)
+        torch_module(model).to(dtype)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -115,7 +115,7 @@ def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = Non
             )
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load a causal LM from {cfg.path!r}: {_first_line(exc)}") from None
-    model = model.to(device)
+    torch_module(model).to(device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -161,3 +161,8 @@ def _check_local(path: str) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def torch_module(model: PreTrainedModel) -> torch.nn.Module:
+    """The model typed as a plain ``nn.Module`` (transformers' stubs wrap ``.to`` oddly)."""
+    return model  # type: ignore[return-value]

@@ -12,7 +12,8 @@ recomputed in backward instead of kept.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -100,9 +101,12 @@ def completion_logps(
     return CompletionLogps(token_logps, token_logps.sum(-1), scored.sum(-1))
 
 
-def _hidden_and_head(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor):
+def _hidden_and_head(
+    model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor
+) -> tuple[Tensor, Callable[[Tensor], Tensor], float | None]:
     """Final hidden states (after the last norm), the output head, and any final logit soft-cap."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    wrapped: Any = model  # peft wraps models; both expose the HF methods used here
+    lm = wrapped.get_base_model() if hasattr(wrapped, "get_base_model") else wrapped
     head = lm.get_output_embeddings()
     softcap = getattr(lm.config, "final_logit_softcapping", None)
     backbone = getattr(lm, lm.base_model_prefix, None)
