@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -111,15 +111,20 @@ def load_config(
             raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(loaded).__name__}")
         data = loaded
     data = apply_overrides(data, overrides)
-    return validate_config(cls, data, where=where)
+    overridden = {".".join(parse_override(o)[0]) for o in overrides}
+    return validate_config(cls, data, where=where, overridden=overridden)
 
 
-def validate_config(cls: type[C], data: dict[str, Any], *, where: str = "config") -> C:
-    """Validate a plain dict as ``cls``, turning pydantic's errors into one readable line."""
+def validate_config(cls: type[C], data: dict[str, Any], *, where: str = "config",
+                    overridden: Collection[str] = ()) -> C:
+    """Validate a plain dict as ``cls``, turning pydantic's errors into one readable line.
+
+    Keys in ``overridden`` came from ``--set``; their errors say so instead of naming the file.
+    """
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{where}: {format_validation_error(cls, exc)}") from None
+        raise ConfigError(format_validation_error(cls, exc, where=where, overridden=overridden)) from None
 
 
 def dump_config(cfg: BaseModel) -> str:
@@ -127,20 +132,23 @@ def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def format_validation_error(cls: type[BaseModel], exc: ValidationError) -> str:
-    """One line per problem, joined by '; ', each naming the dotted key at fault."""
+def format_validation_error(cls: type[BaseModel], exc: ValidationError, *, where: str = "config",
+                            overridden: Collection[str] = ()) -> str:
+    """One clause per problem, joined by '; ', each naming the dotted key at fault and its source."""
     parts = []
     for error in exc.errors():
         loc = [str(p) for p in error["loc"]]
         key = ".".join(loc) or "<root>"
+        from_set = any(key == o or key.startswith(o + ".") or o.startswith(key + ".") for o in overridden)
+        source = "--set" if from_set else where
         if error["type"] == "extra_forbidden":
             allowed = _allowed_keys(cls, list(error["loc"][:-1]))
             hint = f"; allowed keys: {', '.join(allowed)}" if allowed else ""
-            parts.append(f"config key {key!r} is not allowed{hint}")
+            parts.append(f"{source}: config key {key!r} is not allowed{hint}")
         elif error["type"] == "missing":
-            parts.append(f"config key {key!r} is required")
+            parts.append(f"{source}: config key {key!r} is required")
         else:
-            parts.append(f"config key {key!r}: {error['msg']} (got {error.get('input')!r})")
+            parts.append(f"{source}: config key {key!r}: {error['msg']} (got {error.get('input')!r})")
     return "; ".join(parts)
 
 
