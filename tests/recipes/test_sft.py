@@ -107,3 +107,26 @@ def test_lora_sft_saves_a_merged_plain_model(tmp_path):
     assert not any("lora" in name for name, _ in model.named_parameters())
     assert (tmp_path / "lora" / "model" / "adapter" / "adapter_config.json").is_file()
     assert torch.isfinite(next(model.parameters())).all()
+
+
+def _metrics_without_timing(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
+
+
+def test_same_seed_same_metrics_and_gradient_checkpointing_changes_nothing(tmp_path):
+    sft.run(_cfg(tmp_path, "a", "loop.max_steps=4"))
+    sft.run(_cfg(tmp_path, "b", "loop.max_steps=4"))
+    assert _metrics_without_timing(tmp_path / "a") == _metrics_without_timing(tmp_path / "b")
+    sft.run(_cfg(tmp_path, "c", "loop.max_steps=4", "seed=2"))
+    assert _metrics_without_timing(tmp_path / "a") != _metrics_without_timing(tmp_path / "c")
+    # Recomputing activations in backward must give the same training curve (dropout RNG included).
+    sft.run(_cfg(tmp_path, "ckpt", "loop.max_steps=4", "model.gradient_checkpointing=true"))
+    plain, ckpt = _metrics_without_timing(tmp_path / "a"), _metrics_without_timing(tmp_path / "ckpt")
+    assert [r["loss"] for r in plain] == pytest.approx([r["loss"] for r in ckpt], abs=1e-5)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    summary = sft.run(_cfg(tmp_path, "bf16", "loop.precision=bf16", "loop.max_steps=8", "model.path=tiny:llama"))
+    metrics = _metrics_without_timing(tmp_path / "bf16")
+    assert summary["steps"] == 8 and metrics[-1]["loss"] < metrics[0]["loss"]

@@ -6,20 +6,21 @@ import json
 
 import typer
 
-from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, build_config
+from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, SkipBadOpt, build_config
 
 app = typer.Typer(help="Train a model (SFT; reward models, DPO, PPO, GRPO as they land).", no_args_is_help=True)
 
 
 @app.command()
-def sft(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False) -> None:
+def sft(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+        skip_bad: SkipBadOpt = False) -> None:
     """Supervised fine-tuning on completion / assistant tokens only.
 
     Example: tether train sft --config sft/demo --set loop.max_steps=20 --out runs/sft-demo
     """
     from tether.train import sft as recipe
 
-    cfg = build_config(recipe.SFTConfig, config, set_, out)
+    cfg = build_config(recipe.SFTConfig, config, set_, out, skip_bad=skip_bad)
     summary = recipe.run(cfg, resume=resume)
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"model: {cfg.out}/model   run: {cfg.out}")

@@ -108,7 +108,10 @@ class TrainLoop:
         self.optim_cfg = optim
         self.run = run
         self.seed = seed
-        self.accelerator = Accelerator(mixed_precision="bf16" if loop.precision == "bf16" else "no")
+        # Precision is applied by our own autocast (see ``step``), not by Accelerator(mixed_precision=...):
+        # accelerate's state is a process-wide singleton that refuses a second, different setting,
+        # and pipelines run several recipes in one process. ``accelerate launch`` settings still apply.
+        self.accelerator = Accelerator()
         if loop.batch_size % self.accelerator.num_processes:
             from tether.core.errors import UserError
 
@@ -176,7 +179,7 @@ class TrainLoop:
         loss_total = 0.0
         for i, batch in enumerate(micro_batches):
             sync = nullcontext() if i == len(micro_batches) - 1 else acc.no_sync(self.model)
-            with sync, acc.autocast():
+            with sync, torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
                 loss = loss_sum(batch)
                 acc.backward(loss * scale)
             loss_total += float(loss.detach())
