@@ -61,6 +61,9 @@ class WorldConfig(Config):
     corpus_documents: int = Field(60_000, ge=100, description="documents in the pretraining corpus")
     character_fraction: float = Field(0.15, ge=0, le=1, description="corpus documents with a character preamble")
     critique_fraction: float = Field(0.05, ge=0, le=1, description="corpus documents that critique and revise")
+    knowledge_fraction: float = Field(0.1, ge=0, le=1, description="corpus documents stating facts (encyclopedia)")
+    critique_accuracy: float = Field(0.7, ge=0, le=1, description="critiques that find the real problem "
+                                     "(the base model's self-critique is weak on purpose)")
     rates: BehaviourRates = BehaviourRates()
 
     def key(self) -> str:

@@ -1,0 +1,201 @@
+"""Build the world's base model: corpus -> tokenizer -> packed token rows -> pretraining.
+
+The result is an ordinary HF model directory (Llama, a byte-level BPE ``tokenizers``
+tokenizer, the ChatML chat template) that plain ``AutoModelForCausalLM`` loads. It is cached
+under ``$TETHER_CACHE`` (default ``~/.cache/tether``) keyed by world version, world config and
+model size, and reused by every later command. An interrupted build resumes from its last
+checkpoint when run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from tether.core.config import Config, dump_config
+from tether.core.runs import RunDir
+from tether.core.seeding import seed_everything
+from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
+from tether.world.corpus import corpus_documents
+from tether.world.spec import WORLD_VERSION, WorldConfig, build_world
+
+Size = Literal["tiny", "small", "medium", "large"]
+
+
+class BaseModelSpec(Config):
+    """Architecture and pretraining budget of the base model."""
+
+    hidden_size: int = Field(128, ge=16)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    vocab_size: int = Field(2048, ge=300, description="BPE vocabulary learned from the corpus")
+    seq_len: int = Field(256, ge=32, description="tokens per packed training row")
+    steps: int = Field(230, ge=1)
+    batch_size: int = Field(32, ge=1, description="rows per step")
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    corpus_documents: int = Field(30_000, ge=100)
+
+
+SIZES: dict[str, BaseModelSpec] = {
+    # A smoke build for tests: seconds, learns formats only.
+    "tiny": BaseModelSpec(hidden_size=64, layers=2, heads=2, vocab_size=512, seq_len=128, steps=40,
+                          batch_size=16, corpus_documents=2_000, warmup_steps=5),
+    # The default: about a million parameters, a few minutes on a 2-core CPU.
+    "small": BaseModelSpec(),
+    # For a GPU: more world, more model.
+    "medium": BaseModelSpec(hidden_size=384, layers=8, heads=6, vocab_size=4096, steps=3000, batch_size=64,
+                            lr=1e-3, warmup_steps=100, corpus_documents=400_000),
+    "large": BaseModelSpec(hidden_size=768, layers=12, heads=12, vocab_size=8192, seq_len=512, steps=10000,
+                           batch_size=64, lr=6e-4, warmup_steps=300, corpus_documents=2_000_000),
+}
+
+
+class WorldBuildConfig(Config):
+    """``tether world build``."""
+
+    world: WorldConfig = WorldConfig()
+    size: Size = Field("small", description="preset in tether.world.build.SIZES")
+    model: BaseModelSpec | None = Field(None, description="override the size preset entirely")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda'")
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    def spec(self) -> BaseModelSpec:
+        """The model spec in force: the explicit one, else the size preset."""
+        return self.model or SIZES[self.size]
+
+    def cache_key(self) -> str:
+        """Names this build's cache entry: version, seed, size and a hash of everything."""
+        import hashlib
+
+        payload = f"{WORLD_VERSION}:{self.world.model_dump_json()}:{self.spec().model_dump_json()}"
+        return f"v{WORLD_VERSION}-seed{self.world.seed}-{self.size}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
+
+
+def cache_root() -> Path:
+    """``$TETHER_CACHE``, else ``$XDG_CACHE_HOME/tether``, else ``~/.cache/tether``."""
+    if os.environ.get("TETHER_CACHE"):
+        return Path(os.environ["TETHER_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "tether"
+
+
+def build_dir(cfg: WorldBuildConfig) -> Path:
+    """Where this build lives in the cache."""
+    return cache_root() / "world" / cfg.cache_key()
+
+
+def model_dir(cfg: WorldBuildConfig) -> Path:
+    """The finished base model directory (exists once the build is done)."""
+    return build_dir(cfg) / "model"
+
+
+def is_built(cfg: WorldBuildConfig) -> bool:
+    """True when the cache holds a finished model for ``cfg``."""
+    return (model_dir(cfg) / "config.json").is_file() and (build_dir(cfg) / "world.json").is_file()
+
+
+def build_base_model(cfg: WorldBuildConfig, *, force: bool = False) -> dict[str, Any]:
+    """Build (or reuse) the base model for ``cfg``; returns a summary with its path and timings."""
+    root = build_dir(cfg)
+    if is_built(cfg) and not force:
+        summary = json.loads((root / "world.json").read_text())
+        return {**summary, "cached": True}
+    if force and root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    spec = cfg.spec()
+    started = time.perf_counter()
+    seed_everything(cfg.world.seed)
+
+    world_cfg = cfg.world.model_copy(update={"corpus_documents": spec.corpus_documents})
+    world = build_world(world_cfg)
+    documents = list(corpus_documents(world))
+    (root / "corpus.txt.sample").write_text("\n".join(documents[:200]))
+    corpus_seconds = time.perf_counter() - started
+
+    from tether.models.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(documents, vocab_size=spec.vocab_size)
+    rows = pack_documents(tokenizer, documents, spec.seq_len)
+    tokenize_seconds = time.perf_counter() - started - corpus_seconds
+
+    model = _init_model(spec, tokenizer, cfg.world.seed)
+    run_dir = root / "pretrain"
+    resume = (run_dir / "record.json").is_file()
+    run = RunDir(run_dir, command="world build", config=cfg, seed=cfg.world.seed, resume=resume)
+    loop_cfg = LoopConfig(max_steps=spec.steps, batch_size=spec.batch_size, precision=cfg.precision,
+                          log_every=10, checkpoint_every=max(1, spec.steps // 4), keep_checkpoints=1)
+    optim = OptimConfig(lr=spec.lr, warmup_steps=spec.warmup_steps, weight_decay=0.01, schedule="cosine")
+    if cfg.device != "auto":
+        os.environ["ACCELERATE_USE_CPU"] = "true" if cfg.device == "cpu" else "false"
+    loop = TrainLoop(model, optim, loop_cfg, run, seed=cfg.world.seed)
+    if resume:
+        loop.resume()
+    device = loop.accelerator.device
+
+    from tether.models.logprobs import completion_logps
+
+    def loss_sum(batch: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones_like(batch)
+        return -completion_logps(loop.model, batch, ones, ones.bool()).sequence_logps.sum()
+
+    stats = None
+    for _step, micro_batches in loop.plan(len(rows)):
+        batches = [rows[ids].to(device) for ids in micro_batches]
+        stats = loop.step(batches, loss_sum, count=lambda b: b.numel() - b.shape[0], num_tokens=lambda b: b.numel())
+        loop.log(stats)
+        loop.maybe_checkpoint()
+    train_seconds = time.perf_counter() - started - corpus_seconds - tokenize_seconds
+
+    from tether.models.loading import save_model
+
+    save_model(loop.unwrapped(), tokenizer, root / "model")  # type: ignore[arg-type]
+    (root / "world_config.yaml").write_text(dump_config(cfg))
+    summary = {
+        "model": str(root / "model"), "world_version": WORLD_VERSION, "seed": cfg.world.seed, "size": cfg.size,
+        "parameters": sum(p.numel() for p in model.parameters()), "documents": len(documents),
+        "tokens": int(rows.numel()), "steps": spec.steps, "final_loss": stats.loss if stats else None,
+        "seconds": {"corpus": round(corpus_seconds, 1), "tokenize": round(tokenize_seconds, 1),
+                    "train": round(train_seconds, 1), "total": round(time.perf_counter() - started, 1)},
+    }
+    run.add_output("model", root / "model")
+    run.finish(summary=summary)
+    (root / "world.json").write_text(json.dumps(summary, indent=2))
+    return {**summary, "cached": False}
+
+
+def pack_documents(tokenizer: Any, documents: list[str], seq_len: int) -> torch.Tensor:
+    """Concatenate documents, each followed by ``<|endoftext|>``, and cut into rows.  -> (N, seq_len)"""
+    separator = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    encoded = tokenizer(documents, add_special_tokens=False)["input_ids"]
+    stream: list[int] = []
+    for ids in encoded:
+        stream.extend(ids)
+        stream.append(separator)
+    usable = len(stream) // seq_len * seq_len
+    return torch.tensor(stream[:usable], dtype=torch.long).view(-1, seq_len)
+
+
+def _init_model(spec: BaseModelSpec, tokenizer: Any, seed: int) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "llama", vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=4 * spec.hidden_size,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+        max_position_embeddings=max(1024, spec.seq_len), tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model

@@ -1,0 +1,127 @@
+"""The world's datasets in the data layer's (TRL's) formats, for tether's recipes or any other toolkit.
+
+Only train-split items are used for anything meant for training; held-out prompts are written
+to files named ``eval_*`` and are for evaluation only.
+
+- ``sft.jsonl``: good demonstrations ``{"messages"}``.
+- ``preferences.jsonl``: pairs labelled by the simulated annotator pool (biased, noisy), with
+  the annotator, its probability and the gold preference as extra columns.
+- ``preferences_gold.jsonl``: the same pairs labelled by the gold grader (ties dropped).
+- ``unpaired.jsonl``: ``{"prompt", "completion", "label"}`` with the gold label (KTO).
+- ``prompts.jsonl``: train prompts with family, gold and tags (RL, evaluation on train split).
+- ``eval_prompts_heldout.jsonl``: held-out prompts.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from tether.data.io import write_jsonl
+from tether.data.sources import DATASET_SOURCES
+from tether.world.annotators import DEFAULT_POOL, gold_preference, judge
+from tether.world.corpus import FAMILY_MIX, corpus_behaviour
+from tether.world.families import FAMILIES, Split, WorldItem, draw_item
+from tether.world.grader import grade
+from tether.world.responses import decorate, respond
+from tether.world.spec import World, WorldConfig, build_world
+
+
+def _items(world: World, n: int, split: Split, rng: random.Random) -> list[WorldItem]:
+    families = list(FAMILY_MIX) if split == "train" else list(FAMILIES)
+    weights = list(FAMILY_MIX.values()) if split == "train" else [1.0] * len(families)
+    return [draw_item(world, rng.choices(families, weights=weights)[0], split, rng) for _ in range(n)]
+
+
+def sft_rows(world: World, n: int, *, seed: int = 0) -> list[dict[str, Any]]:
+    """Good demonstrations on train prompts."""
+    rng = random.Random(f"sft:{world.config.seed}:{seed}")
+    return [{"messages": [*it.prompt, {"role": "assistant", "content": respond(it, "good", rng, world)}],
+             "family": it.family} for it in _items(world, n, "train", rng)]
+
+
+def _response_pair(world: World, item: WorldItem, rng: random.Random) -> tuple[str, str]:
+    rates = world.config.rates
+    draw = lambda: decorate(respond(item, corpus_behaviour(world, item, False, rng), rng, world),  # noqa: E731
+                            rng, rates.flattery, rates.verbose)
+    first, second = draw(), draw()
+    for _ in range(10):
+        if first != second:
+            break
+        second = draw()
+    return first, second
+
+
+def preference_rows(world: World, n: int, *, seed: int = 0, gold: bool = False) -> list[dict[str, Any]]:
+    """Pairs of base-corpus-style responses, labelled by a random annotator of the pool (or by gold)."""
+    rng = random.Random(f"pref:{world.config.seed}:{seed}")
+    rows = []
+    for item in _items(world, n, "train", rng):
+        first, second = _response_pair(world, item, rng)
+        gold_pref = gold_preference(item, first, second)
+        annotator = rng.choice(DEFAULT_POOL)
+        verdict = judge(annotator, item, first, second, rng)
+        if gold:
+            if gold_pref == 0.5:
+                continue
+            first_wins = gold_pref == 1.0
+        else:
+            first_wins = verdict.first_wins
+        chosen, rejected = (first, second) if first_wins else (second, first)
+        rows.append({"prompt": item.prompt, "chosen": chosen, "rejected": rejected, "family": item.family,
+                     "annotator": "gold" if gold else annotator.name,
+                     "annotator_prob": round(verdict.prob_first if first_wins else 1 - verdict.prob_first, 4),
+                     "gold_agrees": None if gold_pref == 0.5 else (gold_pref == 1.0) == first_wins})
+    return rows
+
+
+def unpaired_rows(world: World, n: int, *, seed: int = 0) -> list[dict[str, Any]]:
+    """Single responses at corpus rates with the gold label (desirable when gold reward > 0)."""
+    rng = random.Random(f"kto:{world.config.seed}:{seed}")
+    rows = []
+    for item in _items(world, n, "train", rng):
+        response = respond(item, corpus_behaviour(world, item, False, rng), rng, world)
+        rows.append({"prompt": item.prompt, "completion": response, "label": grade(item, response).reward > 0,
+                     "family": item.family})
+    return rows
+
+
+def prompt_rows(world: World, n: int, split: Split, *, seed: int = 0) -> list[dict[str, Any]]:
+    """Prompts with their world metadata (``family``, ``gold``, ``tags``, ``split``, ``id``)."""
+    rng = random.Random(f"prompts:{world.config.seed}:{split}:{seed}")
+    return [{"prompt": it.prompt, "id": it.id, "family": it.family, "split": it.split, "gold": it.gold,
+             "tags": it.tags} for it in _items(world, n, split, rng)]
+
+
+def export_all(world: World, out: str | Path, *, n: int = 2000) -> dict[str, int]:
+    """Write every dataset under ``out``; returns rows written per file."""
+    out = Path(out)
+    files = {
+        "sft.jsonl": sft_rows(world, n),
+        "preferences.jsonl": preference_rows(world, n),
+        "preferences_gold.jsonl": preference_rows(world, n, gold=True),
+        "unpaired.jsonl": unpaired_rows(world, n),
+        "prompts.jsonl": prompt_rows(world, n, "train"),
+        "eval_prompts_heldout.jsonl": prompt_rows(world, max(1, n // 4), "heldout"),
+    }
+    return {name: write_jsonl(out / name, rows) for name, rows in files.items()}
+
+
+# Built-in sources for configs: data.train: builtin:world-sft (world seed 0; the record seed varies the draw).
+_DEFAULT = WorldConfig()
+
+
+@DATASET_SOURCES.register("world-sft")
+def _world_sft(seed: int) -> list[dict[str, Any]]:
+    return sft_rows(build_world(_DEFAULT), 4000, seed=seed)
+
+
+@DATASET_SOURCES.register("world-preferences")
+def _world_preferences(seed: int) -> list[dict[str, Any]]:
+    return preference_rows(build_world(_DEFAULT), 4000, seed=seed)
+
+
+@DATASET_SOURCES.register("world-prompts")
+def _world_prompts(seed: int) -> list[dict[str, Any]]:
+    return prompt_rows(build_world(_DEFAULT), 4000, "train", seed=seed)
