@@ -68,3 +68,19 @@ def test_gradients_match_naive(tokenizer):
     _naive(model, ids, attn, scored).sum().backward()
     for a, p in zip(chunked, model.parameters(), strict=True):
         torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_rows_equal_separate_documents(tiny_llama):
+    # Two documents packed in one row, attention isolated by restarting positions, must score
+    # exactly as the two documents run on their own.
+    doc_a, doc_b = [11, 12, 13, 14], [21, 22, 23]
+    packed = torch.tensor([doc_a + doc_b])
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])
+    with torch.no_grad():
+        together = completion_logps(tiny_llama, packed, torch.ones_like(packed), torch.ones_like(packed).bool(),
+                                    position_ids=positions)
+        alone = [completion_logps(tiny_llama, torch.tensor([d]), torch.ones(1, len(d), dtype=torch.long),
+                                  torch.ones(1, len(d), dtype=torch.bool)) for d in (doc_a, doc_b)]
+    expected = torch.cat([alone[0].token_logps[0], alone[1].token_logps[0]])
+    torch.testing.assert_close(together.token_logps[0], expected, atol=1e-5, rtol=1e-5)
+    assert int(together.num_tokens) == (len(doc_a) - 1) + (len(doc_b) - 1)

@@ -53,6 +53,7 @@ def completion_logps(
     *,
     chunk_size: int = 1024,
     temperature: float = 1.0,
+    position_ids: Tensor | None = None,
 ) -> CompletionLogps:
     """Per-token and summed log-probs of the tokens where ``loss_mask`` is true.
 
@@ -64,6 +65,10 @@ def completion_logps(
             is never scored (nothing precedes it).
         chunk_size: rows of hidden states sent through the output head at once.
         temperature: logits are divided by it (use the sampling temperature in RL).
+        position_ids: (B, T) for *packed* rows (several documents per row, padding-free): positions
+            restart at 0 at each document, and attention never crosses a document boundary
+            (transformers builds the block-diagonal mask from them). ``attention_mask`` is then only
+            used to tell real tokens from tail padding.
 
     Returns:
         :class:`CompletionLogps`; differentiable when autograd is on.
@@ -74,7 +79,9 @@ def completion_logps(
     scored = loss_mask.bool() & real
     scored[:, 0] = False
     scored[:, 1:] &= real[:, :-1]
-    hidden, head, softcap = _hidden_and_head(model, input_ids, attention_mask)  # (B, T, H)
+    if position_ids is not None:
+        scored &= position_ids > 0  # a document's first token is not predicted from the previous document
+    hidden, head, softcap = _hidden_and_head(model, input_ids, attention_mask, position_ids)  # (B, T, H)
     # Position t-1's hidden state predicts token t.
     rows = scored[:, 1:].nonzero(as_tuple=True)               # indices into (B, T-1)
     h = hidden[:, :-1][rows]                                   # (N, H)
@@ -102,7 +109,7 @@ def completion_logps(
 
 
 def _hidden_and_head(
-    model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor
+    model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, packed_positions: Tensor | None = None
 ) -> tuple[Tensor, Callable[[Tensor], Tensor], float | None]:
     """Final hidden states (after the last norm), the output head, and any final logit soft-cap."""
     wrapped: Any = model  # peft wraps models; both expose the HF methods used here
@@ -110,10 +117,14 @@ def _hidden_and_head(
     head = lm.get_output_embeddings()
     softcap = getattr(lm.config, "final_logit_softcapping", None)
     backbone = getattr(lm, lm.base_model_prefix, None)
-    position_ids = position_ids_from_mask(attention_mask)
+    if packed_positions is not None:
+        # No 2-D mask: transformers derives per-document causal masks from the restarting positions.
+        position_ids, mask = packed_positions, None
+    else:
+        position_ids, mask = position_ids_from_mask(attention_mask), attention_mask
     if backbone is None or head is None or backbone is lm:
         # Unknown layout: fall back to full logits, still gathered without a log-softmax.
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).logits
         return logits, torch.nn.Identity(), None
-    out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    out = backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
     return out.last_hidden_state, head, softcap

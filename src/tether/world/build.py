@@ -1,4 +1,4 @@
-"""Build the world's base model: corpus -> tokenizer -> packed token rows -> pretraining.
+"""Build the world's base model: corpus -> tokenizer -> packed, document-isolated rows -> pretraining.
 
 The result is an ordinary HF model directory (Llama, a byte-level BPE ``tokenizers``
 tokenizer, the ChatML chat template) that plain ``AutoModelForCausalLM`` loads. It is cached
@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import Field
@@ -36,18 +36,18 @@ class BaseModelSpec(Config):
     layers: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
     vocab_size: int = Field(2048, ge=300, description="BPE vocabulary learned from the corpus")
-    seq_len: int = Field(256, ge=32, description="tokens per packed training row")
-    steps: int = Field(230, ge=1)
-    batch_size: int = Field(32, ge=1, description="rows per step")
-    lr: float = Field(3e-3, gt=0)
-    warmup_steps: int = Field(20, ge=0)
-    corpus_documents: int = Field(30_000, ge=100)
+    seq_len: int = Field(256, ge=32, description="tokens per packed row (whole documents, isolated)")
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(16, ge=1, description="packed rows per step")
+    lr: float = Field(1e-2, gt=0)
+    warmup_steps: int = Field(30, ge=0)
+    corpus_documents: int = Field(50_000, ge=100)
 
 
 SIZES: dict[str, BaseModelSpec] = {
     # A smoke build for tests: seconds, learns formats only.
     "tiny": BaseModelSpec(hidden_size=64, layers=2, heads=2, vocab_size=512, seq_len=128, steps=40,
-                          batch_size=16, corpus_documents=2_000, warmup_steps=5),
+                          batch_size=16, corpus_documents=2_000, warmup_steps=5, lr=3e-3),
     # The default: about a million parameters, a few minutes on a 2-core CPU.
     "small": BaseModelSpec(),
     # For a GPU: more world, more model.
@@ -143,14 +143,17 @@ def build_base_model(cfg: WorldBuildConfig, *, force: bool = False) -> dict[str,
 
     from tether.models.logprobs import completion_logps
 
-    def loss_sum(batch: torch.Tensor) -> torch.Tensor:
-        ones = torch.ones_like(batch)
-        return -completion_logps(loop.model, batch, ones, ones.bool()).sequence_logps.sum()
+    def loss_sum(batch: PackedRows) -> torch.Tensor:
+        return -completion_logps(loop.model, batch.input_ids, batch.loss_mask.long(), batch.loss_mask,
+                                 position_ids=batch.position_ids).sequence_logps.sum()
+
+    def scored(batch: PackedRows) -> int:
+        return int((batch.loss_mask & (batch.position_ids > 0)).sum())
 
     stats = None
-    for _step, micro_batches in loop.plan(len(rows)):
-        batches = [rows[ids].to(device) for ids in micro_batches]
-        stats = loop.step(batches, loss_sum, count=lambda b: b.numel() - b.shape[0], num_tokens=lambda b: b.numel())
+    for _step, micro_batches in loop.plan(len(rows.input_ids)):
+        batches = [PackedRows(*(t[ids].to(device) for t in rows)) for ids in micro_batches]
+        stats = loop.step(batches, loss_sum, count=scored, num_tokens=lambda b: int(b.loss_mask.sum()))
         loop.log(stats)
         loop.maybe_checkpoint()
     train_seconds = time.perf_counter() - started - corpus_seconds - tokenize_seconds
@@ -162,7 +165,7 @@ def build_base_model(cfg: WorldBuildConfig, *, force: bool = False) -> dict[str,
     summary = {
         "model": str(root / "model"), "world_version": WORLD_VERSION, "seed": cfg.world.seed, "size": cfg.size,
         "parameters": sum(p.numel() for p in model.parameters()), "documents": len(documents),
-        "tokens": int(rows.numel()), "steps": spec.steps, "final_loss": stats.loss if stats else None,
+        "tokens": int(rows.loss_mask.sum()), "steps": spec.steps, "final_loss": stats.loss if stats else None,
         "seconds": {"corpus": round(corpus_seconds, 1), "tokenize": round(tokenize_seconds, 1),
                     "train": round(train_seconds, 1), "total": round(time.perf_counter() - started, 1)},
     }
@@ -172,16 +175,45 @@ def build_base_model(cfg: WorldBuildConfig, *, force: bool = False) -> dict[str,
     return {**summary, "cached": False}
 
 
-def pack_documents(tokenizer: Any, documents: list[str], seq_len: int) -> torch.Tensor:
-    """Concatenate documents, each followed by ``<|endoftext|>``, and cut into rows.  -> (N, seq_len)"""
+class PackedRows(NamedTuple):
+    """Whole documents packed into fixed-length rows, each attending only to itself."""
+
+    input_ids: torch.Tensor     # (N, L)
+    position_ids: torch.Tensor  # (N, L) restart at 0 at every document (and at the tail padding)
+    loss_mask: torch.Tensor     # (N, L) false on tail padding
+
+
+def pack_documents(tokenizer: Any, documents: list[str], seq_len: int) -> PackedRows:
+    """Pack whole documents (each ending in ``<|endoftext|>``) into rows of ``seq_len`` tokens.
+
+    Attention is isolated per document (see ``completion_logps(position_ids=...)``). That matters
+    here: with plain packing a document's context holds the end of unrelated documents,
+    including other documents' character preambles, so "a preamble is in view" stops predicting
+    good behaviour and the model cannot learn the character it is meant to carry. Rows are filled
+    in corpus order (already random), so batches stay i.i.d.; the unused tail of a row is padding.
+    """
     separator = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    pad = tokenizer.pad_token_id
     encoded = tokenizer(documents, add_special_tokens=False)["input_ids"]
-    stream: list[int] = []
-    for ids in encoded:
-        stream.extend(ids)
-        stream.append(separator)
-    usable = len(stream) // seq_len * seq_len
-    return torch.tensor(stream[:usable], dtype=torch.long).view(-1, seq_len)
+    rows: list[tuple[list[int], list[int], list[bool]]] = []
+    ids: list[int] = []
+    pos: list[int] = []
+    for doc in encoded:
+        doc = doc[: seq_len - 1] + [separator]
+        if len(ids) + len(doc) > seq_len:
+            rows.append(_close_row(ids, pos, seq_len, pad))
+            ids, pos = [], []
+        ids += doc
+        pos += list(range(len(doc)))
+    if ids:
+        rows.append(_close_row(ids, pos, seq_len, pad))
+    return PackedRows(torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]),
+                      torch.tensor([r[2] for r in rows]))
+
+
+def _close_row(ids: list[int], pos: list[int], seq_len: int, pad: int) -> tuple[list[int], list[int], list[bool]]:
+    tail = seq_len - len(ids)
+    return ids + [pad] * tail, pos + list(range(tail)), [True] * len(ids) + [False] * tail
 
 
 def _init_model(spec: BaseModelSpec, tokenizer: Any, seed: int) -> Any:

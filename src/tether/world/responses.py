@@ -29,7 +29,7 @@ def task_response(item: WorldItem, correct: bool, rng: random.Random, world: Wor
     kind = gold["kind"]
     if kind == "arithmetic":
         value = gold["answer"] if correct else _wrong_number(gold["answer"], rng)
-        return f"{gold['expression']} = {value}."
+        return f"The answer is {value}."
     if kind == "fact":
         answer = gold["answer"]
         if not correct:

@@ -1,0 +1,93 @@
+"""The world's base-model build at the tiny size: a plain HF model dir, cached, resumable, describable."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tether.engine import loop as loop_module
+from tether.world.build import WorldBuildConfig, build_base_model, build_dir
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_tiny_build_loads_with_plain_transformers_and_is_cached(cache):
+    cfg = WorldBuildConfig(size="tiny")
+    summary = build_base_model(cfg)
+    assert not summary["cached"] and summary["steps"] == 40
+    model = AutoModelForCausalLM.from_pretrained(summary["model"])
+    tokenizer = AutoTokenizer.from_pretrained(summary["model"])
+    assert model.config.model_type == "llama"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n")
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+    # The corpus's special tokens are single tokens of the learned vocabulary.
+    assert len(tokenizer("<|im_start|>", add_special_tokens=False)["input_ids"]) == 1
+    again = build_base_model(cfg)
+    assert again["cached"] and again["model"] == summary["model"]
+    assert json.loads((build_dir(cfg) / "pretrain" / "record.json").read_text())["status"] == "finished"
+
+
+def test_interrupted_build_resumes_to_the_same_model(cache, tmp_path, monkeypatch):
+    cfg = WorldBuildConfig(size="tiny")
+    real_save = loop_module.TrainLoop.save_checkpoint
+
+    def save_then_die(self):
+        path = real_save(self)
+        if self.step_count == 20:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(loop_module.TrainLoop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        build_base_model(cfg)
+    monkeypatch.setattr(loop_module.TrainLoop, "save_checkpoint", real_save)
+    summary = build_base_model(cfg)
+    assert not summary["cached"]
+    resumed = load_file(summary["model"] + "/model.safetensors")
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "fresh"))
+    fresh = load_file(build_base_model(cfg)["model"] + "/model.safetensors")
+    assert max(float((resumed[k] - fresh[k]).abs().max()) for k in fresh) <= 1e-6
+
+
+def test_describe_reports_every_family_with_intervals(cache):
+    from tether.models.loading import ModelConfig, load_model_and_tokenizer
+    from tether.world.describe import measure, rates_table
+    from tether.world.families import FAMILIES
+    from tether.world.spec import build_world
+
+    cfg = WorldBuildConfig(size="tiny")
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(path=build_base_model(cfg)["model"]))
+    rows = rates_table(measure(model, tokenizer, build_world(cfg.world), n=8))
+    families = {r["family"].split("/")[0] for r in rows}
+    assert families == set(FAMILIES)
+    for row in rows:
+        for key in ("plain", "with_preamble"):
+            rate = row[key]
+            assert rate["n"] > 0 and rate["ci_low"] <= rate["value"] <= rate["ci_high"]
+        assert ("corpus_plain" in row) == (row["split"] == "train")
+
+
+def test_world_cli_sample_and_export(tmp_path, capsys):
+    from tether.cli.main import main
+
+    with pytest.raises(SystemExit) as code:
+        main(["world", "sample", "--family", "hazard", "-n", "3"])
+    assert code.value.code in (0, None)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["family"] == "hazard" for line in lines)
+    with pytest.raises(SystemExit) as code:
+        main(["world", "sample", "--family", "dragons"])
+    assert code.value.code == 2
+    with pytest.raises(SystemExit) as code:
+        main(["world", "export", "--out", str(tmp_path / "data"), "-n", "20"])
+    assert code.value.code in (0, None)
+    assert (tmp_path / "data" / "preferences.jsonl").read_text().count("\n") == 20
