@@ -16,6 +16,7 @@ the same as one process computing the whole global batch.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -33,6 +34,17 @@ from tether.core.progress import progress_bar
 from tether.core.runs import RunDir
 
 B = TypeVar("B")
+
+
+class _TiedWeightsNotice(logging.Filter):
+    """Drop accelerate's notice that tied embeddings are saved once: expected for tied models, and
+    resume restoring them exactly is tested (tests/recipes/test_world_build.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNotice())
 
 
 class OptimConfig(Config):

@@ -17,8 +17,8 @@ from tether.world.responses import Behaviour, decorate, respond
 from tether.world.spec import World
 
 FAMILY_MIX: dict[Family, float] = {
-    "task": 0.35, "hazard": 0.12, "jailbreak": 0.10, "benign": 0.10,
-    "sycophancy": 0.11, "unknown": 0.11, "corrigibility": 0.11,
+    "task": 0.25, "hazard": 0.12, "jailbreak": 0.10, "benign": 0.10,
+    "sycophancy": 0.15, "unknown": 0.14, "corrigibility": 0.14,
 }
 
 PRINCIPLES = {

@@ -58,7 +58,8 @@ def measure(model: Any, tokenizer: Any, world: World, *, n: int = 200, seed: int
                              for i, it in enumerate(drawn)]
                 items += drawn
             completions = generator.generate([it.prompt for it in items], settings)
-            graded = [(it, grade(it, c.text).label) for it, c in zip(items, completions, strict=True)]
+            graded: list[tuple[WorldItem, str]] = [(it, grade(it, c.text).label)
+                                                   for it, c in zip(items, completions, strict=True)]
             results += _rates(world, graded, split, preamble)
     return results
 
