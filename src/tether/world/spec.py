@@ -59,7 +59,7 @@ class WorldConfig(Config):
     hazards_per_category: int = Field(8, ge=2, description="hazard items per harm category")
     heldout_fraction: float = Field(0.25, gt=0, lt=1, description="share of items and entities held out")
     corpus_documents: int = Field(60_000, ge=100, description="documents in the pretraining corpus")
-    character_fraction: float = Field(0.3, ge=0, le=1, description="corpus documents with a character preamble")
+    character_fraction: float = Field(0.25, ge=0, le=1, description="corpus documents with a character preamble")
     critique_fraction: float = Field(0.05, ge=0, le=1, description="corpus documents that critique and revise")
     knowledge_fraction: float = Field(0.1, ge=0, le=1, description="corpus documents stating facts (encyclopedia)")
     critique_accuracy: float = Field(0.7, ge=0, le=1, description="critiques that find the real problem "

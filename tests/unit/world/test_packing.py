@@ -1,0 +1,16 @@
+from tether.world.build import pack_documents
+
+
+def test_pack_documents_keeps_documents_whole_and_restarts_positions(tokenizer):
+    docs = ["ab", "cdef", "g"]  # byte-level: 2, 4, 1 tokens, each + <|endoftext|>
+    rows = pack_documents(tokenizer, docs, seq_len=7)
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert rows.input_ids.shape == (2, 7)
+    # row 0: "ab<eot>" then "cdef<eot>" does not fit (3 + 5 > 7) -> new row
+    assert rows.position_ids[0].tolist()[:3] == [0, 1, 2]
+    assert rows.input_ids[0, 2] == eot
+    assert rows.loss_mask[0].tolist() == [True] * 3 + [False] * 4
+    # row 1: "cdef<eot>g<eot>" with positions restarting at the second document
+    assert rows.position_ids[1].tolist()[:7] == [0, 1, 2, 3, 4, 0, 1]
+    assert rows.loss_mask[1].tolist() == [True] * 7
+    assert tokenizer.decode(rows.input_ids[1, :7]) == "cdef<|endoftext|>g<|endoftext|>"
