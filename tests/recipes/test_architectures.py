@@ -58,3 +58,11 @@ def test_architecture_roundtrip(arch, tokenizer, tmp_path):
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
     with torch.no_grad():
         torch.testing.assert_close(sequence_scores(again, ids, attn), scores)
+
+
+def test_reward_model_lora_trains_adapters_and_the_score_head(tokenizer):
+    reward = load_reward_model(ModelConfig(path="tiny:llama", lora=LoraSettings(r=4, target_modules="attention")),
+                               tokenizer)
+    trainable = [n for n, p in reward.named_parameters() if p.requires_grad]
+    assert any("lora_" in n for n in trainable) and any("score" in n for n in trainable)
+    assert not any("embed_tokens" in n for n in trainable)

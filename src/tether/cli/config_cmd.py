@@ -16,6 +16,7 @@ app = typer.Typer(help="List, show and validate configs.", no_args_is_help=True)
 # Which config class a shipped config's folder holds (tether/configs/<folder>/<name>.yaml).
 CONFIG_CLASSES: dict[str, str] = {
     "sft": "tether.train.sft:SFTConfig",
+    "world": "tether.world.build:WorldBuildConfig",
 }
 
 
@@ -44,7 +45,8 @@ def show(name: str, set_: SetOpt = None,
 
     Example: tether config show sft/demo --set optim.lr=3e-4
     """
-    cfg_kind = kind or Path(name).parts[0] if not Path(name).is_file() else kind
+    # A shipped name's folder is its kind (sft/demo -> sft); a file outside the package needs --kind.
+    cfg_kind = kind if kind is not None or Path(name).is_file() else Path(name).parts[0]
     if cfg_kind is None:
         raise ConfigError(f"{name}: pass --kind (one of {', '.join(CONFIG_CLASSES)}) for a config file")
     typer.echo(dump_config(load_config(config_class(cfg_kind), name, set_ or [])), nl=False)

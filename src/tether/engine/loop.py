@@ -113,7 +113,7 @@ class TrainLoop:
     """Accelerator, optimizer, schedule and step counter of one training run."""
 
     def __init__(self, model: torch.nn.Module, optim: OptimConfig, loop: LoopConfig, run: RunDir,
-                 *, seed: int) -> None:
+                 *, seed: int, cpu: bool = False) -> None:
         from accelerate import Accelerator
 
         self.cfg = loop
@@ -123,7 +123,7 @@ class TrainLoop:
         # Precision is applied by our own autocast (see ``step``), not by Accelerator(mixed_precision=...):
         # accelerate's state is a process-wide singleton that refuses a second, different setting,
         # and pipelines run several recipes in one process. ``accelerate launch`` settings still apply.
-        self.accelerator = Accelerator()
+        self.accelerator = Accelerator(cpu=cpu)
         if loop.batch_size % self.accelerator.num_processes:
             from tether.core.errors import UserError
 

@@ -24,13 +24,14 @@ def attention_modules(model_type: str) -> list[str] | None:
     return list(found) if found else None
 
 
-def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedModel:
+def apply_lora(model: PreTrainedModel, settings: LoraSettings, *, scalar_head: bool = False) -> PreTrainedModel:
     """Wrap ``model`` in peft LoRA adapters; only the adapters are trainable afterwards.
 
     ``target_modules='attention'`` uses peft's per-architecture table of attention
     projections (q_proj/v_proj for Llama, c_attn for GPT-2, query_key_value for GPT-NeoX,
     qkv_proj for Phi-3 ...); ``'all-linear'`` adapts every linear layer except the output
-    head; a list names modules explicitly.
+    head; a list names modules explicitly. ``scalar_head`` is for reward / value models: their
+    score head stays trainable (peft's sequence-classification task).
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -46,7 +47,7 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PreTrainedMode
     else:
         targets = settings.target_modules
     config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        task_type=TaskType.SEQ_CLS if scalar_head else TaskType.CAUSAL_LM,
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,

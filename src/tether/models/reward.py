@@ -56,14 +56,9 @@ def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> P
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora is not None:
-        from peft import LoraConfig, TaskType, get_peft_model
+        from tether.models.lora import apply_lora
 
-        from tether.models.lora import attention_modules
-
-        targets = (attention_modules(model.config.model_type) if cfg.lora.target_modules == "attention"
-                   else cfg.lora.target_modules)
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                 lora_dropout=cfg.lora.dropout, target_modules=targets))
+        model = apply_lora(model, cfg.lora, scalar_head=True)
     return model
 
 

@@ -64,7 +64,8 @@ class WorldBuildConfig(Config):
     world: WorldConfig = WorldConfig()
     size: Size = Field("small", description="preset in tether.world.build.SIZES")
     model: BaseModelSpec | None = Field(None, description="override the size preset entirely")
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda'")
+    device: Literal["auto", "cpu"] = Field("auto", description="'auto' uses a GPU when there is one (or what "
+                                           "`accelerate launch` set up); 'cpu' forces the CPU")
     precision: Literal["fp32", "bf16"] = "fp32"
 
     def spec(self) -> BaseModelSpec:
@@ -134,9 +135,7 @@ def build_base_model(cfg: WorldBuildConfig, *, force: bool = False) -> dict[str,
     loop_cfg = LoopConfig(max_steps=spec.steps, batch_size=spec.batch_size, precision=cfg.precision,
                           log_every=10, checkpoint_every=max(1, spec.steps // 4), keep_checkpoints=1)
     optim = OptimConfig(lr=spec.lr, warmup_steps=spec.warmup_steps, weight_decay=0.01, schedule="cosine")
-    if cfg.device != "auto":
-        os.environ["ACCELERATE_USE_CPU"] = "true" if cfg.device == "cpu" else "false"
-    loop = TrainLoop(model, optim, loop_cfg, run, seed=cfg.world.seed)
+    loop = TrainLoop(model, optim, loop_cfg, run, seed=cfg.world.seed, cpu=cfg.device == "cpu")
     if resume:
         loop.resume()
     device = loop.accelerator.device
