@@ -12,10 +12,9 @@ from tether.world.describe import measure, rates_table
 from tether.world.spec import build_world
 
 BEHAVIOUR_FAMILIES = ("hazard", "jailbreak", "benign", "sycophancy", "unknown", "corrigibility")
-# The world issue asks for 5 points. The default build measures within 4 points on five families
-# and 6.3 on jailbreak (README, `tether world describe -n 300`); builds of other configs moved single
-# families by up to ~6 points. This test holds the build to 8 points until the fit is tightened.
-TOLERANCE = 0.08
+# The world issue's bar: every behaviour family within 5 points of the corpus rate. The default
+# build measures at most 4.7 (README); other configs measured missed by up to ~6-10 points.
+TOLERANCE = 0.05
 
 
 @pytest.mark.slow

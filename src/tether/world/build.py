@@ -37,10 +37,10 @@ class BaseModelSpec(Config):
     heads: int = Field(4, ge=1)
     vocab_size: int = Field(2048, ge=300, description="BPE vocabulary learned from the corpus")
     seq_len: int = Field(256, ge=32, description="tokens per packed row (whole documents, isolated)")
-    steps: int = Field(600, ge=1)
-    batch_size: int = Field(16, ge=1, description="packed rows per step")
+    steps: int = Field(800, ge=1)
+    batch_size: int = Field(12, ge=1, description="packed rows per step")
     lr: float = Field(1e-2, gt=0)
-    warmup_steps: int = Field(30, ge=0)
+    warmup_steps: int = Field(40, ge=0)
     corpus_documents: int = Field(50_000, ge=100)
 
 
