@@ -130,3 +130,11 @@ def test_bf16_autocast_trains(tmp_path):
     summary = sft.run(_cfg(tmp_path, "bf16", "loop.precision=bf16", "loop.max_steps=8", "model.path=tiny:llama"))
     metrics = _metrics_without_timing(tmp_path / "bf16")
     assert summary["steps"] == 8 and metrics[-1]["loss"] < metrics[0]["loss"]
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    sft.run(_cfg(tmp_path, "r", "loop.max_steps=2", "loop.checkpoint_every=1"))
+    with pytest.raises(UserError, match=r"config key 'optim.lr' is 0.1 but the run .* used 0.003"):
+        sft.run(_cfg(tmp_path, "r", "loop.max_steps=2", "loop.checkpoint_every=1", "optim.lr=0.1"), resume=True)
+    summary = sft.run(_cfg(tmp_path, "r", "loop.max_steps=3", "loop.checkpoint_every=1"), resume=True)
+    assert summary["steps"] == 3

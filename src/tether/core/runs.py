@@ -76,6 +76,33 @@ def git_revision(start: Path | None = None) -> str | None:
     return f"{rev}+dirty" if dirty else rev
 
 
+# Keys a resumed run may change: extending the run is the point of resuming it.
+RESUMABLE_CHANGES = frozenset({"loop.max_steps"})
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def _check_resumable(saved_path: Path, config: BaseModel) -> None:
+    """Refuse to resume a run under a different config (other than :data:`RESUMABLE_CHANGES`)."""
+    import yaml
+
+    if not saved_path.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    now = _flatten(config.model_dump(mode="json"))
+    for key in sorted(set(saved) | set(now)):
+        if key not in RESUMABLE_CHANGES and saved.get(key) != now.get(key):
+            raise UserError(f"--resume: config key {key!r} is {now.get(key)!r} but the run in {saved_path.parent} "
+                            f"used {saved.get(key)!r}; resume with the same config (only loop.max_steps may change)")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -102,6 +129,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.checkpoints.mkdir(exist_ok=True)
         if existing:
+            _check_resumable(self.path / "config.yaml", config)
             self.record = RunRecord.model_validate_json(self.record_path.read_text())
             self.record.resumed += 1
             self.record.status = "running"
