@@ -41,7 +41,7 @@ class BaseModelSpec(Config):
     batch_size: int = Field(12, ge=1, description="packed rows per step")
     lr: float = Field(1e-2, gt=0)
     warmup_steps: int = Field(40, ge=0)
-    corpus_documents: int = Field(50_000, ge=100)
+    corpus_documents: int = Field(50_000, ge=100, description="documents of the world's corpus to pretrain on")
 
 
 SIZES: dict[str, BaseModelSpec] = {
@@ -116,9 +116,8 @@ def build_base_model(cfg: WorldBuildConfig, *, force: bool = False) -> dict[str,
     started = time.perf_counter()
     seed_everything(cfg.world.seed)
 
-    world_cfg = cfg.world.model_copy(update={"corpus_documents": spec.corpus_documents})
-    world = build_world(world_cfg)
-    documents = list(corpus_documents(world))
+    world = build_world(cfg.world)
+    documents = list(corpus_documents(world, spec.corpus_documents))
     (root / "corpus.txt.sample").write_text("\n".join(documents[:200]))
     corpus_seconds = time.perf_counter() - started
 

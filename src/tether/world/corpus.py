@@ -106,11 +106,15 @@ def chat_document(world: World, rng: random.Random) -> str:
     return render_chatml([*item.prompt, {"role": "assistant", "content": response}])
 
 
-def corpus_documents(world: World) -> Iterator[str]:
-    """Every document of the corpus, in order; deterministic in the world config."""
+def corpus_documents(world: World, count: int) -> Iterator[str]:
+    """The first ``count`` documents of the world's corpus (a prefix of one seeded stream).
+
+    The count is the build's (``BaseModelSpec.corpus_documents``): the world itself does not
+    depend on how much of its corpus a model reads.
+    """
     rng = random.Random(f"corpus:{world.config.seed}")
     cfg = world.config
-    for _ in range(cfg.corpus_documents):
+    for _ in range(count):
         roll = rng.random()
         if roll < cfg.knowledge_fraction:
             yield knowledge_document(world, rng)

@@ -58,7 +58,6 @@ class WorldConfig(Config):
     unknown_lands: int = Field(40, ge=4, description="lands that exist nowhere in the corpus")
     hazards_per_category: int = Field(8, ge=2, description="hazard items per harm category")
     heldout_fraction: float = Field(0.25, gt=0, lt=1, description="share of items and entities held out")
-    corpus_documents: int = Field(60_000, ge=100, description="documents in the pretraining corpus")
     character_fraction: float = Field(0.25, ge=0, le=1, description="corpus documents with a character preamble")
     critique_fraction: float = Field(0.05, ge=0, le=1, description="corpus documents that critique and revise")
     knowledge_fraction: float = Field(0.1, ge=0, le=1, description="corpus documents stating facts (encyclopedia)")

@@ -14,11 +14,12 @@ from tether.world.families import FAMILIES, JAILBREAKS_HELDOUT, sample_items, wr
 from tether.world.grader import grade
 from tether.world.responses import respond
 
-SMALL = WorldConfig(corpus_documents=3000)
+SMALL = WorldConfig()
+DOCS = 3000
 
 
 def _digest(cfg):
-    return hashlib.sha256("\n".join(corpus_documents(build_world(cfg))).encode()).hexdigest()
+    return hashlib.sha256("\n".join(corpus_documents(build_world(cfg), DOCS)).encode()).hexdigest()
 
 
 def test_same_seed_same_bytes_other_seed_other_world():
@@ -32,7 +33,7 @@ def _training_text(world, tmp_path):
     export_all(world, tmp_path, n=1500)
     train_files = ["sft.jsonl", "preferences.jsonl", "preferences_gold.jsonl", "unpaired.jsonl", "prompts.jsonl"]
     exported = "\n".join((tmp_path / name).read_text() for name in train_files)
-    return "\n".join(corpus_documents(world)) + "\n" + exported
+    return "\n".join(corpus_documents(world, DOCS)) + "\n" + exported
 
 
 def test_heldout_entities_and_wrappers_never_appear_in_training_text(tmp_path):
@@ -70,7 +71,7 @@ def test_heldout_prompts_never_appear_in_training_text(tmp_path):
 
 def test_heldout_fact_questions_are_never_asked_in_training():
     world = build_world(SMALL)
-    text = "\n".join(corpus_documents(world))
+    text = "\n".join(corpus_documents(world, DOCS))
     asked = {land.name for land in world.lands
              if any(f"What is the {attr} of {land.name}?" in text for attr in ("capital", "animal", "colour"))}
     assert asked and not asked & world.heldout_lands
