@@ -124,6 +124,9 @@ class HFGenerator:
                     results[i] = completion
         finally:
             self.model.train(was_training)
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:  # a backend that returned fewer completions than prompts: never drop or misalign silently
+            raise RuntimeError(f"generation returned no completion for prompts {missing[:10]}")
         return [r for r in results if r is not None]
 
     def _left_pad(self, batch: list[list[int]]) -> tuple[Tensor, Tensor]:
