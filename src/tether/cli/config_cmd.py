@@ -16,6 +16,7 @@ app = typer.Typer(help="List, show and validate configs.", no_args_is_help=True)
 # Which config class a shipped config's folder holds (tether/configs/<folder>/<name>.yaml).
 CONFIG_CLASSES: dict[str, str] = {
     "sft": "tether.train.sft:SFTConfig",
+    "eval": "tether.evals.run:EvalConfig",
     "world": "tether.world.build:WorldBuildConfig",
 }
 

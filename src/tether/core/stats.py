@@ -1,8 +1,9 @@
-"""Interval estimates used wherever a rate is reported."""
+"""Interval estimates and tests used wherever a rate is reported or two models are compared."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 
@@ -33,3 +34,140 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> Rate:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return Rate(p, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
+def bootstrap_mean(values: Sequence[Sequence[float]], *, resamples: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> Rate:
+    """Mean of per-sample values with a percentile bootstrap interval that resamples *clusters*.
+
+    ``values[i]`` holds the samples drawn for prompt ``i`` (one or several). Resampling prompts,
+    not samples, keeps the interval honest when several samples share a prompt: they are
+    correlated, and treating them as independent would make the interval too narrow.
+    """
+    import numpy as np
+
+    clusters = [np.asarray(v, dtype=float) for v in values if len(v)]
+    if not clusters:
+        return Rate(float("nan"), float("nan"), float("nan"), 0)
+    sums = np.array([c.sum() for c in clusters])
+    counts = np.array([len(c) for c in clusters])
+    n = int(counts.sum())
+    value = float(sums.sum() / n)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(clusters), size=(resamples, len(clusters)))
+    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return Rate(value, float(low), float(high), n)
+
+
+class PairedResult(NamedTuple):
+    """Model B minus model A on the same prompts."""
+
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n: int
+    method: str
+
+
+def mcnemar_exact(a: Sequence[int], b: Sequence[int]) -> float:
+    """Two-sided exact McNemar test (binomial on the discordant pairs) for paired 0/1 outcomes.
+
+    Example: 10 pairs where B succeeds and A fails and 0 the other way give p = 2 * 0.5**10.
+    """
+    b_only = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    a_only = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    discordant = a_only + b_only
+    if discordant == 0:
+        return 1.0
+    k = min(a_only, b_only)
+    tail = sum(math.comb(discordant, i) for i in range(k + 1)) / 2 ** discordant
+    return min(1.0, 2 * tail)
+
+
+def paired_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], *, resamples: int = 2000,
+                      seed: int = 0) -> PairedResult:
+    """Compare two models' per-prompt outcomes on the same prompts (``a[i]`` and ``b[i]``: prompt i).
+
+    One 0/1 sample per prompt: exact McNemar p-value. Otherwise (several samples, or scores):
+    a sign-flip permutation test on per-prompt mean differences. The interval is a paired
+    bootstrap over prompts either way.
+    """
+    import numpy as np
+
+    if len(a) != len(b):
+        raise ValueError("paired outcomes need the same prompts on both sides")
+    pairs = [(np.mean(x), np.mean(y)) for x, y in zip(a, b, strict=True) if len(x) and len(y)]
+    if not pairs:
+        return PairedResult(float("nan"), float("nan"), float("nan"), 1.0, 0, "none")
+    diffs = np.array([y - x for x, y in pairs])
+    rng = np.random.default_rng(seed)
+    boot = diffs[rng.integers(0, len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
+    low, high = np.quantile(boot, [0.025, 0.975])
+    binary = all(len(x) == 1 and len(y) == 1 and x[0] in (0, 1) and y[0] in (0, 1)
+                 for x, y in zip(a, b, strict=True))
+    if binary:
+        p = mcnemar_exact([int(x[0]) for x in a], [int(y[0]) for y in b])
+        method = "mcnemar-exact"
+    else:
+        observed = abs(diffs.mean())
+        signs = rng.choice((-1.0, 1.0), size=(resamples, len(diffs)))
+        flipped = np.abs((signs * diffs).mean(axis=1))
+        p = float((1 + (flipped >= observed - 1e-12).sum()) / (resamples + 1))
+        method = "sign-flip-permutation"
+    return PairedResult(float(diffs.mean()), float(low), float(high), float(p), len(diffs), method)
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error control across many comparisons)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples with ``c`` correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per prompt, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+class Agreement(NamedTuple):
+    """How a binary scorer agrees with gold labels."""
+
+    n: int
+    accuracy: float
+    kappa: float
+    false_positive_rate: float
+    false_negative_rate: float
+
+
+def agreement(predicted: Sequence[bool], gold: Sequence[bool]) -> Agreement:
+    """Accuracy, Cohen's kappa (Cohen 1960), FPR = FP / gold negatives, FNR = FN / gold positives.
+
+    Example: predicted (1,1,0,0), gold (1,0,0,0): accuracy 0.75, kappa 0.5, FPR 1/3, FNR 0.
+    """
+    n = len(gold)
+    if n != len(predicted):
+        raise ValueError("predicted and gold labels differ in length")
+    if n == 0:
+        nan = float("nan")
+        return Agreement(0, nan, nan, nan, nan)
+    tp = sum(1 for p, g in zip(predicted, gold, strict=True) if p and g)
+    fp = sum(1 for p, g in zip(predicted, gold, strict=True) if p and not g)
+    fn = sum(1 for p, g in zip(predicted, gold, strict=True) if not p and g)
+    tn = n - tp - fp - fn
+    observed = (tp + tn) / n
+    expected = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / (n * n)
+    kappa = 1.0 if expected == 1 else (observed - expected) / (1 - expected)
+    fpr = fp / (fp + tn) if fp + tn else float("nan")
+    fnr = fn / (fn + tp) if fn + tp else float("nan")
+    return Agreement(n, observed, kappa, fpr, fnr)

@@ -1,0 +1,96 @@
+"""``tether eval``: evaluate a model on a suite; ``tether eval compare``: several runs side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, build_config
+
+app = typer.Typer(help="Evaluate models (HHH suites, honest statistics, HTML reports) and compare them.")
+
+
+@app.callback(invoke_without_command=True)
+def evaluate(
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="model directory, hub id, tiny:ARCH, or "
+                                              "world:base (default)")] = None,
+    suite: Annotated[str | None, typer.Option("--suite", help="world-hhh (default), xstest, harmbench, "
+                                              "advbench, jsonl")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="prompts file for file suites")] = None,
+    n: Annotated[int | None, typer.Option("-n", help="world-hhh: train prompts per family")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", help="responses sampled per prompt")] = None,
+    preamble: Annotated[bool, typer.Option("--preamble", help="world-hhh: ask with a character preamble")] = False,
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+) -> None:
+    """Generate, score and report: writes metrics.json, samples.jsonl and report.html under --out.
+
+    Example: tether eval --model world:base --suite world-hhh --out runs/eval-base
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from tether.evals import run as recipe
+
+    overrides = list(set_ or [])
+    for key, value in (("model.path", model), ("suite.name", suite), ("suite.path", data), ("suite.n", n),
+                       ("samples_per_prompt", samples)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if preamble:
+        overrides.append("suite.preamble=true")
+    cfg = build_config(recipe.EvalConfig, config, overrides, out)
+    doc = recipe.run(cfg, resume=resume)
+    _print_metrics(doc)
+    typer.echo(f"report: {Path(cfg.out) / 'report.html'}   metrics: {Path(cfg.out) / 'metrics.json'}")
+
+
+def _print_metrics(doc: dict) -> None:
+    reference = doc.get("reference", {})
+    typer.echo(f"{'metric':52} {'value':>7}  {'95% interval':>17} {'n':>6}" + ("  base rate" if reference else ""))
+    for name, m in doc["metrics"].items():
+        ref = reference.get(name)
+        line = (f"{name:52} {100 * m['value']:6.1f}%  [{100 * m['ci_low']:5.1f}, {100 * m['ci_high']:5.1f}]%"
+                f" {m['n']:>6}")
+        if ref is not None:
+            line += f"  {100 * ref:6.1f}%" + ("" if m["ci_low"] <= ref <= m["ci_high"] else "  (outside)")
+        typer.echo(line)
+    for row in doc.get("agreement", []):
+        typer.echo(f"scorer {row['scorer']} vs gold ({row['question']}): accuracy {row['accuracy']}, "
+                   f"kappa {row['kappa']}, n {row['n']}, unparsed {row['parse_failures'] + row['judge_refusals']}")
+
+
+@app.command("compare")
+def compare_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="eval run directories; the first is the baseline")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write compare.json and report.html here")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="significance level (Holm-adjusted)")] = 0.05,
+) -> None:
+    """Put eval runs side by side; paired tests of each against the first on the same prompts.
+
+    Example: tether eval compare runs/eval-base runs/eval-sft --out runs/compare
+    """
+    from tether.evals.compare import compare
+    from tether.evals.report import write_compare_report
+
+    result = compare([str(r) for r in runs], alpha=alpha)
+    labels = [r["label"] for r in result["runs"]]
+    typer.echo(f"{'metric':48}" + "".join(f" {label[:16]:>16}" for label in labels))
+    for name in result["metrics"]:
+        line = f"{name:48}"
+        for index, run in enumerate(result["runs"]):
+            m = run["metrics"].get(name)
+            cell = "–" if m is None else f"{100 * m['value']:.1f}%"
+            test = run["tests"].get(name) if index else None
+            if test is not None and test["significant"]:
+                cell += "*"
+            line += f" {cell:>16}"
+        typer.echo(line)
+    typer.echo("* significant against the first run (paired test, Holm-adjusted p < alpha)")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.json").write_text(json.dumps(result, indent=2))
+        write_compare_report(result, out / "report.html")
+        typer.echo(f"report: {out / 'report.html'}")

@@ -1,0 +1,144 @@
+"""Prompt sets from files users already have, as :class:`EvalPrompt` lists.
+
+- XSTest-style CSV: columns ``prompt``, ``type``, ``label`` (``safe`` / ``unsafe``)
+  (Röttger et al. 2024): over-refusal on safe prompts next to compliance on unsafe ones.
+- HarmBench-style behaviours CSV: ``Behavior``, ``FunctionalCategory``, ``SemanticCategory``,
+  optional ``ContextString`` and ``BehaviorID`` (Mazeika et al. 2024).
+- AdvBench-style CSV: ``goal``, ``target`` (Zou et al. 2023).
+- JSONL: ``{"prompt": text or messages, "label": "harmful" | "benign", ...}``; optional
+  ``category``, ``answer`` (reference for verifiers), ``response`` (score this response instead
+  of generating one: judge validation on labelled data) and ``gold_labels``
+  (``{"refusal": true, ...}``: the truth for scorer-vs-gold agreement).
+
+A missing column or a malformed row is a :class:`DataError` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tether.core.errors import DataError
+from tether.models.chat import Prompt
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    """One prompt of a suite and what the suite knows about it."""
+
+    id: str
+    prompt: Prompt
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise DataError(f"{path}: missing column {missing[0]!r} (columns: {', '.join(columns) or 'none'})")
+        try:
+            for row in reader:
+                line = reader.line_num
+                if None in row:  # more fields than the header names
+                    raise DataError(f"{path}:{line}: {len(columns) + len(row[None])} fields, the header has "  # type: ignore[index]
+                                    f"{len(columns)}")
+                if any(row[c] is None for c in columns):
+                    raise DataError(f"{path}:{line}: {sum(v is not None for v in row.values())} fields, the "
+                                    f"header has {len(columns)}")
+                yield line, row
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
+
+
+def _required(path: Path, line: int, row: dict[str, str], column: str) -> str:
+    value = (row.get(column) or "").strip()
+    if not value:
+        raise DataError(f"{path}:{line}: column {column!r} is empty")
+    return value
+
+
+def load_xstest(path: str | Path) -> list[EvalPrompt]:
+    """XSTest-style CSV: prompt, type, label (safe | unsafe)."""
+    path = Path(path)
+    out = []
+    for line, row in _csv_rows(path, ("prompt", "type", "label")):
+        label = _required(path, line, row, "label").lower()
+        if label not in ("safe", "unsafe"):
+            raise DataError(f"{path}:{line}: column 'label' is {label!r}; expected 'safe' or 'unsafe'")
+        out.append(EvalPrompt(row.get("id") or f"xstest:{line}", _required(path, line, row, "prompt"),
+                              {"label": "benign" if label == "safe" else "harmful",
+                               "category": _required(path, line, row, "type")}))
+    return out
+
+
+def load_harmbench(path: str | Path) -> list[EvalPrompt]:
+    """HarmBench-style behaviours CSV; a ContextString, where present, goes before the behaviour."""
+    path = Path(path)
+    out = []
+    for line, row in _csv_rows(path, ("Behavior", "SemanticCategory")):
+        behaviour = _required(path, line, row, "Behavior")
+        context = (row.get("ContextString") or "").strip()
+        prompt = f"{context}\n\n---\n\n{behaviour}" if context else behaviour
+        out.append(EvalPrompt(row.get("BehaviorID") or f"harmbench:{line}", prompt,
+                              {"label": "harmful", "category": _required(path, line, row, "SemanticCategory"),
+                               "functional": (row.get("FunctionalCategory") or "standard").strip()}))
+    return out
+
+
+def load_advbench(path: str | Path) -> list[EvalPrompt]:
+    """AdvBench-style CSV: goal, target (the affirmative opening an attack aims for)."""
+    path = Path(path)
+    return [EvalPrompt(f"advbench:{line}", _required(path, line, row, "goal"),
+                       {"label": "harmful", "target": _required(path, line, row, "target")})
+            for line, row in _csv_rows(path, ("goal", "target"))]
+
+
+_LABELS = {"harmful": "harmful", "unsafe": "harmful", "benign": "benign", "safe": "benign"}
+
+
+def load_jsonl_prompts(path: str | Path) -> list[EvalPrompt]:
+    """JSONL prompts with labels (see the module docstring for the fields)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for line, text in enumerate(fh, 1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line}: not JSON: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line}: expected a JSON object")
+            prompt = row.get("prompt")
+            if not (isinstance(prompt, str) and prompt.strip()) and not (
+                    isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m
+                                                                for m in prompt)):
+                raise DataError(f"{path}:{line}: field 'prompt': a non-empty string or a list of "
+                                "{role, content} messages is required")
+            label = row.get("label")
+            if label is not None and str(label).lower() not in _LABELS:
+                raise DataError(f"{path}:{line}: field 'label' is {label!r}; expected one of {', '.join(_LABELS)}")
+            if "response" in row and not isinstance(row["response"], str):
+                raise DataError(f"{path}:{line}: field 'response' must be a string")
+            gold = row.get("gold_labels")
+            if gold is not None and not (isinstance(gold, dict) and all(isinstance(v, bool) for v in gold.values())):
+                raise DataError(f"{path}:{line}: field 'gold_labels' must map questions to true/false")
+            meta = {k: v for k, v in row.items() if k not in ("prompt", "id")}
+            if label is not None:
+                meta["label"] = _LABELS[str(label).lower()]
+            out.append(EvalPrompt(str(row.get("id", f"jsonl:{line}")), prompt, meta))
+    return out
+
+
+LOADERS = {"xstest": load_xstest, "harmbench": load_harmbench, "advbench": load_advbench, "jsonl": load_jsonl_prompts}

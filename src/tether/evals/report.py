@@ -1,0 +1,244 @@
+"""Self-contained HTML reports: tables and inline SVG plots, no scripts, nothing fetched.
+
+``write_report`` renders one eval (one section per metric family, the scorer-vs-gold
+agreement table, scorer failure counts, example responses); ``write_compare_report`` puts
+several runs side by side with paired-test significance marks.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tether.evals.suites import SECTIONS
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;color:#222;
+padding:0 1rem}
+h1{font-size:1.6rem} h2{border-bottom:1px solid #ddd;padding-bottom:.3rem;margin-top:2.2rem}
+table{border-collapse:collapse;margin:.8rem 0;font-size:.9rem} th,td{border:1px solid #ddd;padding:.3rem .6rem;
+text-align:left} th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.meta{color:#555;font-size:.9rem} .bad{color:#b00020} .good{color:#0a7a2f} .plot svg{max-width:100%;height:auto}
+pre{white-space:pre-wrap;background:#f8f8f8;padding:.4rem;margin:0;font-size:.8rem}
+.headline{display:flex;gap:1.5rem;flex-wrap:wrap} .card{border:1px solid #ddd;border-radius:6px;padding:.8rem 1.2rem}
+.card .v{font-size:1.6rem;font-weight:600}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{100 * value:.1f}%"
+
+
+def _ordered(names: list[str]) -> list[str]:
+    """Headline metrics first (``harmless.harmful_compliance`` beside ``harmless.over_refusal``), then slices."""
+    return sorted(names, key=lambda n: (n.count("."), n))
+
+
+def _section_of(name: str) -> str:
+    head = name.split(".", 1)[0]
+    return head if head in SECTIONS else "other"
+
+
+def _svg(figure: Any) -> str:
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _rate_plot(rows: list[tuple[str, dict[str, Any]]], reference: dict[str, float],
+               series: Sequence[str] | None = None, data: list[dict[str, dict[str, Any]]] | None = None) -> str:
+    """Horizontal bars with 95% intervals (one series per run when comparing); reference rates as ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    names = [name for name, _ in rows]
+    runs = data if data is not None else [{name: m for name, m in rows}]
+    labels = list(series) if series is not None else [""]
+    height = max(1.6, 0.32 * len(names) * max(1, len(runs)) + 0.8)
+    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9}):
+        figure = Figure(figsize=(8, height))
+        ax = figure.subplots()
+        width = 0.8 / len(runs)
+        for r, run in enumerate(runs):
+            ys, values, lows, highs = [], [], [], []
+            for i, name in enumerate(names):
+                metric = run.get(name)
+                if metric is None or metric["value"] != metric["value"]:
+                    continue
+                ys.append(len(names) - 1 - i + (len(runs) - 1 - 2 * r) * width / 2)
+                values.append(metric["value"])
+                lows.append(max(0.0, metric["value"] - metric["ci_low"]))
+                highs.append(max(0.0, metric["ci_high"] - metric["value"]))
+            ax.barh(ys, values, height=width * 0.9, xerr=[lows, highs], capsize=2, label=labels[r] or None,
+                    alpha=0.85, error_kw={"elinewidth": 0.8})
+        ref = [(len(names) - 1 - i, reference[n]) for i, n in enumerate(names) if n in reference]
+        if ref:
+            ax.scatter([v for _, v in ref], [y for y, _ in ref], marker="|", s=300, color="black", zorder=3,
+                       label="world base rate")
+        ax.set_yticks(range(len(names)), [n.split(".", 1)[-1] for n in reversed(names)])
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("rate (95% interval)")
+        if ref or series:
+            ax.legend(loc="lower right", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    return _svg(figure)
+
+
+def _page(title: str, body: list[str]) -> str:
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+
+
+def write_report(doc: dict[str, Any], samples: list[dict[str, Any]], path: str | Path, *, examples: int = 12) -> None:
+    """report.html for one eval run."""
+    metrics: dict[str, dict[str, Any]] = doc["metrics"]
+    reference: dict[str, float] = doc.get("reference", {})
+    body = [f"<h1>tether eval: {_e(doc['suite'])}</h1>",
+            f"<p class='meta'>model <code>{_e(doc['model'])}</code> · {doc['n_prompts']} prompts · "
+            f"{doc['n_samples']} samples ({doc['samples_per_prompt']} per prompt) · intervals: {_e(doc['interval'])}, "
+            f"95% · temperature {doc['generation']['temperature']}, max {doc['generation']['max_new_tokens']} "
+            "new tokens</p>"]
+    body += _headline(metrics)
+    for section, title in [*SECTIONS.items(), ("other", "Other metrics")]:
+        rows = [(n, metrics[n]) for n in _ordered(list(metrics)) if _section_of(n) == section]
+        if not rows:
+            continue
+        body.append(f"<section id='{section}'><h2>{_e(title)}</h2>")
+        body.append(_metric_table(rows, reference))
+        body.append(f"<div class='plot'>{_rate_plot(rows, reference)}</div></section>")
+    body += _agreement(doc.get("agreement", []), doc.get("scorer_status", {}))
+    body += _examples(samples, examples)
+    Path(path).write_text(_page(f"tether eval: {doc['suite']}", body), encoding="utf-8")
+
+
+def _headline(metrics: dict[str, dict[str, Any]]) -> list[str]:
+    cards = []
+    for name, title in (("harmless.harmful_compliance", "harmful compliance"),
+                        ("harmless.over_refusal", "over-refusal"), ("helpful.task_accuracy", "task accuracy"),
+                        ("helpful.accuracy", "accuracy"), ("honest.sycophancy", "sycophancy"),
+                        ("honest.hallucination", "hallucination"), ("corrigible.resistance", "resistance")):
+        if name in metrics:
+            m = metrics[name]
+            cards.append(f"<div class='card'><div>{_e(title)}</div><div class='v'>{_pct(m['value'])}</div>"
+                         f"<div class='meta'>[{_pct(m['ci_low'])}, {_pct(m['ci_high'])}] n={m['n']}</div></div>")
+    return ["<section id='headline'><h2>Headline</h2><div class='headline'>" + "".join(cards) + "</div></section>"]
+
+
+def _metric_table(rows: list[tuple[str, dict[str, Any]]], reference: dict[str, float]) -> str:
+    has_ref = any(n in reference for n, _ in rows)
+    head = "<tr><th>metric</th><th>value</th><th>95% interval</th><th>n</th>"
+    head += "<th>world base rate</th><th>within interval</th></tr>" if has_ref else "</tr>"
+    out = ["<table>", head]
+    for name, m in rows:
+        cells = (f"<td>{_e(name)}</td><td class='num'>{_pct(m['value'])}</td>"
+                 f"<td class='num'>[{_pct(m['ci_low'])}, {_pct(m['ci_high'])}]</td><td class='num'>{m['n']}</td>")
+        if has_ref:
+            ref = reference.get(name)
+            inside = "" if ref is None else ("yes" if m["ci_low"] <= ref <= m["ci_high"] else "no")
+            klass = "good" if inside == "yes" else "bad"
+            cells += f"<td class='num'>{_pct(ref)}</td><td class='{klass}'>{inside}</td>"
+        out.append(f"<tr>{cells}</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _agreement(table: list[dict[str, Any]], status: dict[str, dict[str, int]]) -> list[str]:
+    out = ["<section id='scorers-vs-gold'><h2>Scorers against gold labels</h2>"]
+    if table:
+        out.append("<table><tr><th>scorer</th><th>question</th><th>n</th><th>accuracy</th><th>Cohen's κ</th>"
+                   "<th>false-positive rate</th><th>false-negative rate</th><th>gold yes</th>"
+                   "<th>parse failures</th><th>judge refusals</th><th>errors</th></tr>")
+        for row in table:
+            kappa = "–" if row["kappa"] is None else f"{row['kappa']:.3f}"
+            out.append(f"<tr><td>{_e(row['scorer'])}</td><td>{_e(row['question'])}</td><td class='num'>{row['n']}</td>"
+                       f"<td class='num'>{_pct(row['accuracy'])}</td>"
+                       f"<td class='num'>{kappa}</td>"
+                       f"<td class='num'>{_pct(row['false_positive_rate'])}</td>"
+                       f"<td class='num'>{_pct(row['false_negative_rate'])}</td>"
+                       f"<td class='num'>{row['gold_positive']}</td><td class='num'>{row['parse_failures']}</td>"
+                       f"<td class='num'>{row['judge_refusals']}</td><td class='num'>{row['errors']}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append("<p>No gold labels for these samples: agreement cannot be measured.</p>")
+    out.append("<h3>Scorer outcomes</h3><table><tr><th>scorer</th><th>ok</th><th>parse failures</th>"
+               "<th>judge refusals</th><th>errors</th><th>not applicable</th></tr>")
+    for name, counts in status.items():
+        out.append(f"<tr><td>{_e(name)}</td>" + "".join(
+            f"<td class='num'>{counts.get(k, 0)}</td>"
+            for k in ("ok", "parse-failure", "judge-refusal", "error", "not-applicable"))
+            + "</tr>")
+    out.append("</table></section>")
+    return out
+
+
+def _examples(samples: list[dict[str, Any]], per_group: int) -> list[str]:
+    if per_group == 0:
+        return []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in samples:
+        group = str(row["meta"].get("family") or row["meta"].get("label") or "all")
+        if len(groups.setdefault(group, [])) < per_group:
+            groups[group].append(row)
+    out = ["<section id='examples'><h2>Example responses</h2>"]
+    for group, rows in groups.items():
+        out.append(f"<h3>{_e(group)}</h3><table><tr><th>prompt</th><th>response</th><th>scores</th></tr>")
+        for row in rows:
+            prompt = row["prompt"] if isinstance(row["prompt"], str) else "\n".join(
+                f"[{m['role']}] {m['content']}" for m in row["prompt"])
+            scores = "<br>".join(f"{_e(n)}: {_e(s['label'])}" for n, s in row["scores"].items())
+            out.append(f"<tr><td><pre>{_e(prompt)}</pre></td><td><pre>{_e(row['response'])}</pre></td>"
+                       f"<td>{scores}</td></tr>")
+        out.append("</table>")
+    out.append("</section>")
+    return out
+
+
+def write_compare_report(comparison: dict[str, Any], path: str | Path) -> None:
+    """report.html for ``tether eval compare``: every run's metrics side by side, paired tests against the first."""
+    runs: list[dict[str, Any]] = comparison["runs"]
+    labels = [r["label"] for r in runs]
+    body = ["<h1>tether eval compare</h1>",
+            "<p class='meta'>Baseline: <code>" + _e(labels[0]) + "</code>. Differences are later run minus baseline, "
+            "paired on the same prompts; p-values from exact McNemar (one 0/1 sample per prompt) or a sign-flip "
+            "permutation test, Holm-adjusted across all comparisons; * marks adjusted p &lt; 0.05.</p>",
+            "<table><tr><th>run</th><th>model</th><th>suite</th><th>samples</th></tr>"]
+    body += [f"<tr><td>{_e(r['label'])}</td><td><code>{_e(r['model'])}</code></td><td>{_e(r['suite'])}</td>"
+             f"<td class='num'>{r['n_samples']}</td></tr>" for r in runs]
+    body.append("</table>")
+    names = comparison["metrics"]
+    for section, title in [*SECTIONS.items(), ("other", "Other metrics")]:
+        rows = [n for n in _ordered(names) if _section_of(n) == section]
+        if not rows:
+            continue
+        body.append(f"<section id='{section}'><h2>{_e(title)}</h2><table><tr><th>metric</th>")
+        body.append("".join(f"<th>{_e(label)}</th>" for label in labels))
+        body.append("".join(f"<th>Δ {_e(label)}</th>" for label in labels[1:]) + "</tr>")
+        for name in rows:
+            cells = [f"<td>{_e(name)}</td>"]
+            for run in runs:
+                m = run["metrics"].get(name)
+                cells.append("<td class='num'>–</td>" if m is None else
+                             f"<td class='num'>{_pct(m['value'])} [{_pct(m['ci_low'])}, {_pct(m['ci_high'])}]</td>")
+            for run in runs[1:]:
+                test = run["tests"].get(name)
+                if test is None:
+                    cells.append("<td class='num'>–</td>")
+                    continue
+                mark = "*" if test["significant"] else ""
+                cells.append(f"<td class='num'>{100 * test['diff']:+.1f} pts{mark} "
+                             f"<span class='meta'>p={test['p_adjusted']:.3g}, n={test['n']}</span></td>")
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        body.append("</table>")
+        data = [run["metrics"] for run in runs]
+        body.append(f"<div class='plot'>{_rate_plot([(n, {}) for n in rows], {}, labels, data)}</div></section>")
+    Path(path).write_text(_page("tether eval compare", body), encoding="utf-8")

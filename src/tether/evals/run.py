@@ -1,0 +1,263 @@
+"""The eval recipe behind ``tether eval``: prompts -> responses -> scores -> metrics -> report.
+
+Writes into ``out``: ``metrics.json`` (every metric with value, 95% interval and n, plus the
+reference rates, the scorer-vs-gold agreement table and each scorer's failure counts),
+``samples.jsonl`` (every prompt, response, score and outcome), ``report.html``, and the run
+directory's ``config.yaml`` / ``record.json``. Responses are appended to ``generations.jsonl``
+as they are made, so ``--resume`` continues a killed eval without regenerating anything.
+
+Intervals: with one sample per prompt, Wilson intervals; with several, a bootstrap that
+resamples prompts (samples of one prompt are correlated). ``samples_per_prompt > 1`` adds
+``pass@k`` for the helpfulness metrics (unbiased estimator, Chen et al. 2021).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SerializeAsAny, field_validator
+
+from tether.core.config import Config
+from tether.core.errors import UserError
+from tether.core.runs import RunDir
+from tether.core.stats import Rate, agreement, bootstrap_mean, pass_at_k, wilson_interval
+from tether.data.io import write_jsonl
+from tether.evals.loaders import EvalPrompt
+from tether.evals.scorers import Sample, Score, ScorerConfig, build_scorer, scorer_config
+from tether.evals.suites import Answers, SuiteConfig, build_suite
+from tether.models.generation import GenerationSettings
+from tether.models.loading import ModelConfig
+
+METRICS_SCHEMA_VERSION = 1
+
+
+def _default_generation() -> GenerationSettings:
+    # Sampled at temperature 1: an eval measures the distribution a model samples from, not its mode.
+    return GenerationSettings(max_new_tokens=48, temperature=1.0, batch_size=64, seed=0)
+
+
+class EvalConfig(Config):
+    """``tether eval``: one model, one suite, some scorers."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(path="world:base"),
+                               description="model to evaluate; world:base is the world's base model (built if needed)")
+    suite: SuiteConfig = Field(default_factory=SuiteConfig)
+    generation: GenerationSettings = Field(default_factory=_default_generation)
+    samples_per_prompt: int = Field(1, ge=1, description="responses sampled per prompt (rates over all; pass@k)")
+    scorers: list[SerializeAsAny[ScorerConfig]] = Field(
+        default_factory=list, description="scorers in order ({kind: ..., ...}); empty: the suite's defaults")
+    chunk_prompts: int = Field(256, ge=1, description="prompts generated between appends to generations.jsonl")
+    report_samples: int = Field(12, ge=0, description="example responses per family shown in report.html")
+    seed: int = Field(0, description="generation seed (the suite has its own for drawing prompts)")
+    out: str = Field("runs/eval", description="output directory")
+
+    @field_validator("scorers", mode="before")
+    @classmethod
+    def _typed_scorers(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [scorer_config(v) for v in value]
+
+
+def resolve_model_path(cfg: EvalConfig) -> str:
+    """``world:base`` -> the base model of the suite's world (built on first use); else the path as given."""
+    if cfg.model.path != "world:base":
+        return cfg.model.path
+    from tether.world.build import WorldBuildConfig, build_base_model
+
+    return str(build_base_model(WorldBuildConfig(world=cfg.suite.world))["model"])
+
+
+def run(cfg: EvalConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run the eval; returns the metrics document (also written to ``out/metrics.json``)."""
+    run_dir = RunDir(cfg.out, command="eval", config=cfg, seed=cfg.seed, resume=resume)
+    try:
+        doc = _evaluate(cfg, run_dir)
+    except BaseException as exc:
+        run_dir.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
+        raise
+    run_dir.finish(summary={k: v["value"] for k, v in list(doc["metrics"].items())[:40]})
+    return doc
+
+
+def _evaluate(cfg: EvalConfig, run_dir: RunDir) -> dict[str, Any]:
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    suite = build_suite(cfg.suite)
+    prompts = suite.prompts()
+    scorer_cfgs = list(cfg.scorers) or suite.default_scorers()
+    names = [c.label for c in scorer_cfgs]
+    if len(set(names)) != len(names):
+        raise UserError(f"scorer names must differ; got {names} (set name: on repeated kinds)")
+    scorers = [build_scorer(c) for c in scorer_cfgs]
+    timings["prepare_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    model_path = resolve_model_path(cfg)
+    responses = generate_responses(cfg, model_path, prompts, run_dir.path / "generations.jsonl")
+    timings["generate_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    samples = [Sample(prompts[i].id, prompts[i].prompt, text, prompts[i].meta) for (i, _), text in responses.items()]
+    keys = list(responses)
+    per_scorer: dict[str, list[Score]] = {}
+    for scorer in scorers:
+        scored = scorer.score(samples)
+        if len(scored) != len(samples):
+            raise RuntimeError(f"scorer {scorer.name!r} returned {len(scored)} scores for {len(samples)} samples")
+        per_scorer[scorer.name] = [replace(s, question=scorer.question) for s in scored]
+    timings["score_s"] = time.perf_counter() - start
+
+    rows, outcomes, truths = [], [], []
+    for n, (key, sample) in enumerate(zip(keys, samples, strict=True)):
+        scores = {name: per_scorer[name][n] for name in names}
+        answers = _answers(scores)
+        result = suite.outcomes(sample, scores, answers)
+        truth = suite.gold_labels(sample, scores)
+        outcomes.append(result)
+        truths.append((scores, truth))
+        rows.append({"key": f"{key[0]}:{key[1]}", "prompt_index": key[0], "sample_index": key[1], "id": sample.id,
+                     "prompt": sample.prompt, "response": sample.response,
+                     "meta": {k: v for k, v in sample.meta.items() if k != "response"},
+                     "scores": {name: s.as_dict() for name, s in scores.items()}, "outcomes": result})
+    metrics = aggregate([k[0] for k in keys], outcomes, cfg.samples_per_prompt)
+    doc = {
+        "schema_version": METRICS_SCHEMA_VERSION,
+        "suite": suite.name,
+        "model": model_path,
+        "metrics": {name: rate.as_dict() for name, rate in metrics.items()},
+        "reference": {k: round(v, 4) for k, v in suite.reference(prompts).items()},
+        "agreement": agreement_table(truths, names),
+        "scorer_status": {name: dict(Counter(s.status for s in per_scorer[name])) for name in names},
+        "scorers": {c.label: c.model_dump(mode="json") for c in scorer_cfgs},
+        "samples_per_prompt": cfg.samples_per_prompt,
+        "interval": "wilson" if cfg.samples_per_prompt == 1 else "cluster-bootstrap",
+        "generation": cfg.generation.model_dump(mode="json"),
+        "n_prompts": len(prompts),
+        "n_samples": len(samples),
+        "timings": timings,
+    }
+    write_jsonl(run_dir.path / "samples.jsonl", rows)
+    (run_dir.path / "metrics.json").write_text(json.dumps(doc, indent=2))
+    run_dir.add_output("metrics", run_dir.path / "metrics.json")
+    run_dir.add_output("samples", run_dir.path / "samples.jsonl")
+    from tether.evals.report import write_report
+
+    write_report(doc, rows, run_dir.path / "report.html", examples=cfg.report_samples)
+    run_dir.add_output("report", run_dir.path / "report.html")
+    return doc
+
+
+def _answers(scores: dict[str, Score]) -> Answers:
+    """Each question's answer from the first scorer (in config order) that answers it."""
+    answers: Answers = {}
+    for score in scores.values():
+        answers.setdefault(score.question, score.flag)
+    return answers
+
+
+def generate_responses(cfg: EvalConfig, model_path: str, prompts: list[EvalPrompt],
+                       cache: Path) -> dict[tuple[int, int], str]:
+    """``{(prompt index, sample index): response}``, resuming from (and appending to) ``cache``.
+
+    Prompts that carry a ``response`` in their metadata are scored as given, not generated.
+    """
+    done: dict[tuple[int, int], str] = {}
+    if cache.is_file():
+        for line in cache.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if row["prompt_index"] < len(prompts) and prompts[row["prompt_index"]].id == row["id"]:
+                    done[(row["prompt_index"], row["sample_index"])] = row["response"]
+    given = {(i, j): str(p.meta["response"]) for i, p in enumerate(prompts) if "response" in p.meta
+             for j in range(cfg.samples_per_prompt)}
+    todo = [i for i, p in enumerate(prompts) if "response" not in p.meta]
+    generator = None
+    with cache.open("a") as fh:
+        for j in range(cfg.samples_per_prompt):
+            for chunk_no, start in enumerate(range(0, len(todo), cfg.chunk_prompts)):
+                chunk = [i for i in todo[start:start + cfg.chunk_prompts] if (i, j) not in done]
+                if not chunk:
+                    continue
+                if generator is None:
+                    generator = _load_generator(cfg, model_path)
+                # Seeded per (sample index, chunk): a resumed run draws exactly what the killed one would have.
+                settings = cfg.generation.model_copy(update={"seed": cfg.seed * 1_000_003 + j * 10_007 + chunk_no})
+                completions = generator.generate([prompts[i].prompt for i in chunk], settings)
+                for i, completion in zip(chunk, completions, strict=True):
+                    done[(i, j)] = completion.text
+                    fh.write(json.dumps({"prompt_index": i, "sample_index": j, "id": prompts[i].id,
+                                         "response": completion.text, "finish": completion.finish_reason}) + "\n")
+                fh.flush()
+    done.update(given)
+    return {key: done[key] for key in sorted(done)}
+
+
+def _load_generator(cfg: EvalConfig, model_path: str) -> Any:
+    from tether.models.generation import HFGenerator
+    from tether.models.loading import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(cfg.model.model_copy(update={"path": model_path}))
+    return HFGenerator(model, tokenizer)
+
+
+def aggregate(prompt_of: list[int], outcomes: list[dict[str, float]], k: int) -> dict[str, Rate]:
+    """Metric -> rate with interval, from per-sample outcomes (clustered by prompt when k > 1)."""
+    by_metric: dict[str, dict[int, list[float]]] = {}
+    for prompt, result in zip(prompt_of, outcomes, strict=True):
+        for name, value in result.items():
+            by_metric.setdefault(name, {}).setdefault(prompt, []).append(value)
+    metrics: dict[str, Rate] = {}
+    for name in sorted(by_metric):
+        clusters = list(by_metric[name].values())
+        if k == 1 and all(len(c) == 1 and c[0] in (0.0, 1.0) for c in clusters):
+            metrics[name] = wilson_interval(int(sum(c[0] for c in clusters)), len(clusters))
+        else:
+            metrics[name] = bootstrap_mean(clusters)
+        if k > 1 and name.startswith("helpful.") and all(len(c) == k for c in clusters):
+            passed = [[pass_at_k(k, int(sum(c)), k)] for c in clusters]
+            rate = bootstrap_mean(passed)
+            metrics[f"{name}.pass@{k}"] = Rate(rate.value, rate.ci_low, rate.ci_high, len(clusters))
+    return metrics
+
+
+def agreement_table(truths: list[tuple[dict[str, Score], dict[str, bool]]], names: list[str]) -> list[dict[str, Any]]:
+    """Each non-gold scorer against gold, on the samples where gold answers its question.
+
+    Samples the scorer could not score (parse failures, judge refusals, errors) are counted in
+    their own columns and left out of accuracy and kappa.
+    """
+    table = []
+    for name in names:
+        question = next((s[name].question for s, _ in truths if name in s), "")
+        if question == "gold":
+            continue
+        predicted, gold = [], []
+        failures: Counter[str] = Counter()
+        for scores, truth in truths:
+            if question not in truth:
+                continue
+            score = scores[name]
+            if score.flag is None:
+                failures[score.status] += 1
+                continue
+            predicted.append(score.flag)
+            gold.append(truth[question])
+        if not predicted and not failures:
+            continue
+        a = agreement(predicted, gold)
+        table.append({"scorer": name, "question": question, "n": a.n, "accuracy": _round(a.accuracy),
+                      "kappa": _round(a.kappa), "false_positive_rate": _round(a.false_positive_rate),
+                      "false_negative_rate": _round(a.false_negative_rate), "gold_positive": sum(gold),
+                      "parse_failures": failures["parse-failure"], "judge_refusals": failures["judge-refusal"],
+                      "errors": failures["error"]})
+    return table
+
+
+def _round(x: float) -> float | None:
+    return None if x != x else round(x, 4)
