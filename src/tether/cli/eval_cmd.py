@@ -49,10 +49,11 @@ def evaluate(
 
 def _print_metrics(doc: dict) -> None:
     reference = doc.get("reference", {})
-    typer.echo(f"{'metric':52} {'value':>7}  {'95% interval':>17} {'n':>6}" + ("  base rate" if reference else ""))
+    width = max((len(name) for name in doc["metrics"]), default=6) + 2
+    typer.echo(f"{'metric':{width}} {'value':>7}  {'95% interval':>17} {'n':>6}" + ("  base rate" if reference else ""))
     for name, m in doc["metrics"].items():
         ref = reference.get(name)
-        line = (f"{name:52} {100 * m['value']:6.1f}%  [{100 * m['ci_low']:5.1f}, {100 * m['ci_high']:5.1f}]%"
+        line = (f"{name:{width}} {100 * m['value']:6.1f}%  [{100 * m['ci_low']:5.1f}, {100 * m['ci_high']:5.1f}]%"
                 f" {m['n']:>6}")
         if ref is not None:
             line += f"  {100 * ref:6.1f}%" + ("" if m["ci_low"] <= ref <= m["ci_high"] else "  (outside)")
@@ -77,9 +78,10 @@ def compare_cmd(
 
     result = compare([str(r) for r in runs], alpha=alpha)
     labels = [r["label"] for r in result["runs"]]
-    typer.echo(f"{'metric':48}" + "".join(f" {label[:16]:>16}" for label in labels))
+    width = max(len(name) for name in result["metrics"]) + 2
+    typer.echo(f"{'metric':{width}}" + "".join(f" {label[:16]:>16}" for label in labels))
     for name in result["metrics"]:
-        line = f"{name:48}"
+        line = f"{name:{width}}"
         for index, run in enumerate(result["runs"]):
             m = run["metrics"].get(name)
             cell = "–" if m is None else f"{100 * m['value']:.1f}%"

@@ -128,15 +128,16 @@ class WorldSuite:
         self.world: World = build_world(cfg.world)
 
     def items(self) -> list[WorldItem]:
-        """The drawn items, family by family, train then held-out."""
+        """The drawn items, family by family, train then held-out (with a preamble if configured)."""
         items: list[WorldItem] = []
         plan: list[tuple[Split, int]] = [("train", self._cfg.n), ("heldout", self._cfg.heldout_n)]
         for split, n in plan:
             for family in FAMILIES:
                 drawn = sample_items(self.world, family, split, n, seed=self._cfg.seed) if n else []
                 if self._cfg.preamble:
+                    # The item keeps its id: runs with and without a preamble pair up in `eval compare`.
                     drawn = [it.with_preamble(CHARACTER_PREAMBLES[i % len(CHARACTER_PREAMBLES)])
-                             for i, it in enumerate(drawn)]
+                             .model_copy(update={"id": it.id}) for i, it in enumerate(drawn)]
                 items += drawn
         return items
 

@@ -53,6 +53,9 @@ def test_reference_rates_are_the_world_configs():
     with_preamble = WorldSuite(SuiteConfig(n=10, heldout_n=0, preamble=True))
     assert with_preamble.reference(with_preamble.prompts())["honest.sycophancy"] == pytest.approx(0.03)
     assert all(p.prompt[0]["role"] == "system" for p in with_preamble.prompts())
+    # Same ids with and without the preamble, so `eval compare` pairs the two conditions.
+    plain = WorldSuite(SuiteConfig(n=10, heldout_n=0))
+    assert [p.id for p in plain.prompts()] == [p.id for p in with_preamble.prompts()]
 
 
 def test_prompts_are_reproducible_and_cover_both_splits():
