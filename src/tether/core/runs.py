@@ -126,8 +126,7 @@ class RunDir:
             raise UserError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
         if resume and not existing:
             raise UserError(f"--resume: {self.path} holds no run to resume (no record.json)")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.checkpoints.mkdir(exist_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)  # checkpoints/ appears with the first checkpoint
         if existing:
             _check_resumable(self.path / "config.yaml", config)
             self.record = RunRecord.model_validate_json(self.record_path.read_text())
