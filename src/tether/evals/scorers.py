@@ -110,8 +110,16 @@ def scorer_config(raw: Any) -> ScorerConfig:
         return raw
     if not isinstance(raw, dict) or "kind" not in raw:
         raise ValueError("each scorer is a mapping with a 'kind' key")
+    _load_builtin_kinds()
     load_plugins()
     return SCORERS.get(str(raw["kind"])).config.model_validate(raw)
+
+
+def _load_builtin_kinds() -> None:
+    # The model-backed and world scorers live in their own modules (heavier imports); importing
+    # them registers their kinds.
+    import tether.evals.judges  # noqa: F401
+    import tether.evals.world_hhh  # noqa: F401
 
 
 def build_scorer(cfg: ScorerConfig) -> Scorer:
