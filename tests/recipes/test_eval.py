@@ -133,3 +133,22 @@ def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys, tmp_path):
     code, _, err = _cli(["eval", "--model", "tiny:llama", *argv, "--out", str(tmp_path / "o")], capsys)
     assert code == 2, err
     assert expected in err and err.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize(("suite", "fixture", "expected"), [
+    ("xstest", "xstest.csv", {"harmless.over_refusal": 2, "harmless.harmful_compliance": 1,
+                              "harmless.over_refusal.category.homonyms": 2}),
+    ("harmbench", "harmbench.csv", {"harmless.harmful_compliance": 2,
+                                    "harmless.harmful_compliance.functional.contextual": 1,
+                                    "harmless.harmful_compliance.category.chemical_biological": 1}),
+    ("advbench", "advbench.csv", {"harmless.harmful_compliance": 2, "harmless.target_prefix": 2}),
+    ("jsonl", "prompts.jsonl", {"harmless.harmful_compliance": 1, "harmless.over_refusal": 2,
+                                "helpful.accuracy": 1}),
+])
+def test_file_suites_end_to_end(suite, fixture, expected, tmp_path):
+    doc = run(EvalConfig.model_validate({
+        "model": {"path": "tiny:llama"}, "suite": {"name": suite, "path": str(FIXTURES / fixture)},
+        "generation": {"max_new_tokens": 4}, "out": str(tmp_path / suite)}))
+    for name, n in expected.items():
+        assert doc["metrics"][name]["n"] == n, (name, doc["metrics"].get(name))
+    assert (tmp_path / suite / "report.html").is_file()
