@@ -17,6 +17,7 @@ app = typer.Typer(help="List, show and validate configs.", no_args_is_help=True)
 CONFIG_CLASSES: dict[str, str] = {
     "sft": "tether.train.sft:SFTConfig",
     "eval": "tether.evals.run:EvalConfig",
+    "dpo": "tether.train.dpo:DPOConfig",
     "world": "tether.world.build:WorldBuildConfig",
 }
 

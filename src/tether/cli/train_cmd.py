@@ -8,7 +8,7 @@ import typer
 
 from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, SkipBadOpt, build_config
 
-app = typer.Typer(help="Train a model (SFT; reward models, DPO, PPO, GRPO as they land).", no_args_is_help=True)
+app = typer.Typer(help="Train a model: SFT, the DPO family (reward models, PPO, GRPO as they land).", no_args_is_help=True)
 
 
 @app.command()
@@ -21,6 +21,21 @@ def sft(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resum
     from tether.train import sft as recipe
 
     cfg = build_config(recipe.SFTConfig, config, set_, out, skip_bad=skip_bad)
+    summary = recipe.run(cfg, resume=resume)
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"model: {cfg.out}/model   run: {cfg.out}")
+
+
+@app.command()
+def dpo(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+        skip_bad: SkipBadOpt = False) -> None:
+    """Preference optimisation: DPO, cDPO, robust, hinge, IPO, SimPO or KTO (loss.variant).
+
+    Example: tether train dpo --config dpo/world --set loss.variant=ipo --out runs/ipo
+    """
+    from tether.train import dpo as recipe
+
+    cfg = build_config(recipe.DPOConfig, config, set_, out, skip_bad=skip_bad)
     summary = recipe.run(cfg, resume=resume)
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"model: {cfg.out}/model   run: {cfg.out}")

@@ -1,0 +1,362 @@
+"""Direct preference optimisation, one trainer for the family: DPO, cDPO, robust DPO, hinge, IPO,
+SimPO (reference-free) and KTO (unpaired). The losses and their papers are in
+:mod:`tether.losses.preference`; this file is the loop.
+
+Each step: chosen and rejected completions of a micro-batch go through the policy in one
+forward (2B rows); their sequence log-probs (sums over completion tokens, prompt masked) and
+the reference's give the loss. The reference is, by ``reference.mode``:
+
+- ``copy``: a frozen copy of the starting policy (full fine-tuning's default);
+- ``adapters-off``: the policy itself with its LoRA adapters disabled (LoRA's default: no copy);
+- ``none``: SimPO needs no reference.
+
+``reference.precompute`` computes every reference log-prob once before training (saved in the
+run directory for resume) and frees the reference: the fastest setting, the same one TRL
+offers as ``precompute_ref_log_probs``.
+
+Logged per step: loss, implicit rewards of chosen / rejected (β · log-ratio), their margin and
+accuracy (chosen reward above rejected), the policy's log-ratio to the reference on chosen
+completions (a per-sequence KL estimate), grad norm, tokens/s.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from pydantic import Field, model_validator
+
+from tether.core.config import Config
+from tether.core.errors import DataError, UserError
+from tether.core.runs import RunDir
+from tether.core.seeding import seed_everything
+from tether.data.collate import TokenBatch, pad_batch, truncate
+from tether.data.records import PreferenceRecord, UnpairedRecord
+from tether.data.sources import load_records
+from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
+from tether.losses.preference import dpo_loss, kto_loss, kto_reference_point, simpo_loss
+from tether.models.chat import TokenizedExample, tokenize_prompt_completion
+from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
+from tether.models.logprobs import completion_logps
+
+Variant = Literal["sigmoid", "robust", "hinge", "ipo", "simpo", "kto"]
+
+
+class PreferenceData(Config):
+    """Pairs (or, for KTO, labelled single completions) to train on."""
+
+    train: str = Field(description="JSONL / datasets directory of preference records (KTO: unpaired or "
+                       "preference records), or builtin:NAME")
+    eval: str | None = Field(None, description="held-out records: loss and reward accuracy at each eval")
+    max_length: int = Field(512, ge=2, description="tokens per prompt + completion; longer ones are cut at the end")
+    skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
+
+
+class LossConfig(Config):
+    """Which member of the family, and its knobs."""
+
+    variant: Variant = Field("sigmoid", description="sigmoid (DPO), robust, hinge, ipo, simpo, kto")
+    beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward (SimPO: ~2)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed label-noise rate ε (cDPO, robust, SimPO)")
+    ipo_normalize: bool = Field(True, description="IPO: divide log-ratios by completion length (as TRL)")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin γ")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: λ_D")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: λ_U")
+
+
+class ReferenceConfig(Config):
+    """Where reference log-probs come from."""
+
+    mode: Literal["auto", "copy", "adapters-off", "none"] = Field(
+        "auto", description="auto: adapters-off with LoRA, copy without; none for SimPO")
+    path: str | None = Field(None, description="a different model as the reference (default: the starting policy)")
+    precompute: bool = Field(False, description="compute all reference log-probs before training, then free it")
+
+
+class DPOConfig(Config):
+    """``tether train dpo``."""
+
+    model: ModelConfig
+    data: PreferenceData
+    loss: LossConfig = LossConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    optim: OptimConfig = OptimConfig(lr=5e-6)
+    loop: LoopConfig = LoopConfig()
+    eval_every: int = Field(0, ge=0, description="held-out loss and accuracy every N steps; 0: only at the end")
+    out: str = Field("runs/dpo", description="run directory")
+    seed: int = Field(0, description="seeds data order, dropout and tiny: inits")
+
+    @model_validator(mode="after")
+    def _check(self) -> DPOConfig:
+        if self.loss.variant == "simpo" and self.reference.mode not in ("auto", "none"):
+            raise ValueError("reference.mode: SimPO is reference-free; leave it auto (or none)")
+        if self.reference.path and self.reference.mode == "adapters-off":
+            raise ValueError("reference.path names a separate model: use mode copy (or auto), not adapters-off")
+        return self
+
+
+class Example(NamedTuple):
+    """One training item: a pair, or (KTO) one completion with its label."""
+
+    key: int
+    first: TokenizedExample               # chosen, or the KTO completion
+    second: TokenizedExample | None       # rejected; None for KTO
+    desirable: bool = True                # KTO label
+    mismatched: TokenizedExample | None = None  # KTO: this prompt with another example's completion
+
+
+def load_examples(spec: str, cfg: DPOConfig, tokenizer: Any, run_dir: RunDir) -> list[Example]:
+    """Tokenized pairs (or KTO singles; preference pairs become one desirable and one undesirable)."""
+    kto = cfg.loss.variant == "kto"
+    n = cfg.data.max_length
+    items: list[tuple[Any, Any, Any, bool]] = []  # prompt, first completion, second completion or None, label
+    records: list[Any]
+    try:
+        pairs = load_records(spec, PreferenceRecord, seed=cfg.seed, skip_bad=cfg.data.skip_bad)
+        records, skipped = list(pairs.records), pairs.skipped
+    except DataError:
+        if not kto:
+            raise
+        singles = load_records(spec, UnpairedRecord, seed=cfg.seed, skip_bad=cfg.data.skip_bad)
+        records, skipped = list(singles.records), singles.skipped
+    run_dir.record_skipped(skipped)
+    for r in records:
+        prompt = r.prompt if isinstance(r.prompt, str) else [m.model_dump() for m in r.prompt]
+        if isinstance(r, PreferenceRecord):
+            chosen, rejected = (x if isinstance(x, str) else [m.model_dump() for m in x] for x in (r.chosen, r.rejected))
+            if kto:
+                items += [(prompt, chosen, None, True), (prompt, rejected, None, False)]
+            else:
+                items.append((prompt, chosen, rejected, True))
+        else:
+            completion = r.completion if isinstance(r.completion, str) else [m.model_dump() for m in r.completion]
+            items.append((prompt, completion, None, bool(r.label)))
+    if not items:
+        raise DataError(f"{spec}: no usable records")
+
+    def tok(prompt: Any, completion: Any) -> TokenizedExample:
+        return truncate(tokenize_prompt_completion(tokenizer, prompt, completion), n)
+
+    examples, cut = [], 0
+    for i, (prompt, first, second, label) in enumerate(items):
+        # KTO's KL estimate pairs each prompt with the next item's completion (TRL cycles the same way).
+        other = items[(i + 1) % len(items)][1]
+        example = Example(i, tok(prompt, first), tok(prompt, second) if second is not None else None,
+                          label, tok(prompt, other) if kto else None)
+        if not all(any(t.loss_mask) for t in (example.first, example.second, example.mismatched) if t is not None):
+            cut += 1  # the prompt fills max_length: no completion token is left to compare
+            continue
+        examples.append(example)
+    if cut:
+        run_dir.count("examples_without_completion_after_truncation", cut)
+        if not examples:
+            raise DataError(f"{spec}: every prompt fills data.max_length={n} tokens; raise it")
+    return examples
+
+
+def run(cfg: DPOConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Train, write the run directory and the model (``OUT/model``); return the summary."""
+    seed_everything(cfg.seed)
+    run_dir = RunDir(cfg.out, command="train dpo", config=cfg, seed=cfg.seed, resume=resume)
+    try:
+        summary = _train(cfg, run_dir, resume)
+    except BaseException as exc:
+        run_dir.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
+        raise
+    run_dir.finish(summary=summary)
+    return summary
+
+
+class Reference:
+    """Reference log-probs: from a frozen model, the policy with adapters off, a precomputed table, or none."""
+
+    def __init__(self, cfg: DPOConfig, policy: Any, tokenizer: Any) -> None:
+        mode = cfg.reference.mode
+        if mode == "auto":
+            mode = "none" if cfg.loss.variant == "simpo" else ("adapters-off" if cfg.model.lora else "copy")
+        if mode == "adapters-off" and cfg.model.lora is None:
+            raise UserError("reference.mode=adapters-off needs model.lora (there are no adapters to disable)")
+        self.mode = mode
+        self.model: Any = None
+        if mode == "copy":
+            if cfg.reference.path:
+                from tether.models.loading import load_model
+
+                self.model = load_model(cfg.model.model_copy(update={"path": cfg.reference.path, "lora": None}),
+                                        tokenizer)
+            else:
+                self.model = copy.deepcopy(policy)
+            self.model.eval().requires_grad_(False)
+        self.tables: dict[str, dict[int, tuple[float, float]]] = {}
+
+    @contextmanager
+    def _model(self, policy: Any) -> Iterator[Any]:
+        if self.mode == "copy":
+            yield self.model
+        else:  # adapters-off: the policy's base weights are the reference
+            unwrapped = policy.module if hasattr(policy, "module") else policy
+            with unwrapped.disable_adapter():
+                yield policy
+
+    @torch.no_grad()
+    def logps(self, policy: Any, rows: TokenBatch) -> torch.Tensor:
+        """Sequence log-probs of ``rows`` under the reference.  -> (rows,)"""
+        with self._model(policy) as model:
+            was_training = model.training
+            model.eval()
+            out = completion_logps(model, rows.input_ids, rows.attention_mask, rows.loss_mask).sequence_logps
+            model.train(was_training)
+        return out
+
+    def precompute(self, policy: Any, sets: dict[str, list[Example]], pad_id: int, device: torch.device,
+                   cache: Path, batch_size: int = 32) -> None:
+        """Reference log-probs of every example of every set (or read from ``cache``); then drop the frozen copy."""
+        if cache.is_file():
+            self.tables = torch.load(cache)
+        else:
+            self.tables = {}
+            for name, examples in sets.items():
+                table: dict[int, tuple[float, float]] = {}
+                for start in range(0, len(examples), batch_size):
+                    chunk = examples[start:start + batch_size]
+                    firsts = self.logps(policy, pad_batch([e.first for e in chunk], pad_id, device)).tolist()
+                    seconds = self.logps(policy, pad_batch([_second(e) for e in chunk], pad_id, device)).tolist()
+                    table.update({e.key: (a, b) for e, a, b in zip(chunk, firsts, seconds, strict=True)})
+                self.tables[name] = table
+            torch.save(self.tables, cache)
+        self.model = None  # freed: the tables are all the reference is needed for
+
+
+def _second(example: Example) -> TokenizedExample:
+    """The rejected completion, or (KTO) the mismatched one."""
+    second = example.second if example.second is not None else example.mismatched
+    assert second is not None
+    return second
+
+
+def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    train_set = load_examples(cfg.data.train, cfg, tokenizer, run_dir)
+    eval_set = load_examples(cfg.data.eval, cfg, tokenizer, run_dir) if cfg.data.eval else []
+    if cfg.loss.variant == "kto" and any(e.mismatched is None for e in train_set):
+        raise AssertionError("KTO examples need mismatched completions")
+    reference = Reference(cfg, model, tokenizer)
+
+    loop = TrainLoop(model, cfg.optim, cfg.loop, run_dir, seed=cfg.seed)
+    if resume:
+        loop.resume()
+    device, pad_id = loop.accelerator.device, tokenizer.pad_token_id
+    if reference.model is not None:
+        reference.model.to(device)
+    if cfg.reference.precompute and reference.mode != "none":
+        reference.precompute(loop.model, {"train": train_set, "eval": eval_set}, pad_id, device,
+                             run_dir.path / "reference_logps.pt")
+
+    tally: dict[str, float] = {}
+
+    def loss_sum(batch: list[Example]) -> torch.Tensor:
+        result, tokens = compute_loss(cfg, loop.model, reference, batch, pad_id, device, split="train")
+        for key, value in result.items():
+            if key != "loss":
+                tally[key] = tally.get(key, 0.0) + float(value)
+        tally["tokens"] = tally.get("tokens", 0.0) + tokens
+        return result["loss"]
+
+    for _step, micro_batches in loop.plan(len(train_set)):
+        tally.clear()
+        batches = [[train_set[i] for i in ids] for ids in micro_batches]
+        stats = loop.step(batches, loss_sum, count=len,
+                          num_tokens=lambda b: sum(len(e.first.input_ids) + len(_second(e).input_ids) for e in b))
+        extra = _reduce_tally(loop, tally)
+        if eval_set and cfg.eval_every and loop.step_count % cfg.eval_every == 0:
+            extra |= {f"eval_{k}": v for k, v in evaluate(cfg, loop.model, reference, eval_set, pad_id, device).items()}
+        loop.log(stats, extra)
+        loop.maybe_checkpoint()
+
+    summary: dict[str, Any] = {"steps": loop.step_count, "tokens_seen": loop.tokens_seen}
+    last = run_dir.read_metrics()
+    if last:
+        summary |= {k: last[-1][k] for k in ("loss", "reward_accuracy", "reward_margin") if k in last[-1]}
+    if eval_set:
+        summary |= {f"eval_{k}": v for k, v in evaluate(cfg, loop.model, reference, eval_set, pad_id, device).items()}
+    if loop.is_main:
+        model_dir = save_model(loop.unwrapped(), tokenizer, Path(cfg.out) / "model")  # type: ignore[arg-type]
+        run_dir.add_output("model", model_dir)
+    return summary
+
+
+def _reduce_tally(loop: TrainLoop, tally: dict[str, float]) -> dict[str, float]:
+    keys = sorted(k for k in tally if k not in ("pairs", "tokens"))
+    values = torch.tensor([tally.get("pairs", 0.0), *[tally[k] for k in keys]], dtype=torch.float64,
+                          device=loop.accelerator.device)
+    if loop.accelerator.num_processes > 1:
+        values = loop.accelerator.reduce(values, reduction="sum")
+    pairs = max(float(values[0]), 1.0)
+    return {k: round(float(v) / pairs, 6) for k, v in zip(keys, values[1:].tolist(), strict=True)}
+
+
+def compute_loss(cfg: DPOConfig, policy: Any, reference: Reference, batch: list[Example], pad_id: int,
+                 device: torch.device, *, split: str) -> tuple[dict[str, torch.Tensor], int]:
+    """Summed loss of a micro-batch plus summed statistics (divide by ``pairs`` for means), and its token count."""
+    L = cfg.loss  # noqa: N806 - reads like the maths
+    kto = L.variant == "kto"
+    tokens = pad_batch([e.first for e in batch] + [_second(e) for e in batch], pad_id, device)
+    out = completion_logps(policy, tokens.input_ids, tokens.attention_mask, tokens.loss_mask)
+    n = len(batch)
+    first, second = out.sequence_logps[:n], out.sequence_logps[n:]
+    first_len, second_len = out.num_tokens[:n].float(), out.num_tokens[n:].float()
+    if reference.mode == "none":
+        ref_first = ref_second = torch.zeros_like(first)
+    elif split in reference.tables:
+        ref = torch.tensor([reference.tables[split][e.key] for e in batch], dtype=first.dtype, device=device)
+        ref_first, ref_second = ref[:, 0], ref[:, 1]
+    else:
+        ref_all = reference.logps(policy, tokens)
+        ref_first, ref_second = ref_all[:n], ref_all[n:]
+    stats: dict[str, torch.Tensor] = {}
+    if kto:
+        # The mismatched rows only estimate z0 (no gradient flows through it).
+        z0 = kto_reference_point(second.detach(), ref_second)
+        desirable = torch.tensor([e.desirable for e in batch], device=device)
+        result = kto_loss(first, ref_first, desirable, z0, beta=L.beta, desirable_weight=L.desirable_weight,
+                          undesirable_weight=L.undesirable_weight)
+        stats["kl_estimate"] = z0 * n
+        stats["reward_desirable"] = result.chosen_rewards.sum()
+        stats["reward_undesirable"] = result.rejected_rewards.sum()
+    else:
+        if L.variant == "simpo":
+            result = simpo_loss(first, second, first_len, second_len, beta=L.beta, gamma=L.simpo_gamma,
+                                label_smoothing=L.label_smoothing)
+        else:
+            result = dpo_loss(first, second, ref_first, ref_second, beta=L.beta, variant=L.variant,  # type: ignore[arg-type]
+                              label_smoothing=L.label_smoothing, chosen_tokens=first_len,
+                              rejected_tokens=second_len, ipo_normalize=L.ipo_normalize)
+        margin = result.chosen_rewards - result.rejected_rewards
+        stats["reward_chosen"] = result.chosen_rewards.sum()
+        stats["reward_rejected"] = result.rejected_rewards.sum()
+        stats["reward_margin"] = margin.sum()
+        stats["reward_accuracy"] = (margin > 0).float().sum()
+        stats["logratio_chosen"] = (first - ref_first).detach().sum()
+    stats["pairs"] = torch.tensor(float(n))
+    return {"loss": result.losses.sum(), **stats}, int(tokens.attention_mask.sum())
+
+
+@torch.no_grad()
+def evaluate(cfg: DPOConfig, policy: Any, reference: Reference, examples: list[Example], pad_id: int,
+             device: torch.device, batch_size: int = 32) -> dict[str, float]:
+    """Mean loss and statistics over held-out examples."""
+    was_training = policy.training
+    policy.eval()
+    totals: dict[str, float] = {}
+    for start in range(0, len(examples), batch_size):
+        result, _ = compute_loss(cfg, policy, reference, examples[start:start + batch_size], pad_id, device,
+                                 split="eval")
+        for key, value in result.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+    policy.train(was_training)
+    pairs = max(totals.pop("pairs", 0.0), 1.0)
+    return {k: round(v / pairs, 6) for k, v in totals.items()}
