@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -14,6 +15,7 @@ from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import UserError
+from tether.core.registry import Registry, load_plugins
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +51,22 @@ class ModelConfig(Config):
     trust_remote_code: bool = Field(False, description="allow model code from the hub (off: safer)")
 
 
+# Named model sources: "SCHEME:NAME" paths resolved to a local directory by a registered function.
+# The world registers "world" (world:base is its pretrained base model, built on first use).
+MODEL_SOURCES: Registry[Callable[[str], str]] = Registry("model source")
+
+
+def resolve_model_path(path: str) -> str:
+    """A registered ``scheme:name`` path -> its local directory; any other path unchanged."""
+    scheme, sep, name = path.partition(":")
+    if not sep or scheme == "tiny":
+        return path
+    load_plugins()
+    if scheme in MODEL_SOURCES:
+        return MODEL_SOURCES.get(scheme)(name)
+    return path
+
+
 def resolve_device(device: str) -> torch.device:
     """``'auto'`` is the first CUDA device if there is one, else the CPU."""
     import torch
@@ -73,6 +91,7 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False) -> PreTrainedT
     """A tokenizer with a pad token and a chat template (the default ChatML one if it had none)."""
     from tether.models.chat import ensure_chat_template
 
+    path = resolve_model_path(path)
     if path.startswith("tiny:"):
         from tether.models.tokenizer import build_tokenizer
 
@@ -97,6 +116,7 @@ def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = Non
     Raises:
         UserError: the path does not exist or holds no loadable model.
     """
+    cfg = cfg.model_copy(update={"path": resolve_model_path(cfg.path)})
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.path.startswith("tiny:"):

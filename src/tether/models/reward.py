@@ -30,8 +30,9 @@ def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> P
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from tether.models.loading import resolve_device, resolve_dtype
+    from tether.models.loading import resolve_device, resolve_dtype, resolve_model_path
 
+    cfg = cfg.model_copy(update={"path": resolve_model_path(cfg.path)})
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.path.startswith("tiny:"):

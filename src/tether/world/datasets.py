@@ -20,6 +20,7 @@ from typing import Any
 
 from tether.data.io import write_jsonl
 from tether.data.sources import DATASET_SOURCES
+from tether.models.loading import MODEL_SOURCES
 from tether.world.annotators import DEFAULT_POOL, gold_preference, judge
 from tether.world.corpus import FAMILY_MIX, corpus_behaviour
 from tether.world.families import FAMILIES, Split, WorldItem, draw_item
@@ -110,6 +111,19 @@ def export_all(world: World, out: str | Path, *, n: int = 2000) -> dict[str, int
 
 # Built-in sources for configs: data.train: builtin:world-sft (world seed 0; the record seed varies the draw).
 _DEFAULT = WorldConfig()
+
+
+@MODEL_SOURCES.register("world")
+def _world_model(name: str) -> str:
+    """``world:base`` (the default build) or ``world:SIZE`` (tiny, small, medium, large): built on first use."""
+    from tether.world.build import SIZES, WorldBuildConfig, build_base_model
+
+    if name != "base" and name not in SIZES:
+        from tether.core.errors import UserError
+
+        raise UserError(f"world:{name}: expected world:base or world:SIZE with SIZE one of {', '.join(SIZES)}")
+    cfg = WorldBuildConfig() if name == "base" else WorldBuildConfig(size=name)  # type: ignore[arg-type]
+    return str(build_base_model(cfg)["model"])
 
 
 @DATASET_SOURCES.register("world-sft")
