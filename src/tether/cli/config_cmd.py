@@ -18,6 +18,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "sft": "tether.train.sft:SFTConfig",
     "eval": "tether.evals.run:EvalConfig",
     "dpo": "tether.train.dpo:DPOConfig",
+    "rm": "tether.train.rm:RMConfig",
     "world": "tether.world.build:WorldBuildConfig",
 }
 

@@ -8,7 +8,7 @@ import typer
 
 from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, SkipBadOpt, build_config
 
-app = typer.Typer(help="Train a model: SFT, the DPO family (reward models, PPO, GRPO as they land).", no_args_is_help=True)
+app = typer.Typer(help="Train a model: SFT, reward models, the DPO family (PPO, GRPO as they land).", no_args_is_help=True)
 
 
 @app.command()
@@ -36,6 +36,21 @@ def dpo(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resum
     from tether.train import dpo as recipe
 
     cfg = build_config(recipe.DPOConfig, config, set_, out, skip_bad=skip_bad)
+    summary = recipe.run(cfg, resume=resume)
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"model: {cfg.out}/model   run: {cfg.out}")
+
+
+@app.command()
+def rm(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+       skip_bad: SkipBadOpt = False) -> None:
+    """Reward model (Bradley-Terry), optionally an ensemble of heads or whole models.
+
+    Example: tether train rm --config rm/world --set ensemble.heads=4 --out runs/rm-world
+    """
+    from tether.train import rm as recipe
+
+    cfg = build_config(recipe.RMConfig, config, set_, out, skip_bad=skip_bad)
     summary = recipe.run(cfg, resume=resume)
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"model: {cfg.out}/model   run: {cfg.out}")

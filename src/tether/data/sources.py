@@ -10,12 +10,23 @@ import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from tether.core.config import Config
 from tether.core.registry import Registry
 from tether.data.io import LoadedRecords, parse_rows, read_records
 
 R = TypeVar("R", bound=BaseModel)
+
+class PreferenceData(Config):
+    """Pairs (or, for KTO, labelled single completions) to train on."""
+
+    train: str = Field(description="JSONL / datasets directory of preference records (KTO also takes "
+                       "unpaired records), or builtin:NAME")
+    eval: str | None = Field(None, description="held-out records: loss and reward accuracy at each eval")
+    max_length: int = Field(512, ge=2, description="tokens per prompt + completion; longer ones are cut at the end")
+    skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
+
 
 DATASET_SOURCES: Registry[Callable[[int], list[dict[str, Any]]]] = Registry("dataset source")
 

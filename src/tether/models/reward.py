@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     from tether.models.loading import ModelConfig
 
 
-def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """A scalar-head model from ``cfg.path``: a saved reward model, or a causal LM whose head is new.
+def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, num_labels: int = 1) -> PreTrainedModel:
+    """A score-head model from ``cfg.path``: a saved reward model, or a causal LM whose head is new.
+
+    ``num_labels`` > 1 gives several score heads on one backbone (a multi-head ensemble).
 
     Loading a causal LM checkpoint keeps its backbone weights and initialises the score
     head (transformers reports the head as newly initialised); that is how reward models
@@ -38,11 +40,11 @@ def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> P
     if cfg.path.startswith("tiny:"):
         from tether.models.tiny import tiny_config
 
-        config = tiny_config(cfg.path.removeprefix("tiny:"), tokenizer, num_labels=1)
+        config = tiny_config(cfg.path.removeprefix("tiny:"), tokenizer, num_labels=num_labels)
         model = AutoModelForSequenceClassification.from_config(config).to(dtype)
     else:
         try:
-            config = AutoConfig.from_pretrained(cfg.path, num_labels=1, trust_remote_code=cfg.trust_remote_code)
+            config = AutoConfig.from_pretrained(cfg.path, num_labels=num_labels, trust_remote_code=cfg.trust_remote_code)
             config.pad_token_id = tokenizer.pad_token_id
             model = AutoModelForSequenceClassification.from_pretrained(
                 cfg.path, config=config, dtype=dtype, trust_remote_code=cfg.trust_remote_code
@@ -63,10 +65,15 @@ def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> P
     return model
 
 
-def sequence_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """One scalar per sequence.  (B, T), (B, T) -> (B,)"""
+def head_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Every score head's score of each sequence (at its last real token).  (B, T), (B, T) -> (B, K)"""
     from tether.models.logprobs import position_ids_from_mask
 
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask))
-    return out.logits.squeeze(-1).to(torch.float32)
+    return out.logits.to(torch.float32)
+
+
+def sequence_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """One scalar per sequence (a single-head model).  (B, T), (B, T) -> (B,)"""
+    return head_scores(model, input_ids, attention_mask).squeeze(-1)

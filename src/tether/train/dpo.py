@@ -36,7 +36,7 @@ from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.data.collate import TokenBatch, pad_batch, truncate
 from tether.data.records import PreferenceRecord, UnpairedRecord
-from tether.data.sources import load_records
+from tether.data.sources import PreferenceData, load_records
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.preference import dpo_loss, kto_loss, kto_reference_point, simpo_loss
 from tether.models.chat import TokenizedExample, tokenize_prompt_completion
@@ -44,16 +44,6 @@ from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_mo
 from tether.models.logprobs import completion_logps
 
 Variant = Literal["sigmoid", "robust", "hinge", "ipo", "simpo", "kto"]
-
-
-class PreferenceData(Config):
-    """Pairs (or, for KTO, labelled single completions) to train on."""
-
-    train: str = Field(description="JSONL / datasets directory of preference records (KTO: unpaired or "
-                       "preference records), or builtin:NAME")
-    eval: str | None = Field(None, description="held-out records: loss and reward accuracy at each eval")
-    max_length: int = Field(512, ge=2, description="tokens per prompt + completion; longer ones are cut at the end")
-    skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
 
 
 class LossConfig(Config):

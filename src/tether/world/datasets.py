@@ -136,6 +136,12 @@ def _world_preferences(seed: int) -> list[dict[str, Any]]:
     return preference_rows(build_world(_DEFAULT), 4000, seed=seed)
 
 
+@DATASET_SOURCES.register("world-preferences-eval")
+def _world_preferences_eval(seed: int) -> list[dict[str, Any]]:
+    # Pairs drawn apart from world-preferences' (another stream), for held-out accuracy and gold agreement.
+    return preference_rows(build_world(_DEFAULT), 1000, seed=1_000_003 + seed)
+
+
 @DATASET_SOURCES.register("world-prompts")
 def _world_prompts(seed: int) -> list[dict[str, Any]]:
     return prompt_rows(build_world(_DEFAULT), 4000, "train", seed=seed)
