@@ -33,3 +33,11 @@ def build_config(cls: type[C], config: str | None, overrides: list[str] | None, 
     if skip_bad:
         extra.append("data.skip_bad=true")
     return load_config(cls, config, extra)
+
+
+def echo_main(text: str) -> None:
+    """Print on the main process only (under torchrun / accelerate launch every rank runs the command)."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(text)

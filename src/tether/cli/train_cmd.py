@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, SkipBadOpt, build_config
+from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, SkipBadOpt, build_config, echo_main
 
 app = typer.Typer(help="Train a model: SFT, reward models, the DPO family (PPO, GRPO as they land).", no_args_is_help=True)
 
@@ -17,13 +17,15 @@ def sft(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resum
     """Supervised fine-tuning on completion / assistant tokens only.
 
     Example: tether train sft --config sft/demo --set loop.max_steps=20 --out runs/sft-demo
+
+    Several processes: torchrun --nproc_per_node 2 -m tether.cli.main train sft ... (or accelerate launch)
     """
     from tether.train import sft as recipe
 
     cfg = build_config(recipe.SFTConfig, config, set_, out, skip_bad=skip_bad)
     summary = recipe.run(cfg, resume=resume)
-    typer.echo(json.dumps(summary, indent=2))
-    typer.echo(f"model: {cfg.out}/model   run: {cfg.out}")
+    echo_main(json.dumps(summary, indent=2))
+    echo_main(f"model: {cfg.out}/model   run: {cfg.out}")
 
 
 @app.command()
@@ -37,8 +39,8 @@ def dpo(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resum
 
     cfg = build_config(recipe.DPOConfig, config, set_, out, skip_bad=skip_bad)
     summary = recipe.run(cfg, resume=resume)
-    typer.echo(json.dumps(summary, indent=2))
-    typer.echo(f"model: {cfg.out}/model   run: {cfg.out}")
+    echo_main(json.dumps(summary, indent=2))
+    echo_main(f"model: {cfg.out}/model   run: {cfg.out}")
 
 
 @app.command()
@@ -52,5 +54,5 @@ def rm(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume
 
     cfg = build_config(recipe.RMConfig, config, set_, out, skip_bad=skip_bad)
     summary = recipe.run(cfg, resume=resume)
-    typer.echo(json.dumps(summary, indent=2))
-    typer.echo(f"model: {cfg.out}/model   run: {cfg.out}")
+    echo_main(json.dumps(summary, indent=2))
+    echo_main(f"model: {cfg.out}/model   run: {cfg.out}")

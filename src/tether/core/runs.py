@@ -12,6 +12,7 @@ Layout::
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -121,6 +122,11 @@ class RunDir:
         self.metrics_path = self.path / "metrics.jsonl"
         self.checkpoints = self.path / "checkpoints"
         self._started = time.perf_counter()
+        # Under torchrun / accelerate launch only global rank 0 writes; the others keep the record in memory.
+        self.writer = int(os.environ.get("RANK", "0")) == 0
+        if not self.writer:
+            self.record = RunRecord(command=command, seed=seed, started_at=_now())
+            return
         existing = self.record_path.is_file()
         if existing and not resume:
             raise UserError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
@@ -142,6 +148,8 @@ class RunDir:
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
         """Append one JSON line to ``metrics.jsonl`` and flush it, so a killed run loses nothing logged."""
+        if not self.writer:
+            return
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(metrics, sort_keys=False) + "\n")
             fh.flush()
@@ -154,6 +162,8 @@ class RunDir:
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop logged lines with ``step > after_step`` (written after the checkpoint a resume starts from)."""
+        if not self.writer:
+            return
         kept = [m for m in self.read_metrics() if m.get("step", 0) <= after_step]
         self.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
 
@@ -174,7 +184,7 @@ class RunDir:
 
     def record_skipped(self, messages: list[str]) -> None:
         """Count skipped input rows and keep every reason in ``skipped_rows.txt`` (file:line: why)."""
-        if not messages:
+        if not messages or not self.writer:
             return
         with (self.path / "skipped_rows.txt").open("a") as fh:
             fh.writelines(m + "\n" for m in messages)
@@ -193,6 +203,8 @@ class RunDir:
 
     def save_record(self) -> None:
         """Write ``record.json`` atomically (write then rename), so it is never half-written."""
+        if not self.writer:
+            return
         tmp = self.record_path.with_suffix(".json.tmp")
         tmp.write_text(self.record.model_dump_json(indent=2))
         tmp.replace(self.record_path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -123,12 +124,21 @@ class TrainLoop:
         # Precision is applied by our own autocast (see ``step``), not by Accelerator(mixed_precision=...):
         # accelerate's state is a process-wide singleton that refuses a second, different setting,
         # and pipelines run several recipes in one process. ``accelerate launch`` settings still apply.
-        self.accelerator = Accelerator(cpu=cpu)
+        # accelerate runs several CPU processes (gloo) only when told to use the CPU; a torchrun launch
+        # on a machine without a GPU is exactly that, so say so rather than train each rank alone.
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.accelerator = Accelerator(cpu=cpu or (distributed and not torch.cuda.is_available()))
+        if distributed and self.accelerator.num_processes == 1:
+            raise RuntimeError("launched as several processes but accelerate sees one: check the launcher's "
+                               "environment (WORLD_SIZE, RANK, MASTER_ADDR)")
         if loop.batch_size % self.accelerator.num_processes:
             from tether.core.errors import UserError
 
             raise UserError(f"loop.batch_size={loop.batch_size} is not divisible by "
                             f"{self.accelerator.num_processes} processes")
+        from tether.models.logprobs import LogpsModule
+
+        model = LogpsModule(model)  # log-probs computed inside the (distributed) forward
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, eps=optim.eps,
                                       weight_decay=optim.weight_decay)
@@ -256,8 +266,10 @@ class TrainLoop:
         return final
 
     def unwrapped(self) -> torch.nn.Module:
-        """The model without accelerate's wrappers (for saving)."""
-        return self.accelerator.unwrap_model(self.model)
+        """The HF model without accelerate's or tether's wrappers (for saving)."""
+        from tether.models.logprobs import inner_model
+
+        return inner_model(self.accelerator.unwrap_model(self.model))  # type: ignore[no-any-return]
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

@@ -45,6 +45,38 @@ def gather_token_logps(logits: Tensor, targets: Tensor) -> Tensor:
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+class LogpsModule(torch.nn.Module):
+    """A causal LM whose forward can also compute completion log-probs.
+
+    Distributed wrappers (DDP, FSDP) synchronise gradients only for work done inside their own
+    ``forward``; the chunked log-prob computation calls the backbone and the output head
+    separately, so it must run *inside* a forward. The training loop wraps every model in
+    this module before ``accelerator.prepare``; ``completion_logps`` routes through it.
+    Called without ``logps_of`` it is the plain model.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, logps_of: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """``logps_of``: the keyword arguments of :func:`completion_logps`; otherwise the model's own forward."""
+        if logps_of is not None:
+            return _completion_logps(self.model, **logps_of)  # type: ignore[arg-type]
+        return self.model(*args, **kwargs)
+
+
+def inner_model(model: Any) -> Any:
+    """The HF model inside any distributed wrapper and :class:`LogpsModule`."""
+    while True:
+        if isinstance(model, LogpsModule):
+            model = model.model
+        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module  # DDP and friends
+        else:
+            return model
+
+
 def completion_logps(
     model: PreTrainedModel,
     input_ids: Tensor,
@@ -73,6 +105,18 @@ def completion_logps(
     Returns:
         :class:`CompletionLogps`; differentiable when autograd is on.
     """
+    wrapped = getattr(model, "module", model)
+    if isinstance(wrapped, LogpsModule):  # through the (distributed) wrapper's forward
+        return model(logps_of={"input_ids": input_ids, "attention_mask": attention_mask,  # type: ignore[no-any-return]
+                               "loss_mask": loss_mask, "chunk_size": chunk_size, "temperature": temperature,
+                               "position_ids": position_ids})
+    return _completion_logps(model, input_ids, attention_mask, loss_mask, chunk_size=chunk_size,
+                             temperature=temperature, position_ids=position_ids)
+
+
+def _completion_logps(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor, *,
+                      chunk_size: int = 1024, temperature: float = 1.0,
+                      position_ids: Tensor | None = None) -> CompletionLogps:
     # A token is scored only if it and the token before it are real: the first real token
     # of a row has no context, whatever the padding side.
     real = attention_mask.bool()

@@ -41,7 +41,7 @@ from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.preference import dpo_loss, kto_loss, kto_reference_point, simpo_loss
 from tether.models.chat import TokenizedExample, tokenize_prompt_completion
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
-from tether.models.logprobs import completion_logps
+from tether.models.logprobs import completion_logps, inner_model
 
 Variant = Literal["sigmoid", "robust", "hinge", "ipo", "simpo", "kto"]
 
@@ -188,8 +188,7 @@ class Reference:
         if self.mode == "copy":
             yield self.model
         else:  # adapters-off: the policy's base weights are the reference
-            unwrapped = policy.module if hasattr(policy, "module") else policy
-            with unwrapped.disable_adapter():
+            with inner_model(policy).disable_adapter():
                 yield policy
 
     @torch.no_grad()
@@ -203,7 +202,7 @@ class Reference:
         return out
 
     def precompute(self, policy: Any, sets: dict[str, list[Example]], pad_id: int, device: torch.device,
-                   cache: Path, batch_size: int = 32) -> None:
+                   cache: Path, *, save: bool = True, batch_size: int = 32) -> None:
         """Reference log-probs of every example of every set (or read from ``cache``); then drop the frozen copy."""
         if cache.is_file():
             self.tables = torch.load(cache)
@@ -217,7 +216,10 @@ class Reference:
                     seconds = self.logps(policy, pad_batch([_second(e) for e in chunk], pad_id, device)).tolist()
                     table.update({e.key: (a, b) for e, a, b in zip(chunk, firsts, seconds, strict=True)})
                 self.tables[name] = table
-            torch.save(self.tables, cache)
+            if save:  # one writer under DDP (every process computes the same tables)
+                tmp = cache.with_name(cache.name + ".tmp")
+                torch.save(self.tables, tmp)
+                tmp.replace(cache)
         self.model = None  # freed: the tables are all the reference is needed for
 
 
@@ -244,7 +246,7 @@ def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         reference.model.to(device)
     if cfg.reference.precompute and reference.mode != "none":
         reference.precompute(loop.model, {"train": train_set, "eval": eval_set}, pad_id, device,
-                             run_dir.path / "reference_logps.pt")
+                             run_dir.path / "reference_logps.pt", save=run_dir.writer)
 
     tally: dict[str, float] = {}
 
