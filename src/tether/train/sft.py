@@ -8,7 +8,7 @@ load -> data -> loop (batch -> loss -> step -> log -> eval -> checkpoint) -> sav
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -16,7 +16,7 @@ from pydantic import Field
 from tether.core.config import Config
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
-from tether.data.collate import TokenBatch, pad_batch, truncate
+from tether.data.collate import TokenBatch, pack_padding_free, pad_batch, truncate
 from tether.data.records import SFTRecord
 from tether.data.sources import load_records
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
@@ -32,6 +32,9 @@ class SFTData(Config):
     train: str = Field(description="JSONL / datasets directory of SFT records, or builtin:NAME")
     eval: str | None = Field(None, description="held-out records for eval loss")
     max_length: int = Field(1024, ge=2, description="tokens per example; longer ones are cut at the end")
+    packing: Literal["none", "padding-free"] = Field(
+        "none", description="padding-free: each micro-batch is one row of concatenated examples, attention "
+        "isolated per example (no compute on padding)")
     skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
 
 
@@ -83,14 +86,20 @@ def _train(cfg: SFTConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     device = loop.accelerator.device
     pad_id = tokenizer.pad_token_id
 
+    def collate(examples: list[TokenizedExample]) -> TokenBatch:
+        if cfg.data.packing == "padding-free":
+            return pack_padding_free(examples, device)
+        return pad_batch(examples, pad_id, device)
+
     def loss_sum(batch: TokenBatch) -> torch.Tensor:
-        logps = completion_logps(loop.model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+        logps = completion_logps(loop.model, batch.input_ids, batch.attention_mask, batch.loss_mask,
+                                 position_ids=batch.position_ids)
         return sft_loss(logps.token_logps, batch.loss_mask).loss_sum
 
     eval_loss = None
     for _step, micro_batches in loop.plan(len(train_set)):
-        batches = [pad_batch([train_set[i] for i in ids], pad_id, device) for ids in micro_batches]
-        stats = loop.step(batches, loss_sum, count=lambda b: int(b.loss_mask[:, 1:].sum()),
+        batches = [collate([train_set[i] for i in ids]) for ids in micro_batches]
+        stats = loop.step(batches, loss_sum, count=TokenBatch.scored_tokens,
                           num_tokens=lambda b: int(b.attention_mask.sum()))
         extra = {}
         if eval_set and cfg.eval_every and loop.step_count % cfg.eval_every == 0:
