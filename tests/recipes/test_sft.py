@@ -154,3 +154,23 @@ def test_padding_free_packing_trains_exactly_like_padding(tmp_path):
     wa, wb = _weights(tmp_path / "padded"), _weights(tmp_path / "packed")
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
     assert padded["train_loss"] == pytest.approx(packed["train_loss"], abs=1e-5)
+
+
+def test_harness_evaluation_stops_early_and_restores_the_best_weights(tmp_path):
+    evaluation = ["loop.checkpoint_every=2", "evaluation.every=2", "evaluation.patience=1", "evaluation.metric=format.malformed",
+                  "evaluation.harness.suite.n=2", "evaluation.harness.suite.heldout_n=0",
+                  "evaluation.harness.generation.max_new_tokens=4"]
+    summary = sft.run(_cfg(tmp_path, "stop", "model.path=tiny:llama", "loop.max_steps=20", *evaluation))
+    # A random tiny model writes nothing well-formed: the rate cannot improve, so the second
+    # evaluation (step 4) stops training and the step-2 weights are restored.
+    assert summary["stopped_early_at"] == 4 and summary["best_step"] == 2 and summary["restored_step"] == 2
+    metrics = [json.loads(line) for line in (tmp_path / "stop" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "eval/format.malformed" in m] == [2, 4]
+    assert (tmp_path / "stop" / "evals" / "step-000002" / "report.html").is_file()
+    # The saved model is the step-2 checkpoint's weights, not step 4's.
+    checkpoint = load_file(str(tmp_path / "stop" / "checkpoints" / "step-00000002" / "model.safetensors"))
+    step4 = load_file(str(tmp_path / "stop" / "checkpoints" / "step-00000004" / "model.safetensors"))
+    final = _weights(tmp_path / "stop")
+    shared = [k for k in final if f"model.{k}" in checkpoint]
+    assert shared and all(torch.equal(final[k], checkpoint[f"model.{k}"]) for k in shared)
+    assert any(not torch.equal(final[k], step4[f"model.{k}"]) for k in shared)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from tether.data.io import write_jsonl
 from tether.evals.loaders import EvalPrompt
 from tether.evals.scorers import Sample, Score, ScorerConfig, build_scorer, scorer_config
 from tether.evals.suites import Answers, SuiteConfig, build_suite
-from tether.models.generation import GenerationSettings
+from tether.models.generation import GenerationSettings, Generator
 from tether.models.loading import ModelConfig
 
 METRICS_SCHEMA_VERSION = 1
@@ -77,7 +78,9 @@ def run(cfg: EvalConfig, *, resume: bool = False) -> dict[str, Any]:
     """Run the eval; returns the metrics document (also written to ``out/metrics.json``)."""
     run_dir = RunDir(cfg.out, command="eval", config=cfg, seed=cfg.seed, resume=resume)
     try:
-        doc = _evaluate(cfg, run_dir)
+        doc = evaluate(cfg, run_dir.path, write=run_dir.writer)
+        for name in ("metrics.json", "samples.jsonl", "report.html"):
+            run_dir.add_output(name.split(".")[0], run_dir.path / name)
     except BaseException as exc:
         run_dir.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
         raise
@@ -85,7 +88,14 @@ def run(cfg: EvalConfig, *, resume: bool = False) -> dict[str, Any]:
     return doc
 
 
-def _evaluate(cfg: EvalConfig, run_dir: RunDir) -> dict[str, Any]:
+def evaluate(cfg: EvalConfig, out: Path, *, generator: Generator | None = None, model_label: str | None = None,
+             write: bool = True) -> dict[str, Any]:
+    """Generate, score and aggregate; write metrics.json, samples.jsonl and report.html into ``out``.
+
+    ``generator``: an in-process model to evaluate (periodic evaluation during training) instead
+    of loading ``cfg.model``; ``model_label`` names it in the outputs. ``write=False`` (the
+    non-main processes of a distributed run) computes the same document and writes nothing.
+    """
     timings: dict[str, float] = {}
     start = time.perf_counter()
     suite = build_suite(cfg.suite)
@@ -98,8 +108,13 @@ def _evaluate(cfg: EvalConfig, run_dir: RunDir) -> dict[str, Any]:
     timings["prepare_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    model_path = resolve_model_path(cfg)
-    responses = generate_responses(cfg, model_path, prompts, run_dir.path / "generations.jsonl")
+    if generator is None:
+        model_path = model_label or resolve_model_path(cfg)
+    else:
+        model_path = model_label or "in-process"
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "generations.jsonl" if write else None
+    responses = generate_responses(cfg, model_path, prompts, cache, generator=generator)
     timings["generate_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -142,14 +157,12 @@ def _evaluate(cfg: EvalConfig, run_dir: RunDir) -> dict[str, Any]:
         "n_samples": len(samples),
         "timings": timings,
     }
-    write_jsonl(run_dir.path / "samples.jsonl", rows)
-    (run_dir.path / "metrics.json").write_text(json.dumps(doc, indent=2))
-    run_dir.add_output("metrics", run_dir.path / "metrics.json")
-    run_dir.add_output("samples", run_dir.path / "samples.jsonl")
-    from tether.evals.report import write_report
+    if write:
+        from tether.evals.report import write_report
 
-    write_report(doc, rows, run_dir.path / "report.html", examples=cfg.report_samples)
-    run_dir.add_output("report", run_dir.path / "report.html")
+        write_jsonl(out / "samples.jsonl", rows)
+        (out / "metrics.json").write_text(json.dumps(doc, indent=2))
+        write_report(doc, rows, out / "report.html", examples=cfg.report_samples)
     return doc
 
 
@@ -161,14 +174,15 @@ def _answers(scores: dict[str, Score]) -> Answers:
     return answers
 
 
-def generate_responses(cfg: EvalConfig, model_path: str, prompts: list[EvalPrompt],
-                       cache: Path) -> dict[tuple[int, int], str]:
+def generate_responses(cfg: EvalConfig, model_path: str, prompts: list[EvalPrompt], cache: Path | None, *,
+                       generator: Generator | None = None) -> dict[tuple[int, int], str]:
     """``{(prompt index, sample index): response}``, resuming from (and appending to) ``cache``.
 
     Prompts that carry a ``response`` in their metadata are scored as given, not generated.
+    ``generator`` is used if given; otherwise ``model_path`` is loaded when something needs generating.
     """
     done: dict[tuple[int, int], str] = {}
-    if cache.is_file():
+    if cache is not None and cache.is_file():
         for line in cache.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
@@ -177,8 +191,7 @@ def generate_responses(cfg: EvalConfig, model_path: str, prompts: list[EvalPromp
     given = {(i, j): str(p.meta["response"]) for i, p in enumerate(prompts) if "response" in p.meta
              for j in range(cfg.samples_per_prompt)}
     todo = [i for i, p in enumerate(prompts) if "response" not in p.meta]
-    generator = None
-    with cache.open("a") as fh:
+    with cache.open("a") if cache is not None else nullcontext(None) as fh:
         for j in range(cfg.samples_per_prompt):
             for chunk_no, start in enumerate(range(0, len(todo), cfg.chunk_prompts)):
                 chunk = [i for i in todo[start:start + cfg.chunk_prompts] if (i, j) not in done]
@@ -191,9 +204,11 @@ def generate_responses(cfg: EvalConfig, model_path: str, prompts: list[EvalPromp
                 completions = generator.generate([prompts[i].prompt for i in chunk], settings)
                 for i, completion in zip(chunk, completions, strict=True):
                     done[(i, j)] = completion.text
-                    fh.write(json.dumps({"prompt_index": i, "sample_index": j, "id": prompts[i].id,
-                                         "response": completion.text, "finish": completion.finish_reason}) + "\n")
-                fh.flush()
+                    if fh is not None:
+                        fh.write(json.dumps({"prompt_index": i, "sample_index": j, "id": prompts[i].id,
+                                             "response": completion.text, "finish": completion.finish_reason}) + "\n")
+                if fh is not None:
+                    fh.flush()
     done.update(given)
     return {key: done[key] for key in sorted(done)}
 

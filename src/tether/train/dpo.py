@@ -42,6 +42,7 @@ from tether.losses.preference import dpo_loss, kto_loss, kto_reference_point, si
 from tether.models.chat import TokenizedExample, tokenize_prompt_completion
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
 from tether.models.logprobs import completion_logps, inner_model
+from tether.train.common import EvalSchedule, TrainingEval
 
 Variant = Literal["sigmoid", "robust", "hinge", "ipo", "simpo", "kto"]
 
@@ -77,6 +78,8 @@ class DPOConfig(Config):
     optim: OptimConfig = OptimConfig(lr=5e-6)
     loop: LoopConfig = LoopConfig()
     eval_every: int = Field(0, ge=0, description="held-out loss and accuracy every N steps; 0: only at the end")
+    evaluation: TrainingEval = Field(default_factory=TrainingEval,
+                                     description="evaluation harness every N steps, early stopping")
     out: str = Field("runs/dpo", description="run directory")
     seed: int = Field(0, description="seeds data order, dropout and tiny: inits")
 
@@ -258,6 +261,7 @@ def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         tally["tokens"] = tally.get("tokens", 0.0) + tokens
         return result["loss"]
 
+    schedule = EvalSchedule(cfg.evaluation, tokenizer, run_dir)
     for _step, micro_batches in loop.plan(len(train_set)):
         tally.clear()
         batches = [[train_set[i] for i in ids] for ids in micro_batches]
@@ -266,10 +270,14 @@ def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         extra = _reduce_tally(loop, tally)
         if eval_set and cfg.eval_every and loop.step_count % cfg.eval_every == 0:
             extra |= {f"eval_{k}": v for k, v in evaluate(cfg, loop.model, reference, eval_set, pad_id, device).items()}
-        loop.log(stats, extra)
+        harness, stop = schedule.after_step(loop.model, loop.step_count)
+        loop.log(stats, extra | harness)
         loop.maybe_checkpoint()
+        if stop:
+            break
 
-    summary: dict[str, Any] = {"steps": loop.step_count, "tokens_seen": loop.tokens_seen}
+    evaluation = schedule.finish(loop.model, loop.step_count)
+    summary: dict[str, Any] = {"steps": loop.step_count, "tokens_seen": loop.tokens_seen, **evaluation}
     last = run_dir.read_metrics()
     if last:
         summary |= {k: last[-1][k] for k in ("loss", "reward_accuracy", "reward_margin") if k in last[-1]}

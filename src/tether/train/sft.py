@@ -24,6 +24,7 @@ from tether.losses.sft import sft_loss
 from tether.models.chat import TokenizedExample, tokenize_conversation, tokenize_prompt_completion
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
 from tether.models.logprobs import completion_logps
+from tether.train.common import EvalSchedule, TrainingEval
 
 
 class SFTData(Config):
@@ -46,6 +47,8 @@ class SFTConfig(Config):
     optim: OptimConfig = OptimConfig()
     loop: LoopConfig = LoopConfig()
     eval_every: int = Field(0, ge=0, description="eval loss every N steps; 0: only at the end")
+    evaluation: TrainingEval = Field(default_factory=TrainingEval,
+                                     description="evaluation harness every N steps, early stopping")
     out: str = Field("runs/sft", description="run directory")
     seed: int = Field(0, description="seeds the model init (tiny:), data order and dropout")
 
@@ -96,18 +99,23 @@ def _train(cfg: SFTConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
                                  position_ids=batch.position_ids)
         return sft_loss(logps.token_logps, batch.loss_mask).loss_sum
 
+    schedule = EvalSchedule(cfg.evaluation, tokenizer, run_dir)
     eval_loss = None
     for _step, micro_batches in loop.plan(len(train_set)):
         batches = [collate([train_set[i] for i in ids]) for ids in micro_batches]
         stats = loop.step(batches, loss_sum, count=TokenBatch.scored_tokens,
                           num_tokens=lambda b: int(b.attention_mask.sum()))
-        extra = {}
+        extra: dict[str, float] = {}
         if eval_set and cfg.eval_every and loop.step_count % cfg.eval_every == 0:
             eval_loss = evaluate_loss(loop.model, eval_set, pad_id, device)
             extra["eval_loss"] = round(eval_loss, 6)
-        loop.log(stats, extra)
+        harness, stop = schedule.after_step(loop.model, loop.step_count)
+        loop.log(stats, extra | harness)
         loop.maybe_checkpoint()
+        if stop:
+            break
 
+    evaluation = schedule.finish(loop.model, loop.step_count)
     if eval_set:
         eval_loss = evaluate_loss(loop.model, eval_set, pad_id, device)
     summary: dict[str, Any] = {"steps": loop.step_count, "tokens_seen": loop.tokens_seen}
@@ -116,6 +124,7 @@ def _train(cfg: SFTConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         summary["train_loss"] = last[-1]["loss"]
     if eval_loss is not None:
         summary["eval_loss"] = round(eval_loss, 6)
+    summary |= evaluation
     if loop.is_main:
         model_dir = save_model(loop.unwrapped(), tokenizer, Path(cfg.out) / "model")  # type: ignore[arg-type]
         run_dir.add_output("model", model_dir)

@@ -1,0 +1,145 @@
+"""Pieces every training recipe shares that are not loop mechanics: evaluation through the
+evaluation harness while training, and early stopping on one of its metrics.
+
+Light-touch training (the character-first recipe's first step) stops when a behaviour metric
+stops improving; the weights kept are the best evaluation's, not the last step's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from tether.core.config import Config
+from tether.core.errors import UserError
+from tether.core.runs import RunDir
+from tether.evals.run import EvalConfig, evaluate
+from tether.evals.suites import SuiteConfig
+from tether.models.generation import HFGenerator
+from tether.models.logprobs import inner_model
+
+HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "helpful.task_accuracy", "helpful.accuracy",
+            "honest.sycophancy", "honest.hallucination", "corrigible.resistance", "format.malformed")
+
+
+def _default_harness() -> EvalConfig:
+    # A quick world-hhh: 50 train prompts per family (350 prompts, a few seconds on the base model).
+    return EvalConfig(suite=SuiteConfig(n=50, heldout_n=0), report_samples=4)
+
+
+class TrainingEval(Config):
+    """Evaluate with the harness every N steps; optionally stop early on one metric."""
+
+    every: int = Field(0, ge=0, description="evaluate every N steps (and after the last); 0: never")
+    harness: EvalConfig = Field(default_factory=_default_harness,
+                                description="suite, generation and scorers (model and out are ignored)")
+    metric: str = Field("harmless.harmful_compliance", description="metric early stopping watches")
+    mode: Literal["min", "max"] = Field("min", description="whether lower or higher is better")
+    patience: int = Field(0, ge=0, description="evaluations without improvement before stopping; 0: never stop")
+    min_delta: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
+    restore_best: bool = Field(True, description="with patience: end with the best evaluation's weights")
+
+
+class EarlyStopping:
+    """Tracks the watched metric; says when to stop and keeps the best weights (trainable ones, on CPU)."""
+
+    def __init__(self, cfg: TrainingEval) -> None:
+        self.cfg = cfg
+        self.best: float | None = None
+        self.best_step = 0
+        self.bad_evals = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def update(self, value: float, step: int, model: Any) -> bool:
+        """Record an evaluation; returns True when training should stop."""
+        sign = 1.0 if self.cfg.mode == "min" else -1.0
+        if self.best is None or sign * (self.best - value) > self.cfg.min_delta:
+            self.best, self.best_step, self.bad_evals = value, step, 0
+            if self.cfg.patience and self.cfg.restore_best:
+                self.best_state = {name: p.detach().to("cpu", copy=True)
+                                   for name, p in inner_model(model).named_parameters() if p.requires_grad}
+            return False
+        self.bad_evals += 1
+        return bool(self.cfg.patience) and self.bad_evals >= self.cfg.patience
+
+    def restore(self, model: Any) -> bool:
+        """Put the best evaluation's weights back; False if there is nothing to restore."""
+        if self.best_state is None:
+            return False
+        inner = inner_model(model)
+        with torch.no_grad():
+            for name, p in inner.named_parameters():
+                if name in self.best_state:
+                    p.copy_(self.best_state[name].to(p.device))
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        """What early stopping saw, for the run record."""
+        return {"best_step": self.best_step, f"best_{self.cfg.metric}": self.best}
+
+
+def evaluate_during_training(cfg: TrainingEval, model: Any, tokenizer: Any, step: int,
+                             run_dir: RunDir) -> dict[str, float]:
+    """Run the harness on the in-training model; write its outputs under ``OUT/evals/step-N``.
+
+    Returns ``{"eval/<metric>": value}`` for the watched metric and the headline metrics.
+    """
+    generator = HFGenerator(inner_model(model), tokenizer)
+    out = Path(run_dir.path) / "evals" / f"step-{step:06d}"
+    doc = evaluate(cfg.harness, out, generator=generator, model_label=f"{run_dir.path} at step {step}",
+                   write=run_dir.writer)
+    metrics = doc["metrics"]
+    if cfg.metric not in metrics:
+        raise UserError(f"evaluation.metric {cfg.metric!r} is not a metric of suite {doc['suite']!r}; "
+                        f"it has: {', '.join(sorted(metrics))}")
+    return {f"eval/{name}": metrics[name]["value"] for name in (cfg.metric, *HEADLINE) if name in metrics}
+
+
+class EvalSchedule:
+    """Periodic evaluation and early stopping, as a recipe's loop uses them::
+
+        schedule = EvalSchedule(cfg.evaluation, tokenizer, run_dir)
+        for step, micro_batches in loop.plan(n):
+            ...
+            extra, stop = schedule.after_step(loop.model, loop.step_count)
+            loop.log(stats, extra)
+            if stop:
+                break
+        summary |= schedule.finish(loop.model, loop.step_count)
+    """
+
+    def __init__(self, cfg: TrainingEval, tokenizer: Any, run_dir: RunDir) -> None:
+        self.cfg, self.tokenizer, self.run_dir = cfg, tokenizer, run_dir
+        self.stopper = EarlyStopping(cfg)
+        self.last_evaluated = -1
+        self.stopped_at: int | None = None
+
+    def after_step(self, model: Any, step: int) -> tuple[dict[str, float], bool]:
+        """Evaluate if this step is due; returns the metrics to log and whether to stop."""
+        if not self.cfg.every or step % self.cfg.every:
+            return {}, False
+        metrics = evaluate_during_training(self.cfg, model, self.tokenizer, step, self.run_dir)
+        self.last_evaluated = step
+        stop = self.stopper.update(metrics[f"eval/{self.cfg.metric}"], step, model)
+        if stop:
+            self.stopped_at = step
+        return metrics, stop
+
+    def finish(self, model: Any, step: int) -> dict[str, Any]:
+        """Evaluate the last step if it was not, restore the best weights if asked; the summary entries."""
+        if not self.cfg.every:
+            return {}
+        summary: dict[str, Any] = {}
+        if self.last_evaluated != step:
+            final = evaluate_during_training(self.cfg, model, self.tokenizer, step, self.run_dir)
+            self.stopper.update(final[f"eval/{self.cfg.metric}"], step, model)
+            summary["final_eval"] = final
+        summary |= self.stopper.summary()
+        if self.stopped_at is not None:
+            summary["stopped_early_at"] = self.stopped_at
+        if self.cfg.patience and self.cfg.restore_best and self.stopper.best_step != step:
+            summary["restored_step"] = self.stopper.best_step if self.stopper.restore(model) else None
+        return summary
