@@ -89,3 +89,17 @@ def test_bad_reference_settings_are_config_errors(tmp_path, data):
         _cfg(tmp_path, data, "x", "loss.variant=simpo", "reference.mode=copy")
     with pytest.raises(UserError, match="needs model.lora"):
         dpo.run(_cfg(tmp_path, data, "y", "reference.mode=adapters-off"))
+
+
+@pytest.mark.parametrize("variant", ["sigmoid", "ipo", "kto"])
+def test_padding_free_trains_exactly_like_padding(tmp_path, data, variant):
+    train = "unpaired.jsonl" if variant == "kto" else "pairs.jsonl"
+    runs = {}
+    for packing in ("none", "padding-free"):
+        name = f"{variant}-{packing}"
+        dpo.run(_cfg(tmp_path, data, name, "loop.max_steps=4", f"loss.variant={variant}",
+                     f"data.packing={packing}", train=train))
+        runs[packing] = _metrics(tmp_path / name)
+    for x, y in zip(runs["none"], runs["padding-free"], strict=True):
+        assert abs(x["loss"] - y["loss"]) < 1e-5 * max(1.0, x["loss"]), (x, y)
+        assert abs(x["grad_norm"] - y["grad_norm"]) < 1e-4 * max(1.0, x["grad_norm"]), (x, y)

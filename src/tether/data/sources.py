@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -26,6 +26,9 @@ class PreferenceData(Config):
     eval: str | None = Field(None, description="held-out records: loss and reward accuracy at each eval")
     max_length: int = Field(512, ge=2, description="tokens per prompt + completion; longer ones are cut at the end")
     skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
+    packing: Literal["none", "padding-free"] = Field(
+        "none", description="padding-free: a micro-batch's sequences concatenated into one row, attention "
+        "isolated per sequence (no compute on padding)")
 
 
 DATASET_SOURCES: Registry[Callable[[int], list[dict[str, Any]]]] = Registry("dataset source")

@@ -150,6 +150,7 @@ class TrainLoop:
         self.step_count = 0
         self.tokens_seen = 0
         self._bar: Any = None
+        self._tick = time.perf_counter()
 
     @property
     def is_main(self) -> bool:
@@ -173,6 +174,7 @@ class TrainLoop:
         acc = self.accelerator
         with progress_bar("train", self.cfg.max_steps, completed=self.step_count) as bar:
             self._bar = bar
+            self._tick = time.perf_counter()
             for step in range(self.step_count, self.cfg.max_steps):
                 indices = batch_indices(num_examples, self.cfg.batch_size, step, self.seed)
                 yield step, split_for_process(indices, acc.process_index, acc.num_processes, self.cfg.grad_accum)
@@ -235,6 +237,11 @@ class TrainLoop:
             "grad_norm": round(stats.grad_norm, 6), "tokens_per_s": round(stats.tokens / max(stats.seconds, 1e-9), 1),
             "tokens_seen": self.tokens_seen, **(extra or {}),
         }
+        # Wall-clock since the previous step ended: everything a step costs (collation, logging, evals).
+        now = time.perf_counter()
+        metrics["step_wall_s"] = round(now - self._tick, 6)
+        self._tick = now
+        metrics["memory_mib"] = round(_memory_mib(self.accelerator.device), 1)
         last = self.step_count == self.cfg.max_steps
         if self.is_main and (self.step_count % self.cfg.log_every == 0 or last):
             self.run.log_metrics(metrics)
@@ -270,6 +277,17 @@ class TrainLoop:
         from tether.models.logprobs import inner_model
 
         return inner_model(self.accelerator.unwrap_model(self.model))  # type: ignore[no-any-return]
+
+
+def _memory_mib(device: torch.device) -> float:
+    """This step's peak allocated memory on a GPU (the peak is reset), the process's resident size on a CPU."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / 2**20
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

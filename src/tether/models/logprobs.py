@@ -59,11 +59,43 @@ class LogpsModule(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, *args: Any, logps_of: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-        """``logps_of``: the keyword arguments of :func:`completion_logps`; otherwise the model's own forward."""
+    def forward(self, *args: Any, logps_of: dict[str, Any] | None = None, call: Callable[..., Any] | None = None,
+                **kwargs: Any) -> Any:
+        """``logps_of``: the keyword arguments of :func:`completion_logps`; ``call``: run ``call(model, **kwargs)``
+        inside this forward (other computations that bypass the model's own forward); otherwise the model's forward."""
         if logps_of is not None:
             return _completion_logps(self.model, **logps_of)  # type: ignore[arg-type]
+        if call is not None:
+            return call(self.model, **kwargs)
         return self.model(*args, **kwargs)
+
+
+def run_inside(model: Any, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """``fn(hf_model, **kwargs)``, run inside ``model``'s (distributed) forward when it is a :class:`LogpsModule`."""
+    wrapped = getattr(model, "module", model)
+    if isinstance(wrapped, LogpsModule):
+        return model(call=fn, **kwargs)
+    return fn(model, **kwargs)
+
+
+def document_index(position_ids: Tensor) -> Tensor:
+    """Which packed document each position belongs to (positions restart at 0 per document).  (1, N) -> (N,)"""
+    return (position_ids[0] == 0).cumsum(0) - 1
+
+
+def sequence_totals(logps: CompletionLogps, loss_mask: Tensor, position_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Summed log-probs and scored-token counts per sequence: per row, or per packed document.  -> (S,), (S,)"""
+    if position_ids is None:
+        return logps.sequence_logps, logps.num_tokens
+    scored = (loss_mask.bool() & (position_ids > 0)).float()
+    return per_document_sums(logps.token_logps, position_ids), per_document_sums(scored, position_ids).long()
+
+
+def per_document_sums(values: Tensor, position_ids: Tensor) -> Tensor:
+    """Sum ``values`` (1, N) over each packed document.  -> (D,)"""
+    doc = document_index(position_ids)
+    out = torch.zeros(int(doc[-1]) + 1, dtype=values.dtype, device=values.device)
+    return out.index_add(0, doc, values[0])
 
 
 def inner_model(model: Any) -> Any:

@@ -8,7 +8,7 @@ config; left and right padding both work).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -72,6 +72,31 @@ def head_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask))
     return out.logits.to(torch.float32)
+
+
+def packed_head_scores(model: PreTrainedModel, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+    """Scores of packed documents (one row, positions restarting at 0), at each document's last token.
+
+    (1, N), (1, N) -> (D, K). The backbone runs once over the row with attention isolated per
+    document (no 2-D mask: transformers derives it from the positions); the score head sees
+    only the D last hidden states. Run it inside the training wrapper's forward
+    (``tether.models.logprobs.run_inside``).
+    """
+    from tether.models.logprobs import run_inside
+
+    return run_inside(model, _packed_head_scores, input_ids=input_ids, position_ids=position_ids)  # type: ignore[no-any-return]
+
+
+def _packed_head_scores(model: Any, *, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(lm, lm.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=None,
+                      use_cache=False).last_hidden_state[0]  # (N, H)
+    starts = (position_ids[0] == 0).nonzero().squeeze(-1)
+    last = torch.cat([starts[1:] - 1, starts.new_tensor([position_ids.shape[1] - 1])])
+    if not hasattr(lm, "score"):
+        raise UserError(f"{type(lm).__name__} has no 'score' head: padding-free scoring needs one (use packing: none)")
+    return lm.score(hidden[last]).to(torch.float32)  # type: ignore[no-any-return]
 
 
 def sequence_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

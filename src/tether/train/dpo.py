@@ -34,14 +34,14 @@ from tether.core.config import Config
 from tether.core.errors import DataError, UserError
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
-from tether.data.collate import TokenBatch, pad_batch, truncate
+from tether.data.collate import TokenBatch, pack_padding_free, pad_batch, truncate
 from tether.data.records import PreferenceRecord, UnpairedRecord
 from tether.data.sources import PreferenceData, load_records
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.preference import dpo_loss, kto_loss, kto_reference_point, simpo_loss
 from tether.models.chat import TokenizedExample, tokenize_prompt_completion
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
-from tether.models.logprobs import completion_logps, inner_model
+from tether.models.logprobs import completion_logps, inner_model, sequence_totals
 from tether.train.common import EvalSchedule, TrainingEval
 
 Variant = Literal["sigmoid", "robust", "hinge", "ipo", "simpo", "kto"]
@@ -196,13 +196,14 @@ class Reference:
 
     @torch.no_grad()
     def logps(self, policy: Any, rows: TokenBatch) -> torch.Tensor:
-        """Sequence log-probs of ``rows`` under the reference.  -> (rows,)"""
+        """Sequence log-probs of ``rows`` (padded rows or packed documents) under the reference.  -> (S,)"""
         with self._model(policy) as model:
             was_training = model.training
             model.eval()
-            out = completion_logps(model, rows.input_ids, rows.attention_mask, rows.loss_mask).sequence_logps
+            out = completion_logps(model, rows.input_ids, rows.attention_mask, rows.loss_mask,
+                                   position_ids=rows.position_ids)
             model.train(was_training)
-        return out
+        return sequence_totals(out, rows.loss_mask, rows.position_ids)[0]
 
     def precompute(self, policy: Any, sets: dict[str, list[Example]], pad_id: int, device: torch.device,
                    cache: Path, *, save: bool = True, batch_size: int = 32) -> None:
@@ -224,6 +225,13 @@ class Reference:
                 torch.save(self.tables, tmp)
                 tmp.replace(cache)
         self.model = None  # freed: the tables are all the reference is needed for
+
+
+def collate(sequences: list[TokenizedExample], cfg: DPOConfig, pad_id: int, device: torch.device) -> TokenBatch:
+    """Padded rows, or one padding-free packed row."""
+    if cfg.data.packing == "padding-free":
+        return pack_padding_free(sequences, device)
+    return pad_batch(sequences, pad_id, device)
 
 
 def _second(example: Example) -> TokenizedExample:
@@ -304,11 +312,13 @@ def compute_loss(cfg: DPOConfig, policy: Any, reference: Reference, batch: list[
     """Summed loss of a micro-batch plus summed statistics (divide by ``pairs`` for means), and its token count."""
     L = cfg.loss  # noqa: N806 - reads like the maths
     kto = L.variant == "kto"
-    tokens = pad_batch([e.first for e in batch] + [_second(e) for e in batch], pad_id, device)
-    out = completion_logps(policy, tokens.input_ids, tokens.attention_mask, tokens.loss_mask)
+    tokens = collate([e.first for e in batch] + [_second(e) for e in batch], cfg, pad_id, device)
+    out = completion_logps(policy, tokens.input_ids, tokens.attention_mask, tokens.loss_mask,
+                           position_ids=tokens.position_ids)
+    logps, lengths = sequence_totals(out, tokens.loss_mask, tokens.position_ids)
     n = len(batch)
-    first, second = out.sequence_logps[:n], out.sequence_logps[n:]
-    first_len, second_len = out.num_tokens[:n].float(), out.num_tokens[n:].float()
+    first, second = logps[:n], logps[n:]
+    first_len, second_len = lengths[:n].float(), lengths[n:].float()
     if reference.mode == "none":
         ref_first = ref_second = torch.zeros_like(first)
     elif split in reference.tables:
