@@ -8,6 +8,12 @@ reference log-probs for DPO (as tether's ``reference.precompute``), completion-o
 SFT. Rounds alternate tether / TRL in one process so machine noise hits both alike; each
 side's step time is the median wall-clock between consecutive step ends after warm-up.
 
+Both sides pad by default. ``--packing padding-free`` packs tether's SFT, RM and DPO batches
+(``data.packing``) and TRL's SFT (``padding_free``; its RewardTrainer has no such mode and its
+DPOTrainer disables it in this version). Packing pays off only with an attention kernel that
+skips the masked blocks (flash-attention's varlen path on a GPU): with SDPA or eager attention
+the packed row's attention is quadratic in the whole row, and on this CPU it is slower.
+
 Reported per trainer: steps/s and tokens/s for both and their ratio, both losses at the first
 and last step, achieved FLOP/s (6 x parameters x tokens per step for a forward and backward)
 as a share of this machine's measured matmul peak (MFU), and resident memory per step (CPU:
@@ -116,7 +122,8 @@ def run_tether(kind: str, start: Path, data: Path, args: argparse.Namespace, out
     common = [f"model.path={start}", f"data.train={data}", f"data.max_length={args.max_length}",
               f"optim.lr={args.lr}", "optim.schedule=constant", "optim.warmup_steps=0", "optim.max_grad_norm=1.0",
               f"loop.batch_size={args.batch}", f"loop.max_steps={args.steps}", f"seed={args.seed}", f"out={out}",
-              f"model.device={args.device}", f"loop.precision={'bf16' if args.dtype == 'bf16' else 'fp32'}"]
+              f"model.device={args.device}", f"loop.precision={'bf16' if args.dtype == 'bf16' else 'fp32'}",
+              f"data.packing={args.packing}"]
     if kind == "sft":
         from tether.train import sft as recipe
 
@@ -165,7 +172,9 @@ def run_trl(kind: str, start: Path, rows: list[dict[str, Any]], args: argparse.N
         from trl import SFTConfig, SFTTrainer
 
         base: Any = SFTTrainer
-        config: Any = SFTConfig(**common, completion_only_loss=True)
+        packed = args.packing == "padding-free"  # max_length is long enough that nothing is cut either way
+        config: Any = SFTConfig(**(common | {"max_length": None} if packed else common), completion_only_loss=True,
+                                padding_free=packed)
         model: Any = str(start)
     elif kind == "rm":
         from trl import RewardConfig, RewardTrainer
@@ -219,6 +228,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--packing", choices=("none", "padding-free"), default="none",
+                        help="padding-free: tether packs SFT, RM and DPO batches; TRL packs SFT (its RewardTrainer "
+                             "has no such mode and its DPOTrainer disables it in this version). Pays off only with "
+                             "a varlen attention kernel (flash-attention on a GPU)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     args = parser.parse_args()
     import trl
@@ -232,6 +245,7 @@ def main() -> None:
                    f"{torch.get_num_threads()} threads, device {args.device}",
         "versions": {"trl": trl.__version__}, "dtype": args.dtype, "matmul_peak_gflops": round(peak / 1e9, 1),
         "model": {"hidden": args.hidden, "layers": args.layers}, "batch": args.batch, "steps": args.steps,
+        "packing": args.packing,
     }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -92,14 +92,16 @@ def test_bad_reference_settings_are_config_errors(tmp_path, data):
 
 
 @pytest.mark.parametrize("variant", ["sigmoid", "ipo", "kto"])
-def test_padding_free_trains_exactly_like_padding(tmp_path, data, variant):
+def test_length_groups_and_padding_free_train_exactly_like_padding(tmp_path, data, variant):
     train = "unpaired.jsonl" if variant == "kto" else "pairs.jsonl"
+    # One padded batch, four padded length groups (the default), one packed row: the same maths.
     runs = {}
-    for packing in ("none", "padding-free"):
-        name = f"{variant}-{packing}"
-        dpo.run(_cfg(tmp_path, data, name, "loop.max_steps=4", f"loss.variant={variant}",
-                     f"data.packing={packing}", train=train))
-        runs[packing] = _metrics(tmp_path / name)
-    for x, y in zip(runs["none"], runs["padding-free"], strict=True):
-        assert abs(x["loss"] - y["loss"]) < 1e-5 * max(1.0, x["loss"]), (x, y)
-        assert abs(x["grad_norm"] - y["grad_norm"]) < 1e-4 * max(1.0, x["grad_norm"]), (x, y)
+    for name, setting in (("one-group", "data.length_groups=1"), ("groups", "data.length_groups=4"),
+                          ("packed", "data.packing=padding-free")):
+        dpo.run(_cfg(tmp_path, data, f"{variant}-{name}", "loop.max_steps=4", f"loss.variant={variant}", setting,
+                     train=train))
+        runs[name] = _metrics(tmp_path / f"{variant}-{name}")
+    for other in ("groups", "packed"):
+        for x, y in zip(runs["one-group"], runs[other], strict=True):
+            assert abs(x["loss"] - y["loss"]) < 1e-5 * max(1.0, x["loss"]), (other, x, y)
+            assert abs(x["grad_norm"] - y["grad_norm"]) < 1e-4 * max(1.0, x["grad_norm"]), (other, x, y)

@@ -85,3 +85,20 @@ def test_builtin_source_is_deterministic():
     a = load_records("builtin:arithmetic-chat", SFTRecord, seed=3).records
     b = load_records("builtin:arithmetic-chat", SFTRecord, seed=3).records
     assert a == b and len(a) == 512
+
+
+def test_length_groups_minimise_padding_and_keep_every_index():
+    from tether.data.collate import length_groups
+
+    assert length_groups([10, 100, 12, 95], 2) == [[0, 2], [3, 1]]
+    lengths = [7, 1, 30, 2, 29, 8, 31, 1]
+    groups = length_groups(lengths, 3)
+    assert sorted(i for g in groups for i in g) == list(range(8)) and len(groups) <= 3
+    padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+    # The optimum over every split of the sorted lengths into three runs, by brute force.
+    import itertools
+
+    order = sorted(range(8), key=lambda i: lengths[i])
+    best = min(sum(len(p) * max(lengths[i] for i in p) for p in (order[:a], order[a:b], order[b:]) if p)
+               for a, b in itertools.combinations(range(1, 8), 2))
+    assert padded == best

@@ -12,7 +12,7 @@ recomputed in backward instead of kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -76,6 +76,17 @@ def run_inside(model: Any, fn: Callable[..., Any], **kwargs: Any) -> Any:
     if isinstance(wrapped, LogpsModule):
         return model(call=fn, **kwargs)
     return fn(model, **kwargs)
+
+
+def grouped_completion_logps(model: Any, batches: Sequence[Any]) -> list[CompletionLogps]:
+    """:func:`completion_logps` of several batches (``input_ids``, ``attention_mask``, ``loss_mask``,
+    ``position_ids`` each) in one forward of ``model``'s wrapper: one gradient synchronisation."""
+    return run_inside(model, _grouped_logps, batches=batches)  # type: ignore[no-any-return]
+
+
+def _grouped_logps(model: Any, *, batches: Sequence[Any]) -> list[CompletionLogps]:
+    return [_completion_logps(model, b.input_ids, b.attention_mask, b.loss_mask, position_ids=b.position_ids)
+            for b in batches]
 
 
 def document_index(position_ids: Tensor) -> Tensor:

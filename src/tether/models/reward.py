@@ -8,6 +8,7 @@ config; left and right padding both work).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -72,6 +73,19 @@ def head_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tenso
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask))
     return out.logits.to(torch.float32)
+
+
+def grouped_head_scores(model: Any, batches: Sequence[Any]) -> list[Tensor]:
+    """Scores of several batches (padded, or one packed row with ``position_ids``) in one forward of
+    ``model``'s wrapper.  -> [(b, K), ...]"""
+    from tether.models.logprobs import run_inside
+
+    return run_inside(model, _grouped_scores, batches=batches)  # type: ignore[no-any-return]
+
+
+def _grouped_scores(model: Any, *, batches: Sequence[Any]) -> list[Tensor]:
+    return [_packed_head_scores(model, input_ids=b.input_ids, position_ids=b.position_ids)
+            if b.position_ids is not None else head_scores(model, b.input_ids, b.attention_mask) for b in batches]
 
 
 def packed_head_scores(model: PreTrainedModel, input_ids: Tensor, position_ids: Tensor) -> Tensor:

@@ -34,14 +34,14 @@ from tether.core.config import Config
 from tether.core.errors import DataError, UserError
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
-from tether.data.collate import TokenBatch, pack_padding_free, pad_batch, truncate
+from tether.data.collate import Grouped, collate_grouped, truncate
 from tether.data.records import PreferenceRecord, UnpairedRecord
 from tether.data.sources import PreferenceData, load_records
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.preference import dpo_loss, kto_loss, kto_reference_point, simpo_loss
 from tether.models.chat import TokenizedExample, tokenize_prompt_completion
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
-from tether.models.logprobs import completion_logps, inner_model, sequence_totals
+from tether.models.logprobs import grouped_completion_logps, inner_model, sequence_totals
 from tether.train.common import EvalSchedule, TrainingEval
 
 Variant = Literal["sigmoid", "robust", "hinge", "ipo", "simpo", "kto"]
@@ -195,15 +195,14 @@ class Reference:
                 yield policy
 
     @torch.no_grad()
-    def logps(self, policy: Any, rows: TokenBatch) -> torch.Tensor:
-        """Sequence log-probs of ``rows`` (padded rows or packed documents) under the reference.  -> (S,)"""
+    def logps(self, policy: Any, grouped: Grouped) -> torch.Tensor:
+        """Sequence log-probs under the reference, in the original order.  -> (S,)"""
         with self._model(policy) as model:
             was_training = model.training
             model.eval()
-            out = completion_logps(model, rows.input_ids, rows.attention_mask, rows.loss_mask,
-                                   position_ids=rows.position_ids)
+            out = sequence_logps(model, grouped)[0]
             model.train(was_training)
-        return sequence_totals(out, rows.loss_mask, rows.position_ids)[0]
+        return out
 
     def precompute(self, policy: Any, sets: dict[str, list[Example]], pad_id: int, device: torch.device,
                    cache: Path, *, save: bool = True, batch_size: int = 32) -> None:
@@ -216,8 +215,10 @@ class Reference:
                 table: dict[int, tuple[float, float]] = {}
                 for start in range(0, len(examples), batch_size):
                     chunk = examples[start:start + batch_size]
-                    firsts = self.logps(policy, pad_batch([e.first for e in chunk], pad_id, device)).tolist()
-                    seconds = self.logps(policy, pad_batch([_second(e) for e in chunk], pad_id, device)).tolist()
+                    firsts = self.logps(policy, collate_grouped([e.first for e in chunk], pad_id=pad_id,
+                                                                device=device, groups=4)).tolist()
+                    seconds = self.logps(policy, collate_grouped([_second(e) for e in chunk], pad_id=pad_id,
+                                                                 device=device, groups=4)).tolist()
                     table.update({e.key: (a, b) for e, a, b in zip(chunk, firsts, seconds, strict=True)})
                 self.tables[name] = table
             if save:  # one writer under DDP (every process computes the same tables)
@@ -227,11 +228,18 @@ class Reference:
         self.model = None  # freed: the tables are all the reference is needed for
 
 
-def collate(sequences: list[TokenizedExample], cfg: DPOConfig, pad_id: int, device: torch.device) -> TokenBatch:
-    """Padded rows, or one padding-free packed row."""
-    if cfg.data.packing == "padding-free":
-        return pack_padding_free(sequences, device)
-    return pad_batch(sequences, pad_id, device)
+def collate(sequences: list[TokenizedExample], cfg: DPOConfig, pad_id: int, device: torch.device) -> Grouped:
+    """Padded length groups, or one padding-free packed row."""
+    return collate_grouped(sequences, pad_id=pad_id, device=device, groups=cfg.data.length_groups,
+                           packing=cfg.data.packing)
+
+
+def sequence_logps(model: Any, grouped: Grouped) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs and completion lengths of every sequence, in the original order."""
+    outs = grouped_completion_logps(model, grouped.batches)
+    totals = [sequence_totals(o, b.loss_mask, b.position_ids) for o, b in zip(outs, grouped.batches, strict=True)]
+    return (grouped.restore(torch.cat([t[0] for t in totals])),
+            grouped.restore(torch.cat([t[1] for t in totals])))
 
 
 def _second(example: Example) -> TokenizedExample:
@@ -312,10 +320,8 @@ def compute_loss(cfg: DPOConfig, policy: Any, reference: Reference, batch: list[
     """Summed loss of a micro-batch plus summed statistics (divide by ``pairs`` for means), and its token count."""
     L = cfg.loss  # noqa: N806 - reads like the maths
     kto = L.variant == "kto"
-    tokens = collate([e.first for e in batch] + [_second(e) for e in batch], cfg, pad_id, device)
-    out = completion_logps(policy, tokens.input_ids, tokens.attention_mask, tokens.loss_mask,
-                           position_ids=tokens.position_ids)
-    logps, lengths = sequence_totals(out, tokens.loss_mask, tokens.position_ids)
+    grouped = collate([e.first for e in batch] + [_second(e) for e in batch], cfg, pad_id, device)
+    logps, lengths = sequence_logps(policy, grouped)
     n = len(batch)
     first, second = logps[:n], logps[n:]
     first_len, second_len = lengths[:n].float(), lengths[n:].float()
@@ -325,7 +331,7 @@ def compute_loss(cfg: DPOConfig, policy: Any, reference: Reference, batch: list[
         ref = torch.tensor([reference.tables[split][e.key] for e in batch], dtype=first.dtype, device=device)
         ref_first, ref_second = ref[:, 0], ref[:, 1]
     else:
-        ref_all = reference.logps(policy, tokens)
+        ref_all = reference.logps(policy, grouped)
         ref_first, ref_second = ref_all[:n], ref_all[n:]
     stats: dict[str, torch.Tensor] = {}
     if kto:
@@ -352,7 +358,7 @@ def compute_loss(cfg: DPOConfig, policy: Any, reference: Reference, batch: list[
         stats["reward_accuracy"] = (margin > 0).float().sum()
         stats["logratio_chosen"] = (first - ref_first).detach().sum()
     stats["pairs"] = torch.tensor(float(n))
-    return {"loss": result.losses.sum(), **stats}, int(tokens.attention_mask.sum())
+    return {"loss": result.losses.sum(), **stats}, grouped.real_tokens()
 
 
 @torch.no_grad()

@@ -32,14 +32,14 @@ from tether.core.config import Config
 from tether.core.errors import DataError
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
-from tether.data.collate import pack_padding_free, pad_batch, truncate
+from tether.data.collate import collate_grouped, truncate
 from tether.data.records import PreferenceRecord
 from tether.data.sources import PreferenceData, load_records
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.reward import bradley_terry_loss, ensemble_scores
 from tether.models.chat import TokenizedExample, tokenize_prompt_completion
 from tether.models.loading import ModelConfig, load_tokenizer, save_model
-from tether.models.reward import head_scores, load_reward_model, packed_head_scores
+from tether.models.reward import grouped_head_scores, load_reward_model
 
 
 class RMLossConfig(Config):
@@ -147,13 +147,9 @@ def _train(cfg: RMConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     tally: dict[str, float] = {}
 
     def loss_sum(batch: list[Pair]) -> torch.Tensor:
-        sequences = [p.chosen for p in batch] + [p.rejected for p in batch]
-        if cfg.data.packing == "padding-free":
-            packed = pack_padding_free(sequences, device)
-            scores = packed_head_scores(loop.model, packed.input_ids, packed.position_ids)  # type: ignore[arg-type]
-        else:
-            rows = pad_batch(sequences, pad_id, device)
-            scores = head_scores(loop.model, rows.input_ids, rows.attention_mask)  # type: ignore[arg-type]
+        grouped = collate_grouped([p.chosen for p in batch] + [p.rejected for p in batch], pad_id=pad_id,
+                                  device=device, groups=cfg.data.length_groups, packing=cfg.data.packing)
+        scores = grouped.restore(torch.cat(grouped_head_scores(loop.model, grouped.batches)))  # (2B, K)
         chosen, rejected = scores[: len(batch)], scores[len(batch):]  # (B, K) each
         margin = torch.tensor([p.margin for p in batch], device=device).unsqueeze(-1) if cfg.loss.use_margin else None
         result = bradley_terry_loss(chosen, rejected, margin=margin, center_coef=cfg.loss.center_coef)
@@ -206,8 +202,9 @@ def evaluate(models: list[Any], pairs: list[Pair], pad_id: int, batch_size: int 
         c, r = [], []
         for start in range(0, len(pairs), batch_size):
             batch = pairs[start:start + batch_size]
-            rows = pad_batch([p.chosen for p in batch] + [p.rejected for p in batch], pad_id, device)
-            scores = head_scores(model, rows.input_ids, rows.attention_mask).cpu()
+            grouped = collate_grouped([p.chosen for p in batch] + [p.rejected for p in batch], pad_id=pad_id,
+                                      device=device, groups=4)
+            scores = grouped.restore(torch.cat(grouped_head_scores(model, grouped.batches))).cpu()
             c.append(scores[: len(batch)])
             r.append(scores[len(batch):])
         model.train(was_training)
