@@ -140,7 +140,7 @@ def run_tether(kind: str, start: Path, data: Path, args: argparse.Namespace, out
     memory_now(device)
     recipe.run(cfg)  # type: ignore[attr-defined]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    tokens = [b["tokens_seen"] - a["tokens_seen"] for a, b in zip([{"tokens_seen": 0}, *metrics], metrics)]
+    tokens = [b["tokens_seen"] - a["tokens_seen"] for a, b in zip([{"tokens_seen": 0}, *metrics], metrics, strict=True)]
     return {"step_s": [m["step_wall_s"] for m in metrics], "tokens": tokens,
             "losses": [m["loss"] for m in metrics], "memory_mib": [m["memory_mib"] for m in metrics]}
 
@@ -190,16 +190,18 @@ def run_trl(kind: str, start: Path, rows: list[dict[str, Any]], args: argparse.N
             return SequentialSampler(self.train_dataset)
 
     from transformers import AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
 
     trainer = Sequential(model=model, args=config, train_dataset=dataset,
                          processing_class=AutoTokenizer.from_pretrained(str(start)), callbacks=[Clock()])
+    trainer.remove_callback(PrinterCallback)  # keep stdout for the results
     memory_now(device)
     started = time.perf_counter()
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = [int(t) for t in (h.get("num_tokens") for h in trainer.state.log_history if "loss" in h) if t]
-    per_step = [b - a for a, b in zip(tokens, tokens[1:])] if len(tokens) > 1 else []
-    return {"step_s": [b - a for a, b in zip([started, *marks], marks)], "tokens": [tokens[0], *per_step]
+    per_step = [b - a for a, b in zip(tokens, tokens[1:], strict=False)] if len(tokens) > 1 else []
+    return {"step_s": [b - a for a, b in zip([started, *marks], marks, strict=False)], "tokens": [tokens[0], *per_step]
             if tokens else [], "losses": losses, "memory_mib": memory}
 
 
