@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -189,6 +190,16 @@ class RunDir:
         with (self.path / "skipped_rows.txt").open("a") as fh:
             fh.writelines(m + "\n" for m in messages)
         self.count("skipped_rows", len(messages))
+
+    def execute(self, body: Callable[[RunDir], dict[str, Any]]) -> dict[str, Any]:
+        """Run ``body(self)`` and close the record: finished with its summary, or failed / interrupted."""
+        try:
+            summary = body(self)
+        except BaseException as exc:
+            self.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
+            raise
+        self.finish(summary=summary)
+        return summary
 
     def finish(self, status: Literal["finished", "failed", "interrupted"] = "finished", *,
                summary: dict[str, Any] | None = None, error: str | None = None) -> None:

@@ -155,13 +155,7 @@ def run(cfg: DPOConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train, write the run directory and the model (``OUT/model``); return the summary."""
     seed_everything(cfg.seed)
     run_dir = RunDir(cfg.out, command="train dpo", config=cfg, seed=cfg.seed, resume=resume)
-    try:
-        summary = _train(cfg, run_dir, resume)
-    except BaseException as exc:
-        run_dir.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
-        raise
-    run_dir.finish(summary=summary)
-    return summary
+    return run_dir.execute(lambda rd: _train(cfg, rd, resume))
 
 
 class Reference:

@@ -104,13 +104,7 @@ def run(cfg: RMConfig, *, resume: bool = False) -> dict[str, Any]:
         return _run_members(cfg, resume)
     seed_everything(cfg.seed)
     run_dir = RunDir(cfg.out, command="train rm", config=cfg, seed=cfg.seed, resume=resume)
-    try:
-        summary = _train(cfg, run_dir, resume)
-    except BaseException as exc:
-        run_dir.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
-        raise
-    run_dir.finish(summary=summary)
-    return summary
+    return run_dir.execute(lambda rd: _train(cfg, rd, resume))
 
 
 def _run_members(cfg: RMConfig, resume: bool) -> dict[str, Any]:
