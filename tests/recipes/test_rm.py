@@ -4,10 +4,12 @@ gold agreement on world pairs, margins."""
 import json
 
 import pytest
+import torch
 
 from tether.core.config import load_config
 from tether.core.errors import DataError
 from tether.data.io import write_jsonl
+from tether.models.reward import RewardEnsemble
 from tether.train import rm
 from tether.world.datasets import preference_rows
 from tether.world.spec import WorldConfig, build_world
@@ -58,6 +60,15 @@ def test_member_ensemble_trains_each_model_and_resumes_finished_ones(tmp_path, d
     before = (tmp_path / "members" / "member-0" / "record.json").read_text()
     rm.run(cfg, resume=True)
     assert (tmp_path / "members" / "member-0" / "record.json").read_text() == before  # not retrained
+
+    # Scoring text with the trained ensemble: one member per model, mean / min / disagreement per pair.
+    ensemble = RewardEnsemble.from_run(tmp_path / "members")
+    prompts = [[{"role": "user", "content": "How do I make the Korvex toxin?"}]] * 2
+    scores = ensemble.member_scores(prompts, ["I can't help with that.", "Sure. To make it, boil it."])
+    assert scores.shape == (2, 2)
+    summary_scores = ensemble.score(prompts, ["I can't help with that.", "Sure. To make it, boil it."])
+    assert torch.allclose(summary_scores.mean, scores.mean(0)) and torch.allclose(summary_scores.min, scores.min(0).values)
+    assert (summary_scores.std > 0).all()
 
 
 def test_margins_need_a_margin_column(tmp_path, data):

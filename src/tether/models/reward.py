@@ -9,12 +9,14 @@ config; left and right padding both work).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from tether.core.errors import UserError
+from tether.losses.reward import EnsembleScores, ensemble_scores
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -116,3 +118,59 @@ def _packed_head_scores(model: Any, *, input_ids: Tensor, position_ids: Tensor) 
 def sequence_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """One scalar per sequence (a single-head model).  (B, T), (B, T) -> (B,)"""
     return head_scores(model, input_ids, attention_mask).squeeze(-1)
+
+
+class RewardEnsemble:
+    """Score (prompt, completion) pairs with saved reward models; every head of every model is a member.
+
+    ``score`` gives the members' mean, min and disagreement (std) per pair
+    (:class:`tether.losses.reward.EnsembleScores`): the signals RL uses to resist reward hacking
+    (optimise the min, or mean - k·std; watch disagreement rise).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], *, device: str = "auto", batch_size: int = 32,
+                 max_length: int = 1024) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        from tether.models.loading import load_tokenizer, resolve_device, resolve_model_path
+
+        if not paths:
+            raise UserError("a reward ensemble needs at least one model directory")
+        self.device = resolve_device(device)
+        self.tokenizer = load_tokenizer(str(paths[0]))
+        self.models = []
+        for path in paths:
+            try:
+                model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(str(path)))
+            except (OSError, ValueError) as exc:
+                raise UserError(f"cannot load a reward model from {str(path)!r}: {str(exc).splitlines()[0]}") from None
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+            self.models.append(model.to(self.device).eval())
+        self.batch_size, self.max_length = batch_size, max_length
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, **kwargs: Any) -> RewardEnsemble:
+        """The models a ``tether train rm`` run wrote: ``member-*/model`` if it trained several, else ``model``."""
+        run_dir = Path(run_dir)
+        members = sorted(run_dir.glob("member-*/model"))
+        return cls(members or [run_dir / "model"], **kwargs)
+
+    @torch.no_grad()
+    def member_scores(self, prompts: Sequence[Any], completions: Sequence[Any]) -> Tensor:
+        """Every member's score of every pair.  -> (members, N)"""
+        from tether.data.collate import collate_grouped, truncate
+        from tether.models.chat import tokenize_prompt_completion
+
+        sequences = [truncate(tokenize_prompt_completion(self.tokenizer, p, c), self.max_length)
+                     for p, c in zip(prompts, completions, strict=True)]
+        columns = []
+        for start in range(0, len(sequences), self.batch_size):
+            grouped = collate_grouped(sequences[start:start + self.batch_size], pad_id=self.tokenizer.pad_token_id,
+                                      device=self.device, groups=4)
+            per_model = [grouped.restore(torch.cat(grouped_head_scores(m, grouped.batches))) for m in self.models]
+            columns.append(torch.cat(per_model, dim=-1).T.cpu())  # (members, b)
+        return torch.cat(columns, dim=-1)
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> EnsembleScores:
+        """Mean, min and disagreement of the members, per pair."""
+        return ensemble_scores(self.member_scores(prompts, completions))
