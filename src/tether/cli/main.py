@@ -50,6 +50,13 @@ def _root(
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+def _end_distributed() -> None:
+    """Tear down a torch.distributed process group a command left open (torchrun / accelerate launch)."""
+    torch_distributed = sys.modules.get("torch.distributed")
+    if torch_distributed is not None and torch_distributed.is_available() and torch_distributed.is_initialized():
+        torch_distributed.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map errors to exit codes (2: user error, 1: internal error)."""
     from tether.core.errors import UserError
@@ -57,7 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or bool(os.environ.get("TETHER_DEBUG"))
     try:
-        app(args=args, prog_name="tether", standalone_mode=True)
+        try:
+            app(args=args, prog_name="tether", standalone_mode=True)
+        except SystemExit as done:
+            if not done.code:
+                _end_distributed()
+            raise
     except UserError as exc:
         if debug:
             raise

@@ -272,6 +272,14 @@ class TrainLoop:
         self.accelerator.wait_for_everyone()
         return final
 
+    def close(self) -> None:
+        """Wait for every process at the end of training (the main one saves the model meanwhile).
+
+        Without it a process that finishes first exits while the others still use the process
+        group, and the launcher sees it abort. The CLI tears the group down before exiting.
+        """
+        self.accelerator.wait_for_everyone()
+
     def unwrapped(self) -> torch.nn.Module:
         """The HF model without accelerate's or tether's wrappers (for saving)."""
         from tether.models.logprobs import inner_model

@@ -247,8 +247,6 @@ def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     train_set = load_examples(cfg.data.train, cfg, tokenizer, run_dir)
     eval_set = load_examples(cfg.data.eval, cfg, tokenizer, run_dir) if cfg.data.eval else []
-    if cfg.loss.variant == "kto" and any(e.mismatched is None for e in train_set):
-        raise AssertionError("KTO examples need mismatched completions")
     reference = Reference(cfg, model, tokenizer)
 
     loop = TrainLoop(model, cfg.optim, cfg.loop, run_dir, seed=cfg.seed)
@@ -296,6 +294,7 @@ def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     if loop.is_main:
         model_dir = save_model(loop.unwrapped(), tokenizer, Path(cfg.out) / "model")  # type: ignore[arg-type]
         run_dir.add_output("model", model_dir)
+    loop.close()
     return summary
 
 

@@ -173,6 +173,7 @@ def _train(cfg: RMConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     if loop.is_main:
         model_dir = save_model(loop.unwrapped(), tokenizer, Path(cfg.out) / "model")  # type: ignore[arg-type]
         run_dir.add_output("model", model_dir)
+    loop.close()
     return summary
 
 
