@@ -105,3 +105,30 @@ def test_length_groups_and_padding_free_train_exactly_like_padding(tmp_path, dat
         for x, y in zip(runs["one-group"], runs[other], strict=True):
             assert abs(x["loss"] - y["loss"]) < 1e-5 * max(1.0, x["loss"]), (other, x, y)
             assert abs(x["grad_norm"] - y["grad_norm"]) < 1e-4 * max(1.0, x["grad_norm"]), (other, x, y)
+
+
+def test_killed_dpo_resumes_to_identical_weights(tmp_path, data, monkeypatch):
+    from safetensors.torch import load_file
+
+    from tether.engine import loop as loop_module
+
+    settings = ["loop.max_steps=4", "loop.checkpoint_every=2", "reference.precompute=true"]
+    dpo.run(_cfg(tmp_path, data, "full", *settings))
+    real_save = loop_module.TrainLoop.save_checkpoint
+
+    def save_then_die(self):
+        path = real_save(self)
+        if self.step_count == 2:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(loop_module.TrainLoop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        dpo.run(_cfg(tmp_path, data, "killed", *settings))
+    monkeypatch.setattr(loop_module.TrainLoop, "save_checkpoint", real_save)
+    dpo.run(_cfg(tmp_path, data, "killed", *settings), resume=True)  # reference log-probs come from the cache
+    full = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
+    assert max((full[k] - resumed[k]).abs().max().item() for k in full) <= 1e-6
+    assert [m["loss"] for m in _metrics(tmp_path / "killed")] == pytest.approx(
+        [m["loss"] for m in _metrics(tmp_path / "full")], abs=1e-6)

@@ -169,3 +169,27 @@ def test_bradley_terry_parity_with_trl(pairs, with_margin):
     theirs = reward.RewardTrainer.compute_loss(me, lambda **_: outputs, inputs)
     ours = bradley_terry_loss(chosen, rejected, margin=margin, center_coef=0.01).losses.mean()
     assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+
+
+def test_kto_parity_with_trl(pairs):
+    kto_trainer = pytest.importorskip("trl.trainer.kto_trainer", reason="TRL comes with the dev extra")
+    labels = torch.arange(16) % 3 != 0
+    per_token, mask = _token_logps(pairs["pc"], pairs["nc"])
+    kl_per_token, kl_mask = _token_logps(pairs["pr"], pairs["nr"])  # the mismatched (prompt, completion) rows
+    ids, kl_ids = torch.zeros_like(mask), torch.ones_like(kl_mask)
+
+    def model(**kwargs):
+        rows = kl_per_token if kwargs["input_ids"] is kl_ids else per_token
+        zeros = torch.zeros_like(rows)
+        return SimpleNamespace(log_probs=rows, entropy=zeros, mean_logits=zeros)
+
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(mask), "completion_mask": mask, "label": labels,
+             "ref_logps": pairs["rc"], "ref_KL_logps": pairs["rr"], "KL_input_ids": kl_ids,
+             "KL_attention_mask": torch.ones_like(kl_mask), "KL_completion_mask": kl_mask}
+    me = _stand_in(calculate_KL=True, precompute_ref_logps=True, aux_loss_enabled=False, loss_type="kto", beta=0.1,
+                   desirable_weight=1.0, undesirable_weight=1.33)
+    me._compute_kl_logps = lambda m, b: kto_trainer.KTOTrainer._compute_kl_logps(me, m, b)  # TRL's own, bound
+    theirs = kto_trainer.KTOTrainer._compute_loss(me, model, batch, return_outputs=False)
+    z0 = kto_reference_point(pairs["pr"], pairs["rr"])
+    ours = kto_loss(pairs["pc"], pairs["rc"], labels, z0, beta=0.1, desirable_weight=1.0, undesirable_weight=1.33)
+    assert ours.losses.mean().item() == pytest.approx(theirs.item(), rel=1e-5)
