@@ -10,7 +10,9 @@ import typer
 
 from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, build_config
 
-app = typer.Typer(help="Evaluate models (HHH suites, honest statistics, HTML reports) and compare them.")
+app = typer.Typer(help="Evaluate a model: generate, score and report (metrics.json, samples.jsonl, report.html "
+                       "under --out); compare runs with 'tether eval compare'.\n\n"
+                       "Example: tether eval --model world:base --suite world-hhh --out runs/eval-base")
 
 
 @app.callback(invoke_without_command=True)
