@@ -1,0 +1,120 @@
+"""Online-RL maths: hand-worked values, independent loop implementations, and estimator properties."""
+
+import math
+
+import pytest
+import torch
+
+from tether.losses.rl import (
+    AdaptiveKL,
+    aggregate,
+    gae,
+    group_advantages,
+    kl_estimate,
+    policy_loss,
+    reinforce_pp_advantages,
+    rloo_advantages,
+    value_loss,
+    whiten,
+)
+
+
+def test_hand_worked_values():
+    out = gae(torch.tensor([[0.0, 1.0]]), torch.tensor([[0.5, 0.5]]), torch.ones(1, 2, dtype=torch.bool),
+              gamma=1.0, lam=1.0)
+    assert out.advantages.tolist() == [[0.5, 0.5]] and out.returns.tolist() == [[1.0, 1.0]]
+    k = [kl_estimate(torch.tensor(-1.0), torch.tensor(-2.0), kind).item() for kind in ("k1", "k2", "k3")]
+    assert k == pytest.approx([1.0, 0.5, math.exp(-1)], abs=1e-6)
+    assert group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4, eps=0.0).tolist() == pytest.approx(
+        [0.866025, -0.866025, -0.866025, 0.866025], abs=1e-5)
+    assert group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4, scale="none").tolist() == [0.5, -0.5, -0.5, 0.5]
+    assert rloo_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4).tolist() == pytest.approx(
+        [2 / 3, -2 / 3, -2 / 3, 2 / 3])
+    one = torch.ones(1, 1, dtype=torch.bool)
+    up = policy_loss(torch.tensor([[math.log(1.5)]]), torch.zeros(1, 1), torch.tensor([1.0]), one)
+    down = policy_loss(torch.tensor([[math.log(1.5)]]), torch.zeros(1, 1), torch.tensor([-1.0]), one)
+    assert up.loss.item() == pytest.approx(-1.2) and up.clip_fraction.item() == 1.0
+    assert down.loss.item() == pytest.approx(1.5) and down.clip_fraction.item() == 0.0
+    asymmetric = policy_loss(torch.tensor([[math.log(1.5)]]), torch.zeros(1, 1), torch.tensor([1.0]), one,
+                             clip_high=0.28)
+    assert asymmetric.loss.item() == pytest.approx(-1.28)
+    assert AdaptiveKL(0.1, 6.0, 100).update(12.0, 10) == pytest.approx(0.102)
+    # V = 2, V_old = 1, R = 0, clip 0.2: max(4, 1.2²) / 2 = 2.
+    assert value_loss(torch.tensor([[2.0]]), torch.tensor([[1.0]]), torch.tensor([[0.0]]), one).item() == 2.0
+
+
+def test_aggregation_modes():
+    per_token = torch.tensor([[1.0, 1.0, 9.0], [2.0, 9.0, 9.0]])
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    assert aggregate(per_token, mask, "token-mean").item() == pytest.approx(4 / 3)
+    assert aggregate(per_token, mask, "sequence-mean").item() == pytest.approx(1.5)
+    assert aggregate(per_token, mask, "constant", max_tokens=3).item() == pytest.approx(4 / 6)
+    with pytest.raises(ValueError, match="max_tokens"):
+        aggregate(per_token, mask, "constant")
+
+
+def _gae_loop(rewards, values, length, gamma, lam):
+    advantages, running = [0.0] * length, 0.0
+    for t in reversed(range(length)):
+        next_value = values[t + 1] if t + 1 < length else 0.0
+        delta = rewards[t] + gamma * next_value - values[t]
+        running = delta + gamma * lam * running
+        advantages[t] = running
+    return advantages
+
+
+def test_gae_matches_a_loop_over_variable_length_rows():
+    g = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    lengths = [7, 1, 4, 6, 3]
+    mask = torch.tensor([[t < n for t in range(7)] for n in lengths])
+    out = gae(rewards, values, mask, gamma=0.97, lam=0.9)
+    for row, n in enumerate(lengths):
+        want = _gae_loop(rewards[row].tolist(), values[row].tolist(), n, 0.97, 0.9)
+        assert out.advantages[row, :n].tolist() == pytest.approx(want, abs=1e-5)
+        assert out.advantages[row, n:].abs().sum() == 0 and out.returns[row, n:].abs().sum() == 0
+        assert out.returns[row, :n].tolist() == pytest.approx([a + v for a, v in zip(want, values[row, :n].tolist(),
+                                                                                       strict=True)], abs=1e-5)
+
+
+def test_kl_estimators_are_unbiased_where_the_paper_says():
+    # Sample from p, estimate KL(p || q): k1 and k3 are unbiased (k3 with lower variance), k2 is not.
+    g = torch.Generator().manual_seed(1)
+    p = torch.tensor([0.5, 0.3, 0.2])
+    q = torch.tensor([0.2, 0.3, 0.5])
+    exact = float((p * (p / q).log()).sum())
+    draws = torch.multinomial(p, 200_000, replacement=True, generator=g)
+    logp, logq = p.log()[draws], q.log()[draws]
+    k1, k3 = kl_estimate(logp, logq, "k1"), kl_estimate(logp, logq, "k3")
+    assert float(k1.mean()) == pytest.approx(exact, abs=0.01)
+    assert float(k3.mean()) == pytest.approx(exact, abs=0.01)
+    assert float(k3.var()) < float(k1.var()) and (k3 >= 0).all()
+
+
+def test_group_methods_match_loops():
+    g = torch.Generator().manual_seed(2)
+    rewards = torch.randn(12, generator=g)
+    grpo, rloo = group_advantages(rewards, 4, eps=0.0), rloo_advantages(rewards, 4)
+    batch = group_advantages(rewards, 4, scale="batch", eps=0.0)
+    for i in range(12):
+        group = rewards[(i // 4) * 4:(i // 4 + 1) * 4].tolist()
+        mean = sum(group) / 4
+        std = math.sqrt(sum((x - mean) ** 2 for x in group) / 3)
+        assert grpo[i].item() == pytest.approx((rewards[i].item() - mean) / std, rel=1e-5)
+        assert batch[i].item() == pytest.approx((rewards[i].item() - mean) / rewards.std().item(), rel=1e-5)
+        others = (sum(group) - rewards[i].item()) / 3
+        assert rloo[i].item() == pytest.approx(rewards[i].item() - others, abs=1e-6)
+    pp = reinforce_pp_advantages(rewards, 4, baseline=True)
+    assert float(pp.mean()) == pytest.approx(0.0, abs=1e-6) and float(pp.std(correction=0)) == pytest.approx(1.0)
+
+
+def test_whiten_and_policy_gradient_direction():
+    g = torch.Generator().manual_seed(3)
+    x, mask = torch.randn(4, 6, generator=g) * 3 + 2, torch.rand(4, 6, generator=g) > 0.3
+    w = whiten(x, mask)
+    assert float(w[mask].mean()) == pytest.approx(0.0, abs=1e-5)
+    assert float(w[mask].var(correction=0)) == pytest.approx(1.0, abs=1e-4) and (w[~mask] == 0).all()
+    # A positive advantage pushes the token's log-prob up (the loss falls as it rises).
+    logps = torch.zeros(1, 3, requires_grad=True)
+    policy_loss(logps, torch.zeros(1, 3), torch.tensor([1.0]), torch.ones(1, 3, dtype=torch.bool)).loss.backward()
+    assert (logps.grad < 0).all()
