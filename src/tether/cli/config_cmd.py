@@ -19,6 +19,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "eval": "tether.evals.run:EvalConfig",
     "dpo": "tether.train.dpo:DPOConfig",
     "rm": "tether.train.rm:RMConfig",
+    "grpo": "tether.train.grpo:GRPOConfig",
     "world": "tether.world.build:WorldBuildConfig",
 }
 

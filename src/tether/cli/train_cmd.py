@@ -8,7 +8,7 @@ import typer
 
 from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, SkipBadOpt, build_config, echo_main
 
-app = typer.Typer(help="Train a model: SFT, reward models, the DPO family (PPO, GRPO as they land).", no_args_is_help=True)
+app = typer.Typer(help="Train a model: SFT, reward models, the DPO family, GRPO (PPO as it lands).", no_args_is_help=True)
 
 
 @app.command()
@@ -53,6 +53,21 @@ def rm(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume
     from tether.train import rm as recipe
 
     cfg = build_config(recipe.RMConfig, config, set_, out, skip_bad=skip_bad)
+    summary = recipe.run(cfg, resume=resume)
+    echo_main(json.dumps(summary, indent=2))
+    echo_main(f"model: {cfg.out}/model   run: {cfg.out}")
+
+
+@app.command()
+def grpo(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+         skip_bad: SkipBadOpt = False) -> None:
+    """Online RL with group-relative advantages (GRPO, RLOO or REINFORCE++) and a k3 KL to the reference.
+
+    Example: tether train grpo --set model.path=world:base --set data.train=builtin:world-prompts --set "rewards=[{kind: world-verifier}]" --out runs/grpo
+    """
+    from tether.train import grpo as recipe
+
+    cfg = build_config(recipe.GRPOConfig, config, set_, out, skip_bad=skip_bad)
     summary = recipe.run(cfg, resume=resume)
     echo_main(json.dumps(summary, indent=2))
     echo_main(f"model: {cfg.out}/model   run: {cfg.out}")

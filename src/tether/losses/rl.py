@@ -158,16 +158,21 @@ def policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tens
     Example (hand-worked): log ρ = ln 1.5, A = 1, ε = 0.2: −min(1.5, 1.2) = −1.2 (clipped);
     with A = −1: −min(−1.5, −1.2) = 1.5 (not clipped: the pessimistic term).
     """
+    per_token, clipped = clipped_surrogate(logps, old_logps, advantages, clip_low=clip_low, clip_high=clip_high)
+    clip_fraction = masked_mean(clipped.to(logps.dtype), mask)
+    approx_kl = masked_mean(0.5 * (logps - old_logps) ** 2, mask)
+    return PolicyLoss(aggregate(per_token, mask, aggregation, max_tokens), clip_fraction.detach(), approx_kl.detach())
+
+
+def clipped_surrogate(logps: Tensor, old_logps: Tensor, advantages: Tensor, *, clip_low: float = 0.2,
+                      clip_high: float | None = None) -> tuple[Tensor, Tensor]:
+    """Per-token PPO loss and where the clipped term was the one taken.  -> (B, T), (B, T) bool"""
     if advantages.dim() == 1:
         advantages = advantages.unsqueeze(-1).expand_as(logps)
     ratio = torch.exp(logps - old_logps)
     clipped = torch.clamp(ratio, 1 - clip_low, 1 + (clip_high if clip_high is not None else clip_low))
     unclipped_term, clipped_term = ratio * advantages, clipped * advantages
-    per_token = -torch.minimum(unclipped_term, clipped_term)
-    mask_f = mask.to(logps.dtype)
-    clip_fraction = ((clipped_term < unclipped_term).to(logps.dtype) * mask_f).sum() / mask_f.sum().clamp(min=1)
-    approx_kl = masked_mean(0.5 * (logps - old_logps) ** 2, mask)
-    return PolicyLoss(aggregate(per_token, mask, aggregation, max_tokens), clip_fraction.detach(), approx_kl.detach())
+    return -torch.minimum(unclipped_term, clipped_term), (clipped_term < unclipped_term).detach()
 
 
 def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, *, clip: float = 0.2) -> Tensor:
