@@ -142,6 +142,16 @@ def _world_preferences_eval(seed: int) -> list[dict[str, Any]]:
     return preference_rows(build_world(_DEFAULT), 1000, seed=1_000_003 + seed)
 
 
+@DATASET_SOURCES.register("world-task-prompts")
+def _world_task_prompts(seed: int) -> list[dict[str, Any]]:
+    # Train-split tasks only (arithmetic, facts, lists, counting): RLVR's prompts.
+    world = build_world(_DEFAULT)
+    rng = random.Random(f"task-prompts:{seed}")
+    items = [draw_item(world, "task", "train", rng) for _ in range(4000)]
+    return [{"prompt": it.prompt, "id": it.id, "family": it.family, "split": it.split, "gold": it.gold,
+             "tags": it.tags} for it in items]
+
+
 @DATASET_SOURCES.register("world-prompts")
 def _world_prompts(seed: int) -> list[dict[str, Any]]:
     return prompt_rows(build_world(_DEFAULT), 4000, "train", seed=seed)
