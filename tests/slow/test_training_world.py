@@ -10,7 +10,7 @@ import pytest
 from tether.core.config import load_config
 from tether.evals.run import EvalConfig
 from tether.evals.run import run as evaluate
-from tether.train import dpo, rm, sft
+from tether.train import dpo, grpo, rm, sft
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +53,17 @@ def test_dpo_on_annotator_pairs_moves_gold_metrics(tmp_path, base):
     for name in ("harmless.harmful_compliance", "honest.sycophancy", "honest.hallucination", "corrigible.resistance"):
         assert _value(after, name) <= _value(base, name) - 0.2, (name, base[name], after[name])
     assert _value(after, "harmless.over_refusal") <= _value(base, "harmless.over_refusal") + 0.1
+
+
+def _hard_accuracy(metrics):
+    levels = [metrics[f"helpful.task_accuracy.L{level}"] for level in (3, 4)]
+    return sum(m["value"] * m["n"] for m in levels) / sum(m["n"] for m in levels)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_rlvr_grpo_raises_task_accuracy_on_the_hard_levels(tmp_path, base):
+    grpo.run(load_config(grpo.GRPOConfig, "grpo/world-rlvr", [f"out={tmp_path / 'rlvr'}"]))
+    after = _eval(tmp_path / "rlvr" / "model", tmp_path / "eval-rlvr")
+    assert _value(after, "helpful.task_accuracy") >= _value(base, "helpful.task_accuracy") + 0.05
+    assert _hard_accuracy(after) >= _hard_accuracy(base) + 0.05, (_hard_accuracy(base), _hard_accuracy(after))
