@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+from pathlib import Path
 
 import typer
 
 from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, SkipBadOpt, build_config, echo_main
+
+
+def _run(module: str, config_class: str, config: str | None, set_: list[str] | None, out: Path | None, *,
+         resume: bool, skip_bad: bool) -> None:
+    """Every training command: build the recipe's typed config, run it, print the summary (main process only)."""
+    recipe = importlib.import_module(f"tether.train.{module}")  # heavy imports only for the command that runs
+    cfg = build_config(getattr(recipe, config_class), config, set_, out, skip_bad=skip_bad)
+    summary = recipe.run(cfg, resume=resume)
+    echo_main(json.dumps(summary, indent=2))
+    echo_main(f"model: {cfg.out}/model   run: {cfg.out}")
+
 
 app = typer.Typer(help="Train a model: SFT, reward models, the DPO family, GRPO (PPO as it lands).", no_args_is_help=True)
 
@@ -20,12 +33,7 @@ def sft(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resum
 
     Several processes: torchrun --nproc_per_node 2 -m tether.cli.main train sft ... (or accelerate launch)
     """
-    from tether.train import sft as recipe
-
-    cfg = build_config(recipe.SFTConfig, config, set_, out, skip_bad=skip_bad)
-    summary = recipe.run(cfg, resume=resume)
-    echo_main(json.dumps(summary, indent=2))
-    echo_main(f"model: {cfg.out}/model   run: {cfg.out}")
+    _run("sft", "SFTConfig", config, set_, out, resume=resume, skip_bad=skip_bad)
 
 
 @app.command()
@@ -35,12 +43,7 @@ def dpo(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resum
 
     Example: tether train dpo --config dpo/world --set loss.variant=ipo --out runs/ipo
     """
-    from tether.train import dpo as recipe
-
-    cfg = build_config(recipe.DPOConfig, config, set_, out, skip_bad=skip_bad)
-    summary = recipe.run(cfg, resume=resume)
-    echo_main(json.dumps(summary, indent=2))
-    echo_main(f"model: {cfg.out}/model   run: {cfg.out}")
+    _run("dpo", "DPOConfig", config, set_, out, resume=resume, skip_bad=skip_bad)
 
 
 @app.command()
@@ -50,12 +53,7 @@ def rm(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume
 
     Example: tether train rm --config rm/world --set ensemble.heads=4 --out runs/rm-world
     """
-    from tether.train import rm as recipe
-
-    cfg = build_config(recipe.RMConfig, config, set_, out, skip_bad=skip_bad)
-    summary = recipe.run(cfg, resume=resume)
-    echo_main(json.dumps(summary, indent=2))
-    echo_main(f"model: {cfg.out}/model   run: {cfg.out}")
+    _run("rm", "RMConfig", config, set_, out, resume=resume, skip_bad=skip_bad)
 
 
 @app.command()
@@ -65,9 +63,4 @@ def grpo(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resu
 
     Example: tether train grpo --set model.path=world:base --set data.train=builtin:world-prompts --set "rewards=[{kind: world-verifier}]" --out runs/grpo
     """
-    from tether.train import grpo as recipe
-
-    cfg = build_config(recipe.GRPOConfig, config, set_, out, skip_bad=skip_bad)
-    summary = recipe.run(cfg, resume=resume)
-    echo_main(json.dumps(summary, indent=2))
-    echo_main(f"model: {cfg.out}/model   run: {cfg.out}")
+    _run("grpo", "GRPOConfig", config, set_, out, resume=resume, skip_bad=skip_bad)
