@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from tether.evals.run import EvalConfig, resolve_model_path, run
+from tether.evals.run import EvalConfig, model_path_for, run
 from tether.evals.world_hhh import WorldSuite
 from tether.models.generation import GenerationSettings, HFGenerator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer
@@ -28,7 +28,7 @@ from tether.models.loading import ModelConfig, load_model_and_tokenizer
 
 def main() -> None:
     cfg = EvalConfig()
-    model_path = resolve_model_path(cfg)  # build outside the timing
+    model_path = model_path_for(cfg)  # build outside the timing
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         doc = run(cfg.model_copy(update={"out": out}))

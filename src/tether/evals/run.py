@@ -65,13 +65,20 @@ class EvalConfig(Config):
         return [scorer_config(v) for v in value]
 
 
-def resolve_model_path(cfg: EvalConfig) -> str:
-    """``world:base`` -> the base model of the suite's world (built on first use); else the path as given."""
-    if cfg.model.path != "world:base":
-        return cfg.model.path
-    from tether.world.build import WorldBuildConfig, build_base_model
+def model_path_for(cfg: EvalConfig) -> str:
+    """The model directory to evaluate.
 
-    return str(build_base_model(WorldBuildConfig(world=cfg.suite.world))["model"])
+    ``world:base`` means the base model of the *suite's* world (it differs from the default
+    world when ``suite.world`` is set); every other path goes through the shared resolver
+    (``world:SIZE``, a directory, a hub id, ``tiny:ARCH``).
+    """
+    if cfg.model.path == "world:base":
+        from tether.world.build import WorldBuildConfig, build_base_model
+
+        return str(build_base_model(WorldBuildConfig(world=cfg.suite.world))["model"])
+    from tether.models.loading import resolve_model_path
+
+    return resolve_model_path(cfg.model.path)
 
 
 def run(cfg: EvalConfig, *, resume: bool = False) -> dict[str, Any]:
@@ -109,7 +116,7 @@ def evaluate(cfg: EvalConfig, out: Path, *, generator: Generator | None = None, 
 
     start = time.perf_counter()
     if generator is None:
-        model_path = model_label or resolve_model_path(cfg)
+        model_path = model_label or model_path_for(cfg)
     else:
         model_path = model_label or "in-process"
     out.mkdir(parents=True, exist_ok=True)
