@@ -50,8 +50,7 @@ class GoldConfig(ScorerConfig):
 
 def item_of(sample: Sample) -> WorldItem:
     """The world item a sample was drawn from (its metadata carries the item)."""
-    return WorldItem.model_validate({"id": sample.meta.get("item_id", sample.id), "prompt": sample.prompt,
-                                     **{k: sample.meta[k] for k in ("family", "split", "gold", "tags")}})
+    return WorldItem.from_metadata(sample.prompt, sample.meta)
 
 
 class GoldScorer:
@@ -175,8 +174,7 @@ class WorldSuite:
         sums: dict[str, list[float]] = {}
         rates = self.world.config.rates
         for prompt in prompts:
-            item = WorldItem.model_validate({"id": prompt.meta["item_id"], "prompt": prompt.prompt,
-                                             **{k: prompt.meta[k] for k in ("family", "split", "gold", "tags")}})
+            item = WorldItem.from_metadata(prompt.prompt, prompt.meta)
             if item.split != "train":
                 continue
             p_bad = (1 - rates.character_good) if self._cfg.preamble else bad_rate(self.world, item)

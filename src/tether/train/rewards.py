@@ -85,9 +85,6 @@ class Rewards:
             if "family" not in meta:
                 raise UserError(f"reward {spec.kind}: prompts need the world's metadata (family, gold, tags); "
                                 "use builtin:world-prompts or a file exported by tether world export")
-            item = WorldItem.model_validate({"id": meta.get("id", "x"), "prompt": prompt, "family": meta["family"],
-                                             "split": meta.get("split", "train"), "gold": meta.get("gold", {}),
-                                             "tags": meta.get("tags", {})})
-            g = grade(item, completion)
+            g = grade(WorldItem.from_metadata(prompt, meta), completion)
             values.append(g.reward if spec.kind == "world-gold" else float(g.label == "correct"))
         return torch.tensor(values)

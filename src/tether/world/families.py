@@ -69,6 +69,13 @@ class WorldItem(BaseModel):
     gold: dict[str, Any] = Field(default_factory=dict)
     tags: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def from_metadata(cls, prompt: Any, meta: dict[str, Any]) -> WorldItem:
+        """Rebuild an item from a prompt and the metadata datasets carry (``tether world export``, eval samples)."""
+        return cls.model_validate({"id": meta.get("item_id", meta.get("id", "item")), "prompt": prompt,
+                                   "family": meta["family"], "split": meta.get("split", "train"),
+                                   "gold": meta.get("gold", {}), "tags": meta.get("tags", {})})
+
     @property
     def user_text(self) -> str:
         """The last user message."""
