@@ -51,6 +51,7 @@ class Completion:
     text: str
     token_ids: list[int]
     logprobs: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)  # of the raw next-token distribution at each step
     finish_reason: Literal["eos", "stop", "length"] = "length"
 
 
@@ -89,6 +90,21 @@ def pick_tokens(logits: Tensor, settings: GenerationSettings, generator: torch.G
     return torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
+def pick_tokens_per_row(logits: Tensor, settings: GenerationSettings, generators: Sequence[torch.Generator]) -> Tensor:
+    """Sampled next tokens with one random stream per row (Gumbel-max).  (B, V) -> (B,)
+
+    Row i's token depends only on its logits and ``generators[i]``: a completion does not change
+    with the batch it was sampled in, the batch size, or how prompts are split across processes.
+    argmax(logits / T + Gumbel noise) is an exact sample of softmax(logits / T).
+    """
+    if settings.temperature == 0.0:
+        return logits.argmax(-1)
+    scaled = filter_logits(logits.float() / settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+    uniform = torch.stack([torch.rand(logits.shape[-1], generator=g, device=logits.device) for g in generators])
+    gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
+    return (scaled + gumbel).argmax(-1)
+
+
 class HFGenerator:
     """A :class:`Generator` over an in-process HF model and its tokenizer."""
 
@@ -108,9 +124,17 @@ class HFGenerator:
             for p in prompts
         ]
 
-    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
-        """Complete every prompt, batching prompts of similar length together."""
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings, *,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        """Complete every prompt, batching prompts of similar length together.
+
+        ``seeds``: one seed per prompt (``sampler`` backend): each completion then depends only on
+        its prompt and its seed, not on batching, so RL rollouts split over processes are the
+        rollouts one process would draw. Without it one stream seeded by ``settings.seed`` serves the batch.
+        """
         encoded = self.encode(prompts)
+        if seeds is not None and (len(seeds) != len(encoded) or settings.backend != "sampler"):
+            raise ValueError("per-prompt seeds need one seed per prompt and the 'sampler' backend")
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         generator = torch.Generator(device=self.model.device).manual_seed(settings.seed)
         results: list[Completion | None] = [None] * len(encoded)
@@ -119,8 +143,12 @@ class HFGenerator:
         try:
             for start in range(0, len(order), settings.batch_size):
                 batch = order[start:start + settings.batch_size]
-                run = self._sample if settings.backend == "sampler" else self._hf_generate
-                for i, completion in zip(batch, run([encoded[i] for i in batch], settings, generator), strict=True):
+                if settings.backend == "sampler":
+                    done = self._sample([encoded[i] for i in batch], settings, generator,
+                                        None if seeds is None else [seeds[i] for i in batch])
+                else:
+                    done = self._hf_generate([encoded[i] for i in batch], settings, generator)
+                for i, completion in zip(batch, done, strict=True):
                     results[i] = completion
         finally:
             self.model.train(was_training)
@@ -139,9 +167,10 @@ class HFGenerator:
         return ids.to(self.model.device), mask.to(self.model.device)
 
     @torch.inference_mode()
-    def _sample(self, batch: list[list[int]], settings: GenerationSettings,
-                generator: torch.Generator) -> list[Completion]:
+    def _sample(self, batch: list[list[int]], settings: GenerationSettings, generator: torch.Generator,
+                seeds: list[int] | None = None) -> list[Completion]:
         ids, mask = self._left_pad(batch)                                    # (B, P)
+        rows = None if seeds is None else [torch.Generator(device=ids.device).manual_seed(s) for s in seeds]
         positions = position_ids_from_mask(mask)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1)
@@ -151,15 +180,19 @@ class HFGenerator:
         size = len(batch)
         tokens = torch.full((size, settings.max_new_tokens), self.pad_id, dtype=torch.long, device=ids.device)
         logprobs = torch.zeros((size, settings.max_new_tokens), dtype=torch.float32, device=ids.device)
+        entropies = torch.zeros_like(logprobs)
         finished = torch.zeros(size, dtype=torch.bool, device=ids.device)
         reasons: list[str] = ["length"] * size
         lengths = [settings.max_new_tokens] * size
         logits = out.logits[:, -1]                                           # (B, V)
         for step in range(settings.max_new_tokens):
-            chosen = pick_tokens(logits, settings, generator)                # (B,)
+            chosen = (pick_tokens(logits, settings, generator) if rows is None
+                      else pick_tokens_per_row(logits, settings, rows))      # (B,)
             chosen = torch.where(finished, self.pad_id, chosen)
             tokens[:, step] = chosen
-            logprobs[:, step] = torch.log_softmax(logits.float(), -1).gather(-1, chosen[:, None]).squeeze(-1)
+            log_p = torch.log_softmax(logits.float(), -1)
+            logprobs[:, step] = log_p.gather(-1, chosen[:, None]).squeeze(-1)
+            entropies[:, step] = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1)
             hit_eos = torch.isin(chosen, eos) & ~finished
             for row in hit_eos.nonzero().flatten().tolist():
                 reasons[row], lengths[row] = "eos", step + 1
@@ -178,7 +211,7 @@ class HFGenerator:
             logits = out.logits[:, -1]
         return [
             self._completion(tokens[row, : lengths[row]].tolist(), logprobs[row, : lengths[row]].tolist(),
-                             reasons[row], settings.stop)
+                             reasons[row], settings.stop, entropies[row, : lengths[row]].tolist())
             for row in range(size)
         ]
 
@@ -200,6 +233,7 @@ class HFGenerator:
         new = out.sequences[:, ids.shape[1]:]                                 # (B, N)
         raw = torch.stack(out.logits, dim=1).float().log_softmax(-1)         # (B, N, V)
         token_logps = raw.gather(-1, new[..., None]).squeeze(-1)
+        token_entropy = -(raw.exp() * raw.nan_to_num(neginf=0.0)).sum(-1)
         completions = []
         for row in range(len(batch)):
             seq = new[row].tolist()
@@ -213,7 +247,8 @@ class HFGenerator:
                     if self._hits_stop(new[row, :j], settings.stop):
                         end, reason = j, "stop"
                         break
-            completions.append(self._completion(seq[:end], token_logps[row, :end].tolist(), reason, settings.stop))
+            completions.append(self._completion(seq[:end], token_logps[row, :end].tolist(), reason, settings.stop,
+                                                token_entropy[row, :end].tolist()))
         return completions
 
     def _hits_stop(self, generated: Tensor, stop: list[str]) -> bool:
@@ -221,9 +256,11 @@ class HFGenerator:
         tail = self.tokenizer.decode(generated[-(max(len(s) for s in stop) + 2):], skip_special_tokens=True)
         return any(s in tail for s in stop)
 
-    def _completion(self, ids: list[int], logps: list[float], reason: str, stop: list[str]) -> Completion:
+    def _completion(self, ids: list[int], logps: list[float], reason: str, stop: list[str],
+                    entropies: list[float]) -> Completion:
         text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
         if reason == "stop":
             cut = min((text.find(s) for s in stop if s in text), default=len(text))
             text = text[:cut]
-        return Completion(text=text, token_ids=ids, logprobs=logps, finish_reason=reason)  # type: ignore[arg-type]
+        return Completion(text=text, token_ids=ids, logprobs=logps, finish_reason=reason,  # type: ignore[arg-type]
+                          entropies=entropies)

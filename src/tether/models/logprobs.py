@@ -160,15 +160,28 @@ def completion_logps(
 def _completion_logps(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor, *,
                       chunk_size: int = 1024, temperature: float = 1.0,
                       position_ids: Tensor | None = None) -> CompletionLogps:
-    # A token is scored only if it and the token before it are real: the first real token
-    # of a row has no context, whatever the padding side.
+    hidden, head, softcap = hidden_and_head(model, input_ids, attention_mask, position_ids)  # (B, T, H)
+    return logps_from_hidden(hidden, head, softcap, input_ids, attention_mask, loss_mask, chunk_size=chunk_size,
+                             temperature=temperature, position_ids=position_ids)
+
+
+def scored_positions(attention_mask: Tensor, loss_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
+    """Where a token's log-prob is taken: ``loss_mask`` and real, with a real token before it.  -> (B, T) bool"""
+    # The first real token of a row has no context, whatever the padding side.
     real = attention_mask.bool()
     scored = loss_mask.bool() & real
     scored[:, 0] = False
     scored[:, 1:] &= real[:, :-1]
     if position_ids is not None:
         scored &= position_ids > 0  # a document's first token is not predicted from the previous document
-    hidden, head, softcap = _hidden_and_head(model, input_ids, attention_mask, position_ids)  # (B, T, H)
+    return scored
+
+
+def logps_from_hidden(hidden: Tensor, head: Callable[[Tensor], Tensor], softcap: float | None, input_ids: Tensor,
+                      attention_mask: Tensor, loss_mask: Tensor, *, chunk_size: int = 1024, temperature: float = 1.0,
+                      position_ids: Tensor | None = None) -> CompletionLogps:
+    """:func:`completion_logps` from final hidden states already computed (e.g. shared with a value head)."""
+    scored = scored_positions(attention_mask, loss_mask, position_ids)
     # Position t-1's hidden state predicts token t.
     rows = scored[:, 1:].nonzero(as_tuple=True)               # indices into (B, T-1)
     h = hidden[:, :-1][rows]                                   # (N, H)
@@ -195,10 +208,13 @@ def _completion_logps(model: PreTrainedModel, input_ids: Tensor, attention_mask:
     return CompletionLogps(token_logps, token_logps.sum(-1), scored.sum(-1))
 
 
-def _hidden_and_head(
+def hidden_and_head(
     model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, packed_positions: Tensor | None = None
 ) -> tuple[Tensor, Callable[[Tensor], Tensor], float | None]:
-    """Final hidden states (after the last norm), the output head, and any final logit soft-cap."""
+    """Final hidden states (after the last norm), the output head, and any final logit soft-cap.
+
+    For an unknown layout the "hidden states" are the full logits and the head is the identity.
+    """
     wrapped: Any = model  # peft wraps models; both expose the HF methods used here
     lm = wrapped.get_base_model() if hasattr(wrapped, "get_base_model") else wrapped
     head = lm.get_output_embeddings()

@@ -174,3 +174,18 @@ class RewardEnsemble:
     def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> EnsembleScores:
         """Mean, min and disagreement of the members, per pair."""
         return ensemble_scores(self.member_scores(prompts, completions))
+
+
+def token_values(model: Any, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """A value model's estimate at every position: its (first) score head on each hidden state.  -> (B, T)
+
+    ``values[:, t]`` is the value of the state after reading tokens 0..t; PPO pairs token t+1's
+    log-prob with ``values[:, t]`` (the value of the state it was sampled from).
+    """
+    from tether.models.logprobs import position_ids_from_mask
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(lm, lm.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    return lm.score(hidden)[..., 0].float()  # type: ignore[no-any-return]

@@ -56,22 +56,28 @@ class Rewards:
                                    .is_file() else RewardEnsemble(paths))
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[str], token_counts: Sequence[int],
-                 metas: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total reward per completion, and each term's mean."""
+                 metas: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total reward per completion, and each term per completion (``reward/KIND``; reward models add
+        ``reward/reward-model/mean`` and ``/disagreement``, the members' mean and std, the signals a
+        reward-hacking watch reads). A kind used twice is numbered: ``reward/length``, ``reward/length-2``."""
         total = torch.zeros(len(completions))
-        terms: dict[str, float] = {}
+        terms: dict[str, torch.Tensor] = {}
         for i, spec in enumerate(self.specs):
-            values = self._term(i, spec, prompts, completions, token_counts, metas)
-            terms[f"reward/{spec.kind}"] = float(values.mean())
+            name = f"reward/{spec.kind}"
+            name = name if name not in terms else f"{name}-{sum(s.kind == spec.kind for s in self.specs[:i]) + 1}"
+            values = self._term(i, spec, prompts, completions, token_counts, metas, terms, name)
+            terms[name] = values
             total += spec.weight * values
         return total, terms
 
     def _term(self, i: int, spec: RewardSpec, prompts: Sequence[Any], completions: Sequence[str],
-              token_counts: Sequence[int], metas: Sequence[dict[str, Any]]) -> torch.Tensor:
+              token_counts: Sequence[int], metas: Sequence[dict[str, Any]], terms: dict[str, torch.Tensor],
+              name: str) -> torch.Tensor:
         if spec.kind == "length":
             return torch.tensor([-spec.coef * n / self.max_tokens for n in token_counts])
         if spec.kind == "reward-model":
             scores = self._models[i].score(prompts, completions)
+            terms[f"{name}/mean"], terms[f"{name}/disagreement"] = scores.mean, scores.std
             if spec.aggregate == "min":
                 return scores.min  # type: ignore[no-any-return]
             if spec.aggregate == "mean-minus-std":

@@ -1,0 +1,262 @@
+"""What every online-RL recipe shares: prompts, rollouts, the reference policy, the watched signals, snapshots.
+
+A rollout step, the same for PPO and the group methods:
+
+1. ``step_prompts``: the step's global list of prompts, drawn from (seed, step) alone; each
+   process takes a contiguous share.
+2. ``roll_out``: sample ``samples_per_prompt`` completions of each with per-completion seeds
+   (so a completion never depends on batching or on the process count), score them with the
+   configured rewards and the watched gold reward, and compute the policy's and the
+   reference's log-probs of every completion token (no gradients).
+3. ``gather``: every process gets the whole step's samples, so advantages, whitening and
+   minibatch composition are those of one process holding the global batch; the update is then
+   the same whatever the number of processes.
+4. ``signals``: what is logged and watched (proxy reward and its terms, gold reward, KL to the
+   reference, entropy, reward-model disagreement, completion length).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from tether.core.config import Config
+from tether.core.errors import DataError
+from tether.data.collate import TokenBatch, pad_batch
+from tether.data.records import PromptRecord
+from tether.data.sources import load_records
+from tether.models.chat import TokenizedExample
+from tether.models.generation import GenerationSettings, HFGenerator
+from tether.models.logprobs import completion_logps, inner_model
+from tether.train.rewards import Rewards, RewardSpec
+from tether.train.watchdog import WatchConfig
+
+
+class PromptData(Config):
+    """Prompts to roll out from."""
+
+    train: str = Field(description="JSONL / datasets directory of prompt records, or builtin:world-prompts")
+    skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
+
+
+def load_prompts(data: PromptData, seed: int, run_dir: Any) -> list[dict[str, Any]]:
+    """Prompt records as dicts (prompt plus any metadata: the world's ``family``, ``gold``, ``tags``)."""
+    loaded = load_records(data.train, PromptRecord, seed=seed, skip_bad=data.skip_bad)
+    run_dir.record_skipped(loaded.skipped)
+    if not loaded.records:
+        raise DataError(f"{data.train}: no usable prompts")
+    return [r.model_dump(mode="json") for r in loaded.records]
+
+
+def watched_gold(watch: WatchConfig, prompts: Sequence[dict[str, Any]], max_tokens: int) -> Rewards | None:
+    """The trusted reward to measure: ``watch.gold``, else the world's gold grader where every prompt has world metadata."""
+    if watch.gold is not None:
+        return Rewards([watch.gold], max_tokens=max_tokens)
+    if all("family" in p for p in prompts):
+        return Rewards([RewardSpec(kind="world-gold")], max_tokens=max_tokens)
+    return None
+
+
+@dataclass
+class Sample:
+    """One completion with what the update needs (per-token tensors over its completion tokens, on the CPU)."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    text: str
+    reward: float
+    terms: dict[str, float]
+    gold: float | None
+    old_logps: Tensor                     # (C,) policy log-probs at sampling time
+    ref_logps: Tensor | None              # (C,) reference log-probs; None without a reference
+    entropy: Tensor                       # (C,) entropy of the sampling distribution at each token
+    truncated: bool                       # stopped by max_new_tokens, not by EOS or a stop string
+    extra: dict[str, Tensor] = field(default_factory=dict)  # recipe-specific: values, advantages, returns
+
+
+def step_prompts(prompts: Sequence[dict[str, Any]], count: int, *, seed: int, step: int) -> list[dict[str, Any]]:
+    """The step's ``count`` prompts (global, all processes): drawn with replacement from (seed, step) alone."""
+    rng = random.Random(f"rollout:{seed}:{step}")
+    return [prompts[rng.randrange(len(prompts))] for _ in range(count)]
+
+
+def process_share(items: Sequence[Any], rank: int, world_size: int) -> tuple[int, list[Any]]:
+    """This process's contiguous share of a global list, and the index its share starts at."""
+    share = len(items) // world_size
+    return rank * share, list(items[rank * share:(rank + 1) * share])
+
+
+class Reference:
+    """Reference log-probs for the KL term: a frozen copy of the starting policy, or the policy with its
+    LoRA adapters disabled (no second copy of the weights)."""
+
+    def __init__(self, policy: Any, *, adapters_off: bool) -> None:
+        self.adapters_off = adapters_off
+        self.model = None if adapters_off else copy.deepcopy(policy).eval().requires_grad_(False)
+
+    def to(self, device: torch.device) -> Reference:
+        """Move the frozen copy (if any) to ``device``."""
+        if self.model is not None:
+            self.model.to(device)
+        return self
+
+    @contextmanager
+    def _model(self, policy: Any) -> Any:
+        if self.model is not None:
+            yield self.model
+        else:
+            with inner_model(policy).disable_adapter():
+                yield policy
+
+    @torch.no_grad()
+    def token_logps(self, policy: Any, rows: TokenBatch) -> Tensor:
+        """Per-token reference log-probs of ``rows``' completion tokens.  -> (B, T)"""
+        with self._model(policy) as model:
+            return completion_logps(model, rows.input_ids, rows.attention_mask, rows.loss_mask).token_logps
+
+
+def completion_seed(seed: int, step: int, slot: int, sample: int) -> int:
+    """The sampling seed of completion ``sample`` of the step's prompt ``slot``."""
+    return (seed * 1_000_003 + step * 10_007 + slot * 101 + sample) % (2**63 - 1)
+
+
+def roll_out(policy: Any, generator: HFGenerator, settings: GenerationSettings, prompts: Sequence[dict[str, Any]], *,
+             first_slot: int, samples_per_prompt: int, seed: int, step: int, rewards: Rewards, gold: Rewards | None,
+             reference: Reference | None, device: torch.device, pad_id: int) -> list[Sample]:
+    """Sample, score and log-prob this process's prompts (``first_slot``: index of its first in the step's list).
+
+    Returns ``len(prompts) * samples_per_prompt`` samples, prompt by prompt (a prompt's samples adjacent).
+    """
+    texts = [p["prompt"] for p in prompts for _ in range(samples_per_prompt)]
+    metas = [p for p in prompts for _ in range(samples_per_prompt)]
+    seeds = [completion_seed(seed, step, first_slot + i, j) for i in range(len(prompts))
+             for j in range(samples_per_prompt)]
+    completions = generator.generate(texts, settings, seeds=seeds)
+    outputs, counts = [c.text for c in completions], [len(c.token_ids) for c in completions]
+    reward, terms = rewards(texts, outputs, counts, metas)
+    gold_values = gold(texts, outputs, counts, metas)[0].tolist() if gold is not None else [None] * len(texts)
+    prompt_ids = generator.encode(texts)
+    samples: list[Sample] = []
+    for start in range(0, len(texts), settings.batch_size):
+        end = min(start + settings.batch_size, len(texts))
+        rows = pad_batch([TokenizedExample(p + c.token_ids, [False] * len(p) + [True] * len(c.token_ids))
+                          for p, c in zip(prompt_ids[start:end], completions[start:end], strict=True)], pad_id, device)
+        with torch.no_grad():
+            old = completion_logps(policy, rows.input_ids, rows.attention_mask, rows.loss_mask).token_logps.cpu()
+        ref = reference.token_logps(policy, rows).cpu() if reference is not None else None
+        for row, i in enumerate(range(start, end)):
+            p, c = len(prompt_ids[i]), len(completions[i].token_ids)
+            samples.append(Sample(
+                prompt_ids=prompt_ids[i], completion_ids=completions[i].token_ids, text=outputs[i],
+                reward=float(reward[i]), terms={k: float(v[i]) for k, v in terms.items()}, gold=gold_values[i],
+                old_logps=old[row, p:p + c], ref_logps=None if ref is None else ref[row, p:p + c],
+                entropy=torch.tensor(completions[i].entropies[:c]), truncated=completions[i].finish_reason == "length"))
+    return samples
+
+
+def gather(accelerator: Any, samples: list[Sample]) -> list[Sample]:
+    """Every process's samples, in process order, on every process (a no-op for one process)."""
+    if accelerator.num_processes == 1:
+        return samples
+    import torch.distributed as dist
+
+    gathered: list[list[Sample] | None] = [None] * accelerator.num_processes
+    dist.all_gather_object(gathered, samples)
+    return [s for part in gathered for s in (part or [])]
+
+
+def collate(samples: Sequence[Sample], pad_id: int, device: torch.device,
+            fields: Sequence[str] = ()) -> tuple[TokenBatch, Tensor, dict[str, Tensor]]:
+    """Right-padded prompt + completion rows, the completion-token mask, and per-token fields placed at
+    the completion's positions: ``old_logps``, ``ref_logps`` (if any), and each ``Sample.extra`` name in ``fields``.
+
+    -> rows, mask (B, T) bool, {name: (B, T)}
+    """
+    rows = pad_batch([TokenizedExample(s.prompt_ids + s.completion_ids,
+                                       [False] * len(s.prompt_ids) + [True] * len(s.completion_ids)) for s in samples],
+                     pad_id, device)
+    shape = rows.input_ids.shape
+    names = ["old_logps", *(["ref_logps"] if samples[0].ref_logps is not None else []), *fields]
+    out = {name: torch.zeros(shape, dtype=torch.float32) for name in names}
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for row, s in enumerate(samples):
+        p, c = len(s.prompt_ids), len(s.completion_ids)
+        mask[row, p:p + c] = True
+        for name in names:
+            value = getattr(s, name) if name in ("old_logps", "ref_logps") else s.extra[name]
+            out[name][row, p:p + c] = value
+    mask[:, 0] = False  # a first token has no context: never scored (matches completion_logps)
+    return rows, mask.to(device), {k: v.to(device) for k, v in out.items()}
+
+
+def signals(samples: Sequence[Sample]) -> dict[str, float]:
+    """What a rollout step logs and the watchdog reads (means over the step's samples).
+
+    ``kl`` is the summed k1 estimate per completion (nats; its expectation is KL(π || π_ref) of
+    the completion distribution, the x-axis of Gao et al.'s plots); ``entropy`` the mean per token.
+    """
+    n = len(samples)
+    out = {"reward": sum(s.reward for s in samples) / n}
+    for name in samples[0].terms:
+        out[name] = sum(s.terms[name] for s in samples) / n
+    if samples[0].gold is not None:
+        out["gold_reward"] = sum(float(s.gold or 0.0) for s in samples) / n
+    if samples[0].ref_logps is not None:
+        out["kl"] = sum(float((s.old_logps - s.ref_logps).sum()) for s in samples) / n  # type: ignore[operator]
+    tokens = sum(len(s.completion_ids) for s in samples)
+    out["entropy"] = sum(float(s.entropy.sum()) for s in samples) / max(tokens, 1)
+    out["completion_tokens"] = tokens / n
+    out["truncated"] = sum(s.truncated for s in samples) / n
+    return {k: round(v, 6) for k, v in out.items()}
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, Tensor]:
+    """A CPU copy of the trainable parameters (the LoRA adapters only, under LoRA)."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore(model: torch.nn.Module, saved: dict[str, Tensor]) -> None:
+    """Put a :func:`snapshot` back."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+
+
+class Watch:
+    """The watchdog wired to a policy: snapshots the best weights and acts on alarms."""
+
+    def __init__(self, cfg: WatchConfig, model: torch.nn.Module, rewards: Sequence[RewardSpec]) -> None:
+        from tether.train.watchdog import Watchdog
+
+        # The first reward-model term's disagreement is the one watched.
+        disagreement = "reward/reward-model/disagreement" if any(s.kind == "reward-model" for s in rewards) else None
+        self.cfg, self.model = cfg, model
+        self.dog = Watchdog(cfg, disagreement=disagreement)
+        self.best: dict[str, Tensor] | None = None
+        self.rolled_back_to: int | None = None
+
+    def observe(self, step: int, values: dict[str, float]) -> bool:
+        """Read one rollout's signals; True when the run must stop (weights already restored for 'rollback')."""
+        verdict = self.dog.observe(step, values)
+        if verdict.best and self.cfg.action == "rollback":
+            self.best = snapshot(self.model)
+        if verdict.alarm is None or self.cfg.action == "log":
+            return False
+        if self.cfg.action == "rollback" and self.best is not None:
+            restore(self.model, self.best)
+            self.rolled_back_to = self.dog.best_step
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        """Alarms, the best step and any rollback, for record.json."""
+        return {"alarms": [a._asdict() for a in self.dog.alarms], "best_step": self.dog.best_step,
+                "rolled_back_to": self.rolled_back_to}
