@@ -45,22 +45,29 @@ def pairs(tmp_path_factory):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("recipe", ["sft", "dpo"])
+@pytest.mark.parametrize("recipe", ["sft", "dpo", "grpo", "ppo"])
 def test_two_processes_match_one(tmp_path, pairs, recipe):
     common = ["--set", "model.path=tiny:llama", "--set", "loop.batch_size=8", "--set", "loop.max_steps=4",
               "--set", "optim.lr=1e-3", "--set", "seed=3"]
     if recipe == "sft":  # variable-length examples and accumulation: the global token normalisation matters
         args = ["train", "sft", *common, "--set", "data.train=builtin:arithmetic-chat", "--set", "loop.grad_accum=2"]
-    else:
+    elif recipe == "dpo":
         args = ["train", "dpo", *common, "--set", f"data.train={pairs}", "--set", "data.max_length=256"]
+    else:  # online RL: rollouts split over processes must be the rollouts one process samples
+        rl = ["--set", "data.train=builtin:world-prompts", "--set", "rewards=[{kind: world-gold}, {kind: length}]",
+              "--set", "generation.max_new_tokens=12"]
+        args = ["train", recipe, *common, *rl, "--set", "loop.max_steps=8"]
+        args += ["--set", "group_size=4"] if recipe == "grpo" else ["--set", "loss.epochs=2", "--set", "loss.minibatches=2"]
     one = _run(args, tmp_path / "one", 1)
     two = _run(args, tmp_path / "two", 2)
-    assert [m["step"] for m in one] == [m["step"] for m in two] == [1, 2, 3, 4]
+    steps = 8 if recipe in ("grpo", "ppo") else 4
+    assert [m["step"] for m in one] == [m["step"] for m in two] == list(range(1, steps + 1))
     for a, b in zip(one, two, strict=True):
         assert abs(a["loss"] - b["loss"]) <= TOLERANCE, (a, b)
         # Adam hides a uniformly mis-scaled gradient from the weights; the gradient norm does not.
         assert abs(a["grad_norm"] - b["grad_norm"]) <= TOLERANCE * max(1.0, a["grad_norm"]), (a, b)
         assert a["tokens_seen"] == b["tokens_seen"]
+        assert a.get("reward") == b.get("reward") and a.get("completion_tokens") == b.get("completion_tokens")
     assert one[-1]["loss"] != one[0]["loss"]  # it trained
     w1, w2 = load_file(str(tmp_path / "one" / "model" / "model.safetensors")), load_file(
         str(tmp_path / "two" / "model" / "model.safetensors"))

@@ -41,3 +41,37 @@ def test_world_rewards_gold_and_kl_are_logged(tmp_path, advantage):
 def test_reward_model_terms_need_a_path(tmp_path):
     with pytest.raises(ConfigError, match="needs path"):
         _cfg(tmp_path, "x", "rewards=[{kind: reward-model}]")
+
+
+def test_watchdog_rolls_back_to_the_best_point_when_proxy_rises_and_gold_falls(tmp_path):
+    from safetensors.torch import load_file
+
+    # Proxy: shorter is better. Watched "gold": longer is better (a length term with a negative penalty).
+    watched = ["rewards=[{kind: length}]", "watch.gold={kind: length, coef: -1.0}", "watch.gold_drop=0.05",
+               "watch.window=1", "watch.patience=2", "loss.beta=0.0", "optim.lr=1e-2", "optim.schedule=constant"]
+    summary = grpo.run(_cfg(tmp_path, "watched", *watched, "loop.max_steps=30"))
+    watch = summary["watch"]
+    assert summary["steps"] < 30 and watch["alarms"] and watch["alarms"][0]["rule"] == "gold_drop"
+    best = watch["rolled_back_to"]
+    assert best is not None and best < summary["steps"]
+    # The saved model is the policy at the best step: the same weights as a run stopped there.
+    grpo.run(_cfg(tmp_path, "stopped", *watched, f"loop.max_steps={best}"))
+    rolled, stopped = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("watched", "stopped"))
+    assert all(rolled[k].equal(stopped[k]) for k in stopped)
+
+
+def test_rloo_command_runs_grpo_with_rloo_advantages(tmp_path):
+    from typer.testing import CliRunner
+
+    from tether.cli.main import app
+
+    out = tmp_path / "rloo"
+    result = CliRunner().invoke(app, ["train", "rloo", "--set", "model.path=tiny:llama", "--set",
+                                      "data.train=builtin:world-prompts", "--set", "rewards=[{kind: length}]",
+                                      "--set", "loop.max_steps=1", "--set", "loop.batch_size=8",
+                                      "--set", "generation.max_new_tokens=8", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    assert json.loads((out / "record.json").read_text())["command"] == "train rloo"
+    assert yaml.safe_load((out / "config.yaml").read_text())["loss"]["advantage"] == "rloo"

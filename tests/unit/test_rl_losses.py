@@ -8,6 +8,8 @@ import torch
 from tether.losses.rl import (
     AdaptiveKL,
     aggregate,
+    aggregate_sum,
+    clipped_surrogate,
     gae,
     group_advantages,
     kl_estimate,
@@ -15,6 +17,7 @@ from tether.losses.rl import (
     reinforce_pp_advantages,
     rloo_advantages,
     value_loss,
+    value_loss_per_token,
     whiten,
 )
 
@@ -118,3 +121,76 @@ def test_whiten_and_policy_gradient_direction():
     logps = torch.zeros(1, 3, requires_grad=True)
     policy_loss(logps, torch.zeros(1, 3), torch.tensor([1.0]), torch.ones(1, 3, dtype=torch.bool)).loss.backward()
     assert (logps.grad < 0).all()
+
+
+class _Accelerator:
+    """What TRL's loss code calls on its accelerator, for one process."""
+
+    device = torch.device("cpu")
+    num_processes = 1
+    sync_gradients = True
+
+    @staticmethod
+    def gather(x):
+        return x
+
+    @staticmethod
+    def reduce(x, reduction="sum"):
+        return x
+
+    gather_for_metrics = gather
+
+
+@pytest.mark.parametrize(("trl_loss", "ours"), [("grpo", "sequence-mean"), ("bnpo", "token-mean"),
+                                                ("dr_grpo", "constant"), ("dapo", "token-mean")])
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_group_policy_loss_matches_trl(trl_loss, ours, beta):
+    """TRL's GRPOTrainer._compute_loss with a stand-in ``self`` whose model returns our log-probs."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    grpo_trainer = pytest.importorskip("trl.trainer.grpo_trainer", reason="TRL comes with the dev extra")
+    g = torch.Generator().manual_seed(0)
+    b, t = 6, 9
+    logps = -torch.rand(b, t, generator=g) * 3
+    old = logps + 0.3 * torch.randn(b, t, generator=g)        # ratios beyond the clip range on both sides
+    ref = logps + 0.5 * torch.randn(b, t, generator=g)
+    advantages = torch.randn(b, generator=g)
+    mask = torch.ones(b, t)
+    for row, n in enumerate([9, 3, 5, 1, 7, 9]):
+        mask[row, n:] = 0
+    me = SimpleNamespace(
+        accelerator=_Accelerator(), model=SimpleNamespace(training=True), _metrics=defaultdict(lambda: defaultdict(list)),
+        aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
+        importance_sampling_level="token", beta=beta, loss_type=trl_loss, epsilon_low=0.2, epsilon_high=0.28,
+        use_vllm=False, current_gradient_accumulation_steps=1, max_completion_length=t, _entropy_bonus_enabled=False,
+        args=SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
+        _get_per_token_logps_and_entropies=lambda *a, **k: (logps, torch.zeros_like(logps), None))
+    inputs = {"prompt_ids": torch.zeros(b, 2, dtype=torch.long), "prompt_mask": torch.ones(b, 2),
+              "completion_ids": torch.zeros(b, t, dtype=torch.long), "completion_mask": mask,
+              "advantages": advantages, "old_per_token_logps": old, "ref_per_token_logps": ref,
+              "num_items_in_batch": mask.sum()}
+    theirs = grpo_trainer.GRPOTrainer._compute_loss(me, None, inputs)
+    per_token, _ = clipped_surrogate(logps, old, advantages, clip_low=0.2, clip_high=0.28)
+    if beta:
+        per_token = per_token + beta * kl_estimate(logps, ref, "k3")
+    assert aggregate(per_token, mask.bool(), ours, max_tokens=t).item() == pytest.approx(theirs.item(), abs=1e-6)
+
+
+def test_rloo_advantages_match_trls_formula():
+    """TRL's RLOOTrainer baseline (its advantage code is inline in a long method, so restated from it):
+    baseline = (group sum − r) / (k − 1); advantage = r − baseline."""
+    rewards = torch.tensor([0.3, 1.0, -0.5, 2.0, 0.0, 0.0, 1.0, 4.0])
+    grouped = rewards.view(-1, 4)
+    baselines = ((grouped.sum(1, keepdim=True) - grouped) / 3).view(-1)
+    assert rloo_advantages(rewards, 4).tolist() == pytest.approx((rewards - baselines).tolist(), abs=1e-6)
+
+
+def test_value_loss_and_summed_aggregation_hand_worked():
+    v, old, ret = torch.tensor([[1.0, 0.1]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    # Token 1: max(1, 0.04)/2 = 0.5. Token 2: V moves 0.1 (inside the clip): (0.9²)/2 = 0.405.
+    assert value_loss_per_token(v, old, ret, clip=0.2)[0].tolist() == pytest.approx([0.5, 0.405])
+    per_token, mask = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]]), torch.tensor([[1, 1, 1], [1, 0, 0]]).bool()
+    assert aggregate_sum(per_token, mask, "token-mean").item() == 10.0
+    assert aggregate_sum(per_token, mask, "sequence-mean").item() == 2.0 + 4.0
+    assert aggregate_sum(per_token, mask, "constant", max_tokens=4).item() == 2.5

@@ -12,16 +12,21 @@ from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, SkipBadOpt, 
 
 
 def _run(module: str, config_class: str, config: str | None, set_: list[str] | None, out: Path | None, *,
-         resume: bool, skip_bad: bool) -> None:
-    """Every training command: build the recipe's typed config, run it, print the summary (main process only)."""
+         resume: bool, skip_bad: bool, preset: list[str] | None = None, **run_kwargs: str) -> None:
+    """Every training command: build the recipe's typed config, run it, print the summary (main process only).
+
+    ``preset``: overrides applied after the config file and before ``--set`` (what makes ``rloo`` GRPO with
+    RLOO advantages)."""
     recipe = importlib.import_module(f"tether.train.{module}")  # heavy imports only for the command that runs
-    cfg = build_config(getattr(recipe, config_class), config, set_, out, skip_bad=skip_bad)
-    summary = recipe.run(cfg, resume=resume)
+    cfg = build_config(getattr(recipe, config_class), config, [*(preset or []), *(set_ or [])], out,
+                       skip_bad=skip_bad)
+    summary = recipe.run(cfg, resume=resume, **run_kwargs)
     echo_main(json.dumps(summary, indent=2))
     echo_main(f"model: {cfg.out}/model   run: {cfg.out}")
 
 
-app = typer.Typer(help="Train a model: SFT, reward models, the DPO family, GRPO (PPO as it lands).", no_args_is_help=True)
+app = typer.Typer(help="Train a model: SFT, reward models, the DPO family, PPO, GRPO / RLOO / REINFORCE++.",
+                  no_args_is_help=True)
 
 
 @app.command()
@@ -64,3 +69,25 @@ def grpo(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resu
     Example: tether train grpo --set model.path=world:base --set data.train=builtin:world-prompts --set "rewards=[{kind: world-verifier}]" --out runs/grpo
     """
     _run("grpo", "GRPOConfig", config, set_, out, resume=resume, skip_bad=skip_bad)
+
+
+@app.command()
+def rloo(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+         skip_bad: SkipBadOpt = False) -> None:
+    """RLOO (Ahmadian et al. 2024): the GRPO recipe with leave-one-out advantages (loss.advantage=rloo).
+
+    Example: tether train rloo --config grpo/world-rlvr --out runs/rloo-rlvr
+    """
+    _run("grpo", "GRPOConfig", config, set_, out, resume=resume, skip_bad=skip_bad,
+         preset=["loss.advantage=rloo"], command="train rloo")
+
+
+@app.command()
+def ppo(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+        skip_bad: SkipBadOpt = False) -> None:
+    """PPO with a value model (separate or a shared head), GAE, KL in the reward or the loss, adaptive KL,
+    and the reward-hacking watchdog.
+
+    Example: tether train ppo --config ppo/world-gold-rm --out runs/ppo
+    """
+    _run("ppo", "PPOConfig", config, set_, out, resume=resume, skip_bad=skip_bad)

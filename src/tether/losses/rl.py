@@ -150,6 +150,19 @@ def aggregate(per_token: Tensor, mask: Tensor, how: Aggregation, max_tokens: int
     return (per_token * mask_f).sum() / (per_token.shape[0] * max_tokens)
 
 
+def aggregate_sum(per_token: Tensor, mask: Tensor, how: Aggregation, max_tokens: int | None = None) -> Tensor:
+    """:func:`aggregate`'s numerator: the sum a distributed loop divides by the *global* count of
+    tokens (``token-mean``) or sequences (the others), so the update does not depend on the split."""
+    per_token = per_token * mask.to(per_token.dtype)
+    if how == "token-mean":
+        return per_token.sum()
+    if how == "sequence-mean":
+        return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).sum()
+    if max_tokens is None:
+        raise ValueError("the 'constant' aggregation (Dr. GRPO) needs max_tokens")
+    return per_token.sum() / max_tokens
+
+
 def policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, *, clip_low: float = 0.2,
                 clip_high: float | None = None, aggregation: Aggregation = "token-mean",
                 max_tokens: int | None = None) -> PolicyLoss:
@@ -177,9 +190,16 @@ def clipped_surrogate(logps: Tensor, old_logps: Tensor, advantages: Tensor, *, c
 
 def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, *, clip: float = 0.2) -> Tensor:
     """PPO's clipped value loss, token mean.  (B, T) x 3 -> ()"""
+    return masked_mean(value_loss_per_token(values, old_values, returns, clip=clip), mask)
+
+
+def value_loss_per_token(values: Tensor, old_values: Tensor, returns: Tensor, *, clip: float = 0.2) -> Tensor:
+    """½ max((V − R)², (V_old + clip(V − V_old, ±ε) − R)²) per token.  (B, T) x 3 -> (B, T)
+
+    Example (hand-worked): V = 1, V_old = 0, R = 0, ε = 0.2: max(1, 0.04) / 2 = 0.5.
+    """
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
-    per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
-    return masked_mean(per_token, mask)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
 
 
 class AdaptiveKL:

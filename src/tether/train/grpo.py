@@ -27,6 +27,7 @@ from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.rl import (
+    aggregate_sum,
     clipped_surrogate,
     group_advantages,
     kl_estimate,
@@ -163,15 +164,4 @@ def _loss_sum(cfg: GRPOConfig, policy: Any, batch: _Batch) -> torch.Tensor:
     if cfg.loss.beta > 0:
         per_token = per_token + cfg.loss.beta * kl_estimate(logps, fields["ref_logps"], "k3")
     batch.clip_fraction = float((clipped & mask).sum() / mask.sum().clamp(min=1))
-    return summed_loss(per_token, mask, cfg.loss.aggregation, cfg.generation.max_new_tokens)
-
-
-def summed_loss(per_token: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int) -> torch.Tensor:
-    """The aggregation's numerator (:func:`tether.losses.rl.aggregate` times its count): the loop divides by
-    the global count of tokens (token-mean) or sequences (the others) across processes."""
-    per_token = per_token * mask
-    if how == "token-mean":
-        return per_token.sum()
-    if how == "sequence-mean":
-        return (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).sum()
-    return per_token.sum() / max_tokens
+    return aggregate_sum(per_token, mask, cfg.loss.aggregation, cfg.generation.max_new_tokens)

@@ -210,7 +210,7 @@ def signals(samples: Sequence[Sample]) -> dict[str, float]:
     if samples[0].gold is not None:
         out["gold_reward"] = sum(float(s.gold or 0.0) for s in samples) / n
     if samples[0].ref_logps is not None:
-        out["kl"] = sum(float((s.old_logps - s.ref_logps).sum()) for s in samples) / n  # type: ignore[operator]
+        out["kl"] = sum(float((s.old_logps - s.ref_logps).sum()) for s in samples if s.ref_logps is not None) / n
     tokens = sum(len(s.completion_ids) for s in samples)
     out["entropy"] = sum(float(s.entropy.sum()) for s in samples) / max(tokens, 1)
     out["completion_tokens"] = tokens / n
