@@ -151,6 +151,7 @@ class TrainLoop:
         self.tokens_seen = 0
         self._bar: Any = None
         self._tick = time.perf_counter()
+        self._last: dict[str, Any] = {}
 
     @property
     def is_main(self) -> bool:
@@ -242,12 +243,25 @@ class TrainLoop:
         metrics["step_wall_s"] = round(now - self._tick, 6)
         self._tick = now
         metrics["memory_mib"] = round(_memory_mib(self.accelerator.device), 1)
+        self._last = metrics
         last = self.step_count == self.cfg.max_steps
         if self.is_main and (self.step_count % self.cfg.log_every == 0 or last):
             self.run.log_metrics(metrics)
         if self._bar is not None:
             self._bar.advance(1, loss=stats.loss)
         return metrics
+
+    def last_metrics(self) -> dict[str, Any]:
+        """The metrics of the last step, on every process (logged or not).
+
+        Recipes build their summaries from this, never by reading ``metrics.jsonl`` back: under
+        several processes the main one may still be writing it. A resumed run with no steps left
+        falls back to the file's last line (nothing is writing it then).
+        """
+        if self._last:
+            return self._last
+        logged = self.run.read_metrics()
+        return logged[-1] if logged else {}
 
     def maybe_checkpoint(self) -> Path | None:
         """Save resumable state every ``checkpoint_every`` steps (never at 0)."""

@@ -286,9 +286,9 @@ def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
 
     evaluation = schedule.finish(loop.model, loop.step_count)
     summary: dict[str, Any] = {"steps": loop.step_count, "tokens_seen": loop.tokens_seen, **evaluation}
-    last = run_dir.read_metrics()
+    last = loop.last_metrics()
     if last:
-        summary |= {k: last[-1][k] for k in ("loss", "reward_accuracy", "reward_margin") if k in last[-1]}
+        summary |= {k: last[k] for k in ("loss", "reward_accuracy", "reward_margin") if k in last}
     if eval_set:
         summary |= {f"eval_{k}": v for k, v in evaluate(cfg, loop.model, reference, eval_set, pad_id, device).items()}
     if loop.is_main:

@@ -165,9 +165,9 @@ def _train(cfg: RMConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         loop.maybe_checkpoint()
 
     summary: dict[str, Any] = {"steps": loop.step_count, "tokens_seen": loop.tokens_seen}
-    last = run_dir.read_metrics()
+    last = loop.last_metrics()
     if last:
-        summary |= {k: last[-1][k] for k in ("loss", "accuracy") if k in last[-1]}
+        summary |= {k: last[k] for k in ("loss", "accuracy") if k in last}
     if eval_set:
         summary |= {f"eval_{k}": v for k, v in evaluate([loop.model], eval_set, pad_id).items()}
     if loop.is_main:

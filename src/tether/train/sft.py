@@ -113,9 +113,9 @@ def _train(cfg: SFTConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     if eval_set:
         eval_loss = evaluate_loss(loop.model, eval_set, pad_id, device)
     summary: dict[str, Any] = {"steps": loop.step_count, "tokens_seen": loop.tokens_seen}
-    last = run_dir.read_metrics()
+    last = loop.last_metrics()
     if last:
-        summary["train_loss"] = last[-1]["loss"]
+        summary["train_loss"] = last["loss"]
     if eval_loss is not None:
         summary["eval_loss"] = round(eval_loss, 6)
     summary |= evaluation
