@@ -20,6 +20,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "dpo": "tether.train.dpo:DPOConfig",
     "rm": "tether.train.rm:RMConfig",
     "grpo": "tether.train.grpo:GRPOConfig",
+    "ppo": "tether.train.ppo:PPOConfig",
     "world": "tether.world.build:WorldBuildConfig",
 }
 

@@ -90,19 +90,41 @@ def pick_tokens(logits: Tensor, settings: GenerationSettings, generator: torch.G
     return torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-def pick_tokens_per_row(logits: Tensor, settings: GenerationSettings, generators: Sequence[torch.Generator]) -> Tensor:
-    """Sampled next tokens with one random stream per row (Gumbel-max).  (B, V) -> (B,)
+def pick_tokens_per_row(logits: Tensor, settings: GenerationSettings, noise: Tensor) -> Tensor:
+    """Sampled next tokens from per-row uniform noise (Gumbel-max).  (B, V), (B, V) -> (B,)
 
-    Row i's token depends only on its logits and ``generators[i]``: a completion does not change
-    with the batch it was sampled in, the batch size, or how prompts are split across processes.
-    argmax(logits / T + Gumbel noise) is an exact sample of softmax(logits / T).
+    argmax(logits / T + Gumbel(noise)) is an exact sample of softmax(logits / T). With noise drawn
+    from one random stream per row (:class:`RowNoise`), row i's token depends only on its logits
+    and its own stream: a completion does not change with the batch it was sampled in, the batch
+    size, or how prompts are split across processes.
     """
     if settings.temperature == 0.0:
         return logits.argmax(-1)
     scaled = filter_logits(logits.float() / settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
-    uniform = torch.stack([torch.rand(logits.shape[-1], generator=g, device=logits.device) for g in generators])
-    gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20)))
+    gumbel = -torch.log(-torch.log(noise.clamp(min=1e-20)))
     return (scaled + gumbel).argmax(-1)
+
+
+class RowNoise:
+    """Uniform noise from one seeded stream per row, drawn a block of steps at a time (one call per row
+    per block rather than per token; the block shrinks with the vocabulary to bound memory)."""
+
+    def __init__(self, seeds: Sequence[int], vocab: int, device: torch.device, *, budget: int = 1 << 22) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.vocab, self.device = vocab, device
+        self.block = max(1, min(64, budget // max(1, len(seeds) * vocab)))
+        self._noise: Tensor | None = None
+        self._used = self.block
+
+    def next(self) -> Tensor:
+        """The next step's (B, V) noise."""
+        if self._used == self.block:
+            self._noise = torch.stack([torch.rand(self.block, self.vocab, generator=g, device=self.device)
+                                       for g in self.generators], dim=1)  # (block, B, V)
+            self._used = 0
+        assert self._noise is not None
+        self._used += 1
+        return self._noise[self._used - 1]
 
 
 class HFGenerator:
@@ -170,7 +192,6 @@ class HFGenerator:
     def _sample(self, batch: list[list[int]], settings: GenerationSettings, generator: torch.Generator,
                 seeds: list[int] | None = None) -> list[Completion]:
         ids, mask = self._left_pad(batch)                                    # (B, P)
-        rows = None if seeds is None else [torch.Generator(device=ids.device).manual_seed(s) for s in seeds]
         positions = position_ids_from_mask(mask)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1)
@@ -185,9 +206,10 @@ class HFGenerator:
         reasons: list[str] = ["length"] * size
         lengths = [settings.max_new_tokens] * size
         logits = out.logits[:, -1]                                           # (B, V)
+        noise = RowNoise(seeds, logits.shape[-1], ids.device) if seeds is not None else None
         for step in range(settings.max_new_tokens):
-            chosen = (pick_tokens(logits, settings, generator) if rows is None
-                      else pick_tokens_per_row(logits, settings, rows))      # (B,)
+            chosen = (pick_tokens(logits, settings, generator) if noise is None
+                      else pick_tokens_per_row(logits, settings, noise.next()))  # (B,)
             chosen = torch.where(finished, self.pad_id, chosen)
             tokens[:, step] = chosen
             log_p = torch.log_softmax(logits.float(), -1)

@@ -4,8 +4,9 @@ Each step: draw ``loop.batch_size / group_size`` prompts, sample ``group_size`` 
 each with the policy (the batched KV-cache sampler, per-completion seeds), score them
 (:mod:`tether.train.rewards`), turn the rewards into advantages within each prompt's group
 (:mod:`tether.losses.rl`), and take one clipped policy-gradient step with a k3 KL penalty to the
-reference (a frozen copy, or the policy with its LoRA adapters off). One update per rollout,
-so the clipped ratio is 1 at the update (it matters once an update reuses its rollout: PPO).
+reference (a frozen copy, or the policy with its LoRA adapters off). One update per rollout by
+default, so the clipped ratio is 1 at the update; ``iterations`` > 1 reuses each rollout for
+several updates, where the clip matters.
 
 Logged per step (:func:`tether.train.online.signals`): loss, total reward and each term, the
 watched gold reward, KL to the reference, entropy, reward-model disagreement, completion
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tether.core.config import Config
 from tether.core.errors import DataError
@@ -64,6 +65,8 @@ class GRPOConfig(Config):
     rewards: list[RewardSpec] = Field(description="reward terms, summed with their weights")
     loss: GRPOLoss = GRPOLoss()
     group_size: int = Field(4, ge=2, description="completions sampled per prompt")
+    iterations: int = Field(1, ge=1, description="updates per rollout (TRL's num_iterations); above 1 the "
+                            "clipped ratio matters and the sampling-time log-probs are recomputed")
     generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=48))
     watch: WatchConfig = WatchConfig()
     optim: OptimConfig = OptimConfig(lr=1e-5)
@@ -71,6 +74,13 @@ class GRPOConfig(Config):
                              description="batch_size counts completions: prompts per step x group_size")
     out: str = Field("runs/grpo", description="run directory")
     seed: int = Field(0, description="seeds prompt order, sampling and tiny: inits")
+
+    @model_validator(mode="after")
+    def _check(self) -> GRPOConfig:
+        if self.loop.checkpoint_every % self.iterations:
+            raise ValueError("loop.checkpoint_every must be a multiple of iterations: checkpoints are taken "
+                             "between rollouts")
+        return self
 
 
 def run(cfg: GRPOConfig, *, resume: bool = False, command: str = "train grpo") -> dict[str, Any]:
@@ -105,27 +115,35 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         step = loop.step_count
         chosen = online.step_prompts(prompts, cfg.loop.batch_size // cfg.group_size, seed=cfg.seed, step=step)
         first, mine = online.process_share(chosen, acc.process_index, acc.num_processes)
-        samples = online.gather(acc, online.roll_out(
+        local, timing = online.roll_out(
             policy, generator, cfg.generation, mine, first_slot=first, samples_per_prompt=cfg.group_size,
             seed=cfg.seed, step=step, rewards=rewards, gold=gold, reference=reference, device=acc.device,
-            pad_id=pad_id))
+            pad_id=pad_id, length_groups=cfg.data.length_groups, recompute_old=cfg.iterations > 1)
+        samples = online.gather(acc, local)
         advantages = _advantages(cfg, torch.tensor([s.reward for s in samples]))
         for s, a in zip(samples, advantages.tolist(), strict=True):
             s.extra["advantages"] = torch.full((len(s.completion_ids),), a)
         _, share = online.process_share(samples, acc.process_index, acc.num_processes)
-        batch = _Batch(*online.collate(share, pad_id, acc.device, ["advantages"]))
-        result = loop.step([batch], lambda b: _loss_sum(cfg, loop.model, b), count=lambda b: _count(cfg, b),
-                           num_tokens=lambda b: int(b.rows.attention_mask.sum()))
+        groups = online.by_length([len(s.prompt_ids) + len(s.completion_ids) for s in share], cfg.data.length_groups,
+                                  len(share))
+        batches = [_Batch(*online.collate([share[i] for i in g], pad_id, acc.device, ["advantages"])) for g in groups]
         sig = online.signals(samples)
-        loop.log(result, sig | {"clip_fraction": round(batch.clip_fraction, 6)})
+        for _ in range(cfg.iterations):
+            result = loop.step(batches, lambda b: _loss_sum(cfg, loop.model, b), count=lambda b: _count(cfg, b),
+                               num_tokens=lambda b: int(b.rows.attention_mask.sum()))
+            tokens = sum(int(b.mask.sum()) for b in batches)
+            clipped = sum(b.clip_fraction * int(b.mask.sum()) for b in batches) / max(tokens, 1)
+            loop.log(result, sig | timing | {"clip_fraction": round(clipped, 6)})
+            if loop.step_count >= cfg.loop.max_steps:
+                break
         loop.maybe_checkpoint()
         if watch.observe(loop.step_count, sig):
             break
 
     summary: dict[str, Any] = {"steps": loop.step_count, "tokens_seen": loop.tokens_seen, "watch": watch.summary()}
-    last = run_dir.read_metrics()
+    last = loop.last_metrics()
     if last:
-        summary |= {k: v for k, v in last[-1].items() if k.startswith("reward") or k in ("kl", "gold_reward")}
+        summary |= {k: v for k, v in last.items() if k.startswith("reward") or k in ("kl", "gold_reward")}
     if loop.is_main:
         model_dir = save_model(loop.unwrapped(), tokenizer, Path(cfg.out) / "model")  # type: ignore[arg-type]
         run_dir.add_output("model", model_dir)
@@ -134,7 +152,7 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
 
 
 class _Batch:
-    """One process's share of a rollout, collated, and what its loss reports back."""
+    """A length group of one process's share of a rollout, collated, and the clip fraction its loss saw."""
 
     def __init__(self, rows: Any, mask: torch.Tensor, fields: dict[str, torch.Tensor]) -> None:
         self.rows, self.mask, self.fields = rows, mask, fields
@@ -156,12 +174,17 @@ def _count(cfg: GRPOConfig, batch: _Batch) -> int:
 
 
 def _loss_sum(cfg: GRPOConfig, policy: Any, batch: _Batch) -> torch.Tensor:
-    """Summed per-token (or per-sequence) loss: clipped surrogate plus β · k3 KL."""
+    """Summed per-token (or per-sequence) loss: clipped surrogate plus β · k3 KL.
+
+    With one update per rollout the "old" log-probs are the current ones, detached (the ratio is 1
+    and the gradient is the policy gradient), so no separate forward computes them (as TRL does).
+    """
     rows, mask, fields = batch.rows, batch.mask, batch.fields
     logps = completion_logps(policy, rows.input_ids, rows.attention_mask, rows.loss_mask).token_logps
-    per_token, clipped = clipped_surrogate(logps, fields["old_logps"], fields["advantages"],
-                                           clip_low=cfg.loss.clip_low, clip_high=cfg.loss.clip_high)
+    old = fields["old_logps"] if cfg.iterations > 1 else logps.detach()
+    per_token, clipped = clipped_surrogate(logps, old, fields["advantages"], clip_low=cfg.loss.clip_low,
+                                           clip_high=cfg.loss.clip_high)
+    batch.clip_fraction = float((clipped & mask).sum() / mask.sum().clamp(min=1))
     if cfg.loss.beta > 0:
         per_token = per_token + cfg.loss.beta * kl_estimate(logps, fields["ref_logps"], "k3")
-    batch.clip_fraction = float((clipped & mask).sum() / mask.sum().clamp(min=1))
     return aggregate_sum(per_token, mask, cfg.loss.aggregation, cfg.generation.max_new_tokens)

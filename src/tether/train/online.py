@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ class PromptData(Config):
 
     train: str = Field(description="JSONL / datasets directory of prompt records, or builtin:world-prompts")
     skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
+    length_groups: int = Field(4, ge=1, description="split each forward over completions into this many groups "
+                               "of similar length, padded separately (less padding, same result)")
 
 
 def load_prompts(data: PromptData, seed: int, run_dir: Any) -> list[dict[str, Any]]:
@@ -128,38 +131,65 @@ def completion_seed(seed: int, step: int, slot: int, sample: int) -> int:
     return (seed * 1_000_003 + step * 10_007 + slot * 101 + sample) % (2**63 - 1)
 
 
+def by_length(lengths: Sequence[int], groups: int, max_size: int) -> list[list[int]]:
+    """Indices sorted by length and cut into at least ``groups`` runs of at most ``max_size``: batches whose
+    members have similar lengths, so padding each on its own wastes little."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    count = max(groups, -(-len(order) // max(max_size, 1)))
+    size = -(-len(order) // max(count, 1))
+    return [order[i:i + size] for i in range(0, len(order), size)] if order else []
+
+
 def roll_out(policy: Any, generator: HFGenerator, settings: GenerationSettings, prompts: Sequence[dict[str, Any]], *,
              first_slot: int, samples_per_prompt: int, seed: int, step: int, rewards: Rewards, gold: Rewards | None,
-             reference: Reference | None, device: torch.device, pad_id: int) -> list[Sample]:
+             reference: Reference | None, device: torch.device, pad_id: int, length_groups: int = 4,
+             recompute_old: bool = True) -> tuple[list[Sample], dict[str, float]]:
     """Sample, score and log-prob this process's prompts (``first_slot``: index of its first in the step's list).
 
-    Returns ``len(prompts) * samples_per_prompt`` samples, prompt by prompt (a prompt's samples adjacent).
+    ``recompute_old``: take the policy's log-probs with a training-layout forward (what several
+    updates per rollout need: the ratio is exactly 1 at the first one); otherwise keep the
+    sampler's own log-probs of the sampled tokens (a recipe with one update per rollout uses the
+    current log-probs, detached, as "old" and these only for the logged KL).
+
+    Returns ``len(prompts) * samples_per_prompt`` samples, prompt by prompt (a prompt's samples
+    adjacent), and this process's timings: ``generation_s``, ``rollout_s`` (generation, rewards
+    and log-probs) and ``rollout_tokens_per_s`` (completion tokens sampled per second of generation).
     """
+    started = time.perf_counter()
     texts = [p["prompt"] for p in prompts for _ in range(samples_per_prompt)]
     metas = [p for p in prompts for _ in range(samples_per_prompt)]
     seeds = [completion_seed(seed, step, first_slot + i, j) for i in range(len(prompts))
              for j in range(samples_per_prompt)]
     completions = generator.generate(texts, settings, seeds=seeds)
+    generation_s = time.perf_counter() - started
     outputs, counts = [c.text for c in completions], [len(c.token_ids) for c in completions]
     reward, terms = rewards(texts, outputs, counts, metas)
     gold_values = gold(texts, outputs, counts, metas)[0].tolist() if gold is not None else [None] * len(texts)
     prompt_ids = generator.encode(texts)
-    samples: list[Sample] = []
-    for start in range(0, len(texts), settings.batch_size):
-        end = min(start + settings.batch_size, len(texts))
-        rows = pad_batch([TokenizedExample(p + c.token_ids, [False] * len(p) + [True] * len(c.token_ids))
-                          for p, c in zip(prompt_ids[start:end], completions[start:end], strict=True)], pad_id, device)
-        with torch.no_grad():
-            old = completion_logps(policy, rows.input_ids, rows.attention_mask, rows.loss_mask).token_logps.cpu()
+    examples = [TokenizedExample(p + c.token_ids, [False] * len(p) + [True] * len(c.token_ids))
+                for p, c in zip(prompt_ids, completions, strict=True)]
+    olds: list[Tensor] = [torch.tensor(c.logprobs) for c in completions]
+    refs: list[Tensor | None] = [None] * len(examples)
+    for group in by_length([len(e.input_ids) for e in examples], length_groups, settings.batch_size):
+        rows = pad_batch([examples[i] for i in group], pad_id, device)
+        old = None
+        if recompute_old:
+            with torch.no_grad():
+                old = completion_logps(policy, rows.input_ids, rows.attention_mask, rows.loss_mask).token_logps.cpu()
         ref = reference.token_logps(policy, rows).cpu() if reference is not None else None
-        for row, i in enumerate(range(start, end)):
+        for row, i in enumerate(group):
             p, c = len(prompt_ids[i]), len(completions[i].token_ids)
-            samples.append(Sample(
-                prompt_ids=prompt_ids[i], completion_ids=completions[i].token_ids, text=outputs[i],
-                reward=float(reward[i]), terms={k: float(v[i]) for k, v in terms.items()}, gold=gold_values[i],
-                old_logps=old[row, p:p + c], ref_logps=None if ref is None else ref[row, p:p + c],
-                entropy=torch.tensor(completions[i].entropies[:c]), truncated=completions[i].finish_reason == "length"))
-    return samples
+            if old is not None:
+                olds[i] = old[row, p:p + c]
+            if ref is not None:
+                refs[i] = ref[row, p:p + c]
+    samples = [Sample(prompt_ids=prompt_ids[i], completion_ids=completions[i].token_ids, text=outputs[i],
+                      reward=float(reward[i]), terms={k: float(v[i]) for k, v in terms.items()}, gold=gold_values[i],
+                      old_logps=olds[i], ref_logps=refs[i], entropy=torch.tensor(completions[i].entropies),
+                      truncated=completions[i].finish_reason == "length") for i in range(len(examples))]
+    timing = {"generation_s": round(generation_s, 4), "rollout_s": round(time.perf_counter() - started, 4),
+              "rollout_tokens_per_s": round(sum(counts) / max(generation_s, 1e-9), 1)}
+    return samples, timing
 
 
 def gather(accelerator: Any, samples: list[Sample]) -> list[Sample]:

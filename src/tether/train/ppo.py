@@ -202,13 +202,14 @@ def _train(cfg: PPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         rollout = loop.step_count // per_rollout
         chosen = online.step_prompts(prompts, per_step_prompts, seed=cfg.seed, step=rollout)
         first, mine = online.process_share(chosen, acc.process_index, acc.num_processes)
-        local = online.roll_out(model.policy, generator, cfg.generation, mine, first_slot=first,
+        local, timing = online.roll_out(model.policy, generator, cfg.generation, mine, first_slot=first,
                                 samples_per_prompt=cfg.samples_per_prompt, seed=cfg.seed, step=rollout,
-                                rewards=rewards, gold=gold, reference=reference, device=acc.device, pad_id=pad_id)
-        _old_values(model, local, pad_id, acc.device, cfg.generation.batch_size)
+                                rewards=rewards, gold=gold, reference=reference, device=acc.device, pad_id=pad_id,
+                                length_groups=cfg.data.length_groups)
+        _old_values(model, local, pad_id, acc.device, cfg.generation.batch_size, cfg.data.length_groups)
         samples = online.gather(acc, local)
         _advantages(cfg, samples, kl_coef)
-        sig = online.signals(samples) | {"rollout": rollout, "kl_coef": round(kl_coef, 6)}
+        sig = online.signals(samples) | timing | {"rollout": rollout, "kl_coef": round(kl_coef, 6)}
         for epoch in range(cfg.loss.epochs):
             order = list(range(len(samples)))
             random.Random(f"ppo:{cfg.seed}:{rollout}:{epoch}").shuffle(order)
@@ -216,10 +217,13 @@ def _train(cfg: PPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
             for m in range(cfg.loss.minibatches):
                 chunk = [samples[i] for i in order[m * size:(m + 1) * size]]
                 _, share = online.process_share(chunk, acc.process_index, acc.num_processes)
-                batch = _Batch(*online.collate(share, pad_id, acc.device, ["advantages", "returns", "values"]))
-                result = loop.step([batch], lambda b, beta=kl_coef: _loss_sum(cfg, loop.model, b, beta),  # type: ignore[misc]
+                groups = online.by_length([len(s.prompt_ids) + len(s.completion_ids) for s in share],
+                                          cfg.data.length_groups, len(share))
+                batches = [_Batch(*online.collate([share[i] for i in g], pad_id, acc.device,
+                                                  ["advantages", "returns", "values"])) for g in groups]
+                result = loop.step(batches, lambda b, beta=kl_coef: _loss_sum(cfg, loop.model, b, beta),  # type: ignore[misc]
                                    count=lambda b: _count(cfg, b), num_tokens=lambda b: int(b.rows.attention_mask.sum()))
-                loop.log(result, sig | {k: round(v, 6) for k, v in batch.stats.items()})
+                loop.log(result, sig | _token_weighted(batches))
                 if loop.step_count >= cfg.loop.max_steps:
                     break
             if loop.step_count >= cfg.loop.max_steps:
@@ -232,9 +236,9 @@ def _train(cfg: PPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"steps": loop.step_count, "rollouts": -(-loop.step_count // per_rollout),
                                "tokens_seen": loop.tokens_seen, "watch": watch.summary()}
-    last = run_dir.read_metrics()
+    last = loop.last_metrics()
     if last:
-        summary |= {k: v for k, v in last[-1].items() if k.startswith("reward") or k in ("kl", "gold_reward")}
+        summary |= {k: v for k, v in last.items() if k.startswith("reward") or k in ("kl", "gold_reward")}
     if loop.is_main:
         unwrapped: PolicyValue = loop.unwrapped()  # type: ignore[assignment]
         run_dir.add_output("model", save_model(unwrapped.policy, tokenizer, Path(cfg.out) / "model"))
@@ -259,12 +263,21 @@ class _Batch:
         self.stats: dict[str, float] = {}
 
 
+def _token_weighted(batches: list[_Batch]) -> dict[str, float]:
+    """The micro-batches' loss statistics, averaged over their tokens."""
+    tokens = [int(b.mask.sum()) for b in batches]
+    total = max(sum(tokens), 1)
+    return {k: round(sum(b.stats[k] * n for b, n in zip(batches, tokens, strict=True)) / total, 6)
+            for k in batches[0].stats}
+
+
 @torch.no_grad()
 def _old_values(model: PolicyValue, samples: list[online.Sample], pad_id: int, device: torch.device,
-                batch_size: int) -> None:
+                batch_size: int, length_groups: int) -> None:
     """Each sample's per-token value estimates at sampling time (``extra['values']``)."""
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
+    lengths = [len(s.prompt_ids) + len(s.completion_ids) for s in samples]
+    for group in online.by_length(lengths, length_groups, batch_size):
+        chunk = [samples[i] for i in group]
         rows, _, _ = online.collate(chunk, pad_id, device)
         values = token_values(model, rows)
         for row, s in enumerate(chunk):
