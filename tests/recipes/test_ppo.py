@@ -53,3 +53,12 @@ def test_signals_are_logged_and_kl_starts_at_zero(tmp_path, kl):
 def test_checkpoints_fall_between_rollouts(tmp_path):
     with pytest.raises(ConfigError, match="multiple of loss.epochs x loss.minibatches"):
         _cfg(tmp_path, "x", "rewards=[{kind: length}]", "loop.checkpoint_every=3")
+
+
+def test_lora_policy_uses_its_base_weights_as_the_reference(tmp_path):
+    summary = ppo.run(_cfg(tmp_path, "lora", "rewards=[{kind: length}]", "model.lora={r: 4}", "loop.max_steps=8",
+                           "value.mode=shared"))
+    metrics = _metrics(tmp_path / "lora")
+    assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-5)   # adapters start at zero: policy == base
+    assert metrics[-1]["kl"] != pytest.approx(0.0, abs=1e-5)  # and KL is measured once they move
+    assert summary["steps"] == 8

@@ -194,3 +194,21 @@ def test_value_loss_and_summed_aggregation_hand_worked():
     assert aggregate_sum(per_token, mask, "token-mean").item() == 10.0
     assert aggregate_sum(per_token, mask, "sequence-mean").item() == 2.0 + 4.0
     assert aggregate_sum(per_token, mask, "constant", max_tokens=4).item() == 2.5
+
+
+def test_best_of_n_estimate_matches_enumerating_subsets():
+    import itertools
+
+    from tether.losses.rl import best_of_n_expectation, best_of_n_kl
+
+    assert best_of_n_kl(1) == 0.0 and best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
+    g = torch.Generator().manual_seed(0)
+    selector, value = torch.randn(3, 7, generator=g), torch.randn(3, 7, generator=g)
+    for n in (1, 2, 3, 7):
+        brute = [sum(value[p, max(s, key=lambda i: selector[p, i])].item() for s in itertools.combinations(range(7), n))
+                 / math.comb(7, n) for p in range(3)]
+        assert best_of_n_expectation(selector, value, n).tolist() == pytest.approx(brute, abs=1e-6)
+    assert best_of_n_expectation(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([[0.0, 1.0, 2.0]]), 2).item() == \
+        pytest.approx(5 / 3)
+    with pytest.raises(ValueError, match="at least 8"):
+        best_of_n_expectation(selector, value, 8)

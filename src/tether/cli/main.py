@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from tether import __version__
-from tether.cli import config_cmd, data_cmd, eval_cmd, models_cmd, train_cmd, world_cmd
+from tether.cli import config_cmd, data_cmd, eval_cmd, experiment_cmd, models_cmd, train_cmd, world_cmd
 
 app = typer.Typer(
     name="tether",
@@ -29,6 +29,7 @@ app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(experiment_cmd.app, name="experiment")
 
 
 def _version(value: bool) -> None:

@@ -136,6 +136,12 @@ def _world_preferences(seed: int) -> list[dict[str, Any]]:
     return preference_rows(build_world(_DEFAULT), 4000, seed=seed)
 
 
+@DATASET_SOURCES.register("world-preferences-gold")
+def _world_preferences_gold(seed: int) -> list[dict[str, Any]]:
+    # The same kind of pairs labelled by the gold grader (ties dropped): an unbiased reward model's data.
+    return preference_rows(build_world(_DEFAULT), 4000, seed=seed, gold=True)
+
+
 @DATASET_SOURCES.register("world-preferences-eval")
 def _world_preferences_eval(seed: int) -> list[dict[str, Any]]:
     # Pairs drawn apart from world-preferences' (another stream), for held-out accuracy and gold agreement.

@@ -1,0 +1,1 @@
+"""Multi-stage jobs that compose recipes through their configs and run directories."""
