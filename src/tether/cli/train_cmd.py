@@ -85,8 +85,7 @@ def rloo(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resu
 @app.command()
 def ppo(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
         skip_bad: SkipBadOpt = False) -> None:
-    """PPO with a value model (separate or a shared head), GAE, KL in the reward or the loss, adaptive KL,
-    and the reward-hacking watchdog.
+    """PPO: value model (separate or shared head), GAE, KL in reward or loss, adaptive KL, watchdog.
 
     Example: tether train ppo --config ppo/world-gold-rm --out runs/ppo
     """
