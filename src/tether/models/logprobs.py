@@ -231,3 +231,18 @@ def hidden_and_head(
         return logits, torch.nn.Identity(), None
     out = backbone(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
     return out.last_hidden_state, head, softcap
+
+
+def completion_logits(model: Any, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor) -> Tensor:
+    """Logits predicting each scored token (:func:`scored_positions`), in row-major order.  -> (N, V)
+
+    Two batches with the same completions under different prompts give aligned rows: row k of
+    each predicts the k-th completion token. Only the scored positions go through the output
+    head. Call through :func:`run_inside` when ``model`` is being trained under a distributed wrapper.
+    """
+    hidden, head, softcap = hidden_and_head(model, input_ids, attention_mask)
+    scored = scored_positions(attention_mask, loss_mask)
+    logits = head(hidden[:, :-1][scored[:, 1:]])
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits  # type: ignore[no-any-return]
