@@ -22,6 +22,10 @@ CONFIG_CLASSES: dict[str, str] = {
     "grpo": "tether.train.grpo:GRPOConfig",
     "ppo": "tether.train.ppo:PPOConfig",
     "world": "tether.world.build:WorldBuildConfig",
+    "constitutions": "tether.align.constitution:Constitution",
+    "critique": "tether.align.critique:CritiqueConfig",
+    "feedback": "tether.align.feedback:FeedbackConfig",
+    "distill": "tether.align.distill:DistillConfig",
 }
 
 

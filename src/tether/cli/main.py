@@ -14,7 +14,16 @@ from typing import Annotated
 import typer
 
 from tether import __version__
-from tether.cli import config_cmd, data_cmd, eval_cmd, experiment_cmd, models_cmd, train_cmd, world_cmd
+from tether.cli import (
+    align_cmd,
+    config_cmd,
+    data_cmd,
+    eval_cmd,
+    experiment_cmd,
+    models_cmd,
+    train_cmd,
+    world_cmd,
+)
 
 app = typer.Typer(
     name="tether",
@@ -26,6 +35,7 @@ app = typer.Typer(
 app.add_typer(world_cmd.app, name="world")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(align_cmd.app, name="align")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(config_cmd.app, name="config")
