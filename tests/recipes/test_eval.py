@@ -152,3 +152,13 @@ def test_file_suites_end_to_end(suite, fixture, expected, tmp_path):
     for name, n in expected.items():
         assert doc["metrics"][name]["n"] == n, (name, doc["metrics"].get(name))
     assert (tmp_path / suite / "report.html").is_file()
+
+
+def test_context_goes_in_front_of_every_prompt_and_keeps_ids(tmp_path):
+    run(_tiny_world(tmp_path / "bare"))
+    run(_tiny_world(tmp_path / "ctx", context={"texts": ["Be good."], "placement": "system"}))
+    bare, ctx = ([json.loads(line) for line in (tmp_path / name / "samples.jsonl").read_text().splitlines()]
+                 for name in ("bare", "ctx"))
+    assert [r["id"] for r in bare] == [r["id"] for r in ctx]
+    assert all(r["prompt"][0] == {"role": "system", "content": "Be good."} for r in ctx)
+    assert all(c["prompt"][1:] == [m for m in b["prompt"] if m["role"] != "system"] for b, c in zip(bare, ctx, strict=True))

@@ -75,3 +75,27 @@ def test_rloo_command_runs_grpo_with_rloo_advantages(tmp_path):
 
     assert json.loads((out / "record.json").read_text())["command"] == "train rloo"
     assert yaml.safe_load((out / "config.yaml").read_text())["loss"]["advantage"] == "rloo"
+
+
+EVALUATION = ["evaluation.every=2", "evaluation.patience=1", "evaluation.metric=format.malformed",
+              "evaluation.harness.suite.n=2", "evaluation.harness.suite.heldout_n=0",
+              "evaluation.harness.generation.max_new_tokens=4"]
+
+
+def test_harness_evaluation_stops_rl_early(tmp_path):
+    summary = grpo.run(_cfg(tmp_path, "eval", "rewards=[{kind: length}]", "loop.max_steps=20", *EVALUATION))
+    # A random tiny model writes nothing well-formed: the second evaluation (step 4) stops the run.
+    assert summary["stopped_early_at"] == 4 and summary["best_step"] == 2 and summary["steps"] == 4
+    assert [m["step"] for m in _metrics(tmp_path / "eval") if "eval/format.malformed" in m] == [2, 4]
+
+
+def test_context_goes_in_front_of_every_rollout_prompt(tmp_path):
+    from tether.core.runs import RunDir
+    from tether.train import online
+
+    data = online.PromptData(train="builtin:world-task-prompts",
+                             context={"texts": ["Seed one.", "Seed two."], "placement": "system"})
+    rows = online.load_prompts(data, 0, RunDir(tmp_path / "r", command="x", config=data, seed=0))
+    assert all(r["prompt"][0] == {"role": "system", "content": r["context"]} for r in rows)
+    assert {r["context"] for r in rows} == {"Seed one.", "Seed two."}
+    assert all(r["prompt"][1]["role"] == "user" and "family" in r for r in rows)

@@ -62,3 +62,12 @@ def test_lora_policy_uses_its_base_weights_as_the_reference(tmp_path):
     assert metrics[0]["kl"] == pytest.approx(0.0, abs=1e-5)   # adapters start at zero: policy == base
     assert metrics[-1]["kl"] != pytest.approx(0.0, abs=1e-5)  # and KL is measured once they move
     assert summary["steps"] == 8
+
+
+def test_harness_evaluation_stops_ppo_early(tmp_path):
+    summary = ppo.run(_cfg(tmp_path, "eval", "rewards=[{kind: length}]", "loop.max_steps=40", "evaluation.every=4",
+                           "evaluation.patience=1", "evaluation.metric=format.malformed",
+                           "evaluation.harness.suite.n=2", "evaluation.harness.suite.heldout_n=0",
+                           "evaluation.harness.generation.max_new_tokens=4"))
+    assert summary["stopped_early_at"] == 8 and summary["best_step"] == 4 and summary["steps"] == 8
+    assert [m["step"] for m in _metrics(tmp_path / "eval") if "eval/format.malformed" in m] == [4, 8]

@@ -15,10 +15,10 @@ from tether.align.constitution import (
     load_constitution,
     revision_messages,
 )
-from tether.align.distill import with_context
 from tether.align.feedback import choice_probability, critique_probability
 from tether.core.config import load_config, packaged_configs
 from tether.core.errors import ConfigError
+from tether.data.context import with_context
 from tether.losses.distill import token_kl
 
 PRINCIPLE = {"name": "p", "critique_request": "Is {response} harmful?", "revision_request": "Fix it.",

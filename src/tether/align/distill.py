@@ -34,6 +34,7 @@ from tether.core.progress import progress_bar
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.data.collate import TokenBatch, pad_batch
+from tether.data.context import ContextConfig, context_for, with_context
 from tether.data.io import write_jsonl
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.distill import Direction, token_kl
@@ -44,28 +45,6 @@ from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_mo
 from tether.models.logprobs import completion_logits, completion_logps, inner_model, run_inside
 from tether.train.common import EvalSchedule, TrainingEval
 from tether.train.online import PromptData, load_prompts
-
-
-class ContextConfig(Config):
-    """The context the teacher sees and the student does not."""
-
-    texts: list[str] = Field(min_length=1, description="contexts; each prompt gets one, drawn by its index")
-    placement: Literal["system", "prefix"] = Field(
-        "system", description="system: the system turn (replacing any); prefix: in front of the first user turn")
-
-
-def with_context(prompt: str | list[dict[str, Any]], context: str, placement: str) -> str | list[dict[str, Any]]:
-    """``prompt`` with ``context`` in front: as the system turn, or prefixed to the first user turn / the text."""
-    if isinstance(prompt, str):
-        return f"{context}\n\n{prompt}"
-    messages = [dict(m) for m in prompt]
-    if placement == "system":
-        return [{"role": "system", "content": context}, *[m for m in messages if m["role"] != "system"]]
-    for m in messages:
-        if m["role"] == "user":
-            m["content"] = f"{context}\n\n{m['content']}"
-            break
-    return messages
 
 
 def _samples() -> GenerationSettings:
@@ -195,11 +174,6 @@ def _student_logits(model: Any, *, rows: TokenBatch) -> torch.Tensor:
     return completion_logits(model, rows.input_ids, rows.attention_mask, rows.loss_mask)
 
 
-def context_of(cfg: DistillConfig, index: int) -> str:
-    """The context prompt ``index`` gets (fixed by the seed and the index alone)."""
-    return random.Random(f"{cfg.seed}:{index}:context").choice(cfg.context.texts)
-
-
 def sample_under_context(cfg: DistillConfig, teacher: HFGenerator, prompts: Sequence[dict[str, Any]], out: Path,
                          run_dir: RunDir) -> list[dict[str, Any]]:
     """The teacher's completions, with the context, of every prompt: ``samples.jsonl`` (resumable) and ``sft.jsonl``.
@@ -212,11 +186,11 @@ def sample_under_context(cfg: DistillConfig, teacher: HFGenerator, prompts: Sequ
     with progress_bar("sample under context", len(prompts) * cfg.samples_per_prompt, completed=len(done)) as bar:
         for start in range(0, len(todo), cfg.chunk_prompts):
             chunk = todo[start:start + cfg.chunk_prompts]
-            contexted = [with_context(prompts[i]["prompt"], context_of(cfg, i), cfg.context.placement)
+            contexted = [with_context(prompts[i]["prompt"], context_for(cfg.context, cfg.seed, i), cfg.context.placement)
                          for i, _ in chunk]
             seeds = [random.Random(f"{cfg.seed}:{i}:{j}:sample").randrange(2**31) for i, j in chunk]
             completions = teacher.generate(contexted, cfg.generation, seeds=seeds)
-            rows = [{"index": i, "sample": j, "prompt": prompts[i]["prompt"], "context": context_of(cfg, i),
+            rows = [{"index": i, "sample": j, "prompt": prompts[i]["prompt"], "context": context_for(cfg.context, cfg.seed, i),
                      "completion": c.text, "completion_ids": c.token_ids, "finish_reason": c.finish_reason,
                      **{k: v for k, v in prompts[i].items() if k != "prompt"}}
                     for (i, j), c in zip(chunk, completions, strict=True)]

@@ -27,6 +27,7 @@ from tether.core.config import Config
 from tether.core.errors import UserError
 from tether.core.runs import RunDir
 from tether.core.stats import Rate, agreement, bootstrap_mean, pass_at_k, wilson_interval
+from tether.data.context import ContextConfig, context_for, with_context
 from tether.data.io import write_jsonl
 from tether.evals.loaders import EvalPrompt
 from tether.evals.scorers import Sample, Score, ScorerConfig, build_scorer, scorer_config
@@ -50,6 +51,9 @@ class EvalConfig(Config):
     suite: SuiteConfig = Field(default_factory=SuiteConfig)
     generation: GenerationSettings = Field(default_factory=_default_generation)
     samples_per_prompt: int = Field(1, ge=1, description="responses sampled per prompt (rates over all; pass@k)")
+    context: ContextConfig | None = Field(None, description="put one of these texts in front of every prompt "
+                                          "(a system prompt the model is deployed with); ids are kept, so runs "
+                                          "with and without it pair up in eval compare")
     scorers: list[SerializeAsAny[ScorerConfig]] = Field(
         default_factory=list, description="scorers in order ({kind: ..., ...}); empty: the suite's defaults")
     chunk_prompts: int = Field(256, ge=1, description="prompts generated between appends to generations.jsonl")
@@ -107,6 +111,11 @@ def evaluate(cfg: EvalConfig, out: Path, *, generator: Generator | None = None, 
     start = time.perf_counter()
     suite = build_suite(cfg.suite)
     prompts = suite.prompts()
+    if cfg.context is not None:
+        context = cfg.context
+        prompts = [replace(p, prompt=with_context(p.prompt if isinstance(p.prompt, str) else list(p.prompt),
+                                                  context_for(context, cfg.seed, i), context.placement))
+                   for i, p in enumerate(prompts)]
     scorer_cfgs = list(cfg.scorers) or suite.default_scorers()
     names = [c.label for c in scorer_cfgs]
     if len(set(names)) != len(names):

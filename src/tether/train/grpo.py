@@ -39,6 +39,7 @@ from tether.models.generation import GenerationSettings, HFGenerator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
 from tether.models.logprobs import completion_logps, inner_model
 from tether.train import online
+from tether.train.common import EvalSchedule, TrainingEval
 from tether.train.rewards import Rewards, RewardSpec
 from tether.train.watchdog import WatchConfig
 
@@ -69,6 +70,8 @@ class GRPOConfig(Config):
                             "clipped ratio matters and the sampling-time log-probs are recomputed")
     generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=48))
     watch: WatchConfig = WatchConfig()
+    evaluation: TrainingEval = Field(default_factory=TrainingEval,
+                                     description="evaluation harness every N steps, early stopping")
     optim: OptimConfig = OptimConfig(lr=1e-5)
     loop: LoopConfig = Field(default_factory=lambda: LoopConfig(batch_size=32),
                              description="batch_size counts completions: prompts per step x group_size")
@@ -110,8 +113,10 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     policy = inner_model(loop.model)
     generator = HFGenerator(policy, tokenizer)
     watch = online.Watch(cfg.watch, policy, cfg.rewards)
+    schedule = EvalSchedule(cfg.evaluation, tokenizer, run_dir)
 
-    while loop.step_count < cfg.loop.max_steps:
+    stop = False
+    while loop.step_count < cfg.loop.max_steps and not stop:
         step = loop.step_count
         chosen = online.step_prompts(prompts, cfg.loop.batch_size // cfg.group_size, seed=cfg.seed, step=step)
         first, mine = online.process_share(chosen, acc.process_index, acc.num_processes)
@@ -133,14 +138,15 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
                                num_tokens=lambda b: int(b.rows.attention_mask.sum()))
             tokens = sum(int(b.mask.sum()) for b in batches)
             clipped = sum(b.clip_fraction * int(b.mask.sum()) for b in batches) / max(tokens, 1)
-            loop.log(result, sig | timing | {"clip_fraction": round(clipped, 6)})
-            if loop.step_count >= cfg.loop.max_steps:
+            harness, stop = schedule.after_step(loop.model, loop.step_count)
+            loop.log(result, sig | timing | {"clip_fraction": round(clipped, 6)} | harness)
+            if loop.step_count >= cfg.loop.max_steps or stop:
                 break
         loop.maybe_checkpoint()
-        if watch.observe(loop.step_count, sig):
-            break
+        stop = stop or watch.observe(loop.step_count, sig)
 
     summary: dict[str, Any] = {"steps": loop.step_count, "tokens_seen": loop.tokens_seen, "watch": watch.summary()}
+    summary |= schedule.finish(loop.model, loop.step_count)
     last = loop.last_metrics()
     if last:
         summary |= {k: v for k, v in last.items() if k.startswith("reward") or k in ("kl", "gold_reward")}

@@ -32,6 +32,7 @@ from torch import Tensor
 from tether.core.config import Config
 from tether.core.errors import DataError
 from tether.data.collate import TokenBatch, pad_batch
+from tether.data.context import ContextConfig, context_for, with_context
 from tether.data.records import PromptRecord
 from tether.data.sources import load_records
 from tether.models.chat import TokenizedExample
@@ -48,15 +49,23 @@ class PromptData(Config):
     skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
     length_groups: int = Field(4, ge=1, description="split each forward over completions into this many groups "
                                "of similar length, padded separately (less padding, same result)")
+    context: ContextConfig | None = Field(None, description="put one of these texts in front of every prompt "
+                                          "(e.g. the character-first recipe's seed prompts)")
 
 
 def load_prompts(data: PromptData, seed: int, run_dir: Any) -> list[dict[str, Any]]:
-    """Prompt records as dicts (prompt plus any metadata: the world's ``family``, ``gold``, ``tags``)."""
+    """Prompt records as dicts (prompt plus any metadata: the world's ``family``, ``gold``, ``tags``), each with
+    its context in front when ``data.context`` is set (the text kept under ``context``)."""
     loaded = load_records(data.train, PromptRecord, seed=seed, skip_bad=data.skip_bad)
     run_dir.record_skipped(loaded.skipped)
     if not loaded.records:
         raise DataError(f"{data.train}: no usable prompts")
-    return [r.model_dump(mode="json") for r in loaded.records]
+    rows = [r.model_dump(mode="json") for r in loaded.records]
+    if data.context is not None:
+        for i, row in enumerate(rows):
+            row["context"] = context_for(data.context, seed, i)
+            row["prompt"] = with_context(row["prompt"], row["context"], data.context.placement)
+    return rows
 
 
 def watched_gold(watch: WatchConfig, prompts: Sequence[dict[str, Any]], max_tokens: int) -> Rewards | None:

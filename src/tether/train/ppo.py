@@ -47,6 +47,7 @@ from tether.models.generation import GenerationSettings, HFGenerator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
 from tether.models.logprobs import hidden_and_head, inner_model, logps_from_hidden, run_inside
 from tether.train import online
+from tether.train.common import EvalSchedule, TrainingEval
 from tether.train.rewards import Rewards, RewardSpec
 from tether.train.watchdog import WatchConfig
 
@@ -92,6 +93,8 @@ class PPOConfig(Config):
     samples_per_prompt: int = Field(1, ge=1, description="completions sampled per prompt")
     generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=48))
     watch: WatchConfig = WatchConfig()
+    evaluation: TrainingEval = Field(default_factory=TrainingEval,
+                                     description="evaluation harness every N steps, early stopping")
     optim: OptimConfig = OptimConfig(lr=1e-5)
     loop: LoopConfig = Field(default_factory=lambda: LoopConfig(batch_size=32),
                              description="batch_size: completions per rollout; max_steps: optimizer steps")
@@ -196,6 +199,7 @@ def _train(cfg: PPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     watch = online.Watch(cfg.watch, model, cfg.rewards)
     per_rollout = cfg.loss.epochs * cfg.loss.minibatches
     kl_coef = cfg.loss.kl_coef
+    schedule = EvalSchedule(cfg.evaluation, tokenizer, run_dir)
 
     stop = False
     while loop.step_count < cfg.loop.max_steps and not stop:
@@ -223,19 +227,21 @@ def _train(cfg: PPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
                                                   ["advantages", "returns", "values"])) for g in groups]
                 result = loop.step(batches, lambda b, beta=kl_coef: _loss_sum(cfg, loop.model, b, beta),  # type: ignore[misc]
                                    count=lambda b: _count(cfg, b), num_tokens=lambda b: int(b.rows.attention_mask.sum()))
-                loop.log(result, sig | _token_weighted(batches))
-                if loop.step_count >= cfg.loop.max_steps:
+                harness, stop = schedule.after_step(model.policy, loop.step_count)
+                loop.log(result, sig | _token_weighted(batches) | harness)
+                if loop.step_count >= cfg.loop.max_steps or stop:
                     break
-            if loop.step_count >= cfg.loop.max_steps:
+            if loop.step_count >= cfg.loop.max_steps or stop:
                 break
         if kl_ctl is not None and "kl" in sig:
             kl_coef = kl_ctl.update(sig["kl"], len(samples))
         if loop.step_count % per_rollout == 0:
             loop.maybe_checkpoint()
-        stop = watch.observe(loop.step_count, sig)
+        stop = stop or watch.observe(loop.step_count, sig)
 
     summary: dict[str, Any] = {"steps": loop.step_count, "rollouts": -(-loop.step_count // per_rollout),
                                "tokens_seen": loop.tokens_seen, "watch": watch.summary()}
+    summary |= schedule.finish(model.policy, loop.step_count)
     last = loop.last_metrics()
     if last:
         summary |= {k: v for k, v in last.items() if k.startswith("reward") or k in ("kl", "gold_reward")}
