@@ -50,3 +50,21 @@ def distill(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, r
     Example: tether align distill --config distill/world-character --out runs/distill
     """
     _run("distill", "DistillConfig", config, set_, out, resume=resume, skip_bad=skip_bad)
+
+
+@app.command("character-first")
+def character_first(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
+    """The character-first recipe: seed prompts, light-touch character training at the base checkpoint,
+    RLVR through the same seed prompts, optional fine-tuning; every model measured bare and seeded.
+
+    Example: tether align character-first --config character-first/world --out runs/character-first
+    Resumes: finished stages are skipped. Writes OUT/character_first.json.
+    """
+    from tether.pipelines import character_first as pipeline
+
+    cfg = build_config(pipeline.CharacterFirstConfig, config, set_, out)
+    results = pipeline.run(cfg)
+    rows = {stage: {cond: {k: v["value"] for k, v in r["metrics"].items()} for cond, r in conds.items()}
+            for stage, conds in results["evals"].items()}
+    echo_main(json.dumps(rows, indent=2))
+    echo_main(f"results: {cfg.out}/character_first.json")

@@ -26,6 +26,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "critique": "tether.align.critique:CritiqueConfig",
     "feedback": "tether.align.feedback:FeedbackConfig",
     "distill": "tether.align.distill:DistillConfig",
+    "character-first": "tether.pipelines.character_first:CharacterFirstConfig",
 }
 
 

@@ -27,3 +27,21 @@ def overoptimisation(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt 
     rows = {"base": results["base"]} | {name: v["final"] for name, v in results["ppo"].items()}
     echo_main(json.dumps(rows, indent=2))
     echo_main(f"results: {cfg.out}/overoptimisation.json   plot: {cfg.out}/overoptimisation.png")
+
+
+@app.command()
+def recipes(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
+    """Standard (SFT -> DPO), character-first, constitutional AI and context distillation at one training
+    budget, each followed by the same RLVR: gold HHH after alignment and after RLVR, over several seeds.
+
+    Example: tether experiment recipes --out runs/recipes
+    Writes OUT/recipes.json and OUT/recipes.png.
+    """
+    from tether.pipelines import recipe_comparison as experiment
+
+    cfg = build_config(experiment.RecipeComparisonConfig, config, set_, out)
+    results = experiment.run(cfg)
+    for row in results["table"]:
+        cells = "  ".join(f"{k.split('.', 1)[1]}={v['mean']:.3f}" for k, v in row.items() if isinstance(v, dict))
+        echo_main(f"{row['arm']:>16} {row['condition']:>6} {row['stage']:>9}  {cells}")
+    echo_main(f"results: {cfg.out}/recipes.json   plot: {cfg.out}/recipes.png")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from tether.core.config import Config
 from tether.core.registry import Registry
+from tether.data.context import ContextConfig
 from tether.data.io import LoadedRecords, parse_rows, read_records
 
 R = TypeVar("R", bound=BaseModel)
@@ -31,6 +32,8 @@ class PreferenceData(Config):
         "isolated per sequence; pays off with a varlen attention kernel (flash-attention), not SDPA/eager")
     length_groups: int = Field(4, ge=1, description="split each micro-batch into up to N groups of similar "
                                "length, each padded on its own: the same loss, less compute spent on padding")
+    context: ContextConfig | None = Field(None, description="put one of these texts in front of every prompt "
+                                          "(the character-first recipe's seed prompts)")
 
 
 DATASET_SOURCES: Registry[Callable[[int], list[dict[str, Any]]]] = Registry("dataset source")

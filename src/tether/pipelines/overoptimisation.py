@@ -27,6 +27,7 @@ from pydantic import Field
 
 from tether.core.config import Config, load_config
 from tether.core.stats import bootstrap_mean
+from tether.pipelines.stages import finished
 
 
 class Variant(Config):
@@ -87,7 +88,7 @@ def run(cfg: OveroptimisationConfig) -> dict[str, Any]:
             rewards.append({"kind": "length", "coef": variant.length_penalty})
         ppo_cfg = load_config(ppo.PPOConfig, cfg.ppo, [f"rewards={json.dumps(rewards)}", f"seed={cfg.seed}",
                                                        *variant.set, f"out={run_dir}"])
-        summary = _finished(run_dir) or ppo.run(ppo_cfg)
+        summary = finished(run_dir) or ppo.run(ppo_cfg)
         results["ppo"][variant.name] = {
             "run": str(run_dir), "curve": _curve(run_dir), "watch": summary.get("watch"),
             "final": _measure(cfg, ppo_cfg, run_dir / "model", rm_dirs["proxy"]),
@@ -103,20 +104,11 @@ def slug(name: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
 
 
-def _finished(run_dir: Path) -> dict[str, Any] | None:
-    record = run_dir / "record.json"
-    if record.is_file():
-        data = json.loads(record.read_text())
-        if data.get("status") == "finished":
-            return data.get("summary") or {}
-    return None
-
-
 def _reward_model(cfg: OveroptimisationConfig, name: str, overrides: list[str]) -> Path:
     from tether.train import rm
 
     run_dir = Path(cfg.out) / f"rm-{name}"
-    if _finished(run_dir) is None:
+    if finished(run_dir) is None:
         rm.run(load_config(rm.RMConfig, cfg.rm, [*overrides, f"seed={cfg.seed}", f"out={run_dir}"]))
     return run_dir
 

@@ -35,6 +35,7 @@ from tether.core.errors import DataError, UserError
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.data.collate import Grouped, collate_grouped, truncate
+from tether.data.context import context_for, with_context
 from tether.data.records import PreferenceRecord, UnpairedRecord
 from tether.data.sources import PreferenceData, load_records
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
@@ -117,8 +118,10 @@ def load_examples(spec: str, cfg: DPOConfig, tokenizer: Any, run_dir: RunDir) ->
         singles = load_records(spec, UnpairedRecord, seed=cfg.seed, skip_bad=cfg.data.skip_bad)
         records, skipped = list(singles.records), singles.skipped
     run_dir.record_skipped(skipped)
-    for r in records:
+    for index, r in enumerate(records):
         prompt = r.prompt if isinstance(r.prompt, str) else [m.model_dump() for m in r.prompt]
+        if cfg.data.context is not None:
+            prompt = with_context(prompt, context_for(cfg.data.context, cfg.seed, index), cfg.data.context.placement)
         if isinstance(r, PreferenceRecord):
             chosen, rejected = (x if isinstance(x, str) else [m.model_dump() for m in x] for x in (r.chosen, r.rejected))
             if kto:

@@ -33,6 +33,7 @@ from tether.core.errors import DataError
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.data.collate import collate_grouped, truncate
+from tether.data.context import context_for, with_context
 from tether.data.records import PreferenceRecord
 from tether.data.sources import PreferenceData, load_records
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
@@ -84,8 +85,10 @@ def load_pairs(spec: str, cfg: RMConfig, tokenizer: Any, run_dir: RunDir) -> lis
     loaded = load_records(spec, PreferenceRecord, seed=cfg.seed, skip_bad=cfg.data.skip_bad)
     run_dir.record_skipped(loaded.skipped)
     pairs = []
-    for r in loaded.records:
+    for index, r in enumerate(loaded.records):
         prompt = r.prompt if isinstance(r.prompt, str) else [m.model_dump() for m in r.prompt]
+        if cfg.data.context is not None:  # a reward model used under a system prompt is trained under it
+            prompt = with_context(prompt, context_for(cfg.data.context, cfg.seed, index), cfg.data.context.placement)
         chosen, rejected = (x if isinstance(x, str) else [m.model_dump() for m in x] for x in (r.chosen, r.rejected))
         if cfg.loss.use_margin and r.margin is None:
             raise DataError(f"{spec}: loss.use_margin is on but a record has no 'margin'")

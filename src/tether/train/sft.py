@@ -17,6 +17,7 @@ from tether.core.config import Config
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.data.collate import Grouped, collate_grouped, pad_batch, truncate
+from tether.data.context import ContextConfig, context_for, with_context
 from tether.data.records import SFTRecord
 from tether.data.sources import load_records
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
@@ -39,6 +40,8 @@ class SFTData(Config):
     length_groups: int = Field(4, ge=1, description="split each micro-batch into up to N groups of similar "
                                "length, each padded on its own: the same loss, less compute spent on padding")
     skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
+    context: ContextConfig | None = Field(None, description="put one of these texts in front of every example's "
+                                          "prompt (the character-first recipe's seed prompts)")
 
 
 class SFTConfig(Config):
@@ -55,12 +58,19 @@ class SFTConfig(Config):
     seed: int = Field(0, description="seeds the model init (tiny:), data order and dropout")
 
 
-def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int) -> TokenizedExample:
-    """One SFT record as ids with the loss on assistant / completion tokens."""
+def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, context: tuple[str, str] | None = None
+                 ) -> TokenizedExample:
+    """One SFT record as ids with the loss on assistant / completion tokens; ``context``: (text, placement)
+    put in front of the prompt."""
     if record.messages is not None:
-        example = tokenize_conversation(tokenizer, [m.model_dump() for m in record.messages])
+        messages: Any = [m.model_dump() for m in record.messages]
+        if context is not None:
+            messages = with_context(messages, *context)
+        example = tokenize_conversation(tokenizer, messages)
     else:
-        prompt = record.prompt if isinstance(record.prompt, str) else [m.model_dump() for m in record.prompt or []]
+        prompt: Any = record.prompt if isinstance(record.prompt, str) else [m.model_dump() for m in record.prompt or []]
+        if context is not None:
+            prompt = with_context(prompt, *context)
         completion = (record.completion if isinstance(record.completion, str)
                       else [m.model_dump() for m in record.completion or []])
         example = tokenize_prompt_completion(tokenizer, prompt, completion)
@@ -133,7 +143,10 @@ def _load(spec: str, cfg: SFTConfig, tokenizer: Any, run_dir: RunDir) -> list[To
         from tether.core.errors import DataError
 
         raise DataError(f"{spec}: no usable records")
-    return [tokenize_sft(r, tokenizer, cfg.data.max_length) for r in loaded.records]
+    ctx = cfg.data.context
+    return [tokenize_sft(r, tokenizer, cfg.data.max_length,
+                         None if ctx is None else (context_for(ctx, cfg.seed, i), ctx.placement))
+            for i, r in enumerate(loaded.records)]
 
 
 @torch.no_grad()

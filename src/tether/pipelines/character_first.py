@@ -1,0 +1,141 @@
+"""The character-first recipe: shape the character while the model is weak, lightly, then amplify
+capability through that character.
+
+1. **Character** (``character``): train the base checkpoint with a seed prompt in front of every
+   training sample, so the model's simulation of a good character is what produces, and is
+   credited for, the outputs being trained — corrigibility first, helpfulness only enough to
+   answer. ``character_recipe``: on-policy RL against a reward (GRPO: the model, prompted,
+   writes what is graded), or preference pairs (DPO) / demonstrations (SFT) with the seed
+   prompt in front. Light touch: a small step budget and early stopping on an evaluation
+   metric (best weights kept).
+2. **At the base checkpoint**: step 1 starts from ``model``, before any capability training.
+3. **Amplify** (``amplify``): RLVR on tasks, with the *same* seed prompts in front of each task
+   (``prompted_amplification``; off, the tasks are bare, the usual recipe), so new skills are
+   exercised through the values of step 1 rather than learned by trial and error on their own.
+4. **Fine-tune** (``finetune``, optional): heavier supervised training only after step 3.
+
+Every stage is a recipe run in its own directory under ``out`` (skipped when already finished, so
+an interrupted pipeline resumes); after each one the model is evaluated bare and, with
+``evaluate_seeded``, under the seed prompts. ``character_first.json`` holds the headline metrics
+of every evaluation with their intervals.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from tether.core.config import Config, load_config
+from tether.data.context import ContextConfig
+from tether.pipelines.stages import Stage, finished, headline
+
+HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "honest.sycophancy", "honest.hallucination",
+            "corrigible.resistance", "helpful.task_accuracy", "helpful.task_accuracy.L3",
+            "helpful.task_accuracy.L4", "honest.hallucination.heldout", "harmless.harmful_compliance.heldout_items",
+            "helpful.task_accuracy.heldout", "format.malformed")
+
+
+class CharacterFirstConfig(Config):
+    """``tether align character-first``: the four steps, each a knob."""
+
+    model: str = Field("world:base", description="the base checkpoint the character is shaped in")
+    seed_prompts: ContextConfig = Field(description="the character seed prompts, in front of training and RLVR prompts")
+    character: Stage = Field(default_factory=lambda: Stage(config="grpo/world-character"),
+                             description="step 1: a config of character_recipe (its data get the seed prompts)")
+    character_recipe: Literal["grpo", "dpo", "sft"] = Field(
+        "grpo", description="step 1's recipe: on-policy RL against a reward, or preference pairs / demonstrations "
+        "with the seed prompt in front of every sample")
+    character_steps: int = Field(40, ge=1, description="step 1's budget in optimizer steps (light touch)")
+    early_stop_metric: str | None = Field("corrigible.resistance",
+                                          description="step 1 stops when this evaluation metric stops improving "
+                                          "(null: run the whole budget)")
+    early_stop_mode: Literal["min", "max"] = Field("min", description="whether lower or higher is better")
+    early_stop_every: int = Field(10, ge=1, description="evaluate every N steps of step 1")
+    early_stop_patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
+    amplify: Stage = Field(default_factory=lambda: Stage(config="grpo/world-rlvr"),
+                           description="step 3: a GRPO config for RLVR")
+    rlvr_tasks: str | None = Field(None, description="step 3's task prompts (data.train); default: the config's")
+    prompted_amplification: bool = Field(True, description="step 3 with the seed prompts in front of each task")
+    finetune: Stage | None = Field(None, description="step 4 (optional): an SFT config, after step 3")
+    evaluation: Stage = Field(default_factory=lambda: Stage(config="eval/world-hhh"),
+                              description="how each stage's model is measured")
+    evaluate_seeded: bool = Field(True, description="also measure each model under the seed prompts")
+    measure: bool = Field(True, description="measure every stage's model (off: a caller measures them itself)")
+    out: str = Field("runs/character-first", description="pipeline directory")
+    seed: int = Field(0, description="seeds every stage")
+
+
+def run(cfg: CharacterFirstConfig) -> dict[str, Any]:
+    """Run (or resume) every step; write and return ``character_first.json``."""
+    from tether.train import dpo, grpo, sft
+
+    recipes: dict[str, tuple[type[Config], Any]] = {
+        "grpo": (grpo.GRPOConfig, grpo.run), "dpo": (dpo.DPOConfig, dpo.run), "sft": (sft.SFTConfig, sft.run)}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    context = json.dumps(cfg.seed_prompts.model_dump(mode="json"))
+    results: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "stages": {}}
+
+    early = ([f"evaluation.every={cfg.early_stop_every}", f"evaluation.metric={cfg.early_stop_metric}",
+              f"evaluation.mode={cfg.early_stop_mode}", f"evaluation.patience={cfg.early_stop_patience}"]
+             if cfg.early_stop_metric else [])
+    config_class, run_character = recipes[cfg.character_recipe]
+    character: Any = load_config(config_class, cfg.character.config, [
+        f"model.path={cfg.model}", f"data.context={context}", f"loop.max_steps={cfg.character_steps}", *early,
+        f"seed={cfg.seed}", *cfg.character.set, f"out={out / 'character'}"])
+    results["stages"]["character"] = _stage(character, run_character)
+
+    tasks = [f"data.train={cfg.rlvr_tasks}"] if cfg.rlvr_tasks else []
+    amplify = load_config(grpo.GRPOConfig, cfg.amplify.config, [
+        f"model.path={out / 'character' / 'model'}", *tasks,
+        f"data.context={context if cfg.prompted_amplification else 'null'}", f"seed={cfg.seed}",
+        *cfg.amplify.set, f"out={out / 'amplify'}"])
+    results["stages"]["amplify"] = _stage(amplify, grpo.run)
+    last = out / "amplify" / "model"
+
+    if cfg.finetune is not None:
+        finetune = load_config(sft.SFTConfig, cfg.finetune.config, [
+            f"model.path={last}", f"seed={cfg.seed}", *cfg.finetune.set, f"out={out / 'finetune'}"])
+        results["stages"]["finetune"] = _stage(finetune, sft.run)
+        last = out / "finetune" / "model"
+
+    models = {"base": cfg.model, "character": str(out / "character" / "model"), "amplify": str(out / "amplify" / "model")}
+    if cfg.finetune is not None:
+        models["finetune"] = str(last)
+    results["evals"] = ({name: measure(cfg, path, out / f"eval-{name}") for name, path in models.items()}
+                        if cfg.measure else {})
+    (out / "character_first.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _stage(cfg: Any, run: Any) -> dict[str, Any]:
+    """Run one recipe unless its directory already holds a finished run; its summary either way."""
+    done = finished(Path(cfg.out))
+    if done is not None:
+        return done
+    if Path(cfg.out, "record.json").is_file():
+        return run(cfg, resume=True)  # type: ignore[no-any-return]
+    return run(cfg)  # type: ignore[no-any-return]
+
+
+def measure(cfg: CharacterFirstConfig, model: str, out: Path) -> dict[str, Any]:
+    """Headline metrics of ``model``, bare and (``evaluate_seeded``) under the seed prompts."""
+    from tether.evals.run import EvalConfig
+    from tether.evals.run import run as evaluate
+
+    conditions = {"bare": None, "seeded": json.dumps(cfg.seed_prompts.model_dump(mode="json"))}
+    if not cfg.evaluate_seeded:
+        conditions.pop("seeded")
+    result = {}
+    for name, context in conditions.items():
+        run_dir = out if name == "bare" else out.with_name(out.name + "-seeded")
+        if not (run_dir / "metrics.json").is_file():
+            ev = load_config(EvalConfig, cfg.evaluation.config, [
+                f"model.path={model}", f"seed={cfg.seed}", *cfg.evaluation.set,
+                *([f"context={context}"] if context else []), f"out={run_dir}"])
+            evaluate(ev, resume=run_dir.exists())
+        result[name] = {"dir": str(run_dir), "metrics": headline(run_dir / "metrics.json", HEADLINE)}
+    return result

@@ -1,0 +1,35 @@
+"""What multi-stage pipelines share: a stage is a recipe's config (shipped name or file) plus overrides,
+run into its own directory, skipped when that directory already holds a finished run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from tether.core.config import Config
+
+
+class Stage(Config):
+    """One stage: a recipe config and overrides on top of it."""
+
+    config: str = Field(description="shipped config name (tether config list) or YAML file")
+    set: list[str] = Field(default_factory=list, description="overrides, as --set takes them")
+
+
+def finished(run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a finished run in ``run_dir``; None if it holds no finished run."""
+    record = run_dir / "record.json"
+    if record.is_file():
+        data = json.loads(record.read_text())
+        if data.get("status") == "finished":
+            return data.get("summary") or {}
+    return None
+
+
+def headline(metrics_json: Path, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """``{metric: {value, ci_low, ci_high, n}}`` for the named metrics of an evaluation's ``metrics.json``."""
+    metrics = json.loads(metrics_json.read_text())["metrics"]
+    return {name: metrics[name] for name in names if name in metrics}
