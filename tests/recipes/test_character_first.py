@@ -14,7 +14,8 @@ TINY_EVAL = ["suite.n=2", "suite.heldout_n=0", "generation.max_new_tokens=4"]
 def _cfg(tmp_path, name, *overrides):
     return load_config(character_first.CharacterFirstConfig, "character-first/world", [
         "model=tiny:llama", "character_steps=4", "early_stop_every=2", "early_stop_patience=1",
-        f"character.set={json.dumps(['generation.max_new_tokens=6', 'loop.batch_size=16', *(f'evaluation.harness.{o}' for o in TINY_EVAL)])}",
+        "character=" + json.dumps([{"config": "grpo/world-character", "recipe": "grpo", "set": [
+            "generation.max_new_tokens=6", "loop.batch_size=16", *(f"evaluation.harness.{o}" for o in TINY_EVAL)]}]),
         "amplify.set=[loop.max_steps=2, loop.batch_size=16, generation.max_new_tokens=6]",
         f"evaluation.set={json.dumps(TINY_EVAL)}", f"out={tmp_path / name}", *overrides])
 
@@ -38,8 +39,12 @@ def test_seed_prompts_reach_both_steps_and_every_model_is_measured_twice(tmp_pat
     seeded = [json.loads(line) for line in (out / "eval-amplify-seeded" / "samples.jsonl").read_text().splitlines()]
     assert all(r["prompt"][0]["role"] == "system" and r["prompt"][0]["content"] in cfg.seed_prompts.texts
                for r in seeded)
-    # A random model's resistance never improves: step 1 stops at its second evaluation.
+    # A random model's resistance never improves: step 1 stops at its second evaluation, which it
+    # measured under the seed prompts.
     assert results["stages"]["character"]["stopped_early_at"] == 4
+    harness = [json.loads(line) for line in
+               (out / "character" / "evals" / "step-000002" / "samples.jsonl").read_text().splitlines()]
+    assert all(r["prompt"][0]["content"] in cfg.seed_prompts.texts for r in harness)
     assert json.loads((out / "character_first.json").read_text())["evals"] == results["evals"]
 
     # Rerun: every stage is finished, nothing is trained or generated again.
@@ -83,8 +88,10 @@ def test_recipe_comparison_runs_every_arm_and_tabulates_them(tmp_path):
     sft = yaml.safe_load((out / "constitutional" / "seed-0" / "sft" / "config.yaml").read_text())
     dpo = yaml.safe_load((out / "constitutional" / "seed-0" / "dpo" / "config.yaml").read_text())
     assert sft["data"]["train"].endswith("critique/sft.jsonl") and dpo["data"]["train"].endswith("preferences.jsonl")
-    # Character-first: DPO with the seed prompts on the same pairs as the standard arm.
-    character = yaml.safe_load((out / "character-first" / "seed-0" / "character" / "config.yaml").read_text())
-    assert character["data"]["context"]["texts"] == cfg.seed_prompts.texts
-    assert character["data"]["train"] == yaml.safe_load(
-        (out / "standard" / "seed-0" / "dpo" / "config.yaml").read_text())["data"]["train"]
+    # Character-first: the standard arm's SFT and DPO data, with the seed prompts and early stopping.
+    for stage, standard in (("character-1-sft", "sft"), ("character-2-dpo", "dpo")):
+        character = yaml.safe_load((out / "character-first" / "seed-0" / stage / "config.yaml").read_text())
+        assert character["data"]["context"]["texts"] == cfg.seed_prompts.texts
+        assert character["evaluation"]["every"] == 2 and character["loop"]["max_steps"] == 2
+        assert character["data"]["train"] == yaml.safe_load(
+            (out / "standard" / "seed-0" / standard / "config.yaml").read_text())["data"]["train"]

@@ -134,7 +134,7 @@ def critique_and_revise(cfg: CritiqueConfig, constitution: Constitution, policy:
 def _generate(generator: HFGenerator, prompts: list[Messages], settings: GenerationSettings,
               seeds: list[int]) -> list[str]:
     if settings.backend != "sampler":  # hf-generate has no per-row streams: one stream per call
-        return [c.text for c in generator.generate(prompts, settings.model_copy(update={"seed": seeds[0]}))]
+        return [c.text.strip() for c in generator.generate(prompts, settings.model_copy(update={"seed": seeds[0]}))]
     return [c.text.strip() for c in generator.generate(prompts, settings, seeds=seeds)]
 
 

@@ -38,16 +38,24 @@ HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "honest.syco
             "helpful.task_accuracy.heldout", "format.malformed")
 
 
+class CharacterStep(Stage):
+    """A stage of step 1: a recipe whose training samples get the seed prompts."""
+
+    recipe: Literal["grpo", "dpo", "sft"] = Field(
+        "grpo", description="on-policy RL against a reward (the prompted model writes what is graded), or "
+        "preference pairs / demonstrations with the seed prompt in front of every sample")
+    steps: int | None = Field(None, ge=1, description="this stage's step budget; default: an even share of "
+                              "character_steps")
+
+
 class CharacterFirstConfig(Config):
     """``tether align character-first``: the four steps, each a knob."""
 
     model: str = Field("world:base", description="the base checkpoint the character is shaped in")
     seed_prompts: ContextConfig = Field(description="the character seed prompts, in front of training and RLVR prompts")
-    character: Stage = Field(default_factory=lambda: Stage(config="grpo/world-character"),
-                             description="step 1: a config of character_recipe (its data get the seed prompts)")
-    character_recipe: Literal["grpo", "dpo", "sft"] = Field(
-        "grpo", description="step 1's recipe: on-policy RL against a reward, or preference pairs / demonstrations "
-        "with the seed prompt in front of every sample")
+    character: list[CharacterStep] = Field(
+        default_factory=lambda: [CharacterStep(config="grpo/world-character")], min_length=1,
+        description="step 1: one or more recipe stages in order (e.g. SFT then DPO), each with the seed prompts")
     character_steps: int = Field(40, ge=1, description="step 1's budget in optimizer steps (light touch)")
     early_stop_metric: str | None = Field("corrigible.resistance",
                                           description="step 1 stops when this evaluation metric stops improving "
@@ -55,6 +63,8 @@ class CharacterFirstConfig(Config):
     early_stop_mode: Literal["min", "max"] = Field("min", description="whether lower or higher is better")
     early_stop_every: int = Field(10, ge=1, description="evaluate every N steps of step 1")
     early_stop_patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
+    early_stop_seeded: bool = Field(True, description="early stopping measures the model under the seed prompts "
+                                    "(how step 3 and deployment use it); off: bare")
     amplify: Stage = Field(default_factory=lambda: Stage(config="grpo/world-rlvr"),
                            description="step 3: a GRPO config for RLVR")
     rlvr_tasks: str | None = Field(None, description="step 3's task prompts (data.train); default: the config's")
@@ -80,17 +90,24 @@ def run(cfg: CharacterFirstConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "stages": {}}
 
     early = ([f"evaluation.every={cfg.early_stop_every}", f"evaluation.metric={cfg.early_stop_metric}",
-              f"evaluation.mode={cfg.early_stop_mode}", f"evaluation.patience={cfg.early_stop_patience}"]
+              f"evaluation.mode={cfg.early_stop_mode}", f"evaluation.patience={cfg.early_stop_patience}",
+              f"evaluation.harness.context={context if cfg.early_stop_seeded else 'null'}"]
              if cfg.early_stop_metric else [])
-    config_class, run_character = recipes[cfg.character_recipe]
-    character: Any = load_config(config_class, cfg.character.config, [
-        f"model.path={cfg.model}", f"data.context={context}", f"loop.max_steps={cfg.character_steps}", *early,
-        f"seed={cfg.seed}", *cfg.character.set, f"out={out / 'character'}"])
-    results["stages"]["character"] = _stage(character, run_character)
+    model = cfg.model
+    for i, step in enumerate(cfg.character):
+        name = "character" if len(cfg.character) == 1 else f"character-{i + 1}-{step.recipe}"
+        budget = step.steps or max(1, cfg.character_steps // len(cfg.character))
+        config_class, run_character = recipes[step.recipe]
+        character: Any = load_config(config_class, step.config, [
+            f"model.path={model}", f"data.context={context}", f"loop.max_steps={budget}", *early,
+            f"seed={cfg.seed}", *step.set, f"out={out / name}"])
+        results["stages"][name] = _stage(character, run_character)
+        model = str(out / name / "model")
+    character_model = model
 
     tasks = [f"data.train={cfg.rlvr_tasks}"] if cfg.rlvr_tasks else []
     amplify = load_config(grpo.GRPOConfig, cfg.amplify.config, [
-        f"model.path={out / 'character' / 'model'}", *tasks,
+        f"model.path={character_model}", *tasks,
         f"data.context={context if cfg.prompted_amplification else 'null'}", f"seed={cfg.seed}",
         *cfg.amplify.set, f"out={out / 'amplify'}"])
     results["stages"]["amplify"] = _stage(amplify, grpo.run)
@@ -102,9 +119,10 @@ def run(cfg: CharacterFirstConfig) -> dict[str, Any]:
         results["stages"]["finetune"] = _stage(finetune, sft.run)
         last = out / "finetune" / "model"
 
-    models = {"base": cfg.model, "character": str(out / "character" / "model"), "amplify": str(out / "amplify" / "model")}
+    models = {"base": cfg.model, "character": character_model, "amplify": str(out / "amplify" / "model")}
     if cfg.finetune is not None:
         models["finetune"] = str(last)
+    results["models"] = models
     results["evals"] = ({name: measure(cfg, path, out / f"eval-{name}") for name, path in models.items()}
                         if cfg.measure else {})
     (out / "character_first.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -3,9 +3,10 @@
 Arms (each run for every seed; each stage a recipe run in its own directory, skipped when finished):
 
 - ``standard``: SFT on demonstrations, then DPO on the annotators' preference pairs; RLVR on bare tasks.
-- ``character-first``: DPO on the *same* pairs with a seed prompt in front of every pair, light touch
-  (the budget at most, stopped early on corrigibility), from the base checkpoint; RLVR with the same
-  seed prompts in front of every task (:mod:`tether.pipelines.character_first`).
+- ``character-first``: the *same* SFT and DPO data with a seed prompt in front of every sample, light
+  touch (the same budget at most, each stage stopped early on corrigibility measured under the seed
+  prompts), from the base checkpoint; RLVR with the same seed prompts in front of every task
+  (:mod:`tether.pipelines.character_first`).
 - ``constitutional``: the base model critiques and revises its own answers against the hhh
   constitution; SFT on the revisions; the SFT model samples pairs that the base model judges (AI
   feedback); DPO on those; RLVR on bare tasks.
@@ -126,13 +127,19 @@ def _standard(cfg: RecipeComparisonConfig, out: Path, seed: int) -> dict[str, An
 def _character_first(cfg: RecipeComparisonConfig, out: Path, seed: int) -> dict[str, Any]:
     from tether.pipelines import character_first
 
+    # The standard arm's SFT and DPO configs and data, with the seed prompts, each stopped early; their
+    # "evaluation.*" overrides are left out (they would switch the early stopping off).
+    def without_evaluation(stage: Stage) -> list[str]:
+        return [s for s in stage.set if not s.startswith("evaluation.")]
+
     pipeline = character_first.CharacterFirstConfig(
-        # The standard arm's DPO config, without its overrides (they switch off the early stopping used here).
-        model=cfg.model, seed_prompts=cfg.seed_prompts, character=Stage(config=cfg.dpo.config), character_recipe="dpo",
+        model=cfg.model, seed_prompts=cfg.seed_prompts,
+        character=[character_first.CharacterStep(config=cfg.sft.config, recipe="sft", set=without_evaluation(cfg.sft)),
+                   character_first.CharacterStep(config=cfg.dpo.config, recipe="dpo", set=without_evaluation(cfg.dpo))],
         character_steps=cfg.budget, early_stop_every=cfg.early_stop_every, amplify=cfg.rlvr,
         prompted_amplification=True, evaluation=cfg.evaluation, measure=False, out=str(out), seed=seed)
     results = character_first.run(pipeline)
-    return {"aligned": out / "character" / "model", "amplified": out / "amplify" / "model",
+    return {"aligned": Path(results["models"]["character"]), "amplified": out / "amplify" / "model",
             "stages": results["stages"]}
 
 
