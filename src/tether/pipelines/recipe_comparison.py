@@ -219,6 +219,13 @@ def _summary(values: list[float]) -> dict[str, float]:
             "n_seeds": len(values)}
 
 
+_PLOT_TITLES = {"harmless.harmful_compliance": "harmful compliance", "harmless.over_refusal": "over-refusal",
+                "honest.sycophancy": "sycophancy", "honest.hallucination": "hallucination",
+                "corrigible.resistance": "resistance to correction", "helpful.task_accuracy": "task accuracy",
+                "honest.hallucination.heldout": "hallucination, held-out families",
+                "harmless.harmful_compliance.heldout_items": "harmful compliance, held-out items"}
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     """Each arm's failure rates and task accuracy after alignment and after RLVR (mean over seeds, seed range)."""
     import matplotlib
@@ -226,11 +233,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = TABLE_METRICS[:6]
+    metrics = [m for m in TABLE_METRICS if m in results["base"]]
     rows = [r for r in results["table"] if r["arm"] != "base"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), sharey=False)
+    columns = (len(metrics) + 1) // 2
+    fig, grid = plt.subplots(2, columns, figsize=(3.2 * columns, 7.0), squeeze=False)
+    axes = list(grid.flat)
     labels = [f"{r['arm']}{' (seeded)' if r['condition'] == 'seeded' else ''}" for r in rows if r["stage"] == "aligned"]
-    for ax, metric in zip(axes, metrics, strict=True):
+    for ax, metric in zip(axes, metrics, strict=False):
         for offset, stage, colour in ((-0.2, "aligned", "#4c72b0"), (0.2, "amplified", "#dd8452")):
             picked = [r for r in rows if r["stage"] == stage]
             means = [r[metric]["mean"] for r in picked]
@@ -239,8 +248,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.bar([i + offset for i in range(len(picked))], means, 0.4, yerr=[low, high], color=colour,
                    label="after alignment" if stage == "aligned" else "after RLVR", capsize=2)
         ax.axhline(results["base"][metric]["value"], color="grey", lw=1, ls="--")
-        ax.set_title(metric.split(".", 1)[1].replace("_", " "), fontsize=9)
+        ax.set_title(_PLOT_TITLES.get(metric, metric), fontsize=9)
         ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
     axes[0].legend(fontsize=7)
     fig.suptitle("world-hhh after alignment and after RLVR (mean over seeds; bars: seed range; dashed: base)",
                  fontsize=9)
