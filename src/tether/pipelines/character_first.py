@@ -4,10 +4,10 @@ capability through that character.
 1. **Character** (``character``): train the base checkpoint with a seed prompt in front of every
    training sample, so the model's simulation of a good character is what produces, and is
    credited for, the outputs being trained — corrigibility first, helpfulness only enough to
-   answer. ``character_recipe``: on-policy RL against a reward (GRPO: the model, prompted,
-   writes what is graded), or preference pairs (DPO) / demonstrations (SFT) with the seed
-   prompt in front. Light touch: a small step budget and early stopping on an evaluation
-   metric (best weights kept).
+   answer. One or more stages in order, each a recipe: on-policy RL against a reward (GRPO: the
+   model, prompted, writes what is graded), or preference pairs (DPO) / demonstrations (SFT)
+   with the seed prompt in front. Light touch: a small step budget and early stopping on an
+   evaluation metric, measured under the seed prompts (best weights kept).
 2. **At the base checkpoint**: step 1 starts from ``model``, before any capability training.
 3. **Amplify** (``amplify``): RLVR on tasks, with the *same* seed prompts in front of each task
    (``prompted_amplification``; off, the tasks are bare, the usual recipe), so new skills are
