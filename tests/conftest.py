@@ -43,3 +43,53 @@ def tiny_llama(tokenizer):
     from tether.models.tiny import build_tiny_model
 
     return build_tiny_model("llama", tokenizer, seed=0)
+
+
+class ChatEndpoint:
+    """A loopback OpenAI-compatible ``/v1/chat/completions`` server: ``reply(body) -> text`` answers each
+    request (``None``: HTTP 500); ``requests`` records every body received."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        self.reply = lambda body: body["messages"][-1]["content"]
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                endpoint.requests.append(body)
+                text = endpoint.reply(body)
+                if text is None:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                payload = {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture()
+def chat_endpoint():
+    """A :class:`ChatEndpoint` for the test's duration."""
+    endpoint = ChatEndpoint()
+    yield endpoint
+    endpoint.close()

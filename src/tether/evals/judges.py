@@ -9,15 +9,9 @@ opens with a refusal phrase) is a *judge refusal*; both are counted, neither bec
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -218,32 +212,17 @@ class _HFJudge:
 
 class _OpenAIJudge:
     def __init__(self, cfg: JudgeConfig) -> None:
-        self._cfg = cfg
-        self._endpoint = cfg.url.rstrip("/") + "/chat/completions"
-        self._key = os.environ.get(cfg.api_key_env, "")
+        from tether.models.generation import GenerationSettings
+        from tether.models.http import EndpointConfig, HTTPGenerator
 
-    def _one(self, text: str) -> tuple[str | None, str]:
-        body = json.dumps({"model": self._cfg.model, "messages": [{"role": "user", "content": text}],
-                           "temperature": 0, "max_tokens": self._cfg.max_new_tokens}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        error = ""
-        for attempt in range(self._cfg.retries + 1):
-            try:
-                request = urllib.request.Request(self._endpoint, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self._cfg.timeout_s) as response:
-                    payload: Any = json.loads(response.read())
-                return str(payload["choices"][0]["message"]["content"]), ""
-            except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                if attempt < self._cfg.retries:
-                    time.sleep(0.5 * 2 ** attempt)
-        return None, error
+        self._generator = HTTPGenerator(EndpointConfig(
+            url=cfg.url, model=cfg.model, api_key_env=cfg.api_key_env, concurrency=cfg.batch_size,
+            timeout_s=cfg.timeout_s, retries=cfg.retries))
+        self._settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
 
     def __call__(self, texts: list[str]) -> list[tuple[str | None, str]]:
-        with ThreadPoolExecutor(max_workers=self._cfg.batch_size) as pool:
-            return list(pool.map(self._one, texts))
+        completions = self._generator.generate(texts, self._settings)
+        return [(None, c.error) if c.finish_reason == "error" else (c.text, "") for c in completions]
 
 
 SCORERS.register("judge")(ScorerKind(JudgeConfig, JudgeScorer))

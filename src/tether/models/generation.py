@@ -52,7 +52,8 @@ class Completion:
     token_ids: list[int]
     logprobs: list[float] = field(default_factory=list)
     entropies: list[float] = field(default_factory=list)  # of the raw next-token distribution at each step
-    finish_reason: Literal["eos", "stop", "length"] = "length"
+    finish_reason: Literal["eos", "stop", "length", "error"] = "length"
+    error: str = ""  # why a remote backend gave no completion (finish_reason "error")
 
 
 class Generator(Protocol):
