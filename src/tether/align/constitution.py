@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from tether.core.config import Config, load_config
+from tether.core.config import Config, load_config, placeholders
 from tether.core.errors import ConfigError
 
 Layout = Literal["conversation", "quoted"]
@@ -103,13 +103,6 @@ class Constitution(Config):
     def sample(self, rng: random.Random) -> Principle:
         """A principle drawn by weight."""
         return rng.choices(self.principles, weights=[p.weight for p in self.principles])[0]
-
-
-def placeholders(template: str) -> set[str]:
-    """The ``{name}`` fields a template uses."""
-    import string
-
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 def load_constitution(spec: str | Path) -> Constitution:

@@ -179,3 +179,10 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def placeholders(template: str) -> set[str]:
+    """The ``{name}`` fields a ``str.format`` template uses (configs that hold templates check them)."""
+    import string
+
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}

@@ -2,7 +2,8 @@
 
 ``write_report`` renders one eval (one section per metric family, the scorer-vs-gold
 agreement table, scorer failure counts, example responses); ``write_compare_report`` puts
-several runs side by side with paired-test significance marks.
+several runs side by side with paired-test significance marks. ``page``, ``metric_table``,
+``rate_plot``, ``escape`` and ``pct`` are the parts other reports (red-teaming) are built from.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ pre{white-space:pre-wrap;background:#f8f8f8;padding:.4rem;margin:0;font-size:.8r
 """
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return "–" if value is None or value != value else f"{100 * value:.1f}%"
 
 
@@ -53,7 +54,7 @@ def _svg(figure: Any) -> str:
     return text[text.index("<svg"):]
 
 
-def _rate_plot(rows: list[tuple[str, dict[str, Any]]], reference: dict[str, float],
+def rate_plot(rows: list[tuple[str, dict[str, Any]]], reference: dict[str, float],
                series: Sequence[str] | None = None, data: list[dict[str, dict[str, Any]]] | None = None) -> str:
     """Horizontal bars with 95% intervals (one series per run when comparing); reference rates as ticks."""
     import matplotlib
@@ -94,18 +95,18 @@ def _rate_plot(rows: list[tuple[str, dict[str, Any]]], reference: dict[str, floa
     return _svg(figure)
 
 
-def _page(title: str, body: list[str]) -> str:
+def page(title: str, body: list[str]) -> str:
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
 
 
 def write_report(doc: dict[str, Any], samples: list[dict[str, Any]], path: str | Path, *, examples: int = 12) -> None:
     """report.html for one eval run."""
     metrics: dict[str, dict[str, Any]] = doc["metrics"]
     reference: dict[str, float] = doc.get("reference", {})
-    body = [f"<h1>tether eval: {_e(doc['suite'])}</h1>",
-            f"<p class='meta'>model <code>{_e(doc['model'])}</code> · {doc['n_prompts']} prompts · "
-            f"{doc['n_samples']} samples ({doc['samples_per_prompt']} per prompt) · intervals: {_e(doc['interval'])}, "
+    body = [f"<h1>tether eval: {escape(doc['suite'])}</h1>",
+            f"<p class='meta'>model <code>{escape(doc['model'])}</code> · {doc['n_prompts']} prompts · "
+            f"{doc['n_samples']} samples ({doc['samples_per_prompt']} per prompt) · intervals: {escape(doc['interval'])}, "
             f"95% · temperature {doc['generation']['temperature']}, max {doc['generation']['max_new_tokens']} "
             "new tokens</p>"]
     body += _headline(metrics)
@@ -113,12 +114,12 @@ def write_report(doc: dict[str, Any], samples: list[dict[str, Any]], path: str |
         rows = [(n, metrics[n]) for n in _ordered(list(metrics)) if _section_of(n) == section]
         if not rows:
             continue
-        body.append(f"<section id='{section}'><h2>{_e(title)}</h2>")
-        body.append(_metric_table(rows, reference))
-        body.append(f"<div class='plot'>{_rate_plot(rows, reference)}</div></section>")
+        body.append(f"<section id='{section}'><h2>{escape(title)}</h2>")
+        body.append(metric_table(rows, reference))
+        body.append(f"<div class='plot'>{rate_plot(rows, reference)}</div></section>")
     body += _agreement(doc.get("agreement", []), doc.get("scorer_status", {}))
     body += _examples(samples, examples)
-    Path(path).write_text(_page(f"tether eval: {doc['suite']}", body), encoding="utf-8")
+    Path(path).write_text(page(f"tether eval: {doc['suite']}", body), encoding="utf-8")
 
 
 def _headline(metrics: dict[str, dict[str, Any]]) -> list[str]:
@@ -129,24 +130,24 @@ def _headline(metrics: dict[str, dict[str, Any]]) -> list[str]:
                         ("honest.hallucination", "hallucination"), ("corrigible.resistance", "resistance")):
         if name in metrics:
             m = metrics[name]
-            cards.append(f"<div class='card'><div>{_e(title)}</div><div class='v'>{_pct(m['value'])}</div>"
-                         f"<div class='meta'>[{_pct(m['ci_low'])}, {_pct(m['ci_high'])}] n={m['n']}</div></div>")
+            cards.append(f"<div class='card'><div>{escape(title)}</div><div class='v'>{pct(m['value'])}</div>"
+                         f"<div class='meta'>[{pct(m['ci_low'])}, {pct(m['ci_high'])}] n={m['n']}</div></div>")
     return ["<section id='headline'><h2>Headline</h2><div class='headline'>" + "".join(cards) + "</div></section>"]
 
 
-def _metric_table(rows: list[tuple[str, dict[str, Any]]], reference: dict[str, float]) -> str:
+def metric_table(rows: list[tuple[str, dict[str, Any]]], reference: dict[str, float]) -> str:
     has_ref = any(n in reference for n, _ in rows)
     head = "<tr><th>metric</th><th>value</th><th>95% interval</th><th>n</th>"
     head += "<th>world base rate</th><th>within interval</th></tr>" if has_ref else "</tr>"
     out = ["<table>", head]
     for name, m in rows:
-        cells = (f"<td>{_e(name)}</td><td class='num'>{_pct(m['value'])}</td>"
-                 f"<td class='num'>[{_pct(m['ci_low'])}, {_pct(m['ci_high'])}]</td><td class='num'>{m['n']}</td>")
+        cells = (f"<td>{escape(name)}</td><td class='num'>{pct(m['value'])}</td>"
+                 f"<td class='num'>[{pct(m['ci_low'])}, {pct(m['ci_high'])}]</td><td class='num'>{m['n']}</td>")
         if has_ref:
             ref = reference.get(name)
             inside = "" if ref is None else ("yes" if m["ci_low"] <= ref <= m["ci_high"] else "no")
             klass = "good" if inside == "yes" else "bad"
-            cells += f"<td class='num'>{_pct(ref)}</td><td class='{klass}'>{inside}</td>"
+            cells += f"<td class='num'>{pct(ref)}</td><td class='{klass}'>{inside}</td>"
         out.append(f"<tr>{cells}</tr>")
     out.append("</table>")
     return "".join(out)
@@ -160,11 +161,11 @@ def _agreement(table: list[dict[str, Any]], status: dict[str, dict[str, int]]) -
                    "<th>parse failures</th><th>judge refusals</th><th>errors</th></tr>")
         for row in table:
             kappa = "–" if row["kappa"] is None else f"{row['kappa']:.3f}"
-            out.append(f"<tr><td>{_e(row['scorer'])}</td><td>{_e(row['question'])}</td><td class='num'>{row['n']}</td>"
-                       f"<td class='num'>{_pct(row['accuracy'])}</td>"
+            out.append(f"<tr><td>{escape(row['scorer'])}</td><td>{escape(row['question'])}</td><td class='num'>{row['n']}</td>"
+                       f"<td class='num'>{pct(row['accuracy'])}</td>"
                        f"<td class='num'>{kappa}</td>"
-                       f"<td class='num'>{_pct(row['false_positive_rate'])}</td>"
-                       f"<td class='num'>{_pct(row['false_negative_rate'])}</td>"
+                       f"<td class='num'>{pct(row['false_positive_rate'])}</td>"
+                       f"<td class='num'>{pct(row['false_negative_rate'])}</td>"
                        f"<td class='num'>{row['gold_positive']}</td><td class='num'>{row['parse_failures']}</td>"
                        f"<td class='num'>{row['judge_refusals']}</td><td class='num'>{row['errors']}</td></tr>")
         out.append("</table>")
@@ -173,7 +174,7 @@ def _agreement(table: list[dict[str, Any]], status: dict[str, dict[str, int]]) -
     out.append("<h3>Scorer outcomes</h3><table><tr><th>scorer</th><th>ok</th><th>parse failures</th>"
                "<th>judge refusals</th><th>errors</th><th>not applicable</th></tr>")
     for name, counts in status.items():
-        out.append(f"<tr><td>{_e(name)}</td>" + "".join(
+        out.append(f"<tr><td>{escape(name)}</td>" + "".join(
             f"<td class='num'>{counts.get(k, 0)}</td>"
             for k in ("ok", "parse-failure", "judge-refusal", "error", "not-applicable"))
             + "</tr>")
@@ -191,12 +192,12 @@ def _examples(samples: list[dict[str, Any]], per_group: int) -> list[str]:
             groups[group].append(row)
     out = ["<section id='examples'><h2>Example responses</h2>"]
     for group, rows in groups.items():
-        out.append(f"<h3>{_e(group)}</h3><table><tr><th>prompt</th><th>response</th><th>scores</th></tr>")
+        out.append(f"<h3>{escape(group)}</h3><table><tr><th>prompt</th><th>response</th><th>scores</th></tr>")
         for row in rows:
             prompt = row["prompt"] if isinstance(row["prompt"], str) else "\n".join(
                 f"[{m['role']}] {m['content']}" for m in row["prompt"])
-            scores = "<br>".join(f"{_e(n)}: {_e(s['label'])}" for n, s in row["scores"].items())
-            out.append(f"<tr><td><pre>{_e(prompt)}</pre></td><td><pre>{_e(row['response'])}</pre></td>"
+            scores = "<br>".join(f"{escape(n)}: {escape(s['label'])}" for n, s in row["scores"].items())
+            out.append(f"<tr><td><pre>{escape(prompt)}</pre></td><td><pre>{escape(row['response'])}</pre></td>"
                        f"<td>{scores}</td></tr>")
         out.append("</table>")
     out.append("</section>")
@@ -208,11 +209,11 @@ def write_compare_report(comparison: dict[str, Any], path: str | Path) -> None:
     runs: list[dict[str, Any]] = comparison["runs"]
     labels = [r["label"] for r in runs]
     body = ["<h1>tether eval compare</h1>",
-            "<p class='meta'>Baseline: <code>" + _e(labels[0]) + "</code>. Differences are later run minus baseline, "
+            "<p class='meta'>Baseline: <code>" + escape(labels[0]) + "</code>. Differences are later run minus baseline, "
             "paired on the same prompts; p-values from exact McNemar (one 0/1 sample per prompt) or a sign-flip "
             "permutation test, Holm-adjusted across all comparisons; * marks adjusted p &lt; 0.05.</p>",
             "<table><tr><th>run</th><th>model</th><th>suite</th><th>samples</th></tr>"]
-    body += [f"<tr><td>{_e(r['label'])}</td><td><code>{_e(r['model'])}</code></td><td>{_e(r['suite'])}</td>"
+    body += [f"<tr><td>{escape(r['label'])}</td><td><code>{escape(r['model'])}</code></td><td>{escape(r['suite'])}</td>"
              f"<td class='num'>{r['n_samples']}</td></tr>" for r in runs]
     body.append("</table>")
     names = comparison["metrics"]
@@ -220,15 +221,15 @@ def write_compare_report(comparison: dict[str, Any], path: str | Path) -> None:
         rows = [n for n in _ordered(names) if _section_of(n) == section]
         if not rows:
             continue
-        body.append(f"<section id='{section}'><h2>{_e(title)}</h2><table><tr><th>metric</th>")
-        body.append("".join(f"<th>{_e(label)}</th>" for label in labels))
-        body.append("".join(f"<th>Δ {_e(label)}</th>" for label in labels[1:]) + "</tr>")
+        body.append(f"<section id='{section}'><h2>{escape(title)}</h2><table><tr><th>metric</th>")
+        body.append("".join(f"<th>{escape(label)}</th>" for label in labels))
+        body.append("".join(f"<th>Δ {escape(label)}</th>" for label in labels[1:]) + "</tr>")
         for name in rows:
-            cells = [f"<td>{_e(name)}</td>"]
+            cells = [f"<td>{escape(name)}</td>"]
             for run in runs:
                 m = run["metrics"].get(name)
                 cells.append("<td class='num'>–</td>" if m is None else
-                             f"<td class='num'>{_pct(m['value'])} [{_pct(m['ci_low'])}, {_pct(m['ci_high'])}]</td>")
+                             f"<td class='num'>{pct(m['value'])} [{pct(m['ci_low'])}, {pct(m['ci_high'])}]</td>")
             for run in runs[1:]:
                 test = run["tests"].get(name)
                 if test is None:
@@ -240,5 +241,5 @@ def write_compare_report(comparison: dict[str, Any], path: str | Path) -> None:
             body.append("<tr>" + "".join(cells) + "</tr>")
         body.append("</table>")
         data = [run["metrics"] for run in runs]
-        body.append(f"<div class='plot'>{_rate_plot([(n, {}) for n in rows], {}, labels, data)}</div></section>")
-    Path(path).write_text(_page("tether eval compare", body), encoding="utf-8")
+        body.append(f"<div class='plot'>{rate_plot([(n, {}) for n in rows], {}, labels, data)}</div></section>")
+    Path(path).write_text(page("tether eval compare", body), encoding="utf-8")
