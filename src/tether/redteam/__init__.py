@@ -1,0 +1,1 @@
+"""Red-teaming: attacks (jailbreak templates, converters, search), targets, scoring, adversarial data."""
