@@ -27,6 +27,8 @@ CONFIG_CLASSES: dict[str, str] = {
     "feedback": "tether.align.feedback:FeedbackConfig",
     "distill": "tether.align.distill:DistillConfig",
     "character-first": "tether.pipelines.character_first:CharacterFirstConfig",
+    "jailbreaks": "tether.redteam.attacks:TemplateLibrary",
+    "redteam": "tether.redteam.run:RedteamConfig",
 }
 
 

@@ -21,6 +21,7 @@ from tether.cli import (
     eval_cmd,
     experiment_cmd,
     models_cmd,
+    redteam_cmd,
     train_cmd,
     world_cmd,
 )
@@ -35,6 +36,7 @@ app = typer.Typer(
 app.add_typer(world_cmd.app, name="world")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(redteam_cmd.app, name="redteam")
 app.add_typer(align_cmd.app, name="align")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")

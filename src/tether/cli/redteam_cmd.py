@@ -1,0 +1,63 @@
+"""``tether redteam``: attack a model (in-process or behind an endpoint) and report attack success."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, build_config
+
+app = typer.Typer(help="Red-team a model: jailbreak templates, converters and best-of-N against goals, scored "
+                       "(attacks.jsonl, metrics.json, report.html under --out).\n\n"
+                       "Example: tether redteam --target world:base --attacks direct,role-play,role-play+base64 "
+                       "--out runs/redteam")
+
+
+@app.callback(invoke_without_command=True)
+def redteam(
+    target: Annotated[str | None, typer.Option("--target", "-t", help="model directory, tiny:ARCH, world:base "
+                                               "(default), or an OpenAI-compatible URL (http://host:port/v1)")] = None,
+    attacks: Annotated[str | None, typer.Option("--attacks", "-a", help="comma-separated specs: TEMPLATE, "
+                                                "CONVERTER, or +-joined (role-play+base64, best-of-16+direct); "
+                                                "default: every template and every converter")] = None,
+    goals: Annotated[str | None, typer.Option("--goals", help="a goals file (default: the world's hazards)")] = None,
+    goals_format: Annotated[str, typer.Option("--goals-format", help="jsonl, harmbench or advbench")] = "jsonl",
+    split: Annotated[str | None, typer.Option("--split", help="world goals: train or heldout items")] = None,
+    n: Annotated[int | None, typer.Option("-n", help="goals (world: drawn; files: the first n)")] = None,
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+) -> None:
+    """Attack, score and report: attacks.jsonl, metrics.json and report.html under --out.
+
+    Example: tether redteam --target world:base --attacks direct,role-play,role-play+base64 --out runs/redteam
+    """
+    from tether.redteam import run as recipe
+    from tether.redteam.attacks import parse_attack
+
+    overrides = list(set_ or [])
+    if target is not None:
+        overrides.append(f"target={target}")
+    if attacks is not None:
+        specs = [parse_attack(s) for s in attacks.split(",") if s.strip()]
+        overrides.append(f"attacks={json.dumps(specs)}")
+    if goals is not None:
+        overrides += [f"goals.source={goals_format}", f"goals.path={goals}"]
+    for key, value in (("goals.split", split), ("goals.n", n)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = build_config(recipe.RedteamConfig, config, overrides, out)
+    doc = recipe.run(cfg, resume=resume)
+    metrics = doc["metrics"]
+    width = max(len(k) for k in doc["attacks"]) + 2
+    typer.echo(f"{'attack':{width}} {'ASR':>7}  {'95% interval':>17} {'goals':>6}")
+    for kind in [*doc["attacks"], "all"]:
+        m = metrics.get(f"asr.{kind}")
+        if m is not None:
+            typer.echo(f"{kind:{width}} {100 * m['value']:6.1f}%  [{100 * m['ci_low']:5.1f}, "
+                       f"{100 * m['ci_high']:5.1f}]% {m['n']:>6}")
+    rate = doc["throughput"]["attacks_per_s"]
+    if rate is not None:
+        typer.echo(f"throughput: {rate:.1f} attacks/s ({doc['throughput']['prompts_generated']} prompts)")
+    typer.echo(f"report: {Path(cfg.out) / 'report.html'}   metrics: {Path(cfg.out) / 'metrics.json'}")
