@@ -24,15 +24,20 @@ from tether.models.chat import Prompt
 from tether.models.generation import Completion, GenerationSettings
 
 
-class EndpointConfig(Config):
-    """An OpenAI-compatible chat-completions endpoint."""
+class EndpointOptions(Config):
+    """How to talk to an OpenAI-compatible endpoint (everything but where it is)."""
 
-    url: str = Field(description="base URL, up to and including /v1 (e.g. http://localhost:8000/v1)")
     model: str = Field("default", description="the model name the endpoint serves")
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key, if any")
     concurrency: int = Field(8, ge=1, description="requests in flight at once")
     timeout_s: float = Field(60.0, gt=0, description="per request")
     retries: int = Field(2, ge=0, description="retries after a failed request")
+
+
+class EndpointConfig(EndpointOptions):
+    """An OpenAI-compatible chat-completions endpoint."""
+
+    url: str = Field(description="base URL, up to and including /v1 (e.g. http://localhost:8000/v1)")
 
 
 class HTTPGenerator:
