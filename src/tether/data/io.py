@@ -7,7 +7,7 @@ skipped and counted (the caller records the count in its run record), never drop
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -71,6 +71,20 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
                 yield f"{path}:{number}", json.loads(line)
             except json.JSONDecodeError as exc:
                 yield f"{path}:{number}", UnparsedRow(f"invalid JSON ({exc.msg} at column {exc.colno})")
+
+
+def jsonl_objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``("FILE:LINE", object)`` for every non-blank line of a JSONL file; a missing file, a line that is
+    not JSON or not an object is a :class:`DataError` naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    for where, row in _jsonl_rows(path):
+        if isinstance(row, UnparsedRow):
+            raise DataError(f"{where}: {row.reason}")
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        yield where, row
 
 
 @dataclass

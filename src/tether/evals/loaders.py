@@ -16,13 +16,13 @@ A missing column or a malformed row is a :class:`DataError` naming the file and 
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tether.core.errors import DataError
+from tether.data.io import jsonl_objects
 from tether.models.chat import Prompt
 
 
@@ -106,38 +106,26 @@ _LABELS = {"harmful": "harmful", "unsafe": "harmful", "benign": "benign", "safe"
 
 def load_jsonl_prompts(path: str | Path) -> list[EvalPrompt]:
     """JSONL prompts with labels (see the module docstring for the fields)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
     out = []
-    with path.open(encoding="utf-8") as fh:
-        for line, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{line}: not JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line}: expected a JSON object")
-            prompt = row.get("prompt")
-            if not (isinstance(prompt, str) and prompt.strip()) and not (
-                    isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m
-                                                                for m in prompt)):
-                raise DataError(f"{path}:{line}: field 'prompt': a non-empty string or a list of "
-                                "{role, content} messages is required")
-            label = row.get("label")
-            if label is not None and str(label).lower() not in _LABELS:
-                raise DataError(f"{path}:{line}: field 'label' is {label!r}; expected one of {', '.join(_LABELS)}")
-            if "response" in row and not isinstance(row["response"], str):
-                raise DataError(f"{path}:{line}: field 'response' must be a string")
-            gold = row.get("gold_labels")
-            if gold is not None and not (isinstance(gold, dict) and all(isinstance(v, bool) for v in gold.values())):
-                raise DataError(f"{path}:{line}: field 'gold_labels' must map questions to true/false")
-            meta = {k: v for k, v in row.items() if k not in ("prompt", "id")}
-            if label is not None:
-                meta["label"] = _LABELS[str(label).lower()]
-            out.append(EvalPrompt(str(row.get("id", f"jsonl:{line}")), prompt, meta))
+    for where, row in jsonl_objects(path):
+        prompt = row.get("prompt")
+        if not (isinstance(prompt, str) and prompt.strip()) and not (
+                isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m and "content" in m
+                                                            for m in prompt)):
+            raise DataError(f"{where}: field 'prompt': a non-empty string or a list of "
+                            "{role, content} messages is required")
+        label = row.get("label")
+        if label is not None and str(label).lower() not in _LABELS:
+            raise DataError(f"{where}: field 'label' is {label!r}; expected one of {', '.join(_LABELS)}")
+        if "response" in row and not isinstance(row["response"], str):
+            raise DataError(f"{where}: field 'response' must be a string")
+        gold = row.get("gold_labels")
+        if gold is not None and not (isinstance(gold, dict) and all(isinstance(v, bool) for v in gold.values())):
+            raise DataError(f"{where}: field 'gold_labels' must map questions to true/false")
+        meta = {k: v for k, v in row.items() if k not in ("prompt", "id")}
+        if label is not None:
+            meta["label"] = _LABELS[str(label).lower()]
+        out.append(EvalPrompt(str(row.get("id", f"jsonl:{where.rsplit(':', 1)[1]}")), prompt, meta))
     return out
 
 

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SerializeAsAny, field_validator
+from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import UserError
@@ -30,7 +30,7 @@ from tether.core.stats import Rate, agreement, bootstrap_mean, pass_at_k, wilson
 from tether.data.context import ContextConfig, context_for, with_context
 from tether.data.io import write_jsonl
 from tether.evals.loaders import EvalPrompt
-from tether.evals.scorers import Sample, Score, ScorerConfig, build_scorer, scorer_config
+from tether.evals.scorers import Sample, Score, ScorerList, build_scorer
 from tether.evals.suites import Answers, SuiteConfig, build_suite
 from tether.models.generation import GenerationSettings, Generator
 from tether.models.loading import ModelConfig
@@ -54,19 +54,12 @@ class EvalConfig(Config):
     context: ContextConfig | None = Field(None, description="put one of these texts in front of every prompt "
                                           "(a system prompt the model is deployed with); ids are kept, so runs "
                                           "with and without it pair up in eval compare")
-    scorers: list[SerializeAsAny[ScorerConfig]] = Field(
+    scorers: ScorerList = Field(
         default_factory=list, description="scorers in order ({kind: ..., ...}); empty: the suite's defaults")
     chunk_prompts: int = Field(256, ge=1, description="prompts generated between appends to generations.jsonl")
     report_samples: int = Field(12, ge=0, description="example responses per family shown in report.html")
     seed: int = Field(0, description="generation seed (the suite has its own for drawing prompts)")
     out: str = Field("runs/eval", description="output directory")
-
-    @field_validator("scorers", mode="before")
-    @classmethod
-    def _typed_scorers(cls, value: Any) -> Any:
-        if not isinstance(value, list):
-            return value
-        return [scorer_config(v) for v in value]
 
 
 def model_path_for(cfg: EvalConfig) -> str:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field, SerializeAsAny
 
 from tether.core.config import Config
 from tether.core.registry import Registry
@@ -113,6 +113,15 @@ def scorer_config(raw: Any) -> ScorerConfig:
     _load_builtin_kinds()
     load_plugins()
     return SCORERS.get(str(raw["kind"])).config.model_validate(raw)
+
+
+def _typed_scorers(value: Any) -> Any:
+    return [scorer_config(v) for v in value] if isinstance(value, list) else value
+
+
+# A config field holding scorers: each ``{kind: ..., ...}`` validated against its kind's config class
+# (and dumped with its own fields, not only the base class's).
+ScorerList = Annotated[list[SerializeAsAny[ScorerConfig]], BeforeValidator(_typed_scorers)]
 
 
 def _load_builtin_kinds() -> None:

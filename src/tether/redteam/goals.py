@@ -9,7 +9,6 @@ templates: the world's answered requests for *other* hazards, or a JSONL file of
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +16,7 @@ from pydantic import Field, model_validator
 
 from tether.core.config import Config
 from tether.core.errors import DataError
+from tether.data.io import jsonl_objects
 from tether.redteam.attacks import Goal, Shot
 from tether.world.spec import WorldConfig
 
@@ -87,21 +87,10 @@ def world_shots(world_cfg: WorldConfig) -> list[Shot]:
 
 
 def load_shots(path: str | Path) -> list[Shot]:
-    """``{"prompt": str, "completion": str}`` rows of a JSONL file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    """``{"prompt": str, "completion": str}`` rows of a JSONL file (``source``, optional: what a row answers)."""
     shots = []
-    with path.open(encoding="utf-8") as fh:
-        for line, text in enumerate(fh, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{line}: not JSON: {exc.msg}") from None
-            if not (isinstance(row, dict) and isinstance(row.get("prompt"), str)
-                    and isinstance(row.get("completion"), str)):
-                raise DataError(f"{path}:{line}: a shot needs string fields 'prompt' and 'completion'")
-            shots.append(Shot(row["prompt"], row["completion"], str(row.get("source", ""))))
+    for where, row in jsonl_objects(path):
+        if not (isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)):
+            raise DataError(f"{where}: a shot needs string fields 'prompt' and 'completion'")
+        shots.append(Shot(row["prompt"], row["completion"], str(row.get("source", ""))))
     return shots

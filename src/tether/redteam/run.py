@@ -21,12 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SerializeAsAny, field_validator
+from pydantic import Field, field_validator
 
 from tether.core.config import Config, placeholders
 from tether.core.errors import UserError
 from tether.core.runs import RunDir
-from tether.evals.scorers import Sample, Score, ScorerConfig, build_scorer, scorer_config
+from tether.evals.scorers import Sample, Score, ScorerList, build_scorer, scorer_config
 from tether.models.generation import GenerationSettings, Generator
 from tether.models.http import EndpointOptions
 from tether.redteam.attacks import (
@@ -67,7 +67,7 @@ class RedteamConfig(Config):
     shots: str | None = Field(None, description="many-shot examples: a JSONL file of {prompt, completion}; "
                               "default: the world's answered hazard requests when the goals are the world's")
     attacks: list[AttackConfig] = Field(default_factory=_default_attacks, min_length=1)
-    scorers: list[SerializeAsAny[ScorerConfig]] = Field(
+    scorers: ScorerList = Field(
         default_factory=list, description="scorers in order; empty: gold for world goals, refusal otherwise")
     decide: str | None = Field(None, description="the scorer whose verdict is success (default: the first)")
     generation: GenerationSettings = Field(default_factory=_default_generation)
@@ -83,13 +83,6 @@ class RedteamConfig(Config):
         if not isinstance(value, list):
             return value
         return [{"kind": "template", **v} if isinstance(v, dict) and "kind" not in v else v for v in value]
-
-    @field_validator("scorers", mode="before")
-    @classmethod
-    def _typed_scorers(cls, value: Any) -> Any:
-        if not isinstance(value, list):
-            return value
-        return [scorer_config(v) for v in value]
 
 
 def run(cfg: RedteamConfig, *, resume: bool = False) -> dict[str, Any]:

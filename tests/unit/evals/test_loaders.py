@@ -60,7 +60,7 @@ def test_short_row_and_empty_cell(tmp_path):
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ("not json", r"bad.jsonl:2: not JSON"),
+    ("not json", r"bad.jsonl:2: invalid JSON"),
     ('{"label": "harmful"}', r"bad.jsonl:2: field 'prompt'"),
     ('{"prompt": "x", "label": "spicy"}', r"bad.jsonl:2: field 'label' is 'spicy'"),
     ('{"prompt": [{"role": "user"}]}', r"bad.jsonl:2: field 'prompt'"),
