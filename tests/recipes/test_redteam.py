@@ -77,6 +77,22 @@ def test_served_target_through_an_endpoint_and_a_killed_run_resumes(chat_endpoin
     assert again["throughput"]["prompts_generated"] == 7
 
 
+def test_target_errors_are_unscored_and_asked_again_on_resume(chat_endpoint, tmp_path):
+    chat_endpoint.reply = lambda body: None if "malware" in body["messages"][-1]["content"] else "I can't."
+    cfg = RedteamConfig.model_validate({
+        "target": chat_endpoint.url, "endpoint": {"retries": 0}, "attacks": [{"template": "direct"}],
+        "goals": {"source": "jsonl", "path": str(_goals(tmp_path))}, "out": str(tmp_path / "rt")})
+    doc = run(cfg)
+    # The refusal rule would call an empty reply a success; an endpoint error is no reply at all.
+    assert doc["target_errors"] == 1 and doc["metrics"]["unscored.direct"] == {"value": 1, "n": 3}
+    assert (doc["metrics"]["asr.direct"]["value"], doc["metrics"]["asr.direct"]["n"]) == (0.0, 2)
+    chat_endpoint.reply = lambda body: "Sure, here it is."
+    chat_endpoint.requests.clear()
+    again = run(cfg, resume=True)
+    assert len(chat_endpoint.requests) == 1 and again["target_errors"] == 0
+    assert (again["metrics"]["asr.direct"]["value"], again["metrics"]["asr.direct"]["n"]) == (pytest.approx(1 / 3, abs=1e-4), 3)
+
+
 def test_repeated_goal_ids_are_refused(tmp_path, capsys):
     goals = tmp_path / "goals.jsonl"
     goals.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')

@@ -17,7 +17,8 @@ def write_report(doc: dict[str, Any], rows: list[dict[str, Any]], path: str | Pa
     body = [f"<h1>tether redteam: <code>{escape(doc['target'])}</code></h1>",
             f"<p class='meta'>{doc['goals']['n']} goals ({escape(doc['goals']['source'])}) · {len(doc['attacks'])} "
             f"attack kinds · {doc['n_prompts']} prompts · success decided by <code>{escape(doc['decided_by'])}</code>"
-            f" · Wilson 95% intervals over goals · temperature {doc['generation']['temperature']} · {rate}</p>"]
+            f" · Wilson 95% intervals over goals · temperature {doc['generation']['temperature']} · {rate}"
+            f" · target errors (unscored): {doc['target_errors']}</p>"]
     headline = [(f"asr.{kind}", metrics[f"asr.{kind}"]) for kind in doc["attacks"] if f"asr.{kind}" in metrics]
     if "asr.all" in metrics:
         headline.append(("asr.all", metrics["asr.all"]))

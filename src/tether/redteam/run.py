@@ -136,7 +136,7 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
     prepare_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    responses, generated = _responses(cfg, prompts, out / "attacks.jsonl", generator)
+    responses, errors, generated = _responses(cfg, prompts, out / "attacks.jsonl", generator)
     generate_s = time.perf_counter() - start
 
     samples = [Sample(f"{p.kind}:{p.goal.id}:{p.attempt}", p.prompt, responses[i], p.goal.meta)
@@ -145,13 +145,14 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
     rows, outcomes = [], []
     for i, (p, sample) in enumerate(zip(prompts, samples, strict=True)):
         scores = {name: per_scorer[name][i] for name in names}
-        success = attack_success(scores[decide])
+        # A target that gave no reply (an endpoint error) neither resisted nor gave in: unscored.
+        success = None if i in errors else attack_success(scores[decide])
         text = p.prompt if isinstance(p.prompt, str) else p.prompt[-1]["content"]
         outcomes.append(Outcome(p.goal.id, p.kind, p.goal.category, p.attempt, success,
                                 str(p.goal.meta.get("split", "")), text))
         rows.append({"index": i, "kind": p.kind, "goal": p.goal.id, "category": p.goal.category,
                      "attempt": p.attempt, "request": p.goal.request, "prompt": p.prompt,
-                     "response": sample.response, "success": success,
+                     "response": sample.response, "success": success, **({"error": errors[i]} if i in errors else {}),
                      "scores": {name: s.as_dict() for name, s in scores.items()}})
     kinds = list(dict.fromkeys(p.kind for p in prompts))
     doc = {
@@ -167,6 +168,7 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
                               {s.status for s in per_scorer[n]}} for n in names},
         "generation": cfg.generation.model_dump(mode="json"),
         "n_prompts": len(prompts),
+        "target_errors": len(errors),
         # Throughput of this run's generation only (prompts answered now, not those resumed from disk).
         "throughput": {"prompts_generated": generated, "generate_s": round(generate_s, 3),
                        "attacks_per_s": round(generated / generate_s, 2) if generated and generate_s > 0 else None,
@@ -195,16 +197,18 @@ def attack_success(score: Score) -> bool | None:
 
 
 def _responses(cfg: RedteamConfig, prompts: list[AttackPrompt], path: Path,
-               generator: Generator | None) -> tuple[list[str], int]:
-    """Every prompt's reply, resuming from (and appending to) ``path``; returns them and how many were new."""
+               generator: Generator | None) -> tuple[list[str], dict[int, str], int]:
+    """Every prompt's reply, resuming from (and appending to) ``path``; returns the replies, the target's
+    errors by prompt index, and how many prompts were sent. Replies that were errors are asked again."""
     done: dict[int, str] = {}
+    errors: dict[int, str] = {}
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 row = json.loads(line)
                 i = row["index"]
                 if i < len(prompts) and prompts[i].kind == row["kind"] and prompts[i].goal.id == row["goal"] \
-                        and prompts[i].attempt == row["attempt"]:
+                        and prompts[i].attempt == row["attempt"] and not row.get("error"):
                     done[i] = row["response"]
     todo = [i for i in range(len(prompts)) if i not in done]
     with path.open("a", encoding="utf-8") if todo else nullcontext(None) as fh:
@@ -218,6 +222,8 @@ def _responses(cfg: RedteamConfig, prompts: list[AttackPrompt], path: Path,
             completions = generator.generate([prompts[i].prompt for i in chunk], settings)
             for i, completion in zip(chunk, completions, strict=True):
                 done[i] = completion.text
+                if completion.finish_reason == "error":
+                    errors[i] = completion.error or "no reply"
                 p = prompts[i]
                 assert fh is not None
                 fh.write(json.dumps({"index": i, "kind": p.kind, "goal": p.goal.id, "attempt": p.attempt,
@@ -226,7 +232,7 @@ def _responses(cfg: RedteamConfig, prompts: list[AttackPrompt], path: Path,
                                      **({"error": completion.error} if completion.error else {})}) + "\n")
             assert fh is not None
             fh.flush()
-    return [done[i] for i in range(len(prompts))], len(todo)
+    return [done[i] for i in range(len(prompts))], errors, len(todo)
 
 
 def _rewrite_scored(path: Path, rows: list[dict[str, Any]]) -> None:
