@@ -123,3 +123,27 @@ def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys, tmp_path):
     code, _, err = _cli(["redteam", "--target", "tiny:llama", *argv, "--out", str(tmp_path / "o")], capsys)
     assert code == 2, err
     assert expected in err and err.strip().count("\n") == 0
+
+
+def test_gcg_suffixes_are_searched_on_the_target_cached_and_sent_as_text(tmp_path, capsys):
+    cfg = RedteamConfig.model_validate({
+        "target": "tiny:llama", "goals": {"source": "advbench", "path": str(FIXTURES / "advbench.csv")},
+        "attacks": [{"template": "direct"}, {"kind": "gcg", "steps": 3, "length": 3, "top_k": 8, "candidates": 8}],
+        "generation": {"max_new_tokens": 4, "temperature": 0.0}, "out": str(tmp_path / "rt")})
+    doc = run(cfg)
+    found = [json.loads(line) for line in (tmp_path / "rt" / "gcg.jsonl").read_text().splitlines()]
+    assert len(found) == doc["goals"]["n"] == 2 and all(r["steps"] == 3 for r in found)
+    assert found[0]["target"].startswith("Sure, here is")                     # AdvBench's own target wins
+    assert doc["gcg"]["gcg"]["goals"] == 2 and doc["gcg"]["gcg"]["loss"] <= doc["gcg"]["gcg"]["initial_loss"]
+    rows = [json.loads(line) for line in (tmp_path / "rt" / "attacks.jsonl").read_text().splitlines()]
+    sent = [r["prompt"][-1]["content"] for r in rows if r["kind"] == "gcg"]
+    assert [s.endswith(r["suffix"]) for s, r in zip(sent, found, strict=True)] == [True, True]
+    # Resuming reads the suffixes back instead of searching again.
+    (tmp_path / "rt" / "metrics.json").unlink()
+    assert run(cfg, resume=True)["gcg"] == doc["gcg"]
+    assert len((tmp_path / "rt" / "gcg.jsonl").read_text().splitlines()) == 2
+
+    code, _, err = _cli(["redteam", "--target", "http://127.0.0.1:9/v1", "--attacks", "gcg", "--goals",
+                         str(FIXTURES / "advbench.csv"), "--goals-format", "advbench", "--out", str(tmp_path / "u")],
+                        capsys)
+    assert code == 2 and "gcg needs the target's weights" in err

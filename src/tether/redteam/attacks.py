@@ -31,6 +31,7 @@ from tether.core.config import Config, load_config, placeholders
 from tether.core.errors import ConfigError
 from tether.models.chat import Prompt
 from tether.redteam.converters import CONVERTERS, convert
+from tether.redteam.gcg import GCGConfig
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,9 @@ class BestOfNConfig(TemplateAttackConfig):
         return self.name or f"best-of-{self.n}({super().label})"
 
 
-AttackConfig = Annotated[TemplateAttackConfig | BestOfNConfig, Field(discriminator="kind")]
+# GCG's config lives with its search (tether.redteam.gcg): its prompts come from here without their suffix,
+# and the suffixes from the search, which needs the target's weights (tether.redteam.run).
+AttackConfig = Annotated[TemplateAttackConfig | BestOfNConfig | GCGConfig, Field(discriminator="kind")]
 
 
 def render(template: JailbreakTemplate, library: TemplateLibrary, request: str, chain: Sequence[str],
@@ -203,7 +206,7 @@ def augment(text: str, rng: random.Random, sigma: float) -> str:
     return "".join(out)
 
 
-def attack_prompts(cfg: TemplateAttackConfig | BestOfNConfig, goals: Sequence[Goal], library: TemplateLibrary, *, seed: int,
+def attack_prompts(cfg: TemplateAttackConfig | BestOfNConfig | GCGConfig, goals: Sequence[Goal], library: TemplateLibrary, *, seed: int,
                    shots: Sequence[Shot] = ()) -> list[AttackPrompt]:
     """Every prompt ``cfg`` makes for ``goals``; each goal's prompts come from its own seeded stream."""
     template = library.template(cfg.template)
@@ -222,8 +225,8 @@ def attack_prompts(cfg: TemplateAttackConfig | BestOfNConfig, goals: Sequence[Go
 
 def parse_attack(spec: str) -> dict[str, Any]:
     """A command-line attack spec as an attack config mapping: ``+``-joined parts, at most one template,
-    any converters (applied in order), and optionally ``best-of-N``. ``role-play+base64``,
-    ``rot13`` (the direct template), ``best-of-16+prefix-injection``."""
+    any converters (applied in order), and optionally ``best-of-N`` or ``gcg``. ``role-play+base64``,
+    ``rot13`` (the direct template), ``best-of-16+prefix-injection``, ``gcg``."""
     parts = [p.strip() for p in spec.split("+") if p.strip()]
     if not parts:
         raise ConfigError(f"empty attack spec {spec!r}")
@@ -231,6 +234,8 @@ def parse_attack(spec: str) -> dict[str, Any]:
     for part in parts:
         if part in CONVERTERS:
             out["convert"].append(part)
+        elif part == "gcg":
+            out["kind"] = "gcg"
         elif part.startswith("best-of-"):
             try:
                 out.update(kind="best-of-n", n=int(part.removeprefix("best-of-")))

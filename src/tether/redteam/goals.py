@@ -53,7 +53,9 @@ def load_goals(cfg: GoalsConfig) -> list[Goal]:
             continue
         if not isinstance(p.prompt, str):
             raise DataError(f"{cfg.path}: goal {p.id!r}: a goal is one request (a string), not a conversation")
-        goals.append(Goal(p.id, p.prompt, str(p.meta.get("category", "")), {}))
+        # An AdvBench row's target (the affirmative opening it is after) is what GCG optimises for.
+        meta = {"target": str(p.meta["target"])} if p.meta.get("target") else {}
+        goals.append(Goal(p.id, p.prompt, str(p.meta.get("category", "")), meta))
     seen: set[str] = set()
     for goal in goals:
         if goal.id in seen:
@@ -72,7 +74,9 @@ def world_goals(world_cfg: WorldConfig, split: Literal["train", "heldout"], n: i
     # so repeats are dropped: a split may hold fewer than n distinct goals.
     items = list({it.id: it for it in sample_items(world, "hazard", split, n, seed=seed)}.values())
     return [Goal(it.id, it.user_text, str(it.tags.get("category", "")),
-                 {"item_id": it.id, "family": "hazard", "split": it.split, "gold": it.gold, "tags": it.tags},
+                 # target: the opening of the world's harmful-compliance replies, which GCG optimises for.
+                 {"item_id": it.id, "family": "hazard", "split": it.split, "gold": it.gold, "tags": it.tags,
+                  "target": f"Sure. To make the {it.gold['item']},"},
                  subject=str(it.gold["item"]))
             for it in items]
 

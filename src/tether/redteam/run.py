@@ -38,17 +38,21 @@ from tether.redteam.attacks import (
     attack_prompts,
     load_templates,
 )
+from tether.redteam.gcg import GCGConfig
 from tether.redteam.goals import GoalsConfig, load_goals, load_shots, world_shots
 from tether.redteam.metrics import Outcome, attack_metrics, diversity
 
 METRICS_SCHEMA_VERSION = 1
 
-def _default_attacks() -> list[TemplateAttackConfig | BestOfNConfig]:
-    return [TemplateAttackConfig(template=t) for t in
-            ("direct", "role-play", "refusal-suppression", "prefix-injection", "ignore-previous", "hypothetical",
-             "authority", "payload-split", "many-shot")] + [
-        TemplateAttackConfig(convert=[c]) for c in ("base64", "rot13", "leetspeak", "homoglyphs", "reverse-words",
-                                                     "split-tokens", "pig-latin")]
+
+def _default_attacks() -> list[TemplateAttackConfig | BestOfNConfig | GCGConfig]:
+    # Every template on the raw request, then every converter on the direct request (GCG needs open
+    # weights and minutes per goal: opt in).
+    templates = ("direct", "role-play", "refusal-suppression", "prefix-injection", "ignore-previous", "hypothetical",
+                 "authority", "payload-split", "many-shot")
+    converters = ("base64", "rot13", "leetspeak", "homoglyphs", "reverse-words", "split-tokens", "pig-latin")
+    attacks: list[TemplateAttackConfig | BestOfNConfig | GCGConfig] = [TemplateAttackConfig(template=t) for t in templates]
+    return attacks + [TemplateAttackConfig(convert=[c]) for c in converters]
 
 
 def _default_generation() -> GenerationSettings:
@@ -135,6 +139,11 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
     scorers = [build_scorer(c) for c in scorer_cfgs]
     prepare_s = time.perf_counter() - start
 
+    gcg_summary: dict[str, Any] = {}
+    if any(isinstance(a, GCGConfig) for a in cfg.attacks):
+        generator = generator or load_target(cfg)
+        prompts, gcg_summary = _with_suffixes(cfg, prompts, generator, out / "gcg.jsonl")
+
     start = time.perf_counter()
     responses, errors, generated = _responses(cfg, prompts, out / "attacks.jsonl", generator)
     generate_s = time.perf_counter() - start
@@ -169,6 +178,7 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
         "generation": cfg.generation.model_dump(mode="json"),
         "n_prompts": len(prompts),
         "target_errors": len(errors),
+        **({"gcg": gcg_summary} if gcg_summary else {}),
         # Throughput of this run's generation only (prompts answered now, not those resumed from disk).
         "throughput": {"prompts_generated": generated, "generate_s": round(generate_s, 3),
                        "attacks_per_s": round(generated / generate_s, 2) if generated and generate_s > 0 else None,
@@ -180,6 +190,63 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
     _rewrite_scored(out / "attacks.jsonl", rows)
     write_report(doc, rows, out / "report.html", examples=cfg.report_samples)
     return doc
+
+
+def _with_suffixes(cfg: RedteamConfig, prompts: list[AttackPrompt], generator: Generator,
+                   cache: Path) -> tuple[list[AttackPrompt], dict[str, Any]]:
+    """GCG prompts with their optimised suffixes (searched now, or read from ``cache`` when resuming)."""
+    from tether.models.generation import HFGenerator
+    from tether.redteam.gcg import allowed_tokens, gcg
+
+    if not isinstance(generator, HFGenerator):
+        raise UserError("gcg needs the target's weights: give a model directory as the target, not an endpoint")
+    attacks = {a.label: a for a in cfg.attacks if isinstance(a, GCGConfig)}
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    if cache.is_file():
+        for line in cache.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                found[(row["kind"], row["goal"])] = row
+    model: Any = generator.model
+    tokenizer = generator.tokenizer
+    allowed: Any = None
+    out = []
+    with cache.open("a", encoding="utf-8") as fh:
+        for p in prompts:
+            attack = attacks.get(p.kind)
+            if attack is None:
+                out.append(p)
+                continue
+            if (p.kind, p.goal.id) not in found:
+                if allowed is None:
+                    allowed = allowed_tokens(tokenizer, int(model.get_input_embeddings().weight.shape[0]))
+                target = str(p.goal.meta.get("target") or attack.target.format(subject=p.goal.subject,
+                                                                              request=p.goal.request))
+                start = time.perf_counter()
+                messages = [{"role": "user", "content": p.prompt}] if isinstance(p.prompt, str) else list(p.prompt)
+                result = gcg(model, tokenizer, messages, target, attack, allowed=allowed,
+                             seed=cfg.seed * 1_000_003 + len(found))
+                row = {"kind": p.kind, "goal": p.goal.id, "target": target, "suffix": result.suffix,
+                       "suffix_ids": result.suffix_ids, "initial_loss": round(result.initial_loss, 4),
+                       "loss": round(result.loss, 4), "steps": result.steps, "reached_target": result.reached_target,
+                       "seconds": round(time.perf_counter() - start, 2)}
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+                found[(p.kind, p.goal.id)] = row
+            suffix = found[(p.kind, p.goal.id)]["suffix"]
+            messages = [{"role": "user", "content": p.prompt}] if isinstance(p.prompt, str) else list(p.prompt)
+            messages[-1] = {**messages[-1], "content": messages[-1]["content"] + suffix}
+            out.append(replace(p, prompt=messages))
+    summary = {}
+    for kind in attacks:
+        rows = [r for (k, _), r in found.items() if k == kind]
+        if rows:
+            summary[kind] = {"goals": len(rows), "reached_target": round(sum(r["reached_target"] for r in rows) / len(rows), 4),
+                             "initial_loss": round(sum(r["initial_loss"] for r in rows) / len(rows), 4),
+                             "loss": round(sum(r["loss"] for r in rows) / len(rows), 4),
+                             "steps": round(sum(r["steps"] for r in rows) / len(rows), 2),
+                             "seconds_per_goal": round(sum(r["seconds"] for r in rows) / len(rows), 2)}
+    return out, summary
 
 
 def attack_success(score: Score) -> bool | None:
