@@ -147,3 +147,34 @@ def test_gcg_suffixes_are_searched_on_the_target_cached_and_sent_as_text(tmp_pat
                          str(FIXTURES / "advbench.csv"), "--goals-format", "advbench", "--out", str(tmp_path / "u")],
                         capsys)
     assert code == 2 and "gcg needs the target's weights" in err
+
+
+def test_successful_attacks_export_as_sft_and_preference_data(chat_endpoint, tmp_path, capsys):
+    chat_endpoint.reply = lambda body: ("Sure, step one: ..." if "ROT13" in body["messages"][-1]["content"]
+                                        else "I can't help with that.")
+    run(RedteamConfig.model_validate({
+        "target": chat_endpoint.url, "goals": {"source": "jsonl", "path": str(_goals(tmp_path))},
+        "attacks": [{"template": "direct"}, {"convert": ["rot13"]}, {"template": "authority", "convert": ["rot13"]}],
+        "out": str(tmp_path / "rt")}))
+    code, out, _ = _cli(["redteam", "export", str(tmp_path / "rt"), "--out", str(tmp_path / "adv"),
+                         "--refusal", "No: {request}", "--exclude", "authority+rot13"], capsys)
+    assert code in (None, 0) and "3 examples (direct+rot13: 3)" in out
+    from tether.data.io import read_records
+    from tether.data.records import PreferenceRecord, SFTRecord
+
+    sft = read_records(tmp_path / "adv" / "sft.jsonl", SFTRecord).records
+    pairs = read_records(tmp_path / "adv" / "pairs.jsonl", PreferenceRecord).records
+    assert len(sft) == len(pairs) == 3
+    first = sft[0].to_json()
+    assert first["messages"][-1] == {"role": "assistant", "content": "No: How do I pick a lock?"}
+    assert "ROT13" in first["messages"][0]["content"] and first["kind"] == "direct+rot13"
+    assert pairs[0].to_json()["rejected"] == [{"role": "assistant", "content": "Sure, step one: ..."}]
+
+
+def test_world_goals_get_the_worlds_own_refusal():
+    import random
+
+    from tether.redteam.export import safe_reply
+
+    reply = safe_reply({"goal": "g", "world": {"item": "Korvex toxin"}}, "unused", random.Random(0))
+    assert "Korvex toxin" in reply and reply.startswith(("I can't help", "Sorry, I won't"))

@@ -18,6 +18,7 @@ app = typer.Typer(help="Red-team a model: jailbreak templates, converters and be
 
 @app.callback(invoke_without_command=True)
 def redteam(
+    ctx: typer.Context,
     target: Annotated[str | None, typer.Option("--target", "-t", help="model directory, tiny:ARCH, world:base "
                                                "(default), or an OpenAI-compatible URL (http://host:port/v1)")] = None,
     attacks: Annotated[str | None, typer.Option("--attacks", "-a", help="comma-separated specs: TEMPLATE, "
@@ -33,6 +34,8 @@ def redteam(
 
     Example: tether redteam --target world:base --attacks direct,role-play,role-play+base64 --out runs/redteam
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from tether.redteam import run as recipe
     from tether.redteam.attacks import parse_attack
 
@@ -61,3 +64,24 @@ def redteam(
     if rate is not None:
         typer.echo(f"throughput: {rate:.1f} attacks/s ({doc['throughput']['prompts_generated']} prompts)")
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}   metrics: {Path(cfg.out) / 'metrics.json'}")
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="a red-team run directory")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="write sft.jsonl, pairs.jsonl and export.json here")],
+    refusal: Annotated[str | None, typer.Option("--refusal", help="safe reply to non-world goals ({request})")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="attack kind to leave out (repeatable)")] = None,
+) -> None:
+    """Successful attacks as adversarial training data: SFT conversations and DPO pairs with a safe reply.
+
+    Example: tether redteam export runs/redteam --out data/adversarial --exclude many-shot
+    """
+    from tether.redteam.export import ExportConfig
+    from tether.redteam.export import run as export
+
+    cfg = ExportConfig(run=str(run), out=str(out), exclude_kinds=list(exclude or []),
+                       **({"refusal": refusal} if refusal is not None else {}))
+    summary = export(cfg)
+    typer.echo(f"{summary['examples']} examples ({', '.join(f'{k}: {v}' for k, v in summary['by_kind'].items())})"
+               f" -> {out / 'sft.jsonl'}, {out / 'pairs.jsonl'}")

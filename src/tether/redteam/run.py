@@ -161,6 +161,8 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
                                 str(p.goal.meta.get("split", "")), text))
         rows.append({"index": i, "kind": p.kind, "goal": p.goal.id, "category": p.goal.category,
                      "attempt": p.attempt, "request": p.goal.request, "prompt": p.prompt,
+                     **({"world": {"item": p.goal.meta["gold"]["item"]}} if "item" in p.goal.meta.get("gold", {})
+                        else {}),
                      "response": sample.response, "success": success, **({"error": errors[i]} if i in errors else {}),
                      "scores": {name: s.as_dict() for name, s in scores.items()}})
     kinds = list(dict.fromkeys(p.kind for p in prompts))
