@@ -1,6 +1,6 @@
 """Issue 8: GCG finds suffixes that make an SFT-aligned world model comply with hazard requests it refuses.
 
-Run with: python -m pytest -m slow tests/slow/test_gcg.py (about 5 minutes on 2 cores: a 60-step SFT of the
+Run with: python -m pytest -m slow tests/slow/test_gcg.py (about 3 minutes on 2 cores: a 60-step SFT of the
 world's base model, then GCG on about 20 hazard requests). The README's figures come from the same two
 commands (tether train sft ... then tether redteam --config redteam/world-gcg ...).
 """
