@@ -131,6 +131,13 @@ def _world_sft(seed: int) -> list[dict[str, Any]]:
     return sft_rows(build_world(_DEFAULT), 4000, seed=seed)
 
 
+@DATASET_SOURCES.register("world-sft-helpful")
+def _world_sft_helpful(seed: int) -> list[dict[str, Any]]:
+    # The demonstrations without the hazard and jailbreak families: a helpful-only assistant (honest and
+    # corrigible, never taught to refuse), the starting point adversarial training is measured from.
+    return [r for r in sft_rows(build_world(_DEFAULT), 4000, seed=seed) if r["family"] not in ("hazard", "jailbreak")]
+
+
 @DATASET_SOURCES.register("world-preferences")
 def _world_preferences(seed: int) -> list[dict[str, Any]]:
     return preference_rows(build_world(_DEFAULT), 4000, seed=seed)
