@@ -30,7 +30,7 @@ from pydantic import Field
 
 from tether.core.config import Config, load_config
 from tether.data.context import ContextConfig
-from tether.pipelines.stages import Stage, finished, headline
+from tether.pipelines.stages import Stage, headline, run_stage
 
 HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "honest.sycophancy", "honest.hallucination",
             "corrigible.resistance", "helpful.task_accuracy", "helpful.task_accuracy.L3",
@@ -101,7 +101,7 @@ def run(cfg: CharacterFirstConfig) -> dict[str, Any]:
         character: Any = load_config(config_class, step.config, [
             f"model.path={model}", f"data.context={context}", f"loop.max_steps={budget}", *early,
             f"seed={cfg.seed}", *step.set, f"out={out / name}"])
-        results["stages"][name] = _stage(character, run_character)
+        results["stages"][name] = run_stage(character, run_character)
         model = str(out / name / "model")
     character_model = model
 
@@ -110,13 +110,13 @@ def run(cfg: CharacterFirstConfig) -> dict[str, Any]:
         f"model.path={character_model}", *tasks,
         f"data.context={context if cfg.prompted_amplification else 'null'}", f"seed={cfg.seed}",
         *cfg.amplify.set, f"out={out / 'amplify'}"])
-    results["stages"]["amplify"] = _stage(amplify, grpo.run)
+    results["stages"]["amplify"] = run_stage(amplify, grpo.run)
     last = out / "amplify" / "model"
 
     if cfg.finetune is not None:
         finetune = load_config(sft.SFTConfig, cfg.finetune.config, [
             f"model.path={last}", f"seed={cfg.seed}", *cfg.finetune.set, f"out={out / 'finetune'}"])
-        results["stages"]["finetune"] = _stage(finetune, sft.run)
+        results["stages"]["finetune"] = run_stage(finetune, sft.run)
         last = out / "finetune" / "model"
 
     models = {"base": cfg.model, "character": character_model, "amplify": str(out / "amplify" / "model")}
@@ -127,16 +127,6 @@ def run(cfg: CharacterFirstConfig) -> dict[str, Any]:
                         if cfg.measure else {})
     (out / "character_first.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
-
-
-def _stage(cfg: Any, run: Any) -> dict[str, Any]:
-    """Run one recipe unless its directory already holds a finished run; its summary either way."""
-    done = finished(Path(cfg.out))
-    if done is not None:
-        return done
-    if Path(cfg.out, "record.json").is_file():
-        return run(cfg, resume=True)  # type: ignore[no-any-return]
-    return run(cfg)  # type: ignore[no-any-return]
 
 
 def measure(cfg: CharacterFirstConfig, model: str, out: Path) -> dict[str, Any]:

@@ -33,3 +33,14 @@ def headline(metrics_json: Path, names: tuple[str, ...]) -> dict[str, dict[str, 
     """``{metric: {value, ci_low, ci_high, n}}`` for the named metrics of an evaluation's ``metrics.json``."""
     metrics = json.loads(metrics_json.read_text())["metrics"]
     return {name: metrics[name] for name in names if name in metrics}
+
+
+def run_stage(cfg: Any, run: Any) -> dict[str, Any]:
+    """Run one recipe (its config with an ``out``, and its ``run``) unless that directory already holds a
+    finished run; resume it when it holds an unfinished one. The run's summary either way."""
+    done = finished(Path(cfg.out))
+    if done is not None:
+        return done
+    if Path(cfg.out, "record.json").is_file():
+        return run(cfg, resume=True)  # type: ignore[no-any-return]
+    return run(cfg)  # type: ignore[no-any-return]
