@@ -26,6 +26,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "critique": "tether.align.critique:CritiqueConfig",
     "feedback": "tether.align.feedback:FeedbackConfig",
     "distill": "tether.align.distill:DistillConfig",
+    "adversarial": "tether.pipelines.adversarial:AdversarialConfig",
     "character-first": "tether.pipelines.character_first:CharacterFirstConfig",
     "jailbreaks": "tether.redteam.attacks:TemplateLibrary",
     "redteam": "tether.redteam.run:RedteamConfig",

@@ -85,3 +85,23 @@ def export_cmd(
     summary = export(cfg)
     typer.echo(f"{summary['examples']} examples ({', '.join(f'{k}: {v}' for k, v in summary['by_kind'].items())})"
                f" -> {out / 'sft.jsonl'}, {out / 'pairs.jsonl'}")
+
+
+@app.command("adversarial")
+def adversarial_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
+    """Adversarial training: rounds of attack -> train on the successful attacks (with helpful data) ->
+    attack again; per round, ASR on held-out attack kinds next to over-refusal.
+
+    Example: tether redteam adversarial --config adversarial/world --out runs/adversarial
+    Resumes: finished runs are skipped. Writes OUT/adversarial.json and OUT/adversarial.png.
+    """
+    from tether.cli.common import echo_main
+    from tether.pipelines import adversarial as pipeline
+
+    cfg = build_config(pipeline.AdversarialConfig, config, set_, out)
+    results = pipeline.run(cfg)
+    for row in results["table"]:
+        cells = "  ".join(f"{k}={100 * v['value']:.1f}% [{100 * v['ci_low']:.1f}-{100 * v['ci_high']:.1f}]"
+                          for k, v in row.items() if isinstance(v, dict))
+        echo_main(f"round {row['round']} (+{row['new_examples']} examples)  {cells}")
+    echo_main(f"results: {cfg.out}/adversarial.json   plot: {cfg.out}/adversarial.png")
