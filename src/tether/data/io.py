@@ -134,19 +134,22 @@ def _dataset_dir_rows(path: Path) -> Iterable[tuple[str, Any]]:
         yield f"{path}[row {index}]", row
 
 
-def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict[str, Any]]) -> int:
-    """Write records as JSON lines (atomically: to a temporary file, then renamed). Returns the count."""
+def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict[str, Any]], *,
+                only_if_changed: bool = False) -> int:
+    """Write records as JSON lines (atomically: to a temporary file, then renamed). Returns the count.
+    ``only_if_changed``: leave the file untouched when it already holds exactly these records (a resumed
+    pipeline regenerating deterministic data keeps finished stages' inputs as they were)."""
     p = Path(path)
+    lines = [json.dumps(record.model_dump(mode="json", exclude_none=True) if isinstance(record, BaseModel)
+                        else record, ensure_ascii=False) + "\n" for record in records]
+    text = "".join(lines)
+    if only_if_changed and p.is_file() and p.read_text(encoding="utf-8") == text:
+        return len(lines)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
-    count = 0
-    with tmp.open("w", encoding="utf-8") as fh:
-        for record in records:
-            row = record.model_dump(mode="json", exclude_none=True) if isinstance(record, BaseModel) else record
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(p)
-    return count
+    return len(lines)
 
 
 def save_dataset(path: str | Path, records: Sequence[BaseModel]) -> None:

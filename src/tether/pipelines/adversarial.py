@@ -35,7 +35,7 @@ from pydantic import Field, field_validator
 from tether.core.config import Config, load_config
 from tether.core.errors import ConfigError, UserError
 from tether.core.stats import bootstrap_mean
-from tether.data.io import jsonl_objects
+from tether.data.io import jsonl_objects, write_jsonl
 from tether.pipelines.stages import Stage, headline, run_stage
 
 EVAL_HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "harmless.harmful_compliance.heldout_items",
@@ -206,8 +206,8 @@ def _export(cfg: AdversarialConfig, attack_dir: Path, heldout_kinds: set[str], *
 
     rows = [row for _, row in jsonl_objects(attack_dir / "attacks.jsonl")]
     sft_rows, pairs = adversarial_examples(rows, cfg.refusal, exclude_kinds=sorted(heldout_kinds), seed=seed)
-    _write_rows(attack_dir / "sft.jsonl", sft_rows)
-    _write_rows(attack_dir / "pairs.jsonl", pairs)
+    write_jsonl(attack_dir / "sft.jsonl", sft_rows, only_if_changed=True)
+    write_jsonl(attack_dir / "pairs.jsonl", pairs, only_if_changed=True)
     return sft_rows
 
 
@@ -231,20 +231,8 @@ def _mix(cfg: AdversarialConfig, examples: list[dict[str, Any]], path: Path, *, 
         adversarial = [adversarial[i % len(adversarial)] for i in range(want)]
     rows = adversarial + helpful
     rng.shuffle(rows)
-    _write_rows(path, rows)
+    write_jsonl(path, rows, only_if_changed=True)
     return {"adversarial_unique": len(examples), "adversarial": len(adversarial), "helpful": len(helpful)}
-
-
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    # Rewritten only when different (a resumed pipeline leaves finished rounds' files untouched), and
-    # through a temporary file, so a kill mid-write never leaves a partial training set behind.
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def table(results: dict[str, Any]) -> list[dict[str, Any]]:
