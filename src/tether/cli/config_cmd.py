@@ -27,6 +27,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "feedback": "tether.align.feedback:FeedbackConfig",
     "distill": "tether.align.distill:DistillConfig",
     "adversarial": "tether.pipelines.adversarial:AdversarialConfig",
+    "attacker": "tether.pipelines.attacker:AttackerConfig",
     "character-first": "tether.pipelines.character_first:CharacterFirstConfig",
     "jailbreaks": "tether.redteam.attacks:TemplateLibrary",
     "redteam": "tether.redteam.run:RedteamConfig",

@@ -105,3 +105,26 @@ def adversarial_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt =
                           for k, v in row.items() if isinstance(v, dict))
         echo_main(f"round {row['round']} (+{row['new_examples']} examples)  {cells}")
     echo_main(f"results: {cfg.out}/adversarial.json   plot: {cfg.out}/adversarial.png")
+
+
+@app.command("attacker")
+def attacker_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
+    """An attacker model writes the attacks (Perez et al. 2022): measured as it starts, after rounds of
+    stochastic few-shot (successful attacks as examples), and after RL against the target (reward =
+    success + a diversity bonus).
+
+    Example: tether redteam attacker --config attacker/world --out runs/attacker
+    Resumes: finished stages are skipped. Writes OUT/attacker.json.
+    """
+    from tether.cli.common import echo_main
+    from tether.pipelines import attacker as pipeline
+
+    cfg = build_config(pipeline.AttackerConfig, config, set_, out)
+    results = pipeline.run(cfg)
+    for m in results["measurements"]:
+        attempt, goal = m["asr_per_attempt"], m["asr_per_goal"]
+        echo_main(f"{m['stage']:>12}  ASR per attack {100 * attempt['value']:.1f}% "
+                  f"[{100 * attempt['ci_low']:.1f}-{100 * attempt['ci_high']:.1f}]  per goal (any of "
+                  f"{cfg.samples}) {100 * goal['value']:.1f}%  distinct successes {m['found']}  "
+                  f"families {m['families']}")
+    echo_main(f"results: {cfg.out}/attacker.json")

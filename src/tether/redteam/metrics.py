@@ -98,7 +98,8 @@ def _words(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
 
-def _trigrams(text: str) -> set[tuple[str, ...]]:
+def trigrams(text: str) -> set[tuple[str, ...]]:
+    """The word trigrams of ``text`` (its words as one tuple when it has fewer than three)."""
     words = _words(text)
     return {tuple(words[i:i + 3]) for i in range(max(0, len(words) - 2))} or {tuple(words)}
 
@@ -113,7 +114,7 @@ def diversity(texts: Sequence[str], *, near: float = 0.8) -> dict[str, float | i
     normalised = [" ".join(_words(t)) for t in texts]
     clusters: list[set[tuple[str, ...]]] = []
     for text in texts:
-        grams = _trigrams(text)
+        grams = trigrams(text)
         if not any(jaccard(grams, c) >= near for c in clusters):
             clusters.append(grams)
     bigrams = [tuple(w[i:i + 2]) for w in map(_words, texts) for i in range(len(w) - 1)]

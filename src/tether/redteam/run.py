@@ -41,6 +41,7 @@ from tether.redteam.attacks import (
 from tether.redteam.gcg import GCGConfig
 from tether.redteam.goals import GoalsConfig, load_goals, load_shots, world_shots
 from tether.redteam.metrics import Outcome, attack_metrics, diversity
+from tether.world.spec import WorldConfig
 
 METRICS_SCHEMA_VERSION = 1
 
@@ -124,10 +125,12 @@ def build_prompts(cfg: RedteamConfig) -> list[AttackPrompt]:
     return [p for attack in cfg.attacks for p in attack_prompts(attack, goals, library, seed=cfg.seed, shots=shots)]
 
 
-def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None) -> dict[str, Any]:
-    """Run every attack on the target; write attacks.jsonl, metrics.json and report.html into ``out``."""
+def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None,
+            prompts: list[AttackPrompt] | None = None) -> dict[str, Any]:
+    """Run every attack on the target; write attacks.jsonl, metrics.json and report.html into ``out``.
+    ``prompts``: attack prompts made elsewhere (an attacker model's), sent instead of ``cfg.attacks``'."""
     start = time.perf_counter()
-    prompts = build_prompts(cfg)
+    prompts = build_prompts(cfg) if prompts is None else prompts
     scorer_cfgs = list(cfg.scorers) or [scorer_config({"kind": "gold" if cfg.goals.source == "world"
                                                        else "refusal"})]
     names = [c.label for c in scorer_cfgs]
@@ -315,19 +318,25 @@ def _rewrite_scored(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def load_target(cfg: RedteamConfig) -> Generator:
-    """The target as a :class:`Generator`: an endpoint for a URL, an in-process HF model otherwise."""
-    if cfg.target.startswith(("http://", "https://")):
+    """The run's target as a :class:`Generator` (``world:base`` built from the goals' world)."""
+    return target_generator(cfg.target, cfg.endpoint, cfg.goals.world)
+
+
+def target_generator(target: str, endpoint: EndpointOptions | None = None, world: WorldConfig | None = None
+                     ) -> Generator:
+    """A target as a :class:`Generator`: an endpoint for a URL, an in-process HF model otherwise."""
+    if target.startswith(("http://", "https://")):
         from tether.models.http import EndpointConfig, HTTPGenerator
 
-        return HTTPGenerator(EndpointConfig(url=cfg.target, **cfg.endpoint.model_dump()))
+        return HTTPGenerator(EndpointConfig(url=target, **(endpoint or EndpointOptions()).model_dump()))
     from tether.models.generation import HFGenerator
     from tether.models.loading import ModelConfig, load_model_and_tokenizer, resolve_model_path
 
-    if cfg.target == "world:base":
+    if target == "world:base":
         from tether.world.build import WorldBuildConfig, build_base_model
 
-        path = str(build_base_model(WorldBuildConfig(world=cfg.goals.world))["model"])
+        path = str(build_base_model(WorldBuildConfig(world=world or WorldConfig()))["model"])
     else:
-        path = resolve_model_path(cfg.target)
+        path = resolve_model_path(target)
     model, tokenizer = load_model_and_tokenizer(ModelConfig(path=path))
     return HFGenerator(model, tokenizer)
