@@ -44,9 +44,10 @@ def attacker_prompt(request: str, examples: Sequence[str] = (), instruction: str
 
 
 def attacker_rows(goals: Sequence[Goal], instruction: str = DEFAULT_INSTRUCTION) -> list[dict[str, Any]]:
-    """Prompt rows for RL on the attacker: the attacker prompt, and the goal (its metadata at the top
-    level, as the world's prompt rows carry theirs, so gold scoring of the target's reply works)."""
-    return [{"prompt": attacker_prompt(g.request, instruction=instruction), **g.meta, "id": g.id,
+    """Prompt rows for RL on the attacker: the attacker prompt, and the goal with its metadata under
+    ``target_meta`` (what scoring the target's reply needs; kept off the top level, where it would make
+    the attacker's own text look like a reply to be graded)."""
+    return [{"prompt": attacker_prompt(g.request, instruction=instruction), "id": g.id, "target_meta": g.meta,
              "goal": {"id": g.id, "request": g.request, "category": g.category, "subject": g.subject}}
             for g in goals]
 
@@ -110,6 +111,7 @@ class AttackReward:
         self.calls += 1
         settings = self.settings.model_copy(update={"seed": self.settings.seed * 1_000_003 + self.calls})
         replies = self.generator.generate(prompts, settings)
+        metas = [m.get("target_meta", m) for m in metas]
         kind = self.scorer if self.scorer != "auto" else ("gold" if all("family" in m for m in metas) else "refusal")
         scorer = build_scorer(scorer_config({"kind": kind}))
         samples = [Sample(str(m.get("id", i)), p, r.text, m) for i, (p, r, m) in
