@@ -17,6 +17,11 @@ helpful-only SFT; null: ``model`` itself). Each round r = 1..``rounds`` then:
    ``heldout`` measurement (held-out attack kinds; each run ``repeats`` times with different seeds and
    pooled, the interval a bootstrap over goals), and the ``evaluation`` (over-refusal and the rest).
 
+A **control** (``control``, on by default) trains the same steps each round on the same helpful rows
+without the adversarial ones and is measured the same way, so a fall in held-out attack success can be
+told apart from what further SFT does on its own. A config whose attack lists a held-out kind is
+refused: held-out kinds are never trained on.
+
 Every step is a run in its own directory under ``out`` (skipped when finished, so an interrupted
 pipeline resumes); ``adversarial.json`` holds every round's figures and ``adversarial.png`` plots
 held-out ASR next to over-refusal by round.
