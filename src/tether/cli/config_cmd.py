@@ -31,6 +31,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "character-first": "tether.pipelines.character_first:CharacterFirstConfig",
     "jailbreaks": "tether.redteam.attacks:TemplateLibrary",
     "redteam": "tether.redteam.run:RedteamConfig",
+    "run": "tether.pipelines.main:PipelineConfig",
 }
 
 

@@ -25,6 +25,7 @@ from tether.cli import (
     train_cmd,
     world_cmd,
 )
+from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt
 
 app = typer.Typer(
     name="tether",
@@ -42,6 +43,29 @@ app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(experiment_cmd.app, name="experiment")
+
+
+@app.command("run")
+def run_cmd(
+    config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+    world_seed: Annotated[int | None, typer.Option("--world-seed", help="which world (base model, data, "
+                                                   "evaluation, goals); default: the config's")] = None,
+) -> None:
+    """The whole alignment loop in one command: base model -> the config's stages -> red-team -> every model
+    evaluated -> OUT/summary.json and OUT/report.html. Default config: run/world (the embedded world).
+
+    Example: tether run --out runs/tether   (then open runs/tether/report.html)
+    """
+    from tether.cli.common import build_config, echo_main
+    from tether.pipelines import main as pipeline
+
+    overrides = [*(set_ or []), *([f"world_seed={world_seed}"] if world_seed is not None else [])]
+    cfg = build_config(pipeline.PipelineConfig, config or "run/world", overrides, out)
+    summary = pipeline.run(cfg, resume=resume, echo=echo_main)
+    for line in pipeline.compact_table(summary):
+        echo_main(line)
+    echo_main(f"{summary['total_seconds'] / 60:.1f} min   summary: {cfg.out}/summary.json   "
+              f"report: {cfg.out}/report.html")
 
 
 def _version(value: bool) -> None:

@@ -47,7 +47,8 @@ def _section_of(name: str) -> str:
     return head if head in SECTIONS else "other"
 
 
-def _svg(figure: Any) -> str:
+def svg(figure: Any) -> str:
+    """A matplotlib figure as inline SVG (no script, no date: the same figure gives the same bytes)."""
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     text = buffer.getvalue()
@@ -92,7 +93,7 @@ def rate_plot(rows: list[tuple[str, dict[str, Any]]], reference: dict[str, float
         if ref or series:
             ax.legend(loc="lower right", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-    return _svg(figure)
+    return svg(figure)
 
 
 def page(title: str, body: list[str]) -> str:

@@ -1,0 +1,306 @@
+"""``tether run``: the whole alignment loop in one command, and its report.
+
+Build or reuse the base model (the world's, for ``world_seed``, or the user's own) -> the stages the
+config lists, in order, each a recipe run on the previous stage's model -> red-team the final model ->
+``summary.json`` and ``report.html``. Every model is measured by the same evaluation (the base first),
+so each stage's effect on every gold metric is on the page.
+
+A stage names a recipe (``sft``, ``dpo``, ``rm``, ``grpo``, ``ppo``, ``character-first``,
+``adversarial``), a config (shipped name or YAML file) and overrides. Overrides may use
+placeholders, filled in when the stage runs:
+
+- ``{model}``: the current policy model (the previous stage's output, or the base);
+- ``{world_seed}``: the world seed; ``{world_data}``: the world's datasets for that seed (``sft.jsonl``,
+  ``preferences.jsonl``, ``preferences_gold.jsonl``, ``unpaired.jsonl``, ``prompts.jsonl``; exported
+  into the run directory, so a world seed changes the data as well as the base model);
+- ``{stage:NAME}``: an earlier stage's run directory (e.g. a reward model for PPO:
+  ``rewards=[{kind: reward-model, path: ["{stage:rm}"]}]``).
+
+Every stage runs in its own directory under ``out``; ``--resume`` skips what finished and resumes
+what did not, so an interrupted pipeline continues from its last finished stage.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from tether.core.config import Config, load_config
+from tether.core.errors import ConfigError
+from tether.pipelines.stages import Stage, run_stage
+
+SUMMARY_SCHEMA_VERSION = 1
+HEADLINE = ("harmless.harmful_compliance", "harmless.harmful_compliance.heldout_items",
+            "harmless.harmful_compliance.heldout_wrappers", "harmless.over_refusal", "honest.sycophancy",
+            "honest.hallucination", "corrigible.resistance", "helpful.task_accuracy", "format.malformed")
+Recipe = Literal["sft", "dpo", "rm", "grpo", "ppo", "character-first", "adversarial"]
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    module: str
+    config: str
+    model_key: str                                  # the override that sets the starting model
+    output: Callable[[Any], Path | None]            # the policy model a finished run leaves (None: not a policy)
+
+
+def _adversarial_model(cfg: Any) -> Path:
+    return Path(cfg.out) / f"round-{cfg.rounds}" / "train" / "model"
+
+
+def _character_first_model(cfg: Any) -> Path:
+    return Path(cfg.out) / ("finetune" if cfg.finetune is not None else "amplify") / "model"
+
+
+RECIPES: dict[str, _Recipe] = {
+    "sft": _Recipe("tether.train.sft", "SFTConfig", "model.path", lambda c: Path(c.out) / "model"),
+    "dpo": _Recipe("tether.train.dpo", "DPOConfig", "model.path", lambda c: Path(c.out) / "model"),
+    "grpo": _Recipe("tether.train.grpo", "GRPOConfig", "model.path", lambda c: Path(c.out) / "model"),
+    "ppo": _Recipe("tether.train.ppo", "PPOConfig", "model.path", lambda c: Path(c.out) / "model"),
+    "rm": _Recipe("tether.train.rm", "RMConfig", "model.path", lambda c: None),
+    "character-first": _Recipe("tether.pipelines.character_first", "CharacterFirstConfig", "model",
+                               _character_first_model),
+    "adversarial": _Recipe("tether.pipelines.adversarial", "AdversarialConfig", "model", _adversarial_model),
+}
+
+
+class PipelineStage(Stage):
+    """One stage of the pipeline: a recipe, its config and overrides (placeholders allowed)."""
+
+    name: str = Field(description="the stage's name (its directory under out, its row in the summary)")
+    recipe: Recipe = Field(description="which recipe runs the config")
+    evaluate: bool = Field(True, description="measure the model this stage produces")
+
+
+class PipelineConfig(Config):
+    """``tether run``: a base model, stages in order, a red-team of the final model, and one evaluation."""
+
+    model: str = Field("world:base", description="the base model: world:base (built for world_seed, cached), "
+                       "or a directory / hub id of your own")
+    world_seed: int = Field(0, description="world:base: which world (base model, datasets, evaluation, goals)")
+    stages: list[PipelineStage] = Field(default_factory=list, description="alignment stages, in order")
+    redteam: Stage | None = Field(None, description="a red-team config run on the final model (null: none)")
+    evaluation: Stage | None = Field(None, description="an eval config every model is measured with (null: none)")
+    world_data_rows: int = Field(4000, ge=1, description="rows per exported world dataset")
+    out: str = Field("runs/tether", description="pipeline directory")
+    seed: int = Field(0, description="seeds every stage")
+
+    @field_validator("stages")
+    @classmethod
+    def _names(cls, value: list[PipelineStage]) -> list[PipelineStage]:
+        names = [s.name for s in value]
+        if len(set(names)) != len(names) or {"base", "redteam"} & set(names):
+            raise ValueError(f"stage names must differ and not be 'base' or 'redteam'; got {names}")
+        return value
+
+
+_PLACEHOLDER = re.compile(r"\{(model|world_seed|world_data|out|stage:[\w.-]+)\}")
+
+
+def fill(text: str, values: dict[str, str]) -> str:
+    """``text`` with its placeholders filled; an unknown ``{stage:NAME}`` or a value that is not available
+    is a config error naming it. Other braces (JSON in an override) are left alone."""
+    def one(match: re.Match[str]) -> str:
+        key = match.group(1)
+        if key not in values:
+            raise ConfigError(f"override {text!r}: {{{key}}} is not available here "
+                              + ("(no earlier stage has that name)" if key.startswith("stage:") else
+                                 "(world data needs model: world:base)" if key == "world_data" else ""))
+        return values[key]
+    return _PLACEHOLDER.sub(one, text)
+
+
+class _Clock:
+    """Per-stage progress lines with elapsed time and a rough ETA (the mean of the stages so far)."""
+
+    def __init__(self, total: int, echo: Callable[[str], None]) -> None:
+        self.total, self.echo, self.done, self.started = total, echo, 0, time.perf_counter()
+
+    def start(self, name: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        eta = f", about {_clock(elapsed / self.done * (self.total - self.done))} left" if self.done else ""
+        self.echo(f"[{self.done + 1}/{self.total}] {name} (elapsed {_clock(elapsed)}{eta})")
+
+    def finish(self) -> None:
+        self.done += 1
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+def run(cfg: PipelineConfig, *, resume: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) the pipeline; write and return ``summary.json`` (and ``report.html``)."""
+    from tether.core.runs import RunDir
+
+    run_dir = RunDir(cfg.out, command="run", config=cfg, seed=cfg.seed, resume=resume)
+    try:
+        summary = _pipeline(cfg, run_dir.path, echo)
+        for name in ("summary.json", "report.html"):
+            run_dir.add_output(name.split(".")[0], run_dir.path / name)
+    except BaseException as exc:
+        run_dir.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
+        raise
+    run_dir.finish(summary={"total_seconds": summary["total_seconds"]})
+    return summary
+
+
+def _pipeline(cfg: PipelineConfig, out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
+    import importlib
+
+    started = time.perf_counter()
+    timings_path = out / "timings.json"
+    # What each stage took when it ran; a resumed pipeline reports those, not the moment it took to skip them.
+    timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    clock = _Clock(2 + len(cfg.stages) + (cfg.redteam is not None), echo)
+    values: dict[str, str] = {"world_seed": str(cfg.world_seed), "out": str(out)}
+    rows: list[dict[str, Any]] = []
+
+    resumed = bool(timings)
+    clock.start("base model")
+    t0 = time.perf_counter()
+    base, base_info = _base(cfg, out, values)
+    timings.setdefault("base", round(time.perf_counter() - t0, 2))
+    timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+    rows.append({"name": "base", "recipe": "base", "model": base, "seconds": timings["base"], **base_info})
+    clock.finish()
+    clock.start("evaluate base")
+    _evaluate(cfg, rows[-1], out / "eval-base", values)
+    clock.finish()
+
+    model = base
+    for stage in cfg.stages:
+        clock.start(f"{stage.name} ({stage.recipe})")
+        recipe = RECIPES[stage.recipe]
+        module = importlib.import_module(recipe.module)
+        values["model"] = model
+        overrides = [f"{recipe.model_key}={model}", f"seed={cfg.seed}", *(fill(s, values) for s in stage.set),
+                     f"out={out / stage.name}"]
+        stage_cfg = load_config(getattr(module, recipe.config), stage.config, overrides)
+        t0 = time.perf_counter()
+        if stage.recipe in ("sft", "dpo", "rm", "grpo", "ppo"):
+            run_stage(stage_cfg, module.run)
+        else:
+            module.run(stage_cfg)   # the multi-stage pipelines skip their own finished runs
+        if stage.name not in timings:
+            timings[stage.name] = round(time.perf_counter() - t0, 2)
+            timings_path.write_text(json.dumps(timings, indent=2) + "\n")
+        seconds = timings[stage.name]
+        values[f"stage:{stage.name}"] = str(out / stage.name)
+        produced = recipe.output(stage_cfg)
+        row = {"name": stage.name, "recipe": stage.recipe, "seconds": round(seconds, 2)}
+        if produced is not None:
+            model = str(produced)
+            row["model"] = model
+        rows.append(row)
+        if produced is not None and stage.evaluate:
+            _evaluate(cfg, row, out / f"eval-{stage.name}", values)
+        clock.finish()
+
+    if cfg.redteam is not None:
+        clock.start("red-team the final model")
+        rows.append(_redteam(cfg, model, out / "redteam", values))
+        clock.finish()
+
+    summary = {"schema_version": SUMMARY_SCHEMA_VERSION, "world_seed": cfg.world_seed if cfg.model == "world:base"
+               else None, "base_model": base, "final_model": model, "stages": rows,
+               # This invocation's wall time; after --resume (``resumed``) the stages' own seconds are the cost.
+               "total_seconds": round(time.perf_counter() - started, 2), "resumed": resumed}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from tether.pipelines.report import write_report
+
+    write_report(summary, out / "report.html")
+    return summary
+
+
+def _base(cfg: PipelineConfig, out: Path, values: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """The base model's directory (building the world's if needed) and what the summary says of it."""
+    if cfg.model != "world:base":
+        from tether.models.loading import resolve_model_path
+
+        return resolve_model_path(cfg.model), {}
+    from tether.world.build import WorldBuildConfig, build_base_model
+    from tether.world.datasets import export_all
+    from tether.world.spec import WorldConfig, build_world
+
+    world = WorldConfig(seed=cfg.world_seed)
+    built = build_base_model(WorldBuildConfig(world=world))
+    data = out / "world-data"
+    if not (data / "done").is_file():
+        export_all(build_world(world), data, n=cfg.world_data_rows)
+        (data / "done").write_text("")
+    values["world_data"] = str(data)
+    return str(built["model"]), {"cached": bool(built.get("cached")), "world_data": str(data)}
+
+
+def _evaluate(cfg: PipelineConfig, row: dict[str, Any], eval_dir: Path, values: dict[str, str]) -> None:
+    """Measure ``row['model']`` with the pipeline's evaluation; its metrics (and time) go into ``row``."""
+    if cfg.evaluation is None:
+        return
+    from tether.evals.run import EvalConfig
+    from tether.evals.run import run as evaluate
+
+    if not (eval_dir / "metrics.json").is_file():
+        values["model"] = row["model"]
+        world = [f"suite.world.seed={cfg.world_seed}"] if cfg.model == "world:base" else []
+        ev = load_config(EvalConfig, cfg.evaluation.config, [
+            *world, *(fill(s, values) for s in cfg.evaluation.set), f"model.path={row['model']}",
+            f"seed={cfg.seed}", f"out={eval_dir}"])
+        evaluate(ev, resume=eval_dir.exists())
+    doc = json.loads((eval_dir / "metrics.json").read_text())
+    metrics = doc["metrics"]
+    row["eval_seconds"] = round(sum(doc.get("timings", {}).values()), 2)   # the evaluation's own time
+    row["eval"] = str(eval_dir)
+    row["metrics"] = {name: _rate(m) for name, m in metrics.items() if "value" in m}
+
+
+def _redteam(cfg: PipelineConfig, model: str, out: Path, values: dict[str, str]) -> dict[str, Any]:
+    from tether.redteam.run import RedteamConfig
+    from tether.redteam.run import run as redteam
+
+    assert cfg.redteam is not None
+    values["model"] = model
+    world = [f"goals.world.seed={cfg.world_seed}"] if cfg.model == "world:base" else []
+    rt = load_config(RedteamConfig, cfg.redteam.config, [
+        *world, *(fill(s, values) for s in cfg.redteam.set), f"target={model}", f"seed={cfg.seed}", f"out={out}"])
+    run_stage(rt, redteam)
+    doc = json.loads((out / "metrics.json").read_text())
+    return {"name": "redteam", "recipe": "redteam", "model": model, "dir": str(out),
+            "seconds": round(_recorded_seconds(out), 2),
+            "metrics": {name: _rate(m) for name, m in doc["metrics"].items()
+                        if name.startswith("asr.") and "value" in m}}
+
+
+def _rate(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m.get(k) for k in ("value", "ci_low", "ci_high", "n")}
+
+
+def _recorded_seconds(run_dir: Path) -> float:
+    """What a finished run took, from its record (a resumed pipeline reports the stage's own cost)."""
+    record = run_dir / "record.json"
+    if record.is_file():
+        return float(json.loads(record.read_text()).get("seconds") or 0.0)
+    return 0.0
+
+
+def compact_table(summary: dict[str, Any], names: tuple[str, ...] = HEADLINE) -> list[str]:
+    """Lines of a base-vs-final table of the headline metrics, for the terminal."""
+    evaluated = [r for r in summary["stages"] if "eval" in r]
+    if not evaluated:
+        return []
+    base, final = evaluated[0], evaluated[-1]
+    width = max(len(n) for n in names) + 2
+    lines = [f"{'metric':{width}} {'base':>22} {'final (' + final['name'] + ')':>24}"]
+    for name in names:
+        if name in base["metrics"] and name in final["metrics"]:
+            cells = [f"{100 * m['value']:5.1f}% [{100 * m['ci_low']:4.1f}–{100 * m['ci_high']:5.1f}]"
+                     for m in (base["metrics"][name], final["metrics"][name])]
+            lines.append(f"{name:{width}} {cells[0]:>22} {cells[1]:>24}")
+    return lines
