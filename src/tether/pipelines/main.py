@@ -118,17 +118,25 @@ def fill(text: str, values: dict[str, str]) -> str:
 
 
 class _Clock:
-    """Per-stage progress lines with elapsed time and a rough ETA (the mean of the stages so far)."""
+    """Per-stage progress lines with elapsed time and a rough ETA: the mean time of the stages finished so
+    far, the base model's build left out (a one-off that would swamp it)."""
 
     def __init__(self, total: int, echo: Callable[[str], None]) -> None:
         self.total, self.echo, self.done, self.started = total, echo, 0, time.perf_counter()
+        self.durations: list[float] = []
+        self.stage_started = self.started
 
     def start(self, name: str) -> None:
         elapsed = time.perf_counter() - self.started
-        eta = f", about {_clock(elapsed / self.done * (self.total - self.done))} left" if self.done else ""
+        left = self.total - self.done
+        eta = (f", about {_clock(sum(self.durations) / len(self.durations) * left)} left"
+               if self.durations else "")
         self.echo(f"[{self.done + 1}/{self.total}] {name} (elapsed {_clock(elapsed)}{eta})")
+        self.stage_started = time.perf_counter()
 
-    def finish(self) -> None:
+    def finish(self, *, in_eta: bool = True) -> None:
+        if in_eta:
+            self.durations.append(time.perf_counter() - self.stage_started)
         self.done += 1
 
 
@@ -170,7 +178,7 @@ def _pipeline(cfg: PipelineConfig, out: Path, echo: Callable[[str], None]) -> di
     timings.setdefault("base", round(time.perf_counter() - t0, 2))
     timings_path.write_text(json.dumps(timings, indent=2) + "\n")
     rows.append({"name": "base", "recipe": "base", "model": base, "seconds": timings["base"], **base_info})
-    clock.finish()
+    clock.finish(in_eta=False)
     clock.start("evaluate base")
     _evaluate(cfg, rows[-1], out / "eval-base", values)
     clock.finish()
