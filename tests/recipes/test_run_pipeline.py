@@ -89,6 +89,21 @@ def test_a_users_pipeline_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert [s["seconds"] for s in again["stages"][:4]] == [s["seconds"] for s in summary["stages"][:4]]
     assert again["resumed"] and not summary["resumed"]
 
+    # Interrupted before GRPO finished (its directory half-written, nothing after it): --resume keeps the
+    # finished stages and reruns GRPO, its evaluation and the red-team.
+    import shutil
+
+    for name in ("eval-grpo", "redteam"):
+        shutil.rmtree(out / name)
+    (out / "grpo" / "model").rename(out / "grpo" / "model-lost")
+    record = json.loads((out / "grpo" / "record.json").read_text())
+    (out / "grpo" / "record.json").write_text(json.dumps({**record, "status": "interrupted"}))
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "dpo").rglob("*") if p.is_file()}
+    code, _, err = _cli(["run", "--config", str(config), "--out", str(out), "--resume"], capsys)
+    assert code == 0, err
+    assert (out / "grpo" / "model").is_dir() and (out / "eval-grpo" / "metrics.json").is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
 
 def test_placeholders_fill_known_names_and_refuse_unknown_stages():
     values = {"model": "m", "world_seed": "3", "stage:sft": "runs/x/sft"}
