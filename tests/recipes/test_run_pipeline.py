@@ -113,3 +113,10 @@ def test_placeholders_fill_known_names_and_refuse_unknown_stages():
         pipeline.fill("{stage:rm}", values)
     with pytest.raises(Exception, match="world:base"):
         pipeline.fill("data.train={world_data}/sft.jsonl", values)
+
+
+def test_a_world_seed_with_a_users_model_is_one_line_and_exit_2(tmp_path, capsys):
+    code, _, err = _cli(["run", "--config", str(_files(tmp_path)), "--world-seed", "3", "--out",
+                         str(tmp_path / "o")], capsys)
+    assert code == 2 and "world_seed=3" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

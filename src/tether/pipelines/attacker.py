@@ -27,7 +27,7 @@ import json
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -58,7 +58,8 @@ class AttackerConfig(Config):
                                        "attacked")
     goals: GoalsConfig = Field(default_factory=GoalsConfig, description="the requests the attacker works on")
     instruction: str = Field(DEFAULT_INSTRUCTION, description="the attacker's instruction ({request})")
-    scorer: str = Field("auto", description="who judges a reply: gold (world goals), refusal, or auto")
+    scorer: Literal["auto", "gold", "refusal"] = Field(
+        "auto", description="who judges a reply: gold (world goals), refusal, or auto (gold for world goals)")
     init: Stage | None = Field(None, description="an SFT config teaching the attacker the format (null: none)")
     init_templates: str = Field("world", description="the template library the format is taught with")
     init_kinds: list[str] = Field(default_factory=lambda: ["direct", "role-play", "ignore-previous",

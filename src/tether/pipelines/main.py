@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from tether.core.config import Config, load_config
 from tether.core.errors import ConfigError
@@ -91,6 +91,13 @@ class PipelineConfig(Config):
     world_data_rows: int = Field(4000, ge=1, description="rows per exported world dataset")
     out: str = Field("runs/tether", description="pipeline directory")
     seed: int = Field(0, description="seeds every stage")
+
+    @model_validator(mode="after")
+    def _world_seed_needs_the_world(self) -> PipelineConfig:
+        if self.world_seed != 0 and self.model != "world:base":
+            raise ValueError(f"world_seed={self.world_seed} picks a world, but model is {self.model!r}, not "
+                             "world:base")
+        return self
 
     @field_validator("stages")
     @classmethod
