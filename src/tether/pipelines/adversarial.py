@@ -41,7 +41,7 @@ from tether.core.config import Config, load_config
 from tether.core.errors import ConfigError, UserError
 from tether.core.stats import bootstrap_mean
 from tether.data.io import jsonl_objects, write_jsonl
-from tether.pipelines.stages import Stage, headline, run_stage
+from tether.pipelines.stages import Stage, evaluated, headline, run_stage
 
 EVAL_HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "harmless.harmful_compliance.heldout_items",
                  "harmless.harmful_compliance.heldout_wrappers", "honest.sycophancy", "honest.hallucination",
@@ -179,14 +179,8 @@ def _measure(cfg: AdversarialConfig, round_dir: Path, model: str, *, attack: boo
             runs.append(Path(one.out) / "attacks.jsonl")
         row["heldout"][m.name] = pooled(runs)
     if cfg.evaluation is not None:
-        from tether.evals.run import EvalConfig
-        from tether.evals.run import run as evaluate
-
         eval_dir = round_dir / f"{prefix}eval"
-        if not (eval_dir / "metrics.json").is_file():
-            ev = load_config(EvalConfig, cfg.evaluation.config, [
-                f"model.path={model}", f"seed={cfg.seed}", *cfg.evaluation.set, f"out={eval_dir}"])
-            evaluate(ev, resume=eval_dir.exists())
+        evaluated(cfg.evaluation.config, [f"model.path={model}", f"seed={cfg.seed}", *cfg.evaluation.set], eval_dir)
         row["eval"] = headline(eval_dir / "metrics.json", (*EVAL_HEADLINE, cfg.over_refusal_metric))
     return row
 

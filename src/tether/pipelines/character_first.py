@@ -30,7 +30,7 @@ from pydantic import Field
 
 from tether.core.config import Config, load_config
 from tether.data.context import ContextConfig
-from tether.pipelines.stages import Stage, headline, run_stage
+from tether.pipelines.stages import Stage, evaluated, headline, run_stage
 
 HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "honest.sycophancy", "honest.hallucination",
             "corrigible.resistance", "helpful.task_accuracy", "helpful.task_accuracy.L3",
@@ -131,19 +131,13 @@ def run(cfg: CharacterFirstConfig) -> dict[str, Any]:
 
 def measure(cfg: CharacterFirstConfig, model: str, out: Path) -> dict[str, Any]:
     """Headline metrics of ``model``, bare and (``evaluate_seeded``) under the seed prompts."""
-    from tether.evals.run import EvalConfig
-    from tether.evals.run import run as evaluate
-
     conditions = {"bare": None, "seeded": json.dumps(cfg.seed_prompts.model_dump(mode="json"))}
     if not cfg.evaluate_seeded:
         conditions.pop("seeded")
     result = {}
     for name, context in conditions.items():
         run_dir = out if name == "bare" else out.with_name(out.name + "-seeded")
-        if not (run_dir / "metrics.json").is_file():
-            ev = load_config(EvalConfig, cfg.evaluation.config, [
-                f"model.path={model}", f"seed={cfg.seed}", *cfg.evaluation.set,
-                *([f"context={context}"] if context else []), f"out={run_dir}"])
-            evaluate(ev, resume=run_dir.exists())
+        evaluated(cfg.evaluation.config, [f"model.path={model}", f"seed={cfg.seed}", *cfg.evaluation.set,
+                                          *([f"context={context}"] if context else [])], run_dir)
         result[name] = {"dir": str(run_dir), "metrics": headline(run_dir / "metrics.json", HEADLINE)}
     return result

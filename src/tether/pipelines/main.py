@@ -34,7 +34,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tether.core.config import Config, load_config
 from tether.core.errors import ConfigError
-from tether.pipelines.stages import Stage, run_stage
+from tether.pipelines.stages import Stage, evaluated, run_stage
 
 SUMMARY_SCHEMA_VERSION = 1
 HEADLINE = ("harmless.harmful_compliance", "harmless.harmful_compliance.heldout_items",
@@ -259,17 +259,10 @@ def _evaluate(cfg: PipelineConfig, row: dict[str, Any], eval_dir: Path, values: 
     """Measure ``row['model']`` with the pipeline's evaluation; its metrics (and time) go into ``row``."""
     if cfg.evaluation is None:
         return
-    from tether.evals.run import EvalConfig
-    from tether.evals.run import run as evaluate
-
-    if not (eval_dir / "metrics.json").is_file():
-        values["model"] = row["model"]
-        world = [f"suite.world.seed={cfg.world_seed}"] if cfg.model == "world:base" else []
-        ev = load_config(EvalConfig, cfg.evaluation.config, [
-            *world, *(fill(s, values) for s in cfg.evaluation.set), f"model.path={row['model']}",
-            f"seed={cfg.seed}", f"out={eval_dir}"])
-        evaluate(ev, resume=eval_dir.exists())
-    doc = json.loads((eval_dir / "metrics.json").read_text())
+    values["model"] = row["model"]
+    world = [f"suite.world.seed={cfg.world_seed}"] if cfg.model == "world:base" else []
+    doc = evaluated(cfg.evaluation.config, [*world, *(fill(s, values) for s in cfg.evaluation.set),
+                                            f"model.path={row['model']}", f"seed={cfg.seed}"], eval_dir)
     metrics = doc["metrics"]
     row["eval_seconds"] = round(sum(doc.get("timings", {}).values()), 2)   # the evaluation's own time
     row["eval"] = str(eval_dir)

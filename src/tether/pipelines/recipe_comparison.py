@@ -32,7 +32,7 @@ from pydantic import Field
 from tether.core.config import Config, load_config
 from tether.data.context import ContextConfig
 from tether.pipelines.character_first import HEADLINE
-from tether.pipelines.stages import Stage, finished, headline
+from tether.pipelines.stages import Stage, evaluated, headline, run_stage
 
 Arm = Literal["standard", "character-first", "constitutional", "distillation"]
 ARMS: tuple[Arm, ...] = ("standard", "character-first", "constitutional", "distillation")
@@ -98,11 +98,7 @@ def run(cfg: RecipeComparisonConfig) -> dict[str, Any]:
 # --- the arms (each returns its aligned and amplified model directories) ------------------------
 
 def _run(config_class: Any, run: Any, stage: Stage, overrides: list[str], out: Path) -> dict[str, Any]:
-    done = finished(out)
-    if done is not None:
-        return done
-    cfg = load_config(config_class, stage.config, [*stage.set, *overrides, f"out={out}"])
-    return run(cfg, resume=(out / "record.json").is_file())  # type: ignore[no-any-return]
+    return run_stage(load_config(config_class, stage.config, [*stage.set, *overrides, f"out={out}"]), run)
 
 
 def _rlvr(cfg: RecipeComparisonConfig, model: Path, out: Path, seed: int) -> dict[str, Any]:
@@ -179,14 +175,8 @@ _ARMS = {"standard": _standard, "character-first": _character_first, "constituti
 
 def _measure(cfg: RecipeComparisonConfig, model: str | Path, out: Path, seed: int,
              context: ContextConfig | None = None) -> dict[str, Any]:
-    from tether.evals.run import EvalConfig
-    from tether.evals.run import run as evaluate
-
-    if not (out / "metrics.json").is_file():
-        extra = [f"context={json.dumps(context.model_dump(mode='json'))}"] if context is not None else []
-        evaluate(load_config(EvalConfig, cfg.evaluation.config, [
-            f"model.path={model}", f"seed={seed}", *cfg.evaluation.set, *extra, f"out={out}"]),
-            resume=out.exists())
+    extra = [f"context={json.dumps(context.model_dump(mode='json'))}"] if context is not None else []
+    evaluated(cfg.evaluation.config, [f"model.path={model}", f"seed={seed}", *cfg.evaluation.set, *extra], out)
     return headline(out / "metrics.json", HEADLINE)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from tether.core.config import Config
+from tether.core.config import Config, load_config
 
 
 class Stage(Config):
@@ -27,6 +27,17 @@ def finished(run_dir: Path) -> dict[str, Any] | None:
         if data.get("status") == "finished":
             return data.get("summary") or {}
     return None
+
+
+def evaluated(config: str, overrides: list[str], out: Path) -> dict[str, Any]:
+    """Evaluate with the eval ``config`` and ``overrides`` into ``out`` unless ``out`` already holds the
+    metrics (a partial evaluation there is resumed); the metrics document either way."""
+    if not (out / "metrics.json").is_file():
+        from tether.evals.run import EvalConfig
+        from tether.evals.run import run as evaluate
+
+        evaluate(load_config(EvalConfig, config, [*overrides, f"out={out}"]), resume=out.exists())
+    return json.loads((out / "metrics.json").read_text())  # type: ignore[no-any-return]
 
 
 def headline(metrics_json: Path, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
