@@ -102,3 +102,17 @@ def test_length_groups_minimise_padding_and_keep_every_index():
     best = min(sum(len(p) * max(lengths[i] for i in p) for p in (order[:a], order[a:b], order[b:]) if p)
                for a, b in itertools.combinations(range(1, 8), 2))
     assert padded == best
+
+
+def test_padded_widths_round_up_on_a_gpu_only():
+    from tether.data.collate import pad_batch, pad_multiple
+    from tether.models.chat import TokenizedExample
+
+    assert pad_multiple("cpu") == 1 and pad_multiple("cuda") == 64 and pad_multiple("cuda:1") == 64
+    rows = [TokenizedExample([5, 6, 7], [False, True, True]), TokenizedExample([8], [True])]
+    plain = pad_batch(rows, pad_id=0)
+    assert plain.input_ids.shape == (2, 3)
+    wide = pad_batch(rows, pad_id=0, multiple_of=8)
+    assert wide.input_ids.shape == (2, 8)
+    assert wide.input_ids[:, :3].equal(plain.input_ids) and int(wide.attention_mask.sum()) == 4
+    assert not wide.loss_mask[:, 3:].any() and wide.loss_mask[:, :3].equal(plain.loss_mask)
