@@ -67,3 +67,85 @@ def test_eos_ends_a_completion(tokenizer):
     out = HFGenerator(model, tokenizer).generate(["q"], settings)[0]
     assert out.finish_reason == "eos"
     assert out.token_ids == free.token_ids[:2]
+
+
+def _mixed_prompts() -> list:
+    return ["q", "a much longer prompt than the others, with padding to its left", [
+        {"role": "user", "content": "hi there"}], "yy", "what is the capital of the moon"]
+
+
+def test_static_cache_decoding_matches_the_dynamic_cache(tokenizer):
+    """The static-cache path (the one a CUDA graph replays) samples the same tokens, with the same
+    log-probs, ends and finish reasons, for left-padded batches of several architectures."""
+    import pytest
+
+    from tether.models.tiny import build_tiny_model
+
+    for arch in ("llama", "gpt2", "qwen3"):
+        gen = HFGenerator(build_tiny_model(arch, tokenizer, seed=1), tokenizer)
+        prompts = _mixed_prompts() * 2
+        seeds = list(range(len(prompts)))
+        dynamic = GenerationSettings(max_new_tokens=16, temperature=1.0, batch_size=4, decoding="dynamic")
+        free = gen.generate(prompts, dynamic, seeds=seeds)
+        # End tokens that are sampled: make two of the free run's early tokens "EOS", and one a stop string.
+        gen.eos_ids = sorted({free[0].token_ids[2], free[3].token_ids[4]})
+        stop = [free[1].text[3:5]] if len(free[1].text) >= 5 else []
+        for settings in (dynamic, dynamic.model_copy(update={"stop": stop})):
+            ours = gen.generate(prompts, settings, seeds=seeds)
+            static = gen.generate(prompts, settings.model_copy(update={"decoding": "static"}), seeds=seeds)
+            assert [c.token_ids for c in static] == [c.token_ids for c in ours], arch
+            assert [c.finish_reason for c in static] == [c.finish_reason for c in ours]
+            assert [c.text for c in static] == [c.text for c in ours]
+            for a, b in zip(static, ours, strict=True):
+                assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+                assert a.entropies == pytest.approx(b.entropies, abs=1e-5)
+        assert {c.finish_reason for c in ours} >= {"eos"}, "the test must exercise EOS"
+
+
+def test_static_decoding_refuses_what_it_cannot_run(tokenizer):
+    import pytest
+
+    from tether.core.errors import ConfigError
+    from tether.models.static_decode import StaticDecoder, static_decoding_supported
+    from tether.models.tiny import build_tiny_model
+
+    sliding = build_tiny_model("gemma2", tokenizer)
+    assert not static_decoding_supported(sliding)
+    gen = HFGenerator(sliding, tokenizer)
+    auto = gen.generate(["q"], GenerationSettings(max_new_tokens=4))  # auto falls back to the dynamic cache
+    assert len(auto[0].token_ids) >= 1
+    with pytest.raises(ConfigError, match="static-cache support"):
+        gen.generate(["q"], GenerationSettings(max_new_tokens=4, decoding="static"))
+    with pytest.raises(ValueError, match="CUDA"):
+        StaticDecoder(build_tiny_model("llama", tokenizer), 1, 8, graph=True)
+
+
+def test_static_decoders_are_reused_while_the_weights_stay_in_place(tokenizer):
+    import pytest
+
+    from tether.models.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", tokenizer, seed=2)
+    gen = HFGenerator(model, tokenizer)
+    static = GenerationSettings(max_new_tokens=8, temperature=1.0, batch_size=5, decoding="static")
+    dynamic = static.model_copy(update={"decoding": "dynamic"})
+    prompts, seeds = _mixed_prompts(), list(range(5))
+    gen.generate(prompts, static, seeds=seeds)
+    (first,) = gen._decoders.values()
+    with torch.no_grad():  # an optimizer step: the same tensors, new values
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    again = gen.generate(prompts, static, seeds=seeds)
+    assert list(gen._decoders.values()) == [first]
+    assert [c.token_ids for c in again] == [c.token_ids for c in gen.generate(prompts, dynamic, seeds=seeds)]
+    model.to(torch.float64)  # new tensors: the old cache (and any graph) must not serve them
+    assert not first.fits(model)
+    fresh = gen.generate(prompts, static, seeds=seeds)
+    assert list(gen._decoders.values()) != [first]
+    reference = gen.generate(prompts, dynamic, seeds=seeds)
+    assert [c.token_ids for c in fresh] == [c.token_ids for c in reference]
+    for a, b in zip(fresh, reference, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-9)
+    for size in range(1, 8):  # at most keep_decoders shapes are kept
+        gen.generate(prompts[:1] * size, static.model_copy(update={"batch_size": size}))
+    assert len(gen._decoders) == gen.keep_decoders

@@ -5,8 +5,13 @@ Two in-process backends:
   the attention mask, temperature / top-k / top-p, stop strings and EOS, a seeded
   ``torch.Generator``, per-token log-probs of the sampled tokens. Faster than
   ``model.generate`` on small models where per-step overhead dominates (see bench/generation.py).
+  ``decoding`` picks its cache: on a CUDA device a static cache whose decode step is replayed
+  from a CUDA graph (tether.models.static_decode), elsewhere the dynamic cache.
 - ``hf-generate``: ``transformers``' ``model.generate``, for architectures or features the
   sampler does not cover.
+
+And one out of process for RL rollouts: ``vllm`` (tether.models.vllm_backend), built with
+:func:`build_generator`.
 
 Log-probs convention: ``Completion.logprobs[i]`` is log p(token_i | context) under the
 model's *raw* distribution (temperature 1, no top-k/top-p truncation), the quantity a
@@ -24,11 +29,17 @@ from pydantic import Field
 from torch import Tensor
 
 from tether.core.config import Config
+from tether.core.errors import ConfigError
 from tether.models.chat import Prompt, prompt_text
 from tether.models.logprobs import position_ids_from_mask
+from tether.models.static_decode import StaticDecoder, static_decoding_supported
+from tether.models.vllm_backend import VLLMSettings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+_PROMPT_MULTIPLE = 64  # static-cache decoding pads prompt widths to a multiple of this
 
 
 class GenerationSettings(Config):
@@ -41,7 +52,12 @@ class GenerationSettings(Config):
     stop: list[str] = Field(default_factory=list, description="stop strings; excluded from the returned text")
     seed: int = Field(0, description="seed of the sampling generator")
     batch_size: int = Field(32, ge=1, description="prompts per forward batch")
-    backend: Literal["sampler", "hf-generate"] = Field("sampler", description="see tether.models.generation")
+    backend: Literal["sampler", "hf-generate", "vllm"] = Field(
+        "sampler", description="see tether.models.generation; vllm: tether.models.vllm_backend (GPU, RL rollouts)")
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings, description="the engine, when backend is vllm")
+    decoding: Literal["auto", "dynamic", "static", "cuda-graph"] = Field(
+        "auto", description="sampler's KV cache: auto = cuda-graph on a CUDA device for models that support it "
+        "(tether.models.static_decode), dynamic elsewhere; static = static cache without a graph")
 
 
 @dataclass
@@ -62,6 +78,30 @@ class Generator(Protocol):
     def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
         """Complete every prompt (plain text, or messages rendered with the chat template)."""
         ...
+
+
+class RolloutGenerator(Protocol):
+    """What RL rollouts need of a generator: its token ids for a prompt, and seeded completions."""
+
+    def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
+        """Token ids per prompt, as the completions were generated from."""
+        ...
+
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings, *,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        """Complete every prompt; with ``seeds``, each completion depends only on its prompt and seed."""
+        ...
+
+
+def build_generator(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: GenerationSettings, *,
+                    path: str | None = None, seed: int = 0) -> RolloutGenerator:
+    """The generator ``settings.backend`` names for ``model``: in process, or vLLM serving ``model``'s weights
+    (loaded from ``path``, the model's HF directory, then kept in sync with ``model``)."""
+    if settings.backend == "vllm":
+        from tether.models.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(path or str(model.name_or_path), tokenizer, settings.vllm, model=model, seed=seed)
+    return HFGenerator(model, tokenizer)
 
 
 def filter_logits(logits: Tensor, *, top_k: int = 0, top_p: float = 1.0) -> Tensor:
@@ -139,6 +179,8 @@ class HFGenerator:
         eos |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
         self.eos_ids = sorted(e for e in eos if e is not None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self._decoders: dict[tuple[int, int, str], StaticDecoder] = {}
+        self.keep_decoders = 4  # static caches (and graphs) kept for reuse, least recently used dropped
 
     def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
         """Token ids per prompt; plain text gets the tokenizer's special tokens, templates bring their own."""
@@ -155,6 +197,9 @@ class HFGenerator:
         its prompt and its seed, not on batching, so RL rollouts split over processes are the
         rollouts one process would draw. Without it one stream seeded by ``settings.seed`` serves the batch.
         """
+        if settings.backend == "vllm":
+            raise ConfigError("generation.backend=vllm serves the RL recipes' rollouts (train grpo / ppo / rloo; "
+                             "tether.models.generation.build_generator); use 'sampler' here")
         encoded = self.encode(prompts)
         if seeds is not None and (len(seeds) != len(encoded) or settings.backend != "sampler"):
             raise ValueError("per-prompt seeds need one seed per prompt and the 'sampler' backend")
@@ -180,8 +225,8 @@ class HFGenerator:
             raise RuntimeError(f"generation returned no completion for prompts {missing[:10]}")
         return [r for r in results if r is not None]
 
-    def _left_pad(self, batch: list[list[int]]) -> tuple[Tensor, Tensor]:
-        width = max(len(ids) for ids in batch)
+    def _left_pad(self, batch: list[list[int]], multiple: int = 1) -> tuple[Tensor, Tensor]:
+        width = -(-max(len(ids) for ids in batch) // multiple) * multiple
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, seq in enumerate(batch):
@@ -189,25 +234,66 @@ class HFGenerator:
             mask[row, width - len(seq):] = 1
         return ids.to(self.model.device), mask.to(self.model.device)
 
+    def _static_decoder(self, size: int, max_len: int, settings: GenerationSettings) -> StaticDecoder | None:
+        """The static-cache decoder ``settings.decoding`` asks for, or None for the dynamic cache."""
+        mode = settings.decoding
+        # Under autocast, keys (rotated in fp32) and values (bf16) differ in dtype, which a static
+        # cache cannot hold; load the model in bf16 instead to decode it over one.
+        autocast = torch.is_autocast_enabled(self.model.device.type)
+        if mode == "auto":
+            cuda = self.model.device.type == "cuda"
+            mode = "cuda-graph" if cuda and not autocast and static_decoding_supported(self.model) else "dynamic"
+        if mode == "dynamic":
+            return None
+        if autocast:
+            raise ConfigError(f"generation.decoding={mode!r} cannot run under autocast; "
+                              "load the model in bf16 or use 'dynamic'")
+        if not static_decoding_supported(self.model):
+            raise ConfigError(f"generation.decoding={mode!r} needs a model with static-cache support, sdpa or eager "
+                              f"attention and no sliding window ({type(self.model).__name__} has not); use 'dynamic'")
+        # Decoders (their caches and graphs) are kept per shape and reused while the weights stay put:
+        # an RL loop samples the same shapes step after step.
+        key = (size, max_len, mode)
+        decoder = self._decoders.pop(key, None)
+        if decoder is None or not decoder.fits(self.model):
+            decoder = StaticDecoder(self.model, size, max_len, graph=mode == "cuda-graph")
+        decoder.reset()
+        self._decoders[key] = decoder  # most recently used last
+        while len(self._decoders) > self.keep_decoders:
+            self._decoders.pop(next(iter(self._decoders)))
+        return decoder
+
     @torch.inference_mode()
     def _sample(self, batch: list[list[int]], settings: GenerationSettings, generator: torch.Generator,
                 seeds: list[int] | None = None) -> list[Completion]:
-        ids, mask = self._left_pad(batch)                                    # (B, P)
+        size = len(batch)
+        # A static cache's length is a shape of its graph: round prompt widths up so that a few
+        # lengths (and graphs) serve every batch.
+        width = max(len(ids) for ids in batch)
+        rounded = -(-width // _PROMPT_MULTIPLE) * _PROMPT_MULTIPLE
+        decoder = self._static_decoder(size, rounded + settings.max_new_tokens, settings)
+        ids, mask = self._left_pad(batch, _PROMPT_MULTIPLE if decoder is not None else 1)  # (B, P)
         positions = position_ids_from_mask(mask)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=1)
-        cache = out.past_key_values
+        if decoder is None:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1)
+            cache, logits = out.past_key_values, out.logits[:, -1]           # (B, V)
+        else:
+            logits = decoder.prefill(ids, mask, positions)
         next_pos = positions[:, -1:] + 1                                     # (B, 1)
         eos = torch.tensor(self.eos_ids, device=ids.device)
-        size = len(batch)
         tokens = torch.full((size, settings.max_new_tokens), self.pad_id, dtype=torch.long, device=ids.device)
         logprobs = torch.zeros((size, settings.max_new_tokens), dtype=torch.float32, device=ids.device)
         entropies = torch.zeros_like(logprobs)
         finished = torch.zeros(size, dtype=torch.bool, device=ids.device)
-        reasons: list[str] = ["length"] * size
-        lengths = [settings.max_new_tokens] * size
-        logits = out.logits[:, -1]                                           # (B, V)
+        # End bookkeeping stays on the device (no per-row host reads); stop strings need the host.
+        ended_eos = torch.zeros(size, dtype=torch.bool, device=ids.device)
+        lengths = torch.full((size,), settings.max_new_tokens, dtype=torch.long, device=ids.device)
+        stopped: dict[int, int] = {}
         noise = RowNoise(seeds, logits.shape[-1], ids.device) if seeds is not None else None
+        # Asking the device whether every row has ended makes the host wait for it; on a GPU ask every
+        # few steps so the host queues the next steps meanwhile (ended rows only append padding).
+        check_every = 1 if ids.device.type == "cpu" else 8
         for step in range(settings.max_new_tokens):
             chosen = (pick_tokens(logits, settings, generator) if noise is None
                       else pick_tokens_per_row(logits, settings, noise.next()))  # (B,)
@@ -217,31 +303,39 @@ class HFGenerator:
             logprobs[:, step] = log_p.gather(-1, chosen[:, None]).squeeze(-1)
             entropies[:, step] = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1)
             hit_eos = torch.isin(chosen, eos) & ~finished
-            for row in hit_eos.nonzero().flatten().tolist():
-                reasons[row], lengths[row] = "eos", step + 1
+            lengths = torch.where(hit_eos, step + 1, lengths)
+            ended_eos |= hit_eos
             finished |= hit_eos
             if settings.stop:
                 for row in (~finished).nonzero().flatten().tolist():
                     if self._hits_stop(tokens[row, : step + 1], settings.stop):
-                        reasons[row], lengths[row] = "stop", step + 1
+                        stopped[row] = step + 1
                         finished[row] = True
-            if bool(finished.all()) or step + 1 == settings.max_new_tokens:
+            if step + 1 == settings.max_new_tokens or (step % check_every == 0 and bool(finished.all())):
                 break
-            mask = torch.cat([mask, torch.ones((size, 1), dtype=mask.dtype, device=mask.device)], dim=1)
-            out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos,
-                             past_key_values=cache, use_cache=True)
-            cache, next_pos = out.past_key_values, next_pos + 1
-            logits = out.logits[:, -1]
+            if decoder is None:
+                mask = torch.cat([mask, torch.ones((size, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+                out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos,
+                                 past_key_values=cache, use_cache=True)
+                cache, logits = out.past_key_values, out.logits[:, -1]
+            else:
+                logits = decoder.step(chosen, next_pos)
+            next_pos = next_pos + 1
+        # One transfer to the host for the whole batch (row by row would wait on the device each time).
+        ends, eos_rows = lengths.tolist(), ended_eos.tolist()
+        token_rows, logp_rows, entropy_rows = tokens.tolist(), logprobs.tolist(), entropies.tolist()
+        ends = [stopped.get(row, end) for row, end in enumerate(ends)]
+        reasons = ["stop" if row in stopped else "eos" if eos_rows[row] else "length" for row in range(size)]
         return [
-            self._completion(tokens[row, : lengths[row]].tolist(), logprobs[row, : lengths[row]].tolist(),
-                             reasons[row], settings.stop, entropies[row, : lengths[row]].tolist())
+            self._completion(token_rows[row][: ends[row]], logp_rows[row][: ends[row]], reasons[row], settings.stop,
+                             entropy_rows[row][: ends[row]])
             for row in range(size)
         ]
 
     def _hf_generate(self, batch: list[list[int]], settings: GenerationSettings,
                      generator: torch.Generator) -> list[Completion]:
         ids, mask = self._left_pad(batch)
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
         sample = settings.temperature > 0
         kwargs = dict(temperature=settings.temperature, top_k=settings.top_k or None, top_p=settings.top_p) if sample else {}
         with torch.random.fork_rng(devices=[] if ids.device.type == "cpu" else [ids.device]):

@@ -35,7 +35,7 @@ from tether.losses.rl import (
     reinforce_pp_advantages,
     rloo_advantages,
 )
-from tether.models.generation import GenerationSettings, HFGenerator
+from tether.models.generation import GenerationSettings, build_generator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
 from tether.models.logprobs import completion_logps, inner_model
 from tether.train import online
@@ -111,7 +111,7 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
                         f"{acc.num_processes} processes")
     reference.to(acc.device)
     policy = inner_model(loop.model)
-    generator = HFGenerator(policy, tokenizer)
+    generator = build_generator(policy, tokenizer, cfg.generation, path=cfg.model.path, seed=cfg.seed)
     watch = online.Watch(cfg.watch, policy, cfg.rewards)
     schedule = EvalSchedule(cfg.evaluation, tokenizer, run_dir)
 

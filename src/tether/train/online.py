@@ -36,7 +36,7 @@ from tether.data.context import ContextConfig, context_for, with_context
 from tether.data.records import PromptRecord
 from tether.data.sources import load_records
 from tether.models.chat import TokenizedExample
-from tether.models.generation import GenerationSettings, HFGenerator
+from tether.models.generation import GenerationSettings, RolloutGenerator
 from tether.models.logprobs import completion_logps, inner_model
 from tether.train.rewards import Rewards, RewardSpec
 from tether.train.watchdog import WatchConfig
@@ -149,7 +149,7 @@ def by_length(lengths: Sequence[int], groups: int, max_size: int) -> list[list[i
     return [order[i:i + size] for i in range(0, len(order), size)] if order else []
 
 
-def roll_out(policy: Any, generator: HFGenerator, settings: GenerationSettings, prompts: Sequence[dict[str, Any]], *,
+def roll_out(policy: Any, generator: RolloutGenerator, settings: GenerationSettings, prompts: Sequence[dict[str, Any]], *,
              first_slot: int, samples_per_prompt: int, seed: int, step: int, rewards: Rewards, gold: Rewards | None,
              reference: Reference | None, device: torch.device, pad_id: int, length_groups: int = 4,
              recompute_old: bool = True) -> tuple[list[Sample], dict[str, float]]:
@@ -251,7 +251,8 @@ def signals(samples: Sequence[Sample]) -> dict[str, float]:
     if samples[0].ref_logps is not None:
         out["kl"] = sum(float((s.old_logps - s.ref_logps).sum()) for s in samples if s.ref_logps is not None) / n
     tokens = sum(len(s.completion_ids) for s in samples)
-    out["entropy"] = sum(float(s.entropy.sum()) for s in samples) / max(tokens, 1)
+    if all(len(s.entropy) == len(s.completion_ids) for s in samples):  # a backend may not report entropies (vLLM)
+        out["entropy"] = sum(float(s.entropy.sum()) for s in samples) / max(tokens, 1)
     out["completion_tokens"] = tokens / n
     out["truncated"] = sum(s.truncated for s in samples) / n
     return {k: round(v, 6) for k, v in out.items()}

@@ -43,7 +43,7 @@ from tether.losses.rl import (
     value_loss_per_token,
     whiten,
 )
-from tether.models.generation import GenerationSettings, HFGenerator
+from tether.models.generation import GenerationSettings, build_generator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
 from tether.models.logprobs import hidden_and_head, inner_model, logps_from_hidden, run_inside
 from tether.train import online
@@ -195,7 +195,7 @@ def _train(cfg: PPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
                         f"over {acc.num_processes} processes")
     reference.to(acc.device)
     model: PolicyValue = inner_model(loop.model)
-    generator = HFGenerator(model.policy, tokenizer)
+    generator = build_generator(model.policy, tokenizer, cfg.generation, path=cfg.model.path, seed=cfg.seed)
     watch = online.Watch(cfg.watch, model, cfg.rewards)
     per_rollout = cfg.loss.epochs * cfg.loss.minibatches
     kl_coef = cfg.loss.kl_coef
