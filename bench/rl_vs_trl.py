@@ -7,7 +7,8 @@ size, completions per step, completion budget, temperature 1 with no top-k / top
 update per rollout, clipped surrogate with ε = 0.2, token-mean loss (TRL's ``dapo``), k3 KL
 with β = 0.04 to a frozen reference, group-std advantages, AdamW at a constant learning rate,
 gradient clipping at 1.0, fp32 (or --dtype bf16 autocast on a GPU). TRL generates with
-transformers' ``generate`` (no vLLM, as on this machine); tether with its KV-cache sampler.
+transformers' ``generate`` (no vLLM on either side); tether with its KV-cache sampler (on CUDA,
+decoding replayed from a CUDA graph: tether.models.static_decode).
 
 Rounds alternate tether / TRL in one process so machine noise hits both alike. A step is
 everything from one optimizer step's end to the next: generation, rewards, reference and old
@@ -17,7 +18,8 @@ between the two (different samplers), so losses are not compared here: the maths
 checked against TRL's own loss code in tests/unit/test_rl_losses.py.
 
     python bench/rl_vs_trl.py                      # CPU, ~5 minutes
-    python bench/rl_vs_trl.py --device cuda --dtype bf16 --hidden 512 --layers 8 --batch 128
+    python bench/rl_vs_trl.py --device cuda --dtype bf16 --hidden 512 --layers 8 --batch 128 \
+        --max-new-tokens 64 --rounds 3 [--length-groups 1]
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def run_tether(start: Path, data: Path, args: argparse.Namespace, out: Path) -> 
     cfg = load_config(grpo.GRPOConfig, None, [
         f"model.path={start}", f"model.device={args.device}", f"data.train={data}", "rewards=[{kind: length}]",
         f"group_size={args.group}", f"generation.max_new_tokens={args.max_new_tokens}", "generation.temperature=1.0",
-        f"generation.batch_size={args.batch}", "loss.beta=0.04", "loss.aggregation=token-mean",
+        f"generation.batch_size={args.batch}", f"generation.decoding={args.decoding}",
+        f"data.length_groups={args.length_groups}", "loss.beta=0.04", "loss.aggregation=token-mean",
         f"optim.lr={args.lr}", "optim.schedule=constant", "optim.warmup_steps=0", "optim.max_grad_norm=1.0",
         f"loop.batch_size={args.batch}", f"loop.max_steps={args.steps}", f"seed={args.seed}", f"out={out}",
         f"loop.precision={'bf16' if args.dtype == 'bf16' else 'fp32'}"])
@@ -94,7 +97,8 @@ def run_trl(start: Path, rows: list[dict[str, Any]], args: argparse.Namespace, o
         temperature=1.0, top_k=0, top_p=1.0, beta=0.04, loss_type="dapo", scale_rewards="group", epsilon=0.2,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0,
         max_steps=args.steps, logging_steps=1, save_strategy="no", report_to=[], seed=args.seed,
-        bf16=args.dtype == "bf16", use_cpu=args.device == "cpu", dataloader_num_workers=0, disable_tqdm=True)
+        bf16=args.dtype == "bf16", use_cpu=args.device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
+        cache_implementation=args.trl_cache)
     trainer = GRPOTrainer(model=str(start), reward_funcs=length_reward, args=config,
                           train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in rows]),
                           processing_class=tokenizer, callbacks=[Clock()])
@@ -144,6 +148,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--trl-cache", default=None, help="TRL's cache_implementation for generate (e.g. static)")
+    parser.add_argument("--decoding", default="auto", help="tether's generation.decoding (see GenerationSettings)")
+    parser.add_argument("--length-groups", type=int, default=4, help="tether's data.length_groups")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     import trl
@@ -152,10 +159,12 @@ def main() -> None:
 
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads, device {args.device}",
+                   f"{torch.get_num_threads()} threads, device {args.device}"
+                   + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""),
         "versions": {"trl": trl.__version__}, "dtype": args.dtype,
         "model": {"hidden": args.hidden, "layers": args.layers}, "batch": args.batch, "group": args.group,
         "max_new_tokens": args.max_new_tokens, "steps": args.steps, "rounds": args.rounds,
+        "tether": {"decoding": args.decoding, "length_groups": args.length_groups}, "trl_cache": args.trl_cache,
     }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
