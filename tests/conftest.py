@@ -13,6 +13,15 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def pytest_ignore_collect(collection_path, config):
+    """tests/gpu needs a CUDA device: without one it is not collected (rather than collected and skipped)."""
+    if collection_path.name == "gpu" and collection_path.parent.name == "tests":
+        import torch
+
+        return not torch.cuda.is_available()
+    return None
+
+
 class _NetworkBlocked(RuntimeError):
     pass
 

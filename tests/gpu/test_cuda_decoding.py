@@ -11,10 +11,10 @@ import torch
 
 from tether.models.generation import GenerationSettings, HFGenerator
 
-pytestmark = pytest.mark.gpu
+pytestmark = pytest.mark.gpu  # and collected only where CUDA is (tests/conftest.py)
 
-if not torch.cuda.is_available():  # collected everywhere, runnable only where a GPU is
-    pytest.skip("needs a CUDA device", allow_module_level=True)
+if not torch.cuda.is_available():  # named on the command line of a machine without one
+    pytest.skip("tests/gpu needs a CUDA device", allow_module_level=True)
 
 
 def _prompts() -> list[str]:
