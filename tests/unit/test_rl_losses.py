@@ -42,6 +42,11 @@ def test_hand_worked_values():
                              clip_high=0.28)
     assert asymmetric.loss.item() == pytest.approx(-1.28)
     assert AdaptiveKL(0.1, 6.0, 100).update(12.0, 10) == pytest.approx(0.102)
+    resumed = AdaptiveKL(0.1, 6.0, 100)  # a resumed run's controller, from the checkpoint
+    controller = AdaptiveKL(0.1, 6.0, 100)
+    controller.update(12.0, 10)
+    resumed.load_state_dict(controller.state_dict())
+    assert resumed.update(3.0, 10) == controller.update(3.0, 10) == pytest.approx(0.102 * (1 - 0.02))
     # V = 2, V_old = 1, R = 0, clip 0.2: max(4, 1.2²) / 2 = 2.
     assert value_loss(torch.tensor([[2.0]]), torch.tensor([[1.0]]), torch.tensor([[0.0]]), one).item() == 2.0
 

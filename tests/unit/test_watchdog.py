@@ -40,3 +40,20 @@ def test_disagreement_rise_and_best_without_gold():
     assert [v.alarm is not None for v in verdicts] == [False, False, True]
     assert [v.best for v in verdicts] == [True, True, False] and dog.best_step == 2
     assert "0.81" in verdicts[-1].alarm.detail
+
+
+def test_state_round_trip_continues_exactly_where_it_left_off():
+    """What a checkpoint keeps: a fresh watchdog given the state after step 3 judges steps 4-7 as the
+    original does (same best step, same alarm at step 7)."""
+    cfg = WatchConfig(gold_drop=0.1, window=2, patience=2, disagreement_rise=0.5)
+    rows = [{"reward": p, "gold_reward": g, "d": d} for p, g, d in
+            zip([0.0, 0.5, 1.0, 1.2, 1.4, 1.6, 1.8], [0.0, 0.2, 0.4, 0.35, 0.25, 0.1, 0.05],
+                [0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.3], strict=True)]
+    original = Watchdog(cfg, disagreement="d")
+    first = _feed(original, rows[:3])
+    restored = Watchdog(cfg, disagreement="d")
+    restored.load_state_dict(original.state_dict())
+    tail = [(step, row) for step, row in enumerate(rows[3:], start=4)]
+    assert [original.observe(s, r) for s, r in tail] == [restored.observe(s, r) for s, r in tail]
+    assert restored.state_dict() == original.state_dict() and first[-1].best
+    assert [(a.step, a.rule) for a in restored.alarms] == [(7, "gold_drop")] and restored.best_step == 4

@@ -124,6 +124,7 @@ def _train(cfg: DistillConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         raise DataError(f"{cfg.data.train}: the teacher produced no completion tokens to distil")
 
     loop = TrainLoop(model, cfg.optim, cfg.loop, run_dir, seed=cfg.seed)
+    schedule = loop.track(EvalSchedule(cfg.evaluation, tokenizer, run_dir))
     if resume:
         loop.resume()
     device = loop.accelerator.device
@@ -145,8 +146,9 @@ def _train(cfg: DistillConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         logits = run_inside(loop.model, _student_logits, rows=student)
         return token_kl(logits, target, direction=cfg.direction, temperature=cfg.temperature).sum()
 
-    schedule = EvalSchedule(cfg.evaluation, tokenizer, run_dir)
     for _step, micro_batches in loop.plan(len(pairs)):
+        if schedule.stopped_at is not None:  # resumed after early stopping had ended it
+            break
         batches = [collate([pairs[i] for i in ids]) for ids in micro_batches]
         stats = loop.step(batches, loss_sum, count=lambda b: b[0].scored_tokens(),
                           num_tokens=lambda b: int(b[0].attention_mask.sum()))

@@ -35,6 +35,7 @@ from tether.core.progress import progress_bar
 from tether.core.runs import RunDir
 
 B = TypeVar("B")
+T = TypeVar("T")
 
 
 class _TiedWeightsNotice(logging.Filter):
@@ -152,6 +153,13 @@ class TrainLoop:
         self._bar: Any = None
         self._tick = time.perf_counter()
         self._last: dict[str, Any] = {}
+
+    def track(self, obj: T) -> T:
+        """Save ``obj``'s ``state_dict()`` in every checkpoint and restore it in :meth:`resume` (early
+        stopping, a watchdog, an adaptive coefficient: state a resumed run must not start afresh).
+        Call before :meth:`resume`, in the same order on every run (checkpoints keep them by position)."""
+        self.accelerator.register_for_checkpointing(obj)
+        return obj
 
     @property
     def is_main(self) -> bool:

@@ -209,6 +209,14 @@ class AdaptiveKL:
     def __init__(self, init: float, target: float, horizon: int) -> None:
         self.value, self.target, self.horizon = init, target, horizon
 
+    def state_dict(self) -> dict[str, float]:
+        """The current coefficient (checkpointed with the run)."""
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Put back a :meth:`state_dict`."""
+        self.value = float(state["value"])
+
     def update(self, current_kl: float, steps: int) -> float:
         """Adjust after ``steps`` samples (or steps) at measured ``current_kl``; returns the new coefficient.
 

@@ -65,6 +65,16 @@ class EarlyStopping:
         self.bad_evals += 1
         return bool(self.cfg.patience) and self.bad_evals >= self.cfg.patience
 
+    def state_dict(self) -> dict[str, Any]:
+        """The best value and step, the evaluations since, and the best weights if kept."""
+        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals,
+                "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back a :meth:`state_dict`."""
+        self.best, self.best_step, self.bad_evals = state["best"], state["best_step"], state["bad_evals"]
+        self.best_state = state["best_state"]
+
     def restore(self, model: Any) -> bool:
         """Put the best evaluation's weights back; False if there is nothing to restore."""
         if self.best_state is None:
@@ -101,7 +111,7 @@ def evaluate_during_training(cfg: TrainingEval, model: Any, tokenizer: Any, step
 class EvalSchedule:
     """Periodic evaluation and early stopping, as a recipe's loop uses them::
 
-        schedule = EvalSchedule(cfg.evaluation, tokenizer, run_dir)
+        schedule = loop.track(EvalSchedule(cfg.evaluation, tokenizer, run_dir))  # before loop.resume()
         for step, micro_batches in loop.plan(n):
             ...
             extra, stop = schedule.after_step(loop.model, loop.step_count)
@@ -116,6 +126,16 @@ class EvalSchedule:
         self.stopper = EarlyStopping(cfg)
         self.last_evaluated = -1
         self.stopped_at: int | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Early stopping's state and the last evaluated step (checkpointed with the run; see TrainLoop.track)."""
+        return {"stopper": self.stopper.state_dict(), "last_evaluated": self.last_evaluated,
+                "stopped_at": self.stopped_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back a :meth:`state_dict`."""
+        self.stopper.load_state_dict(state["stopper"])
+        self.last_evaluated, self.stopped_at = state["last_evaluated"], state["stopped_at"]
 
     def after_step(self, model: Any, step: int) -> tuple[dict[str, float], bool]:
         """Evaluate if this step is due; returns the metrics to log and whether to stop."""

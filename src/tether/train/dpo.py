@@ -253,6 +253,7 @@ def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     reference = Reference(cfg, model, tokenizer)
 
     loop = TrainLoop(model, cfg.optim, cfg.loop, run_dir, seed=cfg.seed)
+    schedule = loop.track(EvalSchedule(cfg.evaluation, tokenizer, run_dir))
     if resume:
         loop.resume()
     device, pad_id = loop.accelerator.device, tokenizer.pad_token_id
@@ -272,8 +273,9 @@ def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         tally["tokens"] = tally.get("tokens", 0.0) + tokens
         return result["loss"]
 
-    schedule = EvalSchedule(cfg.evaluation, tokenizer, run_dir)
     for _step, micro_batches in loop.plan(len(train_set)):
+        if schedule.stopped_at is not None:  # resumed after early stopping had ended it
+            break
         tally.clear()
         batches = [[train_set[i] for i in ids] for ids in micro_batches]
         stats = loop.step(batches, loss_sum, count=len,

@@ -103,6 +103,9 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     gold = online.watched_gold(cfg.watch, prompts, cfg.generation.max_new_tokens)
 
     loop = TrainLoop(model, cfg.optim, cfg.loop, run_dir, seed=cfg.seed)
+    policy = inner_model(loop.model)
+    watch = loop.track(online.Watch(cfg.watch, policy, cfg.rewards))
+    schedule = loop.track(EvalSchedule(cfg.evaluation, tokenizer, run_dir))
     if resume:
         loop.resume()
     acc, pad_id = loop.accelerator, tokenizer.pad_token_id
@@ -110,12 +113,9 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         raise DataError(f"the {cfg.loop.batch_size // cfg.group_size} prompts per step must split evenly over "
                         f"{acc.num_processes} processes")
     reference.to(acc.device)
-    policy = inner_model(loop.model)
     generator = build_generator(policy, tokenizer, cfg.generation, path=cfg.model.path, seed=cfg.seed)
-    watch = online.Watch(cfg.watch, policy, cfg.rewards)
-    schedule = EvalSchedule(cfg.evaluation, tokenizer, run_dir)
 
-    stop = False
+    stop = watch.stopped or schedule.stopped_at is not None  # a resumed run that had already stopped
     while loop.step_count < cfg.loop.max_steps and not stop:
         step = loop.step_count
         chosen = online.step_prompts(prompts, cfg.loop.batch_size // cfg.group_size, seed=cfg.seed, step=step)
@@ -142,8 +142,8 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
             loop.log(result, sig | timing | {"clip_fraction": round(clipped, 6)} | harness)
             if loop.step_count >= cfg.loop.max_steps or stop:
                 break
-        loop.maybe_checkpoint()
         stop = stop or watch.observe(loop.step_count, sig)
+        loop.maybe_checkpoint()  # after the watchdog has seen this rollout: its state is in the checkpoint
 
     summary: dict[str, Any] = {"steps": loop.step_count, "tokens_seen": loop.tokens_seen, "watch": watch.summary()}
     summary |= schedule.finish(loop.model, loop.step_count)

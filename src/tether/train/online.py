@@ -283,6 +283,7 @@ class Watch:
         self.dog = Watchdog(cfg, disagreement=disagreement)
         self.best: dict[str, Tensor] | None = None
         self.rolled_back_to: int | None = None
+        self.stopped = False  # an alarm has stopped the run
 
     def observe(self, step: int, values: dict[str, float]) -> bool:
         """Read one rollout's signals; True when the run must stop (weights already restored for 'rollback')."""
@@ -294,7 +295,18 @@ class Watch:
         if self.cfg.action == "rollback" and self.best is not None:
             restore(self.model, self.best)
             self.rolled_back_to = self.dog.best_step
+        self.stopped = True
         return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """The watchdog's state and the best snapshot (checkpointed with the run; see TrainLoop.track)."""
+        return {"dog": self.dog.state_dict(), "best": self.best, "rolled_back_to": self.rolled_back_to,
+                "stopped": self.stopped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back a :meth:`state_dict`."""
+        self.dog.load_state_dict(state["dog"])
+        self.best, self.rolled_back_to, self.stopped = state["best"], state["rolled_back_to"], state["stopped"]
 
     def summary(self) -> dict[str, Any]:
         """Alarms, the best step and any rollback, for record.json."""

@@ -186,6 +186,11 @@ def _train(cfg: PPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     kl_ctl = AdaptiveKL(cfg.loss.kl_coef, cfg.loss.kl_target, cfg.loss.kl_horizon) if cfg.loss.kl_target else None
 
     loop = TrainLoop(pv, cfg.optim, cfg.loop, run_dir, seed=cfg.seed)
+    model: PolicyValue = inner_model(loop.model)
+    watch = loop.track(online.Watch(cfg.watch, model, cfg.rewards))
+    schedule = loop.track(EvalSchedule(cfg.evaluation, tokenizer, run_dir))
+    if kl_ctl is not None:
+        loop.track(kl_ctl)
     if resume:
         loop.resume()
     acc, pad_id = loop.accelerator, tokenizer.pad_token_id
@@ -194,14 +199,11 @@ def _train(cfg: PPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         raise DataError(f"prompts per rollout ({per_step_prompts}) and completions per minibatch must split evenly "
                         f"over {acc.num_processes} processes")
     reference.to(acc.device)
-    model: PolicyValue = inner_model(loop.model)
     generator = build_generator(model.policy, tokenizer, cfg.generation, path=cfg.model.path, seed=cfg.seed)
-    watch = online.Watch(cfg.watch, model, cfg.rewards)
     per_rollout = cfg.loss.epochs * cfg.loss.minibatches
-    kl_coef = cfg.loss.kl_coef
-    schedule = EvalSchedule(cfg.evaluation, tokenizer, run_dir)
+    kl_coef = kl_ctl.value if kl_ctl is not None else cfg.loss.kl_coef  # a resumed run's, if adapted
 
-    stop = False
+    stop = watch.stopped or schedule.stopped_at is not None  # a resumed run that had already stopped
     while loop.step_count < cfg.loop.max_steps and not stop:
         rollout = loop.step_count // per_rollout
         chosen = online.step_prompts(prompts, per_step_prompts, seed=cfg.seed, step=rollout)
@@ -235,9 +237,9 @@ def _train(cfg: PPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
                 break
         if kl_ctl is not None and "kl" in sig:
             kl_coef = kl_ctl.update(sig["kl"], len(samples))
-        if loop.step_count % per_rollout == 0:
-            loop.maybe_checkpoint()
         stop = stop or watch.observe(loop.step_count, sig)
+        if loop.step_count % per_rollout == 0:
+            loop.maybe_checkpoint()  # after the watchdog has seen this rollout: its state is in the checkpoint
 
     summary: dict[str, Any] = {"steps": loop.step_count, "rollouts": -(-loop.step_count // per_rollout),
                                "tokens_seen": loop.tokens_seen, "watch": watch.summary()}

@@ -90,6 +90,7 @@ def _train(cfg: SFTConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     eval_set = _load(cfg.data.eval, cfg, tokenizer, run_dir) if cfg.data.eval else []
 
     loop = TrainLoop(model, cfg.optim, cfg.loop, run_dir, seed=cfg.seed)
+    schedule = loop.track(EvalSchedule(cfg.evaluation, tokenizer, run_dir))
     if resume:
         loop.resume()
     device = loop.accelerator.device
@@ -104,9 +105,10 @@ def _train(cfg: SFTConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         return sum((sft_loss(o.token_logps, b.loss_mask).loss_sum for o, b in zip(outs, batch.batches, strict=True)),
                    torch.zeros((), device=device))
 
-    schedule = EvalSchedule(cfg.evaluation, tokenizer, run_dir)
     eval_loss = None
     for _step, micro_batches in loop.plan(len(train_set)):
+        if schedule.stopped_at is not None:  # resumed after early stopping had ended it
+            break
         batches = [collate([train_set[i] for i in ids]) for ids in micro_batches]
         stats = loop.step(batches, loss_sum, count=Grouped.scored_tokens, num_tokens=Grouped.real_tokens)
         extra: dict[str, float] = {}

@@ -20,7 +20,7 @@ last rollout that broke no rule) and on an alarm stops, or stops and restores th
 from __future__ import annotations
 
 from collections import deque
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import Field
 
@@ -75,6 +75,22 @@ class Watchdog:
         self.best_step: int | None = None
         self.first_disagreement: float | None = None
         self.alarms: list[Alarm] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`observe` has accumulated (checkpointed so a resumed run keeps its thresholds)."""
+        return {"recent": {k: list(v) for k, v in self._recent.items()}, "held": dict(self._held),
+                "best_gold": self.best_gold, "proxy_at_best": self.proxy_at_best, "best_step": self.best_step,
+                "first_disagreement": self.first_disagreement, "alarms": [tuple(a) for a in self.alarms]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back a :meth:`state_dict`."""
+        for name, values in state["recent"].items():
+            self._recent[name].clear()
+            self._recent[name].extend(values)
+        self._held = dict(state["held"])
+        self.best_gold, self.proxy_at_best = state["best_gold"], state["proxy_at_best"]
+        self.best_step, self.first_disagreement = state["best_step"], state["first_disagreement"]
+        self.alarms = [Alarm(*a) for a in state["alarms"]]
 
     def smoothed(self, name: str) -> float | None:
         """Moving mean of a signal (``proxy``, ``gold``, ``kl``, ``disagreement``), or None if never seen."""
