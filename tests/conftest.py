@@ -102,3 +102,28 @@ def chat_endpoint():
     endpoint = ChatEndpoint()
     yield endpoint
     endpoint.close()
+
+
+@pytest.fixture
+def killed_after_checkpoint(monkeypatch: pytest.MonkeyPatch):
+    """Run ``fn`` as a process killed right after the checkpoint of step ``step`` is written
+    (KeyboardInterrupt, as Ctrl-C), then put the real checkpointing back: ``killed(step, fn)``."""
+    from tether.engine import loop as loop_module
+
+    real_save = loop_module.TrainLoop.save_checkpoint
+
+    def killed(step: int, fn):
+        def save_then_die(self):
+            path = real_save(self)
+            if self.step_count == step:
+                raise KeyboardInterrupt
+            return path
+
+        monkeypatch.setattr(loop_module.TrainLoop, "save_checkpoint", save_then_die)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                fn()
+        finally:
+            monkeypatch.setattr(loop_module.TrainLoop, "save_checkpoint", real_save)
+
+    return killed

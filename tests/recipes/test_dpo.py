@@ -107,25 +107,12 @@ def test_length_groups_and_padding_free_train_exactly_like_padding(tmp_path, dat
             assert abs(x["grad_norm"] - y["grad_norm"]) < 1e-4 * max(1.0, x["grad_norm"]), (other, x, y)
 
 
-def test_killed_dpo_resumes_to_identical_weights(tmp_path, data, monkeypatch):
+def test_killed_dpo_resumes_to_identical_weights(tmp_path, data, killed_after_checkpoint):
     from safetensors.torch import load_file
-
-    from tether.engine import loop as loop_module
 
     settings = ["loop.max_steps=4", "loop.checkpoint_every=2", "reference.precompute=true"]
     dpo.run(_cfg(tmp_path, data, "full", *settings))
-    real_save = loop_module.TrainLoop.save_checkpoint
-
-    def save_then_die(self):
-        path = real_save(self)
-        if self.step_count == 2:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(loop_module.TrainLoop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        dpo.run(_cfg(tmp_path, data, "killed", *settings))
-    monkeypatch.setattr(loop_module.TrainLoop, "save_checkpoint", real_save)
+    killed_after_checkpoint(2, lambda: dpo.run(_cfg(tmp_path, data, "killed", *settings)))
     dpo.run(_cfg(tmp_path, data, "killed", *settings), resume=True)  # reference log-probs come from the cache
     full = load_file(str(tmp_path / "full" / "model" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))

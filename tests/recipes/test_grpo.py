@@ -60,12 +60,10 @@ def test_watchdog_rolls_back_to_the_best_point_when_proxy_rises_and_gold_falls(t
     assert all(rolled[k].equal(stopped[k]) for k in stopped)
 
 
-def test_a_killed_run_resumes_with_its_watchdog_state(tmp_path, monkeypatch):
+def test_a_killed_run_resumes_with_its_watchdog_state(tmp_path, killed_after_checkpoint):
     """The watchdog's moving means, best gold and best snapshot are in the checkpoint: a run killed
     before the alarm stops and rolls back exactly where the uninterrupted run did."""
     from safetensors.torch import load_file
-
-    from tether.engine import loop as loop_module
 
     watched = ["rewards=[{kind: length}]", "watch.gold={kind: length, coef: -1.0}", "watch.gold_drop=0.05",
                "watch.window=2", "watch.patience=2", "loss.beta=0.0", "optim.lr=1e-2", "optim.schedule=constant",
@@ -73,18 +71,7 @@ def test_a_killed_run_resumes_with_its_watchdog_state(tmp_path, monkeypatch):
     full = grpo.run(_cfg(tmp_path, "full", *watched))
     assert full["watch"]["alarms"] and full["steps"] > 3  # the alarm comes after the kill below
 
-    real_save = loop_module.TrainLoop.save_checkpoint
-
-    def save_then_die(self):
-        path = real_save(self)
-        if self.step_count == 3:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(loop_module.TrainLoop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        grpo.run(_cfg(tmp_path, "killed", *watched))
-    monkeypatch.setattr(loop_module.TrainLoop, "save_checkpoint", real_save)
+    killed_after_checkpoint(3, lambda: grpo.run(_cfg(tmp_path, "killed", *watched)))
     resumed = grpo.run(_cfg(tmp_path, "killed", *watched), resume=True)
     assert resumed["watch"] == full["watch"] and resumed["steps"] == full["steps"]
     a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("full", "killed"))

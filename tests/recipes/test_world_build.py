@@ -6,7 +6,6 @@ import pytest
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tether.engine import loop as loop_module
 from tether.world.build import WorldBuildConfig, build_base_model, build_dir
 
 
@@ -36,20 +35,9 @@ def test_tiny_build_loads_with_plain_transformers_and_is_cached(cache):
     assert json.loads((build_dir(cfg) / "pretrain" / "record.json").read_text())["status"] == "finished"
 
 
-def test_interrupted_build_resumes_to_the_same_model(cache, tmp_path, monkeypatch):
+def test_interrupted_build_resumes_to_the_same_model(cache, tmp_path, monkeypatch, killed_after_checkpoint):
     cfg = WorldBuildConfig(size="tiny")
-    real_save = loop_module.TrainLoop.save_checkpoint
-
-    def save_then_die(self):
-        path = real_save(self)
-        if self.step_count == 20:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(loop_module.TrainLoop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        build_base_model(cfg)
-    monkeypatch.setattr(loop_module.TrainLoop, "save_checkpoint", real_save)
+    killed_after_checkpoint(20, lambda: build_base_model(cfg))
     summary = build_base_model(cfg)
     assert not summary["cached"]
     resumed = load_file(summary["model"] + "/model.safetensors")
