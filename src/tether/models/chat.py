@@ -57,6 +57,13 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
     return render(tokenizer, prompt, add_generation_prompt=True)
 
 
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt]) -> list[list[int]]:
+    """Token ids a generator starts from, per prompt: plain text gets the tokenizer's special tokens,
+    chat templates bring their own."""
+    return [list(tokenizer(prompt_text(tokenizer, p), add_special_tokens=isinstance(p, str))["input_ids"])
+            for p in prompts]
+
+
 def completion_text(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, completion: str | Messages) -> str:
     """The text that follows ``prompt_text(prompt)`` when the model answers ``completion``."""
     if isinstance(prompt, str):

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from tether.core.config import Config
 from tether.core.errors import ConfigError
-from tether.models.chat import Prompt, prompt_text
+from tether.models.chat import Prompt, encode_prompts
 from tether.models.logprobs import position_ids_from_mask
 from tether.models.static_decode import StaticDecoder, static_decoding_supported
 from tether.models.vllm_backend import VLLMSettings
@@ -184,10 +184,7 @@ class HFGenerator:
 
     def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
         """Token ids per prompt; plain text gets the tokenizer's special tokens, templates bring their own."""
-        return [
-            list(self.tokenizer(prompt_text(self.tokenizer, p), add_special_tokens=isinstance(p, str))["input_ids"])
-            for p in prompts
-        ]
+        return encode_prompts(self.tokenizer, prompts)
 
     def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings, *,
                  seeds: Sequence[int] | None = None) -> list[Completion]:

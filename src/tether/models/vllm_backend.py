@@ -29,7 +29,7 @@ from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import UserError
-from tether.models.chat import Prompt, prompt_text
+from tether.models.chat import Prompt, encode_prompts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -87,10 +87,7 @@ class VLLMGenerator:
 
     def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
         """Token ids per prompt, exactly as the in-process sampler encodes them."""
-        return [
-            list(self.tokenizer(prompt_text(self.tokenizer, p), add_special_tokens=isinstance(p, str))["input_ids"])
-            for p in prompts
-        ]
+        return encode_prompts(self.tokenizer, prompts)
 
     def sync(self) -> bool:
         """Copy the policy's weights into vLLM if they changed since the last copy; whether it copied."""
