@@ -231,23 +231,27 @@ class HFGenerator:
             mask[row, width - len(seq):] = 1
         return ids.to(self.model.device), mask.to(self.model.device)
 
-    def _static_decoder(self, size: int, max_len: int, settings: GenerationSettings) -> StaticDecoder | None:
-        """The static-cache decoder ``settings.decoding`` asks for, or None for the dynamic cache."""
+    def _decoding(self, settings: GenerationSettings) -> str:
+        """The cache ``settings.decoding`` resolves to here: dynamic, static or cuda-graph."""
         mode = settings.decoding
         # Under autocast, keys (rotated in fp32) and values (bf16) differ in dtype, which a static
         # cache cannot hold; load the model in bf16 instead to decode it over one.
         autocast = torch.is_autocast_enabled(self.model.device.type)
         if mode == "auto":
             cuda = self.model.device.type == "cuda"
-            mode = "cuda-graph" if cuda and not autocast and static_decoding_supported(self.model) else "dynamic"
+            return "cuda-graph" if cuda and not autocast and static_decoding_supported(self.model) else "dynamic"
         if mode == "dynamic":
-            return None
+            return mode
         if autocast:
             raise ConfigError(f"generation.decoding={mode!r} cannot run under autocast; "
                               "load the model in bf16 or use 'dynamic'")
         if not static_decoding_supported(self.model):
             raise ConfigError(f"generation.decoding={mode!r} needs a model with static-cache support, sdpa or eager "
                               f"attention and no sliding window ({type(self.model).__name__} has not); use 'dynamic'")
+        return mode
+
+    def _static_decoder(self, size: int, max_len: int, mode: str) -> StaticDecoder:
+        """A static-cache decoder for this shape, reset; reused from an earlier call when it still fits."""
         # Decoders (their caches and graphs) are kept per shape and reused while the weights stay put:
         # an RL loop samples the same shapes step after step.
         key = (size, max_len, mode)
@@ -263,14 +267,13 @@ class HFGenerator:
     @torch.inference_mode()
     def _sample(self, batch: list[list[int]], settings: GenerationSettings, generator: torch.Generator,
                 seeds: list[int] | None = None) -> list[Completion]:
-        size = len(batch)
+        size, mode = len(batch), self._decoding(settings)
         # A static cache's length is a shape of its graph: round prompt widths up so that a few
         # lengths (and graphs) serve every batch.
-        width = max(len(ids) for ids in batch)
-        rounded = -(-width // _PROMPT_MULTIPLE) * _PROMPT_MULTIPLE
-        decoder = self._static_decoder(size, rounded + settings.max_new_tokens, settings)
-        ids, mask = self._left_pad(batch, _PROMPT_MULTIPLE if decoder is not None else 1)  # (B, P)
+        ids, mask = self._left_pad(batch, 1 if mode == "dynamic" else _PROMPT_MULTIPLE)  # (B, P)
         positions = position_ids_from_mask(mask)
+        decoder = None if mode == "dynamic" else self._static_decoder(size, ids.shape[1] + settings.max_new_tokens,
+                                                                      mode)
         if decoder is None:
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              logits_to_keep=1)
@@ -284,7 +287,6 @@ class HFGenerator:
         entropies = torch.zeros_like(logprobs)
         finished = torch.zeros(size, dtype=torch.bool, device=ids.device)
         # End bookkeeping stays on the device (no per-row host reads); stop strings need the host.
-        ended_eos = torch.zeros(size, dtype=torch.bool, device=ids.device)
         lengths = torch.full((size,), settings.max_new_tokens, dtype=torch.long, device=ids.device)
         stopped: dict[int, int] = {}
         noise = RowNoise(seeds, logits.shape[-1], ids.device) if seeds is not None else None
@@ -301,7 +303,6 @@ class HFGenerator:
             entropies[:, step] = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1)
             hit_eos = torch.isin(chosen, eos) & ~finished
             lengths = torch.where(hit_eos, step + 1, lengths)
-            ended_eos |= hit_eos
             finished |= hit_eos
             if settings.stop:
                 for row in (~finished).nonzero().flatten().tolist():
@@ -319,10 +320,10 @@ class HFGenerator:
                 logits = decoder.step(chosen, next_pos)
             next_pos = next_pos + 1
         # One transfer to the host for the whole batch (row by row would wait on the device each time).
-        ends, eos_rows = lengths.tolist(), ended_eos.tolist()
+        ends, ended = lengths.tolist(), finished.tolist()  # ended: by EOS, or by a stop string
         token_rows, logp_rows, entropy_rows = tokens.tolist(), logprobs.tolist(), entropies.tolist()
         ends = [stopped.get(row, end) for row, end in enumerate(ends)]
-        reasons = ["stop" if row in stopped else "eos" if eos_rows[row] else "length" for row in range(size)]
+        reasons = ["stop" if row in stopped else "eos" if ended[row] else "length" for row in range(size)]
         return [
             self._completion(token_rows[row][: ends[row]], logp_rows[row][: ends[row]], reasons[row], settings.stop,
                              entropy_rows[row][: ends[row]])
