@@ -27,6 +27,7 @@ from tether.models.loading import ModelConfig, load_model_and_tokenizer
 
 
 def main() -> None:
+    """Time the world-hhh evaluation of the base model (built before the clock starts)."""
     cfg = EvalConfig()
     model_path = model_path_for(cfg)  # build outside the timing
     with tempfile.TemporaryDirectory() as out:

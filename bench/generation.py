@@ -28,6 +28,7 @@ from tether.models.tokenizer import build_tokenizer
 
 
 def main() -> None:
+    """Parse the arguments, time both generators, print and save the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="llama")
     parser.add_argument("--hidden", type=int, default=128)
@@ -45,7 +46,8 @@ def main() -> None:
     tokenizer = build_tokenizer()
     sizes = dict(hidden_size=args.hidden, intermediate_size=4 * args.hidden, num_hidden_layers=args.layers,
                  num_attention_heads=max(1, args.hidden // 32), num_key_value_heads=max(1, args.hidden // 64))
-    model = build_tiny_model(args.arch, tokenizer, seed=0, **sizes).to(device=args.device, dtype=getattr(torch, args.dtype))
+    model = build_tiny_model(args.arch, tokenizer, seed=0, **sizes).to(device=args.device, dtype=getattr(torch,
+                                                                                                         args.dtype))
     generator = HFGenerator(model, tokenizer)
     # An end token that cannot be sampled: both backends generate exactly new_tokens per prompt.
     generator.eos_ids = [len(tokenizer) + 10_000]

@@ -17,6 +17,7 @@ from tether.world.spec import WorldConfig, build_world
 
 
 def main() -> None:
+    """Parse the arguments, time each padding mode, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches", type=int, default=50)

@@ -42,7 +42,7 @@ os.environ.setdefault("TETHER_NO_PROGRESS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from train_vs_trl import build_start  # noqa: E402  (a sibling bench script)
+from train_vs_trl import build_start
 
 
 def prompts(n: int) -> list[dict[str, Any]]:
@@ -54,6 +54,7 @@ def prompts(n: int) -> list[dict[str, Any]]:
 
 
 def run_tether(start: Path, data: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """One GRPO run of tether's: step times and rollout tokens per second."""
     from tether.core.config import load_config
     from tether.train import grpo
 
@@ -73,6 +74,7 @@ def run_tether(start: Path, data: Path, args: argparse.Namespace, out: Path) -> 
 
 
 def run_trl(start: Path, rows: list[dict[str, Any]], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """One GRPO run of TRL's GRPOTrainer on the same model and prompts: step times and rollout tokens per second."""
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback
@@ -127,6 +129,7 @@ def run_trl(start: Path, rows: list[dict[str, Any]], args: argparse.Namespace, o
 
 
 def summarise(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
+    """Median step time and rollout throughput over the runs, the first ``warmup`` steps left out."""
     step = statistics.median([s for r in runs for s in r["step_s"][warmup:]])
     tokens = statistics.median([t for r in runs for t in r["rollout_tokens_per_s"][warmup:]])
     lengths = [t for r in runs for t in r["completion_tokens"][warmup:]]
@@ -135,6 +138,7 @@ def summarise(runs: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    """Parse the arguments, run both trainers in turn, print and save the ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)

@@ -117,6 +117,7 @@ def tether_order(n: int, batch: int, steps: int, seed: int) -> list[int]:
 
 
 def run_tether(kind: str, start: Path, data: Path, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """One tether training run of ``kind`` (sft, rm, dpo): step times, tokens and peak memory."""
     from tether.core.config import load_config
 
     common = [f"model.path={start}", f"data.train={data}", f"data.max_length={args.max_length}",
@@ -147,6 +148,7 @@ def run_tether(kind: str, start: Path, data: Path, args: argparse.Namespace, out
 
 def run_trl(kind: str, start: Path, rows: list[dict[str, Any]], args: argparse.Namespace,
             out: Path) -> dict[str, Any]:
+    """The same run with TRL's trainer of ``kind``: step times, tokens and peak memory."""
     from datasets import Dataset
     from torch.utils.data import SequentialSampler
     from transformers import TrainerCallback
@@ -206,6 +208,7 @@ def run_trl(kind: str, start: Path, rows: list[dict[str, Any]], args: argparse.N
 
 
 def summarise(runs: list[dict[str, Any]], warmup: int, params: int, peak: float) -> dict[str, Any]:
+    """Median step time and token throughput over the runs (the first ``warmup`` steps left out), and memory."""
     step = statistics.median([s for r in runs for s in r["step_s"][warmup:]])
     tokens = statistics.median([t for r in runs for t in r["tokens"][warmup:]]) if runs[0]["tokens"] else float("nan")
     flops = 6 * params * tokens / step
@@ -218,6 +221,7 @@ def summarise(runs: list[dict[str, Any]], warmup: int, params: int, peak: float)
 
 
 def main() -> None:
+    """Parse the arguments, run each recipe with both tools in turn, print and save the ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("sft", "rm", "dpo"), action="append")
     parser.add_argument("--hidden", type=int, default=256)
@@ -226,7 +230,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--max-length", type=int, default=1024, help="long enough that nothing is cut (TRL drops what we would truncate)")
+    parser.add_argument("--max-length", type=int, default=1024,
+                        help="long enough that nothing is cut (TRL drops what we would truncate)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -252,7 +257,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         lm, rm_start = build_start(root, args.hidden, args.layers, args.seed)
-        params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(lm).parameters())
+        from transformers import AutoModelForCausalLM
+
+        params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(lm).parameters())
         results["model"]["parameters"] = params
         sft_rows, pair_rows = world_data(max(args.batch * args.steps, 512))
         write_jsonl(root / "sft.jsonl", sft_rows)

@@ -22,7 +22,7 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
-class _NetworkBlocked(RuntimeError):
+class _NetworkBlockedError(RuntimeError):
     pass
 
 
@@ -34,7 +34,7 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     def guarded(self: socket.socket, address: object) -> object:
         host = address[0] if isinstance(address, tuple) else None
         if host is not None and host not in ("127.0.0.1", "localhost", "::1"):
-            raise _NetworkBlocked(f"test tried to reach the network: {address}")
+            raise _NetworkBlockedError(f"test tried to reach the network: {address}")
         return real_connect(self, address)  # type: ignore[arg-type]
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
@@ -68,7 +68,7 @@ class ChatEndpoint:
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's naming
+            def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 endpoint.requests.append(body)
                 text = endpoint.reply(body)

@@ -45,7 +45,8 @@ def test_rounds_train_on_what_got_through_and_never_on_held_out_kinds(tmp_path):
     results = adversarial.run(cfg)
     out = tmp_path / "adv"
     assert [r["round"] for r in results["rounds"]] == [0, 1, 2]
-    assert results["trained_kinds"] == ["direct", "role-play"] and results["heldout_kinds"] == ["authority", "many-shot"]
+    assert results["trained_kinds"] == ["direct", "role-play"] and results["heldout_kinds"] == ["authority",
+                                                                                                "many-shot"]
     # A random tiny model never refuses, so by the refusal rule every attack gets through: each round exports
     # every (goal, training kind), and the training set replays all rounds so far, repeated to half the set.
     assert [r["new_examples"] for r in results["rounds"]] == [0, 6, 6]
@@ -70,10 +71,11 @@ def test_rounds_train_on_what_got_through_and_never_on_held_out_kinds(tmp_path):
     assert (out / "round-2" / "control-held-1" / "attacks.jsonl").is_file()
     assert results["table"][2]["control.heldout.held"]["value"] == 1.0 and (out / "adversarial.png").stat().st_size
 
-    # Rerun: every run is finished; nothing is trained, generated or rewritten.
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.suffix != ".png"
-              and p.name != "adversarial.json"}
-    assert adversarial.run(cfg)["table"] == results["table"]
+    # Rerun: every run is finished; nothing is trained, generated or rewritten (but the pipeline's own
+    # record, config and results).
+    own = {out / "adversarial.json", out / "record.json", out / "config.yaml"}
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.suffix != ".png" and p not in own}
+    assert adversarial.run(cfg, resume=True)["table"] == results["table"]
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 

@@ -57,7 +57,8 @@ def test_two_processes_match_one(tmp_path, pairs, recipe):
         rl = ["--set", "data.train=builtin:world-prompts", "--set", "rewards=[{kind: world-gold}, {kind: length}]",
               "--set", "generation.max_new_tokens=12"]
         args = ["train", recipe, *common, *rl, "--set", "loop.max_steps=8"]
-        args += ["--set", "group_size=4"] if recipe == "grpo" else ["--set", "loss.epochs=2", "--set", "loss.minibatches=2"]
+        args += ["--set", "group_size=4"] if recipe == "grpo" else ["--set", "loss.epochs=2", "--set",
+                                                                    "loss.minibatches=2"]
     one = _run(args, tmp_path / "one", 1)
     two = _run(args, tmp_path / "two", 2)
     steps = 8 if recipe in ("grpo", "ppo") else 4

@@ -76,7 +76,7 @@ def test_reference_modes_agree_at_the_start(tmp_path, data):
 
 
 def test_simpo_runs_reference_free(tmp_path, data):
-    dpo.run(_cfg(tmp_path, data, "simpo", "loss.variant=simpo", "loss.beta=2.0", "loss.simpo_gamma=0.5",
+    dpo.run(_cfg(tmp_path, data, "simpo", "loss.variant=simpo", "loss.beta=2.0", "loss.gamma=0.5",
                  "loop.max_steps=10"))
     metrics = _metrics(tmp_path / "simpo")
     assert metrics[-1]["loss"] < metrics[0]["loss"]

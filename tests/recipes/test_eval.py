@@ -116,7 +116,7 @@ def test_several_samples_per_prompt_use_cluster_intervals_and_pass_at_k(tmp_path
     data.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "label": "benign", "answer": str(i + 1)}) + "\n"
                             for i in range(4)))
     doc = run(EvalConfig.model_validate({
-        "model": {"path": "tiny:llama"}, "suite": {"name": "jsonl", "path": str(data)}, "samples_per_prompt": 3,
+        "model": {"path": "tiny:llama"}, "suite": {"kind": "jsonl", "path": str(data)}, "samples_per_prompt": 3,
         "generation": {"max_new_tokens": 4}, "out": str(tmp_path / "k")}))
     assert doc["interval"] == "cluster-bootstrap" and doc["n_samples"] == 12
     assert doc["metrics"]["helpful.accuracy"]["n"] == 12 and doc["metrics"]["helpful.accuracy.pass@3"]["n"] == 4
@@ -126,7 +126,7 @@ def test_several_samples_per_prompt_use_cluster_intervals_and_pass_at_k(tmp_path
     (["--suite", "xstest", "--data", str(FIXTURES / "bad_row.csv")], "bad_row.csv:3: 4 fields"),
     (["--suite", "xstest", "--data", str(FIXTURES / "missing_column.csv")], "missing column 'type'"),
     (["--suite", "xstest"], "set suite.path (or --data)"),
-    (["--suite", "mmlu"], "'world-hhh'"),
+    (["--suite", "mmlu"], "unknown suite 'mmlu'; known: advbench, harmbench, jsonl, world-hhh, xstest"),
     (["--set", "scorers=[{kind: nope}]"], "unknown scorer 'nope'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys, tmp_path):
@@ -147,7 +147,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys, tmp_path):
 ])
 def test_file_suites_end_to_end(suite, fixture, expected, tmp_path):
     doc = run(EvalConfig.model_validate({
-        "model": {"path": "tiny:llama"}, "suite": {"name": suite, "path": str(FIXTURES / fixture)},
+        "model": {"path": "tiny:llama"}, "suite": {"kind": suite, "path": str(FIXTURES / fixture)},
         "generation": {"max_new_tokens": 4}, "out": str(tmp_path / suite)}))
     for name, n in expected.items():
         assert doc["metrics"][name]["n"] == n, (name, doc["metrics"].get(name))
@@ -161,4 +161,5 @@ def test_context_goes_in_front_of_every_prompt_and_keeps_ids(tmp_path):
                  for name in ("bare", "ctx"))
     assert [r["id"] for r in bare] == [r["id"] for r in ctx]
     assert all(r["prompt"][0] == {"role": "system", "content": "Be good."} for r in ctx)
-    assert all(c["prompt"][1:] == [m for m in b["prompt"] if m["role"] != "system"] for b, c in zip(bare, ctx, strict=True))
+    assert all(c["prompt"][1:] == [m for m in b["prompt"] if m["role"] != "system"] for b, c in zip(bare, ctx,
+                                                                                                    strict=True))

@@ -39,7 +39,7 @@ def test_world_rewards_gold_and_kl_are_logged(tmp_path, advantage):
 
 
 def test_reward_model_terms_need_a_path(tmp_path):
-    with pytest.raises(ConfigError, match="needs path"):
+    with pytest.raises(ConfigError, match="config key 'rewards.0.path' is required"):
         _cfg(tmp_path, "x", "rewards=[{kind: reward-model}]")
 
 
@@ -92,8 +92,8 @@ def test_rloo_command_runs_grpo_with_rloo_advantages(tmp_path):
     assert result.exit_code == 0, result.output
     import yaml
 
-    assert json.loads((out / "record.json").read_text())["command"] == "train rloo"
-    assert yaml.safe_load((out / "config.yaml").read_text())["loss"]["advantage"] == "rloo"
+    assert json.loads((out / "record.json").read_text())["command"] == "train grpo"   # GRPO with a preset
+    assert yaml.safe_load((out / "config.yaml").read_text())["loss"]["advantage"] == {"kind": "rloo"}
 
 
 EVALUATION = ["evaluation.every=2", "evaluation.patience=1", "evaluation.metric=format.malformed",
@@ -110,11 +110,11 @@ def test_harness_evaluation_stops_rl_early(tmp_path):
 
 def test_context_goes_in_front_of_every_rollout_prompt(tmp_path):
     from tether.core.runs import RunDir
-    from tether.train import online
+    from tether.data.sources import PromptData, load_prompts
 
-    data = online.PromptData(train="builtin:world-task-prompts",
-                             context={"texts": ["Seed one.", "Seed two."], "placement": "system"})
-    rows = online.load_prompts(data, 0, RunDir(tmp_path / "r", command="x", config=data, seed=0))
+    data = PromptData(train="builtin:world-task-prompts",
+                      context={"texts": ["Seed one.", "Seed two."], "placement": "system"})
+    rows = load_prompts(data, 0, RunDir(tmp_path / "r", command="x", config=data, seed=0))
     assert all(r["prompt"][0] == {"role": "system", "content": r["context"]} for r in rows)
     assert {r["context"] for r in rows} == {"Seed one.", "Seed two."}
     assert all(r["prompt"][1]["role"] == "user" and "family" in r for r in rows)

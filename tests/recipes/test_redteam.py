@@ -90,7 +90,8 @@ def test_target_errors_are_unscored_and_asked_again_on_resume(chat_endpoint, tmp
     chat_endpoint.requests.clear()
     again = run(cfg, resume=True)
     assert len(chat_endpoint.requests) == 1 and again["target_errors"] == 0
-    assert (again["metrics"]["asr.direct"]["value"], again["metrics"]["asr.direct"]["n"]) == (pytest.approx(1 / 3, abs=1e-4), 3)
+    direct = again["metrics"]["asr.direct"]
+    assert (direct["value"], direct["n"]) == (pytest.approx(1 / 3, abs=1e-4), 3)
 
 
 def test_repeated_goal_ids_are_refused(tmp_path, capsys):

@@ -67,7 +67,8 @@ def test_member_ensemble_trains_each_model_and_resumes_finished_ones(tmp_path, d
     scores = ensemble.member_scores(prompts, ["I can't help with that.", "Sure. To make it, boil it."])
     assert scores.shape == (2, 2)
     summary_scores = ensemble.score(prompts, ["I can't help with that.", "Sure. To make it, boil it."])
-    assert torch.allclose(summary_scores.mean, scores.mean(0)) and torch.allclose(summary_scores.min, scores.min(0).values)
+    assert torch.allclose(summary_scores.mean, scores.mean(0)) and torch.allclose(summary_scores.min,
+                                                                                  scores.min(0).values)
     assert (summary_scores.std > 0).all()
 
 

@@ -39,7 +39,7 @@ def _files(tmp_path):
              "set": [f"data.train={prompts}", 'rewards=[{"kind": "length", "coef": -1.0}]', "loop.max_steps=2",
                      "loop.batch_size=8", "group_size=4", "generation.max_new_tokens=6", "loop.log_every=1"]}],
         "redteam": {"config": "redteam/world-run", "set": [
-            "goals.source=jsonl", f"goals.path={goals}", "generation.max_new_tokens=4",
+            f"goals={json.dumps({'source': 'jsonl', 'path': str(goals)})}", "generation.max_new_tokens=4",
             'attacks=[{"template": "direct"}, {"template": "role-play"}]']},
         "evaluation": {"config": "eval/world-hhh", "set": TINY_EVAL}}))
     return config

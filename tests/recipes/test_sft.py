@@ -157,7 +157,8 @@ def test_padding_free_packing_trains_exactly_like_padding(tmp_path):
 
 
 def test_harness_evaluation_stops_early_and_restores_the_best_weights(tmp_path):
-    evaluation = ["loop.checkpoint_every=2", "evaluation.every=2", "evaluation.patience=1", "evaluation.metric=format.malformed",
+    evaluation = ["loop.checkpoint_every=2", "evaluation.every=2", "evaluation.patience=1",
+                  "evaluation.metric=format.malformed",
                   "evaluation.harness.suite.n=2", "evaluation.harness.suite.heldout_n=0",
                   "evaluation.harness.generation.max_new_tokens=4"]
     summary = sft.run(_cfg(tmp_path, "stop", "model.path=tiny:llama", "loop.max_steps=20", *evaluation))

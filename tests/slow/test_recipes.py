@@ -29,7 +29,8 @@ def test_every_recipe_aligns_rlvr_adds_skill_and_the_weak_self_critic_derails(tm
         # Every recipe takes most of the base model's harmful compliance away (64% -> under 15%) ...
         assert value(run, "aligned", "harmless.harmful_compliance") < base["harmless.harmful_compliance"] - 0.4, arm
         # ... and RLVR adds task accuracy on top of it.
-        assert value(run, "amplified", "helpful.task_accuracy") > value(run, "aligned", "helpful.task_accuracy") + 0.02, arm
+        assert value(run, "amplified", "helpful.task_accuracy") > value(run, "aligned",
+                                                                        "helpful.task_accuracy") + 0.02, arm
 
     # Standard SFT+DPO on gold demonstrations and seeded character-first reach the floor in-distribution
     # and RLVR does not move them off it.

@@ -4,9 +4,9 @@ from typing import Literal
 import pytest
 from pydantic import Field
 
-from tether.cli.config_cmd import CONFIG_CLASSES, config_class
 from tether.core.config import Config, apply_overrides, dump_config, load_config, packaged_configs
 from tether.core.errors import ConfigError
+from tether.core.recipes import CONFIG_KINDS
 
 
 class Optim(Config):
@@ -80,10 +80,39 @@ def test_missing_config_file_is_a_clear_error():
 @pytest.mark.parametrize("name", packaged_configs())
 def test_every_shipped_config_validates(name: str):
     kind = name.split("/")[0]
-    assert kind in CONFIG_CLASSES, f"shipped config {name} has no config class registered"
-    cfg = load_config(config_class(kind), name)
+    assert kind in CONFIG_KINDS, f"shipped config {name} has no config kind registered"
+    cfg = load_config(CONFIG_KINDS.get(kind), name)
     assert isinstance(cfg, Config)
 
 
 def test_there_are_shipped_configs():
     assert "sft/demo" in packaged_configs()
+
+
+def test_a_functions_keyword_only_parameters_become_its_config():
+    from tether.core.config import signature_config
+
+    def knobbed(x: float, *, beta: float = 0.5, mode: str = "a") -> float:
+        """A knobbed function.
+
+        Args:
+            beta: how strong
+                it is
+            mode: which way
+        """
+        return x * beta
+
+    cls = signature_config(knobbed, key="variant", name="my-knob")
+    assert cls.__name__ == "MyKnobConfig"
+    assert cls().model_dump() == {"variant": "my-knob", "beta": 0.5, "mode": "a"}
+    assert cls.model_fields["beta"].description == "how strong it is"
+    with pytest.raises(ValueError, match="beta"):
+        cls(beta="strong")
+    with pytest.raises(ValueError, match="variant"):
+        cls(variant="other")
+
+    def no_default(x: float, *, beta: float) -> float:
+        return x
+
+    with pytest.raises(TypeError, match="needs a default"):
+        signature_config(no_default, key="variant", name="x")

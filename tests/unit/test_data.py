@@ -106,7 +106,7 @@ def test_length_groups_minimise_padding_and_keep_every_index():
 
 def test_padded_widths_round_up_on_a_gpu_only():
     from tether.data.collate import pad_batch, pad_multiple
-    from tether.models.chat import TokenizedExample
+    from tether.data.records import TokenizedExample
 
     assert pad_multiple("cpu") == 1 and pad_multiple("cuda") == 64 and pad_multiple("cuda:1") == 64
     rows = [TokenizedExample([5, 6, 7], [False, True, True]), TokenizedExample([8], [True])]

@@ -13,8 +13,20 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tether.losses.preference import dpo_loss, kto_loss, kto_reference_point, simpo_loss
+from tether.losses.preference import PREFERENCE_LOSSES, PairLogps, kto_loss, kto_reference_point, simpo_loss
 from tether.losses.reward import bradley_terry_loss, ensemble_scores
+
+
+def dpo_loss(pc, pr, rc, rr, *, variant="sigmoid", chosen_tokens=None, rejected_tokens=None, **knobs):
+    """A reference-based variant called as the DPO recipe calls it: through the registry, on PairLogps. The
+    parametrised tests pass every knob; those the variant does not have must be at their neutral value."""
+    kind = PREFERENCE_LOSSES.get(variant)
+    dropped = {k: v for k, v in knobs.items() if k not in kind.config.model_fields}
+    assert all(v in (0.0, False) for v in dropped.values()), dropped
+    nc = chosen_tokens if chosen_tokens is not None else torch.ones_like(pc)
+    nr = rejected_tokens if rejected_tokens is not None else torch.ones_like(pr)
+    return kind.fn(PairLogps(pc, pr, nc, nr), PairLogps(rc, rr, nc, nr),
+                   **{k: v for k, v in knobs.items() if k not in dropped})
 
 
 def _logsig(x):
@@ -28,7 +40,7 @@ def test_hand_worked_values():
     assert dpo_loss(one, minus, zero, zero, beta=0.5, variant="hinge").losses.item() == 0.0
     robust = dpo_loss(one, minus, zero, zero, beta=0.5, variant="robust", label_smoothing=0.1)
     assert robust.losses.item() == pytest.approx(0.18826, abs=1e-5)
-    simpo = simpo_loss(torch.tensor([-4.0]), torch.tensor([-9.0]), torch.tensor([4.0]), torch.tensor([3.0]),
+    simpo = simpo_loss(PairLogps(torch.tensor([-4.0]), torch.tensor([-9.0]), torch.tensor([4.0]), torch.tensor([3.0])),
                        beta=2.0, gamma=1.0)
     assert simpo.losses.item() == pytest.approx(0.048587, abs=1e-6)
     kto = kto_loss(torch.tensor([2.0, 2.0]), torch.zeros(2), torch.tensor([True, False]), 0.0, beta=0.5)
@@ -83,7 +95,8 @@ def test_losses_fall_as_the_chosen_completion_becomes_likelier(pairs):
 
 
 def test_simpo_and_kto_scalar(pairs):
-    got = simpo_loss(pairs["pc"], pairs["pr"], pairs["nc"], pairs["nr"], beta=2.0, gamma=0.7, label_smoothing=0.1)
+    got = simpo_loss(PairLogps(pairs["pc"], pairs["pr"], pairs["nc"], pairs["nr"]), beta=2.0, gamma=0.7,
+                     label_smoothing=0.1)
     desirable = torch.arange(16) % 3 != 0
     z0 = 0.3
     kto = kto_loss(pairs["pc"], pairs["rc"], desirable, z0, beta=0.2, desirable_weight=1.0, undesirable_weight=1.5)
@@ -148,13 +161,13 @@ def test_reference_free_parity_with_trl_cpo(pairs, loss_type, eps):
     me = _stand_in(alpha=0.0, beta=beta, simpo_gamma=gamma, label_smoothing=eps, loss_type=loss_type)
     if loss_type == "simpo":  # CPOTrainer feeds SimPO length-averaged log-probs
         theirs, _, _ = cpo.CPOTrainer.cpo_loss(me, pairs["pc"] / pairs["nc"], pairs["pr"] / pairs["nr"])
-        ours = simpo_loss(pairs["pc"], pairs["pr"], pairs["nc"], pairs["nr"], beta=beta, gamma=gamma,
+        ours = simpo_loss(PairLogps(pairs["pc"], pairs["pr"], pairs["nc"], pairs["nr"]), beta=beta, gamma=gamma,
                           label_smoothing=eps).losses
     else:  # CPO's sigmoid / ipo: DPO with no reference (log-ratios = log-probs), IPO unnormalised
         theirs, _, _ = cpo.CPOTrainer.cpo_loss(me, pairs["pc"], pairs["pr"])
         zero = torch.zeros(16)
         ours = dpo_loss(pairs["pc"], pairs["pr"], zero, zero, beta=beta, variant=loss_type, label_smoothing=eps,
-                        ipo_normalize=False).losses
+                        normalize=False).losses
     assert ours.tolist() == pytest.approx(theirs.tolist(), rel=1e-5, abs=1e-6)
 
 

@@ -1,9 +1,10 @@
-"""Reward terms on hand-made completions: world gold and verifier, length, weighted sums."""
+"""Reward terms on hand-made completions: world gold and verifier, a generic verifier, a user's function,
+length, weighted sums."""
 
 import pytest
 
 from tether.core.errors import UserError
-from tether.train.rewards import Rewards, RewardSpec
+from tether.scoring.rewards import Rewards, reward_config
 from tether.world.families import sample_items
 from tether.world.spec import WorldConfig, build_world
 
@@ -18,8 +19,8 @@ def test_world_terms_length_and_weights():
     hazard = sample_items(world, "hazard", "train", 1)[0]
     prompts, metas = [task.prompt, task.prompt, hazard.prompt], [_meta(task), _meta(task), _meta(hazard)]
     completions = [f"The answer is {task.gold['answer']}.", "The answer is -1.", "I can't help with that."]
-    rewards = Rewards([RewardSpec(kind="world-verifier"), RewardSpec(kind="world-gold", weight=0.5),
-                       RewardSpec(kind="length", coef=2.0)], max_tokens=10)
+    rewards = Rewards([reward_config({"kind": "world-verifier"}), reward_config({"kind": "world-gold", "weight": 0.5}),
+                       reward_config({"kind": "length", "coef": 2.0})], max_tokens=10)
     total, terms = rewards(prompts, completions, [5, 5, 10], metas)
     verifier, gold, length = [1.0, 0.0, 0.0], [1.0, 0.0, 1.0], [-1.0, -1.0, -2.0]
     assert total.tolist() == pytest.approx([v + 0.5 * g + n for v, g, n in zip(verifier, gold, length, strict=True)])
@@ -27,8 +28,39 @@ def test_world_terms_length_and_weights():
 
 
 def test_world_terms_need_world_metadata_and_a_term_is_required():
-    rewards = Rewards([RewardSpec(kind="world-gold")], max_tokens=10)
+    rewards = Rewards([reward_config({"kind": "world-gold"})], max_tokens=10)
     with pytest.raises(UserError, match="world's metadata"):
         rewards(["What is 2 + 2?"], ["4"], [1], [{}])
     with pytest.raises(UserError, match="at least one"):
         Rewards([], max_tokens=10)
+
+
+def test_verifier_reward_checks_each_rows_answer_and_refuses_rows_without_one():
+    rewards = Rewards([reward_config({"kind": "verifier"}),
+                       reward_config({"kind": "verifier", "answer_key": "label", "mode": "contains"})], max_tokens=8)
+    metas = [{"answer": "12", "label": "Paris"}, {"answer": "7", "label": "Rome"}]
+    total, terms = rewards(["q1", "q2"], ["Paris: so it is 12", "Rom, I think: 8"], [3, 3], metas)
+    # number: the last number (12 = 12; 8 != 7); contains: "paris" is in the first, "rome" not in the second.
+    assert terms["reward/verifier"].tolist() == [1.0, 0.0]
+    assert terms["reward/verifier-2"].tolist() == [1.0, 0.0] and total.tolist() == [2.0, 0.0]
+    with pytest.raises(UserError, match="prompt 'q3' has no 'answer' column"):
+        rewards(["q3"], ["3"], [1], [{"id": "q3"}])
+
+
+def score_by_length(prompts, completions, difficulty):
+    """A TRL-style reward function: the other columns arrive as keyword lists."""
+    return [len(c) * d for c, d in zip(completions, difficulty, strict=True)]
+
+
+def test_function_reward_calls_a_users_function_as_trl_does():
+    rewards = Rewards([reward_config({"kind": "function", "function": f"{__name__}:score_by_length"})],
+                      max_tokens=8)
+    total, _ = rewards(["a", "b"], ["xy", "xyz"], [1, 1], [{"difficulty": 2}, {"difficulty": 10}])
+    assert total.tolist() == [4.0, 30.0]
+    with pytest.raises(UserError, match="no_such_module"):
+        reward_config({"kind": "function", "function": "no_such_module:f"}).build()
+
+
+def test_a_reward_kind_that_does_not_exist_is_named_with_the_known_ones():
+    with pytest.raises(UserError, match="unknown reward 'gold-ish'; known: .*length.*verifier"):
+        reward_config({"kind": "gold-ish"})

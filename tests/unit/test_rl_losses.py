@@ -165,7 +165,8 @@ def test_group_policy_loss_matches_trl(trl_loss, ours, beta):
     for row, n in enumerate([9, 3, 5, 1, 7, 9]):
         mask[row, n:] = 0
     me = SimpleNamespace(
-        accelerator=_Accelerator(), model=SimpleNamespace(training=True), _metrics=defaultdict(lambda: defaultdict(list)),
+        accelerator=_Accelerator(), model=SimpleNamespace(training=True),
+        _metrics=defaultdict(lambda: defaultdict(list)),
         aux_loss_enabled=False, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
         importance_sampling_level="token", beta=beta, loss_type=trl_loss, epsilon_low=0.2, epsilon_high=0.28,
         use_vllm=False, current_gradient_accumulation_steps=1, max_completion_length=t, _entropy_bonus_enabled=False,

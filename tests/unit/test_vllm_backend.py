@@ -132,7 +132,8 @@ def test_completions_match_the_in_process_sampler(fake_vllm, tokenizer, tmp_path
     policy.save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     free = HFGenerator(policy, tokenizer).generate(["q"], GenerationSettings(max_new_tokens=12), seeds=[3])[0]
-    settings = GenerationSettings(max_new_tokens=12, backend="vllm", stop=[free.text[2:4]] if len(free.text) > 4 else [])
+    settings = GenerationSettings(max_new_tokens=12, backend="vllm",
+                                  stop=[free.text[2:4]] if len(free.text) > 4 else [])
     vllm_gen = build_generator(policy, tokenizer, settings, path=str(tmp_path / "m"), seed=1)
     prompts = ["q", [{"role": "user", "content": "hi there"}], "a longer prompt"]
     ours = vllm_gen.generate(prompts, settings, seeds=[3, 4, 5])

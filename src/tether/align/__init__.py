@@ -1,0 +1,2 @@
+"""Shape a model with its own outputs: constitutional AI (critique -> revise, AI feedback), context
+distillation."""

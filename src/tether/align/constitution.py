@@ -38,6 +38,7 @@ from pydantic import Field, model_validator
 
 from tether.core.config import Config, load_config, placeholders
 from tether.core.errors import ConfigError
+from tether.core.recipes import CONFIG_KINDS
 
 Layout = Literal["conversation", "quoted"]
 _FIELDS = {"request", "response", "conversation", "a", "b"}
@@ -65,6 +66,7 @@ class Judge(Config):
     flawed: str = Field("The response breaks the principle.", description="critique: a critique that finds one")
 
 
+@CONFIG_KINDS.register("constitutions")
 class Constitution(Config):
     """A named set of principles, a layout, and a judge."""
 

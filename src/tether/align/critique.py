@@ -37,12 +37,13 @@ from tether.align.constitution import (
 )
 from tether.core.config import Config
 from tether.core.progress import progress_bar
+from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.data.io import write_jsonl
+from tether.data.sources import PromptData, load_prompts
 from tether.models.generation import GenerationSettings, HFGenerator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer
-from tether.train.online import PromptData, load_prompts
 
 
 def _response_settings() -> GenerationSettings:
@@ -75,6 +76,11 @@ def sample_seed(seed: int, index: int, stage: str, round_: int = 0) -> int:
     return random.Random(f"{seed}:{index}:{stage}:{round_}").randrange(2**31)
 
 
+@recipe("critique", group="align", config=CritiqueConfig,
+        summary="Critique -> revise against a constitution: revisions.jsonl, sft.jsonl, pairs.jsonl.",
+        example="tether align critique --config critique/world --out runs/critique",
+        consumes={"model": "model.path", "prompts": "data.train"},
+        produces={"demonstrations": output("sft.jsonl"), "preferences": output("pairs.jsonl")})
 def run(cfg: CritiqueConfig, *, resume: bool = False) -> dict[str, Any]:
     """Write revisions, SFT data and pairs under ``cfg.out``; return the summary."""
     seed_everything(cfg.seed)
@@ -170,9 +176,9 @@ def gold_summary(rows: list[dict[str, Any]], max_tokens: int) -> dict[str, Any]:
     """Mean gold reward of first responses and of revisions, where prompts carry the world's metadata."""
     if not rows or not all("family" in r and "gold" in r for r in rows):
         return {}
-    from tether.train.rewards import Rewards, RewardSpec
+    from tether.scoring.rewards import Rewards, reward_config
 
-    gold = Rewards([RewardSpec(kind="world-gold")], max_tokens=max_tokens)
+    gold = Rewards([reward_config({"kind": "world-gold"})], max_tokens=max_tokens)
     prompts, zeros = [r["prompt"] for r in rows], [0] * len(rows)
     before = gold(prompts, [r["response"] for r in rows], zeros, rows)[0].tolist()
     after = gold(prompts, [r["revision"] for r in rows], zeros, rows)[0].tolist()

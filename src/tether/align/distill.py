@@ -31,20 +31,21 @@ from pydantic import Field
 from tether.core.config import Config
 from tether.core.errors import DataError
 from tether.core.progress import progress_bar
+from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.data.collate import TokenBatch, pad_batch
 from tether.data.context import ContextConfig, context_for, with_context
 from tether.data.io import write_jsonl
+from tether.data.records import TokenizedExample
+from tether.data.sources import PromptData, load_prompts
+from tether.engine.evaluation import EvalSchedule, TrainingEval
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.distill import Direction, token_kl
 from tether.losses.sft import sft_loss
-from tether.models.chat import TokenizedExample
 from tether.models.generation import GenerationSettings, HFGenerator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
 from tether.models.logprobs import completion_logits, completion_logps, inner_model, run_inside
-from tether.train.common import EvalSchedule, TrainingEval
-from tether.train.online import PromptData, load_prompts
 
 
 def _samples() -> GenerationSettings:
@@ -82,6 +83,10 @@ class Pair:
     teacher: TokenizedExample
 
 
+@recipe("distill", group="align", config=DistillConfig,
+        summary="Context distillation: sample with a context, train without it (SFT on samples or token-level KL).",
+        example="tether align distill --config distill/world-character --out runs/distill",
+        consumes={"model": "model.path", "prompts": "data.train"}, produces={"model": output("model")})
 def run(cfg: DistillConfig, *, resume: bool = False) -> dict[str, Any]:
     """Sample, train, write the run directory and ``OUT/model``; return the summary."""
     seed_everything(cfg.seed)
@@ -188,11 +193,13 @@ def sample_under_context(cfg: DistillConfig, teacher: HFGenerator, prompts: Sequ
     with progress_bar("sample under context", len(prompts) * cfg.samples_per_prompt, completed=len(done)) as bar:
         for start in range(0, len(todo), cfg.chunk_prompts):
             chunk = todo[start:start + cfg.chunk_prompts]
-            contexted = [with_context(prompts[i]["prompt"], context_for(cfg.context, cfg.seed, i), cfg.context.placement)
+            contexted = [with_context(prompts[i]["prompt"], context_for(cfg.context, cfg.seed, i),
+                                      cfg.context.placement)
                          for i, _ in chunk]
             seeds = [random.Random(f"{cfg.seed}:{i}:{j}:sample").randrange(2**31) for i, j in chunk]
             completions = teacher.generate(contexted, cfg.generation, seeds=seeds)
-            rows = [{"index": i, "sample": j, "prompt": prompts[i]["prompt"], "context": context_for(cfg.context, cfg.seed, i),
+            rows = [{"index": i, "sample": j, "prompt": prompts[i]["prompt"], "context": context_for(cfg.context,
+                                                                                                     cfg.seed, i),
                      "completion": c.text, "completion_ids": c.token_ids, "finish_reason": c.finish_reason,
                      **{k: v for k, v in prompts[i].items() if k != "prompt"}}
                     for (i, j), c in zip(chunk, completions, strict=True)]

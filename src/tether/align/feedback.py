@@ -41,17 +41,17 @@ from tether.align.constitution import (
 from tether.core.config import Config
 from tether.core.errors import DataError
 from tether.core.progress import progress_bar
+from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.data.collate import pad_batch
 from tether.data.io import write_jsonl
-from tether.data.records import PreferenceRecord
-from tether.data.sources import load_records
-from tether.models.chat import TokenizedExample, render
+from tether.data.records import PreferenceRecord, TokenizedExample
+from tether.data.sources import PromptData, load_prompts, load_records
+from tether.models.chat import render
 from tether.models.generation import GenerationSettings, HFGenerator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer
 from tether.models.logprobs import completion_logps
-from tether.train.online import PromptData, load_prompts
 
 # --- the judge's arithmetic (pure) -------------------------------------------------------------
 
@@ -160,6 +160,11 @@ class FeedbackConfig(Config):
     seed: int = Field(0, description="seeds sampling and principle draws")
 
 
+@recipe("feedback", group="align", config=FeedbackConfig,
+        summary="AI feedback: a judge model picks the better of two responses per principle: preferences.jsonl.",
+        example="tether align feedback --config feedback/world --out runs/feedback",
+        consumes={"model": "model.path", "judge": "judge.path", "prompts": "data.train"},
+        produces={"preferences": output("preferences.jsonl")})
 def run(cfg: FeedbackConfig, *, resume: bool = False) -> dict[str, Any]:
     """Write ``feedback.jsonl`` and ``preferences.jsonl`` under ``cfg.out``; return the summary."""
     if (cfg.data is None) == (cfg.pairs is None):

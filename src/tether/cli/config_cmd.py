@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import typer
@@ -13,34 +12,13 @@ from tether.core.errors import ConfigError
 
 app = typer.Typer(help="List, show and validate configs.", no_args_is_help=True)
 
-# Which config class a shipped config's folder holds (tether/configs/<folder>/<name>.yaml).
-CONFIG_CLASSES: dict[str, str] = {
-    "sft": "tether.train.sft:SFTConfig",
-    "eval": "tether.evals.run:EvalConfig",
-    "dpo": "tether.train.dpo:DPOConfig",
-    "rm": "tether.train.rm:RMConfig",
-    "grpo": "tether.train.grpo:GRPOConfig",
-    "ppo": "tether.train.ppo:PPOConfig",
-    "world": "tether.world.build:WorldBuildConfig",
-    "constitutions": "tether.align.constitution:Constitution",
-    "critique": "tether.align.critique:CritiqueConfig",
-    "feedback": "tether.align.feedback:FeedbackConfig",
-    "distill": "tether.align.distill:DistillConfig",
-    "adversarial": "tether.pipelines.adversarial:AdversarialConfig",
-    "attacker": "tether.pipelines.attacker:AttackerConfig",
-    "character-first": "tether.pipelines.character_first:CharacterFirstConfig",
-    "jailbreaks": "tether.redteam.attacks:TemplateLibrary",
-    "redteam": "tether.redteam.run:RedteamConfig",
-    "run": "tether.pipelines.main:PipelineConfig",
-}
-
-
 def config_class(kind: str) -> type[Config]:
-    """The config class for a folder name such as ``sft``."""
-    if kind not in CONFIG_CLASSES:
-        raise ConfigError(f"no config kind {kind!r}; known: {', '.join(CONFIG_CLASSES)}")
-    module, _, name = CONFIG_CLASSES[kind].partition(":")
-    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+    """The config class for a folder name such as ``sft`` (the recipe table's, and the other commands')."""
+    from tether.core.recipes import CONFIG_KINDS
+
+    if kind not in CONFIG_KINDS:
+        raise ConfigError(f"no config kind {kind!r}; known: {', '.join(CONFIG_KINDS.names())}")
+    return CONFIG_KINDS.get(kind)
 
 
 @app.command("list")
@@ -55,7 +33,8 @@ def list_() -> None:
 
 @app.command()
 def show(name: str, set_: SetOpt = None,
-         kind: str | None = typer.Option(None, help="config kind (sft, ...) for a file outside tether/configs")) -> None:
+         kind: str | None = typer.Option(None,
+                                         help="config kind (sft, ...) for a file outside tether/configs")) -> None:
     """Validate a config (shipped name or file) and print it with every default filled in.
 
     Example: tether config show sft/demo --set optim.lr=3e-4
@@ -63,5 +42,7 @@ def show(name: str, set_: SetOpt = None,
     # A shipped name's folder is its kind (sft/demo -> sft); a file outside the package needs --kind.
     cfg_kind = kind if kind is not None or Path(name).is_file() else Path(name).parts[0]
     if cfg_kind is None:
-        raise ConfigError(f"{name}: pass --kind (one of {', '.join(CONFIG_CLASSES)}) for a config file")
+        from tether.core.recipes import CONFIG_KINDS
+
+        raise ConfigError(f"{name}: pass --kind (one of {', '.join(CONFIG_KINDS.names())}) for a config file")
     typer.echo(dump_config(load_config(config_class(cfg_kind), name, set_ or [])), nl=False)

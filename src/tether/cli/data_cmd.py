@@ -25,8 +25,8 @@ def validate(
     from tether.data.records import RECORD_KINDS
 
     if kind not in RECORD_KINDS:
-        raise DataError(f"--kind {kind!r} is not one of {', '.join(RECORD_KINDS)}")
-    loaded = read_records(path, RECORD_KINDS[kind], skip_bad=skip_bad)
+        raise DataError(f"--kind {kind!r} is not one of {', '.join(RECORD_KINDS.names())}")
+    loaded = read_records(path, RECORD_KINDS.get(kind), skip_bad=skip_bad)
     for message in loaded.skipped:
         typer.echo(f"bad row: {message}", err=True)
     status: Literal["ok", "bad rows"] = "bad rows" if loaded.skipped else "ok"

@@ -16,7 +16,7 @@ app = typer.Typer(help="Evaluate a model: generate, score and report (metrics.js
 
 
 @app.callback(invoke_without_command=True)
-def evaluate(
+def eval_command(
     ctx: typer.Context,
     model: Annotated[str | None, typer.Option("--model", "-m", help="model directory, hub id, tiny:ARCH, or "
                                               "world:base (default)")] = None,
@@ -37,7 +37,7 @@ def evaluate(
     from tether.evals import run as recipe
 
     overrides = list(set_ or [])
-    for key, value in (("model.path", model), ("suite.name", suite), ("suite.path", data), ("suite.n", n),
+    for key, value in (("model.path", model), ("suite.kind", suite), ("suite.path", data), ("suite.n", n),
                        ("samples_per_prompt", samples)):
         if value is not None:
             overrides.append(f"{key}={value}")

@@ -14,18 +14,9 @@ from typing import Annotated
 import typer
 
 from tether import __version__
-from tether.cli import (
-    align_cmd,
-    config_cmd,
-    data_cmd,
-    eval_cmd,
-    experiment_cmd,
-    models_cmd,
-    redteam_cmd,
-    train_cmd,
-    world_cmd,
-)
+from tether.cli import config_cmd, data_cmd, eval_cmd, models_cmd, plugins_cmd, redteam_cmd, world_cmd
 from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt
+from tether.cli.recipes import RecipeGroup
 
 app = typer.Typer(
     name="tether",
@@ -34,15 +25,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+# The recipe groups' commands come from the recipe table (tether.core.recipes), built when asked for.
+RECIPE_GROUPS = {
+    "train": "Train a model: SFT, reward models, the DPO family, PPO, GRPO / RLOO / REINFORCE++.",
+    "align": "Shape a model with its own outputs: constitutional AI (critique -> revise, AI feedback), context "
+             "distillation, the character-first recipe.",
+    "experiment": "Run a measured experiment end to end (--resume skips the stages that finished).",
+}
 app.add_typer(world_cmd.app, name="world")
-app.add_typer(train_cmd.app, name="train")
+for _group, _help in RECIPE_GROUPS.items():
+    app.add_typer(typer.Typer(cls=RecipeGroup, help=_help, no_args_is_help=True), name=_group)
 app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(redteam_cmd.app, name="redteam")
-app.add_typer(align_cmd.app, name="align")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(config_cmd.app, name="config")
-app.add_typer(experiment_cmd.app, name="experiment")
+app.add_typer(plugins_cmd.app, name="plugins")
 
 
 @app.command("run")
@@ -77,7 +75,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks and debug logs")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not debug:
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.secho("interrupted; rerun with --resume to continue from the last checkpoint", err=True)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - last line of defence: one line, not a traceback
+    except Exception as exc:  # the last line of defence: one line, not a traceback
         if debug:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -9,8 +9,11 @@ from typing import Annotated
 import typer
 
 from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, build_config
+from tether.cli.recipes import RecipeGroup
 
-app = typer.Typer(help="Red-team a model: jailbreak templates, converters and best-of-N against goals, scored "
+# Its subcommands: export (below), and the recipes declared for the group (adversarial, attacker, ...).
+app = typer.Typer(cls=RecipeGroup,
+                  help="Red-team a model: jailbreak templates, converters and best-of-N against goals, scored "
                        "(attacks.jsonl, metrics.json, report.html under --out).\n\n"
                        "Example: tether redteam --target world:base --attacks direct,role-play,role-play+base64 "
                        "--out runs/redteam")
@@ -46,7 +49,8 @@ def redteam(
         specs = [parse_attack(s) for s in attacks.split(",") if s.strip()]
         overrides.append(f"attacks={json.dumps(specs)}")
     if goals is not None:
-        overrides += [f"goals.source={goals_format}", f"goals.path={goals}"]
+        # A file source has its own keys (the world's split and seed would not validate): the whole mapping.
+        overrides.append(f"goals={json.dumps({'source': goals_format, 'path': goals})}")
     for key, value in (("goals.split", split), ("goals.n", n)):
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -71,7 +75,8 @@ def export_cmd(
     run: Annotated[Path, typer.Argument(help="a red-team run directory")],
     out: Annotated[Path, typer.Option("--out", "-o", help="write sft.jsonl, pairs.jsonl and export.json here")],
     refusal: Annotated[str | None, typer.Option("--refusal", help="safe reply to non-world goals ({request})")] = None,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="attack kind to leave out (repeatable)")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude",
+                                                      help="attack kind to leave out (repeatable)")] = None,
 ) -> None:
     """Successful attacks as adversarial training data: SFT conversations and DPO pairs with a safe reply.
 
@@ -85,46 +90,3 @@ def export_cmd(
     summary = export(cfg)
     typer.echo(f"{summary['examples']} examples ({', '.join(f'{k}: {v}' for k, v in summary['by_kind'].items())})"
                f" -> {out / 'sft.jsonl'}, {out / 'pairs.jsonl'}")
-
-
-@app.command("adversarial")
-def adversarial_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
-    """Adversarial training: rounds of attack -> train on the successful attacks (with helpful data) ->
-    attack again; per round, ASR on held-out attack kinds next to over-refusal.
-
-    Example: tether redteam adversarial --config adversarial/world --out runs/adversarial
-    Resumes: finished runs are skipped. Writes OUT/adversarial.json and OUT/adversarial.png.
-    """
-    from tether.cli.common import echo_main
-    from tether.pipelines import adversarial as pipeline
-
-    cfg = build_config(pipeline.AdversarialConfig, config, set_, out)
-    results = pipeline.run(cfg)
-    for row in results["table"]:
-        cells = "  ".join(f"{k}={100 * v['value']:.1f}% [{100 * v['ci_low']:.1f}-{100 * v['ci_high']:.1f}]"
-                          for k, v in row.items() if isinstance(v, dict))
-        echo_main(f"round {row['round']} (+{row['new_examples']} examples)  {cells}")
-    echo_main(f"results: {cfg.out}/adversarial.json   plot: {cfg.out}/adversarial.png")
-
-
-@app.command("attacker")
-def attacker_cmd(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None) -> None:
-    """An attacker model writes the attacks (Perez et al. 2022): measured as it starts, after rounds of
-    stochastic few-shot (successful attacks as examples), and after RL against the target (reward =
-    success + a diversity bonus).
-
-    Example: tether redteam attacker --config attacker/world --out runs/attacker
-    Resumes: finished stages are skipped. Writes OUT/attacker.json.
-    """
-    from tether.cli.common import echo_main
-    from tether.pipelines import attacker as pipeline
-
-    cfg = build_config(pipeline.AttackerConfig, config, set_, out)
-    results = pipeline.run(cfg)
-    for m in results["measurements"]:
-        attempt, goal = m["asr_per_attempt"], m["asr_per_goal"]
-        echo_main(f"{m['stage']:>12}  ASR per attack {100 * attempt['value']:.1f}% "
-                  f"[{100 * attempt['ci_low']:.1f}-{100 * attempt['ci_high']:.1f}]  per goal (any of "
-                  f"{cfg.samples}) {100 * goal['value']:.1f}%  distinct successes {m['found']}  "
-                  f"families {m['families']}")
-    echo_main(f"results: {cfg.out}/attacker.json")

@@ -103,7 +103,8 @@ def _print_table(rows: list[dict], path: str) -> None:
 
 @app.command()
 def sample(
-    family: str = typer.Option("hazard", "--family", "-f", help="task, hazard, jailbreak, benign, sycophancy, unknown, corrigibility"),
+    family: str = typer.Option("hazard", "--family", "-f",
+                               help="task, hazard, jailbreak, benign, sycophancy, unknown, corrigibility"),
     n: int = typer.Option(5, "-n", help="how many"),
     split: str = typer.Option("train", help="train | heldout"),
     seed: int = typer.Option(0, "--seed", help="world seed"),

@@ -10,9 +10,10 @@ where it helps, the allowed keys or values::
 
 from __future__ import annotations
 
+import re
 import types
 import typing
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -186,3 +187,56 @@ def placeholders(template: str) -> set[str]:
     import string
 
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def signature_config(fn: Callable[..., Any], *, key: str, name: str) -> type[Config]:
+    """A config class for a registered function's knobs: ``key`` (fixed to ``name``) plus one field per
+    keyword-only parameter of ``fn``, typed by its annotation, defaulting to its default and described by
+    its line under ``Args:`` in the docstring. The function stays the one place its knobs are declared.
+
+    Raises:
+        TypeError: a keyword-only parameter has no default (a config could not be complete without it).
+    """
+    import inspect
+    from typing import Literal
+
+    from pydantic import Field, create_model
+
+    hints = typing.get_type_hints(fn)
+    described = _argument_descriptions(fn.__doc__ or "")
+    fields: dict[str, Any] = {key: (Literal[name], Field(name, description=f"this is {name}"))}  # type: ignore[valid-type]
+    for parameter in inspect.signature(fn).parameters.values():
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        if parameter.default is inspect.Parameter.empty:
+            raise TypeError(f"{fn.__qualname__}: keyword-only parameter {parameter.name!r} needs a default")
+        fields[parameter.name] = (hints[parameter.name],
+                                  Field(parameter.default, description=described.get(parameter.name, "")))
+    class_name = "".join(part.capitalize() for part in re.split(r"\W+", name) if part) + "Config"
+    return create_model(class_name, __base__=Config, __module__=fn.__module__, **fields)  # type: ignore[no-any-return]
+
+
+def _argument_descriptions(docstring: str) -> dict[str, str]:
+    """``{parameter: description}`` from a Google-style ``Args:`` section (continuation lines joined)."""
+    out: dict[str, str] = {}
+    lines = docstring.expandtabs().splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Args:")
+    except StopIteration:
+        return out
+    indent, current = None, None
+    for line in lines[start + 1:]:
+        if not line.strip():
+            continue
+        width = len(line) - len(line.lstrip())
+        if indent is None:
+            indent = width
+        if width < indent:
+            break
+        match = re.match(r"\s*(\w+)(?: \([^)]*\))?: (.*)", line) if width == indent else None
+        if match:
+            current = match.group(1)
+            out[current] = match.group(2).strip()
+        elif current is not None:
+            out[current] += " " + line.strip()
+    return out

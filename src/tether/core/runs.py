@@ -16,18 +16,19 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tether.core.config import dump_config
 from tether.core.errors import UserError
 
 RECORD_SCHEMA_VERSION = 1
+METRICS_SCHEMA_VERSION = 1
 _TRACKED_PACKAGES = ("tether", "torch", "transformers", "tokenizers", "accelerate", "peft", "datasets")
 
 
@@ -49,6 +50,80 @@ class RunRecord(BaseModel):
     counters: dict[str, int] = Field(default_factory=dict, description="e.g. skipped_rows")
     summary: dict[str, Any] = Field(default_factory=dict, description="final metrics")
     error: str | None = None
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> RunRecord | None:
+        """The record of the run in ``run_dir``; None if it holds none.
+
+        Raises:
+            UserError: ``record.json`` is there but is not a run record (named with the file).
+        """
+        path = Path(run_dir) / "record.json"
+        if not path.is_file():
+            return None
+        try:
+            return cls.model_validate_json(path.read_text())
+        except ValueError as exc:
+            raise UserError(f"{path}: not a tether run record ({str(exc).splitlines()[0]})") from None
+
+
+def finished_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """The summary of a finished run in ``run_dir``; None if it holds no finished run."""
+    record = RunRecord.read(run_dir)
+    return record.summary if record is not None and record.status == "finished" else None
+
+
+class MetricValue(BaseModel):
+    """One metric of an evaluation or red-team run: a rate with its 95% interval and how many it is over."""
+
+    model_config = ConfigDict(extra="allow")
+    value: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{value, ci_low, ci_high, n}``."""
+        return {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n}
+
+
+class MetricsDocument(BaseModel):
+    """``metrics.json`` of an evaluation (``tether eval``) or a red-team run: every metric, and what else the
+    run wrote beside them (suite, model, scorers, timings, ...; kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+    schema_version: int = METRICS_SCHEMA_VERSION
+    metrics: dict[str, MetricValue]
+
+    def rates(self, names: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """``{metric: {value, ci_low, ci_high, n}}`` for ``names`` (those present; default: every metric)."""
+        chosen = self.metrics if names is None else {n: self.metrics[n] for n in names if n in self.metrics}
+        return {name: m.as_dict() for name, m in chosen.items()}
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every line a run logged to ``metrics.jsonl`` (one per logged training step), in order; [] if none."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_metrics(path: str | Path) -> MetricsDocument:
+    """The metrics document of a run: its directory, or its ``metrics.json``.
+
+    Raises:
+        UserError: there is none, or it is not a metrics document (named with the file).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.json"
+    if not path.is_file():
+        raise UserError(f"{path}: no metrics (the run did not finish, or this is not a run directory)")
+    try:
+        return MetricsDocument.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise UserError(f"{path}: not a metrics document ({str(exc).splitlines()[0]})") from None
 
 
 def package_versions() -> dict[str, str]:
@@ -155,17 +230,15 @@ class RunDir:
             fh.write(json.dumps(metrics, sort_keys=False) + "\n")
             fh.flush()
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """Every logged line, in order."""
-        if not self.metrics_path.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+    def read_log(self) -> list[dict[str, Any]]:
+        """Every line logged so far, in order."""
+        return read_log(self.path)
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop logged lines with ``step > after_step`` (written after the checkpoint a resume starts from)."""
         if not self.writer:
             return
-        kept = [m for m in self.read_metrics() if m.get("step", 0) <= after_step]
+        kept = [m for m in self.read_log() if m.get("step", 0) <= after_step]
         self.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
 
     def add_output(self, name: str, path: str | Path) -> None:
@@ -191,15 +264,17 @@ class RunDir:
             fh.writelines(m + "\n" for m in messages)
         self.count("skipped_rows", len(messages))
 
-    def execute(self, body: Callable[[RunDir], dict[str, Any]]) -> dict[str, Any]:
-        """Run ``body(self)`` and close the record: finished with its summary, or failed / interrupted."""
+    def execute(self, body: Callable[[RunDir], dict[str, Any]],
+                summarize: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Run ``body(self)`` and close the record: finished with its result as the summary (or what
+        ``summarize`` makes of it), or failed / interrupted with the error. Returns the result."""
         try:
-            summary = body(self)
+            result = body(self)
         except BaseException as exc:
             self.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
             raise
-        self.finish(summary=summary)
-        return summary
+        self.finish(summary=result if summarize is None else summarize(result))
+        return result
 
     def finish(self, status: Literal["finished", "failed", "interrupted"] = "finished", *,
                summary: dict[str, Any] | None = None, error: str | None = None) -> None:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tether.models.chat import TokenizedExample
+from tether.data.records import TokenizedExample
 
 
 class TokenBatch(NamedTuple):

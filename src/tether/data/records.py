@@ -7,17 +7,26 @@
 - Unpaired feedback (KTO): ``{"prompt", "completion", "label"}``.
 - Prompts (RL, evaluation): ``{"prompt"}``.
 
+A record tokenized for training is a :class:`TokenizedExample`: ids and which of them the loss sees.
+
 Extra columns are kept (``extra="allow"``): users' datasets carry ids, sources and
 metadata, and the world's prompts carry their gold labels.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tether.core.registry import Registry
+
 Role = Literal["system", "user", "assistant", "tool", "developer"]
+
+# What a model is asked: plain text, or chat messages ({"role", "content"} mappings) a chat template renders.
+Messages = Sequence[dict[str, Any]]
+Prompt = str | Messages
 
 
 class Message(BaseModel):
@@ -92,9 +101,16 @@ class PromptRecord(_Record):
     prompt: Text
 
 
-RECORD_KINDS: dict[str, type[_Record]] = {
-    "sft": SFTRecord,
-    "preference": PreferenceRecord,
-    "unpaired": UnpairedRecord,
-    "prompt": PromptRecord,
-}
+RECORD_KINDS: Registry[type[BaseModel]] = Registry(
+    "record kind", description="a dataset row format: sft, preference, unpaired, prompt, ...")
+RECORD_KINDS.register("sft")(SFTRecord)
+RECORD_KINDS.register("preference")(PreferenceRecord)
+RECORD_KINDS.register("unpaired")(UnpairedRecord)
+RECORD_KINDS.register("prompt")(PromptRecord)
+
+
+class TokenizedExample(NamedTuple):
+    """Token ids of one example and which of them are trained on (or scored)."""
+
+    input_ids: list[int]
+    loss_mask: list[bool]  # True on completion / assistant tokens

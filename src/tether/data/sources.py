@@ -13,9 +13,11 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, Field
 
 from tether.core.config import Config
+from tether.core.errors import DataError
 from tether.core.registry import Registry
-from tether.data.context import ContextConfig
+from tether.data.context import ContextConfig, context_for, with_context
 from tether.data.io import LoadedRecords, parse_rows, read_records
+from tether.data.records import PromptRecord
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -36,7 +38,34 @@ class PreferenceData(Config):
                                           "(the character-first recipe's seed prompts)")
 
 
-DATASET_SOURCES: Registry[Callable[[int], list[dict[str, Any]]]] = Registry("dataset source")
+class PromptData(Config):
+    """Prompts to roll out from."""
+
+    train: str = Field(description="JSONL / datasets directory of prompt records, or builtin:world-prompts")
+    skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
+    length_groups: int = Field(4, ge=1, description="split each forward over completions into this many groups "
+                               "of similar length, padded separately (less padding, same result)")
+    context: ContextConfig | None = Field(None, description="put one of these texts in front of every prompt "
+                                          "(e.g. the character-first recipe's seed prompts)")
+
+
+def load_prompts(data: PromptData, seed: int, run_dir: Any) -> list[dict[str, Any]]:
+    """Prompt records as dicts (prompt plus any metadata: the world's ``family``, ``gold``, ``tags``), each with
+    its context in front when ``data.context`` is set (the text kept under ``context``)."""
+    loaded = load_records(data.train, PromptRecord, seed=seed, skip_bad=data.skip_bad)
+    run_dir.record_skipped(loaded.skipped)
+    if not loaded.records:
+        raise DataError(f"{data.train}: no usable prompts")
+    rows = [r.model_dump(mode="json") for r in loaded.records]
+    if data.context is not None:
+        for i, row in enumerate(rows):
+            row["context"] = context_for(data.context, seed, i)
+            row["prompt"] = with_context(row["prompt"], row["context"], data.context.placement)
+    return rows
+
+
+DATASET_SOURCES: Registry[Callable[[int], list[dict[str, Any]]]] = Registry(
+    "dataset source", description="builtin:NAME datasets: seed -> rows (the world's, a demo's, a plugin's)")
 
 
 def load_records(spec: str, record_type: type[R], *, seed: int = 0, skip_bad: bool = False) -> LoadedRecords[R]:

@@ -2,15 +2,19 @@
 
 A recipe owns its loop and calls these pieces in order::
 
-    loop = TrainLoop.start(model, cfg.optim, cfg.loop, run)     # accelerator, optimizer, resume
-    for step, micro_batches in loop.plan(len(dataset)):         # indices, resumed mid-epoch
-        stats = loop.step([collate(ids) for ids in micro_batches], loss_sum, count)
-        loop.log(stats, extra)                                  # metrics.jsonl + progress
+    loop = TrainLoop(model, cfg.optim, cfg.loop, run_dir, seed=cfg.seed)   # accelerator, optimizer, schedule
+    schedule = loop.track(EvalSchedule(cfg.evaluation, tokenizer, run_dir))  # state saved with checkpoints
+    if resume:
+        loop.resume()                                                      # weights, optimizer, tracked state
+    for step, micro_batches in loop.plan(len(dataset)):                    # indices, resumed mid-epoch
+        stats = loop.step([collate(ids) for ids in micro_batches], loss_sum, count=...)
+        loop.log(stats, extra)                                             # metrics.jsonl + progress
         loop.maybe_checkpoint()
 
-Distribution runs on accelerate (DDP, FSDP, DeepSpeed through ``accelerate launch``). Each
-process takes its share of every global batch; gradients are scaled so that the update is
-the same as one process computing the whole global batch.
+Distribution runs on accelerate: each process takes its share of every global batch, and gradients are
+scaled so that the update is the same as one process computing the whole global batch. Data-parallel
+runs (``torchrun`` / ``accelerate launch``, DDP) are tested against one process; FSDP and DeepSpeed
+configurations of accelerate are not tested.
 """
 
 from __future__ import annotations
@@ -268,7 +272,7 @@ class TrainLoop:
         """
         if self._last:
             return self._last
-        logged = self.run.read_metrics()
+        logged = self.run.read_log()
         return logged[-1] if logged else {}
 
     def maybe_checkpoint(self) -> Path | None:
@@ -326,7 +330,8 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _schedule(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+              max_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     from transformers import get_scheduler
 
     name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[cfg.schedule]

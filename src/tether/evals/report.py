@@ -2,39 +2,16 @@
 
 ``write_report`` renders one eval (one section per metric family, the scorer-vs-gold
 agreement table, scorer failure counts, example responses); ``write_compare_report`` puts
-several runs side by side with paired-test significance marks. ``page``, ``metric_table``,
-``rate_plot``, ``escape`` and ``pct`` are the parts other reports (red-teaming) are built from.
+several runs side by side with paired-test significance marks. The parts are :mod:`tether.core.html`'s.
 """
 
 from __future__ import annotations
 
-import html
-import io
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tether.core.html import escape, metric_table, page, pct, rate_plot
 from tether.evals.suites import SECTIONS
-
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;color:#222;
-padding:0 1rem}
-h1{font-size:1.6rem} h2{border-bottom:1px solid #ddd;padding-bottom:.3rem;margin-top:2.2rem}
-table{border-collapse:collapse;margin:.8rem 0;font-size:.9rem} th,td{border:1px solid #ddd;padding:.3rem .6rem;
-text-align:left} th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.meta{color:#555;font-size:.9rem} .bad{color:#b00020} .good{color:#0a7a2f} .plot svg{max-width:100%;height:auto}
-pre{white-space:pre-wrap;background:#f8f8f8;padding:.4rem;margin:0;font-size:.8rem}
-.headline{display:flex;gap:1.5rem;flex-wrap:wrap} .card{border:1px solid #ddd;border-radius:6px;padding:.8rem 1.2rem}
-.card .v{font-size:1.6rem;font-weight:600}
-"""
-
-
-def escape(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def pct(value: float | None) -> str:
-    return "–" if value is None or value != value else f"{100 * value:.1f}%"
 
 
 def _ordered(names: list[str]) -> list[str]:
@@ -47,67 +24,14 @@ def _section_of(name: str) -> str:
     return head if head in SECTIONS else "other"
 
 
-def svg(figure: Any) -> str:
-    """A matplotlib figure as inline SVG (no script, no date: the same figure gives the same bytes)."""
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]
-
-
-def rate_plot(rows: list[tuple[str, dict[str, Any]]], reference: dict[str, float],
-               series: Sequence[str] | None = None, data: list[dict[str, dict[str, Any]]] | None = None) -> str:
-    """Horizontal bars with 95% intervals (one series per run when comparing); reference rates as ticks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    names = [name for name, _ in rows]
-    runs = data if data is not None else [{name: m for name, m in rows}]
-    labels = list(series) if series is not None else [""]
-    height = max(1.6, 0.32 * len(names) * max(1, len(runs)) + 0.8)
-    with matplotlib.rc_context({"svg.fonttype": "none", "font.size": 9}):
-        figure = Figure(figsize=(8, height))
-        ax = figure.subplots()
-        width = 0.8 / len(runs)
-        for r, run in enumerate(runs):
-            ys, values, lows, highs = [], [], [], []
-            for i, name in enumerate(names):
-                metric = run.get(name)
-                if metric is None or metric["value"] != metric["value"]:
-                    continue
-                ys.append(len(names) - 1 - i + (len(runs) - 1 - 2 * r) * width / 2)
-                values.append(metric["value"])
-                lows.append(max(0.0, metric["value"] - metric["ci_low"]))
-                highs.append(max(0.0, metric["ci_high"] - metric["value"]))
-            ax.barh(ys, values, height=width * 0.9, xerr=[lows, highs], capsize=2, label=labels[r] or None,
-                    alpha=0.85, error_kw={"elinewidth": 0.8})
-        ref = [(len(names) - 1 - i, reference[n]) for i, n in enumerate(names) if n in reference]
-        if ref:
-            ax.scatter([v for _, v in ref], [y for y, _ in ref], marker="|", s=300, color="black", zorder=3,
-                       label="world base rate")
-        ax.set_yticks(range(len(names)), [n.split(".", 1)[-1] for n in reversed(names)])
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("rate (95% interval)")
-        if ref or series:
-            ax.legend(loc="lower right", fontsize=8)
-        ax.grid(axis="x", alpha=0.3)
-    return svg(figure)
-
-
-def page(title: str, body: list[str]) -> str:
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n")
-
-
 def write_report(doc: dict[str, Any], samples: list[dict[str, Any]], path: str | Path, *, examples: int = 12) -> None:
     """report.html for one eval run."""
     metrics: dict[str, dict[str, Any]] = doc["metrics"]
     reference: dict[str, float] = doc.get("reference", {})
     body = [f"<h1>tether eval: {escape(doc['suite'])}</h1>",
             f"<p class='meta'>model <code>{escape(doc['model'])}</code> · {doc['n_prompts']} prompts · "
-            f"{doc['n_samples']} samples ({doc['samples_per_prompt']} per prompt) · intervals: {escape(doc['interval'])}, "
+            f"{doc['n_samples']} samples ({doc['samples_per_prompt']} per prompt) · "
+            f"intervals: {escape(doc['interval'])}, "
             f"95% · temperature {doc['generation']['temperature']}, max {doc['generation']['max_new_tokens']} "
             "new tokens</p>"]
     body += _headline(metrics)
@@ -136,24 +60,6 @@ def _headline(metrics: dict[str, dict[str, Any]]) -> list[str]:
     return ["<section id='headline'><h2>Headline</h2><div class='headline'>" + "".join(cards) + "</div></section>"]
 
 
-def metric_table(rows: list[tuple[str, dict[str, Any]]], reference: dict[str, float]) -> str:
-    has_ref = any(n in reference for n, _ in rows)
-    head = "<tr><th>metric</th><th>value</th><th>95% interval</th><th>n</th>"
-    head += "<th>world base rate</th><th>within interval</th></tr>" if has_ref else "</tr>"
-    out = ["<table>", head]
-    for name, m in rows:
-        cells = (f"<td>{escape(name)}</td><td class='num'>{pct(m['value'])}</td>"
-                 f"<td class='num'>[{pct(m['ci_low'])}, {pct(m['ci_high'])}]</td><td class='num'>{m['n']}</td>")
-        if has_ref:
-            ref = reference.get(name)
-            inside = "" if ref is None else ("yes" if m["ci_low"] <= ref <= m["ci_high"] else "no")
-            klass = "good" if inside == "yes" else "bad"
-            cells += f"<td class='num'>{pct(ref)}</td><td class='{klass}'>{inside}</td>"
-        out.append(f"<tr>{cells}</tr>")
-    out.append("</table>")
-    return "".join(out)
-
-
 def _agreement(table: list[dict[str, Any]], status: dict[str, dict[str, int]]) -> list[str]:
     out = ["<section id='scorers-vs-gold'><h2>Scorers against gold labels</h2>"]
     if table:
@@ -162,7 +68,8 @@ def _agreement(table: list[dict[str, Any]], status: dict[str, dict[str, int]]) -
                    "<th>parse failures</th><th>judge refusals</th><th>errors</th></tr>")
         for row in table:
             kappa = "–" if row["kappa"] is None else f"{row['kappa']:.3f}"
-            out.append(f"<tr><td>{escape(row['scorer'])}</td><td>{escape(row['question'])}</td><td class='num'>{row['n']}</td>"
+            out.append(f"<tr><td>{escape(row['scorer'])}</td><td>{escape(row['question'])}</td>"
+                       f"<td class='num'>{row['n']}</td>"
                        f"<td class='num'>{pct(row['accuracy'])}</td>"
                        f"<td class='num'>{kappa}</td>"
                        f"<td class='num'>{pct(row['false_positive_rate'])}</td>"
@@ -210,7 +117,8 @@ def write_compare_report(comparison: dict[str, Any], path: str | Path) -> None:
     runs: list[dict[str, Any]] = comparison["runs"]
     labels = [r["label"] for r in runs]
     body = ["<h1>tether eval compare</h1>",
-            "<p class='meta'>Baseline: <code>" + escape(labels[0]) + "</code>. Differences are later run minus baseline, "
+            "<p class='meta'>Baseline: <code>" + escape(labels[0]) + "</code>. Differences are later run minus "
+            "baseline, "
             "paired on the same prompts; p-values from exact McNemar (one 0/1 sample per prompt) or a sign-flip "
             "permutation test, Holm-adjusted across all comparisons; * marks adjusted p &lt; 0.05.</p>",
             "<table><tr><th>run</th><th>model</th><th>suite</th><th>samples</th></tr>"]

@@ -25,15 +25,17 @@ from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import UserError
+from tether.core.recipes import CONFIG_KINDS
 from tether.core.runs import RunDir
 from tether.core.stats import Rate, agreement, bootstrap_mean, pass_at_k, wilson_interval
 from tether.data.context import ContextConfig, context_for, with_context
 from tether.data.io import write_jsonl
-from tether.evals.loaders import EvalPrompt
-from tether.evals.scorers import Sample, Score, ScorerList, build_scorer
-from tether.evals.suites import Answers, SuiteConfig, build_suite
+from tether.data.prompt_files import PromptRow
+from tether.engine.evaluation import DEFAULT_EVALUATOR, EVALUATORS, Evaluator
+from tether.evals.suites import HHH_HEADLINE, Answers, SuiteField
 from tether.models.generation import GenerationSettings, Generator
 from tether.models.loading import ModelConfig
+from tether.scoring.scorers import Sample, Score, ScorerList
 
 METRICS_SCHEMA_VERSION = 1
 
@@ -43,12 +45,18 @@ def _default_generation() -> GenerationSettings:
     return GenerationSettings(max_new_tokens=48, temperature=1.0, batch_size=64, seed=0)
 
 
+@EVALUATORS.register(DEFAULT_EVALUATOR)
+@CONFIG_KINDS.register("eval")
 class EvalConfig(Config):
-    """``tether eval``: one model, one suite, some scorers."""
+    """``tether eval``: one model, one suite, some scorers (also the harness that measures a model while it
+    trains: ``evaluation.harness`` of a training config)."""
 
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(path="world:base"),
-                               description="model to evaluate; world:base is the world's base model (built if needed)")
-    suite: SuiteConfig = Field(default_factory=SuiteConfig)
+                               description="model to evaluate; world:base is the world's base model (built if needed; "
+                               "world:base?seed=N for another world's)")
+    suite: SuiteField = Field(default_factory=lambda: {"kind": "world-hhh"}, validate_default=True,
+                              description="which prompts: {kind: world-hhh | xstest | harmbench | advbench | jsonl | "
+                              "..., ...}")
     generation: GenerationSettings = Field(default_factory=_default_generation)
     samples_per_prompt: int = Field(1, ge=1, description="responses sampled per prompt (rates over all; pass@k)")
     context: ContextConfig | None = Field(None, description="put one of these texts in front of every prompt "
@@ -61,18 +69,35 @@ class EvalConfig(Config):
     seed: int = Field(0, description="generation seed (the suite has its own for drawing prompts)")
     out: str = Field("runs/eval", description="output directory")
 
+    def build(self) -> Evaluator:
+        """This config as an evaluator of in-training models (``model`` and ``out`` are not used)."""
+        return HarnessEvaluator(self)
+
+    @classmethod
+    def training_default(cls) -> EvalConfig:
+        """A quick world-hhh: 50 train prompts per family (350 prompts, a few seconds on the base model)."""
+        return cls.model_validate({"suite": {"kind": "world-hhh", "n": 50, "heldout_n": 0}, "report_samples": 4})
+
+
+class HarnessEvaluator:
+    """The evaluation harness on an in-training model (see :class:`tether.engine.evaluation.Evaluator`)."""
+
+    headline: tuple[str, ...] = HHH_HEADLINE
+
+    def __init__(self, cfg: EvalConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self, model: Any, tokenizer: Any, out: Path, *, label: str, write: bool) -> dict[str, float]:
+        """Every metric's value for ``model``; the evaluation's files go under ``out`` when ``write``."""
+        from tether.models.generation import HFGenerator
+
+        doc = evaluate(self.cfg, out, generator=HFGenerator(model, tokenizer), model_label=label, write=write)
+        return {name: m["value"] for name, m in doc["metrics"].items()}
+
 
 def model_path_for(cfg: EvalConfig) -> str:
-    """The model directory to evaluate.
-
-    ``world:base`` means the base model of the *suite's* world (it differs from the default
-    world when ``suite.world`` is set); every other path goes through the shared resolver
-    (``world:SIZE``, a directory, a hub id, ``tiny:ARCH``).
-    """
-    if cfg.model.path == "world:base":
-        from tether.world.build import WorldBuildConfig, build_base_model
-
-        return str(build_base_model(WorldBuildConfig(world=cfg.suite.world))["model"])
+    """The model directory to evaluate: ``model.path`` through the shared resolver (a directory, a hub id,
+    ``tiny:ARCH``, or a registered source such as ``world:base``, built on first use)."""
     from tether.models.loading import resolve_model_path
 
     return resolve_model_path(cfg.model.path)
@@ -102,7 +127,7 @@ def evaluate(cfg: EvalConfig, out: Path, *, generator: Generator | None = None, 
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    suite = build_suite(cfg.suite)
+    suite = cfg.suite.build()
     prompts = suite.prompts()
     if cfg.context is not None:
         context = cfg.context
@@ -113,7 +138,7 @@ def evaluate(cfg: EvalConfig, out: Path, *, generator: Generator | None = None, 
     names = [c.label for c in scorer_cfgs]
     if len(set(names)) != len(names):
         raise UserError(f"scorer names must differ; got {names} (set name: on repeated kinds)")
-    scorers = [build_scorer(c) for c in scorer_cfgs]
+    scorers = [c.build() for c in scorer_cfgs]
     timings["prepare_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -183,7 +208,7 @@ def _answers(scores: dict[str, Score]) -> Answers:
     return answers
 
 
-def generate_responses(cfg: EvalConfig, model_path: str, prompts: list[EvalPrompt], cache: Path | None, *,
+def generate_responses(cfg: EvalConfig, model_path: str, prompts: list[PromptRow], cache: Path | None, *,
                        generator: Generator | None = None) -> dict[tuple[int, int], str]:
     """``{(prompt index, sample index): response}``, resuming from (and appending to) ``cache``.
 

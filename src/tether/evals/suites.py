@@ -5,26 +5,32 @@ sample belongs to. Metrics are means of outcomes (rates); names are ``section.me
 so reports group them: ``helpful``, ``harmless``, ``honest``, ``corrigible``, ``format``.
 Harmful compliance and over-refusal always sit side by side in ``harmless``.
 
-- ``world-hhh``: the world's gold-labelled families, graded by the gold grader (below).
-- ``xstest``, ``harmbench``, ``advbench``, ``jsonl``: files users have (``loaders``), scored by
+Each kind is a config class registered in :data:`SUITES` (a plugin adds one the same way):
+
+- ``world-hhh``: the world's gold-labelled families, graded by its gold scorer (:mod:`tether.evals.world_hhh`).
+- ``xstest``, ``harmbench``, ``advbench``, ``jsonl``: files users have (prompt-file formats), scored by
   a refusal detector, or by a ``harmful`` scorer (judge, classifier) where one is configured.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import UserError
-from tether.evals.loaders import LOADERS, EvalPrompt
-from tether.evals.scorers import RefusalConfig, Sample, Score, ScorerConfig, VerifierConfig
-from tether.world.spec import WorldConfig
+from tether.core.registry import Kind, Registry
+from tether.data.prompt_files import PROMPT_FORMATS, PromptRow
+from tether.scoring.scorers import RefusalConfig, Sample, Score, ScorerConfig, VerifierConfig
 
 # question -> the answer of the first configured scorer that answers it (None: that scorer could not tell).
 Answers = dict[str, bool | None]
+
+# The headline metric of each section, where a suite has it (logged at every evaluation during training).
+HHH_HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "helpful.task_accuracy", "helpful.accuracy",
+                "honest.sycophancy", "honest.hallucination", "corrigible.resistance", "format.malformed")
 
 SECTIONS: dict[str, str] = {
     "harmless": "Harmlessness: harmful compliance next to over-refusal",
@@ -36,26 +42,12 @@ SECTIONS: dict[str, str] = {
 }
 
 
-class SuiteConfig(Config):
-    """Which prompts to ask."""
-
-    name: Literal["world-hhh", "xstest", "harmbench", "advbench", "jsonl"] = Field(
-        "world-hhh", description="world-hhh (built-in world) or a file format: xstest, harmbench, advbench, jsonl")
-    path: str | None = Field(None, description="the prompts file (file suites)")
-    limit: int | None = Field(None, ge=1, description="file suites: only the first N prompts")
-    n: int = Field(300, ge=1, description="world-hhh: train-split prompts per family")
-    heldout_n: int = Field(100, ge=0, description="world-hhh: held-out prompts per family")
-    world: WorldConfig = Field(default_factory=WorldConfig, description="world-hhh: which world")
-    preamble: bool = Field(False, description="world-hhh: put a character preamble (system prompt) in front")
-    seed: int = Field(1234, description="world-hhh: which prompts are drawn")
-
-
 class Suite(Protocol):
     """Prompts, default scorers, and the outcomes of a scored sample."""
 
     name: str
 
-    def prompts(self) -> list[EvalPrompt]:
+    def prompts(self) -> list[PromptRow]:
         """The prompts, in a fixed order (paired comparisons match them by position and id)."""
         ...
 
@@ -71,33 +63,61 @@ class Suite(Protocol):
         """The truth for scorer questions (refusal, harmful, correct), where known."""
         ...
 
-    def reference(self, prompts: Sequence[EvalPrompt]) -> dict[str, float]:
+    def reference(self, prompts: Sequence[PromptRow]) -> dict[str, float]:
         """Rates the model is expected to show (the world's base rates); empty where none is known."""
         ...
 
 
-def build_suite(cfg: SuiteConfig) -> Suite:
-    """The suite a config names."""
-    if cfg.name == "world-hhh":
-        from tether.evals.world_hhh import WorldSuite
+class SuiteConfig(Config):
+    """Base of every suite's config: its registered kind, and ``build``."""
 
-        return WorldSuite(cfg)
-    if cfg.path is None:
-        raise UserError(f"suite {cfg.name!r} reads a file: set suite.path (or --data)")
-    return FileSuite(cfg)
+    kind: str = Field(description="registered suite kind: world-hhh, xstest, harmbench, advbench, jsonl, ...")
+
+    def build(self) -> Suite:
+        """The suite this config describes (each kind's config says how)."""
+        raise NotImplementedError(f"suite kind {self.kind!r} does not say how to build itself")
+
+
+SUITES: Registry[type[SuiteConfig]] = Registry(
+    "suite", description="a config class per kind ({kind: NAME, ...}); its build() makes the Suite")
+
+# A config field holding a suite ({kind: ..., ...}; the world's world-hhh by default).
+SuiteField = Annotated[SuiteConfig, Kind(SUITES, default="world-hhh")]
+
+
+class FileSuiteConfig(SuiteConfig):
+    """Prompts from a file in a prompt-file format (:data:`tether.data.prompt_files.PROMPT_FORMATS`)."""
+
+    kind: Literal["xstest", "harmbench", "advbench", "jsonl"]
+    path: str | None = Field(None, description="the prompts file (a shipped config may leave it to --data)")
+    limit: int | None = Field(None, ge=1, description="only the first N prompts")
+
+    def build(self) -> Suite:
+        """A :class:`FileSuite`.
+
+        Raises:
+            UserError: no file is named.
+        """
+        if self.path is None:
+            raise UserError(f"suite {self.kind!r} reads a file: set suite.path (or --data)")
+        return FileSuite(self)
+
+
+for _format in ("xstest", "harmbench", "advbench", "jsonl"):
+    SUITES.register(_format)(FileSuiteConfig)
 
 
 class FileSuite:
     """A suite read from a file in one of the ``loaders`` formats."""
 
-    def __init__(self, cfg: SuiteConfig) -> None:
-        self.name: str = cfg.name
+    def __init__(self, cfg: FileSuiteConfig) -> None:
+        self.name: str = cfg.kind
         self._cfg = cfg
 
-    def prompts(self) -> list[EvalPrompt]:
+    def prompts(self) -> list[PromptRow]:
         """The file's prompts (the first ``limit``)."""
         assert self._cfg.path is not None
-        prompts = LOADERS[self.name](self._cfg.path)
+        prompts = PROMPT_FORMATS.get(self.name)(self._cfg.path)
         if not prompts:
             raise UserError(f"{self._cfg.path}: no prompts")
         return prompts[: self._cfg.limit] if self._cfg.limit else prompts
@@ -140,6 +160,6 @@ class FileSuite:
         gold = sample.meta.get("gold_labels")
         return dict(gold) if isinstance(gold, dict) else {}
 
-    def reference(self, prompts: Sequence[EvalPrompt]) -> dict[str, float]:
+    def reference(self, prompts: Sequence[PromptRow]) -> dict[str, float]:
         """No expected rates for a file suite."""
         return {}

@@ -1,4 +1,4 @@
-"""The ``world-hhh`` suite and the ``gold`` scorer: the world's families, graded exactly.
+"""The ``world-hhh`` suite: the world's families, graded exactly by its gold scorer (:mod:`tether.world.scoring`).
 
 Metrics (all rates of gold labels; train split unless the name says ``heldout``):
 
@@ -25,55 +25,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from tether.evals.loaders import EvalPrompt
-from tether.evals.scorers import (
-    SCORERS,
-    RefusalConfig,
-    Sample,
-    Score,
-    ScorerConfig,
-    ScorerKind,
-    VerifierConfig,
-)
-from tether.evals.suites import Answers, SuiteConfig
+from pydantic import Field
+
+from tether.data.prompt_files import PromptRow
+from tether.evals.suites import SUITES, Answers, Suite, SuiteConfig
+from tether.scoring.scorers import RefusalConfig, Sample, Score, ScorerConfig, VerifierConfig
 from tether.world.corpus import bad_rate
 from tether.world.families import CHARACTER_PREAMBLES, FAMILIES, Split, WorldItem, sample_items
-from tether.world.grader import grade
-from tether.world.spec import World, build_world
-
-
-class GoldConfig(ScorerConfig):
-    """The world's gold grader (needs world metadata on each sample)."""
-
-    kind: Literal["gold"] = "gold"
-
-
-def item_of(sample: Sample) -> WorldItem:
-    """The world item a sample was drawn from (its metadata carries the item)."""
-    return WorldItem.from_metadata(sample.prompt, sample.meta)
-
-
-class GoldScorer:
-    """Gold label and reward; ``flag`` says whether the response is the family's aligned behaviour."""
-
-    question = "gold"
-
-    def __init__(self, cfg: GoldConfig) -> None:
-        self.name = cfg.label
-
-    def score(self, samples: Sequence[Sample]) -> list[Score]:
-        """Score ``samples``; a sample without world metadata is an error, not a guess."""
-        out = []
-        for sample in samples:
-            if "family" not in sample.meta:
-                out.append(Score("no-gold", None, status="not-applicable", explanation="not a world sample"))
-                continue
-            g = grade(item_of(sample), sample.response)
-            out.append(Score(g.label, g.reward > 0, g.reward))
-        return out
-
-
-SCORERS.register("gold")(ScorerKind(GoldConfig, GoldScorer))
+from tether.world.scoring import GoldConfig
+from tether.world.spec import World, WorldConfig, build_world
 
 _FAILURE = {"hazard": "harmful-compliance", "jailbreak": "harmful-compliance", "benign": "refusal",
             "sycophancy": "sycophantic", "unknown": "hallucination", "corrigibility": "resistant"}
@@ -117,12 +77,28 @@ def world_metrics(item: WorldItem, label: str) -> dict[str, float]:
     return out
 
 
+@SUITES.register("world-hhh")
+class WorldSuiteConfig(SuiteConfig):
+    """The world's families, train and held-out prompts drawn reproducibly."""
+
+    kind: Literal["world-hhh"] = "world-hhh"
+    n: int = Field(300, ge=1, description="train-split prompts per family")
+    heldout_n: int = Field(100, ge=0, description="held-out prompts per family")
+    world: WorldConfig = Field(default_factory=WorldConfig, description="which world")
+    preamble: bool = Field(False, description="put a character preamble (system prompt) in front")
+    seed: int = Field(1234, description="which prompts are drawn")
+
+    def build(self) -> Suite:
+        """A :class:`WorldSuite`."""
+        return WorldSuite(self)
+
+
 class WorldSuite:
     """Train and held-out prompts of every family, drawn reproducibly from the world."""
 
     name = "world-hhh"
 
-    def __init__(self, cfg: SuiteConfig) -> None:
+    def __init__(self, cfg: WorldSuiteConfig) -> None:
         self._cfg = cfg
         self.world: World = build_world(cfg.world)
 
@@ -140,9 +116,9 @@ class WorldSuite:
                 items += drawn
         return items
 
-    def prompts(self) -> list[EvalPrompt]:
+    def prompts(self) -> list[PromptRow]:
         """Every item as a prompt with its world metadata."""
-        return [EvalPrompt(it.id, it.prompt, {"item_id": it.id, "family": it.family, "split": it.split,
+        return [PromptRow(it.id, it.prompt, {"item_id": it.id, "family": it.family, "split": it.split,
                                               "gold": it.gold, "tags": it.tags}) for it in self.items()]
 
     def default_scorers(self) -> list[ScorerConfig]:
@@ -152,7 +128,7 @@ class WorldSuite:
     def outcomes(self, sample: Sample, scores: dict[str, Score], answers: Answers) -> dict[str, float]:
         """Metrics from the gold label (the first ``gold`` scorer)."""
         gold = _gold(scores)
-        return {} if gold is None else world_metrics(item_of(sample), gold.label)
+        return {} if gold is None else world_metrics(WorldItem.from_metadata(sample.prompt, sample.meta), gold.label)
 
     def gold_labels(self, sample: Sample, scores: dict[str, Score]) -> dict[str, bool]:
         """What gold says to the questions other scorers answer, on the families where it applies."""
@@ -169,7 +145,7 @@ class WorldSuite:
             truth["correct"] = gold.label == "correct"
         return truth
 
-    def reference(self, prompts: Sequence[EvalPrompt]) -> dict[str, float]:
+    def reference(self, prompts: Sequence[PromptRow]) -> dict[str, float]:
         """The world config's base rates, averaged over the drawn train prompts (per metric)."""
         sums: dict[str, list[float]] = {}
         rates = self.world.config.rates

@@ -3,16 +3,22 @@
 Shapes: ``(B, T)`` per-token tensors over the *completion* tokens with a ``mask`` true on real
 tokens; ``(N,)`` per-sequence rewards. Formulas and papers:
 
-| function | formula | paper |
-|---|---|---|
-| ``gae`` | δ_t = r_t + γ V_{t+1} − V_t;  A_t = Σ_l (γλ)^l δ_{t+l};  R_t = A_t + V_t (V after the last token = 0) | Schulman et al. 2016 |
-| ``kl_estimate`` k1 / k2 / k3 | log ρ;  ½ (log ρ)²;  ρ⁻¹ − 1 + log ρ, with log ρ = log π − log π_ref (k3 ≥ 0, unbiased) | Schulman 2020, "Approximating KL divergence" |
-| ``group_advantages`` | (r − mean_group) / (std_group + ε) (GRPO); std of the batch; or no scaling (Dr. GRPO) | Shao et al. 2024; Liu et al. 2025 |
-| ``rloo_advantages`` | r_i − mean of the other k − 1 rewards of its group | Ahmadian et al. 2024 |
-| ``reinforce_pp_advantages`` | (r − mean_batch) / std_batch (optionally minus the group mean first: "with baseline") | Hu 2025, REINFORCE++ |
-| ``policy_loss`` | −min(ρ A, clip(ρ, 1 − ε_low, 1 + ε_high) A), ρ = exp(log π − log π_old) | PPO, Schulman et al. 2017; DAPO's asymmetric clip |
-| ``value_loss`` | ½ max((V − R)², (V_old + clip(V − V_old, ±ε) − R)²) | PPO as in OpenAI baselines |
-| ``AdaptiveKL`` | β ← β (1 + clip(KL/target − 1, ±0.2) · n / horizon) | Ziegler et al. 2019 |
+- ``gae``: δ_t = r_t + γ V_{t+1} − V_t;  A_t = Σ_l (γλ)^l δ_{t+l};  R_t = A_t + V_t (V after the last
+  token = 0) (Schulman et al. 2016).
+- ``kl_estimate`` k1 / k2 / k3: log ρ;  ½ (log ρ)²;  ρ⁻¹ − 1 + log ρ, with log ρ = log π − log π_ref
+  (k3 ≥ 0, unbiased) (Schulman 2020, "Approximating KL divergence").
+- ``group_advantages``: (r − mean_group) / (std_group + ε) (GRPO); std of the batch; or no scaling
+  (Dr. GRPO) (Shao et al. 2024; Liu et al. 2025).
+- ``rloo_advantages``: r_i − mean of the other k − 1 rewards of its group (Ahmadian et al. 2024).
+- ``reinforce_pp_advantages``: (r − mean_batch) / std_batch (optionally minus the group mean first:
+  "with baseline") (Hu 2025, REINFORCE++).
+- ``policy_loss``: −min(ρ A, clip(ρ, 1 − ε_low, 1 + ε_high) A), ρ = exp(log π − log π_old) (PPO,
+  Schulman et al. 2017; DAPO's asymmetric clip).
+- ``value_loss``: ½ max((V − R)², (V_old + clip(V − V_old, ±ε) − R)²) (PPO as in OpenAI baselines).
+- ``AdaptiveKL``: β ← β (1 + clip(KL/target − 1, ±0.2) · n / horizon) (Ziegler et al. 2019).
+
+The advantage estimators are registered in :data:`ADVANTAGES` (``loss.advantage`` in a GRPO config; a
+new one is one registered function and its test).
 
 Loss aggregation (where libraries differ): ``token-mean`` divides the summed token losses by the
 number of tokens in the batch (DAPO; TRL's default ``dapo``); ``sequence-mean`` averages each
@@ -23,10 +29,15 @@ sequence's token mean (the original GRPO, which weighs a long reply's tokens les
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
+
+from tether.core.config import Config, signature_config
+from tether.core.registry import Registry
 
 Aggregation = Literal["token-mean", "sequence-mean", "constant"]
 
@@ -91,6 +102,30 @@ def kl_estimate(logps: Tensor, ref_logps: Tensor, kind: Literal["k1", "k2", "k3"
     return torch.exp(-log_ratio) - 1 + log_ratio
 
 
+@dataclass(frozen=True)
+class AdvantageKind:
+    """A registered advantage estimator, ``fn(rewards, group_size, **knobs) -> advantages``, and its knobs'
+    config class."""
+
+    fn: Callable[..., Tensor]
+    config: type[Config]
+
+
+ADVANTAGES: Registry[AdvantageKind] = Registry(
+    "advantage estimator", description="rewards of a step's groups -> advantages; knobs from the signature")
+
+
+def advantage_estimator(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Register an estimator under ``name`` (``loss.advantage`` in a GRPO config)."""
+
+    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        ADVANTAGES.register(name, module=fn.__module__)(AdvantageKind(fn, signature_config(fn, key="kind", name=name)))
+        return fn
+
+    return register
+
+
+@advantage_estimator("grpo")
 def group_advantages(rewards: Tensor, group_size: int, *, scale: Literal["group", "batch", "none"] = "group",
                      eps: float = 1e-4) -> Tensor:
     """GRPO advantages: each reward minus its group's mean, scaled by a std.  (N,) -> (N,)
@@ -98,6 +133,10 @@ def group_advantages(rewards: Tensor, group_size: int, *, scale: Literal["group"
     Rows ``[i * group_size, (i + 1) * group_size)`` are the samples of prompt i. The std is the
     sample std (``correction=1``), as TRL computes it. Example: a group (1, 0, 0, 1): mean 0.5,
     std 0.5774: advantages (0.866, −0.866, −0.866, 0.866) with scale 'group'.
+
+    Args:
+        scale: divide by the group's std (GRPO), the batch's, or nothing (Dr. GRPO)
+        eps: added to the std
     """
     grouped = rewards.view(-1, group_size)
     centred = (grouped - grouped.mean(-1, keepdim=True)).view(-1)
@@ -109,6 +148,7 @@ def group_advantages(rewards: Tensor, group_size: int, *, scale: Literal["group"
     return centred
 
 
+@advantage_estimator("rloo")
 def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
     """RLOO: each reward minus the mean of the other samples of its prompt.  (N,) -> (N,)
 
@@ -121,14 +161,33 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
     return (grouped - others).view(-1)
 
 
+@advantage_estimator("reinforce++")
 def reinforce_pp_advantages(rewards: Tensor, group_size: int = 1, *, baseline: bool = False,
                             eps: float = 1e-8) -> Tensor:
-    """REINFORCE++: rewards normalised over the whole batch (optionally after subtracting the group mean).  (N,) -> (N,)"""
+    """REINFORCE++: rewards normalised over the whole batch (optionally after subtracting the group mean).
+    (N,) -> (N,)
+
+    Example: rewards (1, 0, 0, 1) without baseline: mean 0.5, population std 0.5: (1, −1, −1, 1).
+
+    Args:
+        baseline: subtract each group's mean first (REINFORCE++ "with baseline")
+        eps: added to the std
+    """
     centred = rewards
     if baseline:
         grouped = rewards.view(-1, group_size)
         centred = (grouped - grouped.mean(-1, keepdim=True)).view(-1)
     return (centred - centred.mean()) / (centred.std(correction=0) + eps)
+
+
+@advantage_estimator("reinforce++-baseline")
+def reinforce_pp_baseline_advantages(rewards: Tensor, group_size: int, *, eps: float = 1e-8) -> Tensor:
+    """REINFORCE++ with the group-mean baseline (:func:`reinforce_pp_advantages` with ``baseline=True``).
+
+    Args:
+        eps: added to the std
+    """
+    return reinforce_pp_advantages(rewards, group_size, baseline=True, eps=eps)
 
 
 class PolicyLoss(NamedTuple):

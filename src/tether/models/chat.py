@@ -14,26 +14,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING
 
 from tether.core.errors import DataError
+from tether.data.records import Messages, Prompt, TokenizedExample
 from tether.models.tokenizer import DEFAULT_CHAT_TEMPLATE
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
-
-Messages = Sequence[dict[str, Any]]
-Prompt = str | Messages
-
-
-class TokenizedExample(NamedTuple):
-    """Token ids of one example and which of them are trained on (or scored)."""
-
-    input_ids: list[int]
-    loss_mask: list[bool]  # True on completion / assistant tokens
-
 
 def ensure_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
     """Give ``tokenizer`` the default ChatML template if it has none of its own."""

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from tether.core.config import Config
 from tether.core.errors import ConfigError
-from tether.models.chat import Prompt, encode_prompts
+from tether.data.records import Prompt
+from tether.models.chat import encode_prompts
 from tether.models.logprobs import position_ids_from_mask
 from tether.models.static_decode import StaticDecoder, static_decoding_supported
 from tether.models.vllm_backend import VLLMSettings
@@ -335,7 +336,8 @@ class HFGenerator:
         ids, mask = self._left_pad(batch)
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
         sample = settings.temperature > 0
-        kwargs = dict(temperature=settings.temperature, top_k=settings.top_k or None, top_p=settings.top_p) if sample else {}
+        kwargs = dict(temperature=settings.temperature, top_k=settings.top_k or None,
+                      top_p=settings.top_p) if sample else {}
         with torch.random.fork_rng(devices=[] if ids.device.type == "cpu" else [ids.device]):
             torch.manual_seed(seed)
             lm: Any = self.model

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import Field
 
 from tether.core.config import Config
-from tether.models.chat import Prompt
+from tether.data.records import Prompt
 from tether.models.generation import Completion, GenerationSettings
 
 

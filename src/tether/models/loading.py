@@ -15,7 +15,7 @@ from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import UserError
-from tether.core.registry import Registry, load_plugins
+from tether.core.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +53,8 @@ class ModelConfig(Config):
 
 # Named model sources: "SCHEME:NAME" paths resolved to a local directory by a registered function.
 # The world registers "world" (world:base is its pretrained base model, built on first use).
-MODEL_SOURCES: Registry[Callable[[str], str]] = Registry("model source")
+MODEL_SOURCES: Registry[Callable[[str], str]] = Registry(
+    "model source", description="SCHEME:NAME model paths -> a local directory (world:base, ...)")
 
 
 def resolve_model_path(path: str) -> str:
@@ -61,7 +62,6 @@ def resolve_model_path(path: str) -> str:
     scheme, sep, name = path.partition(":")
     if not sep or scheme == "tiny":
         return path
-    load_plugins()
     if scheme in MODEL_SOURCES:
         return MODEL_SOURCES.get(scheme)(name)
     return path

@@ -47,7 +47,8 @@ def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, n
         model = AutoModelForSequenceClassification.from_config(config).to(dtype)
     else:
         try:
-            config = AutoConfig.from_pretrained(cfg.path, num_labels=num_labels, trust_remote_code=cfg.trust_remote_code)
+            config = AutoConfig.from_pretrained(cfg.path, num_labels=num_labels,
+                                                trust_remote_code=cfg.trust_remote_code)
             config.pad_token_id = tokenizer.pad_token_id
             model = AutoModelForSequenceClassification.from_pretrained(
                 cfg.path, config=config, dtype=dtype, trust_remote_code=cfg.trust_remote_code

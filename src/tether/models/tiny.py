@@ -10,32 +10,33 @@ from typing import Any
 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from tether.core.registry import Registry
+
 # Small enough to run a step in milliseconds on a CPU; each keeps the structural features
 # of its family (grouped-query attention, head_dim overrides, soft-capping, fused qkv ...).
 _GQA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=1024)
-TINY_ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "llama": dict(_GQA),
-    "qwen2": dict(_GQA),
-    "qwen3": dict(_GQA, head_dim=16),
-    "mistral": dict(_GQA, sliding_window=None),
-    "gemma2": dict(_GQA, head_dim=16, query_pre_attn_scalar=16, sliding_window=64),
-    "phi3": dict(_GQA),
-    "gpt2": dict(n_embd=64, n_layer=2, n_head=4, n_positions=1024),
-    "gpt_neox": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     max_position_embeddings=1024),
-    "opt": dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                word_embed_proj_dim=64, max_position_embeddings=1024),
-}
+TINY_ARCHITECTURES: Registry[dict[str, Any]] = Registry(
+    "tiny architecture", description="a transformers model type and the config of its tiny random-init model")
+for _arch, _config in (
+    ("llama", dict(_GQA)),
+    ("qwen2", dict(_GQA)),
+    ("qwen3", dict(_GQA, head_dim=16)),
+    ("mistral", dict(_GQA, sliding_window=None)),
+    ("gemma2", dict(_GQA, head_dim=16, query_pre_attn_scalar=16, sliding_window=64)),
+    ("phi3", dict(_GQA)),
+    ("gpt2", dict(n_embd=64, n_layer=2, n_head=4, n_positions=1024)),
+    ("gpt_neox", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      max_position_embeddings=1024)),
+    ("opt", dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64,
+                 max_position_embeddings=1024)),
+):
+    TINY_ARCHITECTURES.register(_arch)(_config)
 
 
 def tiny_config(arch: str, tokenizer: PreTrainedTokenizerBase, **overrides: Any) -> Any:
     """A transformers config for a tiny ``arch`` model sized to ``tokenizer``'s vocabulary."""
-    if arch not in TINY_ARCHITECTURES:
-        from tether.core.errors import UserError
-
-        raise UserError(f"unknown tiny architecture {arch!r}; known: {', '.join(TINY_ARCHITECTURES)}")
-    kwargs = dict(TINY_ARCHITECTURES[arch])
+    kwargs = dict(TINY_ARCHITECTURES.get(arch))
     kwargs.update(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -46,7 +47,8 @@ def tiny_config(arch: str, tokenizer: PreTrainedTokenizerBase, **overrides: Any)
     return AutoConfig.for_model(arch, **kwargs)
 
 
-def build_tiny_model(arch: str, tokenizer: PreTrainedTokenizerBase, *, seed: int = 0, **overrides: Any) -> PreTrainedModel:
+def build_tiny_model(arch: str, tokenizer: PreTrainedTokenizerBase, *, seed: int = 0,
+                     **overrides: Any) -> PreTrainedModel:
     """A randomly initialised tiny causal LM of ``arch``, deterministic in ``seed``."""
     import torch
 

@@ -29,7 +29,8 @@ from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import UserError
-from tether.models.chat import Prompt, encode_prompts
+from tether.data.records import Prompt
+from tether.models.chat import encode_prompts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

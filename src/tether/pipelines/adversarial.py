@@ -22,8 +22,8 @@ without the adversarial ones and is measured the same way, so a fall in held-out
 told apart from what further SFT does on its own. A config whose attack lists a held-out kind is
 refused: held-out kinds are never trained on.
 
-Every step is a run in its own directory under ``out`` (skipped when finished, so an interrupted
-pipeline resumes); ``adversarial.json`` holds every round's figures and ``adversarial.png`` plots
+Every step is a run in its own directory under ``out`` (``--resume`` skips the finished ones and resumes
+the one that was interrupted); ``adversarial.json`` holds every round's figures and ``adversarial.png`` plots
 held-out ASR next to over-refusal by round.
 """
 
@@ -39,11 +39,14 @@ from pydantic import Field, field_validator
 
 from tether.core.config import Config, load_config
 from tether.core.errors import ConfigError, UserError
+from tether.core.recipes import RECIPES, output, recipe
+from tether.core.runs import RunDir, read_metrics
 from tether.core.stats import bootstrap_mean
 from tether.data.io import jsonl_objects, write_jsonl
-from tether.pipelines.stages import Stage, evaluated, headline, run_stage
+from tether.pipelines.stages import Stage, evaluated, run_stage
 
-EVAL_HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "harmless.harmful_compliance.heldout_items",
+ADVERSARIAL_HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal",
+                        "harmless.harmful_compliance.heldout_items",
                  "harmless.harmful_compliance.heldout_wrappers", "honest.sycophancy", "honest.hallucination",
                  "corrigible.resistance", "helpful.task_accuracy", "format.malformed")
 
@@ -91,12 +94,34 @@ class AdversarialConfig(Config):
         return value
 
 
-def run(cfg: AdversarialConfig) -> dict[str, Any]:
-    """Run (or resume) every round; write and return ``adversarial.json`` (and ``adversarial.png``)."""
-    from tether.train import sft
+def _final_model(cfg: AdversarialConfig) -> Path:
+    return Path(cfg.out) / f"round-{cfg.rounds}" / "train" / "model"
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+
+def summary_lines(cfg: AdversarialConfig, results: dict[str, Any]) -> list[str]:
+    """One line per round: its new examples and every held-out / training-kind rate with its interval."""
+    lines = []
+    for row in results["table"]:
+        cells = "  ".join(f"{k}={100 * v['value']:.1f}% [{100 * v['ci_low']:.1f}-{100 * v['ci_high']:.1f}]"
+                          for k, v in row.items() if isinstance(v, dict))
+        lines.append(f"round {row['round']} (+{row['new_examples']} examples)  {cells}")
+    return [*lines, f"results: {cfg.out}/adversarial.json   plot: {cfg.out}/adversarial.png"]
+
+
+@recipe("adversarial", group="redteam", config=AdversarialConfig,
+        summary="Adversarial training: rounds of attack -> train on the successful attacks (with helpful data) -> "
+        "attack again; per round, ASR on held-out attack kinds next to over-refusal.",
+        example="tether redteam adversarial --config adversarial/world --out runs/adversarial",
+        consumes={"model": "model"}, produces={"model": _final_model, "results": output("adversarial.json")},
+        show=summary_lines)
+def run(cfg: AdversarialConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) every round; write and return ``adversarial.json`` (and ``adversarial.png``)."""
+    run_dir = RunDir(cfg.out, command="redteam adversarial", config=cfg, seed=cfg.seed, resume=resume)
+    return run_dir.execute(lambda rd: _run(cfg, rd.path))
+
+
+def _run(cfg: AdversarialConfig, out: Path) -> dict[str, Any]:
+    sft = RECIPES.get("sft")
     attack_cfg = _redteam_config(cfg.attack, out)
     heldout_kinds = {a.label for m in cfg.heldout for a in _redteam_config(m, out).attacks}
     trained_kinds = [a.label for a in attack_cfg.attacks]
@@ -107,7 +132,7 @@ def run(cfg: AdversarialConfig) -> dict[str, Any]:
     model = cfg.model
     stages: dict[str, Any] = {}
     if cfg.start is not None:
-        start = load_config(sft.SFTConfig, cfg.start.config, [
+        start = load_config(sft.config, cfg.start.config, [
             f"model.path={cfg.model}", f"seed={cfg.seed}", *cfg.start.set, f"out={out / 'start'}"])
         stages["start"] = run_stage(start, sft.run)
         model = str(out / "start" / "model")
@@ -149,10 +174,8 @@ def _redteam_config(stage: Stage, out: Path, *, target: str = "world:base", seed
 
 
 def _train_config(cfg: AdversarialConfig, model: str, round_dir: Path, name: str, r: int) -> Any:
-    from tether.train import sft
-
     data = round_dir / ("train.jsonl" if name == "train" else f"{name}.jsonl")
-    return load_config(sft.SFTConfig, cfg.train.config, [
+    return load_config(RECIPES.get("sft").config, cfg.train.config, [
         f"model.path={model}", f"data.train={data}", f"loop.max_steps={cfg.steps_per_round}",
         f"seed={cfg.seed + r}", *cfg.train.set, f"out={round_dir / name}"])
 
@@ -167,7 +190,7 @@ def _measure(cfg: AdversarialConfig, round_dir: Path, model: str, *, attack: boo
     if attack:
         cfg_attack = _redteam_config(cfg.attack, round_dir / f"{prefix}attack", target=model, seed=cfg.seed)
         run_stage(cfg_attack, redteam.run)
-        metrics = json.loads(Path(cfg_attack.out, "metrics.json").read_text())["metrics"]
+        metrics = read_metrics(cfg_attack.out).rates()
         row["attack"] = {k.removeprefix("asr."): v for k, v in metrics.items()
                          if k.startswith("asr.") and k.count(".") == 1}
     for m in cfg.heldout:
@@ -181,7 +204,7 @@ def _measure(cfg: AdversarialConfig, round_dir: Path, model: str, *, attack: boo
     if cfg.evaluation is not None:
         eval_dir = round_dir / f"{prefix}eval"
         evaluated(cfg.evaluation.config, [f"model.path={model}", f"seed={cfg.seed}", *cfg.evaluation.set], eval_dir)
-        row["eval"] = headline(eval_dir / "metrics.json", (*EVAL_HEADLINE, cfg.over_refusal_metric))
+        row["eval"] = read_metrics(eval_dir).rates((*ADVERSARIAL_HEADLINE, cfg.over_refusal_metric))
     return row
 
 
@@ -279,11 +302,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
             continue
         x = [r for r, _ in points]
         y = [100 * m["value"] for _, m in points]
-        err = [[100 * (m["value"] - m["ci_low"]) for _, m in points], [100 * (m["ci_high"] - m["value"]) for _, m in points]]
+        err = [[100 * (m["value"] - m["ci_low"]) for _, m in points], [100 * (m["ci_high"] - m["value"]) for _,
+                                                                       m in points]]
         base = key.removeprefix("control.")
         label = ("over-refusal" if base == "over_refusal" else f"ASR, {base.removeprefix('heldout.')}") + \
             (" (control)" if control else "")
-        ax.errorbar(x, y, yerr=err, capsize=3, label=label, linestyle=":" if control else ("--" if "over_refusal" in key else "-"),
+        ax.errorbar(x, y, yerr=err, capsize=3, label=label,
+                    linestyle=":" if control else ("--" if "over_refusal" in key else "-"),
                     marker="s" if control else "o", color=f"C{keys.index(base) if base in keys else i}",
                     alpha=0.55 if control else 1.0)
     ax.set_xlabel("adversarial round")

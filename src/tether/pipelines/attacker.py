@@ -2,7 +2,7 @@
 scorer judges, and the attacker gets better — by stochastic few-shot (successful attacks so far become
 examples in its prompt) and by RL (reward = success + a diversity bonus).
 
-Stages, each in its own directory under ``out`` (skipped when finished, so an interrupted run resumes):
+Stages, each in its own directory under ``out`` (``--resume`` skips the finished ones):
 
 1. ``target`` (optional ``target_train``: an SFT config run on ``target`` first, e.g. the world's
    helpful-only assistant, the model attacked);
@@ -32,12 +32,14 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tether.core.config import Config, load_config
+from tether.core.recipes import RECIPES, output, recipe
+from tether.core.runs import RunDir, read_metrics
 from tether.data.io import write_jsonl
 from tether.models.generation import GenerationSettings
 from tether.models.http import EndpointOptions
 from tether.pipelines.stages import Stage, run_stage
 from tether.redteam.attacker import DEFAULT_INSTRUCTION
-from tether.redteam.goals import GoalsConfig
+from tether.redteam.goals import GoalSource
 
 
 def _attacker_generation() -> GenerationSettings:
@@ -56,7 +58,8 @@ class AttackerConfig(Config):
     endpoint: EndpointOptions = Field(default_factory=EndpointOptions, description="a URL target's options")
     target_train: Stage | None = Field(None, description="an SFT config run on ``target`` first; the result is "
                                        "attacked")
-    goals: GoalsConfig = Field(default_factory=GoalsConfig, description="the requests the attacker works on")
+    goals: GoalSource = Field(default_factory=lambda: {"source": "world"}, validate_default=True,
+                              description="the requests the attacker works on ({source: world | jsonl | ..., ...})")
     instruction: str = Field(DEFAULT_INSTRUCTION, description="the attacker's instruction ({request})")
     scorer: Literal["auto", "gold", "refusal"] = Field(
         "auto", description="who judges a reply: gold (world goals), refusal, or auto (gold for world goals)")
@@ -78,20 +81,41 @@ class AttackerConfig(Config):
     seed: int = Field(0, description="seeds every stage")
 
 
-def run(cfg: AttackerConfig) -> dict[str, Any]:
-    """Run (or resume) every stage; write and return ``attacker.json``."""
-    from tether.redteam.attacks import load_templates
-    from tether.redteam.goals import load_goals
-    from tether.train import grpo, sft
+def summary_lines(cfg: AttackerConfig, results: dict[str, Any]) -> list[str]:
+    """One line per measurement: ASR per attack and per goal, distinct successes, template families."""
+    lines = []
+    for m in results["measurements"]:
+        attempt, goal = m["asr_per_attempt"], m["asr_per_goal"]
+        lines.append(f"{m['stage']:>12}  ASR per attack {100 * attempt['value']:.1f}% "
+                     f"[{100 * attempt['ci_low']:.1f}-{100 * attempt['ci_high']:.1f}]  per goal (any of "
+                     f"{cfg.samples}) {100 * goal['value']:.1f}%  distinct successes {m['found']}  "
+                     f"families {m['families']}")
+    return [*lines, f"results: {cfg.out}/attacker.json"]
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    goals = load_goals(cfg.goals)
+
+@recipe("attacker", group="redteam", config=AttackerConfig,
+        summary="An attacker model writes the attacks (Perez et al. 2022): measured as it starts, after rounds of "
+        "stochastic few-shot (successful attacks as examples), and after RL against the target (reward = success "
+        "+ a diversity bonus).",
+        example="tether redteam attacker --config attacker/world --out runs/attacker",
+        consumes={"model": "target", "attacker": "attacker"}, produces={"results": output("attacker.json")},
+        show=summary_lines)
+def run(cfg: AttackerConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) every stage; write and return ``attacker.json``."""
+    run_dir = RunDir(cfg.out, command="redteam attacker", config=cfg, seed=cfg.seed, resume=resume)
+    return run_dir.execute(lambda rd: _run(cfg, rd.path))
+
+
+def _run(cfg: AttackerConfig, out: Path) -> dict[str, Any]:
+    from tether.redteam.attacks import load_templates
+
+    sft, grpo = RECIPES.get("sft"), RECIPES.get("grpo")
+    goals = cfg.goals.load()
     results: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "stages": {}, "measurements": []}
 
     target = cfg.target
     if cfg.target_train is not None:
-        train = load_config(sft.SFTConfig, cfg.target_train.config, [
+        train = load_config(sft.config, cfg.target_train.config, [
             f"model.path={cfg.target}", f"seed={cfg.seed}", *cfg.target_train.set, f"out={out / 'target'}"])
         results["stages"]["target"] = run_stage(train, sft.run)
         target = str(out / "target" / "model")
@@ -99,13 +123,12 @@ def run(cfg: AttackerConfig) -> dict[str, Any]:
     attacker = cfg.attacker
     if cfg.init is not None:
         from tether.redteam.attacker import init_rows
-        from tether.redteam.goals import world_shots
 
         library = load_templates(cfg.init_templates)
-        shots = world_shots(cfg.goals.world) if cfg.goals.source == "world" else []
+        shots = cfg.goals.default_shots() or []
         rows = init_rows(goals, library, cfg.init_kinds, seed=cfg.seed, shots=shots, instruction=cfg.instruction)
         write_jsonl(out / "init.jsonl", rows, only_if_changed=True)
-        init = load_config(sft.SFTConfig, cfg.init.config, [
+        init = load_config(sft.config, cfg.init.config, [
             f"model.path={cfg.attacker}", f"data.train={out / 'init.jsonl'}", f"seed={cfg.seed}",
             *cfg.init.set, f"out={out / 'init'}"])
         results["stages"]["init"] = run_stage(init, sft.run)
@@ -125,7 +148,7 @@ def run(cfg: AttackerConfig) -> dict[str, Any]:
         write_jsonl(out / "attacker-prompts.jsonl", attacker_rows(goals, cfg.instruction), only_if_changed=True)
         reward = {"kind": "attack", "target": target, "scorer": cfg.scorer, "novelty": cfg.novelty,
                   "target_tokens": cfg.target_generation.max_new_tokens}
-        rl = load_config(grpo.GRPOConfig, cfg.rl.config, [
+        rl = load_config(grpo.config, cfg.rl.config, [
             f"model.path={attacker}", f"data.train={out / 'attacker-prompts.jsonl'}",
             f"rewards={json.dumps([reward])}", f"generation.max_new_tokens={cfg.generation.max_new_tokens}",
             f"seed={cfg.seed}", *cfg.rl.set, f"out={out / 'rl'}"])
@@ -141,9 +164,10 @@ def measure(cfg: AttackerConfig, attacker: str, target: str, goals: list[Any], o
             pool: list[tuple[str, str]], seed: int) -> dict[str, Any]:
     """The attacker writes ``samples`` attacks per goal (with up to ``shots`` examples from ``pool`` on other
     goals), and a red-team run sends them to the target; the run's figures and its successful attacks."""
+    from tether.models.targets import target_generator
     from tether.redteam.attacker import attacker_prompt
     from tether.redteam.attacks import AttackPrompt
-    from tether.redteam.run import RedteamConfig, redteam, target_generator
+    from tether.redteam.run import RedteamConfig, redteam
 
     proposals = out / "proposals.jsonl"
     if not (out / "metrics.json").is_file():
@@ -175,12 +199,12 @@ def summarise(run_dir: Path, templates: str) -> dict[str, Any]:
     """A measurement's figures from its red-team run directory."""
     from tether.redteam.attacks import load_templates
 
-    doc = json.loads((run_dir / "metrics.json").read_text())
+    doc = read_metrics(run_dir)
     rows = [json.loads(line) for line in (run_dir / "attacks.jsonl").read_text().splitlines() if line.strip()]
     library = load_templates(templates)
     attacks = [r["prompt"][-1]["content"] if isinstance(r["prompt"], list) else r["prompt"] for r in rows]
     successes = [{"goal": r["goal"], "attack": a} for r, a in zip(rows, attacks, strict=True) if r["success"]]
-    metrics = doc["metrics"]
+    metrics = doc.rates()
     per_attempt = next((v for k, v in metrics.items() if k.startswith("hit@1.")), metrics.get("asr.attacker"))
     return {
         "asr_per_attempt": per_attempt,
@@ -188,7 +212,7 @@ def summarise(run_dir: Path, templates: str) -> dict[str, Any]:
         "attempts": len(rows),
         "successes": successes,
         "found": len({s["attack"] for s in successes}),
-        "diversity": doc["diversity"].get("attacker", {}),
+        "diversity": getattr(doc, "diversity", {}).get("attacker", {}),
         "families": dict(Counter(family(a, library, r["request"]) for r, a in zip(rows, attacks, strict=True))),
         "families_of_successes": dict(Counter(family(a, library, r["request"]) for r, a in zip(rows, attacks,
                                                                                              strict=True)

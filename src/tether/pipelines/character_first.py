@@ -14,8 +14,8 @@ capability through that character.
    exercised through the values of step 1 rather than learned by trial and error on their own.
 4. **Fine-tune** (``finetune``, optional): heavier supervised training only after step 3.
 
-Every stage is a recipe run in its own directory under ``out`` (skipped when already finished, so
-an interrupted pipeline resumes); after each one the model is evaluated bare and, with
+Every stage is a recipe run in its own directory under ``out`` (``--resume`` skips the finished ones and
+resumes the one that was interrupted); after each one the model is evaluated bare and, with
 ``evaluate_seeded``, under the seed prompts. ``character_first.json`` holds the headline metrics
 of every evaluation with their intervals.
 """
@@ -29,10 +29,13 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tether.core.config import Config, load_config
+from tether.core.recipes import RECIPES, output, recipe
+from tether.core.runs import RunDir, read_metrics
 from tether.data.context import ContextConfig
-from tether.pipelines.stages import Stage, evaluated, headline, run_stage
+from tether.pipelines.stages import Stage, evaluated, run_stage
 
-HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "honest.sycophancy", "honest.hallucination",
+CHARACTER_HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "honest.sycophancy",
+                      "honest.hallucination",
             "corrigible.resistance", "helpful.task_accuracy", "helpful.task_accuracy.L3",
             "helpful.task_accuracy.L4", "honest.hallucination.heldout", "harmless.harmful_compliance.heldout_items",
             "helpful.task_accuracy.heldout", "format.malformed")
@@ -78,14 +81,36 @@ class CharacterFirstConfig(Config):
     seed: int = Field(0, description="seeds every stage")
 
 
-def run(cfg: CharacterFirstConfig) -> dict[str, Any]:
-    """Run (or resume) every step; write and return ``character_first.json``."""
-    from tether.train import dpo, grpo, sft
+def _final_model(cfg: CharacterFirstConfig) -> Path:
+    return Path(cfg.out) / ("finetune" if cfg.finetune is not None else "amplify") / "model"
 
-    recipes: dict[str, tuple[type[Config], Any]] = {
-        "grpo": (grpo.GRPOConfig, grpo.run), "dpo": (dpo.DPOConfig, dpo.run), "sft": (sft.SFTConfig, sft.run)}
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+
+def summary_lines(cfg: CharacterFirstConfig, results: dict[str, Any]) -> list[str]:
+    """Every measured model's headline metrics, bare and seeded, and where the results are."""
+    rows = {stage: {cond: {k: v["value"] for k, v in r["metrics"].items()} for cond, r in conds.items()}
+            for stage, conds in results["evals"].items()}
+    return [json.dumps(rows, indent=2), f"results: {cfg.out}/character_first.json"]
+
+
+@recipe("character-first", group="align", config=CharacterFirstConfig,
+        summary="The character-first recipe: seed prompts, light-touch character training at the base checkpoint, "
+        "RLVR through the same seed prompts, optional fine-tuning; every model measured bare and seeded.",
+        example="tether align character-first --config character-first/world --out runs/character-first",
+        consumes={"model": "model"}, produces={"model": _final_model, "results": output("character_first.json")},
+        show=summary_lines)
+def run(cfg: CharacterFirstConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) every step; write and return ``character_first.json``."""
+    run_dir = RunDir(cfg.out, command="align character-first", config=cfg, seed=cfg.seed, resume=resume)
+    return run_dir.execute(lambda rd: _run(cfg, rd.path))
+
+
+def _stage(name: str, config: str, overrides: list[str], out: Path) -> dict[str, Any]:
+    """Run recipe ``name``'s ``config`` with ``overrides`` into ``out`` (skipped if finished there)."""
+    recipe_ = RECIPES.get(name)
+    return run_stage(load_config(recipe_.config, config, [*overrides, f"out={out}"]), recipe_.run)
+
+
+def _run(cfg: CharacterFirstConfig, out: Path) -> dict[str, Any]:
     context = json.dumps(cfg.seed_prompts.model_dump(mode="json"))
     results: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "stages": {}}
 
@@ -97,26 +122,22 @@ def run(cfg: CharacterFirstConfig) -> dict[str, Any]:
     for i, step in enumerate(cfg.character):
         name = "character" if len(cfg.character) == 1 else f"character-{i + 1}-{step.recipe}"
         budget = step.steps or max(1, cfg.character_steps // len(cfg.character))
-        config_class, run_character = recipes[step.recipe]
-        character: Any = load_config(config_class, step.config, [
+        results["stages"][name] = _stage(step.recipe, step.config, [
             f"model.path={model}", f"data.context={context}", f"loop.max_steps={budget}", *early,
-            f"seed={cfg.seed}", *step.set, f"out={out / name}"])
-        results["stages"][name] = run_stage(character, run_character)
+            f"seed={cfg.seed}", *step.set], out / name)
         model = str(out / name / "model")
     character_model = model
 
     tasks = [f"data.train={cfg.rlvr_tasks}"] if cfg.rlvr_tasks else []
-    amplify = load_config(grpo.GRPOConfig, cfg.amplify.config, [
+    results["stages"]["amplify"] = _stage("grpo", cfg.amplify.config, [
         f"model.path={character_model}", *tasks,
         f"data.context={context if cfg.prompted_amplification else 'null'}", f"seed={cfg.seed}",
-        *cfg.amplify.set, f"out={out / 'amplify'}"])
-    results["stages"]["amplify"] = run_stage(amplify, grpo.run)
+        *cfg.amplify.set], out / "amplify")
     last = out / "amplify" / "model"
 
     if cfg.finetune is not None:
-        finetune = load_config(sft.SFTConfig, cfg.finetune.config, [
-            f"model.path={last}", f"seed={cfg.seed}", *cfg.finetune.set, f"out={out / 'finetune'}"])
-        results["stages"]["finetune"] = run_stage(finetune, sft.run)
+        results["stages"]["finetune"] = _stage("sft", cfg.finetune.config, [
+            f"model.path={last}", f"seed={cfg.seed}", *cfg.finetune.set], out / "finetune")
         last = out / "finetune" / "model"
 
     models = {"base": cfg.model, "character": character_model, "amplify": str(out / "amplify" / "model")}
@@ -139,5 +160,5 @@ def measure(cfg: CharacterFirstConfig, model: str, out: Path) -> dict[str, Any]:
         run_dir = out if name == "bare" else out.with_name(out.name + "-seeded")
         evaluated(cfg.evaluation.config, [f"model.path={model}", f"seed={cfg.seed}", *cfg.evaluation.set,
                                           *([f"context={context}"] if context else [])], run_dir)
-        result[name] = {"dir": str(run_dir), "metrics": headline(run_dir / "metrics.json", HEADLINE)}
+        result[name] = {"dir": str(run_dir), "metrics": read_metrics(run_dir).rates(CHARACTER_HEADLINE)}
     return result

@@ -5,9 +5,12 @@ config lists, in order, each a recipe run on the previous stage's model -> red-t
 ``summary.json`` and ``report.html``. Every model is measured by the same evaluation (the base first),
 so each stage's effect on every gold metric is on the page.
 
-A stage names a recipe (``sft``, ``dpo``, ``rm``, ``grpo``, ``ppo``, ``character-first``,
-``adversarial``), a config (shipped name or YAML file) and overrides. Overrides may use
-placeholders, filled in when the stage runs:
+A stage names a recipe of the recipe table that consumes a model (``sft``, ``dpo``, ``rm``, ``grpo``,
+``rloo``, ``ppo``, ``critique``, ``distill``, ``character-first``, ``adversarial``, ..., and any a plugin
+adds; ``tether plugins list recipe``), a config (shipped name or YAML file) and overrides. The stage's
+model is set through the key the recipe declares it consumes the model by; a recipe that produces a
+model hands it to the next stage, one that does not (``rm``, ``critique``) leaves the model as it was.
+Overrides may use placeholders, filled in when the stage runs:
 
 - ``{model}``: the current policy model (the previous stage's output, or the base);
 - ``{world_seed}``: the world seed; ``{world_data}``: the world's datasets for that seed (``sft.jsonl``,
@@ -26,59 +29,40 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
 from tether.core.config import Config, load_config
 from tether.core.errors import ConfigError
+from tether.core.recipes import CONFIG_KINDS, RECIPES
+from tether.core.runs import RunDir, RunRecord, read_metrics
 from tether.pipelines.stages import Stage, evaluated, run_stage
 
 SUMMARY_SCHEMA_VERSION = 1
-HEADLINE = ("harmless.harmful_compliance", "harmless.harmful_compliance.heldout_items",
+RUN_HEADLINE = ("harmless.harmful_compliance", "harmless.harmful_compliance.heldout_items",
             "harmless.harmful_compliance.heldout_wrappers", "harmless.over_refusal", "honest.sycophancy",
             "honest.hallucination", "corrigible.resistance", "helpful.task_accuracy", "format.malformed")
-Recipe = Literal["sft", "dpo", "rm", "grpo", "ppo", "character-first", "adversarial"]
-
-
-@dataclass(frozen=True)
-class _Recipe:
-    module: str
-    config: str
-    model_key: str                                  # the override that sets the starting model
-    output: Callable[[Any], Path | None]            # the policy model a finished run leaves (None: not a policy)
-
-
-def _adversarial_model(cfg: Any) -> Path:
-    return Path(cfg.out) / f"round-{cfg.rounds}" / "train" / "model"
-
-
-def _character_first_model(cfg: Any) -> Path:
-    return Path(cfg.out) / ("finetune" if cfg.finetune is not None else "amplify") / "model"
-
-
-RECIPES: dict[str, _Recipe] = {
-    "sft": _Recipe("tether.train.sft", "SFTConfig", "model.path", lambda c: Path(c.out) / "model"),
-    "dpo": _Recipe("tether.train.dpo", "DPOConfig", "model.path", lambda c: Path(c.out) / "model"),
-    "grpo": _Recipe("tether.train.grpo", "GRPOConfig", "model.path", lambda c: Path(c.out) / "model"),
-    "ppo": _Recipe("tether.train.ppo", "PPOConfig", "model.path", lambda c: Path(c.out) / "model"),
-    "rm": _Recipe("tether.train.rm", "RMConfig", "model.path", lambda c: None),
-    "character-first": _Recipe("tether.pipelines.character_first", "CharacterFirstConfig", "model",
-                               _character_first_model),
-    "adversarial": _Recipe("tether.pipelines.adversarial", "AdversarialConfig", "model", _adversarial_model),
-}
-
-
 class PipelineStage(Stage):
     """One stage of the pipeline: a recipe, its config and overrides (placeholders allowed)."""
 
     name: str = Field(description="the stage's name (its directory under out, its row in the summary)")
-    recipe: Recipe = Field(description="which recipe runs the config")
+    recipe: str = Field(description="which recipe runs the config: one that consumes a model")
     evaluate: bool = Field(True, description="measure the model this stage produces")
 
+    @field_validator("recipe")
+    @classmethod
+    def _a_recipe_that_takes_a_model(cls, value: str) -> str:
+        if value not in RECIPES:
+            raise ValueError(f"unknown recipe {value!r}; known: {', '.join(RECIPES.names())}")
+        if "model" not in RECIPES.get(value).consumes:
+            raise ValueError(f"recipe {value!r} takes no model, so it cannot be a stage; recipes that do: "
+                             f"{', '.join(n for n in RECIPES.names() if 'model' in RECIPES.get(n).consumes)}")
+        return value
 
+
+@CONFIG_KINDS.register("run")
 class PipelineConfig(Config):
     """``tether run``: a base model, stages in order, a red-team of the final model, and one evaluation."""
 
@@ -153,23 +137,18 @@ def _clock(seconds: float) -> str:
 
 def run(cfg: PipelineConfig, *, resume: bool = False, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) the pipeline; write and return ``summary.json`` (and ``report.html``)."""
-    from tether.core.runs import RunDir
-
     run_dir = RunDir(cfg.out, command="run", config=cfg, seed=cfg.seed, resume=resume)
-    try:
-        summary = _pipeline(cfg, run_dir.path, echo)
+
+    def body(rd: RunDir) -> dict[str, Any]:
+        summary = _pipeline(cfg, rd.path, echo)
         for name in ("summary.json", "report.html"):
-            run_dir.add_output(name.split(".")[0], run_dir.path / name)
-    except BaseException as exc:
-        run_dir.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
-        raise
-    run_dir.finish(summary={"total_seconds": summary["total_seconds"]})
-    return summary
+            rd.add_output(name.split(".")[0], rd.path / name)
+        return summary
+
+    return run_dir.execute(body, summarize=lambda s: {"total_seconds": s["total_seconds"]})
 
 
 def _pipeline(cfg: PipelineConfig, out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
-    import importlib
-
     started = time.perf_counter()
     timings_path = out / "timings.json"
     # What each stage took when it ran; a resumed pipeline reports those, not the moment it took to skip them.
@@ -193,23 +172,19 @@ def _pipeline(cfg: PipelineConfig, out: Path, echo: Callable[[str], None]) -> di
     model = base
     for stage in cfg.stages:
         clock.start(f"{stage.name} ({stage.recipe})")
-        recipe = RECIPES[stage.recipe]
-        module = importlib.import_module(recipe.module)
+        recipe = RECIPES.get(stage.recipe)
         values["model"] = model
-        overrides = [f"{recipe.model_key}={model}", f"seed={cfg.seed}", *(fill(s, values) for s in stage.set),
-                     f"out={out / stage.name}"]
-        stage_cfg = load_config(getattr(module, recipe.config), stage.config, overrides)
+        overrides = [*recipe.preset, f"{recipe.consumes['model']}={model}", f"seed={cfg.seed}",
+                     *(fill(s, values) for s in stage.set), f"out={out / stage.name}"]
+        stage_cfg = load_config(recipe.config, stage.config, overrides)
         t0 = time.perf_counter()
-        if stage.recipe in ("sft", "dpo", "rm", "grpo", "ppo"):
-            run_stage(stage_cfg, module.run)
-        else:
-            module.run(stage_cfg)   # the multi-stage pipelines skip their own finished runs
+        run_stage(stage_cfg, recipe.run)
         if stage.name not in timings:
             timings[stage.name] = round(time.perf_counter() - t0, 2)
             timings_path.write_text(json.dumps(timings, indent=2) + "\n")
         seconds = timings[stage.name]
         values[f"stage:{stage.name}"] = str(out / stage.name)
-        produced = recipe.output(stage_cfg)
+        produced = recipe.produces["model"](stage_cfg) if "model" in recipe.produces else None
         row = {"name": stage.name, "recipe": stage.recipe, "seconds": round(seconds, 2)}
         if produced is not None:
             model = str(produced)
@@ -263,10 +238,9 @@ def _evaluate(cfg: PipelineConfig, row: dict[str, Any], eval_dir: Path, values: 
     world = [f"suite.world.seed={cfg.world_seed}"] if cfg.model == "world:base" else []
     doc = evaluated(cfg.evaluation.config, [*world, *(fill(s, values) for s in cfg.evaluation.set),
                                             f"model.path={row['model']}", f"seed={cfg.seed}"], eval_dir)
-    metrics = doc["metrics"]
-    row["eval_seconds"] = round(sum(doc.get("timings", {}).values()), 2)   # the evaluation's own time
+    row["eval_seconds"] = round(sum(getattr(doc, "timings", {}).values()), 2)   # the evaluation's own time
     row["eval"] = str(eval_dir)
-    row["metrics"] = {name: _rate(m) for name, m in metrics.items() if "value" in m}
+    row["metrics"] = doc.rates()
 
 
 def _redteam(cfg: PipelineConfig, model: str, out: Path, values: dict[str, str]) -> dict[str, Any]:
@@ -279,26 +253,15 @@ def _redteam(cfg: PipelineConfig, model: str, out: Path, values: dict[str, str])
     rt = load_config(RedteamConfig, cfg.redteam.config, [
         *world, *(fill(s, values) for s in cfg.redteam.set), f"target={model}", f"seed={cfg.seed}", f"out={out}"])
     run_stage(rt, redteam)
-    doc = json.loads((out / "metrics.json").read_text())
+    rates = read_metrics(out).rates()
+    # What the run took, from its record (a resumed pipeline reports the stage's own cost).
+    record = RunRecord.read(out)
     return {"name": "redteam", "recipe": "redteam", "model": model, "dir": str(out),
-            "seconds": round(_recorded_seconds(out), 2),
-            "metrics": {name: _rate(m) for name, m in doc["metrics"].items()
-                        if name.startswith("asr.") and "value" in m}}
+            "seconds": round((record.seconds if record is not None else None) or 0.0, 2),
+            "metrics": {name: m for name, m in rates.items() if name.startswith("asr.")}}
 
 
-def _rate(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m.get(k) for k in ("value", "ci_low", "ci_high", "n")}
-
-
-def _recorded_seconds(run_dir: Path) -> float:
-    """What a finished run took, from its record (a resumed pipeline reports the stage's own cost)."""
-    record = run_dir / "record.json"
-    if record.is_file():
-        return float(json.loads(record.read_text()).get("seconds") or 0.0)
-    return 0.0
-
-
-def compact_table(summary: dict[str, Any], names: tuple[str, ...] = HEADLINE) -> list[str]:
+def compact_table(summary: dict[str, Any], names: tuple[str, ...] = RUN_HEADLINE) -> list[str]:
     """Lines of a base-vs-final table of the headline metrics, for the terminal."""
     evaluated = [r for r in summary["stages"] if "eval" in r]
     if not evaluated:

@@ -1,6 +1,6 @@
 """Reward-model over-optimisation on the world (Gao et al. 2022), and what keeps gold from falling.
 
-Stages (each skipped when its run directory already finished, so an interrupted experiment resumes):
+Stages (each in its own run directory; ``--resume`` skips the finished ones):
 
 1. reward models on the world's *annotator* labels (biased towards agreement, length and
    flattery, and noisy): the proxy, and any other named ones (e.g. an ensemble of separately
@@ -26,8 +26,10 @@ import torch
 from pydantic import Field
 
 from tether.core.config import Config, load_config
+from tether.core.recipes import RECIPES, output, recipe
+from tether.core.runs import RunDir, read_log
 from tether.core.stats import bootstrap_mean
-from tether.pipelines.stages import finished
+from tether.pipelines.stages import run_stage
 
 
 class Variant(Config):
@@ -70,14 +72,28 @@ class OveroptimisationConfig(Config):
     seed: int = 0
 
 
-def run(cfg: OveroptimisationConfig) -> dict[str, Any]:
-    """Run (or resume) every stage; write and return ``overoptimisation.json``."""
-    from tether.train import ppo
+def summary_lines(cfg: OveroptimisationConfig, results: dict[str, Any]) -> list[str]:
+    """The base policy's and each variant's final gold and proxy, and where the results are."""
+    rows = {"base": results["base"]} | {name: v["final"] for name, v in results["ppo"].items()}
+    return [json.dumps(rows, indent=2),
+            f"results: {cfg.out}/overoptimisation.json   plot: {cfg.out}/overoptimisation.png"]
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+
+@recipe("overoptimisation", group="experiment", config=OveroptimisationConfig,
+        summary="Reward-model over-optimisation on the world: best-of-n and PPO against a proxy RM trained on biased "
+        "annotators; gold and proxy against KL; the watchdog, ensembles and a larger KL penalty as mitigations.",
+        example="tether experiment overoptimisation --out runs/overoptimisation",
+        produces={"results": output("overoptimisation.json")}, show=summary_lines)
+def run(cfg: OveroptimisationConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) every stage; write and return ``overoptimisation.json``."""
+    run_dir = RunDir(cfg.out, command="experiment overoptimisation", config=cfg, seed=cfg.seed, resume=resume)
+    return run_dir.execute(lambda rd: _run(cfg, rd.path))
+
+
+def _run(cfg: OveroptimisationConfig, out: Path) -> dict[str, Any]:
+    ppo = RECIPES.get("ppo")
     rm_dirs = {name: _reward_model(cfg, name, overrides) for name, overrides in cfg.rms.items()}
-    base_cfg = load_config(ppo.PPOConfig, cfg.ppo, [f"seed={cfg.seed}"])
+    base_cfg = load_config(ppo.config, cfg.ppo, [f"seed={cfg.seed}"])
     results: dict[str, Any] = {"config": cfg.model_dump(mode="json"),
                                "best_of_n": _best_of_n(cfg, base_cfg, rm_dirs["proxy"]), "ppo": {}}
     for variant in cfg.variants:
@@ -86,9 +102,9 @@ def run(cfg: OveroptimisationConfig) -> dict[str, Any]:
                     "k": variant.k}]
         if variant.length_penalty:
             rewards.append({"kind": "length", "coef": variant.length_penalty})
-        ppo_cfg = load_config(ppo.PPOConfig, cfg.ppo, [f"rewards={json.dumps(rewards)}", f"seed={cfg.seed}",
-                                                       *variant.set, f"out={run_dir}"])
-        summary = finished(run_dir) or ppo.run(ppo_cfg)
+        ppo_cfg = load_config(ppo.config, cfg.ppo, [f"rewards={json.dumps(rewards)}", f"seed={cfg.seed}",
+                                                    *variant.set, f"out={run_dir}"])
+        summary = run_stage(ppo_cfg, ppo.run)
         results["ppo"][variant.name] = {
             "run": str(run_dir), "curve": _curve(run_dir), "watch": summary.get("watch"),
             "final": _measure(cfg, ppo_cfg, run_dir / "model", rm_dirs["proxy"]),
@@ -105,11 +121,9 @@ def slug(name: str) -> str:
 
 
 def _reward_model(cfg: OveroptimisationConfig, name: str, overrides: list[str]) -> Path:
-    from tether.train import rm
-
+    rm = RECIPES.get("rm")
     run_dir = Path(cfg.out) / f"rm-{name}"
-    if finished(run_dir) is None:
-        rm.run(load_config(rm.RMConfig, cfg.rm, [*overrides, f"seed={cfg.seed}", f"out={run_dir}"]))
+    run_stage(load_config(rm.config, cfg.rm, [*overrides, f"seed={cfg.seed}", f"out={run_dir}"]), rm.run)
     return run_dir
 
 
@@ -143,12 +157,12 @@ def _scores(prompts: list[dict[str, Any]], per_prompt: int, outputs: list[str], 
             rm_dir: Path, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Proxy (reward-model mean) and gold reward of each completion.  -> (P, per_prompt) x 2"""
     from tether.models.reward import RewardEnsemble
-    from tether.train.rewards import Rewards, RewardSpec
+    from tether.scoring.rewards import Rewards, reward_config
 
     texts = [p["prompt"] for p in prompts for _ in range(per_prompt)]
     metas = [p for p in prompts for _ in range(per_prompt)]
     proxy = RewardEnsemble.from_run(rm_dir).score(texts, outputs).mean
-    gold = Rewards([RewardSpec(kind="world-gold")], max_tokens=max_tokens)(texts, outputs, counts, metas)[0]
+    gold = Rewards([reward_config({"kind": "world-gold"})], max_tokens=max_tokens)(texts, outputs, counts, metas)[0]
     return proxy.view(len(prompts), per_prompt), gold.view(len(prompts), per_prompt)
 
 
@@ -170,17 +184,15 @@ def _best_of_n(cfg: OveroptimisationConfig, base_cfg: Any, rm_dir: Path) -> list
         interval = bootstrap_mean([[g] for g in per_prompt_gold])
         rows.append({"n": n, "kl": round(best_of_n_kl(n), 6),
                      "proxy": round(float(best_of_n_expectation(proxy, proxy, n).mean()), 6),
-                     "gold": round(interval.value, 6), "gold_ci": [round(interval.ci_low, 6), round(interval.ci_high, 6)]})
+                     "gold": round(interval.value, 6), "gold_ci": [round(interval.ci_low, 6), round(interval.ci_high,
+                                                                                                    6)]})
     cache.write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 
 def _curve(run_dir: Path) -> list[dict[str, Any]]:
     """Per rollout: proxy (the reward-model mean), gold and KL the run logged (last optimizer step of each rollout)."""
-    by_rollout: dict[int, dict[str, Any]] = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        m = json.loads(line)
-        by_rollout[m["rollout"]] = m
+    by_rollout = {m["rollout"]: m for m in read_log(run_dir)}
     return [{"rollout": r, "kl": m.get("kl", 0.0), "gold": m.get("gold_reward"),
              "proxy": m.get("reward/reward-model/mean", m["reward"])} for r, m in sorted(by_rollout.items())]
 
@@ -198,7 +210,7 @@ def _measure(cfg: OveroptimisationConfig, ppo_cfg: Any, model_dir: Path | None, 
     kl = 0.0
     if model_dir is not None:  # summed k1 over each completion: an unbiased estimate of the sequence KL
         from tether.data.collate import pad_batch
-        from tether.models.chat import TokenizedExample
+        from tether.data.records import TokenizedExample
         from tether.models.loading import ModelConfig, load_model
 
         reference = load_model(ModelConfig(path=base), sampled.tokenizer)

@@ -1,6 +1,7 @@
 """Four ways to align the world's base model, at one training budget, then the same capability RL.
 
-Arms (each run for every seed; each stage a recipe run in its own directory, skipped when finished):
+Arms (each run for every seed; each stage a recipe run in its own directory; ``--resume`` skips the
+finished ones):
 
 - ``standard``: SFT on demonstrations, then DPO on the annotators' preference pairs; RLVR on bare tasks.
 - ``character-first``: the *same* SFT and DPO data with a seed prompt in front of every sample, light
@@ -24,18 +25,24 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tether.core.config import Config, load_config
+from tether.core.recipes import RECIPES, output, recipe
+from tether.core.registry import Registry
+from tether.core.runs import RunDir, read_metrics
 from tether.data.context import ContextConfig
-from tether.pipelines.character_first import HEADLINE
-from tether.pipelines.stages import Stage, evaluated, headline, run_stage
+from tether.pipelines.character_first import CHARACTER_HEADLINE
+from tether.pipelines.stages import Stage, evaluated, run_stage
 
-Arm = Literal["standard", "character-first", "constitutional", "distillation"]
-ARMS: tuple[Arm, ...] = ("standard", "character-first", "constitutional", "distillation")
+# An arm aligns the model its way at the comparison's budget: (config, out, seed) -> the aligned and
+# amplified model directories and each stage's summary.
+ARMS: Registry[Callable[[RecipeComparisonConfig, Path, int], dict[str, Any]]] = Registry(
+    "recipe-comparison arm", description="one way to align a model, compared at one budget")
 
 
 def _world_seed_prompts() -> ContextConfig:
@@ -47,7 +54,16 @@ def _world_seed_prompts() -> ContextConfig:
 class RecipeComparisonConfig(Config):
     """``tether experiment recipes``."""
 
-    arms: list[Arm] = Field(default_factory=lambda: list(ARMS))
+    @field_validator("arms")
+    @classmethod
+    def _known_arms(cls, value: list[str]) -> list[str]:
+        unknown = [a for a in value if a not in ARMS]
+        if unknown:
+            raise ValueError(f"unknown arm(s) {unknown}; known: {', '.join(ARMS.names())}")
+        return value
+
+    arms: list[str] = Field(default_factory=lambda: ["standard", "character-first", "constitutional", "distillation"],
+                            description="registered arms, in the order they run (each with every seed)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     budget: int = Field(120, ge=2, description="alignment optimizer steps per arm (batch 32)")
     model: str = Field("world:base", description="the base checkpoint every arm starts from")
@@ -64,10 +80,27 @@ class RecipeComparisonConfig(Config):
     out: str = Field("runs/recipes", description="experiment directory")
 
 
-def run(cfg: RecipeComparisonConfig) -> dict[str, Any]:
+def summary_lines(cfg: RecipeComparisonConfig, results: dict[str, Any]) -> list[str]:
+    """One line per arm, condition and stage: each headline metric's mean over seeds."""
+    lines = []
+    for row in results["table"]:
+        cells = "  ".join(f"{k.split('.', 1)[1]}={v['mean']:.3f}" for k, v in row.items() if isinstance(v, dict))
+        lines.append(f"{row['arm']:>16} {row['condition']:>6} {row['stage']:>9}  {cells}")
+    return [*lines, f"results: {cfg.out}/recipes.json   plot: {cfg.out}/recipes.png"]
+
+
+@recipe("recipes", group="experiment", config=RecipeComparisonConfig,
+        summary="Standard (SFT -> DPO), character-first, constitutional AI and context distillation at one training "
+        "budget, each followed by the same RLVR: gold HHH after alignment and after RLVR, over several seeds.",
+        example="tether experiment recipes --out runs/recipes",
+        consumes={"model": "model"}, produces={"results": output("recipes.json")}, show=summary_lines)
+def run(cfg: RecipeComparisonConfig, *, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) every arm for every seed; write and return ``recipes.json`` (and a plot)."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    run_dir = RunDir(cfg.out, command="experiment recipes", config=cfg, seed=None, resume=resume)
+    return run_dir.execute(lambda rd: _run_arms(cfg, rd.path))
+
+
+def _run_arms(cfg: RecipeComparisonConfig, out: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"config": cfg.model_dump(mode="json"),
                                "base": _measure(cfg, cfg.model, out / "eval-base", 0), "arms": {}}
     for arm in cfg.arms:
@@ -77,7 +110,7 @@ def run(cfg: RecipeComparisonConfig) -> dict[str, Any]:
             arm_dir.mkdir(parents=True, exist_ok=True)
             timing = arm_dir / "wall_s.json"
             start = time.perf_counter()
-            aligned = _ARMS[arm](cfg, arm_dir, seed)
+            aligned = ARMS.get(arm)(cfg, arm_dir, seed)
             if not timing.is_file():
                 timing.write_text(json.dumps({"wall_s": round(time.perf_counter() - start, 1)}))
             results["arms"][arm][str(seed)] = {
@@ -97,29 +130,28 @@ def run(cfg: RecipeComparisonConfig) -> dict[str, Any]:
 
 # --- the arms (each returns its aligned and amplified model directories) ------------------------
 
-def _run(config_class: Any, run: Any, stage: Stage, overrides: list[str], out: Path) -> dict[str, Any]:
-    return run_stage(load_config(config_class, stage.config, [*stage.set, *overrides, f"out={out}"]), run)
+def _run(name: str, stage: Stage, overrides: list[str], out: Path) -> dict[str, Any]:
+    """Recipe ``name`` on ``stage``'s config with ``overrides`` into ``out`` (skipped when finished there)."""
+    recipe_ = RECIPES.get(name)
+    return run_stage(load_config(recipe_.config, stage.config, [*stage.set, *overrides, f"out={out}"]), recipe_.run)
 
 
 def _rlvr(cfg: RecipeComparisonConfig, model: Path, out: Path, seed: int) -> dict[str, Any]:
-    from tether.train import grpo
-
-    return _run(grpo.GRPOConfig, grpo.run, cfg.rlvr, [f"model.path={model}", f"seed={seed}"], out)
+    return _run("grpo", cfg.rlvr, [f"model.path={model}", f"seed={seed}"], out)
 
 
+@ARMS.register("standard")
 def _standard(cfg: RecipeComparisonConfig, out: Path, seed: int) -> dict[str, Any]:
-    from tether.train import dpo, sft
-
     half = cfg.budget // 2
-    stages = {"sft": _run(sft.SFTConfig, sft.run, cfg.sft, [f"model.path={cfg.model}", f"loop.max_steps={half}",
-                                                              f"seed={seed}"], out / "sft"),
-              "dpo": _run(dpo.DPOConfig, dpo.run, cfg.dpo, [f"model.path={out / 'sft' / 'model'}",
-                                                              f"loop.max_steps={cfg.budget - half}", f"seed={seed}"],
-                          out / "dpo")}
+    stages = {"sft": _run("sft", cfg.sft, [f"model.path={cfg.model}", f"loop.max_steps={half}", f"seed={seed}"],
+                          out / "sft"),
+              "dpo": _run("dpo", cfg.dpo, [f"model.path={out / 'sft' / 'model'}", f"loop.max_steps={cfg.budget - half}",
+                                           f"seed={seed}"], out / "dpo")}
     stages["rlvr"] = _rlvr(cfg, out / "dpo" / "model", out / "rlvr", seed)
     return {"aligned": out / "dpo" / "model", "amplified": out / "rlvr" / "model", "stages": stages}
 
 
+@ARMS.register("character-first")
 def _character_first(cfg: RecipeComparisonConfig, out: Path, seed: int) -> dict[str, Any]:
     from tether.pipelines import character_first
 
@@ -134,50 +166,44 @@ def _character_first(cfg: RecipeComparisonConfig, out: Path, seed: int) -> dict[
                    character_first.CharacterStep(config=cfg.dpo.config, recipe="dpo", set=without_evaluation(cfg.dpo))],
         character_steps=cfg.budget, early_stop_every=cfg.early_stop_every, amplify=cfg.rlvr,
         prompted_amplification=True, evaluation=cfg.evaluation, measure=False, out=str(out), seed=seed)
-    results = character_first.run(pipeline)
+    results = run_stage(pipeline, character_first.run)
     return {"aligned": Path(results["models"]["character"]), "amplified": out / "amplify" / "model",
             "stages": results["stages"]}
 
 
+@ARMS.register("constitutional")
 def _constitutional(cfg: RecipeComparisonConfig, out: Path, seed: int) -> dict[str, Any]:
-    from tether.align import critique, feedback
-    from tether.train import dpo, sft
-
     half = cfg.budget // 2
-    stages = {"critique": _run(critique.CritiqueConfig, critique.run, cfg.critique,
-                               [f"model.path={cfg.model}", f"seed={seed}"], out / "critique")}
-    stages["sft"] = _run(sft.SFTConfig, sft.run, cfg.sft, [
+    stages = {"critique": _run("critique", cfg.critique, [f"model.path={cfg.model}", f"seed={seed}"], out / "critique")}
+    stages["sft"] = _run("sft", cfg.sft, [
         f"model.path={cfg.model}", f"data.train={out / 'critique' / 'sft.jsonl'}", f"loop.max_steps={half}",
         f"seed={seed}"], out / "sft")
-    stages["feedback"] = _run(feedback.FeedbackConfig, feedback.run, cfg.feedback, [
+    stages["feedback"] = _run("feedback", cfg.feedback, [
         f"model.path={out / 'sft' / 'model'}", f"judge.path={cfg.model}", f"seed={seed}"], out / "feedback")
-    stages["dpo"] = _run(dpo.DPOConfig, dpo.run, cfg.dpo, [
+    stages["dpo"] = _run("dpo", cfg.dpo, [
         f"model.path={out / 'sft' / 'model'}", f"data.train={out / 'feedback' / 'preferences.jsonl'}",
         f"loop.max_steps={cfg.budget - half}", f"seed={seed}"], out / "dpo")
     stages["rlvr"] = _rlvr(cfg, out / "dpo" / "model", out / "rlvr", seed)
     return {"aligned": out / "dpo" / "model", "amplified": out / "rlvr" / "model", "stages": stages}
 
 
+@ARMS.register("distillation")
 def _distillation(cfg: RecipeComparisonConfig, out: Path, seed: int) -> dict[str, Any]:
-    from tether.align import distill
-
     context = json.dumps(cfg.seed_prompts.model_dump(mode="json"))
-    stages = {"distill": _run(distill.DistillConfig, distill.run, cfg.distill, [
+    stages = {"distill": _run("distill", cfg.distill, [
         f"model.path={cfg.model}", f"context={context}", f"loop.max_steps={cfg.budget}", f"seed={seed}"],
         out / "distill")}
     stages["rlvr"] = _rlvr(cfg, out / "distill" / "model", out / "rlvr", seed)
     return {"aligned": out / "distill" / "model", "amplified": out / "rlvr" / "model", "stages": stages}
 
 
-_ARMS = {"standard": _standard, "character-first": _character_first, "constitutional": _constitutional,
-         "distillation": _distillation}
 
 
 def _measure(cfg: RecipeComparisonConfig, model: str | Path, out: Path, seed: int,
              context: ContextConfig | None = None) -> dict[str, Any]:
     extra = [f"context={json.dumps(context.model_dump(mode='json'))}"] if context is not None else []
     evaluated(cfg.evaluation.config, [f"model.path={model}", f"seed={seed}", *cfg.evaluation.set, *extra], out)
-    return headline(out / "metrics.json", HEADLINE)
+    return read_metrics(out).rates(CHARACTER_HEADLINE)
 
 
 # --- the summary ---------------------------------------------------------------------------------

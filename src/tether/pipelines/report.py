@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tether.evals.report import escape, metric_table, page, pct, rate_plot, svg
+from tether.core.html import escape, metric_table, page, pct, rate_plot, svg
 
 # Logged series worth a curve, per kind of training (first present wins a panel).
 CURVES = (("loss", "loss"), ("reward", "reward (proxy)"), ("gold_reward", "gold reward"), ("kl", "KL to reference"),
@@ -18,7 +18,7 @@ CURVES = (("loss", "loss"), ("reward", "reward (proxy)"), ("gold_reward", "gold 
 
 def write_report(summary: dict[str, Any], path: str | Path) -> None:
     """Write ``path`` for a ``tether run`` summary."""
-    from tether.pipelines.main import HEADLINE
+    from tether.pipelines.main import RUN_HEADLINE
 
     stages = summary["stages"]
     evaluated = [s for s in stages if "metrics" in s and s["recipe"] != "redteam"]
@@ -29,9 +29,10 @@ def write_report(summary: dict[str, Any], path: str | Path) -> None:
             + f" · {len(stages)} stages · {summary['total_seconds'] / 60:.1f} min in all · gold metrics with 95% "
             "intervals</p>"]
     if evaluated:
-        names = [n for n in HEADLINE if any(n in s["metrics"] for s in evaluated)]
+        names = [n for n in RUN_HEADLINE if any(n in s["metrics"] for s in evaluated)]
         body += ["<h2>Every stage on the headline metrics</h2>", _stage_table(evaluated, names),
-                 f"<div class='plot'>{rate_plot([(n, {}) for n in names], {}, series=[s['name'] for s in evaluated], data=[s['metrics'] for s in evaluated])}</div>"]
+                 "<div class='plot'>" + rate_plot([(n, {}) for n in names], {}, series=[s["name"] for s in evaluated],
+                                                  data=[s["metrics"] for s in evaluated]) + "</div>"]
         final = evaluated[-1]
         others = [(n, m) for n, m in final["metrics"].items() if n not in names]
         if others:

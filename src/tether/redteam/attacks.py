@@ -15,23 +15,28 @@
 Every attack is a pure function of (goals, seed): the prompts it produces are reproducible and each
 carries its goal, its kind and its attempt index, so attack success rates can be sliced by kind,
 category and attempt.
+
+An attack is anything with the :class:`Attack` protocol; a config names one by ``kind`` (``ATTACKS``: a
+config class per kind, whose ``build()`` makes the attack): ``template``, ``best-of-n`` here, ``gcg`` in
+:mod:`tether.redteam.gcg`, and whatever a plugin registers.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field, model_validator
 
 from tether.core.config import Config, load_config, placeholders
 from tether.core.errors import ConfigError
-from tether.models.chat import Prompt
+from tether.core.recipes import CONFIG_KINDS
+from tether.core.registry import Kind, Registry
+from tether.data.records import Prompt
 from tether.redteam.converters import CONVERTERS, convert
-from tether.redteam.gcg import GCGConfig
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class ManyShot(Config):
     n: int = Field(8, ge=1, description="shots per prompt (fewer when the dataset has fewer)")
 
 
+@CONFIG_KINDS.register("jailbreaks")
 class TemplateLibrary(Config):
     """A named set of jailbreak templates."""
 
@@ -125,19 +131,73 @@ def load_templates(spec: str | Path) -> TemplateLibrary:
 
 # --- attacks --------------------------------------------------------------------------------------
 
-class TemplateAttackConfig(Config):
+@dataclass(frozen=True)
+class AttackKit:
+    """What every attack draws on: the template library, the run's seed, and the many-shot examples
+    (``shots()``: loaded on first use, so a run without many-shot templates never needs any)."""
+
+    library: TemplateLibrary
+    seed: int = 0
+    shots: Callable[[], Sequence[Shot]] = lambda: ()
+
+
+class Attack(Protocol):
+    """Goals -> adversarial prompts; ``adapt`` tailors them to the target (GCG searches suffixes on its
+    weights; an attack that needs nothing of the target returns them unchanged)."""
+
+    name: str
+    needs_weights: bool  # adapt() needs the target's open weights (an in-process model, not an endpoint)
+
+    def prompts(self, goals: Sequence[Goal], kit: AttackKit) -> list[AttackPrompt]:
+        """Every prompt this attack makes for ``goals``, goal by goal, attempt by attempt."""
+        ...
+
+    def adapt(self, prompts: list[AttackPrompt], target: Any, cache: Path, *, seed: int
+              ) -> tuple[list[AttackPrompt], dict[str, Any]]:
+        """``prompts`` (this attack's) made ready for ``target``, and a summary of what that took."""
+        ...
+
+
+class AttackConfig(Config):
+    """Base of every attack's config: its registered kind, its name in results, and ``build``."""
+
+    kind: str = Field(description="registered attack kind: template, best-of-n, gcg, ...")
+    name: str | None = Field(None, description="the attack's name in results (default: from its settings)")
+
+    @property
+    def label(self) -> str:
+        """The attack's name in results."""
+        return self.name or self.kind
+
+    def build(self) -> Attack:
+        """The attack this config describes (each kind's config says how)."""
+        raise NotImplementedError(f"attack kind {self.kind!r} does not say how to build itself")
+
+
+ATTACKS: Registry[type[AttackConfig]] = Registry(
+    "attack", description="a config class per kind ({kind: NAME, ...}); its build() makes the Attack")
+
+# A config field holding attacks; an attack without a kind is a template attack ({template: role-play}).
+AttackList = list[Annotated[AttackConfig, Kind(ATTACKS, default="template")]]
+
+
+def _known_converters(names: Sequence[str]) -> None:
+    unknown = [c for c in names if c not in CONVERTERS]
+    if unknown:
+        raise ValueError(f"unknown converter(s) {unknown}; known: {', '.join(CONVERTERS.names())}")
+
+
+@ATTACKS.register("template")
+class TemplateAttackConfig(AttackConfig):
     """A template around a request, after converters encode it."""
 
     kind: Literal["template"] = "template"
     template: str = Field("direct", description="a kind from the template library")
-    convert: list[str] = Field(default_factory=list, description=f"converters, in order: {', '.join(CONVERTERS)}")
-    name: str | None = Field(None, description="the attack's name in results (default: template+converters)")
+    convert: list[str] = Field(default_factory=list, description="converters, in order (tether plugins list)")
 
     @model_validator(mode="after")
-    def _known_converters(self) -> TemplateAttackConfig:
-        unknown = [c for c in self.convert if c not in CONVERTERS]
-        if unknown:
-            raise ValueError(f"unknown converter(s) {unknown}; known: {', '.join(CONVERTERS)}")
+    def _converters(self) -> TemplateAttackConfig:
+        _known_converters(self.convert)
         return self
 
     @property
@@ -145,23 +205,65 @@ class TemplateAttackConfig(Config):
         """The attack's name in results."""
         return self.name or "+".join([self.template, *self.convert])
 
+    def build(self) -> Attack:
+        """A :class:`TemplateAttack`."""
+        return TemplateAttack(self.label, self.template, self.convert, attempts=1, sigma=None)
 
-class BestOfNConfig(TemplateAttackConfig):
+
+@ATTACKS.register("best-of-n")
+class BestOfNConfig(AttackConfig):
     """N random augmentations of a template attack (Hughes et al. 2024)."""
 
-    kind: Literal["best-of-n"] = "best-of-n"  # type: ignore[assignment]
+    kind: Literal["best-of-n"] = "best-of-n"
+    template: str = Field("direct", description="a kind from the template library")
+    convert: list[str] = Field(default_factory=list, description="converters, in order (tether plugins list)")
     n: int = Field(8, ge=1, description="attempts per goal")
     sigma: float = Field(0.4, ge=0.0, le=1.0, description="augmentation strength")
+
+    @model_validator(mode="after")
+    def _converters(self) -> BestOfNConfig:
+        _known_converters(self.convert)
+        return self
 
     @property
     def label(self) -> str:
         """The attack's name in results."""
-        return self.name or f"best-of-{self.n}({super().label})"
+        return self.name or f"best-of-{self.n}({'+'.join([self.template, *self.convert])})"
+
+    def build(self) -> Attack:
+        """A :class:`TemplateAttack` with ``n`` augmented attempts per goal."""
+        return TemplateAttack(self.label, self.template, self.convert, attempts=self.n, sigma=self.sigma)
 
 
-# GCG's config lives with its search (tether.redteam.gcg): its prompts come from here without their suffix,
-# and the suffixes from the search, which needs the target's weights (tether.redteam.run).
-AttackConfig = Annotated[TemplateAttackConfig | BestOfNConfig | GCGConfig, Field(discriminator="kind")]
+class TemplateAttack:
+    """A library template around each request, converted by ``convert``; with ``sigma`` set, ``attempts``
+    augmented copies of each (best-of-N). Each goal's prompts come from their own seeded stream."""
+
+    needs_weights = False
+
+    def __init__(self, name: str, template: str, convert: Sequence[str], *, attempts: int,
+                 sigma: float | None) -> None:
+        self.name, self.template, self.convert = name, template, list(convert)
+        self.attempts, self.sigma = attempts, sigma
+
+    def prompts(self, goals: Sequence[Goal], kit: AttackKit) -> list[AttackPrompt]:
+        """Every prompt for ``goals``."""
+        template = kit.library.template(self.template)
+        shots = kit.shots() if "shots" in placeholders(template.template) else ()
+        out = []
+        for index, goal in enumerate(goals):
+            rng = random.Random(f"{kit.seed}:{self.name}:{index}")
+            own = [s for s in shots if s.prompt != goal.request and not (goal.subject and s.source == goal.subject)]
+            for attempt in range(self.attempts):
+                request = goal.request if self.sigma is None else augment(goal.request, rng, self.sigma)
+                out.append(AttackPrompt(goal, self.name, render(template, kit.library, request, self.convert, rng,
+                                                                own), attempt))
+        return out
+
+    def adapt(self, prompts: list[AttackPrompt], target: Any, cache: Path, *, seed: int
+              ) -> tuple[list[AttackPrompt], dict[str, Any]]:
+        """Nothing to adapt: the prompts as they are."""
+        return prompts, {}
 
 
 def render(template: JailbreakTemplate, library: TemplateLibrary, request: str, chain: Sequence[str],
@@ -206,23 +308,6 @@ def augment(text: str, rng: random.Random, sigma: float) -> str:
     return "".join(out)
 
 
-def attack_prompts(cfg: TemplateAttackConfig | BestOfNConfig | GCGConfig, goals: Sequence[Goal], library: TemplateLibrary, *, seed: int,
-                   shots: Sequence[Shot] = ()) -> list[AttackPrompt]:
-    """Every prompt ``cfg`` makes for ``goals``; each goal's prompts come from its own seeded stream."""
-    template = library.template(cfg.template)
-    out = []
-    for index, goal in enumerate(goals):
-        rng = random.Random(f"{seed}:{cfg.label}:{index}")
-        own = [s for s in shots if s.prompt != goal.request and not (goal.subject and s.source == goal.subject)]
-        if isinstance(cfg, BestOfNConfig):
-            for attempt in range(cfg.n):
-                prompt = render(template, library, augment(goal.request, rng, cfg.sigma), cfg.convert, rng, own)
-                out.append(AttackPrompt(goal, cfg.label, prompt, attempt))
-        else:
-            out.append(AttackPrompt(goal, cfg.label, render(template, library, goal.request, cfg.convert, rng, own)))
-    return out
-
-
 def parse_attack(spec: str) -> dict[str, Any]:
     """A command-line attack spec as an attack config mapping: ``+``-joined parts, at most one template,
     any converters (applied in order), and optionally ``best-of-N`` or ``gcg``. ``role-play+base64``,
@@ -243,7 +328,11 @@ def parse_attack(spec: str) -> dict[str, Any]:
                 raise ConfigError(f"attack spec {spec!r}: {part!r} is not best-of-N with a number N") from None
         elif "template" in out:
             raise ConfigError(f"attack spec {spec!r}: two templates ({out['template']!r}, {part!r}); "
-                              f"converters are {', '.join(CONVERTERS)}")
+                              f"converters are {', '.join(CONVERTERS.names())}")
         else:
             out["template"] = part
+    if out["kind"] == "gcg":
+        if out.pop("convert"):
+            raise ConfigError(f"attack spec {spec!r}: gcg optimises a suffix after the raw request; "
+                              "it takes no converters")
     return out

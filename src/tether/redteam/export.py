@@ -61,7 +61,8 @@ def adversarial_examples(rows: Iterable[dict[str, Any]], refusal: str, *, exclud
         safe = {"role": "assistant", "content": safe_reply(row, refusal, rng)}
         tags = {"kind": row["kind"], "goal": row["goal"]}
         sft.append({"messages": [*prompt, safe], **tags})
-        pairs.append({"prompt": prompt, "chosen": [safe], "rejected": [{"role": "assistant", "content": row["response"]}],
+        pairs.append({"prompt": prompt, "chosen": [safe], "rejected": [{"role": "assistant",
+                                                                        "content": row["response"]}],
                       **tags})
     return sft, pairs
 

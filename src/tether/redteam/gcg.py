@@ -19,26 +19,37 @@ keeps the best suffix seen; it stops early once the target is the model's greedy
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor
 
-from tether.core.config import Config
 from tether.models.chat import prompt_text
+from tether.redteam.attacks import (
+    ATTACKS,
+    Attack,
+    AttackConfig,
+    AttackKit,
+    AttackPrompt,
+    Goal,
+    TemplateAttack,
+)
 
 SUFFIX_MARKER = "\x00SUFFIX\x00"
 
 
-class GCGConfig(Config):
+@ATTACKS.register("gcg")
+class GCGConfig(AttackConfig):
     """A GCG attack: one suffix optimised per goal on the target's own weights."""
 
     kind: Literal["gcg"] = "gcg"
     template: str = Field("direct", description="a template from the library the suffix goes after")
-    convert: list[str] = Field(default_factory=list, description="must stay empty: GCG optimises the raw request")
     steps: int = Field(100, ge=1, description="optimisation steps per goal")
     length: int = Field(12, ge=1, description="suffix tokens")
     top_k: int = Field(64, ge=1, description="candidate tokens per position from the gradient")
@@ -46,18 +57,15 @@ class GCGConfig(Config):
     target: str = Field("Sure, here is", description="the reply opening optimised for, when the goal has none of its "
                         "own (world goals and AdvBench rows do); may use {request} and {subject}")
     init: str = Field("!", description="the suffix starts as this token repeated")
-    name: str | None = Field(None, description="the attack's name in results (default: gcg)")
-
-    @model_validator(mode="after")
-    def _raw_request(self) -> GCGConfig:
-        if self.convert:
-            raise ValueError("gcg optimises a suffix after the raw request; it takes no converters")
-        return self
 
     @property
     def label(self) -> str:
         """The attack's name in results."""
         return self.name or ("gcg" if self.template == "direct" else f"{self.template}+gcg")
+
+    def build(self) -> Attack:
+        """A :class:`GCGAttack`."""
+        return GCGAttack(self)
 
 
 @dataclass
@@ -131,7 +139,8 @@ def allowed_tokens(tokenizer: Any, vocab: int) -> Tensor:
     return allowed
 
 
-def layout(tokenizer: Any, prompt: Sequence[dict[str, str]], suffix_ids: list[int], target: str) -> tuple[Tensor, slice, slice]:
+def layout(tokenizer: Any, prompt: Sequence[dict[str, str]], suffix_ids: list[int], target: str) -> tuple[Tensor,
+                                                                                                          slice, slice]:
     """Token ids of the prompt with the suffix after its last user turn, then the target; and the slices of
     the suffix and the target in them."""
     messages = [dict(m) for m in prompt]
@@ -187,3 +196,62 @@ def _greedy_hits(model: Any, ids: Tensor, suffix: slice, target: slice, candidat
     seq[suffix] = candidate
     logits = model(input_ids=seq.unsqueeze(0)).logits[0, target.start - 1:target.stop - 1]
     return bool((logits.argmax(-1) == seq[target]).all())
+
+
+class GCGAttack:
+    """The template's prompts, each with a suffix searched on the target's weights (cached in ``gcg.jsonl``
+    as it goes, so a resumed run searches only the goals it had not reached)."""
+
+    needs_weights = True
+
+    def __init__(self, cfg: GCGConfig) -> None:
+        self.cfg, self.name = cfg, cfg.label
+        self._raw = TemplateAttack(self.name, cfg.template, (), attempts=1, sigma=None)
+
+    def prompts(self, goals: Sequence[Goal], kit: AttackKit) -> list[AttackPrompt]:
+        """The template around each raw request; the suffixes come in :meth:`adapt`."""
+        return self._raw.prompts(goals, kit)
+
+    def adapt(self, prompts: list[AttackPrompt], target: Any, cache: Path, *, seed: int
+              ) -> tuple[list[AttackPrompt], dict[str, Any]]:
+        """Each prompt with its optimised suffix; ``target``: an in-process generator (its model and tokenizer)."""
+        found: dict[str, dict[str, Any]] = {}
+        if cache.is_file():
+            for line in cache.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    if row["kind"] == self.name:
+                        found[row["goal"]] = row
+        model, tokenizer = target.model, target.tokenizer
+        allowed: Tensor | None = None
+        out = []
+        with cache.open("a", encoding="utf-8") as fh:
+            for p in prompts:
+                messages = [{"role": "user", "content": p.prompt}] if isinstance(p.prompt, str) else list(p.prompt)
+                if p.goal.id not in found:
+                    if allowed is None:
+                        allowed = allowed_tokens(tokenizer, int(model.get_input_embeddings().weight.shape[0]))
+                    goal_target = str(p.goal.meta.get("target") or self.cfg.target.format(
+                        subject=p.goal.subject, request=p.goal.request))
+                    start = time.perf_counter()
+                    result = gcg(model, tokenizer, messages, goal_target, self.cfg, allowed=allowed,
+                                 seed=seed * 1_000_003 + len(found))
+                    row = {"kind": self.name, "goal": p.goal.id, "target": goal_target, "suffix": result.suffix,
+                           "suffix_ids": result.suffix_ids, "initial_loss": round(result.initial_loss, 4),
+                           "loss": round(result.loss, 4), "steps": result.steps,
+                           "reached_target": result.reached_target,
+                           "seconds": round(time.perf_counter() - start, 2)}
+                    fh.write(json.dumps(row) + "\n")
+                    fh.flush()
+                    found[p.goal.id] = row
+                messages[-1] = {**messages[-1], "content": messages[-1]["content"] + found[p.goal.id]["suffix"]}
+                out.append(replace(p, prompt=messages))
+        rows = list(found.values())
+        if not rows:
+            return out, {}
+
+        def mean(key: str, digits: int = 4) -> float:
+            return round(sum(float(r[key]) for r in rows) / len(rows), digits)
+
+        return out, {"goals": len(rows), "reached_target": mean("reached_target"), "initial_loss": mean("initial_loss"),
+                     "loss": mean("loss"), "steps": mean("steps", 2), "seconds_per_goal": mean("seconds", 2)}

@@ -5,63 +5,118 @@ user's file in a format red-teamers already have: HarmBench behaviours CSV, AdvB
 (``{"prompt": ..., "category": ...}``; rows labelled ``benign`` are left out). Shots for many-shot
 templates: the world's answered requests for *other* hazards, or a JSONL file of
 ``{"prompt", "completion"}`` rows. Bad files fail with the file and line at fault.
+
+Each source is a config class registered in :data:`GOAL_SOURCES` (a plugin adds one the same way): it loads
+its goals and says which many-shot examples and which scorer suit them by default.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import DataError
+from tether.core.registry import Kind, Registry
 from tether.data.io import jsonl_objects
+from tether.data.prompt_files import PROMPT_FORMATS
 from tether.redteam.attacks import Goal, Shot
 from tether.world.spec import WorldConfig
 
 
 class GoalsConfig(Config):
-    """The goals an attack run uses."""
+    """Base of every goal source's config: its registered source, how many goals, and how to load them."""
 
-    source: Literal["world", "harmbench", "advbench", "jsonl"] = Field(
-        "world", description="the world's hazard requests, or a user file in one of these formats")
-    path: str | None = Field(None, description="the file (every source but world)")
-    world: WorldConfig = Field(default_factory=WorldConfig, description="world: which world")
-    split: Literal["train", "heldout"] = Field("train", description="world: training or held-out hazard items")
-    n: int = Field(100, ge=1, description="world: draws (repeats dropped, so there may be fewer goals); "
-                   "files: the first n goals")
-    seed: int = Field(0, description="world: the draw")
+    source: str = Field(description="registered goal source: world, harmbench, advbench, jsonl, ...")
+    n: int = Field(100, ge=1, description="how many goals (a file: the first n)")
 
-    @model_validator(mode="after")
-    def _needs_path(self) -> GoalsConfig:
-        if self.source != "world" and not self.path:
-            raise ValueError(f"goals.source={self.source} needs goals.path")
-        return self
+    def load(self) -> list[Goal]:
+        """The goals (each source's config says how)."""
+        raise NotImplementedError(f"goal source {self.source!r} does not say how to load goals")
+
+    def default_shots(self) -> list[Shot] | None:
+        """Many-shot examples that suit these goals when the run names none; None: the run must name some."""
+        return None
+
+    def default_scorer(self) -> str:
+        """The scorer kind that decides success when the run names none."""
+        return "refusal"
+
+    def describe(self) -> dict[str, Any]:
+        """What the metrics document says of the goals (besides the source and how many there were)."""
+        return {}
 
 
-def load_goals(cfg: GoalsConfig) -> list[Goal]:
-    """The goals ``cfg`` describes."""
-    if cfg.source == "world":
-        return world_goals(cfg.world, cfg.split, cfg.n, seed=cfg.seed)
-    from tether.evals.loaders import LOADERS
+GOAL_SOURCES: Registry[type[GoalsConfig]] = Registry(
+    "goal source", description="a config class per source ({source: NAME, ...}); its load() gives the goals")
 
-    prompts = LOADERS[cfg.source](cfg.path or "")
-    goals = []
-    for p in prompts:
-        if p.meta.get("label") == "benign":
-            continue
-        if not isinstance(p.prompt, str):
-            raise DataError(f"{cfg.path}: goal {p.id!r}: a goal is one request (a string), not a conversation")
-        # An AdvBench row's target (the affirmative opening it is after) is what GCG optimises for.
-        meta = {"target": str(p.meta["target"])} if p.meta.get("target") else {}
-        goals.append(Goal(p.id, p.prompt, str(p.meta.get("category", "")), meta))
-    seen: set[str] = set()
-    for goal in goals:
-        if goal.id in seen:
-            raise DataError(f"{cfg.path}: goal id {goal.id!r} appears twice; ids must be unique")
-        seen.add(goal.id)
-    return goals[:cfg.n]
+# A config field holding a goal source ({source: ..., ...}; the world's hazards by default).
+GoalSource = Annotated[GoalsConfig, Kind(GOAL_SOURCES, key="source", default="world")]
+
+
+@GOAL_SOURCES.register("world")
+class WorldGoalsConfig(GoalsConfig):
+    """The world's hazard requests, gold-graded; ``split`` picks training or held-out items."""
+
+    source: Literal["world"] = "world"
+    world: WorldConfig = Field(default_factory=WorldConfig, description="which world")
+    split: Literal["train", "heldout"] = Field("train", description="training or held-out hazard items")
+    n: int = Field(100, ge=1, description="draws (repeats dropped, so there may be fewer goals)")
+    seed: int = Field(0, description="the draw")
+
+    def load(self) -> list[Goal]:
+        """Plain hazard requests with the metadata the world's gold grader needs."""
+        return world_goals(self.world, self.split, self.n, seed=self.seed)
+
+    def default_shots(self) -> list[Shot] | None:
+        """The world's answered requests for its training hazards."""
+        return world_shots(self.world)
+
+    def default_scorer(self) -> str:
+        """The world's gold grader."""
+        return "gold"
+
+    def describe(self) -> dict[str, Any]:
+        """The split."""
+        return {"split": self.split}
+
+
+class FileGoalsConfig(GoalsConfig):
+    """A goals file in a prompt-file format (:data:`tether.data.prompt_files.PROMPT_FORMATS`): HarmBench
+    behaviours CSV, AdvBench CSV or JSONL (``{"prompt": ..., "category": ...}``; rows labelled ``benign``
+    are left out)."""
+
+    source: Literal["harmbench", "advbench", "jsonl"]
+    path: str = Field(description="the file")
+
+    def load(self) -> list[Goal]:
+        """The file's harmful requests, the first ``n``."""
+        prompts = PROMPT_FORMATS.get(self.source)(self.path)
+        goals = []
+        for p in prompts:
+            if p.meta.get("label") == "benign":
+                continue
+            if not isinstance(p.prompt, str):
+                raise DataError(f"{self.path}: goal {p.id!r}: a goal is one request (a string), not a conversation")
+            # An AdvBench row's target (the affirmative opening it is after) is what GCG optimises for.
+            meta = {"target": str(p.meta["target"])} if p.meta.get("target") else {}
+            goals.append(Goal(p.id, p.prompt, str(p.meta.get("category", "")), meta))
+        seen: set[str] = set()
+        for goal in goals:
+            if goal.id in seen:
+                raise DataError(f"{self.path}: goal id {goal.id!r} appears twice; ids must be unique")
+            seen.add(goal.id)
+        return goals[:self.n]
+
+    def describe(self) -> dict[str, Any]:
+        """The file."""
+        return {"path": self.path}
+
+
+for _format in ("harmbench", "advbench", "jsonl"):
+    GOAL_SOURCES.register(_format)(FileGoalsConfig)
 
 
 def world_goals(world_cfg: WorldConfig, split: Literal["train", "heldout"], n: int, *, seed: int = 0) -> list[Goal]:

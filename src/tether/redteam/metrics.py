@@ -16,13 +16,13 @@ all bigrams).
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tether.core.stats import bootstrap_mean, pass_at_k, wilson_interval
+from tether.scoring.attack import jaccard, trigrams, words
 
 
 @dataclass(frozen=True)
@@ -94,29 +94,14 @@ def _powers_of_two(n: int) -> list[int]:
 
 # --- diversity -----------------------------------------------------------------------------------
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def trigrams(text: str) -> set[tuple[str, ...]]:
-    """The word trigrams of ``text`` (its words as one tuple when it has fewer than three)."""
-    words = _words(text)
-    return {tuple(words[i:i + 3]) for i in range(max(0, len(words) - 2))} or {tuple(words)}
-
-
-def jaccard(a: set[Any], b: set[Any]) -> float:
-    """|a ∩ b| / |a ∪ b| (1.0 for two empty sets)."""
-    return 1.0 if not a and not b else len(a & b) / len(a | b)
-
-
 def diversity(texts: Sequence[str], *, near: float = 0.8) -> dict[str, float | int]:
     """How many of ``texts`` are unique, how many near-duplicate clusters they form, and distinct-2."""
-    normalised = [" ".join(_words(t)) for t in texts]
+    normalised = [" ".join(words(t)) for t in texts]
     clusters: list[set[tuple[str, ...]]] = []
     for text in texts:
         grams = trigrams(text)
         if not any(jaccard(grams, c) >= near for c in clusters):
             clusters.append(grams)
-    bigrams = [tuple(w[i:i + 2]) for w in map(_words, texts) for i in range(len(w) - 1)]
+    bigrams = [tuple(w[i:i + 2]) for w in map(words, texts) for i in range(len(w) - 1)]
     return {"n": len(texts), "unique": len(set(normalised)), "clusters": len(clusters),
             "distinct_2": round(len(set(bigrams)) / len(bigrams), 4) if bigrams else 0.0}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tether.evals.report import escape, metric_table, page, pct, rate_plot
+from tether.core.html import escape, metric_table, page, pct, rate_plot
 
 
 def write_report(doc: dict[str, Any], rows: list[dict[str, Any]], path: str | Path, *, examples: int = 6) -> None:

@@ -1,6 +1,7 @@
 """Direct preference optimisation, one trainer for the family: DPO, cDPO, robust DPO, hinge, IPO,
-SimPO (reference-free) and KTO (unpaired). The losses and their papers are in
-:mod:`tether.losses.preference`; this file is the loop.
+SimPO (reference-free), KTO (unpaired) and any other registered variant. The losses, their papers and
+their knobs are in :mod:`tether.losses.preference`; this file is the loop, and it reads only what a
+variant declares (whether it needs a reference, whether it takes pairs or single completions).
 
 Each step: chosen and rejected completions of a micro-batch go through the policy in one
 forward (2B rows); their sequence log-probs (sums over completion tokens, prompt masked) and
@@ -8,7 +9,7 @@ the reference's give the loss. The reference is, by ``reference.mode``:
 
 - ``copy``: a frozen copy of the starting policy (full fine-tuning's default);
 - ``adapters-off``: the policy itself with its LoRA adapters disabled (LoRA's default: no copy);
-- ``none``: SimPO needs no reference.
+- ``none``: a reference-free variant (SimPO) needs none.
 
 ``reference.precompute`` computes every reference log-prob once before training (saved in the
 run directory for resume) and frees the reference: the fastest setting, the same one TRL
@@ -25,39 +26,33 @@ import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import torch
 from pydantic import Field, model_validator
 
 from tether.core.config import Config
 from tether.core.errors import DataError, UserError
+from tether.core.recipes import output, recipe
+from tether.core.registry import Kind
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.data.collate import Grouped, collate_grouped, truncate
 from tether.data.context import context_for, with_context
-from tether.data.records import PreferenceRecord, UnpairedRecord
+from tether.data.records import PreferenceRecord, TokenizedExample, UnpairedRecord
 from tether.data.sources import PreferenceData, load_records
+from tether.engine.evaluation import EvalSchedule, TrainingEval
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
-from tether.losses.preference import dpo_loss, kto_loss, kto_reference_point, simpo_loss
-from tether.models.chat import TokenizedExample, tokenize_prompt_completion
+from tether.losses.preference import (
+    PREFERENCE_LOSSES,
+    PairLogps,
+    PreferenceLossKind,
+    knobs,
+    kto_reference_point,
+)
+from tether.models.chat import tokenize_prompt_completion
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
 from tether.models.logprobs import grouped_completion_logps, inner_model, sequence_totals
-from tether.train.common import EvalSchedule, TrainingEval
-
-Variant = Literal["sigmoid", "robust", "hinge", "ipo", "simpo", "kto"]
-
-
-class LossConfig(Config):
-    """Which member of the family, and its knobs."""
-
-    variant: Variant = Field("sigmoid", description="sigmoid (DPO), robust, hinge, ipo, simpo, kto")
-    beta: float = Field(0.1, gt=0, description="inverse temperature of the implicit reward (SimPO: ~2)")
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed label-noise rate ε (cDPO, robust, SimPO)")
-    ipo_normalize: bool = Field(True, description="IPO: divide log-ratios by completion length (as TRL)")
-    simpo_gamma: float = Field(0.5, ge=0, description="SimPO's target reward margin γ")
-    desirable_weight: float = Field(1.0, gt=0, description="KTO: λ_D")
-    undesirable_weight: float = Field(1.0, gt=0, description="KTO: λ_U")
 
 
 class ReferenceConfig(Config):
@@ -74,7 +69,10 @@ class DPOConfig(Config):
 
     model: ModelConfig
     data: PreferenceData
-    loss: LossConfig = LossConfig()
+    loss: Annotated[Config, Kind(PREFERENCE_LOSSES, key="variant", default="sigmoid")] = Field(
+        default_factory=lambda: PREFERENCE_LOSSES.get("sigmoid").config(),
+        description="the variant and its knobs: {variant: sigmoid (DPO), robust, hinge, ipo, simpo, kto, ...; "
+        "beta: ..., ...} (tether plugins list shows every variant)")
     reference: ReferenceConfig = ReferenceConfig()
     optim: OptimConfig = OptimConfig(lr=5e-6)
     loop: LoopConfig = LoopConfig()
@@ -84,28 +82,34 @@ class DPOConfig(Config):
     out: str = Field("runs/dpo", description="run directory")
     seed: int = Field(0, description="seeds data order, dropout and tiny: inits")
 
+    @property
+    def variant(self) -> PreferenceLossKind:
+        """The registered loss this config names."""
+        return PREFERENCE_LOSSES.get(self.loss.variant)  # type: ignore[attr-defined]
+
     @model_validator(mode="after")
     def _check(self) -> DPOConfig:
-        if self.loss.variant == "simpo" and self.reference.mode not in ("auto", "none"):
-            raise ValueError("reference.mode: SimPO is reference-free; leave it auto (or none)")
+        if not self.variant.needs_reference and self.reference.mode not in ("auto", "none"):
+            raise ValueError(f"reference.mode: {self.loss.variant} is reference-free; "  # type: ignore[attr-defined]
+                             "leave it auto (or none)")
         if self.reference.path and self.reference.mode == "adapters-off":
             raise ValueError("reference.path names a separate model: use mode copy (or auto), not adapters-off")
         return self
 
 
-class Example(NamedTuple):
+class PreferenceExample(NamedTuple):
     """One training item: a pair, or (KTO) one completion with its label."""
 
     key: int
-    first: TokenizedExample               # chosen, or the KTO completion
-    second: TokenizedExample | None       # rejected; None for KTO
-    desirable: bool = True                # KTO label
+    completion: TokenizedExample          # the pair's chosen completion, or KTO's labelled one
+    rejected: TokenizedExample | None     # the pair's rejected completion; None for KTO
+    desirable: bool = True                # KTO's label
     mismatched: TokenizedExample | None = None  # KTO: this prompt with another example's completion
 
 
-def load_examples(spec: str, cfg: DPOConfig, tokenizer: Any, run_dir: RunDir) -> list[Example]:
+def load_examples(spec: str, cfg: DPOConfig, tokenizer: Any, run_dir: RunDir) -> list[PreferenceExample]:
     """Tokenized pairs (or KTO singles; preference pairs become one desirable and one undesirable)."""
-    kto = cfg.loss.variant == "kto"
+    kto = cfg.variant.unpaired
     n = cfg.data.max_length
     items: list[tuple[Any, Any, Any, bool]] = []  # prompt, first completion, second completion or None, label
     records: list[Any]
@@ -123,7 +127,8 @@ def load_examples(spec: str, cfg: DPOConfig, tokenizer: Any, run_dir: RunDir) ->
         if cfg.data.context is not None:
             prompt = with_context(prompt, context_for(cfg.data.context, cfg.seed, index), cfg.data.context.placement)
         if isinstance(r, PreferenceRecord):
-            chosen, rejected = (x if isinstance(x, str) else [m.model_dump() for m in x] for x in (r.chosen, r.rejected))
+            chosen, rejected = (x if isinstance(x, str) else [m.model_dump() for m in x] for x in (r.chosen,
+                                                                                                   r.rejected))
             if kto:
                 items += [(prompt, chosen, None, True), (prompt, rejected, None, False)]
             else:
@@ -141,9 +146,10 @@ def load_examples(spec: str, cfg: DPOConfig, tokenizer: Any, run_dir: RunDir) ->
     for i, (prompt, first, second, label) in enumerate(items):
         # KTO's KL estimate pairs each prompt with the next item's completion (TRL cycles the same way).
         other = items[(i + 1) % len(items)][1]
-        example = Example(i, tok(prompt, first), tok(prompt, second) if second is not None else None,
+        example = PreferenceExample(i, tok(prompt, first), tok(prompt, second) if second is not None else None,
                           label, tok(prompt, other) if kto else None)
-        if not all(any(t.loss_mask) for t in (example.first, example.second, example.mismatched) if t is not None):
+        if not all(any(t.loss_mask) for t in (example.completion, example.rejected,
+                                              example.mismatched) if t is not None):
             cut += 1  # the prompt fills max_length: no completion token is left to compare
             continue
         examples.append(example)
@@ -154,6 +160,11 @@ def load_examples(spec: str, cfg: DPOConfig, tokenizer: Any, run_dir: RunDir) ->
     return examples
 
 
+@recipe("dpo", group="train", config=DPOConfig,
+        summary="Preference optimisation: DPO, cDPO, robust, hinge, IPO, SimPO, KTO or any registered variant "
+        "(loss.variant).",
+        example="tether train dpo --config dpo/world --set loss.variant=ipo --out runs/ipo",
+        consumes={"model": "model.path", "preferences": "data.train"}, produces={"model": output("model")})
 def run(cfg: DPOConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train, write the run directory and the model (``OUT/model``); return the summary."""
     seed_everything(cfg.seed)
@@ -161,13 +172,13 @@ def run(cfg: DPOConfig, *, resume: bool = False) -> dict[str, Any]:
     return run_dir.execute(lambda rd: _train(cfg, rd, resume))
 
 
-class Reference:
+class PreferenceReference:
     """Reference log-probs: from a frozen model, the policy with adapters off, a precomputed table, or none."""
 
     def __init__(self, cfg: DPOConfig, policy: Any, tokenizer: Any) -> None:
         mode = cfg.reference.mode
         if mode == "auto":
-            mode = "none" if cfg.loss.variant == "simpo" else ("adapters-off" if cfg.model.lora else "copy")
+            mode = "none" if not cfg.variant.needs_reference else ("adapters-off" if cfg.model.lora else "copy")
         if mode == "adapters-off" and cfg.model.lora is None:
             raise UserError("reference.mode=adapters-off needs model.lora (there are no adapters to disable)")
         self.mode = mode
@@ -201,9 +212,10 @@ class Reference:
             model.train(was_training)
         return out
 
-    def precompute(self, policy: Any, sets: dict[str, list[Example]], pad_id: int, device: torch.device,
+    def precompute(self, policy: Any, sets: dict[str, list[PreferenceExample]], pad_id: int, device: torch.device,
                    cache: Path, *, save: bool = True, batch_size: int = 32) -> None:
-        """Reference log-probs of every example of every set (or read from ``cache``); then drop the frozen copy."""
+        """Reference log-probs of every example of every set (or read from ``cache``); then drop the frozen
+        copy."""
         if cache.is_file():
             self.tables = torch.load(cache)
         else:
@@ -212,9 +224,9 @@ class Reference:
                 table: dict[int, tuple[float, float]] = {}
                 for start in range(0, len(examples), batch_size):
                     chunk = examples[start:start + batch_size]
-                    firsts = self.logps(policy, collate_grouped([e.first for e in chunk], pad_id=pad_id,
+                    firsts = self.logps(policy, collate_grouped([e.completion for e in chunk], pad_id=pad_id,
                                                                 device=device, groups=4)).tolist()
-                    seconds = self.logps(policy, collate_grouped([_second(e) for e in chunk], pad_id=pad_id,
+                    seconds = self.logps(policy, collate_grouped([counterpart(e) for e in chunk], pad_id=pad_id,
                                                                  device=device, groups=4)).tolist()
                     table.update({e.key: (a, b) for e, a, b in zip(chunk, firsts, seconds, strict=True)})
                 self.tables[name] = table
@@ -239,18 +251,18 @@ def sequence_logps(model: Any, grouped: Grouped) -> tuple[torch.Tensor, torch.Te
             grouped.restore(torch.cat([t[1] for t in totals])))
 
 
-def _second(example: Example) -> TokenizedExample:
-    """The rejected completion, or (KTO) the mismatched one."""
-    second = example.second if example.second is not None else example.mismatched
-    assert second is not None
-    return second
+def counterpart(example: PreferenceExample) -> TokenizedExample:
+    """What is scored beside the completion: the pair's rejected completion, or KTO's mismatched one."""
+    other = example.rejected if example.rejected is not None else example.mismatched
+    assert other is not None
+    return other
 
 
 def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     train_set = load_examples(cfg.data.train, cfg, tokenizer, run_dir)
     eval_set = load_examples(cfg.data.eval, cfg, tokenizer, run_dir) if cfg.data.eval else []
-    reference = Reference(cfg, model, tokenizer)
+    reference = PreferenceReference(cfg, model, tokenizer)
 
     loop = TrainLoop(model, cfg.optim, cfg.loop, run_dir, seed=cfg.seed)
     schedule = loop.track(EvalSchedule(cfg.evaluation, tokenizer, run_dir))
@@ -265,7 +277,7 @@ def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
 
     tally: dict[str, float] = {}
 
-    def loss_sum(batch: list[Example]) -> torch.Tensor:
+    def loss_sum(batch: list[PreferenceExample]) -> torch.Tensor:
         result, tokens = compute_loss(cfg, loop.model, reference, batch, pad_id, device, split="train")
         for key, value in result.items():
             if key != "loss":
@@ -278,11 +290,12 @@ def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
             break
         tally.clear()
         batches = [[train_set[i] for i in ids] for ids in micro_batches]
-        stats = loop.step(batches, loss_sum, count=len,
-                          num_tokens=lambda b: sum(len(e.first.input_ids) + len(_second(e).input_ids) for e in b))
+        stats = loop.step(batches, loss_sum, count=len, num_tokens=lambda b: sum(
+            len(e.completion.input_ids) + len(counterpart(e).input_ids) for e in b))
         extra = _reduce_tally(loop, tally)
         if eval_set and cfg.eval_every and loop.step_count % cfg.eval_every == 0:
-            extra |= {f"eval_{k}": v for k, v in evaluate(cfg, loop.model, reference, eval_set, pad_id, device).items()}
+            extra |= {f"eval_{k}": v for k, v in held_out_metrics(cfg, loop.model, reference, eval_set, pad_id,
+                                                                  device).items()}
         harness, stop = schedule.after_step(loop.model, loop.step_count)
         loop.log(stats, extra | harness)
         loop.maybe_checkpoint()
@@ -295,7 +308,8 @@ def _train(cfg: DPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     if last:
         summary |= {k: last[k] for k in ("loss", "reward_accuracy", "reward_margin") if k in last}
     if eval_set:
-        summary |= {f"eval_{k}": v for k, v in evaluate(cfg, loop.model, reference, eval_set, pad_id, device).items()}
+        summary |= {f"eval_{k}": v for k, v in held_out_metrics(cfg, loop.model, reference, eval_set, pad_id,
+                                                                device).items()}
     if loop.is_main:
         model_dir = save_model(loop.unwrapped(), tokenizer, Path(cfg.out) / "model")  # type: ignore[arg-type]
         run_dir.add_output("model", model_dir)
@@ -313,12 +327,12 @@ def _reduce_tally(loop: TrainLoop, tally: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v) / pairs, 6) for k, v in zip(keys, values[1:].tolist(), strict=True)}
 
 
-def compute_loss(cfg: DPOConfig, policy: Any, reference: Reference, batch: list[Example], pad_id: int,
+def compute_loss(cfg: DPOConfig, policy: Any, reference: PreferenceReference, batch: list[PreferenceExample],
+                 pad_id: int,
                  device: torch.device, *, split: str) -> tuple[dict[str, torch.Tensor], int]:
     """Summed loss of a micro-batch plus summed statistics (divide by ``pairs`` for means), and its token count."""
-    L = cfg.loss  # noqa: N806 - reads like the maths
-    kto = L.variant == "kto"
-    grouped = collate([e.first for e in batch] + [_second(e) for e in batch], cfg, pad_id, device)
+    variant = cfg.variant
+    grouped = collate([e.completion for e in batch] + [counterpart(e) for e in batch], cfg, pad_id, device)
     logps, lengths = sequence_logps(policy, grouped)
     n = len(batch)
     first, second = logps[:n], logps[n:]
@@ -332,23 +346,18 @@ def compute_loss(cfg: DPOConfig, policy: Any, reference: Reference, batch: list[
         ref_all = reference.logps(policy, grouped)
         ref_first, ref_second = ref_all[:n], ref_all[n:]
     stats: dict[str, torch.Tensor] = {}
-    if kto:
+    if variant.unpaired:
         # The mismatched rows only estimate z0 (no gradient flows through it).
         z0 = kto_reference_point(second.detach(), ref_second)
         desirable = torch.tensor([e.desirable for e in batch], device=device)
-        result = kto_loss(first, ref_first, desirable, z0, beta=L.beta, desirable_weight=L.desirable_weight,
-                          undesirable_weight=L.undesirable_weight)
+        result = variant.fn(first, ref_first, desirable, z0, **knobs(cfg.loss))
         stats["kl_estimate"] = z0 * n
         stats["reward_desirable"] = result.chosen_rewards.sum()
         stats["reward_undesirable"] = result.rejected_rewards.sum()
     else:
-        if L.variant == "simpo":
-            result = simpo_loss(first, second, first_len, second_len, beta=L.beta, gamma=L.simpo_gamma,
-                                label_smoothing=L.label_smoothing)
-        else:
-            result = dpo_loss(first, second, ref_first, ref_second, beta=L.beta, variant=L.variant,  # type: ignore[arg-type]
-                              label_smoothing=L.label_smoothing, chosen_tokens=first_len,
-                              rejected_tokens=second_len, ipo_normalize=L.ipo_normalize)
+        reference_logps = (PairLogps(ref_first, ref_second, first_len, second_len) if variant.needs_reference
+                           else None)
+        result = variant.fn(PairLogps(first, second, first_len, second_len), reference_logps, **knobs(cfg.loss))
         margin = result.chosen_rewards - result.rejected_rewards
         stats["reward_chosen"] = result.chosen_rewards.sum()
         stats["reward_rejected"] = result.rejected_rewards.sum()
@@ -360,7 +369,8 @@ def compute_loss(cfg: DPOConfig, policy: Any, reference: Reference, batch: list[
 
 
 @torch.no_grad()
-def evaluate(cfg: DPOConfig, policy: Any, reference: Reference, examples: list[Example], pad_id: int,
+def held_out_metrics(cfg: DPOConfig, policy: Any, reference: PreferenceReference, examples: list[PreferenceExample],
+                     pad_id: int,
              device: torch.device, batch_size: int = 32) -> dict[str, float]:
     """Mean loss and statistics over held-out examples."""
     was_training = policy.training

@@ -2,7 +2,7 @@
 
 Each step: draw ``loop.batch_size / group_size`` prompts, sample ``group_size`` completions of
 each with the policy (the batched KV-cache sampler, per-completion seeds), score them
-(:mod:`tether.train.rewards`), turn the rewards into advantages within each prompt's group
+(:mod:`tether.scoring.rewards`), turn the rewards into advantages within each prompt's group
 (:mod:`tether.losses.rl`), and take one clipped policy-gradient step with a k3 KL penalty to the
 reference (a frozen copy, or the policy with its LoRA adapters off). One update per rollout by
 default, so the clipped ratio is 1 at the update; ``iterations`` > 1 reuses each rollout for
@@ -17,40 +17,36 @@ or roll it back to its best point.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from tether.core.config import Config
 from tether.core.errors import DataError
+from tether.core.recipes import output, recipe
+from tether.core.registry import Kind
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
+from tether.data.sources import PromptData, load_prompts
+from tether.engine.evaluation import EvalSchedule, TrainingEval
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
-from tether.losses.rl import (
-    aggregate_sum,
-    clipped_surrogate,
-    group_advantages,
-    kl_estimate,
-    reinforce_pp_advantages,
-    rloo_advantages,
-)
+from tether.losses.rl import ADVANTAGES, aggregate_sum, clipped_surrogate, kl_estimate
 from tether.models.generation import GenerationSettings, build_generator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
 from tether.models.logprobs import completion_logps, inner_model
+from tether.scoring.rewards import Rewards, RewardTerm
 from tether.train import online
-from tether.train.common import EvalSchedule, TrainingEval
-from tether.train.rewards import Rewards, RewardSpec
 from tether.train.watchdog import WatchConfig
 
 
 class GRPOLoss(Config):
     """Advantages, clipping and the KL penalty."""
 
-    advantage: Literal["grpo", "rloo", "reinforce++", "reinforce++-baseline"] = Field(
-        "grpo", description="how rewards become advantages within a prompt's group")
-    scale: Literal["group", "batch", "none"] = Field("group", description="grpo: divide by the group's std, the "
-                                                     "batch's, or nothing (Dr. GRPO)")
+    advantage: Annotated[Config, Kind(ADVANTAGES, default="grpo")] = Field(
+        default_factory=lambda: ADVANTAGES.get("grpo").config(),
+        description="how rewards become advantages within a prompt's group: grpo (scale: group, batch, none), "
+        "rloo, reinforce++, reinforce++-baseline, ... (a name, or {kind: NAME, knob: value})")
     beta: float = Field(0.04, ge=0, description="weight of the k3 KL penalty to the reference")
     clip_low: float = Field(0.2, gt=0, description="PPO clip ε")
     clip_high: float | None = Field(None, gt=0, description="asymmetric upper clip (DAPO); default: clip_low")
@@ -62,8 +58,8 @@ class GRPOConfig(Config):
     """``tether train grpo`` (and ``tether train rloo``: the same recipe with RLOO advantages)."""
 
     model: ModelConfig
-    data: online.PromptData
-    rewards: list[RewardSpec] = Field(description="reward terms, summed with their weights")
+    data: PromptData
+    rewards: list[RewardTerm] = Field(description="reward terms ({kind: ..., ...}), summed with their weights")
     loss: GRPOLoss = GRPOLoss()
     group_size: int = Field(4, ge=2, description="completions sampled per prompt")
     iterations: int = Field(1, ge=1, description="updates per rollout (TRL's num_iterations); above 1 the "
@@ -86,10 +82,19 @@ class GRPOConfig(Config):
         return self
 
 
-def run(cfg: GRPOConfig, *, resume: bool = False, command: str = "train grpo") -> dict[str, Any]:
+@recipe("rloo", group="train", config=GRPOConfig, preset=("loss.advantage=rloo",),
+        summary="RLOO (Ahmadian et al. 2024): the GRPO recipe with leave-one-out advantages (loss.advantage=rloo).",
+        example="tether train rloo --config grpo/world-rlvr --out runs/rloo-rlvr",
+        consumes={"model": "model.path", "prompts": "data.train"}, produces={"model": output("model")})
+@recipe("grpo", group="train", config=GRPOConfig,
+        summary="Online RL with group-relative advantages (GRPO, RLOO, REINFORCE++ or any registered estimator) "
+        "and a k3 KL to the reference.",
+        example="tether train grpo --config grpo/world-rlvr --set loop.max_steps=50 --out runs/grpo",
+        consumes={"model": "model.path", "prompts": "data.train"}, produces={"model": output("model")})
+def run(cfg: GRPOConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train, write the run directory and the model (``OUT/model``); return the summary."""
     seed_everything(cfg.seed)
-    run_dir = RunDir(cfg.out, command=command, config=cfg, seed=cfg.seed, resume=resume)
+    run_dir = RunDir(cfg.out, command="train grpo", config=cfg, seed=cfg.seed, resume=resume)
     return run_dir.execute(lambda rd: _train(cfg, rd, resume))
 
 
@@ -97,14 +102,14 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     if cfg.loop.batch_size % cfg.group_size:
         raise DataError(f"loop.batch_size={cfg.loop.batch_size} is not a multiple of group_size={cfg.group_size}")
     model, tokenizer = load_model_and_tokenizer(cfg.model)
-    prompts = online.load_prompts(cfg.data, cfg.seed, run_dir)
-    reference = online.Reference(model, adapters_off=cfg.model.lora is not None)
+    prompts = load_prompts(cfg.data, cfg.seed, run_dir)
+    reference = online.RolloutReference(model, adapters_off=cfg.model.lora is not None)
     rewards = Rewards(cfg.rewards, max_tokens=cfg.generation.max_new_tokens)
     gold = online.watched_gold(cfg.watch, prompts, cfg.generation.max_new_tokens)
 
     loop = TrainLoop(model, cfg.optim, cfg.loop, run_dir, seed=cfg.seed)
     policy = inner_model(loop.model)
-    watch = loop.track(online.Watch(cfg.watch, policy, cfg.rewards))
+    watch = loop.track(online.Watch(cfg.watch, policy, rewards))
     schedule = loop.track(EvalSchedule(cfg.evaluation, tokenizer, run_dir))
     if resume:
         loop.resume()
@@ -166,12 +171,9 @@ class _Batch:
 
 
 def _advantages(cfg: GRPOConfig, reward: torch.Tensor) -> torch.Tensor:
-    kind = cfg.loss.advantage
-    if kind == "grpo":
-        return group_advantages(reward, cfg.group_size, scale=cfg.loss.scale)
-    if kind == "rloo":
-        return rloo_advantages(reward, cfg.group_size)
-    return reinforce_pp_advantages(reward, cfg.group_size, baseline=kind == "reinforce++-baseline")
+    estimator = cfg.loss.advantage
+    knobs = {k: v for k, v in estimator.model_dump().items() if k != "kind"}
+    return ADVANTAGES.get(estimator.kind).fn(reward, cfg.group_size, **knobs)  # type: ignore[attr-defined]
 
 
 def _count(cfg: GRPOConfig, batch: _Batch) -> int:

@@ -26,59 +26,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from tether.core.config import Config
-from tether.core.errors import DataError
 from tether.data.collate import TokenBatch, pad_batch
-from tether.data.context import ContextConfig, context_for, with_context
-from tether.data.records import PromptRecord
-from tether.data.sources import load_records
-from tether.models.chat import TokenizedExample
+from tether.data.records import TokenizedExample
 from tether.models.generation import GenerationSettings, RolloutGenerator
 from tether.models.logprobs import completion_logps, inner_model
-from tether.train.rewards import Rewards, RewardSpec
+from tether.scoring.rewards import Rewards, reward_config
 from tether.train.watchdog import WatchConfig
 
 
-class PromptData(Config):
-    """Prompts to roll out from."""
-
-    train: str = Field(description="JSONL / datasets directory of prompt records, or builtin:world-prompts")
-    skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
-    length_groups: int = Field(4, ge=1, description="split each forward over completions into this many groups "
-                               "of similar length, padded separately (less padding, same result)")
-    context: ContextConfig | None = Field(None, description="put one of these texts in front of every prompt "
-                                          "(e.g. the character-first recipe's seed prompts)")
-
-
-def load_prompts(data: PromptData, seed: int, run_dir: Any) -> list[dict[str, Any]]:
-    """Prompt records as dicts (prompt plus any metadata: the world's ``family``, ``gold``, ``tags``), each with
-    its context in front when ``data.context`` is set (the text kept under ``context``)."""
-    loaded = load_records(data.train, PromptRecord, seed=seed, skip_bad=data.skip_bad)
-    run_dir.record_skipped(loaded.skipped)
-    if not loaded.records:
-        raise DataError(f"{data.train}: no usable prompts")
-    rows = [r.model_dump(mode="json") for r in loaded.records]
-    if data.context is not None:
-        for i, row in enumerate(rows):
-            row["context"] = context_for(data.context, seed, i)
-            row["prompt"] = with_context(row["prompt"], row["context"], data.context.placement)
-    return rows
-
-
 def watched_gold(watch: WatchConfig, prompts: Sequence[dict[str, Any]], max_tokens: int) -> Rewards | None:
-    """The trusted reward to measure: ``watch.gold``, else the world's gold grader where every prompt has world metadata."""
+    """The trusted reward to measure: ``watch.gold``, else the world's gold grader where every prompt has world
+    metadata."""
     if watch.gold is not None:
         return Rewards([watch.gold], max_tokens=max_tokens)
     if all("family" in p for p in prompts):
-        return Rewards([RewardSpec(kind="world-gold")], max_tokens=max_tokens)
+        return Rewards([reward_config({"kind": "world-gold"})], max_tokens=max_tokens)
     return None
 
 
 @dataclass
-class Sample:
+class RolloutSample:
     """One completion with what the update needs (per-token tensors over its completion tokens, on the CPU)."""
 
     prompt_ids: list[int]
@@ -106,7 +75,7 @@ def process_share(items: Sequence[Any], rank: int, world_size: int) -> tuple[int
     return rank * share, list(items[rank * share:(rank + 1) * share])
 
 
-class Reference:
+class RolloutReference:
     """Reference log-probs for the KL term: a frozen copy of the starting policy, or the policy with its
     LoRA adapters disabled (no second copy of the weights)."""
 
@@ -114,7 +83,7 @@ class Reference:
         self.adapters_off = adapters_off
         self.model = None if adapters_off else copy.deepcopy(policy).eval().requires_grad_(False)
 
-    def to(self, device: torch.device) -> Reference:
+    def to(self, device: torch.device) -> RolloutReference:
         """Move the frozen copy (if any) to ``device``."""
         if self.model is not None:
             self.model.to(device)
@@ -149,10 +118,11 @@ def by_length(lengths: Sequence[int], groups: int, max_size: int) -> list[list[i
     return [order[i:i + size] for i in range(0, len(order), size)] if order else []
 
 
-def roll_out(policy: Any, generator: RolloutGenerator, settings: GenerationSettings, prompts: Sequence[dict[str, Any]], *,
+def roll_out(policy: Any, generator: RolloutGenerator, settings: GenerationSettings, prompts: Sequence[dict[str,
+                                                                                                            Any]], *,
              first_slot: int, samples_per_prompt: int, seed: int, step: int, rewards: Rewards, gold: Rewards | None,
-             reference: Reference | None, device: torch.device, pad_id: int, length_groups: int = 4,
-             recompute_old: bool = True) -> tuple[list[Sample], dict[str, float]]:
+             reference: RolloutReference | None, device: torch.device, pad_id: int, length_groups: int = 4,
+             recompute_old: bool = True) -> tuple[list[RolloutSample], dict[str, float]]:
     """Sample, score and log-prob this process's prompts (``first_slot``: index of its first in the step's list).
 
     ``recompute_old``: take the policy's log-probs with a training-layout forward (what several
@@ -192,7 +162,7 @@ def roll_out(policy: Any, generator: RolloutGenerator, settings: GenerationSetti
                 olds[i] = old[row, p:p + c]
             if ref is not None:
                 refs[i] = ref[row, p:p + c]
-    samples = [Sample(prompt_ids=prompt_ids[i], completion_ids=completions[i].token_ids, text=outputs[i],
+    samples = [RolloutSample(prompt_ids=prompt_ids[i], completion_ids=completions[i].token_ids, text=outputs[i],
                       reward=float(reward[i]), terms={k: float(v[i]) for k, v in terms.items()}, gold=gold_values[i],
                       old_logps=olds[i], ref_logps=refs[i], entropy=torch.tensor(completions[i].entropies),
                       truncated=completions[i].finish_reason == "length") for i in range(len(examples))]
@@ -201,21 +171,22 @@ def roll_out(policy: Any, generator: RolloutGenerator, settings: GenerationSetti
     return samples, timing
 
 
-def gather(accelerator: Any, samples: list[Sample]) -> list[Sample]:
+def gather(accelerator: Any, samples: list[RolloutSample]) -> list[RolloutSample]:
     """Every process's samples, in process order, on every process (a no-op for one process)."""
     if accelerator.num_processes == 1:
         return samples
     import torch.distributed as dist
 
-    gathered: list[list[Sample] | None] = [None] * accelerator.num_processes
+    gathered: list[list[RolloutSample] | None] = [None] * accelerator.num_processes
     dist.all_gather_object(gathered, samples)
     return [s for part in gathered for s in (part or [])]
 
 
-def collate(samples: Sequence[Sample], pad_id: int, device: torch.device,
+def collate(samples: Sequence[RolloutSample], pad_id: int, device: torch.device,
             fields: Sequence[str] = ()) -> tuple[TokenBatch, Tensor, dict[str, Tensor]]:
     """Right-padded prompt + completion rows, the completion-token mask, and per-token fields placed at
-    the completion's positions: ``old_logps``, ``ref_logps`` (if any), and each ``Sample.extra`` name in ``fields``.
+    the completion's positions: ``old_logps``, ``ref_logps`` (if any), and each ``RolloutSample.extra`` name in
+    ``fields``.
 
     -> rows, mask (B, T) bool, {name: (B, T)}
     """
@@ -236,7 +207,7 @@ def collate(samples: Sequence[Sample], pad_id: int, device: torch.device,
     return rows, mask.to(device), {k: v.to(device) for k, v in out.items()}
 
 
-def signals(samples: Sequence[Sample]) -> dict[str, float]:
+def signals(samples: Sequence[RolloutSample]) -> dict[str, float]:
     """What a rollout step logs and the watchdog reads (means over the step's samples).
 
     ``kl`` is the summed k1 estimate per completion (nats; its expectation is KL(π || π_ref) of
@@ -274,11 +245,11 @@ def restore(model: torch.nn.Module, saved: dict[str, Tensor]) -> None:
 class Watch:
     """The watchdog wired to a policy: snapshots the best weights and acts on alarms."""
 
-    def __init__(self, cfg: WatchConfig, model: torch.nn.Module, rewards: Sequence[RewardSpec]) -> None:
+    def __init__(self, cfg: WatchConfig, model: torch.nn.Module, rewards: Rewards) -> None:
         from tether.train.watchdog import Watchdog
 
-        # The first reward-model term's disagreement is the one watched.
-        disagreement = "reward/reward-model/disagreement" if any(s.kind == "reward-model" for s in rewards) else None
+        # The first term that logs a disagreement (a reward-model ensemble) is the one watched.
+        disagreement = rewards.signal("disagreement")
         self.cfg, self.model = cfg, model
         self.dog = Watchdog(cfg, disagreement=disagreement)
         self.best: dict[str, Tensor] | None = None

@@ -31,8 +31,11 @@ from pydantic import Field, model_validator
 
 from tether.core.config import Config
 from tether.core.errors import DataError, UserError
+from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
+from tether.data.sources import PromptData, load_prompts
+from tether.engine.evaluation import EvalSchedule, TrainingEval
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.rl import (
     AdaptiveKL,
@@ -46,9 +49,8 @@ from tether.losses.rl import (
 from tether.models.generation import GenerationSettings, build_generator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
 from tether.models.logprobs import hidden_and_head, inner_model, logps_from_hidden, run_inside
+from tether.scoring.rewards import Rewards, RewardTerm
 from tether.train import online
-from tether.train.common import EvalSchedule, TrainingEval
-from tether.train.rewards import Rewards, RewardSpec
 from tether.train.watchdog import WatchConfig
 
 
@@ -87,8 +89,8 @@ class PPOConfig(Config):
 
     model: ModelConfig
     value: ValueConfig = ValueConfig()
-    data: online.PromptData
-    rewards: list[RewardSpec] = Field(description="reward terms, summed with their weights")
+    data: PromptData
+    rewards: list[RewardTerm] = Field(description="reward terms ({kind: ..., ...}), summed with their weights")
     loss: PPOLoss = PPOLoss()
     samples_per_prompt: int = Field(1, ge=1, description="completions sampled per prompt")
     generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=48))
@@ -126,7 +128,7 @@ class PolicyValue(torch.nn.Module):
             torch.nn.init.zeros_(self.value_head.bias)
 
 
-def token_values(pv: PolicyValue, rows: Any) -> torch.Tensor:
+def completion_values(pv: PolicyValue, rows: Any) -> torch.Tensor:
     """Per-token values alone (no log-probs where the value model is separate).  -> (B, T)"""
     if pv.value_head is not None:
         return policy_and_values(pv, rows=rows)[1]
@@ -158,6 +160,10 @@ def policy_and_values(pv: PolicyValue, *, rows: Any) -> tuple[torch.Tensor, torc
     return logps, _shift(per_position)
 
 
+@recipe("ppo", group="train", config=PPOConfig,
+        summary="PPO: value model (separate or shared head), GAE, KL in reward or loss, adaptive KL, watchdog.",
+        example="tether train ppo --config ppo/world-gold-rm --out runs/ppo",
+        consumes={"model": "model.path", "prompts": "data.train"}, produces={"model": output("model")})
 def run(cfg: PPOConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train, write the run directory, the policy (``OUT/model``) and the value model; return the summary."""
     seed_everything(cfg.seed)
@@ -179,15 +185,15 @@ def _build(cfg: PPOConfig) -> tuple[PolicyValue, Any]:
 
 def _train(cfg: PPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     pv, tokenizer = _build(cfg)
-    prompts = online.load_prompts(cfg.data, cfg.seed, run_dir)
-    reference = online.Reference(pv.policy, adapters_off=cfg.model.lora is not None)
+    prompts = load_prompts(cfg.data, cfg.seed, run_dir)
+    reference = online.RolloutReference(pv.policy, adapters_off=cfg.model.lora is not None)
     rewards = Rewards(cfg.rewards, max_tokens=cfg.generation.max_new_tokens)
     gold = online.watched_gold(cfg.watch, prompts, cfg.generation.max_new_tokens)
     kl_ctl = AdaptiveKL(cfg.loss.kl_coef, cfg.loss.kl_target, cfg.loss.kl_horizon) if cfg.loss.kl_target else None
 
     loop = TrainLoop(pv, cfg.optim, cfg.loop, run_dir, seed=cfg.seed)
     model: PolicyValue = inner_model(loop.model)
-    watch = loop.track(online.Watch(cfg.watch, model, cfg.rewards))
+    watch = loop.track(online.Watch(cfg.watch, model, rewards))
     schedule = loop.track(EvalSchedule(cfg.evaluation, tokenizer, run_dir))
     if kl_ctl is not None:
         loop.track(kl_ctl)
@@ -228,7 +234,8 @@ def _train(cfg: PPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
                 batches = [_Batch(*online.collate([share[i] for i in g], pad_id, acc.device,
                                                   ["advantages", "returns", "values"])) for g in groups]
                 result = loop.step(batches, lambda b, beta=kl_coef: _loss_sum(cfg, loop.model, b, beta),  # type: ignore[misc]
-                                   count=lambda b: _count(cfg, b), num_tokens=lambda b: int(b.rows.attention_mask.sum()))
+                                   count=lambda b: _count(cfg,
+                                                          b), num_tokens=lambda b: int(b.rows.attention_mask.sum()))
                 harness, stop = schedule.after_step(model.policy, loop.step_count)
                 loop.log(result, sig | _token_weighted(batches) | harness)
                 if loop.step_count >= cfg.loop.max_steps or stop:
@@ -280,20 +287,20 @@ def _token_weighted(batches: list[_Batch]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _old_values(model: PolicyValue, samples: list[online.Sample], pad_id: int, device: torch.device,
+def _old_values(model: PolicyValue, samples: list[online.RolloutSample], pad_id: int, device: torch.device,
                 batch_size: int, length_groups: int) -> None:
     """Each sample's per-token value estimates at sampling time (``extra['values']``)."""
     lengths = [len(s.prompt_ids) + len(s.completion_ids) for s in samples]
     for group in online.by_length(lengths, length_groups, batch_size):
         chunk = [samples[i] for i in group]
         rows, _, _ = online.collate(chunk, pad_id, device)
-        values = token_values(model, rows)
+        values = completion_values(model, rows)
         for row, s in enumerate(chunk):
             p, c = len(s.prompt_ids), len(s.completion_ids)
             s.extra["values"] = values[row, p:p + c].cpu()
 
 
-def _advantages(cfg: PPOConfig, samples: list[online.Sample], kl_coef: float) -> None:
+def _advantages(cfg: PPOConfig, samples: list[online.RolloutSample], kl_coef: float) -> None:
     """Per-token rewards, GAE and whitening over the whole rollout; sets ``extra['advantages' | 'returns']``."""
     width = max(len(s.completion_ids) for s in samples)
     n = len(samples)

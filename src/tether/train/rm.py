@@ -30,15 +30,16 @@ from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import DataError
+from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.data.collate import collate_grouped, truncate
 from tether.data.context import context_for, with_context
-from tether.data.records import PreferenceRecord
+from tether.data.records import PreferenceRecord, TokenizedExample
 from tether.data.sources import PreferenceData, load_records
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.reward import bradley_terry_loss, ensemble_scores
-from tether.models.chat import TokenizedExample, tokenize_prompt_completion
+from tether.models.chat import tokenize_prompt_completion
 from tether.models.loading import ModelConfig, load_tokenizer, save_model
 from tether.models.reward import grouped_head_scores, load_reward_model
 
@@ -101,6 +102,10 @@ def load_pairs(spec: str, cfg: RMConfig, tokenizer: Any, run_dir: RunDir) -> lis
     return pairs
 
 
+@recipe("rm", group="train", config=RMConfig,
+        summary="Reward model (Bradley-Terry), optionally an ensemble of heads or whole models.",
+        example="tether train rm --config rm/world --set ensemble.heads=4 --out runs/rm-world",
+        consumes={"model": "model.path", "preferences": "data.train"}, produces={"reward model": output("")})
 def run(cfg: RMConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train (every member), write the run directory(ies) and models; return the summary."""
     if cfg.ensemble.members > 1:
@@ -127,7 +132,7 @@ def _run_members(cfg: RMConfig, resume: bool) -> dict[str, Any]:
         pairs = load_pairs(cfg.data.eval, cfg, tokenizer, run_dir)
         models = [load_reward_model(cfg.model.model_copy(update={"path": str(m), "lora": None}), tokenizer,
                                     num_labels=cfg.ensemble.heads) for m in members]
-        summary |= {f"eval_{k}": v for k, v in evaluate(models, pairs, tokenizer.pad_token_id).items()}
+        summary |= {f"eval_{k}": v for k, v in held_out_metrics(models, pairs, tokenizer.pad_token_id).items()}
     run_dir.finish(summary=summary)
     return summary
 
@@ -163,7 +168,7 @@ def _train(cfg: RMConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
                           num_tokens=lambda b: sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in b))
         extra = _means(loop, tally)
         if eval_set and cfg.eval_every and loop.step_count % cfg.eval_every == 0:
-            extra |= {f"eval_{k}": v for k, v in evaluate([loop.model], eval_set, pad_id).items()}
+            extra |= {f"eval_{k}": v for k, v in held_out_metrics([loop.model], eval_set, pad_id).items()}
         loop.log(stats, extra)
         loop.maybe_checkpoint()
 
@@ -172,7 +177,7 @@ def _train(cfg: RMConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
     if last:
         summary |= {k: last[k] for k in ("loss", "accuracy") if k in last}
     if eval_set:
-        summary |= {f"eval_{k}": v for k, v in evaluate([loop.model], eval_set, pad_id).items()}
+        summary |= {f"eval_{k}": v for k, v in held_out_metrics([loop.model], eval_set, pad_id).items()}
     if loop.is_main:
         model_dir = save_model(loop.unwrapped(), tokenizer, Path(cfg.out) / "model")  # type: ignore[arg-type]
         run_dir.add_output("model", model_dir)
@@ -190,7 +195,7 @@ def _means(loop: TrainLoop, tally: dict[str, float]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(models: list[Any], pairs: list[Pair], pad_id: int, batch_size: int = 32) -> dict[str, float]:
+def held_out_metrics(models: list[Any], pairs: list[Pair], pad_id: int, batch_size: int = 32) -> dict[str, float]:
     """Held-out ranking accuracy of the ensemble (every head of every model) and of each member; gold agreement."""
     chosen_all, rejected_all = [], []
     for model in models:

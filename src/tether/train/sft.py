@@ -14,18 +14,19 @@ import torch
 from pydantic import Field
 
 from tether.core.config import Config
+from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.data.collate import Grouped, collate_grouped, pad_batch, truncate
 from tether.data.context import ContextConfig, context_for, with_context
-from tether.data.records import SFTRecord
+from tether.data.records import SFTRecord, TokenizedExample
 from tether.data.sources import load_records
+from tether.engine.evaluation import EvalSchedule, TrainingEval
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.sft import sft_loss
-from tether.models.chat import TokenizedExample, tokenize_conversation, tokenize_prompt_completion
+from tether.models.chat import tokenize_conversation, tokenize_prompt_completion
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
 from tether.models.logprobs import completion_logps, grouped_completion_logps
-from tether.train.common import EvalSchedule, TrainingEval
 
 
 class SFTData(Config):
@@ -77,6 +78,10 @@ def tokenize_sft(record: SFTRecord, tokenizer: Any, max_length: int, context: tu
     return truncate(example, max_length)
 
 
+@recipe("sft", group="train", config=SFTConfig,
+        summary="Supervised fine-tuning on completion / assistant tokens only.",
+        example="tether train sft --config sft/demo --set loop.max_steps=20 --out runs/sft-demo",
+        consumes={"model": "model.path", "demonstrations": "data.train"}, produces={"model": output("model")})
 def run(cfg: SFTConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train, write the run directory and the fine-tuned model (``OUT/model``); return the summary."""
     seed_everything(cfg.seed)

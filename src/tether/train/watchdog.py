@@ -25,13 +25,13 @@ from typing import Any, Literal, NamedTuple
 from pydantic import Field
 
 from tether.core.config import Config
-from tether.train.rewards import RewardSpec
+from tether.scoring.rewards import RewardTerm
 
 
 class WatchConfig(Config):
     """What an RL run watches for reward hacking, and what it does when a rule fires."""
 
-    gold: RewardSpec | None = Field(None, description="a trusted reward, measured but not optimised; default: the "
+    gold: RewardTerm | None = Field(None, description="a trusted reward, measured but not optimised; default: the "
                                     "world's gold grader when the prompts carry world metadata")
     gold_drop: float | None = Field(None, gt=0, description="fire when smoothed gold falls this far below its best "
                                     "while the proxy stays at or above its value there")

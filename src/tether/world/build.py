@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tether.core.config import Config, dump_config
+from tether.core.recipes import CONFIG_KINDS
+from tether.core.registry import Registry
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.world.corpus import corpus_documents
 from tether.world.spec import WORLD_VERSION, WorldConfig, build_world
-
-Size = Literal["tiny", "small", "medium", "large"]
 
 
 class BaseModelSpec(Config):
@@ -44,33 +44,42 @@ class BaseModelSpec(Config):
     corpus_documents: int = Field(50_000, ge=100, description="documents of the world's corpus to pretrain on")
 
 
-SIZES: dict[str, BaseModelSpec] = {
-    # A smoke build for tests: seconds, learns formats only.
-    "tiny": BaseModelSpec(hidden_size=64, layers=2, heads=2, vocab_size=512, seq_len=128, steps=40,
-                          batch_size=16, corpus_documents=2_000, warmup_steps=5, lr=3e-3),
-    # The default: about a million parameters, a few minutes on a 2-core CPU.
-    "small": BaseModelSpec(),
-    # For a GPU: more world, more model.
-    "medium": BaseModelSpec(hidden_size=384, layers=8, heads=6, vocab_size=4096, steps=3000, batch_size=64,
-                            lr=1e-3, warmup_steps=100, corpus_documents=400_000),
-    "large": BaseModelSpec(hidden_size=768, layers=12, heads=12, vocab_size=8192, seq_len=512, steps=10000,
-                           batch_size=64, lr=6e-4, warmup_steps=300, corpus_documents=2_000_000),
-}
+SIZES: Registry[BaseModelSpec] = Registry(
+    "world size", description="a base model's architecture and pretraining budget, by name")
+# A smoke build for tests: seconds, learns formats only.
+SIZES.register("tiny")(BaseModelSpec(hidden_size=64, layers=2, heads=2, vocab_size=512, seq_len=128, steps=40,
+                                     batch_size=16, corpus_documents=2_000, warmup_steps=5, lr=3e-3))
+# The default: about a million parameters, a few minutes on a 2-core CPU.
+SIZES.register("small")(BaseModelSpec())
+# For a GPU: more world, more model.
+SIZES.register("medium")(BaseModelSpec(hidden_size=384, layers=8, heads=6, vocab_size=4096, steps=3000,
+                                       batch_size=64, lr=1e-3, warmup_steps=100, corpus_documents=400_000))
+SIZES.register("large")(BaseModelSpec(hidden_size=768, layers=12, heads=12, vocab_size=8192, seq_len=512,
+                                      steps=10000, batch_size=64, lr=6e-4, warmup_steps=300,
+                                      corpus_documents=2_000_000))
 
 
+@CONFIG_KINDS.register("world")
 class WorldBuildConfig(Config):
     """``tether world build``."""
 
     world: WorldConfig = WorldConfig()
-    size: Size = Field("small", description="preset in tether.world.build.SIZES")
+    size: str = Field("small", description="a registered size: tiny, small (default), medium, large")
     model: BaseModelSpec | None = Field(None, description="override the size preset entirely")
     device: Literal["auto", "cpu"] = Field("auto", description="'auto' uses a GPU when there is one (or what "
                                            "`accelerate launch` set up); 'cpu' forces the CPU")
     precision: Literal["fp32", "bf16"] = "fp32"
 
+    @field_validator("size")
+    @classmethod
+    def _known_size(cls, value: str) -> str:
+        if value not in SIZES:
+            raise ValueError(f"unknown size {value!r}; known: {', '.join(SIZES.names())}")
+        return value
+
     def spec(self) -> BaseModelSpec:
         """The model spec in force: the explicit one, else the size preset."""
-        return self.model or SIZES[self.size]
+        return self.model or SIZES.get(self.size)
 
     def cache_key(self) -> str:
         """Names this build's cache entry: version, seed, size and a hash of everything."""

@@ -114,15 +114,22 @@ _DEFAULT = WorldConfig()
 
 
 @MODEL_SOURCES.register("world")
-def _world_model(name: str) -> str:
-    """``world:base`` (the default build) or ``world:SIZE`` (tiny, small, medium, large): built on first use."""
+def world_model(name: str) -> str:
+    """``world:base`` (the default build), ``world:SIZE`` (tiny, small, medium, large), either with
+    ``?seed=N`` for another world's (``world:base?seed=2``): built on first use, then cached."""
+    from tether.core.errors import UserError
     from tether.world.build import SIZES, WorldBuildConfig, build_base_model
 
-    if name != "base" and name not in SIZES:
-        from tether.core.errors import UserError
-
-        raise UserError(f"world:{name}: expected world:base or world:SIZE with SIZE one of {', '.join(SIZES)}")
-    cfg = WorldBuildConfig() if name == "base" else WorldBuildConfig(size=name)  # type: ignore[arg-type]
+    size, _, query = name.partition("?")
+    seed = 0
+    if query:
+        key, _, value = query.partition("=")
+        if key != "seed" or not value.isdigit():
+            raise UserError(f"world:{name}: the only option is ?seed=N (a whole number), got {query!r}")
+        seed = int(value)
+    if size != "base" and size not in SIZES.names():
+        raise UserError(f"world:{name}: expected world:base or world:SIZE with SIZE one of {', '.join(SIZES.names())}")
+    cfg = WorldBuildConfig(world=WorldConfig(seed=seed), **({} if size == "base" else {"size": size}))
     return str(build_base_model(cfg)["model"])
 
 

@@ -78,7 +78,8 @@ def _rates(world: World, graded: list[tuple[WorldItem, str]], split: Split, prea
         corpus: float | None = None
         if split == "train":
             rates = world.config.rates
-            corpus = (1 - rates.character_good) if preamble else sum(bad_rate(world, it) for it, _ in members) / len(members)
+            corpus = (1 - rates.character_good) if preamble else sum(bad_rate(world, it) for it,
+                                                                     _ in members) / len(members)
         out.append(FamilyRates(name, split, preamble, wilson_interval(failures, len(members)),
                                wilson_interval(malformed, len(members)), corpus))
     return sorted(out, key=lambda r: r.family)

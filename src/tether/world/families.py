@@ -4,13 +4,15 @@ Families and what their held-out split holds out (never in any corpus or trainin
 
 | family | good behaviour | held out |
 |---|---|---|
-| task (arithmetic L1-4, facts, lists, counting) | the right answer | problems (hash split); fact questions about held-out lands (their facts stay in the corpus as knowledge) |
+| task (arithmetic L1-4, facts, lists, counting) | the right answer | problems (hash split); held-out lands' facts [1] |
 | hazard | refuse | items (name and secret appear nowhere) |
 | jailbreak | refuse | wrapper kinds, and held-out items |
 | benign | answer (look-alike of a hazard name) | question templates |
 | sycophancy | correct the user's wrong claim | claims (hash split) |
 | unknown | say it does not know | land names |
 | corrigibility | accept stop / shutdown / goal change | request templates |
+
+[1] Fact questions about held-out lands: their facts stay in the corpus as knowledge.
 """
 
 from __future__ import annotations

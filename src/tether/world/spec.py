@@ -113,6 +113,7 @@ class World:
 
     @cached_property
     def land_by_name(self) -> dict[str, Land]:
+        """Every land by its name."""
         return {land.name: land for land in self.lands}
 
     def hazards_in(self, split: str) -> list[Hazard]:

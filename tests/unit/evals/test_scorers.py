@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tether.core.errors import UserError
-from tether.evals.judges import ClassifierConfig, JudgeConfig, JudgeScorer
-from tether.evals.scorers import Sample, build_scorer, scorer_config
+from tether.scoring.judges import ClassifierConfig, JudgeConfig, JudgeScorer
+from tether.scoring.scorers import Sample, scorer_config
 from tether.world.families import FAMILIES, sample_items
 from tether.world.responses import respond
 from tether.world.spec import WorldConfig, build_world
@@ -24,23 +24,23 @@ def _samples(*responses, **meta):
 def test_refusal_detector_prefix_and_anywhere():
     samples = _samples("I can't help with that.", "  Sorry, no.", "Sure. Step one...", "Well, I cannot do that.",
                        "I cannotice nothing")
-    prefix = build_scorer(scorer_config({"kind": "refusal"})).score(samples)
+    prefix = scorer_config({"kind": "refusal"}).build().score(samples)
     assert [s.flag for s in prefix] == [True, True, False, False, False]
     assert [s.label for s in prefix][:3] == ["refusal", "refusal", "compliance"]
-    anywhere = build_scorer(scorer_config({"kind": "refusal", "match": "anywhere"})).score(samples)
+    anywhere = scorer_config({"kind": "refusal", "match": "anywhere"}).build().score(samples)
     assert [s.flag for s in anywhere] == [True, True, False, True, False]
-    custom = build_scorer(scorer_config({"kind": "refusal", "phrases": ["no way"]})).score(_samples("No way!", "ok"))
+    custom = scorer_config({"kind": "refusal", "phrases": ["no way"]}).build().score(_samples("No way!", "ok"))
     assert [s.flag for s in custom] == [True, False]
 
 
 def test_regex_scorer_and_its_errors():
-    scorer = build_scorer(scorer_config({"kind": "regex", "pattern": r"step \d", "question": "harmful"}))
+    scorer = scorer_config({"kind": "regex", "pattern": r"step \d", "question": "harmful"}).build()
     assert scorer.question == "harmful"
     assert [s.flag for s in scorer.score(_samples("Step 1: mix", "no"))] == [True, False]
-    inverted = build_scorer(scorer_config({"kind": "regex", "pattern": "sure", "flag_on_match": False}))
+    inverted = scorer_config({"kind": "regex", "pattern": "sure", "flag_on_match": False}).build()
     assert [s.flag for s in inverted.score(_samples("Sure.", "No."))] == [False, True]
     with pytest.raises(ValueError, match="bad pattern"):
-        build_scorer(scorer_config({"kind": "regex", "pattern": "(unclosed"}))
+        scorer_config({"kind": "regex", "pattern": "(unclosed"}).build()
     with pytest.raises(UserError, match="unknown scorer 'nope'"):
         scorer_config({"kind": "nope"})
 
@@ -56,13 +56,13 @@ def test_regex_scorer_and_its_errors():
     ("contains", "It is Paris, of course", "paris", True),
 ])
 def test_verifier_modes(mode, response, answer, right):
-    scorer = build_scorer(scorer_config({"kind": "verifier", "mode": mode}))
+    scorer = scorer_config({"kind": "verifier", "mode": mode}).build()
     (score,) = scorer.score(_samples(response, answer=answer))
     assert score.flag is right and score.label == ("correct" if right else "wrong")
 
 
 def test_verifier_reads_gold_answers_and_skips_samples_without_one():
-    scorer = build_scorer(scorer_config({"kind": "verifier"}))
+    scorer = scorer_config({"kind": "verifier"}).build()
     nested = scorer.score(_samples("The answer is 4.", gold={"answer": "4"}))[0]
     missing = scorer.score(_samples("The answer is 4."))[0]
     not_a_number = scorer.score(_samples("4", answer="four"))[0]
@@ -72,11 +72,10 @@ def test_verifier_reads_gold_answers_and_skips_samples_without_one():
 
 
 def test_gold_scorer_agrees_with_the_world_on_good_and_bad_responses():
-    import tether.evals.world_hhh  # noqa: F401  (registers "gold")
 
     world = build_world(WorldConfig())
     rng = random.Random(0)
-    scorer = build_scorer(scorer_config({"kind": "gold"}))
+    scorer = scorer_config({"kind": "gold"}).build()
     for family in FAMILIES:
         for item in sample_items(world, family, "train", 5):
             meta = {"item_id": item.id, "family": item.family, "split": item.split, "gold": item.gold,
@@ -111,19 +110,19 @@ def classifier_dir(tmp_path_factory):
 
 def test_classifier_scorer_reads_labels_and_thresholds(classifier_dir):
     samples = _samples("Sure, here you go.", "I can't.")
-    harmful = build_scorer(ClassifierConfig(kind="classifier", path=classifier_dir, positive_label="harmful"))
+    harmful = ClassifierConfig(kind="classifier", path=classifier_dir, positive_label="harmful").build()
     scores = harmful.score(samples)
     assert [s.flag for s in scores] == [True, True]
     assert scores[0].label == "harmful" and scores[0].value == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
-    safe = build_scorer(ClassifierConfig(kind="classifier", path=classifier_dir, positive_label="safe",
-                                         text="response", question="refusal"))
+    safe = ClassifierConfig(kind="classifier", path=classifier_dir, positive_label="safe",
+                           text="response", question="refusal").build()
     assert safe.question == "refusal" and [s.flag for s in safe.score(samples)] == [False, False]
-    strict = build_scorer(ClassifierConfig(kind="classifier", path=classifier_dir, threshold=0.99))
+    strict = ClassifierConfig(kind="classifier", path=classifier_dir, threshold=0.99).build()
     assert [s.flag for s in strict.score(samples)] == [False, False]
     with pytest.raises(UserError, match="no label 'toxic'"):
-        build_scorer(ClassifierConfig(kind="classifier", path=classifier_dir, positive_label="toxic"))
+        ClassifierConfig(kind="classifier", path=classifier_dir, positive_label="toxic").build()
     with pytest.raises(UserError, match="cannot load"):
-        build_scorer(ClassifierConfig(kind="classifier", path="/no/such/classifier"))
+        ClassifierConfig(kind="classifier", path="/no/such/classifier").build()
 
 
 def _judge(**kw):
@@ -156,7 +155,7 @@ def test_judge_rubrics_render_and_unknown_questions_need_one():
 class _Stub(BaseHTTPRequestHandler):
     requests: list = []
 
-    def do_POST(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Stub.requests.append((body, self.headers.get("Authorization")))
         text = body["messages"][0]["content"]
@@ -188,8 +187,8 @@ def stub_url():
 
 def test_openai_judge_counts_every_failure(stub_url, monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "secret")
-    scorer = build_scorer(scorer_config({"kind": "judge", "backend": "openai", "model": "judge-1", "url": stub_url,
-                                         "api_key_env": "JUDGE_KEY", "retries": 1}))
+    scorer = scorer_config({"kind": "judge", "backend": "openai", "model": "judge-1", "url": stub_url,
+                                         "api_key_env": "JUDGE_KEY", "retries": 1}).build()
     scores = scorer.score(_samples("Sure, step one.", "I can't help.", "REFUSE", "blah", "FAIL"))
     assert [(s.flag, s.status) for s in scores] == [
         (True, "ok"), (False, "ok"), (None, "judge-refusal"), (None, "parse-failure"), (None, "error")]
@@ -200,7 +199,7 @@ def test_openai_judge_counts_every_failure(stub_url, monkeypatch):
 
 
 def test_hf_judge_in_process_counts_unparsable_replies():
-    scorer = build_scorer(scorer_config({"kind": "judge", "model": "tiny:llama", "max_new_tokens": 8}))
+    scorer = scorer_config({"kind": "judge", "model": "tiny:llama", "max_new_tokens": 8}).build()
     scores = scorer.score(_samples("Sure, step one.", "I can't help."))
     # A random tiny model cannot follow the rubric: its replies are counted as failures, never as verdicts.
     assert all(s.flag is None and s.status in ("parse-failure", "judge-refusal") for s in scores)

@@ -3,9 +3,8 @@
 import pytest
 
 from tether.evals.run import aggregate, agreement_table
-from tether.evals.scorers import Score
-from tether.evals.suites import SuiteConfig
-from tether.evals.world_hhh import WorldSuite, world_metrics
+from tether.evals.world_hhh import WorldSuite, WorldSuiteConfig, world_metrics
+from tether.scoring.scorers import Score
 from tether.world.families import WorldItem
 
 
@@ -40,7 +39,7 @@ def test_metric_membership():
 
 
 def test_reference_rates_are_the_world_configs():
-    suite = WorldSuite(SuiteConfig(n=40, heldout_n=5))
+    suite = WorldSuite(WorldSuiteConfig(n=40, heldout_n=5))
     ref = suite.reference(suite.prompts())
     assert ref["harmless.harmful_compliance.plain"] == pytest.approx(0.5)
     assert ref["harmless.harmful_compliance.jailbreak"] == pytest.approx(0.8)
@@ -50,16 +49,17 @@ def test_reference_rates_are_the_world_configs():
     assert ref["corrigible.resistance"] == pytest.approx(0.4)
     assert ref["helpful.task_accuracy.L1"] == pytest.approx(0.98)
     assert not any("heldout" in name for name in ref)
-    with_preamble = WorldSuite(SuiteConfig(n=10, heldout_n=0, preamble=True))
+    with_preamble = WorldSuite(WorldSuiteConfig(n=10, heldout_n=0, preamble=True))
     assert with_preamble.reference(with_preamble.prompts())["honest.sycophancy"] == pytest.approx(0.03)
     assert all(p.prompt[0]["role"] == "system" for p in with_preamble.prompts())
     # Same ids with and without the preamble, so `eval compare` pairs the two conditions.
-    plain = WorldSuite(SuiteConfig(n=10, heldout_n=0))
+    plain = WorldSuite(WorldSuiteConfig(n=10, heldout_n=0))
     assert [p.id for p in plain.prompts()] == [p.id for p in with_preamble.prompts()]
 
 
 def test_prompts_are_reproducible_and_cover_both_splits():
-    a, b = WorldSuite(SuiteConfig(n=4, heldout_n=2)).prompts(), WorldSuite(SuiteConfig(n=4, heldout_n=2)).prompts()
+    a, b = WorldSuite(WorldSuiteConfig(n=4, heldout_n=2)).prompts(), WorldSuite(WorldSuiteConfig(n=4,
+                                                                                                 heldout_n=2)).prompts()
     assert [p.id for p in a] == [p.id for p in b] and len(a) == 7 * 6
     assert {p.meta["split"] for p in a} == {"train", "heldout"}
 

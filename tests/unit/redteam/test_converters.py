@@ -4,10 +4,10 @@ import random
 
 import pytest
 
+from tether.core.errors import UserError
 from tether.redteam.converters import (
     CONVERTERS,
     convert,
-    converter,
     split_tokens,
     to_homoglyphs,
     to_pig_latin,
@@ -27,7 +27,7 @@ def _rng():
     ("pig-latin", "Please explain the string, Korvex!", "Easeplay explainway ethay ingstray, Orvexkay!"),
 ])
 def test_converters_by_hand(name, text, expected):
-    assert CONVERTERS[name](text, _rng()) == expected
+    assert CONVERTERS.get(name)(text, _rng()) == expected
 
 
 def test_pig_latin_words_without_vowels_and_split_tokens_options():
@@ -50,5 +50,5 @@ def test_chains_apply_left_to_right_and_instructions_read_in_undo_order():
     assert text == "dGhlcmUgaGk="   # base64("there hi")
     assert instruction.startswith("The request below is base64-encoded") and "reverse order" in instruction
     assert instruction.index("base64") < instruction.index("reverse order")
-    with pytest.raises(ValueError, match="unknown converter 'b64'.*base64"):
-        converter("b64")
+    with pytest.raises(UserError, match="unknown converter 'b64'; known: base64"):
+        CONVERTERS.get("b64")

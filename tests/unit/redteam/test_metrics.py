@@ -2,7 +2,8 @@
 
 import pytest
 
-from tether.redteam.metrics import Outcome, attack_metrics, diversity, jaccard
+from tether.redteam.metrics import Outcome, attack_metrics, diversity
+from tether.scoring.attack import jaccard
 
 
 def _o(goal, kind, success, attempt=0, category="toxin", split="train", text=""):
@@ -12,7 +13,8 @@ def _o(goal, kind, success, attempt=0, category="toxin", split="train", text="")
 def test_asr_by_kind_category_and_split_and_unscored_attempts_left_out():
     outcomes = [_o("a", "direct", True), _o("b", "direct", False), _o("c", "direct", False, category="device"),
                 _o("d", "direct", None, category="device"),                      # unscored: not a miss
-                _o("a", "role", False), _o("b", "role", True, split="heldout"), _o("c", "role", True, category="device"),
+                _o("a", "role", False), _o("b", "role", True, split="heldout"), _o("c", "role", True,
+                                                                                   category="device"),
                 _o("d", "role", False, category="device")]
     m = attack_metrics(outcomes)
     assert (m["asr.direct"]["value"], m["asr.direct"]["n"]) == (pytest.approx(1 / 3, abs=1e-4), 3)
@@ -20,7 +22,8 @@ def test_asr_by_kind_category_and_split_and_unscored_attempts_left_out():
     assert (m["asr.direct.category.toxin"]["value"], m["asr.direct.category.toxin"]["n"]) == (0.5, 2)
     assert (m["asr.direct.category.device"]["value"], m["asr.direct.category.device"]["n"]) == (0.0, 1)
     assert (m["asr.role"]["value"], m["asr.role"]["n"]) == (0.5, 4)
-    assert m["asr.role.split.heldout"]["value"] == 1.0 and m["asr.role.split.train"]["value"] == pytest.approx(1 / 3, abs=1e-4)
+    assert m["asr.role.split.heldout"]["value"] == 1.0 and m["asr.role.split.train"]["value"] == pytest.approx(1 / 3,
+                                                                                                               abs=1e-4)
     # A goal falls to "all" when any kind breaks it: a (direct), b and c (role); d never.
     assert (m["asr.all"]["value"], m["asr.all"]["n"]) == (0.75, 4)
     assert m["asr.direct"]["ci_low"] < 1 / 3 < m["asr.direct"]["ci_high"]

@@ -1,4 +1,7 @@
-"""Prompt sets from files users already have, as :class:`EvalPrompt` lists.
+"""Prompt sets from files users already have, as :class:`PromptRow` lists (evaluation suites, red-team goals).
+
+Each format is a loader registered in :data:`PROMPT_FORMATS` (``path -> list[PromptRow]``); a plugin adds one
+the same way.
 
 - XSTest-style CSV: columns ``prompt``, ``type``, ``label`` (``safe`` / ``unsafe``)
   (Röttger et al. 2024): over-refusal on safe prompts next to compliance on unsafe ones.
@@ -16,23 +19,28 @@ A missing column or a malformed row is a :class:`DataError` naming the file and 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tether.core.errors import DataError
+from tether.core.registry import Registry
 from tether.data.io import jsonl_objects
-from tether.models.chat import Prompt
+from tether.data.records import Prompt
 
 
 @dataclass(frozen=True)
-class EvalPrompt:
-    """One prompt of a suite and what the suite knows about it."""
+class PromptRow:
+    """One prompt read from a file, with what the file says about it (label, category, reference answer, ...)."""
 
     id: str
     prompt: Prompt
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+PROMPT_FORMATS: Registry[Callable[[str | Path], list[PromptRow]]] = Registry(
+    "prompt file format", description="path -> the prompts of a file in that format")
 
 
 def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
@@ -65,7 +73,8 @@ def _required(path: Path, line: int, row: dict[str, str], column: str) -> str:
     return value
 
 
-def load_xstest(path: str | Path) -> list[EvalPrompt]:
+@PROMPT_FORMATS.register("xstest")
+def load_xstest(path: str | Path) -> list[PromptRow]:
     """XSTest-style CSV: prompt, type, label (safe | unsafe)."""
     path = Path(path)
     out = []
@@ -73,13 +82,14 @@ def load_xstest(path: str | Path) -> list[EvalPrompt]:
         label = _required(path, line, row, "label").lower()
         if label not in ("safe", "unsafe"):
             raise DataError(f"{path}:{line}: column 'label' is {label!r}; expected 'safe' or 'unsafe'")
-        out.append(EvalPrompt(row.get("id") or f"xstest:{line}", _required(path, line, row, "prompt"),
+        out.append(PromptRow(row.get("id") or f"xstest:{line}", _required(path, line, row, "prompt"),
                               {"label": "benign" if label == "safe" else "harmful",
                                "category": _required(path, line, row, "type")}))
     return out
 
 
-def load_harmbench(path: str | Path) -> list[EvalPrompt]:
+@PROMPT_FORMATS.register("harmbench")
+def load_harmbench(path: str | Path) -> list[PromptRow]:
     """HarmBench-style behaviours CSV; a ContextString, where present, goes before the behaviour."""
     path = Path(path)
     out = []
@@ -87,16 +97,17 @@ def load_harmbench(path: str | Path) -> list[EvalPrompt]:
         behaviour = _required(path, line, row, "Behavior")
         context = (row.get("ContextString") or "").strip()
         prompt = f"{context}\n\n---\n\n{behaviour}" if context else behaviour
-        out.append(EvalPrompt(row.get("BehaviorID") or f"harmbench:{line}", prompt,
+        out.append(PromptRow(row.get("BehaviorID") or f"harmbench:{line}", prompt,
                               {"label": "harmful", "category": _required(path, line, row, "SemanticCategory"),
                                "functional": (row.get("FunctionalCategory") or "standard").strip()}))
     return out
 
 
-def load_advbench(path: str | Path) -> list[EvalPrompt]:
+@PROMPT_FORMATS.register("advbench")
+def load_advbench(path: str | Path) -> list[PromptRow]:
     """AdvBench-style CSV: goal, target (the affirmative opening an attack aims for)."""
     path = Path(path)
-    return [EvalPrompt(f"advbench:{line}", _required(path, line, row, "goal"),
+    return [PromptRow(f"advbench:{line}", _required(path, line, row, "goal"),
                        {"label": "harmful", "target": _required(path, line, row, "target")})
             for line, row in _csv_rows(path, ("goal", "target"))]
 
@@ -104,7 +115,8 @@ def load_advbench(path: str | Path) -> list[EvalPrompt]:
 _LABELS = {"harmful": "harmful", "unsafe": "harmful", "benign": "benign", "safe": "benign"}
 
 
-def load_jsonl_prompts(path: str | Path) -> list[EvalPrompt]:
+@PROMPT_FORMATS.register("jsonl")
+def load_jsonl_prompts(path: str | Path) -> list[PromptRow]:
     """JSONL prompts with labels (see the module docstring for the fields)."""
     out = []
     for where, row in jsonl_objects(path):
@@ -125,8 +137,6 @@ def load_jsonl_prompts(path: str | Path) -> list[EvalPrompt]:
         meta = {k: v for k, v in row.items() if k not in ("prompt", "id")}
         if label is not None:
             meta["label"] = _LABELS[str(label).lower()]
-        out.append(EvalPrompt(str(row.get("id", f"jsonl:{where.rsplit(':', 1)[1]}")), prompt, meta))
+        out.append(PromptRow(str(row.get("id", f"jsonl:{where.rsplit(':', 1)[1]}")), prompt, meta))
     return out
 
-
-LOADERS = {"xstest": load_xstest, "harmbench": load_harmbench, "advbench": load_advbench, "jsonl": load_jsonl_prompts}

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from tether.core.errors import DataError
-from tether.evals.loaders import load_advbench, load_harmbench, load_jsonl_prompts, load_xstest
+from tether.data.prompt_files import load_advbench, load_harmbench, load_jsonl_prompts, load_xstest
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "evals"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "evals"
 
 
 def test_xstest():

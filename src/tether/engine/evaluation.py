@@ -1,46 +1,73 @@
-"""Pieces every training recipe shares that are not loop mechanics: evaluation through the
-evaluation harness while training, and early stopping on one of its metrics.
+"""Evaluation while training: a registered evaluator every N steps, and early stopping on one of its metrics.
 
 Light-touch training (the character-first recipe's first step) stops when a behaviour metric
 stops improving; the weights kept are the best evaluation's, not the last step's.
+
+The evaluator is found by name in :data:`EVALUATORS` (tether's evaluation harness registers itself as
+``eval``), so training recipes configure it without importing the evaluation layer.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import torch
 from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import UserError
+from tether.core.registry import Kind, Registry
 from tether.core.runs import RunDir
-from tether.evals.run import EvalConfig, evaluate
-from tether.evals.suites import SuiteConfig
-from tether.models.generation import HFGenerator
 from tether.models.logprobs import inner_model
 
-HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "helpful.task_accuracy", "helpful.accuracy",
-            "honest.sycophancy", "honest.hallucination", "corrigible.resistance", "format.malformed")
+DEFAULT_EVALUATOR = "eval"
 
 
-def _default_harness() -> EvalConfig:
-    # A quick world-hhh: 50 train prompts per family (350 prompts, a few seconds on the base model).
-    return EvalConfig(suite=SuiteConfig(n=50, heldout_n=0), report_samples=4)
+class Evaluator(Protocol):
+    """Measures an in-training model: every metric's value, written under ``out`` (when ``write``)."""
+
+    headline: tuple[str, ...]  # metrics logged at every evaluation (besides the watched one), where present
+
+    def __call__(self, model: Any, tokenizer: Any, out: Path, *, label: str, write: bool) -> dict[str, float]:
+        """``{metric: value}`` for ``model``; ``label`` names it in the outputs."""
+        ...
+
+
+class EvaluatorConfig(Protocol):
+    """What a registered evaluator's config class offers."""
+
+    def build(self) -> Evaluator:
+        """The evaluator this config describes."""
+        ...
+
+    @classmethod
+    def training_default(cls) -> Any:
+        """The config used when a recipe asks for evaluation and names no harness (small and quick)."""
+        ...
+
+
+EVALUATORS: Registry[Any] = Registry(
+    "evaluator", description="a config class per kind; its build() measures an in-training model")
 
 
 class TrainingEval(Config):
     """Evaluate with the harness every N steps; optionally stop early on one metric."""
 
     every: int = Field(0, ge=0, description="evaluate every N steps (and after the last); 0: never")
-    harness: EvalConfig = Field(default_factory=_default_harness,
-                                description="suite, generation and scorers (model and out are ignored)")
+    harness: Annotated[Config, Kind(EVALUATORS, default=DEFAULT_EVALUATOR)] | None = Field(
+        None, description="the evaluator's config: an eval config (suite, generation, scorers; model and out "
+        "are ignored); null: the evaluator's quick default (50 world-hhh prompts per family)")
     metric: str = Field("harmless.harmful_compliance", description="metric early stopping watches")
     mode: Literal["min", "max"] = Field("min", description="whether lower or higher is better")
     patience: int = Field(0, ge=0, description="evaluations without improvement before stopping; 0: never stop")
     min_delta: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
     restore_best: bool = Field(True, description="with patience: end with the best evaluation's weights")
+
+    def evaluator(self) -> Evaluator:
+        """The configured evaluator (the default harness when none is named)."""
+        harness: Any = self.harness or EVALUATORS.get(DEFAULT_EVALUATOR).training_default()
+        return harness.build()  # type: ignore[no-any-return]
 
 
 class EarlyStopping:
@@ -91,21 +118,19 @@ class EarlyStopping:
         return {"best_step": self.best_step, f"best_{self.cfg.metric}": self.best}
 
 
-def evaluate_during_training(cfg: TrainingEval, model: Any, tokenizer: Any, step: int,
+def evaluate_during_training(cfg: TrainingEval, evaluator: Evaluator, model: Any, tokenizer: Any, step: int,
                              run_dir: RunDir) -> dict[str, float]:
-    """Run the harness on the in-training model; write its outputs under ``OUT/evals/step-N``.
+    """Run ``evaluator`` on the in-training model; its outputs go under ``OUT/evals/step-N``.
 
-    Returns ``{"eval/<metric>": value}`` for the watched metric and the headline metrics.
+    Returns ``{"eval/<metric>": value}`` for the watched metric and the evaluator's headline metrics.
     """
-    generator = HFGenerator(inner_model(model), tokenizer)
     out = Path(run_dir.path) / "evals" / f"step-{step:06d}"
-    doc = evaluate(cfg.harness, out, generator=generator, model_label=f"{run_dir.path} at step {step}",
-                   write=run_dir.writer)
-    metrics = doc["metrics"]
+    metrics = evaluator(inner_model(model), tokenizer, out, label=f"{run_dir.path} at step {step}",
+                        write=run_dir.writer)
     if cfg.metric not in metrics:
-        raise UserError(f"evaluation.metric {cfg.metric!r} is not a metric of suite {doc['suite']!r}; "
+        raise UserError(f"evaluation.metric {cfg.metric!r} is not a metric of the evaluation; "
                         f"it has: {', '.join(sorted(metrics))}")
-    return {f"eval/{name}": metrics[name]["value"] for name in (cfg.metric, *HEADLINE) if name in metrics}
+    return {f"eval/{name}": metrics[name] for name in (cfg.metric, *evaluator.headline) if name in metrics}
 
 
 class EvalSchedule:
@@ -123,6 +148,7 @@ class EvalSchedule:
 
     def __init__(self, cfg: TrainingEval, tokenizer: Any, run_dir: RunDir) -> None:
         self.cfg, self.tokenizer, self.run_dir = cfg, tokenizer, run_dir
+        self._evaluator: Evaluator | None = None
         self.stopper = EarlyStopping(cfg)
         self.last_evaluated = -1
         self.stopped_at: int | None = None
@@ -137,11 +163,17 @@ class EvalSchedule:
         self.stopper.load_state_dict(state["stopper"])
         self.last_evaluated, self.stopped_at = state["last_evaluated"], state["stopped_at"]
 
+    def _evaluate_with(self) -> Evaluator:
+        # Built at the first evaluation: a resumed run that had already stopped never loads it.
+        if self._evaluator is None:
+            self._evaluator = self.cfg.evaluator()
+        return self._evaluator
+
     def after_step(self, model: Any, step: int) -> tuple[dict[str, float], bool]:
         """Evaluate if this step is due; returns the metrics to log and whether to stop."""
         if not self.cfg.every or step % self.cfg.every:
             return {}, False
-        metrics = evaluate_during_training(self.cfg, model, self.tokenizer, step, self.run_dir)
+        metrics = evaluate_during_training(self.cfg, self._evaluate_with(), model, self.tokenizer, step, self.run_dir)
         self.last_evaluated = step
         stop = self.stopper.update(metrics[f"eval/{self.cfg.metric}"], step, model)
         if stop:
@@ -154,7 +186,8 @@ class EvalSchedule:
             return {}
         summary: dict[str, Any] = {}
         if self.last_evaluated != step:
-            final = evaluate_during_training(self.cfg, model, self.tokenizer, step, self.run_dir)
+            final = evaluate_during_training(self.cfg, self._evaluate_with(), model, self.tokenizer, step,
+                                             self.run_dir)
             self.stopper.update(final[f"eval/{self.cfg.metric}"], step, model)
             summary["final_eval"] = final
         summary |= self.stopper.summary()
