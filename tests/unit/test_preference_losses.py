@@ -50,6 +50,9 @@ def test_hand_worked_values():
     ens = ensemble_scores(torch.tensor([[1.0], [3.0]]))
     assert (ens.mean.item(), ens.min.item(), ens.std.item(), ens.conservative(1.0).item()) == (2.0, 1.0, 1.0, 1.0)
     assert kto_reference_point(torch.tensor([1.0, -3.0]), torch.zeros(2)).item() == 0.0  # clamped at 0
+    apo = dpo_loss(one, minus, zero, zero, beta=0.5, variant="apo-zero")
+    assert apo.losses.item() == pytest.approx(0.75508, abs=1e-5)
+    assert dpo_loss(zero, zero, zero, zero, variant="apo-zero").losses.item() == pytest.approx(1.0)
 
 
 @pytest.fixture()
@@ -60,7 +63,7 @@ def pairs():
 
 
 @pytest.mark.parametrize(("variant", "eps"), [("sigmoid", 0.0), ("sigmoid", 0.2), ("robust", 0.2), ("hinge", 0.0),
-                                              ("ipo", 0.0)])
+                                              ("ipo", 0.0), ("apo-zero", 0.0)])
 def test_dpo_matches_a_scalar_implementation_of_the_paper(pairs, variant, eps):
     beta = 0.1
     got = dpo_loss(pairs["pc"], pairs["pr"], pairs["rc"], pairs["rr"], beta=beta, variant=variant,
@@ -75,6 +78,8 @@ def test_dpo_matches_a_scalar_implementation_of_the_paper(pairs, variant, eps):
             want = ((1 - eps) * -_logsig(beta * h) - eps * -_logsig(-beta * h)) / (1 - 2 * eps)
         elif variant == "hinge":
             want = max(0.0, 1 - beta * h)
+        elif variant == "apo-zero":
+            want = (1 - 1 / (1 + math.exp(-beta * c))) + 1 / (1 + math.exp(-beta * r))
         else:
             want = (c / pairs["nc"][i].item() - r / pairs["nr"][i].item() - 1 / (2 * beta)) ** 2
         assert got.losses[i].item() == pytest.approx(want, rel=1e-5, abs=1e-6)
@@ -137,7 +142,8 @@ def _token_logps(sums, lengths, width=24):
     return per_token, mask
 
 
-@pytest.mark.parametrize(("variant", "eps"), [("sigmoid", 0.0), ("hinge", 0.0), ("ipo", 0.0), ("robust", 0.2)])
+@pytest.mark.parametrize(("variant", "eps"), [("sigmoid", 0.0), ("hinge", 0.0), ("ipo", 0.0), ("robust", 0.2),
+                                              ("apo-zero", 0.0)])
 def test_dpo_parity_with_trl(pairs, variant, eps):
     trl = pytest.importorskip("trl.trainer.dpo_trainer", reason="TRL comes with the dev extra")
     beta = 0.1
@@ -147,7 +153,8 @@ def test_dpo_parity_with_trl(pairs, variant, eps):
     inputs = {"input_ids": torch.zeros_like(mask), "attention_mask": torch.ones_like(mask), "completion_mask": mask,
               "ref_chosen_logps": pairs["rc"], "ref_rejected_logps": pairs["rr"]}
     me = _stand_in(aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
-                   loss_types=[variant], loss_weights=[1.0], beta=beta, label_smoothing=eps, use_weighting=False)
+                   loss_types=[variant.replace("-", "_")], loss_weights=[1.0], beta=beta, label_smoothing=eps,
+                   use_weighting=False)
     theirs = trl.DPOTrainer._compute_loss(me, lambda **_: outputs, inputs, return_outputs=False)
     ours = dpo_loss(pairs["pc"], pairs["pr"], pairs["rc"], pairs["rr"], beta=beta, variant=variant,
                     label_smoothing=eps, chosen_tokens=pairs["nc"], rejected_tokens=pairs["nr"]).losses.mean()

@@ -16,6 +16,9 @@ With ``h = (logp_c - ref_c) - (logp_r - ref_r)`` (chosen minus rejected log-rati
 - ``simpo`` (reference-free): -log σ(β (logp_c/|y_c| - logp_r/|y_r|) - γ) (SimPO, Meng et al. 2024).
 - ``kto`` (unpaired): desirable: λ_D (1 - σ(β (r - z0))); undesirable: λ_U (1 - σ(β (z0 - r))), r the
   log-ratio, z0 the batch KL estimate (KTO, Ethayarajh et al. 2024).
+- ``apo-zero``: (1 - σ(β r_c)) + σ(β r_r), r_c and r_r the chosen and rejected log-ratios: raises the
+  chosen likelihood and lowers the rejected one outright, for chosen replies better than the model's own
+  (APO-zero, D'Oosterlinck et al. 2024, eq. 7).
 
 Every function returns per-pair (or per-example) losses, so the caller chooses the reduction
 (the mean over the global batch, for gradient accumulation).
@@ -181,6 +184,22 @@ def simpo_loss(policy: PairLogps, reference: PairLogps | None = None, *, beta: f
     logits = beta * (chosen_avg - rejected_avg) - gamma
     losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
     return PreferenceLoss(losses, (beta * chosen_avg).detach(), (beta * rejected_avg).detach())
+
+
+@preference_loss("apo-zero")
+def apo_zero_loss(policy: PairLogps, reference: PairLogps, *, beta: float = 0.1) -> PreferenceLoss:
+    """Anchored preference optimisation, APO-zero (D'Oosterlinck et al. 2024, eq. 7): each completion is
+    anchored to the reference on its own, the chosen pushed up and the rejected down.
+
+    Args:
+        beta: inverse temperature of the implicit reward
+
+    Example (hand-worked): log-ratios chosen +1, rejected -1, β = 0.5:
+    (1 - σ(0.5)) + σ(-0.5) = 0.37754 + 0.37754 = 0.75508; at the reference (both 0): 0.5 + 0.5 = 1.
+    """
+    chosen, rejected = _log_ratios(policy, reference)
+    losses = (1 - torch.sigmoid(beta * chosen)) + torch.sigmoid(beta * rejected)
+    return _rewards(losses, beta, chosen, rejected)
 
 
 def kto_reference_point(policy_mismatched: Tensor, ref_mismatched: Tensor) -> Tensor:
