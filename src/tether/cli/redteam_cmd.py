@@ -77,6 +77,7 @@ def export_cmd(
     refusal: Annotated[str | None, typer.Option("--refusal", help="safe reply to non-world goals ({request})")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude",
                                                       help="attack kind to leave out (repeatable)")] = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Successful attacks as adversarial training data: SFT conversations and DPO pairs with a safe reply.
 
@@ -87,6 +88,6 @@ def export_cmd(
 
     cfg = ExportConfig(run=str(run), out=str(out), exclude_kinds=list(exclude or []),
                        **({"refusal": refusal} if refusal is not None else {}))
-    summary = export(cfg)
+    summary = export(cfg, resume=resume)
     typer.echo(f"{summary['examples']} examples ({', '.join(f'{k}: {v}' for k, v in summary['by_kind'].items())})"
                f" -> {out / 'sft.jsonl'}, {out / 'pairs.jsonl'}")

@@ -73,6 +73,15 @@ def finished_summary(run_dir: str | Path) -> dict[str, Any] | None:
     return record.summary if record is not None and record.status == "finished" else None
 
 
+def run_stage(cfg: Any, run: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Run one recipe (its config, whose ``out`` is the run directory, and its ``run``) unless that directory
+    already holds a finished run; resume it when it holds an unfinished one. The run's summary either way."""
+    done = finished_summary(cfg.out)
+    if done is not None:
+        return done
+    return run(cfg, resume=RunRecord.read(cfg.out) is not None)
+
+
 class MetricValue(BaseModel):
     """One metric of an evaluation or red-team run: a rate with its 95% interval and how many it is over."""
 

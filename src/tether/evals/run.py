@@ -106,15 +106,15 @@ def model_path_for(cfg: EvalConfig) -> str:
 def run(cfg: EvalConfig, *, resume: bool = False) -> dict[str, Any]:
     """Run the eval; returns the metrics document (also written to ``out/metrics.json``)."""
     run_dir = RunDir(cfg.out, command="eval", config=cfg, seed=cfg.seed, resume=resume)
-    try:
-        doc = evaluate(cfg, run_dir.path, write=run_dir.writer)
+
+    def body(rd: RunDir) -> dict[str, Any]:
+        doc = evaluate(cfg, rd.path, write=rd.writer)
         for name in ("metrics.json", "samples.jsonl", "report.html"):
-            run_dir.add_output(name.split(".")[0], run_dir.path / name)
-    except BaseException as exc:
-        run_dir.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
-        raise
-    run_dir.finish(summary={k: v["value"] for k, v in list(doc["metrics"].items())[:40]})
-    return doc
+            rd.add_output(name.split(".")[0], rd.path / name)
+        return doc
+
+    # The record keeps the first 40 metrics' values; metrics.json has everything.
+    return run_dir.execute(body, summarize=lambda doc: {k: v["value"] for k, v in list(doc["metrics"].items())[:40]})
 
 
 def evaluate(cfg: EvalConfig, out: Path, *, generator: Generator | None = None, model_label: str | None = None,

@@ -40,10 +40,10 @@ from pydantic import Field, field_validator
 from tether.core.config import Config, load_config
 from tether.core.errors import ConfigError, UserError
 from tether.core.recipes import RECIPES, output, recipe
-from tether.core.runs import RunDir, read_metrics
+from tether.core.runs import RunDir, read_metrics, run_stage
 from tether.core.stats import bootstrap_mean
 from tether.data.io import jsonl_objects, write_jsonl
-from tether.pipelines.stages import Stage, evaluated, run_stage
+from tether.pipelines.stages import Stage, evaluated
 
 ADVERSARIAL_HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal",
                         "harmless.harmful_compliance.heldout_items",

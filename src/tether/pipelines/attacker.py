@@ -33,11 +33,11 @@ from pydantic import Field
 
 from tether.core.config import Config, load_config
 from tether.core.recipes import RECIPES, output, recipe
-from tether.core.runs import RunDir, read_metrics
+from tether.core.runs import RunDir, read_metrics, run_stage
 from tether.data.io import write_jsonl
 from tether.models.generation import GenerationSettings
 from tether.models.http import EndpointOptions
-from tether.pipelines.stages import Stage, run_stage
+from tether.pipelines.stages import Stage
 from tether.redteam.attacker import DEFAULT_INSTRUCTION
 from tether.redteam.goals import GoalSource
 

@@ -30,9 +30,9 @@ from pydantic import Field
 
 from tether.core.config import Config, load_config
 from tether.core.recipes import RECIPES, output, recipe
-from tether.core.runs import RunDir, read_metrics
+from tether.core.runs import RunDir, read_metrics, run_stage
 from tether.data.context import ContextConfig
-from tether.pipelines.stages import Stage, evaluated, run_stage
+from tether.pipelines.stages import Stage, evaluated
 
 CHARACTER_HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "honest.sycophancy",
                       "honest.hallucination",

@@ -37,8 +37,8 @@ from pydantic import Field, field_validator, model_validator
 from tether.core.config import Config, load_config
 from tether.core.errors import ConfigError
 from tether.core.recipes import CONFIG_KINDS, RECIPES
-from tether.core.runs import RunDir, RunRecord, read_metrics
-from tether.pipelines.stages import Stage, evaluated, run_stage
+from tether.core.runs import RunDir, RunRecord, read_metrics, run_stage
+from tether.pipelines.stages import Stage, evaluated
 
 SUMMARY_SCHEMA_VERSION = 1
 RUN_HEADLINE = ("harmless.harmful_compliance", "harmless.harmful_compliance.heldout_items",

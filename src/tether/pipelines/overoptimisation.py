@@ -27,9 +27,8 @@ from pydantic import Field
 
 from tether.core.config import Config, load_config
 from tether.core.recipes import RECIPES, output, recipe
-from tether.core.runs import RunDir, read_log
+from tether.core.runs import RunDir, read_log, run_stage
 from tether.core.stats import bootstrap_mean
-from tether.pipelines.stages import run_stage
 
 
 class Variant(Config):

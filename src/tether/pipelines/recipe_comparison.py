@@ -34,10 +34,10 @@ from pydantic import Field, field_validator
 from tether.core.config import Config, load_config
 from tether.core.recipes import RECIPES, output, recipe
 from tether.core.registry import Registry
-from tether.core.runs import RunDir, read_metrics
+from tether.core.runs import RunDir, read_metrics, run_stage
 from tether.data.context import ContextConfig
 from tether.pipelines.character_first import CHARACTER_HEADLINE
-from tether.pipelines.stages import Stage, evaluated, run_stage
+from tether.pipelines.stages import Stage, evaluated
 
 # An arm aligns the model its way at the comparison's budget: (config, out, seed) -> the aligned and
 # amplified model directories and each stage's summary.

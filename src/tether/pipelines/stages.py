@@ -1,15 +1,15 @@
-"""What multi-stage pipelines share: a stage is a recipe's config (shipped name or file) plus overrides,
-run into its own directory, skipped when that directory already holds a finished run."""
+"""What multi-stage pipelines share: a stage is a recipe's config (shipped name or file) plus overrides, run
+into its own directory with :func:`tether.core.runs.run_stage` (skipped when that directory already holds a
+finished run), and an evaluation of a stage's model."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field
 
 from tether.core.config import Config, load_config
-from tether.core.runs import MetricsDocument, RunRecord, finished_summary, read_metrics
+from tether.core.runs import MetricsDocument, RunRecord, read_metrics
 
 
 class Stage(Config):
@@ -28,12 +28,3 @@ def evaluated(config: str, overrides: list[str], out: Path) -> MetricsDocument:
 
         evaluate(load_config(EvalConfig, config, [*overrides, f"out={out}"]), resume=RunRecord.read(out) is not None)
     return read_metrics(out)
-
-
-def run_stage(cfg: Any, run: Any) -> dict[str, Any]:
-    """Run one recipe (its config with an ``out``, and its ``run``) unless that directory already holds a
-    finished run; resume it when it holds an unfinished one. The run's summary either way."""
-    done = finished_summary(cfg.out)
-    if done is not None:
-        return done
-    return run(cfg, resume=RunRecord.read(cfg.out) is not None)  # type: ignore[no-any-return]

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import DataError
+from tether.core.runs import RunDir
 from tether.data.io import jsonl_objects, write_jsonl
 
 
@@ -67,8 +68,13 @@ def adversarial_examples(rows: Iterable[dict[str, Any]], refusal: str, *, exclud
     return sft, pairs
 
 
-def run(cfg: ExportConfig) -> dict[str, Any]:
-    """Write ``sft.jsonl`` and ``pairs.jsonl`` under ``cfg.out``; returns counts by attack kind."""
+def run(cfg: ExportConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Write ``sft.jsonl`` and ``pairs.jsonl`` under ``cfg.out`` (a run directory); returns counts by attack kind."""
+    run_dir = RunDir(cfg.out, command="redteam export", config=cfg, seed=cfg.seed, resume=resume)
+    return run_dir.execute(lambda rd: _export(cfg))
+
+
+def _export(cfg: ExportConfig) -> dict[str, Any]:
     path = Path(cfg.run) / "attacks.jsonl"
     rows = [row for _, row in jsonl_objects(path)]
     if rows and "success" not in rows[0]:

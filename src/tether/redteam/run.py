@@ -82,16 +82,16 @@ class RedteamConfig(Config):
 def run(cfg: RedteamConfig, *, resume: bool = False) -> dict[str, Any]:
     """Attack, score, aggregate; returns the metrics document (also written to ``out/metrics.json``)."""
     run_dir = RunDir(cfg.out, command="redteam", config=cfg, seed=cfg.seed, resume=resume)
-    try:
-        doc = redteam(cfg, run_dir.path)
+
+    def body(rd: RunDir) -> dict[str, Any]:
+        doc = redteam(cfg, rd.path)
         for name in ("attacks.jsonl", "metrics.json", "report.html"):
-            run_dir.add_output(name.split(".")[0], run_dir.path / name)
-    except BaseException as exc:
-        run_dir.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", error=str(exc)[:500])
-        raise
-    run_dir.finish(summary={k: v["value"] for k, v in doc["metrics"].items() if k.startswith("asr.")
-                            and k.count(".") == 1})
-    return doc
+            rd.add_output(name.split(".")[0], rd.path / name)
+        return doc
+
+    # The record keeps each attack's ASR; metrics.json has every slice.
+    return run_dir.execute(body, summarize=lambda doc: {k: v["value"] for k, v in doc["metrics"].items()
+                                                        if k.startswith("asr.") and k.count(".") == 1})
 
 
 def build_prompts(cfg: RedteamConfig) -> list[AttackPrompt]:

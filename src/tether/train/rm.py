@@ -21,7 +21,6 @@ annotator got wrong (does the RM learn the annotator's bias, or the truth?).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,7 +30,7 @@ from pydantic import Field
 from tether.core.config import Config
 from tether.core.errors import DataError
 from tether.core.recipes import output, recipe
-from tether.core.runs import RunDir
+from tether.core.runs import RunDir, run_stage
 from tether.core.seeding import seed_everything
 from tether.data.collate import collate_grouped, truncate
 from tether.data.context import context_for, with_context
@@ -117,14 +116,15 @@ def run(cfg: RMConfig, *, resume: bool = False) -> dict[str, Any]:
 
 def _run_members(cfg: RMConfig, resume: bool) -> dict[str, Any]:
     run_dir = RunDir(cfg.out, command="train rm", config=cfg, seed=cfg.seed, resume=resume)
+    return run_dir.execute(lambda rd: _train_members(cfg, rd))
+
+
+def _train_members(cfg: RMConfig, run_dir: RunDir) -> dict[str, Any]:
     members = []
     for i in range(cfg.ensemble.members):
         member = cfg.model_copy(update={"out": str(Path(cfg.out) / f"member-{i}"), "seed": cfg.seed + i,
                                         "ensemble": cfg.ensemble.model_copy(update={"members": 1})})
-        record = Path(member.out) / "record.json"
-        done = record.is_file() and json.loads(record.read_text())["status"] == "finished"
-        if not done:  # a finished member is kept as it is on --resume
-            run(member, resume=record.is_file())
+        run_stage(member, run)  # a finished member is kept as it is on --resume
         members.append(Path(member.out) / "model")
     summary: dict[str, Any] = {"members": [str(m) for m in members]}
     if cfg.data.eval:
@@ -133,7 +133,6 @@ def _run_members(cfg: RMConfig, resume: bool) -> dict[str, Any]:
         models = [load_reward_model(cfg.model.model_copy(update={"path": str(m), "lora": None}), tokenizer,
                                     num_labels=cfg.ensemble.heads) for m in members]
         summary |= {f"eval_{k}": v for k, v in held_out_metrics(models, pairs, tokenizer.pad_token_id).items()}
-    run_dir.finish(summary=summary)
     return summary
 
 
