@@ -63,6 +63,19 @@ def test_bare_amplification_knob_leaves_tasks_without_seed_prompts(tmp_path):
     assert not (tmp_path / "bare" / "eval-amplify-seeded").exists()
 
 
+def _with_small_harness(tmp_path, recipe):
+    """The shipped world config of ``recipe`` with a 14-prompt early-stopping harness (the character-first arm
+    keeps a config's harness and drops its evaluation overrides)."""
+    from tether.core.config import dump_config, load_config
+    from tether.core.recipes import RECIPES
+
+    harness = "{suite: {kind: world-hhh, n: 2, heldout_n: 0}, generation: {max_new_tokens: 4}, report_samples: 0}"
+    cfg = load_config(RECIPES.get(recipe).config, f"{recipe}/world", [f"evaluation.harness={harness}"])
+    path = tmp_path / f"{recipe}.yaml"
+    path.write_text(dump_config(cfg))
+    return str(path)
+
+
 def test_recipe_comparison_runs_every_arm_and_tabulates_them(tmp_path):
     from tether.pipelines import recipe_comparison
 
@@ -70,8 +83,10 @@ def test_recipe_comparison_runs_every_arm_and_tabulates_them(tmp_path):
     gen = ["generation.max_new_tokens=6", "generation.batch_size=64"]
     cfg = recipe_comparison.RecipeComparisonConfig.model_validate({
         "model": "tiny:llama", "seeds": [0], "budget": 4, "early_stop_every": 2, "out": str(tmp_path / "x"),
-        "sft": {"config": "sft/world", "set": ["evaluation.every=0", *small]},
-        "dpo": {"config": "dpo/world", "set": ["evaluation.every=0", *small]},
+        "sft": {"config": _with_small_harness(tmp_path, "sft"), "set": ["evaluation.every=0", *small]},
+        # Reference log-probs as the steps need them: precomputing them all is for 4,000 pairs, not 4 steps.
+        "dpo": {"config": _with_small_harness(tmp_path, "dpo"),
+                "set": ["evaluation.every=0", "reference.precompute=false", *small]},
         "critique": {"config": "critique/world", "set": ["limit=8", *gen, "critic_generation.max_new_tokens=6"]},
         "feedback": {"config": "feedback/world", "set": ["limit=8", *gen]},
         "distill": {"config": "distill/world-character", "set": ["limit=8", *gen, *small]},
@@ -97,3 +112,4 @@ def test_recipe_comparison_runs_every_arm_and_tabulates_them(tmp_path):
         assert character["evaluation"]["every"] == 2 and character["loop"]["max_steps"] == 2
         assert character["data"]["train"] == yaml.safe_load(
             (out / "standard" / "seed-0" / standard / "config.yaml").read_text())["data"]["train"]
+        assert (out / "character-first" / "seed-0" / stage / "evals" / "step-000002" / "metrics.json").is_file()

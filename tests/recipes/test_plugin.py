@@ -1,7 +1,8 @@
 """A third-party package extends tether through the ``tether.plugins`` entry point alone: its recipe appears
 as ``tether train NAME``, as a ``tether config`` kind, in ``tether plugins list`` and as a ``tether run``
 stage (chained to the next stage), and its DPO-family variant trains through ``tether train dpo``. Nothing
-of tether's is edited; every command runs in a fresh process that finds the plugin by its metadata."""
+of tether's is edited; the commands run through tether's entry point in a fresh process that finds the
+plugin by its metadata alone."""
 
 import json
 import os
@@ -81,55 +82,79 @@ def _install(root: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
 
 
-def _tether(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "tether.cli.main", *args], env=env, capture_output=True,
-                            text=True, timeout=240)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+# Runs each command line through tether's entry point in one fresh process (the plugin found there by its
+# metadata alone), printing each one's exit code and output as a JSON line.
+DRIVER = """
+import contextlib, io, json, sys
+from tether.cli.main import main
+
+for argv in json.loads(sys.argv[1]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as done:
+            code = done.code or 0
+    print(json.dumps({"argv": argv, "code": code, "out": out.getvalue()}))
+"""
+
+
+def _tether(env: dict[str, str], *commands: list[str]) -> list[str]:
+    result = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(list(commands))], env=env,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    ran = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"argv"')]
+    assert [r["code"] for r in ran] == [0] * len(commands), result.stdout + result.stderr
+    return [r["out"] for r in ran]
 
 
 def test_a_plugins_recipe_and_loss_appear_everywhere_a_builtin_one_does(tmp_path):
     env = _install(tmp_path / "site")
-
-    # tether train NAME, with the same options as every recipe.
-    out = _tether(env, "train", "jitter", "--set", "model.path=tiny:llama", "--set", "scale=0.01",
-                  "--out", str(tmp_path / "jitter"))
-    assert json.loads(out[:out.rindex("}") + 1])["parameters"] > 0
-    record = json.loads((tmp_path / "jitter" / "record.json").read_text())
-    assert record["status"] == "finished" and (tmp_path / "jitter" / "model" / "config.json").is_file()
-
-    # tether config show: its config is a kind like any recipe's.
     config = tmp_path / "jitter.yaml"
     config.write_text("model: {path: tiny:llama}\nscale: 0.5\n")
-    shown = yaml.safe_load(_tether(env, "config", "show", str(config), "--kind", "jitter"))
-    assert shown["scale"] == 0.5 and shown["out"] == "runs/jitter" and shown["model"]["lora"] is None
-
-    # tether plugins list names the module that registered each.
-    listed = json.loads(_tether(env, "plugins", "list", "--json"))
-    assert listed["recipe"]["entries"]["jitter"] == "toy_tether_plugin"
-    assert listed["preference loss"]["entries"]["margin-squared"] == "toy_tether_plugin"
-
-    # A tether run stage: jitter's model is handed to the next stage (SFT), which trains from it.
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(yaml.safe_dump({
         "model": "tiny:llama", "evaluation": None, "redteam": None,
         "stages": [{"name": "noise", "recipe": "jitter", "config": str(config)},
                    {"name": "sft", "recipe": "sft", "config": "sft/demo",
                     "set": ["loop.max_steps=1", "loop.batch_size=2", "evaluation.every=0"]}]}))
-    _tether(env, "run", "--config", str(pipeline), "--out", str(tmp_path / "run"))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Say {w}.", "chosen": w, "rejected": "no"}) + "\n"
+                             for w in ("yes", "sure", "ok", "fine")))
+
+    trained, shown, listed, _, _ = _tether(
+        env,
+        # tether train NAME, with the same options as every recipe
+        ["train", "jitter", "--set", "model.path=tiny:llama", "--set", "scale=0.01", "--out", str(tmp_path / "jitter")],
+        # tether config show: its config is a kind like any recipe's
+        ["config", "show", str(config), "--kind", "jitter"],
+        # tether plugins list names the module that registered each entry
+        ["plugins", "list", "--json"],
+        # a tether run stage, its model handed to the next stage (SFT)
+        ["run", "--config", str(pipeline), "--out", str(tmp_path / "run")],
+        # the plugin's DPO-family variant, its knobs from its signature, through tether train dpo
+        ["train", "dpo", "--set", "model.path=tiny:llama", "--set", f"data.train={pairs}", "--set",
+         "loss={variant: margin-squared, target: 2.0}", "--set", "loop.max_steps=1", "--set", "loop.batch_size=4",
+         "--out", str(tmp_path / "dpo")])
+
+    assert json.loads(trained[:trained.rindex("}") + 1])["parameters"] > 0
+    record = json.loads((tmp_path / "jitter" / "record.json").read_text())
+    assert record["status"] == "finished" and (tmp_path / "jitter" / "model" / "config.json").is_file()
+
+    shown_cfg = yaml.safe_load(shown)
+    assert shown_cfg["scale"] == 0.5 and shown_cfg["out"] == "runs/jitter" and shown_cfg["model"]["lora"] is None
+
+    entries = json.loads(listed)
+    assert entries["recipe"]["entries"]["jitter"] == "toy_tether_plugin"
+    assert entries["preference loss"]["entries"]["margin-squared"] == "toy_tether_plugin"
+
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert [s["recipe"] for s in summary["stages"]] == ["base", "jitter", "sft"]
     assert summary["stages"][1]["model"] == str(tmp_path / "run" / "noise" / "model")
     sft_config = yaml.safe_load((tmp_path / "run" / "sft" / "config.yaml").read_text())
     assert sft_config["model"]["path"] == str(tmp_path / "run" / "noise" / "model")
 
-    # The plugin's DPO-family variant, its knobs from its signature, through tether train dpo.
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": f"Say {w}.", "chosen": w, "rejected": "no"}) + "\n"
-                             for w in ("yes", "sure", "ok", "fine")))
-    _tether(env, "train", "dpo", "--set", "model.path=tiny:llama", "--set", f"data.train={pairs}",
-            "--set", "loss={variant: margin-squared, target: 2.0}", "--set", "loop.max_steps=1",
-            "--set", "loop.batch_size=4", "--out", str(tmp_path / "dpo"))
     logged = [json.loads(line) for line in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
     # At step 0 the policy is its reference: h = 0, so the loss is target² = 4.
     assert abs(logged[0]["loss"] - 4.0) < 1e-5
