@@ -32,7 +32,7 @@ from tether.core.config import Config
 from tether.core.errors import ConfigError, UserError
 from tether.core.registry import Kind, Registry, kind_config
 from tether.data.records import Prompt
-from tether.scoring.scorers import verify
+from tether.scoring.scorers import VERIFY_MODES, VerifyMode, verify
 
 
 @dataclass(frozen=True)
@@ -166,9 +166,7 @@ class VerifierRewardConfig(RewardConfig):
 
     kind: Literal["verifier"] = "verifier"
     answer_key: str = Field("answer", description="the prompt row's column holding the reference answer")
-    mode: Literal["number", "numbers", "exact", "contains"] = Field(
-        "number", description="number: the completion's last number equals the reference; numbers: its numbers, "
-        "in order, equal the reference's; exact: normalised equality; contains: the reference is a substring")
+    mode: VerifyMode = Field("number", description=VERIFY_MODES)
 
     def build(self) -> Reward:
         """A verifier over ``answer_key``."""

@@ -201,15 +201,19 @@ class RegexScorer:
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
+# How a response is checked against a reference answer (the verifier scorer's and the verifier reward's).
+VerifyMode = Literal["number", "numbers", "exact", "contains"]
+VERIFY_MODES = ("number: the last number in the response equals the reference; numbers: the response's numbers, "
+                "in order, equal the reference's; exact: normalised equality; contains: the reference is a substring")
+
+
 @SCORERS.register("verifier")
 class VerifierConfig(ScorerConfig):
     """Checks a verifiable answer against the reference in the sample's metadata."""
 
     kind: Literal["verifier"] = "verifier"
     answer_key: str = Field("answer", description="metadata key of the reference answer (also looked up in 'gold')")
-    mode: Literal["number", "exact", "contains", "numbers"] = Field(
-        "number", description="number: the last number in the response equals the reference; numbers: the "
-        "response's numbers, in order, equal the reference's; exact: normalised equality; contains: substring")
+    mode: VerifyMode = Field("number", description=VERIFY_MODES)
 
     def build(self) -> Scorer:
         """A :class:`VerifierScorer`."""
@@ -228,7 +232,7 @@ def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".!")
 
 
-def verify(response: str, reference: str, mode: str) -> bool:
+def verify(response: str, reference: str, mode: VerifyMode) -> bool:
     """Whether ``response`` carries the ``reference`` answer under ``mode``."""
     if mode == "number":
         found = _NUMBER.findall(response)
