@@ -83,6 +83,13 @@ def test_kind_config_validates_against_the_registered_class():
         kind_config(_SHAPES, {"side": 3})
 
 
+def test_a_config_object_must_be_the_class_its_kind_is_registered_as():
+    assert kind_config(_SHAPES, _Circle(radius=2)) == _Circle(radius=2)
+    assert kind_config(_SHAPES, "square") == _Square()   # a bare name: that kind with its defaults
+    with pytest.raises(ConfigError, match="must be a _Square, got a _Circle"):
+        kind_config(_SHAPES, _Circle.model_construct(kind="square"))
+
+
 def test_a_kind_field_defaults_dumps_every_field_and_names_the_key_at_fault():
     drawing = _Drawing.model_validate({"main": {"radius": 4}, "others": [{"kind": "square"}]})
     assert drawing.model_dump() == {"main": {"kind": "circle", "radius": 4.0},

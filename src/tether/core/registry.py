@@ -178,9 +178,22 @@ def kind_config(registry: Registry[Any], raw: Any, *, key: str = "kind", default
         raise ConfigError(str(exc)) from None
 
 
+def _config_class(registry: Registry[Any], name: Any) -> type[BaseModel]:
+    try:
+        entry = registry.get(str(name))
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+    # Entries are config classes, or (registered functions) carry the config class of their knobs.
+    return entry if isinstance(entry, type) else entry.config  # type: ignore[no-any-return]
+
+
 def _kind_config(registry: Registry[Any], raw: Any, key: str, default: str | None) -> Any:
-    if isinstance(raw, BaseModel):
-        return raw  # type: ignore[return-value]
+    if isinstance(raw, BaseModel):  # a config built in Python: it must be the class its kind is registered as
+        expected = _config_class(registry, getattr(raw, key, default))
+        if not isinstance(raw, expected):
+            raise ValueError(f"a {registry.kind} {getattr(raw, key, default)!r} must be a {expected.__name__}, "
+                             f"got a {type(raw).__name__}")
+        return raw
     if isinstance(raw, str):  # a bare name: that entry with its defaults
         raw = {key: raw}
     if not isinstance(raw, dict):
@@ -188,12 +201,7 @@ def _kind_config(registry: Registry[Any], raw: Any, key: str, default: str | Non
     name = raw.get(key, default)
     if name is None:
         raise ValueError(f"a {registry.kind} needs a {key!r} key; known: {', '.join(registry.names())}")
-    try:
-        entry = registry.get(str(name))
-    except UserError as exc:
-        raise ValueError(str(exc)) from None
-    # Entries are config classes, or (registered functions) carry the config class of their knobs.
-    config_class: type[BaseModel] = entry if isinstance(entry, type) else entry.config
+    config_class = _config_class(registry, name)
     # A class without the key field (one kind, named by default) takes the mapping as it is.
     data = {**raw, key: name} if key in config_class.model_fields else {k: v for k, v in raw.items() if k != key}
     return config_class.model_validate(data)

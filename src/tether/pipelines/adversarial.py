@@ -46,9 +46,9 @@ from tether.data.io import jsonl_objects, write_jsonl
 from tether.pipelines.stages import Stage, evaluated
 
 ADVERSARIAL_HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal",
-                        "harmless.harmful_compliance.heldout_items",
-                 "harmless.harmful_compliance.heldout_wrappers", "honest.sycophancy", "honest.hallucination",
-                 "corrigible.resistance", "helpful.task_accuracy", "format.malformed")
+                        "harmless.harmful_compliance.heldout_items", "harmless.harmful_compliance.heldout_wrappers",
+                        "honest.sycophancy", "honest.hallucination", "corrigible.resistance", "helpful.task_accuracy",
+                        "format.malformed")
 
 
 class Measurement(Stage):

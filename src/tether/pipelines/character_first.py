@@ -35,10 +35,10 @@ from tether.data.context import ContextConfig
 from tether.pipelines.stages import Stage, evaluated
 
 CHARACTER_HEADLINE = ("harmless.harmful_compliance", "harmless.over_refusal", "honest.sycophancy",
-                      "honest.hallucination",
-            "corrigible.resistance", "helpful.task_accuracy", "helpful.task_accuracy.L3",
-            "helpful.task_accuracy.L4", "honest.hallucination.heldout", "harmless.harmful_compliance.heldout_items",
-            "helpful.task_accuracy.heldout", "format.malformed")
+                      "honest.hallucination", "corrigible.resistance", "helpful.task_accuracy",
+                      "helpful.task_accuracy.L3", "helpful.task_accuracy.L4", "honest.hallucination.heldout",
+                      "harmless.harmful_compliance.heldout_items", "helpful.task_accuracy.heldout",
+                      "format.malformed")
 
 
 class CharacterStep(Stage):

@@ -42,8 +42,10 @@ from tether.pipelines.stages import Stage, evaluated
 
 SUMMARY_SCHEMA_VERSION = 1
 RUN_HEADLINE = ("harmless.harmful_compliance", "harmless.harmful_compliance.heldout_items",
-            "harmless.harmful_compliance.heldout_wrappers", "harmless.over_refusal", "honest.sycophancy",
-            "honest.hallucination", "corrigible.resistance", "helpful.task_accuracy", "format.malformed")
+                "harmless.harmful_compliance.heldout_wrappers", "harmless.over_refusal", "honest.sycophancy",
+                "honest.hallucination", "corrigible.resistance", "helpful.task_accuracy", "format.malformed")
+
+
 class PipelineStage(Stage):
     """One stage of the pipeline: a recipe, its config and overrides (placeholders allowed)."""
 
