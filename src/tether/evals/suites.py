@@ -14,6 +14,7 @@ Each kind is a config class registered in :data:`SUITES` (a plugin adds one the 
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Annotated, Literal, Protocol
 
@@ -73,9 +74,9 @@ class SuiteConfig(Config):
 
     kind: str = Field(description="registered suite kind: world-hhh, xstest, harmbench, advbench, jsonl, ...")
 
+    @abstractmethod
     def build(self) -> Suite:
         """The suite this config describes (each kind's config says how)."""
-        raise NotImplementedError(f"suite kind {self.kind!r} does not say how to build itself")
 
 
 SUITES: Registry[type[SuiteConfig]] = Registry(

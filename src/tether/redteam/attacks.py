@@ -24,6 +24,7 @@ config class per kind, whose ``build()`` makes the attack): ``template``, ``best
 from __future__ import annotations
 
 import random
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,9 +170,9 @@ class AttackConfig(Config):
         """The attack's name in results."""
         return self.name or self.kind
 
+    @abstractmethod
     def build(self) -> Attack:
         """The attack this config describes (each kind's config says how)."""
-        raise NotImplementedError(f"attack kind {self.kind!r} does not say how to build itself")
 
 
 ATTACKS: Registry[type[AttackConfig]] = Registry(

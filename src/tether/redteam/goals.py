@@ -12,6 +12,7 @@ its goals and says which many-shot examples and which scorer suit them by defaul
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,9 +33,9 @@ class GoalsConfig(Config):
     source: str = Field(description="registered goal source: world, harmbench, advbench, jsonl, ...")
     n: int = Field(100, ge=1, description="how many goals (a file: the first n)")
 
+    @abstractmethod
     def load(self) -> list[Goal]:
         """The goals (each source's config says how)."""
-        raise NotImplementedError(f"goal source {self.source!r} does not say how to load goals")
 
     def default_shots(self) -> list[Shot] | None:
         """Many-shot examples that suit these goals when the run names none; None: the run must name some."""

@@ -19,6 +19,7 @@ Elsewhere: ``attack`` (:mod:`tether.scoring.attack`: an attacker model's reward)
 from __future__ import annotations
 
 import importlib
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +71,9 @@ class RewardConfig(Config):
                       "world-gold, world-verifier, ...")
     weight: float = Field(1.0, description="multiplies this term in the sum")
 
+    @abstractmethod
     def build(self) -> Reward:
         """The reward this config describes (each kind's config says how)."""
-        raise NotImplementedError(f"reward kind {self.kind!r} does not say how to build itself")
 
 
 REWARDS: Registry[type[RewardConfig]] = Registry(

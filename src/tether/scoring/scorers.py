@@ -17,6 +17,7 @@ causal LM or any OpenAI-compatible endpoint), both in :mod:`tether.scoring.judge
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
@@ -91,9 +92,9 @@ class ScorerConfig(Config):
         """The scorer's name in outputs."""
         return self.name or self.kind
 
+    @abstractmethod
     def build(self) -> Scorer:
         """The scorer this config describes (each kind's config says how)."""
-        raise NotImplementedError(f"scorer kind {self.kind!r} does not say how to build itself")
 
 
 SCORERS: Registry[type[ScorerConfig]] = Registry(
