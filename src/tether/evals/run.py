@@ -26,7 +26,7 @@ from pydantic import Field
 from tether.core.config import Config
 from tether.core.errors import UserError
 from tether.core.recipes import CONFIG_KINDS
-from tether.core.runs import RunDir
+from tether.core.runs import METRICS_SCHEMA_VERSION, RunDir
 from tether.core.stats import Rate, agreement, bootstrap_mean, pass_at_k, wilson_interval
 from tether.data.context import ContextConfig, context_for, with_context
 from tether.data.io import write_jsonl
@@ -36,8 +36,6 @@ from tether.evals.suites import HHH_HEADLINE, Answers, SuiteField
 from tether.models.generation import GenerationSettings, Generator
 from tether.models.loading import ModelConfig
 from tether.scoring.scorers import Sample, Score, ScorerList
-
-METRICS_SCHEMA_VERSION = 1
 
 
 def _default_generation() -> GenerationSettings:

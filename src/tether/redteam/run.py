@@ -27,7 +27,7 @@ from pydantic import Field
 from tether.core.config import Config
 from tether.core.errors import UserError
 from tether.core.recipes import CONFIG_KINDS
-from tether.core.runs import RunDir
+from tether.core.runs import METRICS_SCHEMA_VERSION, RunDir
 from tether.models.generation import GenerationSettings, Generator, HFGenerator
 from tether.models.http import EndpointOptions
 from tether.redteam.attacks import AttackKit, AttackList, AttackPrompt, Shot, load_templates
@@ -35,8 +35,6 @@ from tether.redteam.goals import GoalSource, load_shots
 from tether.redteam.metrics import Outcome, attack_metrics, diversity
 from tether.scoring.attack import attack_success
 from tether.scoring.scorers import Sample, ScorerList, scorer_config
-
-METRICS_SCHEMA_VERSION = 1
 
 
 def _default_attacks() -> list[dict[str, Any]]:
