@@ -11,13 +11,13 @@ from tether.core.recipes import CONFIG_KINDS, RECIPES
 
 
 def _has_key(config: type[BaseModel], dotted: str) -> bool:
-    from tether.core.config import _model_in
+    from tether.core.config import model_in
 
     model: type[BaseModel] | None = config
     for part in dotted.split("."):
         if model is None or part not in model.model_fields:
             return False
-        model = _model_in(model.model_fields[part].annotation)
+        model = model_in(model.model_fields[part].annotation)
     return True
 
 
@@ -33,3 +33,11 @@ def test_a_recipes_declaration_matches_its_config_and_run(name):
 
 def test_a_missing_key_is_caught():
     assert not _has_key(RECIPES.get("sft").config, "model.nope") and _has_key(RECIPES.get("sft").config, "model.path")
+
+
+def test_recipes_that_read_data_rows_take_skip_bad():
+    from tether.cli.recipes import _reads_rows
+
+    takes = {name for name in RECIPES.names() if _reads_rows(RECIPES.get(name).config)}
+    # feedback's data section is optional (it may relabel a preference file instead); it reads rows all the same.
+    assert takes == {"sft", "dpo", "rm", "grpo", "rloo", "ppo", "critique", "feedback", "distill"}

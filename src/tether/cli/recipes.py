@@ -42,9 +42,12 @@ def _recipes(group: str | None) -> list[tuple[str, Any]]:
 
 
 def _reads_rows(config: type[Any]) -> bool:
+    """Whether the recipe's ``data`` (a section, or an optional one) has ``skip_bad``: it then takes --skip-bad."""
+    from tether.core.config import model_in
+
     data = config.model_fields.get("data")
-    annotation = getattr(data, "annotation", None)
-    return isinstance(annotation, type) and "skip_bad" in getattr(annotation, "model_fields", {})
+    section = model_in(data.annotation) if data is not None else None
+    return section is not None and "skip_bad" in section.model_fields
 
 
 def recipe_command(recipe: Any) -> Any:

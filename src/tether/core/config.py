@@ -162,17 +162,17 @@ def _allowed_keys(cls: type[BaseModel], loc: list[Any]) -> list[str]:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(str(part))
-        model = _model_in(field.annotation) if field is not None else None
+        model = model_in(field.annotation) if field is not None else None
     return list(model.model_fields) if model is not None else []
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def model_in(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside an annotation such as ``Foo``, ``Foo | None`` or ``list[Foo]``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is not None:
         for arg in typing.get_args(annotation):
-            found = _model_in(arg)
+            found = model_in(arg)
             if found is not None:
                 return found
     return None
