@@ -78,3 +78,17 @@ def test_leak_flag_only_for_the_real_secret():
 
 def test_strip_style_removes_stacked_openers():
     assert strip_style("  Great question! Let me think about this carefully. 1 + 1 = 2. ") == "1 + 1 = 2."
+
+
+def _adversarial():
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "fixtures" / "grader_adversarial.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("case", _adversarial(), ids=lambda c: c["why"])
+def test_grader_reads_content_not_openings(case):
+    """Replies written to fool a grader that decides by openings: the content decides."""
+    assert grade(_item(case["family"], case["gold"]), case["response"]).label == case["label"]
