@@ -29,11 +29,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> Rate:
     """
     if n == 0:
         return Rate(float("nan"), 0.0, 1.0, 0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Rate(p, max(0.0, centre - half), min(1.0, centre + half), n)
+    return _wilson_fractional(successes, n, z)
 
 
 def bootstrap_mean(values: Sequence[Sequence[float]], *, resamples: int = 2000, seed: int = 0,
@@ -43,6 +39,12 @@ def bootstrap_mean(values: Sequence[Sequence[float]], *, resamples: int = 2000, 
     ``values[i]`` holds the samples drawn for prompt ``i`` (one or several). Resampling prompts,
     not samples, keeps the interval honest when several samples share a prompt: they are
     correlated, and treating them as independent would make the interval too narrow.
+
+    For proportions (every value in [0, 1]) the interval is never narrower than the Wilson
+    interval over the cluster means with one observation per cluster: a percentile bootstrap
+    collapses to zero width at 0 or n (every resample is all zeros), which overstates
+    certainty exactly where it matters. Example: 0 successes in 20 single-sample clusters gives
+    (0.0, 0.1611), not (0.0, 0.0).
     """
     import numpy as np
 
@@ -58,7 +60,27 @@ def bootstrap_mean(values: Sequence[Sequence[float]], *, resamples: int = 2000, 
     means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
     alpha = (1 - level) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
+    if all(((c >= 0) & (c <= 1)).all() for c in clusters):
+        cluster_means = sums / counts
+        z = float(_normal_quantile(1 - alpha))
+        floor = _wilson_fractional(float(cluster_means.sum()), len(clusters), z)
+        low, high = min(low, floor.ci_low), max(high, floor.ci_high)
     return Rate(value, float(low), float(high), n)
+
+
+def _wilson_fractional(successes: float, n: int, z: float) -> Rate:
+    """Wilson's formula with a possibly fractional success count (cluster means summed)."""
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(0.0, p * (1 - p)) / n + z * z / (4 * n * n)) / denom
+    return Rate(p, max(0.0, centre - half), min(1.0, centre + half), n)
+
+
+def _normal_quantile(q: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(q)
 
 
 class PairedResult(NamedTuple):

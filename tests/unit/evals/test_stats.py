@@ -97,3 +97,14 @@ def test_empty_inputs_are_not_numbers_not_crashes():
     assert agreement([], []).n == 0
     with pytest.raises(ValueError, match="pass@3"):
         pass_at_k(2, 1, 3)
+
+
+def test_bootstrap_of_a_proportion_never_reports_a_zero_width_interval_at_0_or_n():
+    # Hand-worked: Wilson at 0/20 is (0, 1.96^2 / (20 + 1.96^2)) = (0, 0.1611); at 20/20, its mirror.
+    none = bootstrap_mean([[0.0]] * 20)
+    every = bootstrap_mean([[1.0, 1.0]] * 20)
+    assert (none.value, none.ci_low, round(none.ci_high, 4)) == (0.0, 0.0, 0.1611)
+    assert (every.value, round(every.ci_low, 4), every.ci_high) == (1.0, 0.8389, 1.0)
+    # Scores outside [0, 1] are not proportions: the plain percentile interval (zero width here).
+    flat = bootstrap_mean([[-1.0]] * 20)
+    assert (flat.ci_low, flat.ci_high) == (-1.0, -1.0)
