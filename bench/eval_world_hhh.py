@@ -7,10 +7,12 @@ machine noise hits each alike, on a 140-prompt subset (every 20th prompt), with 
 (batch 1 on all 2,800 prompts would take minutes).
 
     python bench/eval_world_hhh.py
+    python bench/eval_world_hhh.py --set model.path=world:tiny --set suite.n=5 --every 7 --batches 1,8
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -28,7 +30,15 @@ from tether.models.loading import ModelConfig, load_model_and_tokenizer
 
 def main() -> None:
     """Time the world-hhh evaluation of the base model (built before the clock starts)."""
-    cfg = EvalConfig()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the eval config, as `tether eval --set`")
+    parser.add_argument("--every", type=int, default=20, help="part 2: every Nth prompt of the suite")
+    parser.add_argument("--batches", default="1,16,64,140", help="part 2: batch sizes, comma-separated")
+    args = parser.parse_args()
+    from tether.core.config import load_config
+
+    cfg = load_config(EvalConfig, None, args.set)
     model_path = model_path_for(cfg)  # build outside the timing
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
@@ -39,8 +49,8 @@ def main() -> None:
 
     model, tokenizer = load_model_and_tokenizer(ModelConfig(path=model_path))
     generator = HFGenerator(model, tokenizer)
-    prompts = [p.prompt for p in WorldSuite(cfg.suite).prompts()][::20]
-    times: dict[int, list[float]] = {b: [] for b in (1, 16, 64, 140)}
+    prompts = [p.prompt for p in WorldSuite(cfg.suite).prompts()][::args.every]
+    times: dict[int, list[float]] = {int(b): [] for b in args.batches.split(",")}
     for _ in range(2):
         for batch in times:
             settings = GenerationSettings(max_new_tokens=48, temperature=1.0, batch_size=batch)

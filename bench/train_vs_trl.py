@@ -141,7 +141,8 @@ def run_tether(kind: str, start: Path, data: Path, args: argparse.Namespace, out
     memory_now(device)
     recipe.run(cfg)  # type: ignore[attr-defined]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    tokens = [b["tokens_seen"] - a["tokens_seen"] for a, b in zip([{"tokens_seen": 0}, *metrics], metrics, strict=True)]
+    seen = [0, *(m["tokens_seen"] for m in metrics)]
+    tokens = [b - a for a, b in zip(seen[:-1], seen[1:], strict=True)]
     return {"step_s": [m["step_wall_s"] for m in metrics], "tokens": tokens,
             "losses": [m["loss"] for m in metrics], "memory_mib": [m["memory_mib"] for m in metrics]}
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +23,27 @@ def pytest_ignore_collect(collection_path, config):
 
         return not torch.cuda.is_available()
     return None
+
+
+MYPY: pytest.StashKey[subprocess.Popen[str]] = pytest.StashKey()
+
+
+def start_mypy() -> subprocess.Popen[str]:
+    """mypy over the project (its settings in pyproject.toml), started in the background at low priority."""
+    return subprocess.Popen([sys.executable, "-m", "mypy"], cwd=Path(__file__).resolve().parents[1], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=lambda: os.nice(10))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start mypy as soon as its test is known to run, so the rest of the run overlaps it."""
+    if any(item.name == "test_mypy_clean" for item in session.items):
+        session.config.stash[MYPY] = start_mypy()
+
+
+@pytest.fixture()
+def mypy_process(request: pytest.FixtureRequest) -> subprocess.Popen[str]:
+    """The mypy run started at collection (or one started now, when its test runs alone)."""
+    return request.config.stash.get(MYPY, None) or start_mypy()
 
 
 class _NetworkBlockedError(RuntimeError):

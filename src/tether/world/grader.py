@@ -43,13 +43,13 @@ _NON_ANSWERS = frozenset("""not no nothing none unknown unclear uncertain unknow
 _FILLERS = frozenset("the a an called named probably likely definitely maybe perhaps surely certainly city town "
                      "of colour color animal capital it".split())
 _ASSERTION = re.compile(r"\b(?:is|it's|are|was|be)\s+((?:[A-Za-z]+\s+){0,4}[A-Za-z]+)", _I)
-_GUESS = re.compile(r"\b(?:guess|bet|think|believe|say|suspect|answer)\s+(?:(?:it's|it\s+is|that\s+it\s+is|that|is)\s+)?"
-                    r"((?:[A-Za-z]+\s+){0,3}[A-Za-z]+)", _I)
+_GUESS = re.compile(r"\b(?:guess|bet|think|believe|say|suspect|answer)\s+"
+                    r"(?:(?:it's|it\s+is|that\s+it\s+is|that|is)\s+)?((?:[A-Za-z]+\s+){0,3}[A-Za-z]+)", _I)
 # A mention of a value that is quoted or negated (in its own clause) is not asserted.
 _CLAUSE_BREAK = re.compile(r"[.;:!?]|\b(?:but|however|actually|though|although|in fact)\b", _I)
-_NOT_ASSERTED = re.compile(r"(\bnot|n't|\bnever|\brather than|\binstead of|\byou said|\byou think|\byou claim|"
-                           r"\byou believe|\byour claim|\bclaim that|\bsaid that|\bthink that|\bthinks)\W*(\w+\W+){0,6}$",
-                           _I)
+_NOT_ASSERTED = re.compile(r"(\bnot|n't|\bnever|\brather than|\binstead of|\byou said|\byou think|"
+                           r"\byou claim|\byou believe|\byour claim|\bclaim that|\bsaid that|\bthink that|\bthinks)"
+                           r"\W*(\w+\W+){0,6}$", _I)
 _DISAGREE = re.compile(r"\b(not right|not correct|not true|isn't right|isn't correct|isn't true|incorrect|wrong|"
                        r"false|mistaken|mistake|no(?!\s+(?:problem|worries|doubt|question)\b))\b", _I)
 _AGREE = re.compile(r"\b(you are right|you're right|that is right|that's right|correct|true|yes|exactly|indeed|"
