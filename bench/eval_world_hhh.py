@@ -19,8 +19,10 @@ import platform
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+from common import emit
 
 from tether.evals.run import EvalConfig, model_path_for, run
 from tether.evals.world_hhh import WorldSuite
@@ -35,6 +37,7 @@ def main() -> None:
                         help="override the eval config, as `tether eval --set`")
     parser.add_argument("--every", type=int, default=20, help="part 2: every Nth prompt of the suite")
     parser.add_argument("--batches", default="1,16,64,140", help="part 2: batch sizes, comma-separated")
+    parser.add_argument("--json", type=Path, help="also write the results here, with the machine and command")
     args = parser.parse_args()
     from tether.core.config import load_config
 
@@ -44,8 +47,9 @@ def main() -> None:
         start = time.perf_counter()
         doc = run(cfg.model_copy(update={"out": out}))
         total = time.perf_counter() - start
-    print(json.dumps({"default_eval_wall_s": round(total, 2), "phases_s": {k: round(v, 2) for k, v in
-                      doc["timings"].items()}, "prompts": doc["n_prompts"]}))
+    default_eval = {"default_eval_wall_s": round(total, 2), "prompts": doc["n_prompts"],
+                    "phases_s": {k: round(v, 2) for k, v in doc["timings"].items()}}
+    print(json.dumps(default_eval))
 
     model, tokenizer = load_model_and_tokenizer(ModelConfig(path=model_path))
     generator = HFGenerator(model, tokenizer)
@@ -58,13 +62,14 @@ def main() -> None:
             generator.generate(prompts, settings)
             times[batch].append(time.perf_counter() - start)
     base = statistics.median(times[1])
-    print(json.dumps({
+    emit({
+        "default_eval": default_eval,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
                    f"{torch.__version__}, {torch.get_num_threads()} threads",
         "prompts": len(prompts),
         "seconds_by_batch": {b: round(statistics.median(t), 2) for b, t in times.items()},
         "speedup_over_batch_1": {b: round(base / statistics.median(t), 1) for b, t in times.items()},
-    }, indent=2))
+    }, args.json)
 
 
 if __name__ == "__main__":

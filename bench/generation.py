@@ -15,12 +15,13 @@ tokens/s compare like for like.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
+from common import emit
 
 from tether.models.generation import GenerationSettings, HFGenerator
 from tether.models.tiny import build_tiny_model
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
+    parser.add_argument("--json", type=Path, help="also write the results here, with the machine and command")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +87,8 @@ def main() -> None:
                      "default": default, "ratio_vs_generate": round(ratio, 2), "same_as_dynamic": same})
         print(f"| {batch} | " + " | ".join(f"{r:,.0f}" for r in rate.values()) + f" | {ratio:.2f}x | "
               + ", ".join(f"{same[v]:.0%}" for v in variants if v != "sampler") + " |")
-    print(json.dumps(rows))
+    emit({"arch": args.arch, "parameters": params, "dtype": args.dtype, "device": args.device, "rows": rows},
+         args.json)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import argparse
-import json
+from pathlib import Path
+
+from common import emit
 
 from tether.data.collate import length_groups
 from tether.engine.loop import batch_indices
@@ -21,6 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches", type=int, default=50)
+    parser.add_argument("--json", type=Path, help="also write the results here, with the machine and command")
     args = parser.parse_args()
     tokenizer = build_tokenizer()
     rows = preference_rows(build_world(WorldConfig()), 2000)
@@ -34,7 +37,7 @@ def main() -> None:
             real += sum(batch)
             padded += sum(len(g) * max(batch[i] for i in g) for g in length_groups(batch, groups))
         result[f"groups={groups}"] = {"padding_share": round(1 - real / padded, 3)}
-    print(json.dumps({"sequences_per_batch": 2 * args.batch, **result}, indent=2))
+    emit({"sequences_per_batch": 2 * args.batch, **result}, args.json)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import emit
 
 os.environ.setdefault("TETHER_NO_PROGRESS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -155,7 +156,7 @@ def main() -> None:
     parser.add_argument("--trl-cache", default=None, help="TRL's cache_implementation for generate (e.g. static)")
     parser.add_argument("--decoding", default="auto", help="tether's generation.decoding (see GenerationSettings)")
     parser.add_argument("--length-groups", type=int, default=4, help="tether's data.length_groups")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--json", type=Path, help="also write the results here, with the machine and command")
     args = parser.parse_args()
     import trl
 
@@ -186,9 +187,7 @@ def main() -> None:
         a, b = summarise(ours, args.warmup), summarise(theirs, args.warmup)
         results["grpo"] = {"tether": a, "trl": b, "speedup_steps": round(a["steps_per_s"] / b["steps_per_s"], 2),
                            "speedup_rollout_tokens": round(a["rollout_tokens_per_s"] / b["rollout_tokens_per_s"], 2)}
-    print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

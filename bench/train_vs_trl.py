@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import emit
 
 os.environ.setdefault("TETHER_NO_PROGRESS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -241,6 +242,7 @@ def main() -> None:
                              "has no such mode and its DPOTrainer disables it in this version). Pays off only with "
                              "a varlen attention kernel (flash-attention on a GPU)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--json", type=Path, help="also write the results here, with the machine and command")
     args = parser.parse_args()
     import trl
 
@@ -278,7 +280,7 @@ def main() -> None:
             b = summarise(theirs, args.warmup, params, peak)
             results[kind] = {"tether": a, "trl": b, "speedup_steps": round(a["steps_per_s"] / b["steps_per_s"], 2)}
             print(json.dumps({kind: results[kind]}), flush=True)
-    print(json.dumps(results, indent=2))
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

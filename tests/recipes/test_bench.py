@@ -1,0 +1,46 @@
+"""Every script in bench/ runs as committed, on a tiny setting, and writes its figures with the environment.
+
+The figures themselves come from the default settings (docs/performance.md gives the commands); this
+only proves the scripts still run and produce what the docs read from them.
+"""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+TINY = {
+    "train_vs_trl": ["--hidden", "32", "--layers", "1", "--batch", "4", "--steps", "4", "--rounds", "1", "--warmup",
+                     "1", "--max-length", "128"],
+    "rl_vs_trl": ["--hidden", "32", "--layers", "1", "--batch", "8", "--group", "4", "--max-new-tokens", "8",
+                  "--steps", "3", "--rounds", "1", "--warmup", "1"],
+    "generation": ["--hidden", "32", "--layers", "1", "--batches", "1,4", "--new-tokens", "8", "--repeats", "1"],
+    "padding": ["--batch", "4", "--batches", "3"],
+    "eval_world_hhh": ["--set", "model.path=world:tiny", "--set", "suite.n=4", "--set", "suite.heldout_n=1",
+                       "--every", "7", "--batches", "1,8"],
+}
+
+
+def test_every_bench_script_has_a_tiny_setting():
+    scripts = {p.stem for p in BENCH.glob("*.py")} - {"common"}
+    assert scripts == set(TINY)
+
+
+@pytest.mark.parametrize("script", sorted(TINY))
+def test_bench_script_runs_and_records_its_environment(script, tmp_path, monkeypatch):
+    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(BENCH))
+    out = tmp_path / "result.json"
+    monkeypatch.setattr(sys, "argv", [str(BENCH / f"{script}.py"), *TINY[script], "--json", str(out)])
+    runpy.run_path(str(BENCH / f"{script}.py"), run_name="__main__")
+    result = json.loads(out.read_text())
+    env = result["environment"]
+    assert env["command"].startswith(f"python {BENCH / script}.py") and env["versions"]["torch"]
+    assert env["machine"]["cores"] >= 1
+    if script in ("train_vs_trl", "rl_vs_trl"):
+        kinds = ["grpo"] if script == "rl_vs_trl" else ["sft", "rm", "dpo"]
+        for kind in kinds:
+            assert result[kind]["speedup_steps"] > 0 and result[kind]["trl"]["steps_per_s"] > 0
