@@ -79,3 +79,35 @@ def test_world_cli_sample_and_export(tmp_path, capsys):
         main(["world", "export", "--out", str(tmp_path / "data"), "-n", "20"])
     assert code.value.code in (0, None)
     assert (tmp_path / "data" / "preferences.jsonl").read_text().count("\n") == 20
+
+
+def test_the_same_seed_builds_the_same_world_whatever_the_threads(tmp_path, monkeypatch):
+    import torch
+
+    from tether.world.build import check_fingerprint, stated_fingerprint
+
+    cfg = WorldBuildConfig(size="tiny")
+    prints, before = [], torch.get_num_threads()
+    try:
+        for threads in (1, 3):  # the machine's setting; the build pins its own (cfg.threads)
+            torch.set_num_threads(threads)
+            monkeypatch.setenv("TETHER_CACHE", str(tmp_path / f"threads{threads}"))
+            prints.append(build_base_model(cfg)["fingerprint"])
+    finally:
+        torch.set_num_threads(before)
+    assert prints[0] == prints[1]
+    # The fingerprint the docs state: corpus and tokenizer on any machine, the weights on the same CPU kernels.
+    problems = check_fingerprint(cfg, {"fingerprint": prints[0]})
+    if torch.backends.cpu.get_cpu_capability() == stated_fingerprint(cfg)["cpu_capability"]:
+        assert problems == []
+    else:
+        assert all(p.startswith("weights") for p in problems), problems
+
+
+def test_check_names_a_build_with_no_stated_fingerprint(cache, capsys):
+    from tether.cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["world", "build", "--size", "tiny", "--seed", "77", "--check"])
+    assert done.value.code == 2 and "no fingerprint is stated for the build" in capsys.readouterr().err
+    assert not (cache / "world").exists()  # it failed before building anything

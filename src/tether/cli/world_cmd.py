@@ -32,6 +32,8 @@ def build(
     seed: int | None = SeedOpt, size: str | None = SizeOpt,
     out: Path | None = typer.Option(None, "--out", "-o", help="also copy the finished model directory here"),
     force: bool = typer.Option(False, "--force", help="rebuild even if the cache holds this build"),
+    check: bool = typer.Option(False, "--check", help="compare the build's fingerprint (corpus, tokenizer, "
+                               "weights) with the one the docs state; exit 1 when they differ"),
     config: ConfigOpt = None, set_: SetOpt = None,
 ) -> None:
     """Generate the world's corpus and pretrain its base model (cached; reused by later commands).
@@ -40,10 +42,19 @@ def build(
     """
     import shutil
 
-    from tether.world.build import build_base_model
+    from tether.world.build import build_base_model, check_fingerprint
 
     cfg = _build_config(config, set_, seed, size)
+    if check:
+        check_fingerprint(cfg, {})  # a configuration with no stated fingerprint fails before the build
     summary = build_base_model(cfg, force=force)
+    if check:
+        problems = check_fingerprint(cfg, summary)
+        for problem in problems:
+            typer.echo(f"fingerprint differs: {problem}", err=True)
+        if problems:
+            raise typer.Exit(1)
+        typer.echo(f"fingerprint matches the stated one: {summary['fingerprint']}", err=True)
     if out is not None:
         if out.exists():
             shutil.rmtree(out)

@@ -69,6 +69,10 @@ class WorldBuildConfig(Config):
     device: Literal["auto", "cpu"] = Field("auto", description="'auto' uses a GPU when there is one (or what "
                                            "`accelerate launch` set up); 'cpu' forces the CPU")
     precision: Literal["fp32", "bf16"] = "fp32"
+    threads: int = Field(2, ge=1, description="CPU threads while pretraining on the CPU. Fixed, not the machine's "
+                         "count, because a reduction split over more threads sums in another order: the same seed "
+                         "then gives other weights. With it fixed, a seed gives the same model bit for bit on "
+                         "machines of the same CPU family and torch build")
 
     @field_validator("size")
     @classmethod
@@ -85,7 +89,8 @@ class WorldBuildConfig(Config):
         """Names this build's cache entry: version, seed, size and a hash of everything."""
         import hashlib
 
-        payload = f"{WORLD_VERSION}:{self.world.model_dump_json()}:{self.spec().model_dump_json()}"
+        payload = (f"{WORLD_VERSION}:{self.world.model_dump_json()}:{self.spec().model_dump_json()}:{self.precision}:"
+                   f"{self.threads}")
         return f"v{WORLD_VERSION}-seed{self.world.seed}-{self.size}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
 
@@ -121,6 +126,15 @@ def build_base_model(cfg: WorldBuildConfig, *, force: bool = False) -> dict[str,
     if force and root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _build(cfg, root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(cfg: WorldBuildConfig, root: Path) -> dict[str, Any]:
     spec = cfg.spec()
     started = time.perf_counter()
     seed_everything(cfg.world.seed)
@@ -176,10 +190,65 @@ def build_base_model(cfg: WorldBuildConfig, *, force: bool = False) -> dict[str,
         "seconds": {"corpus": round(corpus_seconds, 1), "tokenize": round(tokenize_seconds, 1),
                     "train": round(train_seconds, 1), "total": round(time.perf_counter() - started, 1)},
     }
+    summary["fingerprint"] = fingerprint(documents, root / "model")
     run.add_output("model", root / "model")
     run.finish(summary=summary)
     (root / "world.json").write_text(json.dumps(summary, indent=2))
     return {**summary, "cached": False}
+
+
+def fingerprint(documents: list[str], model_path: Path) -> dict[str, str]:
+    """Short hashes of what a build made: its corpus, its tokenizer and its base-model weights.
+
+    Two builds with the same fingerprint are the same world and the same model, bit for bit;
+    ``tether world build --check`` compares a build's with the one the docs state.
+    """
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    corpus = hashlib.sha256("\x00".join(documents).encode()).hexdigest()[:16]
+    tokenizer = json.loads((model_path / "tokenizer.json").read_text())["model"]
+    vocab = hashlib.sha256(json.dumps(tokenizer, sort_keys=True).encode()).hexdigest()[:16]
+    weights = hashlib.sha256()
+    tensors = load_file(str(model_path / "model.safetensors"))
+    for name in sorted(tensors):
+        weights.update(name.encode())
+        weights.update(tensors[name].contiguous().numpy().tobytes())
+    return {"corpus": corpus, "tokenizer": vocab, "weights": weights.hexdigest()[:16]}
+
+
+FINGERPRINTS = Path(__file__).with_name("fingerprints.json")
+
+
+def stated_fingerprint(cfg: WorldBuildConfig) -> dict[str, Any] | None:
+    """The fingerprint the docs state for this build (``world/fingerprints.json``), or None."""
+    stated = json.loads(FINGERPRINTS.read_text())
+    return stated.get(cfg.cache_key())
+
+
+def check_fingerprint(cfg: WorldBuildConfig, summary: dict[str, Any]) -> list[str]:
+    """What differs between this build and the stated one: [] when it is the same build, bit for bit.
+
+    Raises:
+        UserError: no fingerprint is stated for this configuration.
+    """
+    from tether.core.errors import UserError
+
+    stated = stated_fingerprint(cfg)
+    if stated is None:
+        raise UserError(f"no fingerprint is stated for the build {cfg.cache_key()} (seed {cfg.world.seed}, size "
+                        f"{cfg.size}); {FINGERPRINTS.name} states: {', '.join(json.loads(FINGERPRINTS.read_text()))}")
+    import torch
+
+    found = summary.get("fingerprint") or {}
+    problems = [f"{part}: built {found.get(part)}, stated {stated[part]}" for part in ("corpus", "tokenizer", "weights")
+                if found.get(part) != stated[part]]
+    capability = torch.backends.cpu.get_cpu_capability()
+    if problems and problems[-1].startswith("weights") and capability != stated["cpu_capability"]:
+        problems[-1] += (f" (stated for {stated['cpu_capability']} CPU kernels, this machine runs {capability}: "
+                         "other kernels sum in another order, so the weights differ in the last bits)")
+    return problems
 
 
 class PackedRows(NamedTuple):
