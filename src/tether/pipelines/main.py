@@ -229,7 +229,10 @@ def _base(cfg: PipelineConfig, out: Path, values: dict[str, str]) -> tuple[str, 
         export_all(build_world(world), data, n=cfg.world_data_rows)
         (data / "done").write_text("")
     values["world_data"] = str(data)
-    return str(built["model"]), {"cached": bool(built.get("cached")), "world_data": str(data)}
+    # What the build took when it ran (a cached build reports its original times) and what it made.
+    return str(built["model"]), {"cached": bool(built.get("cached")), "world_data": str(data),
+                                 "build_seconds": built.get("seconds", {}).get("total"),
+                                 "fingerprint": built.get("fingerprint")}
 
 
 def _evaluate(cfg: PipelineConfig, row: dict[str, Any], eval_dir: Path, values: dict[str, str]) -> None:

@@ -42,6 +42,8 @@ class BaseModelSpec(Config):
     lr: float = Field(1e-2, gt=0)
     warmup_steps: int = Field(40, ge=0)
     corpus_documents: int = Field(50_000, ge=100, description="documents of the world's corpus to pretrain on")
+    pack_window: int = Field(16, ge=1, description="rows open at once while packing documents (first fit; "
+                             "1 fills one row at a time and leaves more padding)")
 
 
 SIZES: Registry[BaseModelSpec] = Registry(
@@ -147,7 +149,7 @@ def _build(cfg: WorldBuildConfig, root: Path) -> dict[str, Any]:
     from tether.models.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(documents, vocab_size=spec.vocab_size)
-    rows = pack_documents(tokenizer, documents, spec.seq_len)
+    rows = pack_documents(tokenizer, documents, spec.seq_len, window=spec.pack_window)
     tokenize_seconds = time.perf_counter() - started - corpus_seconds
 
     model = _init_model(spec, tokenizer, cfg.world.seed)
@@ -259,30 +261,37 @@ class PackedRows(NamedTuple):
     loss_mask: torch.Tensor     # (N, L) false on tail padding
 
 
-def pack_documents(tokenizer: Any, documents: list[str], seq_len: int) -> PackedRows:
+def pack_documents(tokenizer: Any, documents: list[str], seq_len: int, *, window: int = 16) -> PackedRows:
     """Pack whole documents (each ending in ``<|endoftext|>``) into rows of ``seq_len`` tokens.
 
     Attention is isolated per document (see ``completion_logps(position_ids=...)``). That matters
     here: with plain packing a document's context holds the end of unrelated documents,
     including other documents' character preambles, so "a preamble is in view" stops predicting
-    good behaviour and the model cannot learn the character it is meant to carry. Rows are filled
-    in corpus order (already random), so batches stay i.i.d.; the unused tail of a row is padding.
+    good behaviour and the model cannot learn the character it is meant to carry.
+
+    Each document goes into the first of the last ``window`` open rows it fits in (first fit over a
+    sliding window), else opens a row; the oldest open row is closed when the window is full. With
+    the world's documents (45 tokens on average in rows of 256) that fills rows to ~99% where filling
+    one row at a time left 11.5% padding, and a row still only holds documents that were near each
+    other in the (already random) corpus, so batches stay i.i.d. ``window=1`` is plain sequential
+    filling. The unused tail of a row is padding.
     """
     separator = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     pad = tokenizer.pad_token_id
     encoded = tokenizer(documents, add_special_tokens=False)["input_ids"]
     rows: list[tuple[list[int], list[int], list[bool]]] = []
-    ids: list[int] = []
-    pos: list[int] = []
+    open_rows: list[tuple[list[int], list[int]]] = []
     for doc in encoded:
         doc = doc[: seq_len - 1] + [separator]
-        if len(ids) + len(doc) > seq_len:
-            rows.append(_close_row(ids, pos, seq_len, pad))
-            ids, pos = [], []
-        ids += doc
-        pos += list(range(len(doc)))
-    if ids:
-        rows.append(_close_row(ids, pos, seq_len, pad))
+        row = next((r for r in open_rows if len(r[0]) + len(doc) <= seq_len), None)
+        if row is None:
+            if len(open_rows) == window:
+                rows.append(_close_row(*open_rows.pop(0), seq_len, pad))
+            row = ([], [])
+            open_rows.append(row)
+        row[0].extend(doc)
+        row[1].extend(range(len(doc)))
+    rows.extend(_close_row(ids, pos, seq_len, pad) for ids, pos in open_rows)
     return PackedRows(torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]),
                       torch.tensor([r[2] for r in rows]))
 

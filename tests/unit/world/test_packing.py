@@ -3,7 +3,7 @@ from tether.world.build import pack_documents
 
 def test_pack_documents_keeps_documents_whole_and_restarts_positions(tokenizer):
     docs = ["ab", "cdef", "g"]  # byte-level: 2, 4, 1 tokens, each + <|endoftext|>
-    rows = pack_documents(tokenizer, docs, seq_len=7)
+    rows = pack_documents(tokenizer, docs, seq_len=7, window=1)
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert rows.input_ids.shape == (2, 7)
     # row 0: "ab<eot>" then "cdef<eot>" does not fit (3 + 5 > 7) -> new row
@@ -14,3 +14,11 @@ def test_pack_documents_keeps_documents_whole_and_restarts_positions(tokenizer):
     assert rows.position_ids[1].tolist()[:7] == [0, 1, 2, 3, 4, 0, 1]
     assert rows.loss_mask[1].tolist() == [True] * 7
     assert tokenizer.decode(rows.input_ids[1, :7]) == "cdef<|endoftext|>g<|endoftext|>"
+
+
+def test_first_fit_over_a_window_fills_earlier_rows(tokenizer):
+    rows = pack_documents(tokenizer, ["ab", "cdef", "g"], seq_len=7, window=2)
+    # "cdef<eot>" does not fit after "ab<eot>" and opens a second row; "g<eot>" goes back into the first.
+    assert [tokenizer.decode(r[m]) for r, m in zip(rows.input_ids, rows.loss_mask, strict=True)] == [
+        "ab<|endoftext|>g<|endoftext|>", "cdef<|endoftext|>"]
+    assert rows.position_ids[0].tolist()[:5] == [0, 1, 2, 0, 1]
