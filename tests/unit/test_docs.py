@@ -55,3 +55,27 @@ def test_every_page_is_in_the_nav_and_linked_from_the_readme():
     assert sorted(pages) == on_disk
     readme_links = set(re.findall(r"\]\(docs/([\w.-]+\.md)(?:#[\w-]+)?\)", (ROOT / "README.md").read_text()))
     assert set(pages) - {"index.md"} <= readme_links, set(pages) - readme_links
+
+
+def _tables_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "docs" / "results" / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_generated_table_is_what_its_committed_raw_output_gives():
+    tables = _tables_module()
+    marked = 0
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        text = page.read_text()
+        marked += text.count("<!-- table:")
+        assert tables.rendered(text) == text, f"{page.name}: run python docs/results/tables.py render"
+    assert marked >= len(tables.RENDERERS)  # every renderer's table is on some page
+    for source, _ in tables.RENDERERS.values():
+        loaded = tables._load(source)
+        for doc in loaded if isinstance(loaded, list) else [loaded]:
+            command = doc.get("command") or doc["environment"]["command"]  # bench scripts keep it with the machine
+            assert command and doc["environment"]["machine"]["cores"]  # how and where it was measured

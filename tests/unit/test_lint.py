@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_ruff_clean():
     # Through this interpreter: the venv's ruff need not be on PATH when pytest is run as .venv/bin/python.
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "bench"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "bench", "docs"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -2,7 +2,7 @@
 
 Why: a small model on a GPU decodes at the speed of its kernel launches, not its arithmetic
 (an 8-layer, 32M-parameter Llama: ``model.generate`` 132 tokens/s at batch 1 on an H100, this
-module's graph 994; bench/results/generation_h100.json). Capturing one decode step — embedding,
+module's graph 994; docs/results/bench/generation_h100.json). Capturing one decode step — embedding,
 every layer, the output head — as a CUDA graph and replaying it turns hundreds of launches into one.
 
 What makes a step capturable: every tensor it reads or writes lives at a fixed address and
