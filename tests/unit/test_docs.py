@@ -79,3 +79,15 @@ def test_every_generated_table_is_what_its_committed_raw_output_gives():
         for doc in loaded if isinstance(loaded, list) else [loaded]:
             command = doc.get("command") or doc["environment"]["command"]  # bench scripts keep it with the machine
             assert command and doc["environment"]["machine"]["cores"]  # how and where it was measured
+
+
+def test_the_stated_fingerprints_are_the_builds_the_main_job_table_was_measured_on():
+    import json
+
+    stated = json.loads((ROOT / "src" / "tether" / "world" / "fingerprints.json").read_text())
+    runs = json.loads((ROOT / "docs" / "results" / "run_world_seeds.json").read_text())["runs"]
+    small = {entry["seed"]: entry for entry in stated.values() if entry["size"] == "small"}
+    assert sorted(small) == sorted(int(seed) for seed in runs)
+    for seed, run in runs.items():
+        built = run["stages"]["base"]["fingerprint"]
+        assert {k: small[int(seed)][k] for k in built} == built, seed
