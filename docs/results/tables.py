@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,20 +57,10 @@ def target_met(target: str, final: float, base: float) -> bool | None:
 
 
 def environment() -> dict[str, Any]:
-    """The machine and versions this process runs on."""
-    import torch
-    import transformers
+    """The machine, versions and git revision this process runs on."""
+    from tether.core.runs import environment as measured_on
 
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": {"cpu": cpu, "cores": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "transformers": transformers.__version__}}
+    return measured_on(extra_packages=("trl",))
 
 
 def collect_run(dirs: list[Path], command: str) -> dict[str, Any]:

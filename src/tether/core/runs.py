@@ -146,6 +146,35 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+def machine() -> dict[str, Any]:
+    """What a measurement ran on: the CPU (model name, cores, the vector kernels torch picked), torch's
+    threads and the GPU, if any. Results of the world's builds depend on the kernels (see world.build)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass  # not Linux: the platform's name is what there is
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def environment(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
+    """Date, machine, package versions (tether's core ones and ``extra_packages``) and git revision: what
+    a results file records beside its numbers."""
+    versions = package_versions()
+    for name in extra_packages:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(), "versions": versions,
+            "git": git_revision()}
+
+
 def git_revision(start: Path | None = None) -> str | None:
     """The git commit of the working tree tether runs from (or ``start``), if any; '+dirty' when modified."""
     cwd = start or Path(__file__).resolve().parent
