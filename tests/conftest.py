@@ -65,6 +65,18 @@ def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
+def docs_tables():
+    """``docs/results/tables.py``, the docs' results tool (not a package: loaded from its file)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_tables", Path(__file__).resolve().parents[1] / "docs" /
+                                                  "results" / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     from tether.models.tokenizer import build_tokenizer
 

@@ -6,29 +6,17 @@ seeds 0, 1 and 2, each from its own base-model build, with the targets the table
 (about 5 minutes a seed on 2 cores with an empty cache, 1.5 with the base model cached).
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from tether.core.config import load_config
 from tether.pipelines import main as pipeline
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _tables():
-    spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "docs" / "results" / "tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("world_seed", [0, 1, 2])
-def test_the_default_pipeline_meets_the_stated_targets(tmp_path, world_seed):
-    tables = _tables()
+def test_the_default_pipeline_meets_the_stated_targets(tmp_path, world_seed, docs_tables):
+    tables = docs_tables
     cfg = load_config(pipeline.PipelineConfig, "run/world", [f"world_seed={world_seed}", f"out={tmp_path / 'run'}"])
     summary = pipeline.run(cfg, echo=lambda _: None)
     stages = {row["name"]: row for row in summary["stages"]}

@@ -57,17 +57,8 @@ def test_every_page_is_in_the_nav_and_linked_from_the_readme():
     assert set(pages) - {"index.md"} <= readme_links, set(pages) - readme_links
 
 
-def _tables_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "docs" / "results" / "tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_every_generated_table_is_what_its_committed_raw_output_gives():
-    tables = _tables_module()
+def test_every_generated_table_is_what_its_committed_raw_output_gives(docs_tables):
+    tables = docs_tables
     marked = 0
     for page in sorted((ROOT / "docs").glob("*.md")):
         text = page.read_text()
