@@ -38,6 +38,23 @@ def test_world_rewards_gold_and_kl_are_logged(tmp_path, advantage):
     assert summary["steps"] == 2 and (tmp_path / advantage / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_shared_prompts_train_as_the_concatenated_rows_do(tmp_path, iterations):
+    # Each prompt run once for its group (the default) or once per completion: the same samples,
+    # rewards, KL and loss at every step, up to float rounding.
+    runs = {}
+    for share in (True, False):
+        name = f"share-{share}-{iterations}"
+        grpo.run(_cfg(tmp_path, name, "rewards=[{kind: length}]", "loop.max_steps=4", f"iterations={iterations}",
+                      "loop.checkpoint_every=2", f"data.share_prompts={share}"))
+        runs[share] = _metrics(tmp_path / name)
+    assert len(runs[True]) == len(runs[False]) == 4
+    for a, b in zip(runs[True], runs[False], strict=True):
+        assert a["completion_tokens"] == b["completion_tokens"]
+        for key in ("loss", "reward", "kl", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), key
+
+
 def test_reward_model_terms_need_a_path(tmp_path):
     with pytest.raises(ConfigError, match="config key 'rewards.0.path' is required"):
         _cfg(tmp_path, "x", "rewards=[{kind: reward-model}]")

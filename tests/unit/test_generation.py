@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from tether.models.generation import GenerationSettings, HFGenerator, filter_logits
@@ -149,3 +150,27 @@ def test_static_decoders_are_reused_while_the_weights_stay_in_place(tokenizer):
     for size in range(1, 8):  # at most keep_decoders shapes are kept
         gen.generate(prompts[:1] * size, static.model_copy(update={"batch_size": size}))
     assert len(gen._decoders) == gen.keep_decoders
+
+
+def test_equal_prompts_share_one_prefill_and_sample_as_they_would_alone(tiny_llama, tokenizer, monkeypatch):
+    import tether.models.generation as generation
+
+    prompts = ["tell me", "x", "tell me", "tell me", "x"]
+    settings = GenerationSettings(max_new_tokens=12, temperature=1.0, batch_size=8)
+    calls = []
+    forward = tiny_llama.forward
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_llama, "forward", counted)
+    shared = HFGenerator(tiny_llama, tokenizer).generate(prompts, settings, seeds=[1, 2, 3, 4, 5])
+    assert calls[0][0] == 2  # the prefill ran the two distinct prompts
+    monkeypatch.setattr(generation, "prefix_sharing_supported", lambda *a, **k: False)
+    calls.clear()
+    alone = HFGenerator(tiny_llama, tokenizer).generate(prompts, settings, seeds=[1, 2, 3, 4, 5])
+    assert calls[0][0] == 5
+    assert [c.token_ids for c in shared] == [c.token_ids for c in alone]
+    for a, b in zip(shared, alone, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)

@@ -84,3 +84,58 @@ def test_packed_rows_equal_separate_documents(tiny_llama):
     expected = torch.cat([alone[0].token_logps[0], alone[1].token_logps[0]])
     torch.testing.assert_close(together.token_logps[0], expected, atol=1e-5, rtol=1e-5)
     assert int(together.num_tokens) == (len(doc_a) - 1) + (len(doc_b) - 1)
+
+
+def _prefix_case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(5, 200, (n,), generator=g).tolist() for n in (3, 7, 5)]
+    rows = [0, 0, 1, 2, 1, 0]   # completions of three prompts, interleaved, one prompt used thrice
+    completions = [torch.randint(5, 200, (n,), generator=g).tolist() for n in (4, 1, 6, 2, 3, 5)]
+    return [prompts[r] for r in rows], completions
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "phi3", "gpt2", "gpt_neox", "opt", "gemma2"])
+def test_shared_prompts_give_the_concatenated_rows_log_probs_and_gradients(tokenizer, arch):
+    from tether.data.collate import pad_batch
+    from tether.data.records import TokenizedExample
+    from tether.models.logprobs import prefix_batch, prefix_logps, prefix_sharing_supported
+    from tether.models.tiny import build_tiny_model
+
+    model = build_tiny_model(arch, tokenizer, seed=2)
+    if arch == "gemma2":  # sliding-window layers keep a cache that is not repeated: the caller falls back
+        assert not prefix_sharing_supported(model)
+        return
+    assert prefix_sharing_supported(model)
+    prompts, completions = _prefix_case()
+    batch = prefix_batch(prompts, completions, tokenizer.pad_token_id)
+    assert batch.prompt_ids.shape == (3, 7) and batch.prompt_of.tolist() == [0, 0, 1, 2, 1, 0]
+    shared = prefix_logps(model, batch)
+    shared.sum().backward()
+    grads = [p.grad.clone() if p.grad is not None else None for p in model.parameters()]
+    model.zero_grad()
+    rows = pad_batch([TokenizedExample(p + c, [False] * len(p) + [True] * len(c))
+                      for p, c in zip(prompts, completions, strict=True)], tokenizer.pad_token_id)
+    full = completion_logps(model, rows.input_ids, rows.attention_mask, rows.loss_mask).token_logps
+    full.sum().backward()
+    for row, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        torch.testing.assert_close(shared[row, :len(c)], full[row, len(p):len(p) + len(c)], atol=1e-5, rtol=1e-5)
+        assert (shared[row, len(c):] == 0).all()
+    for a, p in zip(grads, model.parameters(), strict=True):
+        if a is None:
+            assert p.grad is None or not p.grad.any()
+        else:
+            torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)
+    assert batch.scored_tokens() == sum(map(len, completions))
+    assert batch.num_tokens() == int(rows.attention_mask.sum())
+
+
+def test_shared_prompts_are_refused_under_gradient_checkpointing_for_training_only(tokenizer):
+    from tether.models.loading import enable_checkpointing
+    from tether.models.logprobs import prefix_batch, prefix_sharing_supported
+    from tether.models.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", tokenizer, seed=0)
+    enable_checkpointing(model)
+    assert not prefix_sharing_supported(model) and prefix_sharing_supported(model, training=False)
+    with pytest.raises(ValueError, match="non-empty prompts"):
+        prefix_batch([[], [1]], [[2], [3]], 0)

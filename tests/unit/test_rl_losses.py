@@ -218,3 +218,15 @@ def test_best_of_n_estimate_matches_enumerating_subsets():
         pytest.approx(5 / 3)
     with pytest.raises(ValueError, match="at least 8"):
         best_of_n_expectation(selector, value, 8)
+
+
+def test_by_prompt_keeps_each_prompts_completions_in_one_batch():
+    from tether.train.online import by_prompt
+
+    prompts = [[1], [1], [2, 2], [2, 2], [3], [3], [1], [2, 2]]
+    lengths = [5, 9, 4, 4, 20, 21, 6, 3]
+    batches = by_prompt(prompts, lengths, groups=2, max_size=8)
+    # Groups ordered by their longest row: [2,2] (4), [1] (9), [3] (21); at most 4 rows where a group allows.
+    assert batches == [[2, 3, 7], [0, 1, 6], [4, 5]]
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    assert by_prompt([], [], groups=4, max_size=8) == []

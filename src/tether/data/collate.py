@@ -19,6 +19,10 @@ class TokenBatch(NamedTuple):
     loss_mask: Tensor       # (B, T) true on trained / scored tokens
     position_ids: Tensor | None = None  # (1, T) packed: restart at 0 at each example; None: padded
 
+    def num_tokens(self) -> int:
+        """Real tokens in the batch (what the forward processes, padding aside)."""
+        return int(self.attention_mask.sum())
+
     def scored_tokens(self) -> int:
         """Tokens a loss over ``loss_mask`` sums over (a row's or a packed example's first token has no context)."""
         if self.position_ids is not None:

@@ -45,6 +45,9 @@ class PromptData(Config):
     skip_bad: bool = Field(False, description="skip malformed rows (counted in record.json) instead of failing")
     length_groups: int = Field(4, ge=1, description="split each forward over completions into this many groups "
                                "of similar length, padded separately (less padding, same result)")
+    share_prompts: bool = Field(True, description="run each prompt once per forward and repeat its key/value "
+                                "cache to the completions sampled from it (same result up to float rounding; "
+                                "used where the model allows: full attention, no gradient checkpointing)")
     context: ContextConfig | None = Field(None, description="put one of these texts in front of every prompt "
                                           "(e.g. the character-first recipe's seed prompts)")
 

@@ -32,7 +32,7 @@ from tether.core.config import Config
 from tether.core.errors import ConfigError
 from tether.data.records import Prompt
 from tether.models.chat import encode_prompts
-from tether.models.logprobs import position_ids_from_mask
+from tether.models.logprobs import position_ids_from_mask, prefix_sharing_supported
 from tether.models.static_decode import StaticDecoder, static_decoding_supported
 from tether.models.vllm_backend import VLLMSettings
 
@@ -276,9 +276,17 @@ class HFGenerator:
         decoder = None if mode == "dynamic" else self._static_decoder(size, ids.shape[1] + settings.max_new_tokens,
                                                                       mode)
         if decoder is None:
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                             logits_to_keep=1)
-            cache, logits = out.past_key_values, out.logits[:, -1]           # (B, V)
+            # Equal prompts (an RL group's samples) are run once and their cache repeated to every row.
+            first, index = _distinct_rows(batch)
+            shared = len(first) < size and prefix_sharing_supported(self.model, training=False)
+            rows = torch.tensor(first, device=ids.device) if shared else slice(None)
+            out = self.model(input_ids=ids[rows], attention_mask=mask[rows], position_ids=positions[rows],
+                             use_cache=True, logits_to_keep=1)
+            cache, logits = out.cache, out.logits[:, -1]           # (B or U, V)
+            if shared:
+                repeat = torch.tensor(index, device=ids.device)
+                cache.reorder_cache(repeat)
+                logits = logits[repeat]
         else:
             logits = decoder.prefill(ids, mask, positions)
         next_pos = positions[:, -1:] + 1                                     # (B, 1)
@@ -315,8 +323,8 @@ class HFGenerator:
             if decoder is None:
                 mask = torch.cat([mask, torch.ones((size, 1), dtype=mask.dtype, device=mask.device)], dim=1)
                 out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos,
-                                 past_key_values=cache, use_cache=True)
-                cache, logits = out.past_key_values, out.logits[:, -1]
+                                 cache=cache, use_cache=True)
+                cache, logits = out.cache, out.logits[:, -1]
             else:
                 logits = decoder.step(chosen, next_pos)
             next_pos = next_pos + 1
@@ -381,3 +389,17 @@ class HFGenerator:
             text = text[:cut]
         return Completion(text=text, token_ids=ids, logprobs=logps, finish_reason=reason,  # type: ignore[arg-type]
                           entropies=entropies)
+
+
+def _distinct_rows(batch: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:
+    """The first row of each distinct sequence, and for every row the position of its sequence among those."""
+    seen: dict[tuple[int, ...], int] = {}
+    first: list[int] = []
+    index = []
+    for row, seq in enumerate(batch):
+        key = tuple(seq)
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(row)
+        index.append(seen[key])
+    return first, index

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -137,7 +137,7 @@ def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = Non
             raise UserError(f"cannot load a causal LM from {cfg.path!r}: {_first_line(exc)}") from None
     torch_module(model).to(device)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         model.config.use_cache = False
     if cfg.lora is not None:
         from tether.models.lora import apply_lora
@@ -186,3 +186,11 @@ def _first_line(exc: BaseException) -> str:
 def torch_module(model: PreTrainedModel) -> torch.nn.Module:
     """The model typed as a plain ``nn.Module`` (transformers' stubs wrap ``.to`` oddly)."""
     return model  # type: ignore[return-value]
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Recompute activations in backward (non-reentrant), under the name this transformers gives it."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x: the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

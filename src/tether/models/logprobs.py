@@ -246,3 +246,120 @@ def completion_logits(model: Any, input_ids: Tensor, attention_mask: Tensor, los
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     return logits  # type: ignore[no-any-return]
+
+
+class PrefixBatch(NamedTuple):
+    """Completions that share prompts, laid out so each prompt is run once.
+
+    Several completions of one prompt (a GRPO group, a DPO pair) would otherwise repeat the
+    prompt's forward and backward once per completion. Here the prompts run once, their key/value
+    cache is repeated to the completion rows, and only the completions run per row.
+    """
+
+    prompt_ids: Tensor       # (U, P) distinct prompts, left-padded: every prompt ends at column P-1
+    prompt_mask: Tensor      # (U, P) 1 on real prompt tokens
+    prompt_of: Tensor        # (B,) which prompt each completion row continues
+    completion_ids: Tensor   # (B, C) right-padded
+    completion_mask: Tensor  # (B, C) true on real completion tokens
+
+    def scored_tokens(self) -> int:
+        """Completion tokens a loss sums over."""
+        return int(self.completion_mask.sum())
+
+    def num_tokens(self) -> int:
+        """Real tokens of the rows as if each prompt were repeated (comparable with :class:`TokenBatch`'s)."""
+        return int(self.prompt_mask.sum(-1)[self.prompt_of].sum() + self.completion_mask.sum())
+
+
+def prefix_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int,
+                 device: torch.device | str = "cpu") -> PrefixBatch:
+    """A :class:`PrefixBatch` of ``completions[i]`` continuing ``prompts[i]`` (equal prompts merged)."""
+    if len(prompts) != len(completions) or not prompts:
+        raise ValueError("prefix_batch needs one prompt per completion, and at least one")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("prefix_batch needs non-empty prompts (a first token has nothing to be predicted from)")
+    distinct: dict[tuple[int, ...], int] = {}
+    index = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    width = max(len(p) for p in distinct)
+    prompt_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(distinct), width), dtype=torch.long)
+    for row, p in enumerate(distinct):
+        prompt_ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        prompt_mask[row, width - len(p):] = 1
+    c_width = max(1, max(len(c) for c in completions))
+    completion_ids = torch.full((len(completions), c_width), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((len(completions), c_width), dtype=torch.bool)
+    for row, c in enumerate(completions):
+        completion_ids[row, :len(c)] = torch.tensor(list(c), dtype=torch.long)
+        completion_mask[row, :len(c)] = True
+    return PrefixBatch(prompt_ids.to(device), prompt_mask.to(device), torch.tensor(index, device=device),
+                       completion_ids.to(device), completion_mask.to(device))
+
+
+def prefix_sharing_supported(model: Any, *, training: bool = True) -> bool:
+    """Whether a prompt's key/value cache can be run once and repeated to its completions
+    (:func:`prefix_logps`; ``training=False``: for sampling): a known backbone/head layout, full
+    attention in every layer (a sliding window or a recurrent layer keeps a cache that cannot simply
+    be repeated), and, to train, no gradient checkpointing (which drops the cache inside each layer)."""
+    hf = inner_model(model)
+    lm = hf.get_base_model() if hasattr(hf, "get_base_model") else hf
+    config = lm.config.get_text_config(decoder=True)
+    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    backbone = getattr(lm, lm.base_model_prefix, None)
+    return (backbone is not None and backbone is not lm and lm.get_output_embeddings() is not None
+            and getattr(config, "sliding_window", None) is None and layer_types == {"full_attention"}
+            and not (training and _checkpointing(lm))
+            and not getattr(config, "is_encoder_decoder", False))
+
+
+def _checkpointing(model: Any) -> bool:
+    # transformers 5 renamed gradient to activation checkpointing (the old name warns).
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
+def prefix_logps(model: Any, batch: PrefixBatch, *, temperature: float = 1.0) -> Tensor:
+    """Per-token log-probs of ``batch``'s completion tokens, each prompt run once.  -> (B, C), 0 on padding
+
+    Equal, up to float rounding, to :func:`completion_logps` over the concatenated rows (tested);
+    differentiable, the prompts' gradients summed over the completions that share them. Needs
+    :func:`prefix_sharing_supported`. Runs inside ``model``'s distributed wrapper, like
+    :func:`completion_logps`.
+    """
+    return run_inside(model, _prefix_logps, batch=batch, temperature=temperature)  # type: ignore[no-any-return]
+
+
+def _prefix_logps(model: Any, *, batch: PrefixBatch, temperature: float = 1.0) -> Tensor:
+    from transformers import DynamicCache
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = lm.get_output_embeddings()
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    backbone = getattr(lm, lm.base_model_prefix)
+    cache = DynamicCache(config=lm.config)
+    prompt = backbone(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask,
+                      position_ids=position_ids_from_mask(batch.prompt_mask), cache=cache, use_cache=True)
+    # Repeat each prompt's keys and values to its completions (index_select: gradients flow back summed).
+    cache.reorder_cache(batch.prompt_of)  # type: ignore[arg-type]
+    lengths = batch.prompt_mask.sum(-1)[batch.prompt_of]                                      # (B,)
+    width = batch.completion_ids.shape[1]
+    mask = torch.cat([batch.prompt_mask[batch.prompt_of], batch.completion_mask.long()], dim=1)  # (B, P + C)
+    positions = lengths[:, None] + torch.arange(width, device=lengths.device)             # (B, C)
+    hidden = backbone(input_ids=batch.completion_ids, attention_mask=mask, position_ids=positions,
+                      cache=cache, use_cache=True).last_hidden_state            # (B, C, H)
+    # The prompt's last state predicts a completion's first token; completion token t-1 predicts token t.
+    predicting = torch.cat([prompt.last_hidden_state[:, -1][batch.prompt_of, None], hidden[:, :-1]], dim=1)
+    rows = batch.completion_mask.nonzero(as_tuple=True)
+
+    def logps(h: Tensor, targets: Tensor) -> Tensor:
+        logits = head(h)
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        if temperature != 1.0:
+            logits = logits / temperature
+        return gather_token_logps(logits, targets)
+
+    flat = logps(predicting[rows], batch.completion_ids[rows])
+    out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=flat.device)
+    return out.index_put(rows, flat)

@@ -35,7 +35,7 @@ def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, n
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from tether.models.loading import resolve_device, resolve_dtype, resolve_model_path
+    from tether.models.loading import enable_checkpointing, resolve_device, resolve_dtype, resolve_model_path
 
     cfg = cfg.model_copy(update={"path": resolve_model_path(cfg.path)})
     device = resolve_device(cfg.device)
@@ -61,7 +61,7 @@ def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, n
     model.config.pad_token_id = tokenizer.pad_token_id
     model = model.to(device)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if cfg.lora is not None:
         from tether.models.lora import apply_lora
 

@@ -85,7 +85,7 @@ class StaticDecoder:
         allowed = torch.zeros((ids.shape[0], 1, width, self.max_len), dtype=torch.bool, device=ids.device)
         allowed[..., :width] = keys & causal                                    # (B, 1, P, L)
         out = self.model(input_ids=ids, attention_mask=self._additive(allowed), position_ids=positions,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                         cache=self.cache, use_cache=True, logits_to_keep=1)
         self.mask[:, 0, 0, :width] = self._additive(keys[:, 0, 0])
         self.length = width
         return out.logits[:, -1]
@@ -112,7 +112,7 @@ class StaticDecoder:
 
     def _forward(self) -> Tensor:
         return self.model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions,
-                          past_key_values=self.cache, use_cache=True).logits
+                          cache=self.cache, use_cache=True).logits
 
     def _capture_and_run(self) -> None:
         # Warm up on a side stream (lazy allocations and library handles must exist before

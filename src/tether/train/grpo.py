@@ -28,13 +28,20 @@ from tether.core.recipes import output, recipe
 from tether.core.registry import Kind
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
+from tether.data.collate import TokenBatch
 from tether.data.sources import PromptData, load_prompts
 from tether.engine.evaluation import EvalSchedule, TrainingEval
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.rl import ADVANTAGES, aggregate_sum, clipped_surrogate, kl_estimate
 from tether.models.generation import GenerationSettings, build_generator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
-from tether.models.logprobs import completion_logps, inner_model
+from tether.models.logprobs import (
+    PrefixBatch,
+    completion_logps,
+    inner_model,
+    prefix_logps,
+    prefix_sharing_supported,
+)
 from tether.scoring.rewards import Rewards, RewardTerm
 from tether.train import online
 from tether.train.watchdog import WatchConfig
@@ -119,6 +126,7 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
                         f"{acc.num_processes} processes")
     reference.to(acc.device)
     generator = build_generator(policy, tokenizer, cfg.generation, path=cfg.model.path, seed=cfg.seed)
+    shared_prompts = cfg.data.share_prompts and prefix_sharing_supported(policy)
 
     stop = watch.stopped or schedule.stopped_at is not None  # a resumed run that had already stopped
     while loop.step_count < cfg.loop.max_steps and not stop:
@@ -128,19 +136,26 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         local, timing = online.roll_out(
             policy, generator, cfg.generation, mine, first_slot=first, samples_per_prompt=cfg.group_size,
             seed=cfg.seed, step=step, rewards=rewards, gold=gold, reference=reference, device=acc.device,
-            pad_id=pad_id, length_groups=cfg.data.length_groups, recompute_old=cfg.iterations > 1)
+            pad_id=pad_id, length_groups=cfg.data.length_groups, recompute_old=cfg.iterations > 1,
+            share_prompts=cfg.data.share_prompts)
         samples = online.gather(acc, local)
         advantages = _advantages(cfg, torch.tensor([s.reward for s in samples]))
         for s, a in zip(samples, advantages.tolist(), strict=True):
             s.extra["advantages"] = torch.full((len(s.completion_ids),), a)
         _, share = online.process_share(samples, acc.process_index, acc.num_processes)
-        groups = online.by_length([len(s.prompt_ids) + len(s.completion_ids) for s in share], cfg.data.length_groups,
-                                  len(share))
-        batches = [_Batch(*online.collate([share[i] for i in g], pad_id, acc.device, ["advantages"])) for g in groups]
+        lengths = [len(s.prompt_ids) + len(s.completion_ids) for s in share]
+        if shared_prompts and all(s.prompt_ids for s in share):  # a prompt's forward and backward run once
+            groups = online.by_prompt([s.prompt_ids for s in share], lengths, cfg.data.length_groups, len(share))
+            batches = [_Batch(*online.collate_prefix([share[i] for i in g], pad_id, acc.device, ["advantages"]))
+                       for g in groups]
+        else:
+            groups = online.by_length(lengths, cfg.data.length_groups, len(share))
+            batches = [_Batch(*online.collate([share[i] for i in g], pad_id, acc.device, ["advantages"]))
+                       for g in groups]
         sig = online.signals(samples)
         for _ in range(cfg.iterations):
             result = loop.step(batches, lambda b: _loss_sum(cfg, loop.model, b), count=lambda b: _count(cfg, b),
-                               num_tokens=lambda b: int(b.rows.attention_mask.sum()))
+                               num_tokens=lambda b: b.rows.num_tokens())
             tokens = sum(int(b.mask.sum()) for b in batches)
             clipped = sum(b.clip_fraction * int(b.mask.sum()) for b in batches) / max(tokens, 1)
             harness, stop = schedule.after_step(loop.model, loop.step_count)
@@ -165,7 +180,7 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
 class _Batch:
     """A length group of one process's share of a rollout, collated, and the clip fraction its loss saw."""
 
-    def __init__(self, rows: Any, mask: torch.Tensor, fields: dict[str, torch.Tensor]) -> None:
+    def __init__(self, rows: TokenBatch | PrefixBatch, mask: torch.Tensor, fields: dict[str, torch.Tensor]) -> None:
         self.rows, self.mask, self.fields = rows, mask, fields
         self.clip_fraction = 0.0
 
@@ -188,7 +203,10 @@ def _loss_sum(cfg: GRPOConfig, policy: Any, batch: _Batch) -> torch.Tensor:
     and the gradient is the policy gradient), so no separate forward computes them (as TRL does).
     """
     rows, mask, fields = batch.rows, batch.mask, batch.fields
-    logps = completion_logps(policy, rows.input_ids, rows.attention_mask, rows.loss_mask).token_logps
+    if isinstance(rows, PrefixBatch):
+        logps = prefix_logps(policy, rows)
+    else:
+        logps = completion_logps(policy, rows.input_ids, rows.attention_mask, rows.loss_mask).token_logps
     old = fields["old_logps"] if cfg.iterations > 1 else logps.detach()
     per_token, clipped = clipped_surrogate(logps, old, fields["advantages"], clip_low=cfg.loss.clip_low,
                                            clip_high=cfg.loss.clip_high)

@@ -31,7 +31,14 @@ from torch import Tensor
 from tether.data.collate import TokenBatch, pad_batch
 from tether.data.records import TokenizedExample
 from tether.models.generation import GenerationSettings, RolloutGenerator
-from tether.models.logprobs import completion_logps, inner_model
+from tether.models.logprobs import (
+    PrefixBatch,
+    completion_logps,
+    inner_model,
+    prefix_batch,
+    prefix_logps,
+    prefix_sharing_supported,
+)
 from tether.scoring.rewards import Rewards, reward_config
 from tether.train.watchdog import WatchConfig
 
@@ -103,6 +110,12 @@ class RolloutReference:
         with self._model(policy) as model:
             return completion_logps(model, rows.input_ids, rows.attention_mask, rows.loss_mask).token_logps
 
+    @torch.no_grad()
+    def prefix_logps(self, policy: Any, batch: PrefixBatch) -> Tensor:
+        """Reference log-probs of ``batch``'s completion tokens, each prompt run once.  -> (B, C)"""
+        with self._model(policy) as model:
+            return prefix_logps(model, batch)
+
 
 def completion_seed(seed: int, step: int, slot: int, sample: int) -> int:
     """The sampling seed of completion ``sample`` of the step's prompt ``slot``."""
@@ -118,17 +131,36 @@ def by_length(lengths: Sequence[int], groups: int, max_size: int) -> list[list[i
     return [order[i:i + size] for i in range(0, len(order), size)] if order else []
 
 
+def by_prompt(prompts: Sequence[Sequence[int]], lengths: Sequence[int], groups: int, max_size: int) -> list[list[int]]:
+    """Like :func:`by_length`, but a prompt's completions are never split: batches of whole prompt groups
+    (ordered by their longest row), at least ``groups`` of them, at most ``max_size`` rows where a group allows."""
+    members: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prompts):
+        members.setdefault(tuple(p), []).append(i)
+    ordered = sorted(members.values(), key=lambda rows: max(lengths[i] for i in rows))
+    count = max(groups, -(-len(prompts) // max(max_size, 1)))
+    size = -(-len(prompts) // max(count, 1))
+    batches: list[list[int]] = [[]]
+    for rows in ordered:
+        if batches[-1] and len(batches[-1]) + len(rows) > size:
+            batches.append([])
+        batches[-1].extend(rows)
+    return batches if batches[0] else []
+
+
 def roll_out(policy: Any, generator: RolloutGenerator, settings: GenerationSettings, prompts: Sequence[dict[str,
                                                                                                             Any]], *,
              first_slot: int, samples_per_prompt: int, seed: int, step: int, rewards: Rewards, gold: Rewards | None,
              reference: RolloutReference | None, device: torch.device, pad_id: int, length_groups: int = 4,
-             recompute_old: bool = True) -> tuple[list[RolloutSample], dict[str, float]]:
+             recompute_old: bool = True, share_prompts: bool = False) -> tuple[list[RolloutSample], dict[str, float]]:
     """Sample, score and log-prob this process's prompts (``first_slot``: index of its first in the step's list).
 
     ``recompute_old``: take the policy's log-probs with a training-layout forward (what several
     updates per rollout need: the ratio is exactly 1 at the first one); otherwise keep the
     sampler's own log-probs of the sampled tokens (a recipe with one update per rollout uses the
     current log-probs, detached, as "old" and these only for the logged KL).
+    ``share_prompts``: run each prompt once per log-prob forward (:func:`prefix_logps`) where the
+    model allows it.
 
     Returns ``len(prompts) * samples_per_prompt`` samples, prompt by prompt (a prompt's samples
     adjacent), and this process's timings: ``generation_s``, ``rollout_s`` (generation, rewards
@@ -149,19 +181,36 @@ def roll_out(policy: Any, generator: RolloutGenerator, settings: GenerationSetti
                 for p, c in zip(prompt_ids, completions, strict=True)]
     olds: list[Tensor] = [torch.tensor(c.logprobs) for c in completions]
     refs: list[Tensor | None] = [None] * len(examples)
-    for group in by_length([len(e.input_ids) for e in examples], length_groups, settings.batch_size):
-        rows = pad_batch([examples[i] for i in group], pad_id, device)
-        old = None
-        if recompute_old:
-            with torch.no_grad():
-                old = completion_logps(policy, rows.input_ids, rows.attention_mask, rows.loss_mask).token_logps.cpu()
-        ref = reference.token_logps(policy, rows).cpu() if reference is not None else None
-        for row, i in enumerate(group):
-            p, c = len(prompt_ids[i]), len(completions[i].token_ids)
-            if old is not None:
-                olds[i] = old[row, p:p + c]
-            if ref is not None:
-                refs[i] = ref[row, p:p + c]
+    lengths = [len(e.input_ids) for e in examples]
+    if share_prompts and all(prompt_ids) and prefix_sharing_supported(policy):
+        for group in by_prompt(prompt_ids, lengths, length_groups, settings.batch_size):
+            batch = prefix_batch([prompt_ids[i] for i in group], [completions[i].token_ids for i in group], pad_id,
+                                 device)
+            if recompute_old:
+                with torch.no_grad():
+                    old = prefix_logps(policy, batch).cpu()
+            ref = reference.prefix_logps(policy, batch).cpu() if reference is not None else None
+            for row, i in enumerate(group):
+                c = len(completions[i].token_ids)
+                if recompute_old:
+                    olds[i] = old[row, :c]
+                if ref is not None:
+                    refs[i] = ref[row, :c]
+    else:
+        for group in by_length(lengths, length_groups, settings.batch_size):
+            rows = pad_batch([examples[i] for i in group], pad_id, device)
+            old = None
+            if recompute_old:
+                with torch.no_grad():
+                    old = completion_logps(policy, rows.input_ids, rows.attention_mask,
+                                           rows.loss_mask).token_logps.cpu()
+            ref = reference.token_logps(policy, rows).cpu() if reference is not None else None
+            for row, i in enumerate(group):
+                p, c = len(prompt_ids[i]), len(completions[i].token_ids)
+                if old is not None:
+                    olds[i] = old[row, p:p + c]
+                if ref is not None:
+                    refs[i] = ref[row, p:p + c]
     samples = [RolloutSample(prompt_ids=prompt_ids[i], completion_ids=completions[i].token_ids, text=outputs[i],
                       reward=float(reward[i]), terms={k: float(v[i]) for k, v in terms.items()}, gold=gold_values[i],
                       old_logps=olds[i], ref_logps=refs[i], entropy=torch.tensor(completions[i].entropies),
@@ -205,6 +254,21 @@ def collate(samples: Sequence[RolloutSample], pad_id: int, device: torch.device,
             out[name][row, p:p + c] = value
     mask[:, 0] = False  # a first token has no context: never scored (matches completion_logps)
     return rows, mask.to(device), {k: v.to(device) for k, v in out.items()}
+
+
+def collate_prefix(samples: Sequence[RolloutSample], pad_id: int, device: torch.device,
+                   fields: Sequence[str] = ()) -> tuple[PrefixBatch, Tensor, dict[str, Tensor]]:
+    """:func:`collate` in the shared-prompt layout (:class:`PrefixBatch`): per-token fields over the
+    completion tokens only.  -> batch, mask (B, C) bool, {name: (B, C)}"""
+    batch = prefix_batch([s.prompt_ids for s in samples], [s.completion_ids for s in samples], pad_id, device)
+    shape = batch.completion_ids.shape
+    names = ["old_logps", *(["ref_logps"] if samples[0].ref_logps is not None else []), *fields]
+    out = {name: torch.zeros(shape, dtype=torch.float32) for name in names}
+    for row, s in enumerate(samples):
+        c = len(s.completion_ids)
+        for name in names:
+            out[name][row, :c] = getattr(s, name) if name in ("old_logps", "ref_logps") else s.extra[name]
+    return batch, batch.completion_mask, {k: v.to(device) for k, v in out.items()}
 
 
 def signals(samples: Sequence[RolloutSample]) -> dict[str, float]:
