@@ -76,8 +76,10 @@ def test_the_stated_fingerprints_are_the_builds_the_main_job_table_was_measured_
     import json
 
     stated = json.loads((ROOT / "src" / "tether" / "world" / "fingerprints.json").read_text())
-    runs = json.loads((ROOT / "docs" / "results" / "run_world_seeds.json").read_text())["runs"]
+    measured = json.loads((ROOT / "docs" / "results" / "run_world_seeds.json").read_text())
+    runs, where = measured["runs"], measured["environment"]["machine"]
     small = {entry["seed"]: entry for entry in stated.values() if entry["size"] == "small"}
+    assert all((e["cpu"], e["cpu_capability"]) == (where["cpu"], where["cpu_capability"]) for e in small.values())
     assert sorted(small) == sorted(int(seed) for seed in runs)
     for seed, run in runs.items():
         built = run["stages"]["base"]["fingerprint"]

@@ -230,6 +230,18 @@ def stated_fingerprint(cfg: WorldBuildConfig) -> dict[str, Any] | None:
     return stated.get(cfg.cache_key())
 
 
+def same_kernels(stated: dict[str, Any]) -> tuple[str, str]:
+    """This machine's CPU and vector kernels, and the stated build's, as ``"CPU (KERNELS)"`` strings: the
+    weights are only expected to match bit for bit where the two are equal. The kernels alone do not
+    decide it: two AVX-512 machines from different vendors (or with different caches) block their
+    matrix products differently and built different weights from the same seed."""
+    from tether.core.runs import machine
+
+    found = machine()
+    return (f"{found['cpu']} ({found['cpu_capability']})",
+            f"{stated.get('cpu', 'an unnamed CPU')} ({stated['cpu_capability']})")
+
+
 def check_fingerprint(cfg: WorldBuildConfig, summary: dict[str, Any]) -> list[str]:
     """What differs between this build and the stated one: [] when it is the same build, bit for bit.
 
@@ -247,10 +259,10 @@ def check_fingerprint(cfg: WorldBuildConfig, summary: dict[str, Any]) -> list[st
     found = summary.get("fingerprint") or {}
     problems = [f"{part}: built {found.get(part)}, stated {stated[part]}" for part in ("corpus", "tokenizer", "weights")
                 if found.get(part) != stated[part]]
-    capability = torch.backends.cpu.get_cpu_capability()
-    if problems and problems[-1].startswith("weights") and capability != stated["cpu_capability"]:
-        problems[-1] += (f" (stated for {stated['cpu_capability']} CPU kernels, this machine runs {capability}: "
-                         "other kernels sum in another order, so the weights differ in the last bits)")
+    here, there = same_kernels(stated)
+    if problems and problems[-1].startswith("weights") and here != there:
+        problems[-1] += (f" (stated for {there}, this machine is {here}: other CPU kernels sum in another order, "
+                         "so the weights differ in the last bits)")
     return problems
 
 
