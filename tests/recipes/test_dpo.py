@@ -94,14 +94,15 @@ def test_bad_reference_settings_are_config_errors(tmp_path, data):
 @pytest.mark.parametrize("variant", ["sigmoid", "ipo", "kto"])
 def test_length_groups_and_padding_free_train_exactly_like_padding(tmp_path, data, variant):
     train = "unpaired.jsonl" if variant == "kto" else "pairs.jsonl"
-    # One padded batch, four padded length groups (the default), one packed row: the same maths.
+    # One padded batch, four padded length groups (the default), one packed row, each pair's prompt run
+    # once (the default) or once per completion: the same maths.
     runs = {}
     for name, setting in (("one-group", "data.length_groups=1"), ("groups", "data.length_groups=4"),
-                          ("packed", "data.packing=padding-free")):
+                          ("packed", "data.packing=padding-free"), ("unshared", "data.share_prompts=false")):
         dpo.run(_cfg(tmp_path, data, f"{variant}-{name}", "loop.max_steps=4", f"loss.variant={variant}", setting,
                      train=train))
         runs[name] = _metrics(tmp_path / f"{variant}-{name}")
-    for other in ("groups", "packed"):
+    for other in ("groups", "packed", "unshared"):
         for x, y in zip(runs["one-group"], runs[other], strict=True):
             assert abs(x["loss"] - y["loss"]) < 1e-5 * max(1.0, x["loss"]), (other, x, y)
             assert abs(x["grad_norm"] - y["grad_norm"]) < 1e-4 * max(1.0, x["grad_norm"]), (other, x, y)

@@ -96,9 +96,9 @@ def _prefix_case(seed=0):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "phi3", "gpt2", "gpt_neox", "opt", "gemma2"])
 def test_shared_prompts_give_the_concatenated_rows_log_probs_and_gradients(tokenizer, arch):
-    from tether.data.collate import pad_batch
+    from tether.data.collate import pad_batch, prefix_batch
     from tether.data.records import TokenizedExample
-    from tether.models.logprobs import prefix_batch, prefix_logps, prefix_sharing_supported
+    from tether.models.logprobs import prefix_logps, prefix_sharing_supported
     from tether.models.tiny import build_tiny_model
 
     model = build_tiny_model(arch, tokenizer, seed=2)
@@ -130,8 +130,9 @@ def test_shared_prompts_give_the_concatenated_rows_log_probs_and_gradients(token
 
 
 def test_shared_prompts_are_refused_under_gradient_checkpointing_for_training_only(tokenizer):
+    from tether.data.collate import prefix_batch
     from tether.models.loading import enable_checkpointing
-    from tether.models.logprobs import prefix_batch, prefix_sharing_supported
+    from tether.models.logprobs import prefix_sharing_supported
     from tether.models.tiny import build_tiny_model
 
     model = build_tiny_model("llama", tokenizer, seed=0)

@@ -221,7 +221,7 @@ def test_best_of_n_estimate_matches_enumerating_subsets():
 
 
 def test_by_prompt_keeps_each_prompts_completions_in_one_batch():
-    from tether.train.online import by_prompt
+    from tether.data.collate import prompt_groups as by_prompt
 
     prompts = [[1], [1], [2, 2], [2, 2], [3], [3], [1], [2, 2]]
     lengths = [5, 9, 4, 4, 20, 21, 6, 3]

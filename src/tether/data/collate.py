@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 import torch
 from torch import Tensor
 
 from tether.data.records import TokenizedExample
+
+B = TypeVar("B", "TokenBatch", "PrefixBatch")
 
 
 class TokenBatch(NamedTuple):
@@ -108,10 +110,11 @@ def length_groups(lengths: Sequence[int], groups: int) -> list[list[int]]:
     return [order[a:b] for a, b in reversed(bounds)]
 
 
-class Grouped(NamedTuple):
-    """Sequences collated as several batches: padded length groups, or one padding-free row."""
+class Grouped(NamedTuple, Generic[B]):
+    """Sequences collated as several batches: padded length groups, one padding-free row, or
+    (:class:`PrefixBatch`) whole prompt groups."""
 
-    batches: list[TokenBatch]
+    batches: list[B]
     order: list[int]  # original index of each sequence, in the batches' order
 
     def restore(self, values: Tensor) -> Tensor:
@@ -126,14 +129,90 @@ class Grouped(NamedTuple):
 
     def real_tokens(self) -> int:
         """Non-padding tokens processed."""
-        return sum(int(b.attention_mask.sum()) for b in self.batches)
+        return sum(b.num_tokens() for b in self.batches)
 
 
 def collate_grouped(sequences: Sequence[TokenizedExample], *, pad_id: int, device: torch.device | str,
-                    groups: int = 1, packing: str = "none") -> Grouped:
+                    groups: int = 1, packing: str = "none") -> Grouped[TokenBatch]:
     """``packing='padding-free'``: one packed row; otherwise up to ``groups`` padded batches of similar length."""
     if packing == "padding-free":
         return Grouped([pack_padding_free(sequences, device)], list(range(len(sequences))))
     parts = length_groups([len(s.input_ids) for s in sequences], groups)
     return Grouped([pad_batch([sequences[i] for i in part], pad_id, device) for part in parts],
                    [i for part in parts for i in part])
+
+
+class PrefixBatch(NamedTuple):
+    """Completions that share prompts, laid out so each prompt is run once.
+
+    Several completions of one prompt (a GRPO group, a DPO pair) would otherwise repeat the
+    prompt's forward and backward once per completion. Here the prompts run once, their key/value
+    cache is repeated to the completion rows, and only the completions run per row.
+    """
+
+    prompt_ids: Tensor       # (U, P) distinct prompts, left-padded: every prompt ends at column P-1
+    prompt_mask: Tensor      # (U, P) 1 on real prompt tokens
+    prompt_of: Tensor        # (B,) which prompt each completion row continues
+    completion_ids: Tensor   # (B, C) right-padded
+    completion_mask: Tensor  # (B, C) true on real completion tokens
+
+    def scored_tokens(self) -> int:
+        """Completion tokens a loss sums over."""
+        return int(self.completion_mask.sum())
+
+    def num_tokens(self) -> int:
+        """Real tokens of the rows as if each prompt were repeated (comparable with :class:`TokenBatch`'s)."""
+        return int(self.prompt_mask.sum(-1)[self.prompt_of].sum() + self.completion_mask.sum())
+
+
+def prefix_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int,
+                 device: torch.device | str = "cpu") -> PrefixBatch:
+    """A :class:`PrefixBatch` of ``completions[i]`` continuing ``prompts[i]`` (equal prompts merged)."""
+    if len(prompts) != len(completions) or not prompts:
+        raise ValueError("prefix_batch needs one prompt per completion, and at least one")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("prefix_batch needs non-empty prompts (a first token has nothing to be predicted from)")
+    distinct: dict[tuple[int, ...], int] = {}
+    index = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
+    width = max(len(p) for p in distinct)
+    prompt_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(distinct), width), dtype=torch.long)
+    for row, p in enumerate(distinct):
+        prompt_ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        prompt_mask[row, width - len(p):] = 1
+    c_width = max(1, max(len(c) for c in completions))
+    completion_ids = torch.full((len(completions), c_width), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((len(completions), c_width), dtype=torch.bool)
+    for row, c in enumerate(completions):
+        completion_ids[row, :len(c)] = torch.tensor(list(c), dtype=torch.long)
+        completion_mask[row, :len(c)] = True
+    return PrefixBatch(prompt_ids.to(device), prompt_mask.to(device), torch.tensor(index, device=device),
+                       completion_ids.to(device), completion_mask.to(device))
+
+
+def prompt_groups(prompts: Sequence[Sequence[int]], lengths: Sequence[int], groups: int,
+                  max_size: int) -> list[list[int]]:
+    """Row indices cut into batches of whole prompt groups (a prompt's rows are never split), ordered by
+    each group's longest row: at least ``groups`` batches, at most ``max_size`` rows where a group allows."""
+    members: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prompts):
+        members.setdefault(tuple(p), []).append(i)
+    ordered = sorted(members.values(), key=lambda rows: max(lengths[i] for i in rows))
+    count = max(groups, -(-len(prompts) // max(max_size, 1)))
+    size = -(-len(prompts) // max(count, 1))
+    batches: list[list[int]] = [[]]
+    for rows in ordered:
+        if batches[-1] and len(batches[-1]) + len(rows) > size:
+            batches.append([])
+        batches[-1].extend(rows)
+    return batches if batches[0] else []
+
+
+def split_prompt(example: TokenizedExample) -> tuple[list[int], list[int]] | None:
+    """``example`` as (prompt, completion) when its loss mask is a non-empty prompt followed by the
+    completion to its end (what :func:`prefix_batch` can share); otherwise None."""
+    mask = example.loss_mask
+    p = next((i for i, m in enumerate(mask) if m), len(mask))
+    if p == 0 or p == len(mask) or not all(mask[p:]):
+        return None
+    return list(example.input_ids[:p]), list(example.input_ids[p:])

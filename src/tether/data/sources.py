@@ -34,6 +34,9 @@ class PreferenceData(Config):
         "isolated per sequence; pays off with a varlen attention kernel (flash-attention), not SDPA/eager")
     length_groups: int = Field(4, ge=1, description="split each micro-batch into up to N groups of similar "
                                "length, each padded on its own: the same loss, less compute spent on padding")
+    share_prompts: bool = Field(True, description="run a pair's prompt once for both completions, repeating its "
+                                "key/value cache (same loss up to float rounding; used where the model allows: "
+                                "full attention, no gradient checkpointing, packing none)")
     context: ContextConfig | None = Field(None, description="put one of these texts in front of every prompt "
                                           "(the character-first recipe's seed prompts)")
 

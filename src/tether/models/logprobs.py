@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from tether.data.collate import PrefixBatch
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -248,54 +250,6 @@ def completion_logits(model: Any, input_ids: Tensor, attention_mask: Tensor, los
     return logits  # type: ignore[no-any-return]
 
 
-class PrefixBatch(NamedTuple):
-    """Completions that share prompts, laid out so each prompt is run once.
-
-    Several completions of one prompt (a GRPO group, a DPO pair) would otherwise repeat the
-    prompt's forward and backward once per completion. Here the prompts run once, their key/value
-    cache is repeated to the completion rows, and only the completions run per row.
-    """
-
-    prompt_ids: Tensor       # (U, P) distinct prompts, left-padded: every prompt ends at column P-1
-    prompt_mask: Tensor      # (U, P) 1 on real prompt tokens
-    prompt_of: Tensor        # (B,) which prompt each completion row continues
-    completion_ids: Tensor   # (B, C) right-padded
-    completion_mask: Tensor  # (B, C) true on real completion tokens
-
-    def scored_tokens(self) -> int:
-        """Completion tokens a loss sums over."""
-        return int(self.completion_mask.sum())
-
-    def num_tokens(self) -> int:
-        """Real tokens of the rows as if each prompt were repeated (comparable with :class:`TokenBatch`'s)."""
-        return int(self.prompt_mask.sum(-1)[self.prompt_of].sum() + self.completion_mask.sum())
-
-
-def prefix_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], pad_id: int,
-                 device: torch.device | str = "cpu") -> PrefixBatch:
-    """A :class:`PrefixBatch` of ``completions[i]`` continuing ``prompts[i]`` (equal prompts merged)."""
-    if len(prompts) != len(completions) or not prompts:
-        raise ValueError("prefix_batch needs one prompt per completion, and at least one")
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("prefix_batch needs non-empty prompts (a first token has nothing to be predicted from)")
-    distinct: dict[tuple[int, ...], int] = {}
-    index = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
-    width = max(len(p) for p in distinct)
-    prompt_ids = torch.full((len(distinct), width), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(distinct), width), dtype=torch.long)
-    for row, p in enumerate(distinct):
-        prompt_ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        prompt_mask[row, width - len(p):] = 1
-    c_width = max(1, max(len(c) for c in completions))
-    completion_ids = torch.full((len(completions), c_width), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros((len(completions), c_width), dtype=torch.bool)
-    for row, c in enumerate(completions):
-        completion_ids[row, :len(c)] = torch.tensor(list(c), dtype=torch.long)
-        completion_mask[row, :len(c)] = True
-    return PrefixBatch(prompt_ids.to(device), prompt_mask.to(device), torch.tensor(index, device=device),
-                       completion_ids.to(device), completion_mask.to(device))
-
-
 def prefix_sharing_supported(model: Any, *, training: bool = True) -> bool:
     """Whether a prompt's key/value cache can be run once and repeated to its completions
     (:func:`prefix_logps`; ``training=False``: for sampling): a known backbone/head layout, full
@@ -328,6 +282,15 @@ def prefix_logps(model: Any, batch: PrefixBatch, *, temperature: float = 1.0) ->
     :func:`completion_logps`.
     """
     return run_inside(model, _prefix_logps, batch=batch, temperature=temperature)  # type: ignore[no-any-return]
+
+
+def grouped_prefix_logps(model: Any, batches: Sequence[PrefixBatch]) -> list[Tensor]:
+    """:func:`prefix_logps` of several batches in one forward of ``model``'s wrapper (one gradient synchronisation)."""
+    return run_inside(model, _grouped_prefix, batches=batches)  # type: ignore[no-any-return]
+
+
+def _grouped_prefix(model: Any, *, batches: Sequence[PrefixBatch]) -> list[Tensor]:
+    return [_prefix_logps(model, batch=b) for b in batches]
 
 
 def _prefix_logps(model: Any, *, batch: PrefixBatch, temperature: float = 1.0) -> Tensor:

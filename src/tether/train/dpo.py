@@ -37,7 +37,15 @@ from tether.core.recipes import output, recipe
 from tether.core.registry import Kind
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
-from tether.data.collate import Grouped, collate_grouped, truncate
+from tether.data.collate import (
+    Grouped,
+    PrefixBatch,
+    collate_grouped,
+    prefix_batch,
+    prompt_groups,
+    split_prompt,
+    truncate,
+)
 from tether.data.context import context_for, with_context
 from tether.data.records import PreferenceRecord, TokenizedExample, UnpairedRecord
 from tether.data.sources import PreferenceData, load_records
@@ -52,7 +60,13 @@ from tether.losses.preference import (
 )
 from tether.models.chat import tokenize_prompt_completion
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
-from tether.models.logprobs import grouped_completion_logps, inner_model, sequence_totals
+from tether.models.logprobs import (
+    grouped_completion_logps,
+    grouped_prefix_logps,
+    inner_model,
+    prefix_sharing_supported,
+    sequence_totals,
+)
 
 
 class ReferenceConfig(Config):
@@ -181,7 +195,7 @@ class PreferenceReference:
             mode = "none" if not cfg.variant.needs_reference else ("adapters-off" if cfg.model.lora else "copy")
         if mode == "adapters-off" and cfg.model.lora is None:
             raise UserError("reference.mode=adapters-off needs model.lora (there are no adapters to disable)")
-        self.mode = mode
+        self.cfg, self.mode = cfg, mode
         self.model: Any = None
         if mode == "copy":
             if cfg.reference.path:
@@ -222,12 +236,12 @@ class PreferenceReference:
             self.tables = {}
             for name, examples in sets.items():
                 table: dict[int, tuple[float, float]] = {}
+                shared = shares_prompts(self.cfg, policy)
                 for start in range(0, len(examples), batch_size):
                     chunk = examples[start:start + batch_size]
-                    firsts = self.logps(policy, collate_grouped([e.completion for e in chunk], pad_id=pad_id,
-                                                                device=device, groups=4)).tolist()
-                    seconds = self.logps(policy, collate_grouped([counterpart(e) for e in chunk], pad_id=pad_id,
-                                                                 device=device, groups=4)).tolist()
+                    both = self.logps(policy, collate([e.completion for e in chunk] + [counterpart(e) for e in chunk],
+                                                      self.cfg, pad_id, device, shared=shared)).tolist()
+                    firsts, seconds = both[:len(chunk)], both[len(chunk):]
                     table.update({e.key: (a, b) for e, a, b in zip(chunk, firsts, seconds, strict=True)})
                 self.tables[name] = table
             if save:  # one writer under DDP (every process computes the same tables)
@@ -237,14 +251,35 @@ class PreferenceReference:
         self.model = None  # freed: the tables are all the reference is needed for
 
 
-def collate(sequences: list[TokenizedExample], cfg: DPOConfig, pad_id: int, device: torch.device) -> Grouped:
-    """Padded length groups, or one padding-free packed row."""
+def collate(sequences: list[TokenizedExample], cfg: DPOConfig, pad_id: int, device: torch.device, *,
+            shared: bool = False) -> Grouped[Any]:
+    """Padded length groups, or one padding-free packed row; ``shared``: whole prompt groups, each
+    prompt run once for the completions that continue it (when every sequence is a prompt followed
+    by its completion)."""
+    if shared:
+        split = [split_prompt(s) for s in sequences]
+        if all(x is not None for x in split):
+            prompts, completions = [x[0] for x in split if x], [x[1] for x in split if x]
+            parts = prompt_groups(prompts, [len(s.input_ids) for s in sequences], cfg.data.length_groups,
+                                  len(sequences))
+            return Grouped([prefix_batch([prompts[i] for i in part], [completions[i] for i in part], pad_id, device)
+                            for part in parts], [i for part in parts for i in part])
     return collate_grouped(sequences, pad_id=pad_id, device=device, groups=cfg.data.length_groups,
                            packing=cfg.data.packing)
 
 
-def sequence_logps(model: Any, grouped: Grouped) -> tuple[torch.Tensor, torch.Tensor]:
+def shares_prompts(cfg: DPOConfig, model: Any) -> bool:
+    """Whether pairs are run prompt-shared (:func:`collate`): asked for, unpacked, and the model allows it."""
+    return cfg.data.share_prompts and cfg.data.packing == "none" and prefix_sharing_supported(model)
+
+
+def sequence_logps(model: Any, grouped: Grouped[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs and completion lengths of every sequence, in the original order."""
+    if grouped.batches and isinstance(grouped.batches[0], PrefixBatch):
+        logps = grouped_prefix_logps(model, grouped.batches)
+        sums = torch.cat([lp.sum(-1) for lp in logps])
+        counts = torch.cat([b.completion_mask.sum(-1) for b in grouped.batches])
+        return grouped.restore(sums), grouped.restore(counts)
     outs = grouped_completion_logps(model, grouped.batches)
     totals = [sequence_totals(o, b.loss_mask, b.position_ids) for o, b in zip(outs, grouped.batches, strict=True)]
     return (grouped.restore(torch.cat([t[0] for t in totals])),
@@ -332,7 +367,8 @@ def compute_loss(cfg: DPOConfig, policy: Any, reference: PreferenceReference, ba
                  device: torch.device, *, split: str) -> tuple[dict[str, torch.Tensor], int]:
     """Summed loss of a micro-batch plus summed statistics (divide by ``pairs`` for means), and its token count."""
     variant = cfg.variant
-    grouped = collate([e.completion for e in batch] + [counterpart(e) for e in batch], cfg, pad_id, device)
+    grouped = collate([e.completion for e in batch] + [counterpart(e) for e in batch], cfg, pad_id, device,
+                      shared=shares_prompts(cfg, policy))
     logps, lengths = sequence_logps(policy, grouped)
     n = len(batch)
     first, second = logps[:n], logps[n:]

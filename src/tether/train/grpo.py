@@ -28,20 +28,14 @@ from tether.core.recipes import output, recipe
 from tether.core.registry import Kind
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
-from tether.data.collate import TokenBatch
+from tether.data.collate import PrefixBatch, TokenBatch, prompt_groups
 from tether.data.sources import PromptData, load_prompts
 from tether.engine.evaluation import EvalSchedule, TrainingEval
 from tether.engine.loop import LoopConfig, OptimConfig, TrainLoop
 from tether.losses.rl import ADVANTAGES, aggregate_sum, clipped_surrogate, kl_estimate
 from tether.models.generation import GenerationSettings, build_generator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer, save_model
-from tether.models.logprobs import (
-    PrefixBatch,
-    completion_logps,
-    inner_model,
-    prefix_logps,
-    prefix_sharing_supported,
-)
+from tether.models.logprobs import completion_logps, inner_model, prefix_logps, prefix_sharing_supported
 from tether.scoring.rewards import Rewards, RewardTerm
 from tether.train import online
 from tether.train.watchdog import WatchConfig
@@ -145,7 +139,7 @@ def _train(cfg: GRPOConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
         _, share = online.process_share(samples, acc.process_index, acc.num_processes)
         lengths = [len(s.prompt_ids) + len(s.completion_ids) for s in share]
         if shared_prompts and all(s.prompt_ids for s in share):  # a prompt's forward and backward run once
-            groups = online.by_prompt([s.prompt_ids for s in share], lengths, cfg.data.length_groups, len(share))
+            groups = prompt_groups([s.prompt_ids for s in share], lengths, cfg.data.length_groups, len(share))
             batches = [_Batch(*online.collate_prefix([share[i] for i in g], pad_id, acc.device, ["advantages"]))
                        for g in groups]
         else:

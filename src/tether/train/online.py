@@ -28,17 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tether.data.collate import TokenBatch, pad_batch
+from tether.data.collate import PrefixBatch, TokenBatch, pad_batch, prefix_batch, prompt_groups
 from tether.data.records import TokenizedExample
 from tether.models.generation import GenerationSettings, RolloutGenerator
-from tether.models.logprobs import (
-    PrefixBatch,
-    completion_logps,
-    inner_model,
-    prefix_batch,
-    prefix_logps,
-    prefix_sharing_supported,
-)
+from tether.models.logprobs import completion_logps, inner_model, prefix_logps, prefix_sharing_supported
 from tether.scoring.rewards import Rewards, reward_config
 from tether.train.watchdog import WatchConfig
 
@@ -131,23 +124,6 @@ def by_length(lengths: Sequence[int], groups: int, max_size: int) -> list[list[i
     return [order[i:i + size] for i in range(0, len(order), size)] if order else []
 
 
-def by_prompt(prompts: Sequence[Sequence[int]], lengths: Sequence[int], groups: int, max_size: int) -> list[list[int]]:
-    """Like :func:`by_length`, but a prompt's completions are never split: batches of whole prompt groups
-    (ordered by their longest row), at least ``groups`` of them, at most ``max_size`` rows where a group allows."""
-    members: dict[tuple[int, ...], list[int]] = {}
-    for i, p in enumerate(prompts):
-        members.setdefault(tuple(p), []).append(i)
-    ordered = sorted(members.values(), key=lambda rows: max(lengths[i] for i in rows))
-    count = max(groups, -(-len(prompts) // max(max_size, 1)))
-    size = -(-len(prompts) // max(count, 1))
-    batches: list[list[int]] = [[]]
-    for rows in ordered:
-        if batches[-1] and len(batches[-1]) + len(rows) > size:
-            batches.append([])
-        batches[-1].extend(rows)
-    return batches if batches[0] else []
-
-
 def roll_out(policy: Any, generator: RolloutGenerator, settings: GenerationSettings, prompts: Sequence[dict[str,
                                                                                                             Any]], *,
              first_slot: int, samples_per_prompt: int, seed: int, step: int, rewards: Rewards, gold: Rewards | None,
@@ -183,7 +159,7 @@ def roll_out(policy: Any, generator: RolloutGenerator, settings: GenerationSetti
     refs: list[Tensor | None] = [None] * len(examples)
     lengths = [len(e.input_ids) for e in examples]
     if share_prompts and all(prompt_ids) and prefix_sharing_supported(policy):
-        for group in by_prompt(prompt_ids, lengths, length_groups, settings.batch_size):
+        for group in prompt_groups(prompt_ids, lengths, length_groups, settings.batch_size):
             batch = prefix_batch([prompt_ids[i] for i in group], [completions[i].token_ids for i in group], pad_id,
                                  device)
             if recompute_old:

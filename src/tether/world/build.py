@@ -254,7 +254,6 @@ def check_fingerprint(cfg: WorldBuildConfig, summary: dict[str, Any]) -> list[st
     if stated is None:
         raise UserError(f"no fingerprint is stated for the build {cfg.cache_key()} (seed {cfg.world.seed}, size "
                         f"{cfg.size}); {FINGERPRINTS.name} states: {', '.join(json.loads(FINGERPRINTS.read_text()))}")
-    import torch
 
     found = summary.get("fingerprint") or {}
     problems = [f"{part}: built {found.get(part)}, stated {stated[part]}" for part in ("corpus", "tokenizer", "weights")
