@@ -55,8 +55,12 @@ def test_left_and_right_padding_agree(tiny_llama):
     assert int(r.num_tokens) == len(seq) - 1
 
 
-def test_gradients_match_naive(tokenizer):
+@pytest.mark.parametrize("keep_bytes", [0, 2**40])  # logits recomputed in backward, or kept
+def test_gradients_match_naive(tokenizer, keep_bytes, monkeypatch):
+    import tether.models.logprobs as logprobs
     from tether.models.tiny import build_tiny_model
+
+    monkeypatch.setattr(logprobs, "KEEP_LOGITS_BYTES", keep_bytes)
 
     model = build_tiny_model("llama", tokenizer, seed=1)
     ids = torch.randint(0, 200, (2, 6))
@@ -68,6 +72,23 @@ def test_gradients_match_naive(tokenizer):
     _naive(model, ids, attn, scored).sum().backward()
     for a, p in zip(chunked, model.parameters(), strict=True):
         torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_recomputing_the_logits_in_backward_changes_no_gradient_bit(tokenizer, monkeypatch):
+    # Whether logits are kept or recomputed is a memory choice; a world build must not depend on it.
+    import tether.models.logprobs as logprobs
+    from tether.models.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", tokenizer, seed=1)
+    ids = torch.randint(0, 200, (3, 40), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for keep in (0, 2**40):
+        monkeypatch.setattr(logprobs, "KEEP_LOGITS_BYTES", keep)
+        model.zero_grad()
+        completion_logps(model, ids, torch.ones_like(ids), torch.ones_like(ids, dtype=torch.bool),
+                         chunk_size=16).sequence_logps.sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
 def test_packed_rows_equal_separate_documents(tiny_llama):
