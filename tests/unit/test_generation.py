@@ -174,3 +174,16 @@ def test_equal_prompts_share_one_prefill_and_sample_as_they_would_alone(tiny_lla
     assert [c.token_ids for c in shared] == [c.token_ids for c in alone]
     for a, b in zip(shared, alone, strict=True):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+def test_inverse_cdf_sampling_draws_the_distribution_and_never_a_cut_token():
+    from tether.models.generation import inverse_cdf_sample
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3, 0.0]]).expand(100_000, 5)
+    counts = torch.bincount(inverse_cdf_sample(probs, g), minlength=5) / 100_000
+    assert counts[1] == 0 and counts[4] == 0  # zero-probability tokens (top-k / top-p cuts) never drawn
+    torch.testing.assert_close(counts, probs[0], atol=0.006, rtol=0)  # ~4 standard errors
+    one_hot = torch.zeros(3, 7)
+    one_hot[torch.arange(3), torch.tensor([6, 0, 3])] = 1.0
+    assert inverse_cdf_sample(one_hot, g).tolist() == [6, 0, 3]
