@@ -1,6 +1,7 @@
 """The command line: user mistakes are one line and exit 2; help has examples."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -74,3 +75,24 @@ def test_entry_point_prints_no_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.startswith("error:")
+
+
+def test_commands_print_no_deprecation_warning(tmp_path):
+    # What a user sees: a training run through LoRA (peft) and a generating evaluation, each in a fresh
+    # process with Python's default warning filters (FutureWarning shown), print no deprecation notice.
+    # (transformers 5 renamed past_key_values to cache and gradient to activation checkpointing.)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "How do I bake bread?", "label": "benign"}\n')
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}\n' * 2)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    for argv in (["train", "dpo", "--set", "model.path=tiny:llama", "--set", f"data.train={pairs}",
+                  "--set", "model.lora={r: 4}", "--set", "loop.max_steps=1", "--set", "loop.batch_size=2",
+                  "--out", str(tmp_path / "dpo")],
+                 ["eval", "--model", "tiny:llama", "--data", str(prompts), "--set", "generation.max_new_tokens=4",
+                  "--out", str(tmp_path / "eval")]):
+        result = subprocess.run([sys.executable, "-m", "tether.cli.main", *argv], capture_output=True, text=True,
+                                env=env, timeout=240)
+        assert result.returncode == 0, result.stderr[-2000:]
+        noise = [line for line in result.stderr.splitlines() if "Warning" in line or "deprecated" in line]
+        assert noise == [], noise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,4 +57,8 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings, *, scalar_head: b
     if getattr(model, "is_activation_checkpointing", False):
         # Frozen embeddings give inputs without grad; checkpointed blocks still need a graph.
         model.enable_input_require_grads()
-    return get_peft_model(model, config)  # type: ignore[return-value]
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated ``is_gradient_checkpointing`` alias; the warning is peft's to
+        # fix and says nothing to a tether user.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)  # type: ignore[return-value]
