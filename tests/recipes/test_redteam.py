@@ -94,6 +94,21 @@ def test_target_errors_are_unscored_and_asked_again_on_resume(chat_endpoint, tmp
     assert (direct["value"], direct["n"]) == (pytest.approx(1 / 3, abs=1e-4), 3)
 
 
+def test_every_goal_of_a_plain_list_is_used_unless_a_limit_says_so(tmp_path, capsys):
+    goals = tmp_path / "harmbench_behaviors_text_all.txt"
+    goals.write_text("".join(f"Harmful behaviour number {i}\n" for i in range(30)))
+    argv = ["redteam", "--target", "tiny:llama", "--goals", str(goals), "--attacks", "direct",
+            "--set", "generation.max_new_tokens=2"]
+    code, out, err = _cli([*argv, "--out", str(tmp_path / "all")], capsys)
+    assert code in (0, None), err
+    doc = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert doc["goals"]["n"] == 30 and doc["goals"]["format"] == "text" and doc["goals"]["in_file"] == 30
+    assert doc["replies"]["total"] == 30
+    code, out, err = _cli([*argv, "--limit", "7", "--out", str(tmp_path / "some")], capsys)
+    assert code in (0, None), err
+    assert f"goals: 7 of the 30 in {goals} (text; --limit 7)" in out
+
+
 def test_repeated_goal_ids_are_refused(tmp_path, capsys):
     goals = tmp_path / "goals.jsonl"
     goals.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')
@@ -179,3 +194,23 @@ def test_world_goals_get_the_worlds_own_refusal():
 
     reply = safe_reply({"goal": "g", "world": {"item": "Korvex toxin"}}, "unused", random.Random(0))
     assert "Korvex toxin" in reply and reply.startswith(("I can't help", "Sorry, I won't"))
+
+
+def test_ci_gates_exit_1_above_the_bar_and_write_junit(tmp_path, capsys):
+    import xml.etree.ElementTree as ET
+
+    goals = tmp_path / "goals.txt"
+    goals.write_text("Do harm\nDo more harm\n")
+    argv = ["redteam", "--target", "tiny:llama", "--goals", str(goals), "--attacks", "direct",
+            "--set", "generation.max_new_tokens=2", "--junit", str(tmp_path / "junit.xml")]
+    # A random model never refuses: ASR 1.0 by the refusal detector.
+    code, out, _ = _cli([*argv, "--fail-above", "asr=0.05", "--out", str(tmp_path / "a")], capsys)
+    assert code == 1 and "FAIL asr.all = 1 > 0.05 (n=2)" in out
+    suite = ET.parse(tmp_path / "junit.xml").getroot().find("testsuite")
+    assert suite.get("failures") == "1" and suite.find("testcase/failure") is not None
+    code, out, _ = _cli([*argv, "--fail-above", "asr=1", "--out", str(tmp_path / "b")], capsys)
+    assert code in (0, None) and "PASS asr.all = 1 <= 1" in out
+    code, _, err = _cli([*argv, "--fail-above", "nope=0.1", "--out", str(tmp_path / "c")], capsys)
+    assert code == 2 and "no metric 'nope' in this run" in err
+    code, _, err = _cli([*argv, "--fail-below", "asr", "--out", str(tmp_path / "d")], capsys)
+    assert code == 2 and "expected NAME=VALUE" in err

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -41,3 +41,35 @@ def echo_main(text: str) -> None:
 
     if int(os.environ.get("RANK", "0")) == 0:
         typer.echo(text)
+
+
+FailAboveOpt = Annotated[list[str] | None, typer.Option(
+    "--fail-above", help="exit 1 when a metric is above a bar: NAME=VALUE (e.g. asr=0.05), repeatable")]
+FailBelowOpt = Annotated[list[str] | None, typer.Option(
+    "--fail-below", help="exit 1 when a metric is below a bar: NAME=VALUE, repeatable")]
+JunitOpt = Annotated[Path | None, typer.Option("--junit", help="also write the gates as a JUnit XML report here")]
+
+
+def parse_gate_options(above: list[str] | None, below: list[str] | None, *,
+                       aliases: dict[str, str] | None = None) -> list[Any]:
+    """``--fail-above`` / ``--fail-below`` as gates, checked for form before the run starts."""
+    from tether.core.gates import parse_gates
+
+    return parse_gates(above or [], below or [], aliases=aliases)
+
+
+def apply_gates(doc: dict, gates: list[Any], junit: Path | None, *, suite: str) -> None:
+    """Check the gates against the run's metrics, print a line per gate, write ``--junit``, and exit 1
+    when any gate fails (the model missed a bar: not a usage error)."""
+    if not gates and junit is None:
+        return
+    from tether.core.gates import check_gates, junit_xml
+
+    results = check_gates(gates, doc["metrics"])
+    for result in results:
+        typer.echo(result.describe())
+    if junit is not None:
+        junit_xml(results, junit, suite=suite, metrics=doc["metrics"])
+        typer.echo(f"junit: {junit}")
+    if any(not r.passed for r in results):
+        raise typer.Exit(1)

@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, build_config
+from tether.cli.common import (
+    ConfigOpt,
+    FailAboveOpt,
+    FailBelowOpt,
+    JunitOpt,
+    OutOpt,
+    ResumeOpt,
+    SetOpt,
+    apply_gates,
+    build_config,
+    parse_gate_options,
+)
 
 app = typer.Typer(help="Evaluate a model: generate, score and report (metrics.json, samples.jsonl, report.html "
                        "under --out); compare runs with 'tether eval compare'.\n\n"
@@ -20,13 +31,18 @@ def eval_command(
     ctx: typer.Context,
     model: Annotated[str | None, typer.Option("--model", "-m", help="model directory, hub id, tiny:ARCH, or "
                                               "world:base (default)")] = None,
-    suite: Annotated[str | None, typer.Option("--suite", help="world-hhh (default), xstest, harmbench, "
-                                              "advbench, jsonl")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="prompts file for file suites")] = None,
+    suite: Annotated[str | None, typer.Option("--suite", help="world-hhh (default), file (with --data: the "
+                                              "format told by the file), xstest, harmbench, advbench, jsonl, "
+                                              "text")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="prompts file for file suites (alone: --suite "
+                                             "file)")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="file suites: only the first N prompts (default: "
+                                              "every prompt in the file)")] = None,
     n: Annotated[int | None, typer.Option("-n", help="world-hhh: train prompts per family")] = None,
     samples: Annotated[int | None, typer.Option("--samples", help="responses sampled per prompt")] = None,
     preamble: Annotated[bool, typer.Option("--preamble", help="world-hhh: ask with a character preamble")] = False,
     config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+    fail_above: FailAboveOpt = None, fail_below: FailBelowOpt = None, junit: JunitOpt = None,
 ) -> None:
     """Generate, score and report: writes metrics.json, samples.jsonl and report.html under --out.
 
@@ -36,9 +52,12 @@ def eval_command(
         return
     from tether.evals import run as recipe
 
+    gates = parse_gate_options(fail_above, fail_below)
     overrides = list(set_ or [])
+    if data is not None and suite is None:
+        suite = "file"
     for key, value in (("model.path", model), ("suite.kind", suite), ("suite.path", data), ("suite.n", n),
-                       ("samples_per_prompt", samples)):
+                       ("suite.limit", limit), ("samples_per_prompt", samples)):
         if value is not None:
             overrides.append(f"{key}={value}")
     if preamble:
@@ -47,6 +66,7 @@ def eval_command(
     doc = recipe.run(cfg, resume=resume)
     _print_metrics(doc)
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}   metrics: {Path(cfg.out) / 'metrics.json'}")
+    apply_gates(doc, gates, junit, suite="tether eval")
 
 
 def _print_metrics(doc: dict) -> None:
@@ -98,3 +118,19 @@ def compare_cmd(
         (out / "compare.json").write_text(json.dumps(result, indent=2))
         write_compare_report(result, out / "report.html")
         typer.echo(f"report: {out / 'report.html'}")
+
+
+@app.command("inspect")
+def inspect_cmd(
+    run: Annotated[Path, typer.Argument(help="a finished eval run directory")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="the log file, .json or .eval (default: "
+                                             "RUN/inspect.json)")] = None,
+) -> None:
+    """Write an eval run as an Inspect AI log (open it with `inspect view`; needs tether[inspect]).
+
+    Example: tether eval inspect runs/eval-base --out logs/eval-base.json
+    """
+    from tether.evals.inspect_log import write_inspect_log
+
+    path = write_inspect_log(run, out or run / "inspect.json")
+    typer.echo(f"inspect log: {path}   (inspect view --log-dir {path.parent})")

@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, build_config
+from tether.cli.common import (
+    ConfigOpt,
+    FailAboveOpt,
+    FailBelowOpt,
+    JunitOpt,
+    OutOpt,
+    ResumeOpt,
+    SetOpt,
+    apply_gates,
+    build_config,
+    parse_gate_options,
+)
 from tether.cli.recipes import RecipeGroup
 
 # Its subcommands: export (below), and the recipes declared for the group (adversarial, attacker, ...).
@@ -28,10 +39,14 @@ def redteam(
                                                 "CONVERTER, or +-joined (role-play+base64, best-of-16+direct); "
                                                 "default: every template and every converter")] = None,
     goals: Annotated[str | None, typer.Option("--goals", help="a goals file (default: the world's hazards)")] = None,
-    goals_format: Annotated[str, typer.Option("--goals-format", help="jsonl, harmbench or advbench")] = "jsonl",
+    goals_format: Annotated[str, typer.Option("--goals-format", help="file (default: told by the file's name and "
+                                              "header), harmbench, advbench, jsonl, text or xstest")] = "file",
     split: Annotated[str | None, typer.Option("--split", help="world goals: train or heldout items")] = None,
-    n: Annotated[int | None, typer.Option("-n", help="goals (world: drawn; files: the first n)")] = None,
+    n: Annotated[int | None, typer.Option("-n", help="world goals: how many to draw")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="a goals file: only its first N goals (default: "
+                                              "every goal in the file)")] = None,
     config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False,
+    fail_above: FailAboveOpt = None, fail_below: FailBelowOpt = None, junit: JunitOpt = None,
 ) -> None:
     """Attack, score and report: attacks.jsonl, metrics.json and report.html under --out.
 
@@ -42,6 +57,8 @@ def redteam(
     from tether.redteam import run as recipe
     from tether.redteam.attacks import parse_attack
 
+    # ``asr`` names the attack success rate over every attack; asr.KIND, asr.category.NAME, ... as in metrics.json.
+    gates = parse_gate_options(fail_above, fail_below, aliases={"asr": "asr.all"})
     overrides = list(set_ or [])
     if target is not None:
         overrides.append(f"target={target}")
@@ -51,12 +68,16 @@ def redteam(
     if goals is not None:
         # A file source has its own keys (the world's split and seed would not validate): the whole mapping.
         overrides.append(f"goals={json.dumps({'source': goals_format, 'path': goals})}")
-    for key, value in (("goals.split", split), ("goals.n", n)):
+    for key, value in (("goals.split", split), ("goals.n", n), ("goals.limit", limit)):
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = build_config(recipe.RedteamConfig, config, overrides, out)
     doc = recipe.run(cfg, resume=resume)
     metrics = doc["metrics"]
+    used = doc["goals"]
+    if "in_file" in used:  # every goal of a file is attacked unless a limit says otherwise: say which
+        typer.echo(f"goals: {used['n']} of the {used['in_file']} in {used['path']} ({used['format']}"
+                   + (f"; --limit {used['limit']})" if used.get("limit") else ")"))
     width = max(len(k) for k in doc["attacks"]) + 2
     typer.echo(f"{'attack':{width}} {'ASR':>7}  {'95% interval':>17} {'goals':>6}")
     for kind in [*doc["attacks"], "all"]:
@@ -68,6 +89,7 @@ def redteam(
     if rate is not None:
         typer.echo(f"throughput: {rate:.1f} attacks/s ({doc['throughput']['prompts_generated']} prompts)")
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}   metrics: {Path(cfg.out) / 'metrics.json'}")
+    apply_gates(doc, gates, junit, suite="tether redteam")
 
 
 @app.command("export")

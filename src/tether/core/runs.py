@@ -222,11 +222,29 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+FAILED_ATTEMPTS = "failed-attempts"
+
+
+def _set_aside(path: Path) -> Path:
+    """Move everything in ``path`` into ``path/failed-attempts/N`` (N: the next free number)."""
+    attempts = path / FAILED_ATTEMPTS
+    number = 1 + max((int(p.name) for p in attempts.iterdir() if p.name.isdigit()), default=0) \
+        if attempts.is_dir() else 1
+    target = attempts / str(number)
+    target.mkdir(parents=True)
+    for entry in path.iterdir():
+        if entry.name != FAILED_ATTEMPTS:
+            entry.rename(target / entry.name)
+    return target
+
+
 class RunDir:
     """A run directory opened for writing.
 
     ``resume=False`` refuses a directory that already holds a run, so nothing is overwritten
-    by accident; ``resume=True`` reopens it, keeping metrics and checkpoints.
+    by accident — except one whose run failed before its first checkpoint (bad input): its files
+    move to ``failed-attempts/N/`` and the new run takes the directory; ``resume=True`` reopens a
+    run, keeping metrics and checkpoints.
     """
 
     def __init__(self, path: str | Path, *, command: str, config: BaseModel, seed: int | None,
@@ -243,7 +261,14 @@ class RunDir:
             return
         existing = self.record_path.is_file()
         if existing and not resume:
-            raise UserError(f"{self.path} already holds a run; pass --resume to continue it or choose another --out")
+            previous = RunRecord.read(self.path)
+            if previous is None or previous.status != "failed" or self.checkpoints.exists():
+                raise UserError(f"{self.path} already holds a run; pass --resume to continue it or choose another "
+                                "--out")
+            # A run that failed before its first checkpoint (bad input, a wrong key) holds nothing to resume:
+            # this run takes the directory over, keeping the failed attempt's files beside it.
+            _set_aside(self.path)
+            existing = False
         if resume and not existing:
             raise UserError(f"--resume: {self.path} holds no run to resume (no record.json)")
         self.path.mkdir(parents=True, exist_ok=True)  # checkpoints/ appears with the first checkpoint

@@ -6,6 +6,7 @@ skipped and counted (the caller records the count in its run record), never drop
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -62,15 +63,58 @@ def parse_rows(rows: Iterable[tuple[str, Any]], record_type: type[R], *, source:
     return loaded
 
 
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def text_encoding(path: Path) -> str:
+    """The encoding to read ``path`` with: what its byte-order mark says (UTF-8, UTF-16, UTF-32), else UTF-8."""
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    return next((encoding for bom, encoding in _BOMS if head.startswith(bom)), "utf-8")
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a text file in its encoding (:func:`text_encoding`); bytes that are not
+    text in it are a :class:`DataError` naming the file and line, never a traceback."""
+    encoding = text_encoding(path)
+    if encoding.startswith("utf-8"):  # line by line from bytes, so a bad byte is reported on its own line
+        with path.open("rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode(encoding if number == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    byte = raw[exc.start:exc.start + 1].hex()
+                    raise DataError(f"{path}:{number}: not UTF-8 text (byte 0x{byte} at column {exc.start + 1}); "
+                                    "save the file as UTF-8 (UTF-16 with a byte-order mark is read too)") from None
+                if "\x00" in line:
+                    raise DataError(f"{path}:{number}: NUL bytes in the text: UTF-16 without a byte-order mark? "
+                                    "save the file as UTF-8")
+                yield number, line.replace("\r\n", "\n")
+        return
+    number = 0
+    try:
+        with path.open(encoding=encoding) as fh:
+            for number, line in enumerate(fh, start=1):
+                yield number, line
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: after line {number}: not {encoding} text although it starts with a {encoding} "
+                        "byte-order mark") from None
+
+
+def read_text(path: Path) -> str:
+    """The whole of a text file, as :func:`text_lines` reads it."""
+    return "".join(line for _, line in text_lines(path))
+
+
 def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield f"{path}:{number}", UnparsedRow(f"invalid JSON ({exc.msg} at column {exc.colno})")
+    for number, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{number}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield f"{path}:{number}", UnparsedRow(f"invalid JSON ({exc.msg} at column {exc.colno})")
 
 
 def jsonl_objects(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -107,7 +151,7 @@ def read_records(path: str | Path, record_type: type[R], *, skip_bad: bool = Fal
         rows = _dataset_dir_rows(p)
     elif p.suffix == ".json":
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = json.loads(read_text(p))
         except json.JSONDecodeError as exc:
             raise DataError(f"{p}:{exc.lineno}: invalid JSON ({exc.msg})") from None
         if not isinstance(data, list):

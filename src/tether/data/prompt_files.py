@@ -5,20 +5,25 @@ the same way.
 
 - XSTest-style CSV: columns ``prompt``, ``type``, ``label`` (``safe`` / ``unsafe``)
   (Röttger et al. 2024): over-refusal on safe prompts next to compliance on unsafe ones.
-- HarmBench-style behaviours CSV: ``Behavior``, ``FunctionalCategory``, ``SemanticCategory``,
-  optional ``ContextString`` and ``BehaviorID`` (Mazeika et al. 2024).
-- AdvBench-style CSV: ``goal``, ``target`` (Zou et al. 2023).
+- HarmBench-style behaviours CSV: ``Behavior``; optional ``SemanticCategory``, ``FunctionalCategory``,
+  ``ContextString`` and ``BehaviorID`` (Mazeika et al. 2024); or HarmBench's plain prompt lists.
+- AdvBench-style CSV: ``goal``, optional ``target`` (Zou et al. 2023).
+- Plain text (``text``): one prompt per line.
 - JSONL: ``{"prompt": text or messages, "label": "harmful" | "benign", ...}``; optional
   ``category``, ``answer`` (reference for verifiers), ``response`` (score this response instead
   of generating one: judge validation on labelled data) and ``gold_labels``
   (``{"refusal": true, ...}``: the truth for scorer-vs-gold agreement).
 
-A missing column or a malformed row is a :class:`DataError` naming the file and line.
+Files are read as UTF-8 (with or without a byte-order mark) or as UTF-16/32 with one
+(:func:`tether.data.io.text_lines`). A missing column, a malformed row or bytes that are not text
+is a :class:`DataError` naming the file and line; :func:`detect_format` tells a file's format from
+its name and header.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +31,7 @@ from typing import Any
 
 from tether.core.errors import DataError
 from tether.core.registry import Registry
-from tether.data.io import jsonl_objects
+from tether.data.io import jsonl_objects, read_text, text_lines
 from tether.data.records import Prompt
 
 
@@ -46,7 +51,7 @@ PROMPT_FORMATS: Registry[Callable[[str | Path], list[PromptRow]]] = Registry(
 def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    with io.StringIO(read_text(path), newline="") as fh:
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
         missing = [c for c in required if c not in columns]
@@ -90,26 +95,79 @@ def load_xstest(path: str | Path) -> list[PromptRow]:
 
 @PROMPT_FORMATS.register("harmbench")
 def load_harmbench(path: str | Path) -> list[PromptRow]:
-    """HarmBench-style behaviours CSV; a ContextString, where present, goes before the behaviour."""
+    """HarmBench-style behaviours CSV (``SemanticCategory``, ``FunctionalCategory``, ``ContextString`` and
+    ``BehaviorID`` optional; a ContextString goes before the behaviour), or a plain list of behaviours,
+    one per line (a file that is not ``.csv``, as HarmBench's text prompt lists are)."""
     path = Path(path)
+    if path.suffix.lower() != ".csv" and not _header(path).startswith("Behavior"):
+        return [PromptRow(f"harmbench:{r.id.rsplit(':', 1)[1]}", r.prompt, {"label": "harmful"})
+                for r in load_lines(path)]
     out = []
-    for line, row in _csv_rows(path, ("Behavior", "SemanticCategory")):
+    for line, row in _csv_rows(path, ("Behavior",)):
         behaviour = _required(path, line, row, "Behavior")
         context = (row.get("ContextString") or "").strip()
         prompt = f"{context}\n\n---\n\n{behaviour}" if context else behaviour
-        out.append(PromptRow(row.get("BehaviorID") or f"harmbench:{line}", prompt,
-                              {"label": "harmful", "category": _required(path, line, row, "SemanticCategory"),
-                               "functional": (row.get("FunctionalCategory") or "standard").strip()}))
+        meta = {"label": "harmful", "functional": (row.get("FunctionalCategory") or "standard").strip()}
+        if (row.get("SemanticCategory") or "").strip():
+            meta["category"] = row["SemanticCategory"].strip()
+        out.append(PromptRow((row.get("BehaviorID") or "").strip() or f"harmbench:{line}", prompt, meta))
     return out
+
+
+@PROMPT_FORMATS.register("text")
+def load_lines(path: str | Path) -> list[PromptRow]:
+    """A plain list of prompts, one per line (blank lines skipped); each is taken as harmful (a goal)
+    unless the suite says otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    rows = [PromptRow(f"text:{number}", line.strip(), {"label": "harmful"})
+            for number, line in text_lines(path) if line.strip()]
+    if not rows:
+        raise DataError(f"{path}: no prompts (the file is empty or blank)")
+    return rows
+
+
+def _header(path: Path) -> str:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return next((line.strip() for _, line in text_lines(path)), "")
+
+
+def detect_format(path: str | Path) -> str:
+    """The prompt-file format of ``path`` from its name and header: ``.jsonl`` -> jsonl; ``.txt`` -> text;
+    a CSV header with ``Behavior`` -> harmbench, ``goal`` -> advbench, ``prompt`` and ``label`` -> xstest.
+
+    Raises:
+        DataError: nothing tells (the message lists what would).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return "jsonl"
+    if suffix in (".txt", ".text", ".lst"):
+        return "text"
+    columns = [c.strip().lower() for c in next(csv.reader([_header(path)]), [])]
+    if "behavior" in columns:
+        return "harmbench"
+    if "goal" in columns:
+        return "advbench"
+    if "prompt" in columns and "label" in columns:
+        return "xstest"
+    raise DataError(f"{path}: cannot tell its format (a .jsonl or .txt name, or a CSV header with Behavior "
+                    f"(HarmBench), goal (AdvBench) or prompt,label (XSTest)); name one: {', '.join(PROMPT_FORMATS)}")
 
 
 @PROMPT_FORMATS.register("advbench")
 def load_advbench(path: str | Path) -> list[PromptRow]:
-    """AdvBench-style CSV: goal, target (the affirmative opening an attack aims for)."""
+    """AdvBench-style CSV: goal, and (optional) target, the affirmative opening an attack aims for."""
     path = Path(path)
-    return [PromptRow(f"advbench:{line}", _required(path, line, row, "goal"),
-                       {"label": "harmful", "target": _required(path, line, row, "target")})
-            for line, row in _csv_rows(path, ("goal", "target"))]
+    out = []
+    for line, row in _csv_rows(path, ("goal",)):
+        target = (row.get("target") or "").strip()
+        out.append(PromptRow(f"advbench:{line}", _required(path, line, row, "goal"),
+                             {"label": "harmful", **({"target": target} if target else {})}))
+    return out
 
 
 _LABELS = {"harmful": "harmful", "unsafe": "harmful", "benign": "benign", "safe": "benign"}

@@ -16,22 +16,21 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from tether.core.config import Config
 from tether.core.errors import DataError
 from tether.core.registry import Kind, Registry
 from tether.data.io import jsonl_objects
-from tether.data.prompt_files import PROMPT_FORMATS
+from tether.data.prompt_files import PROMPT_FORMATS, detect_format
 from tether.redteam.attacks import Goal, Shot
 from tether.world.spec import WorldConfig
 
 
 class GoalsConfig(Config):
-    """Base of every goal source's config: its registered source, how many goals, and how to load them."""
+    """Base of every goal source's config: its registered source and how to load its goals."""
 
-    source: str = Field(description="registered goal source: world, harmbench, advbench, jsonl, ...")
-    n: int = Field(100, ge=1, description="how many goals (a file: the first n)")
+    source: str = Field(description="registered goal source: world, file, harmbench, advbench, jsonl, text, ...")
 
     @abstractmethod
     def load(self) -> list[Goal]:
@@ -86,15 +85,23 @@ class WorldGoalsConfig(GoalsConfig):
 
 class FileGoalsConfig(GoalsConfig):
     """A goals file in a prompt-file format (:data:`tether.data.prompt_files.PROMPT_FORMATS`): HarmBench
-    behaviours CSV, AdvBench CSV or JSONL (``{"prompt": ..., "category": ...}``; rows labelled ``benign``
-    are left out)."""
+    behaviours CSV or plain list, AdvBench CSV, a text file of one request per line, or JSONL
+    (``{"prompt": ..., "category": ...}``; rows labelled ``benign`` are left out). ``source: file``
+    tells the format from the file's name and header. Every goal in the file is used unless ``limit``
+    says otherwise (and the run's metrics say how many of how many)."""
 
-    source: Literal["harmbench", "advbench", "jsonl"]
+    source: Literal["file", "harmbench", "advbench", "jsonl", "text", "xstest"]
     path: str = Field(description="the file")
+    limit: int | None = Field(None, ge=1, description="only the first N goals of the file (default: all of them)")
+    _in_file: int | None = PrivateAttr(None)  # harmful goals the file holds, once loaded
+
+    def format(self) -> str:
+        """The prompt-file format: the source's name, or (``file``) what the file's name and header say."""
+        return detect_format(self.path) if self.source == "file" else self.source
 
     def load(self) -> list[Goal]:
-        """The file's harmful requests, the first ``n``."""
-        prompts = PROMPT_FORMATS.get(self.source)(self.path)
+        """The file's harmful requests (the first ``limit``, when set)."""
+        prompts = PROMPT_FORMATS.get(self.format())(self.path)
         goals = []
         for p in prompts:
             if p.meta.get("label") == "benign":
@@ -109,14 +116,20 @@ class FileGoalsConfig(GoalsConfig):
             if goal.id in seen:
                 raise DataError(f"{self.path}: goal id {goal.id!r} appears twice; ids must be unique")
             seen.add(goal.id)
-        return goals[:self.n]
+        if not goals:
+            raise DataError(f"{self.path}: no harmful goals (every row is labelled benign)")
+        self._in_file = len(goals)
+        return goals[:self.limit] if self.limit else goals
 
     def describe(self) -> dict[str, Any]:
-        """The file."""
-        return {"path": self.path}
+        """The file, its format, and how many of its goals were used."""
+        out: dict[str, Any] = {"path": self.path, "format": self.format()}
+        if self._in_file is not None:
+            out |= {"in_file": self._in_file, "limit": self.limit}
+        return out
 
 
-for _format in ("harmbench", "advbench", "jsonl"):
+for _format in ("file", "harmbench", "advbench", "jsonl", "text", "xstest"):
     GOAL_SOURCES.register(_format)(FileGoalsConfig)
 
 

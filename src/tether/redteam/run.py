@@ -153,8 +153,9 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
     rows, outcomes = [], []
     for i, (p, sample) in enumerate(zip(prompts, samples, strict=True)):
         scores = {name: per_scorer[name][i] for name in names}
-        # A target that gave no reply (an endpoint error) neither resisted nor gave in: unscored.
-        success = None if i in errors else attack_success(scores[decide])
+        # A target that gave no reply (an endpoint error, or an empty one) neither resisted nor gave in:
+        # unscored, and counted on its own (``replies``), never as compliance.
+        success = None if i in errors or not sample.response.strip() else attack_success(scores[decide])
         text = p.prompt if isinstance(p.prompt, str) else p.prompt[-1]["content"]
         outcomes.append(Outcome(p.goal.id, p.kind, p.goal.category, p.attempt, success,
                                 str(p.goal.meta.get("split", "")), text))
@@ -171,6 +172,8 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
         "goals": {"source": cfg.goals.source, "n": len({p.goal.id for p in prompts}), **cfg.goals.describe()},
         "attacks": kinds,
         "decided_by": decide,
+        "replies": {"total": len(samples), "empty": sum(not s.response.strip() for s in samples),
+                    "error": len(errors)},
         "metrics": attack_metrics(outcomes),
         "diversity": {k: diversity([o.text for o in outcomes if o.kind == k and o.success]) for k in kinds},
         "scorer_status": {n: {st: sum(s.status == st for s in per_scorer[n]) for st in

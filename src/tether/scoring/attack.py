@@ -118,7 +118,7 @@ class AttackReward:
         scores = [replace(s, question=scorer.question) for s in scorer.score(samples)]
         success, bonus = [], []
         for completion, score, reply in zip(batch.texts, scores, replies, strict=True):
-            ok = reply.finish_reason != "error" and bool(attack_success(score))
+            ok = reply.finish_reason != "error" and bool(reply.text.strip()) and bool(attack_success(score))
             new = novelty(completion, self.found) if ok else 0.0
             if ok:
                 self.found = [*self.found, trigrams(completion)][-self.memory:]
