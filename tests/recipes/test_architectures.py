@@ -66,3 +66,23 @@ def test_reward_model_lora_trains_adapters_and_the_score_head(tokenizer):
     trainable = [n for n, p in reward.named_parameters() if p.requires_grad]
     assert any("lora_" in n for n in trainable) and any("score" in n for n in trainable)
     assert not any("embed_tokens" in n for n in trainable)
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "qwen3_moe", "llama4_text", "deepseek_v3"])
+@pytest.mark.parametrize("experts", ["exclude", "include"])
+def test_all_linear_lora_on_mixtures_of_experts_never_wraps_a_router(arch, experts, tokenizer):
+    from tether.models.lora import apply_lora, linear_targets
+
+    model = build_tiny_model(arch, tokenizer, seed=0)
+    targets, counts = linear_targets(model, experts=experts)
+    routers = [n for n in targets if n.rsplit(".", 1)[-1] in ("router", "gate") and ".experts." not in n]
+    assert routers == [] and not any(n.endswith("lm_head") for n in targets)
+    expert_layers = [n for n in targets if ".experts." in n]
+    assert (expert_layers == []) if experts == "exclude" else (expert_layers != [] or not any(
+        ".experts." in n for n, m in model.named_modules() if type(m) is torch.nn.Linear))
+    wrapped = apply_lora(model, LoraSettings(r=4, target_modules="all-linear", experts=experts))
+    ids = torch.randint(0, 200, (2, 8))
+    scored = torch.ones_like(ids, dtype=torch.bool)
+    loss = -completion_logps(wrapped, ids, torch.ones_like(ids), scored).sequence_logps.mean()
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for n, p in wrapped.named_parameters() if p.requires_grad)

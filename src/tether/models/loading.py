@@ -35,8 +35,11 @@ class LoraSettings(Config):
     target_modules: Literal["attention", "all-linear"] | list[str] = Field(
         "all-linear",
         description="'attention': peft's per-architecture attention projections; 'all-linear': every "
-        "linear layer but the output head; or explicit module names",
+        "linear layer but the output head and MoE routers; or explicit module names",
     )
+    experts: Literal["exclude", "include"] = Field(
+        "exclude", description="all-linear on a mixture-of-experts model: leave the routed experts' linear "
+        "layers out (default) or adapt them too (experts stored as fused weight tensors cannot be adapted)")
 
 
 class ModelConfig(Config):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
     from tether.models.loading import LoraSettings
 
+
+log = logging.getLogger(__name__)
 
 # Attention projections for architectures missing from peft's table (peft's own wins where present).
 _EXTRA_ATTENTION_MODULES: dict[str, list[str]] = {
@@ -23,6 +26,54 @@ def attention_modules(model_type: str) -> list[str] | None:
 
     found = PEFT_TABLE.get(model_type) or _EXTRA_ATTENTION_MODULES.get(model_type)
     return list(found) if found else None
+
+
+# Leaf names of attention projections, looked for in the model itself when neither table knows its type.
+_ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "query_key_value", "c_attn", "Wqkv",
+                    "query", "key", "value", "out_proj", "dense")
+# Output heads (never adapted by all-linear: the vocabulary / score projection), and MoE routers: a router
+# picks experts, and some (Llama 4's) are Linear subclasses whose forward returns a tuple.
+_HEADS = ("lm_head", "score", "classifier", "embed_out", "output")
+_ROUTER_NAMES = ("router", "gate")
+_EXPERT_CONTAINERS = ("experts",)
+
+
+def linear_targets(model: Any, *, experts: str = "exclude") -> tuple[list[str], dict[str, int]]:
+    """The full names of the linear layers ``all-linear`` adapts, and how many of each leaf name.
+
+    Plain ``nn.Linear`` leaves only (subclasses may change what forward returns), never an output
+    head or an MoE router; experts (layers under an ``experts`` container) only with ``experts='include'``.
+    """
+    from torch import nn
+
+    names: list[str] = []
+    counts: dict[str, int] = {}
+    for name, module in model.named_modules():
+        if type(module) is not nn.Linear:  # exactly Linear: a router subclass with its own forward stays out
+            continue
+        parts = name.split(".")
+        leaf = parts[-1]
+        if leaf in _HEADS or leaf in _ROUTER_NAMES and _in_moe_block(model, parts):
+            continue
+        if experts == "exclude" and any(p in _EXPERT_CONTAINERS for p in parts[:-1]):
+            continue
+        names.append(name)
+        counts[leaf] = counts.get(leaf, 0) + 1
+    return names, counts
+
+
+def _in_moe_block(model: Any, parts: list[str]) -> bool:
+    """Whether the module ``parts`` names sits beside experts (its parent holds an ``experts`` child)."""
+    parent = model.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else model
+    return any(child in _EXPERT_CONTAINERS for child, _ in parent.named_children())
+
+
+def _found_attention(model: Any) -> list[str] | None:
+    from torch import nn
+
+    leaves = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    found = [n for n in _ATTENTION_NAMES[:4] if n in leaves] or [n for n in _ATTENTION_NAMES[4:] if n in leaves]
+    return found or None
 
 
 def apply_lora(model: PreTrainedModel, settings: LoraSettings, *, scalar_head: bool = False) -> PreTrainedModel:
@@ -39,12 +90,21 @@ def apply_lora(model: PreTrainedModel, settings: LoraSettings, *, scalar_head: b
     targets: str | list[str] | None
     if settings.target_modules == "attention":
         model_type = model.config.model_type
-        targets = attention_modules(model_type)
+        targets = attention_modules(model_type) or _found_attention(model)
         if targets is None:
             from tether.core.errors import UserError
 
             raise UserError(f"no known attention modules for architecture {model_type!r}; set "
                             "model.lora.target_modules to 'all-linear' or a list of module names")
+    elif settings.target_modules == "all-linear":
+        targets, counts = linear_targets(model, experts=settings.experts)
+        if not targets:
+            from tether.core.errors import UserError
+
+            raise UserError(f"all-linear found no plain linear layer to adapt in {type(model).__name__}; name "
+                            "model.lora.target_modules explicitly")
+        log.info("LoRA adapts %d linear layers (%s; MoE experts %sd, routers and output heads never)",
+                 len(targets), ", ".join(f"{k} x{v}" for k, v in counts.items()), settings.experts)
     else:
         targets = settings.target_modules
     config = LoraConfig(

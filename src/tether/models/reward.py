@@ -40,22 +40,28 @@ def load_reward_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, *, n
     cfg = cfg.model_copy(update={"path": resolve_model_path(cfg.path)})
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    from tether.models.score_head import has_score_head, register_score_head
+
     if cfg.path.startswith("tiny:"):
         from tether.models.tiny import tiny_config
 
         config = tiny_config(cfg.path.removeprefix("tiny:"), tokenizer, num_labels=num_labels)
+        if not has_score_head(config):  # no class in transformers: tether's generic head over the backbone
+            register_score_head(type(config))
         model = AutoModelForSequenceClassification.from_config(config).to(dtype)
     else:
         try:
             config = AutoConfig.from_pretrained(cfg.path, num_labels=num_labels,
                                                 trust_remote_code=cfg.trust_remote_code)
             config.pad_token_id = tokenizer.pad_token_id
+            if not has_score_head(config):
+                register_score_head(type(config))
             model = AutoModelForSequenceClassification.from_pretrained(
                 cfg.path, config=config, dtype=dtype, trust_remote_code=cfg.trust_remote_code
             )
         except ValueError as exc:
-            raise UserError(f"{cfg.path}: this architecture has no sequence-classification head "
-                            f"in transformers ({str(exc).splitlines()[0]})") from None
+            raise UserError(f"{cfg.path}: cannot build a sequence-classification head for this architecture "
+                            f"({str(exc).splitlines()[0]})") from None
         except OSError as exc:
             raise UserError(f"cannot load a model from {cfg.path!r}: {str(exc).splitlines()[0]}") from None
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -30,6 +30,31 @@ for _arch, _config in (
                       max_position_embeddings=1024)),
     ("opt", dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64,
                  max_position_embeddings=1024)),
+    ("gemma", dict(_GQA, head_dim=16)),
+    ("gemma3_text", dict(_GQA, head_dim=16, sliding_window=64, query_pre_attn_scalar=16)),
+    ("stablelm", dict(_GQA)),
+    ("falcon", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, new_decoder_architecture=True,
+                    num_kv_heads=2, max_position_embeddings=1024)),
+    ("phi", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=1024)),
+    ("olmo2", dict(_GQA)),
+    ("cohere", dict(_GQA)),        # no sequence-classification class in transformers: tether's own score head
+    ("granite", dict(_GQA)),       # likewise
+    ("smollm3", dict(_GQA)),
+    ("gptj", dict(n_embd=64, n_layer=2, n_head=4, n_positions=1024, rotary_dim=8)),
+    ("bloom", dict(hidden_size=64, n_layer=2, n_head=4)),
+    ("gpt_bigcode", dict(n_embd=64, n_layer=2, n_head=4, n_positions=1024)),
+    # Mixtures of experts: routed experts, shared experts, a router that is a Linear subclass (Llama 4).
+    ("mixtral", dict(_GQA, num_local_experts=4, num_experts_per_tok=2)),
+    ("qwen2_moe", dict(_GQA, moe_intermediate_size=32, shared_expert_intermediate_size=64, num_experts=4,
+                       num_experts_per_tok=2)),
+    ("qwen3_moe", dict(_GQA, head_dim=16, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2)),
+    ("llama4_text", dict(_GQA, head_dim=16, intermediate_size_mlp=128, num_local_experts=4,
+                         num_experts_per_tok=1, interleave_moe_layer_step=1)),
+    ("deepseek_v3", dict(_GQA, num_key_value_heads=4, moe_intermediate_size=32, n_routed_experts=4,
+                         num_experts_per_tok=2,
+                         n_shared_experts=1, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8,
+                         qk_nope_head_dim=8, v_head_dim=16, first_k_dense_replace=1, n_group=1, topk_group=1)),
 ):
     TINY_ARCHITECTURES.register(_arch)(_config)
 
