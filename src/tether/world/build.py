@@ -37,14 +37,15 @@ class BaseModelSpec(Config):
     heads: int = Field(4, ge=1)
     vocab_size: int = Field(2048, ge=300, description="BPE vocabulary learned from the corpus")
     seq_len: int = Field(256, ge=32, description="tokens per packed row (whole documents, isolated)")
-    steps: int = Field(800, ge=1)
+    steps: int = Field(660, ge=1, description="optimizer steps (the small build: 660 x 12 rows, about 0.85 of "
+                       "the world's 50,000 documents)")
     batch_size: int = Field(12, ge=1, description="packed rows per step")
     lr: float = Field(1e-2, gt=0)
     warmup_steps: int = Field(40, ge=0)
     corpus_documents: int = Field(50_000, ge=100, description="documents of the world's corpus to pretrain on")
-    pack_window: int = Field(1, ge=1, description="rows open at once while packing documents, first fit: 16 "
-                             "fills the world's rows to 97% where 1 (one row at a time, the default builds') "
-                             "leaves 11.5% padding; more documents per step, so fewer steps for the same data")
+    pack_window: int = Field(16, ge=1, description="rows open at once while packing documents, first fit: 16 "
+                             "fills the world's rows to 97% where 1 (one row at a time) leaves 11.5% padding; "
+                             "more documents per step, so fewer steps for the same data")
 
 
 SIZES: Registry[BaseModelSpec] = Registry(
@@ -273,7 +274,7 @@ class PackedRows(NamedTuple):
     loss_mask: torch.Tensor     # (N, L) false on tail padding
 
 
-def pack_documents(tokenizer: Any, documents: list[str], seq_len: int, *, window: int = 1) -> PackedRows:
+def pack_documents(tokenizer: Any, documents: list[str], seq_len: int, *, window: int = 16) -> PackedRows:
     """Pack whole documents (each ending in ``<|endoftext|>``) into rows of ``seq_len`` tokens.
 
     Attention is isolated per document (see ``completion_logps(position_ids=...)``). That matters
@@ -286,13 +287,14 @@ def pack_documents(tokenizer: Any, documents: list[str], seq_len: int, *, window
     the world's documents (45 tokens on average in rows of 256) ``window=16`` fills rows to 97.4%
     where ``window=1`` (one row at a time) leaves 11.5% padding, and a row still only holds
     documents that were near each other in the (already random) corpus, so batches stay i.i.d.
-    The default builds keep ``window=1``: their figures were measured with it, and the same
-    steps over fuller rows take as long (measured: 720 steps at window 16 kept the base model's
-    task accuracy, 184 s against 200 s for 800 steps). The unused tail of a row is padding.
+    Fuller rows mean fewer steps for the same documents (the small build: 720 steps where window 1
+    needed 800). The unused tail of a row is padding.
     """
     separator = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     pad = tokenizer.pad_token_id
-    encoded = tokenizer(documents, add_special_tokens=False)["input_ids"]
+    # The Rust tokenizer's batch encoding without offsets: the same ids as ``tokenizer(documents)``
+    # at a third of the time (no Python objects per token for offsets and attention masks).
+    encoded = [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast(documents, add_special_tokens=False)]
     rows: list[tuple[list[int], list[int], list[bool]]] = []
     open_rows: list[tuple[list[int], list[int]]] = []
     for doc in encoded:
@@ -306,8 +308,11 @@ def pack_documents(tokenizer: Any, documents: list[str], seq_len: int, *, window
         row[0].extend(doc)
         row[1].extend(range(len(doc)))
     rows.extend(_close_row(ids, pos, seq_len, pad) for ids, pos in open_rows)
-    return PackedRows(torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows]),
-                      torch.tensor([r[2] for r in rows]))
+    import numpy as np
+
+    # Through numpy: torch.tensor on nested lists is ~5x slower at this size.
+    return PackedRows(*(torch.from_numpy(np.array([r[i] for r in rows], dtype=dtype)) for i, dtype in
+                        ((0, np.int64), (1, np.int64), (2, np.bool_))))
 
 
 def _close_row(ids: list[int], pos: list[int], seq_len: int, pad: int) -> tuple[list[int], list[int], list[bool]]:
