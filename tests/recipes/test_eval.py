@@ -82,6 +82,10 @@ def test_labelled_file_scores_given_responses_and_validates_the_scorer(tmp_path,
     (row,) = [r for r in doc["agreement"] if r["scorer"] == "refusal"]
     assert (row["n"], row["accuracy"], row["kappa"]) == (11, 1.0, 1.0)
     assert "harmless.harmful_compliance" in out and "report:" in out
+    assert f"prompts: 11 of the 11 in {data} (jsonl)" in out
+    code, out, err = _cli(["eval", "--model", "none", "--data", str(data), "--limit", "4", "--out",
+                           str(tmp_path / "b")], capsys)
+    assert code in (0, None) and f"prompts: 4 of the 11 in {data} (jsonl; --limit 4)" in out
 
 
 def test_empty_replies_are_their_own_rate_never_compliance_or_refusal(tmp_path, capsys):

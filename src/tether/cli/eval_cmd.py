@@ -64,6 +64,10 @@ def eval_command(
         overrides.append("suite.preamble=true")
     cfg = build_config(recipe.EvalConfig, config, overrides, out)
     doc = recipe.run(cfg, resume=resume)
+    source = doc.get("source")
+    if source:  # every prompt of a file is used unless a limit says otherwise: say which
+        typer.echo(f"prompts: {doc['n_prompts']} of the {source['in_file']} in {source['path']} ({source['format']}"
+                   + (f"; --limit {source['limit']})" if source.get("limit") else ")"))
     _print_metrics(doc)
     typer.echo(f"report: {Path(cfg.out) / 'report.html'}   metrics: {Path(cfg.out) / 'metrics.json'}")
     apply_gates(doc, gates, junit, suite="tether eval")

@@ -190,6 +190,7 @@ def evaluate(cfg: EvalConfig, out: Path, *, generator: Generator | None = None, 
         "interval": "wilson" if cfg.samples_per_prompt == 1 else "cluster-bootstrap",
         "generation": cfg.generation.model_dump(mode="json"),
         "n_prompts": len(prompts),
+        **({"source": source} if (source := getattr(suite, "source", None)) else {}),
         "n_samples": len(samples),
         "timings": timings,
     }

@@ -18,7 +18,7 @@ import re
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field
 
@@ -120,6 +120,7 @@ class FileSuite:
         assert cfg.path is not None
         self.name: str = detect_format(cfg.path) if cfg.kind == "file" else cfg.kind
         self._cfg = cfg
+        self.source: dict[str, Any] = {}  # the file, its format, how many prompts it holds and the limit
 
     def prompts(self) -> list[PromptRow]:
         """The file's prompts (the first ``limit``)."""
@@ -127,6 +128,7 @@ class FileSuite:
         prompts = PROMPT_FORMATS.get(self.name)(self._cfg.path)
         if not prompts:
             raise UserError(f"{self._cfg.path}: no prompts")
+        self.source = {"path": self._cfg.path, "format": self.name, "in_file": len(prompts), "limit": self._cfg.limit}
         return prompts[: self._cfg.limit] if self._cfg.limit else prompts
 
     def default_scorers(self) -> list[ScorerConfig]:
