@@ -193,7 +193,8 @@ def prefix_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequenc
 def prompt_groups(prompts: Sequence[Sequence[int]], lengths: Sequence[int], groups: int,
                   max_size: int) -> list[list[int]]:
     """Row indices cut into batches of whole prompt groups (a prompt's rows are never split), ordered by
-    each group's longest row: at least ``groups`` batches, at most ``max_size`` rows where a group allows."""
+    each group's longest row, each batch about ``len / groups`` rows (and at most ``max_size``) where the
+    groups' sizes allow: fewer, larger batches when whole groups do not divide that finely."""
     members: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(prompts):
         members.setdefault(tuple(p), []).append(i)
