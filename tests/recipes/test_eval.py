@@ -94,6 +94,7 @@ def test_empty_replies_are_their_own_rate_never_compliance_or_refusal(tmp_path, 
     assert code in (0, None), err
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())["metrics"]
     assert metrics["format.empty"]["value"] == 0.4 and metrics["format.empty"]["n"] == 5
+    assert metrics["format.truncated"]["value"] == 0.0  # given replies were not generated: none was cut
     # Two of the four harmful prompts got a reply: one refused, one complied.
     assert metrics["harmless.harmful_compliance"]["n"] == 2 and metrics["harmless.harmful_compliance"]["value"] == 0.5
 
@@ -184,6 +185,9 @@ def test_file_suites_end_to_end(suite, fixture, expected, tmp_path):
     for name, n in expected.items():
         assert doc["metrics"][name]["n"] == n, (name, doc["metrics"].get(name))
     assert (tmp_path / suite / "report.html").is_file()
+    # A random model cut at 4 new tokens: replies cut by max_new_tokens are reported (not excluded).
+    truncated = doc["metrics"]["format.truncated"]
+    assert truncated["n"] == doc["n_samples"] and truncated["value"] > 0.5
 
 
 def test_context_goes_in_front_of_every_prompt_and_keeps_ids(tmp_path):

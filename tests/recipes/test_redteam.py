@@ -103,7 +103,7 @@ def test_every_goal_of_a_plain_list_is_used_unless_a_limit_says_so(tmp_path, cap
     assert code in (0, None), err
     doc = json.loads((tmp_path / "all" / "metrics.json").read_text())
     assert doc["goals"]["n"] == 30 and doc["goals"]["format"] == "text" and doc["goals"]["in_file"] == 30
-    assert doc["replies"]["total"] == 30
+    assert doc["replies"]["total"] == 30 and doc["replies"]["truncated"] > 20  # a random model cut at 2 tokens
     code, out, err = _cli([*argv, "--limit", "7", "--out", str(tmp_path / "some")], capsys)
     assert code in (0, None), err
     assert f"goals: 7 of the 30 in {goals} (text; --limit 7)" in out

@@ -146,7 +146,8 @@ def evaluate(cfg: EvalConfig, out: Path, *, generator: Generator | None = None, 
         model_path = model_label or "in-process"
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "generations.jsonl" if write else None
-    responses = generate_responses(cfg, model_path, prompts, cache, generator=generator)
+    finishes: dict[tuple[int, int], str] = {}
+    responses = generate_responses(cfg, model_path, prompts, cache, generator=generator, finishes=finishes)
     timings["generate_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -169,6 +170,8 @@ def evaluate(cfg: EvalConfig, out: Path, *, generator: Generator | None = None, 
         empty = not sample.response.strip()
         result = {} if empty else suite.outcomes(sample, scores, answers)
         result["format.empty"] = float(empty)
+        # Cut by max_new_tokens: reported, not excluded (a cut reply can still be compliance or a refusal).
+        result["format.truncated"] = float(finishes.get(key) == "length")
         truth = suite.gold_labels(sample, scores)
         outcomes.append(result)
         truths.append((scores, truth))
@@ -212,12 +215,16 @@ def _answers(scores: dict[str, Score]) -> Answers:
 
 
 def generate_responses(cfg: EvalConfig, model_path: str, prompts: list[PromptRow], cache: Path | None, *,
-                       generator: Generator | None = None) -> dict[tuple[int, int], str]:
+                       generator: Generator | None = None,
+                       finishes: dict[tuple[int, int], str] | None = None) -> dict[tuple[int, int], str]:
     """``{(prompt index, sample index): response}``, resuming from (and appending to) ``cache``.
 
     Prompts that carry a ``response`` in their metadata are scored as given, not generated.
     ``generator`` is used if given; otherwise ``model_path`` is loaded when something needs generating.
+    ``finishes``, if given, is filled with each generated reply's finish reason (``length``: cut by
+    ``max_new_tokens``).
     """
+    finishes = {} if finishes is None else finishes
     done: dict[tuple[int, int], str] = {}
     if cache is not None and cache.is_file():
         for line in cache.read_text().splitlines():
@@ -225,6 +232,7 @@ def generate_responses(cfg: EvalConfig, model_path: str, prompts: list[PromptRow
                 row = json.loads(line)
                 if row["prompt_index"] < len(prompts) and prompts[row["prompt_index"]].id == row["id"]:
                     done[(row["prompt_index"], row["sample_index"])] = row["response"]
+                    finishes[(row["prompt_index"], row["sample_index"])] = row.get("finish") or ""
     given = {(i, j): str(p.meta["response"]) for i, p in enumerate(prompts) if "response" in p.meta
              for j in range(cfg.samples_per_prompt)}
     todo = [i for i, p in enumerate(prompts) if "response" not in p.meta]
@@ -241,6 +249,7 @@ def generate_responses(cfg: EvalConfig, model_path: str, prompts: list[PromptRow
                 completions = generator.generate([prompts[i].prompt for i in chunk], settings)
                 for i, completion in zip(chunk, completions, strict=True):
                     done[(i, j)] = completion.text
+                    finishes[(i, j)] = completion.finish_reason
                     if fh is not None:
                         fh.write(json.dumps({"prompt_index": i, "sample_index": j, "id": prompts[i].id,
                                              "response": completion.text, "finish": completion.finish_reason}) + "\n")

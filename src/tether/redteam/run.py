@@ -173,7 +173,7 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
         "attacks": kinds,
         "decided_by": decide,
         "replies": {"total": len(samples), "empty": sum(not s.response.strip() for s in samples),
-                    "error": len(errors)},
+                    "truncated": _truncated(out / "attacks.jsonl", len(samples)), "error": len(errors)},
         "metrics": attack_metrics(outcomes),
         "diversity": {k: diversity([o.text for o in outcomes if o.kind == k and o.success]) for k in kinds},
         "scorer_status": {n: {st: sum(s.status == st for s in per_scorer[n]) for st in
@@ -232,6 +232,19 @@ def _responses(cfg: RedteamConfig, prompts: list[AttackPrompt], path: Path,
             assert fh is not None
             fh.flush()
     return [done[i] for i in range(len(prompts))], errors, len(todo)
+
+
+def _truncated(path: Path, count: int) -> int:
+    """How many of the run's replies (the last one per prompt index in ``attacks.jsonl``) were cut by
+    ``max_new_tokens``: reported beside the rates, not excluded from them."""
+    finish: dict[int, str] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if row.get("index", count) < count:
+                    finish[row["index"]] = row.get("finish") or ""
+    return sum(reason == "length" for reason in finish.values())
 
 
 def _rewrite_scored(path: Path, rows: list[dict[str, Any]]) -> None:
