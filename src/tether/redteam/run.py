@@ -144,7 +144,7 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
         prompts = [next(replaced) if p.kind == attack.name else p for p in prompts]
 
     start = time.perf_counter()
-    responses, errors, generated = _responses(cfg, prompts, out / "attacks.jsonl", generator)
+    responses, errors, generated, truncated = _responses(cfg, prompts, out / "attacks.jsonl", generator)
     generate_s = time.perf_counter() - start
 
     samples = [Sample(f"{p.kind}:{p.goal.id}:{p.attempt}", p.prompt, responses[i], p.goal.meta)
@@ -173,7 +173,7 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
         "attacks": kinds,
         "decided_by": decide,
         "replies": {"total": len(samples), "empty": sum(not s.response.strip() for s in samples),
-                    "truncated": _truncated(out / "attacks.jsonl", len(samples)), "error": len(errors)},
+                    "truncated": len(truncated), "error": len(errors)},
         "metrics": attack_metrics(outcomes),
         "diversity": {k: diversity([o.text for o in outcomes if o.kind == k and o.success]) for k in kinds},
         "scorer_status": {n: {st: sum(s.status == st for s in per_scorer[n]) for st in
@@ -196,10 +196,12 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
 
 
 def _responses(cfg: RedteamConfig, prompts: list[AttackPrompt], path: Path,
-               generator: Generator | None) -> tuple[list[str], dict[int, str], int]:
+               generator: Generator | None) -> tuple[list[str], dict[int, str], int, set[int]]:
     """Every prompt's reply, resuming from (and appending to) ``path``; returns the replies, the target's
-    errors by prompt index, and how many prompts were sent. Replies that were errors are asked again."""
+    errors by prompt index, how many prompts were sent, and which replies ``max_new_tokens`` cut (reported
+    beside the rates, not excluded from them). Replies that were errors are asked again."""
     done: dict[int, str] = {}
+    truncated: set[int] = set()
     errors: dict[int, str] = {}
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -209,6 +211,8 @@ def _responses(cfg: RedteamConfig, prompts: list[AttackPrompt], path: Path,
                 if i < len(prompts) and prompts[i].kind == row["kind"] and prompts[i].goal.id == row["goal"] \
                         and prompts[i].attempt == row["attempt"] and not row.get("error"):
                     done[i] = row["response"]
+                    if row.get("finish") == "length":
+                        truncated.add(i)
     todo = [i for i in range(len(prompts)) if i not in done]
     with path.open("a", encoding="utf-8") if todo else nullcontext(None) as fh:
         for start in range(0, len(todo), cfg.chunk_prompts):
@@ -221,6 +225,8 @@ def _responses(cfg: RedteamConfig, prompts: list[AttackPrompt], path: Path,
             completions = generator.generate([prompts[i].prompt for i in chunk], settings)
             for i, completion in zip(chunk, completions, strict=True):
                 done[i] = completion.text
+                if completion.finish_reason == "length":
+                    truncated.add(i)
                 if completion.finish_reason == "error":
                     errors[i] = completion.error or "no reply"
                 p = prompts[i]
@@ -231,20 +237,7 @@ def _responses(cfg: RedteamConfig, prompts: list[AttackPrompt], path: Path,
                                      **({"error": completion.error} if completion.error else {})}) + "\n")
             assert fh is not None
             fh.flush()
-    return [done[i] for i in range(len(prompts))], errors, len(todo)
-
-
-def _truncated(path: Path, count: int) -> int:
-    """How many of the run's replies (the last one per prompt index in ``attacks.jsonl``) were cut by
-    ``max_new_tokens``: reported beside the rates, not excluded from them."""
-    finish: dict[int, str] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if row.get("index", count) < count:
-                    finish[row["index"]] = row.get("finish") or ""
-    return sum(reason == "length" for reason in finish.values())
+    return [done[i] for i in range(len(prompts))], errors, len(todo), truncated
 
 
 def _rewrite_scored(path: Path, rows: list[dict[str, Any]]) -> None:
