@@ -9,6 +9,11 @@ the same way.
   ``ContextString`` and ``BehaviorID`` (Mazeika et al. 2024); or HarmBench's plain prompt lists.
 - AdvBench-style CSV: ``goal``, optional ``target`` (Zou et al. 2023).
 - Plain text (``text``): one prompt per line.
+- Any table (``table``): CSV, TSV, JSON list, JSONL or parquet with a prompt column under one of the
+  names the field's collections use (JailbreakBench, StrongREJECT, Do-Not-Answer, SimpleSafetyTests,
+  SORRY-Bench, WildJailbreak, OR-Bench, jailbreak_llms: :data:`PROMPT_COLUMNS`), category and label
+  columns where present.
+- A Hugging Face ``datasets`` directory (``datasets``): ``save_to_disk`` output or a folder of data files.
 - JSONL: ``{"prompt": text or messages, "label": "harmful" | "benign", ...}``; optional
   ``category``, ``answer`` (reference for verifiers), ``response`` (score this response instead
   of generating one: judge validation on labelled data) and ``gold_labels``
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +60,8 @@ def _csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict
     with io.StringIO(read_text(path), newline="") as fh:
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
-        missing = [c for c in required if c not in columns]
+        present = {c.strip().lower() for c in columns}
+        missing = [c for c in required if c.lower() not in present]
         if missing:
             raise DataError(f"{path}: missing column {missing[0]!r} (columns: {', '.join(columns) or 'none'})")
         try:
@@ -135,38 +142,56 @@ def _header(path: Path) -> str:
 
 
 def detect_format(path: str | Path) -> str:
-    """The prompt-file format of ``path`` from its name and header: ``.jsonl`` -> jsonl; ``.txt`` -> text;
-    a CSV header with ``Behavior`` -> harmbench, ``goal`` -> advbench, ``prompt`` and ``label`` -> xstest.
+    """The prompt-file format of ``path`` from its name and header: a directory -> datasets; ``.jsonl`` ->
+    jsonl when its first row has a ``prompt``, else table; ``.json``, ``.parquet`` and ``.tsv`` -> table;
+    ``.txt`` -> text; a CSV header with ``goal`` -> advbench (JailbreakBench's too), ``Behavior`` ->
+    harmbench, ``prompt`` and ``label`` -> xstest, any other known prompt column (:data:`PROMPT_COLUMNS`)
+    -> table.
 
     Raises:
         DataError: nothing tells (the message lists what would).
     """
     path = Path(path)
+    if path.is_dir():
+        return "datasets"
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return "jsonl"
+    if suffix == ".jsonl":
+        first = next(iter(jsonl_objects(path)), None)
+        return "jsonl" if first is None or "prompt" in first[1] else "table"
+    if suffix in (".json", ".parquet", ".tsv"):
+        return "table"
     if suffix in (".txt", ".text", ".lst"):
         return "text"
     columns = [c.strip().lower() for c in next(csv.reader([_header(path)]), [])]
-    if "behavior" in columns:
-        return "harmbench"
     if "goal" in columns:
         return "advbench"
+    if "behavior" in columns:
+        return "harmbench"
     if "prompt" in columns and "label" in columns:
         return "xstest"
-    raise DataError(f"{path}: cannot tell its format (a .jsonl or .txt name, or a CSV header with Behavior "
-                    f"(HarmBench), goal (AdvBench) or prompt,label (XSTest)); name one: {', '.join(PROMPT_FORMATS)}")
+    if any(c in PROMPT_COLUMNS for c in columns):
+        return "table"
+    raise DataError(f"{path}: cannot tell its format (a directory saved by datasets, a .jsonl, .json, .parquet or "
+                    f".txt name, or a CSV header with a prompt column: {', '.join(PROMPT_COLUMNS)}); name one: "
+                    f"{', '.join(PROMPT_FORMATS)}")
 
 
 @PROMPT_FORMATS.register("advbench")
 def load_advbench(path: str | Path) -> list[PromptRow]:
-    """AdvBench-style CSV: goal, and (optional) target, the affirmative opening an attack aims for."""
+    """AdvBench-style CSV: goal, and (optional) target, the affirmative opening an attack aims for, and
+    category. Column names in any case, so JailbreakBench's behaviours CSV (Goal, Target, Behavior,
+    Category, Source) reads as it is: its ``Goal`` is the prompt, ``Behavior`` a short name."""
     path = Path(path)
     out = []
-    for line, row in _csv_rows(path, ("goal",)):
-        target = (row.get("target") or "").strip()
-        out.append(PromptRow(f"advbench:{line}", _required(path, line, row, "goal"),
-                             {"label": "harmful", **({"target": target} if target else {})}))
+    for line, raw in _csv_rows(path, ("goal",)):
+        row = {k.strip().lower(): v for k, v in raw.items() if k}
+        target, category = (row.get("target") or "").strip(), (row.get("category") or "").strip()
+        meta: dict[str, Any] = {"label": "harmful"}
+        if target:
+            meta["target"] = target
+        if category:
+            meta["category"] = category
+        out.append(PromptRow(f"advbench:{line}", _required(path, line, row, "goal"), meta))
     return out
 
 
@@ -198,3 +223,143 @@ def load_jsonl_prompts(path: str | Path) -> list[PromptRow]:
         out.append(PromptRow(str(row.get("id", f"jsonl:{where.rsplit(':', 1)[1]}")), prompt, meta))
     return out
 
+
+
+# --- any table of prompts: the field's collections as they come --------------------------------------
+
+# Columns that hold the prompt, in order of preference (case-insensitive); per row the first non-empty one
+# wins, so WildJailbreak's adversarial / vanilla pair reads right. They cover XSTest, JailbreakBench
+# (Goal), StrongREJECT (forbidden_prompt), Do-Not-Answer (question), SimpleSafetyTests (prompts_final),
+# SORRY-Bench (turns), OR-Bench and jailbreak_llms (prompt), HarmBench (Behavior), and instruction sets.
+PROMPT_COLUMNS = ("prompt", "goal", "forbidden_prompt", "adversarial", "vanilla", "question", "prompts_final",
+                  "turns", "instruction", "behavior", "query", "text", "input", "content")
+CATEGORY_COLUMNS = ("category", "semanticcategory", "type", "risk_area", "types_of_harm", "harm_area",
+                    "hazard", "harm_category")
+LABEL_COLUMNS = ("label", "data_type")
+
+
+def _label_of(value: Any) -> str | None:
+    """harmful / benign from a label cell (``unsafe``, ``safe``, ``vanilla_harmful``, ``adversarial_benign``,
+    ...); None when the cell says neither."""
+    text = str(value).strip().lower()
+    if any(word in text for word in ("benign", "unharmful", "not harmful")) or text in ("safe", "0", "false"):
+        return "benign"
+    if any(word in text for word in ("harm", "unsafe", "toxic")) or text in ("1", "true"):
+        return "harmful"
+    return None
+
+
+def table_prompts(source: str, rows: list[tuple[str, dict[str, Any]]]) -> list[PromptRow]:
+    """Prompt rows from ``(where, row)`` records of any table: the prompt from the first non-empty
+    :data:`PROMPT_COLUMNS` column, the category and label where a known column gives them (every prompt is
+    a harmful goal unless a label column says benign), ``target`` and ``id`` when present.
+
+    Raises:
+        DataError: no known prompt column, or a row whose prompt columns are all empty.
+    """
+    out = []
+    for where, raw in rows:
+        row = {str(k).strip().lower(): v for k, v in raw.items()}
+        present = [c for c in PROMPT_COLUMNS if c in row]
+        if not present:
+            raise DataError(f"{where}: no prompt column (columns: {', '.join(map(str, raw)) or 'none'}; a prompt "
+                            f"is read from one of: {', '.join(PROMPT_COLUMNS)})")
+        prompt = next((p for p in (_cell_text(row[c]) for c in present) if p), "")
+        if not prompt:
+            raise DataError(f"{where}: the prompt ({' / '.join(present)}) is empty")
+        meta: dict[str, Any] = {"label": "harmful"}
+        label = next((_label_of(row[c]) for c in LABEL_COLUMNS if c in row and row[c] not in (None, "")), None)
+        if label:
+            meta["label"] = label
+        category = next((_cell_text(row[c]) for c in CATEGORY_COLUMNS if c in row and _cell_text(row[c])), "")
+        if category:
+            meta["category"] = category
+        if _cell_text(row.get("target")):
+            meta["target"] = _cell_text(row["target"])
+        ident = _cell_text(row.get("id")) or f"{source}:{where.rsplit(':', 1)[-1]}"
+        out.append(PromptRow(ident, prompt, meta))
+    return out
+
+
+def _cell_text(value: Any) -> str:
+    if isinstance(value, list):  # SORRY-Bench's turns: the first turn is the prompt
+        value = value[0] if value else ""
+    return "" if value is None else str(value).strip()
+
+
+def _table_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return list(jsonl_objects(path))
+    if suffix == ".json":
+        try:
+            data = json.loads(read_text(path))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from None
+        if isinstance(data, dict):  # {"data": [...]}: the one list inside
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) != 1:
+                raise DataError(f"{path}: expected a JSON list of prompts (or an object holding one list)")
+            data = lists[0]
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of prompts")
+        return [(f"{path}:item {i}", item if isinstance(item, dict) else {"prompt": item})
+                for i, item in enumerate(data, start=1)]
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow's errors are many; the user needs the file and the reason
+            raise DataError(f"{path}: not a readable parquet file ({exc})") from None
+        return [(f"{path}:row {i}", row) for i, row in enumerate(table.to_pylist(), start=1)]
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    delimiter = "\t" if suffix == ".tsv" or "\t" in _header(path) else ","
+    with io.StringIO(read_text(path), newline="") as fh:
+        try:
+            return [(f"{path}:{number}", row) for number, row in enumerate(csv.DictReader(fh, delimiter=delimiter),
+                                                                           start=2)]
+        except csv.Error as exc:
+            raise DataError(f"{path}: not a readable CSV ({exc})") from None
+
+
+@PROMPT_FORMATS.register("table")
+def load_table(path: str | Path) -> list[PromptRow]:
+    """Any CSV, TSV, JSON list, JSONL or parquet table of prompts (see :func:`table_prompts` for the columns)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    rows = table_prompts(path.stem, _table_records(path))
+    if not rows:
+        raise DataError(f"{path}: no prompts")
+    return rows
+
+
+@PROMPT_FORMATS.register("datasets")
+def load_datasets_dir(path: str | Path) -> list[PromptRow]:
+    """A Hugging Face ``datasets`` directory: one written by ``save_to_disk``, or a folder of data files
+    (parquet, CSV, JSON) as a hub download leaves it. With several splits the ``test`` split is read, else
+    ``train``, else the only one; the columns are read as :func:`table_prompts` says."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: not a directory")
+    import datasets
+
+    try:
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset(str(path))
+    except Exception as exc:  # datasets raises many kinds; name the directory and the reason
+        raise DataError(f"{path}: not a readable datasets directory ({str(exc).splitlines()[0][:200]})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        split = next((s for s in ("test", "train") if s in loaded), splits[0] if len(splits) == 1 else None)
+        if split is None:
+            raise DataError(f"{path}: splits {', '.join(splits)}; none is test or train (save the one to use)")
+        loaded = loaded[split]
+    rows = table_prompts(path.name, [(f"{path}:row {i}", row) for i, row in enumerate(loaded, start=1)])
+    if not rows:
+        raise DataError(f"{path}: no prompts")
+    return rows

@@ -94,7 +94,7 @@ class FileSuiteConfig(SuiteConfig):
     """Prompts from a file in a prompt-file format (:data:`tether.data.prompt_files.PROMPT_FORMATS`); kind
     ``file`` tells the format from the file's name and header."""
 
-    kind: Literal["file", "xstest", "harmbench", "advbench", "jsonl", "text"]
+    kind: Literal["file", "xstest", "harmbench", "advbench", "jsonl", "text", "table", "datasets"]
     path: str | None = Field(None, description="the prompts file (a shipped config may leave it to --data)")
     limit: int | None = Field(None, ge=1, description="only the first N prompts (default: every prompt in the file)")
 
@@ -109,7 +109,7 @@ class FileSuiteConfig(SuiteConfig):
         return FileSuite(self)
 
 
-for _format in ("file", "xstest", "harmbench", "advbench", "jsonl", "text"):
+for _format in ("file", "xstest", "harmbench", "advbench", "jsonl", "text", "table", "datasets"):
     SUITES.register(_format)(FileSuiteConfig)
 
 

@@ -90,7 +90,7 @@ class FileGoalsConfig(GoalsConfig):
     tells the format from the file's name and header. Every goal in the file is used unless ``limit``
     says otherwise (and the run's metrics say how many of how many)."""
 
-    source: Literal["file", "harmbench", "advbench", "jsonl", "text", "xstest"]
+    source: Literal["file", "harmbench", "advbench", "jsonl", "text", "xstest", "table", "datasets"]
     path: str = Field(description="the file")
     limit: int | None = Field(None, ge=1, description="only the first N goals of the file (default: all of them)")
     _in_file: int | None = PrivateAttr(None)  # harmful goals the file holds, once loaded
@@ -129,7 +129,7 @@ class FileGoalsConfig(GoalsConfig):
         return out
 
 
-for _format in ("file", "harmbench", "advbench", "jsonl", "text", "xstest"):
+for _format in ("file", "harmbench", "advbench", "jsonl", "text", "xstest", "table", "datasets"):
     GOAL_SOURCES.register(_format)(FileGoalsConfig)
 
 
