@@ -40,6 +40,10 @@ class GoalsConfig(Config):
         """Many-shot examples that suit these goals when the run names none; None: the run must name some."""
         return None
 
+    def offers_shots(self) -> bool:
+        """Whether :meth:`default_shots` gives any (answered without loading them)."""
+        return type(self).default_shots is not GoalsConfig.default_shots
+
     def default_scorer(self) -> str:
         """The scorer kind that decides success when the run names none."""
         return "refusal"

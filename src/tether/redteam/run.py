@@ -101,7 +101,15 @@ def build_prompts(cfg: RedteamConfig) -> list[AttackPrompt]:
     if not goals:
         raise UserError("no goals: the goals file holds no harmful requests")
     kit = AttackKit(load_templates(cfg.templates), cfg.seed, functools.cache(lambda: _shots(cfg)))
-    return [p for attack in cfg.attacks for p in attack.build().prompts(goals, kit)]
+    return [p for attack in default_ready(cfg) for p in attack.build().prompts(goals, kit)]
+
+
+def default_ready(cfg: RedteamConfig) -> list[Any]:
+    """The run's attacks; from the default list, many-shot is left out when there are no shots to draw on
+    (a user's goals file brings none unless ``shots`` names some): the default must run on any goals."""
+    if "attacks" in cfg.model_fields_set or cfg.shots or cfg.goals.offers_shots():
+        return list(cfg.attacks)
+    return [a for a in cfg.attacks if getattr(a, "template", None) != "many-shot"]
 
 
 def _shots(cfg: RedteamConfig) -> list[Shot]:
@@ -130,7 +138,7 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
     prepare_s = time.perf_counter() - start
 
     adapted: dict[str, Any] = {}
-    for attack in (a.build() for a in cfg.attacks):
+    for attack in (a.build() for a in default_ready(cfg)):
         mine = [p for p in prompts if p.kind == attack.name]
         if attack.needs_weights and mine:
             generator = generator or load_target(cfg)
