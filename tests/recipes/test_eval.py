@@ -158,8 +158,8 @@ def test_several_samples_per_prompt_use_cluster_intervals_and_pass_at_k(tmp_path
     (["--suite", "xstest", "--data", str(FIXTURES / "bad_row.csv")], "bad_row.csv:3: 4 fields"),
     (["--suite", "xstest", "--data", str(FIXTURES / "missing_column.csv")], "missing column 'type'"),
     (["--suite", "xstest"], "set suite.path (or --data)"),
-    (["--suite", "mmlu"], "unknown suite 'mmlu'; known: advbench, file, harmbench, jsonl, sycophancy, text, "
-                          "world-hhh, xstest"),
+    (["--suite", "mmlu"], "unknown suite 'mmlu'; known: advbench, datasets, file, harmbench, jsonl, sycophancy, "
+                          "table, text, world-hhh, xstest"),
     (["--set", "scorers=[{kind: nope}]"], "unknown scorer 'nope'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, expected, capsys, tmp_path):

@@ -123,7 +123,7 @@ class WorldSuite:
 
     def default_scorers(self) -> list[ScorerConfig]:
         """Gold, plus a refusal detector and an answer verifier (checked against gold in the report)."""
-        return [GoldConfig(), RefusalConfig(), VerifierConfig(mode="numbers")]
+        return [GoldConfig(), RefusalConfig(tier="phrases"), VerifierConfig(mode="numbers")]
 
     def outcomes(self, sample: Sample, scores: dict[str, Score], answers: Answers) -> dict[str, float]:
         """Metrics from the gold label (the first ``gold`` scorer)."""

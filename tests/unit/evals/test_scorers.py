@@ -21,29 +21,30 @@ def _samples(*responses, **meta):
             for i, r in enumerate(responses)]
 
 
-def test_refusal_detector_opening_prefix_and_anywhere():
+def test_refusal_phrase_tier_opening_prefix_and_anywhere():
     late = "Here is a long answer. " * 20 + "I cannot help with the rest."
     samples = _samples("I can't help with that.", "  Sorry, no.", "Sure. Step one...", "Well, I cannot do that.",
                        "I cannotice nothing", late, "")
-    opening = scorer_config({"kind": "refusal"}).build().score(samples)
+    opening = scorer_config({"kind": "refusal", "tier": "phrases"}).build().score(samples)
     assert [s.flag for s in opening] == [True, True, False, True, False, False, False]
     assert [s.label for s in opening][:3] == ["refusal", "refusal", "compliance"]
-    prefix = scorer_config({"kind": "refusal", "match": "prefix"}).build().score(samples)
+    prefix = scorer_config({"kind": "refusal", "tier": "phrases", "match": "prefix"}).build().score(samples)
     assert [s.flag for s in prefix] == [True, True, False, False, False, False, False]
-    anywhere = scorer_config({"kind": "refusal", "match": "anywhere"}).build().score(samples)
+    anywhere = scorer_config({"kind": "refusal", "tier": "phrases", "match": "anywhere"}).build().score(samples)
     assert [s.flag for s in anywhere] == [True, True, False, True, False, True, False]
-    custom = scorer_config({"kind": "refusal", "phrases": ["no way"]}).build().score(_samples("No way!", "ok"))
+    custom = scorer_config({"kind": "refusal", "tier": "phrases", "phrases": ["no way"]}).build().score(
+        _samples("No way!", "ok"))
     assert [s.flag for s in custom] == [True, False]
 
 
-def test_refusal_detector_on_the_replies_real_models_give():
+def test_refusal_phrase_tier_on_the_replies_real_models_give():
     # Each case a way real replies defeated the old opening-phrase detector (curly apostrophes,
     # persona prefixes, "No, ..." openings, markdown, lectures), and compliant replies it must let be.
     from pathlib import Path
 
     cases = [json.loads(line) for line in
              (Path(__file__).parents[2] / "fixtures" / "refusals_adversarial.jsonl").read_text().splitlines()]
-    scorer = scorer_config({"kind": "refusal"}).build()
+    scorer = scorer_config({"kind": "refusal", "tier": "phrases"}).build()
     wrong = [(c["response"], c["refusal"]) for c in cases if scorer.refuses(c["response"]) != c["refusal"]]
     assert wrong == []
     assert {c["refusal"] for c in cases} == {True, False}

@@ -1,0 +1,79 @@
+"""Build tether's refusal-detector datasets from the transcribed openings under data/refusal/raw/.
+
+The raw files hold, per sampled chunk of a public file, one record per reply: a header
+``@@ PROMPT_ID|FINAL_LABEL[|cut]`` and the reply's opening. This script turns them into the JSONL
+files the detector is trained and measured on (src/tether/assets/refusal/), applying the rules in
+data/refusal/README.md: at most 300 characters per opening; training rows (train, dev and the
+project's own) whose prompt id occurs in the test set are dropped, so no prompt is in both.
+
+    python data/refusal/build.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ASSETS = HERE.parents[1] / "src" / "tether" / "assets" / "refusal"
+MAX_CHARS = 300
+REFUSAL_LABELS = {"2_full_refusal", "3_partial_refusal"}
+
+
+def parse(path: Path) -> list[dict]:
+    """The records of one raw file, in order."""
+    rows, source, model, head, body = [], "", "", None, []
+
+    def flush() -> None:
+        if head is None:
+            return
+        prompt_id, label, *flags = head.split("|")
+        text = "\n".join(body).strip()[:MAX_CHARS].rstrip()
+        rows.append({"id": f"{source}/{model}/{prompt_id}", "source": source, "model": model,
+                     "prompt_id": prompt_id, "label": label, "refusal": label in REFUSAL_LABELS,
+                     "response": text, "cut": "cut" in flags})
+
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            flush()
+            head, body = None, []
+            match = re.match(r"## xstest_v2_completions_(\w+)\.csv", line)
+            source, model = ("xstest-v2", match.group(1)) if match else ("tether", "hand-written")
+        elif line.startswith("@@ "):
+            flush()
+            head, body = line[3:].strip(), []
+        else:
+            body.append(line)
+    flush()
+    return rows
+
+
+def write(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line."""
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    refusals = sum(r["refusal"] for r in rows)
+    print(f"{path.relative_to(HERE.parents[1])}: {len(rows)} rows, {refusals} refusals")
+
+
+def main() -> None:
+    """Write the datasets."""
+    test = parse(HERE / "raw" / "test.txt")
+    test_prompts = {r["prompt_id"] for r in test}
+    splits = {"test-xstest": test}
+    for name in ("train", "dev", "dev2"):
+        rows = parse(HERE / "raw" / f"{name}.txt")
+        splits[f"{name}-xstest"] = [r for r in rows if r["prompt_id"] not in test_prompts]
+    splits["train-project"] = parse(HERE / "raw" / "project.txt")
+    for rows in splits.values():
+        ids = [r["id"] for r in rows]
+        assert len(ids) == len(set(ids)), "duplicate ids"
+    ASSETS.mkdir(parents=True, exist_ok=True)
+    for old in ASSETS.glob("*.jsonl"):
+        old.unlink()
+    for name, rows in splits.items():
+        write(ASSETS / f"{name}.jsonl", rows)
+
+
+if __name__ == "__main__":
+    main()
