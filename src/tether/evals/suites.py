@@ -28,7 +28,8 @@ from tether.core.registry import Kind, Registry
 from tether.data.io import jsonl_objects
 from tether.data.prompt_files import PROMPT_FORMATS, PromptRow, detect_format
 from tether.data.records import Prompt
-from tether.scoring.scorers import RefusalConfig, Sample, Score, ScorerConfig, VerifierConfig, normalise_reply
+from tether.scoring.refusal import normalise_reply
+from tether.scoring.scorers import RefusalConfig, Sample, Score, ScorerConfig, VerifierConfig
 
 # question -> the answer of the first configured scorer that answers it (None: that scorer could not tell).
 Answers = dict[str, bool | None]

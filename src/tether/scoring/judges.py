@@ -17,8 +17,8 @@ from pydantic import Field
 
 from tether.core.errors import UserError
 from tether.core.registry import Registry
+from tether.scoring.refusal import REFUSAL_PHRASES
 from tether.scoring.scorers import (
-    REFUSAL_PHRASES,
     SCORERS,
     Sample,
     Score,

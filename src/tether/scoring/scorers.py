@@ -28,13 +28,7 @@ from pydantic import Field
 from tether.core.config import Config
 from tether.core.registry import Kind, Registry, kind_config
 from tether.data.records import Prompt
-from tether.scoring.refusal import (  # noqa: F401  (re-exported: the judges and suites use them)
-    REFUSAL_PATTERNS,
-    REFUSAL_PHRASES,
-    PhraseDetector,
-    RefusalDetector,
-    normalise_reply,
-)
+from tether.scoring.refusal import PhraseDetector, RefusalDetector
 
 # not-applicable: the scorer has nothing to say about this sample (a verifier on a prompt with no reference answer).
 Status = Literal["ok", "parse-failure", "judge-refusal", "error", "not-applicable"]

@@ -199,8 +199,10 @@ def _train(cfg: RefusalDetectorConfig, run_dir: RunDir) -> dict[str, Any]:
 
 def _groups(path: str) -> list[str] | None:
     """The ``model`` field of every labelled row of ``path``, or None when a row lacks one."""
+    from tether.data.io import text_lines
+
     models = []
-    for line in Path(path).read_text(encoding="utf-8-sig").splitlines():
+    for _, line in text_lines(Path(path)):
         if line.strip():
             model = json.loads(line).get("model")
             if not isinstance(model, str):
