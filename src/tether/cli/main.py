@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from tether import __version__
-from tether.cli import config_cmd, data_cmd, eval_cmd, models_cmd, plugins_cmd, redteam_cmd, world_cmd
+from tether.cli import config_cmd, data_cmd, eval_cmd, models_cmd, plugins_cmd, redteam_cmd, serve_cmd, world_cmd
 from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt
 from tether.cli.recipes import RecipeGroup
 
@@ -41,6 +41,8 @@ app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(plugins_cmd.app, name="plugins")
+app.command("serve")(serve_cmd.serve)
+app.add_typer(serve_cmd.keys_app, name="keys")
 
 
 @app.command("run")

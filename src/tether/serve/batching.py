@@ -1,0 +1,101 @@
+"""Concurrent requests share ``generate`` calls.
+
+One worker thread owns the model. It takes the requests waiting (after a short window for more to
+arrive, up to ``max_batch``), groups those with the same generation settings, and completes each group
+with one ``generate`` call: the batched sampler then serves them together instead of one after another.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from tether.data.records import Prompt
+from tether.models.generation import Completion, GenerationSettings, Generator
+
+
+@dataclass(frozen=True)
+class Served:
+    """A request's completion, and its prompt's length in tokens (0 where the model cannot say)."""
+
+    completion: Completion
+    prompt_tokens: int
+
+
+@dataclass
+class _Request:
+    prompt: Prompt
+    settings: GenerationSettings
+    future: Future[Served] = field(default_factory=Future)
+
+
+class BatchingGenerator:
+    """A :class:`~tether.models.generation.Generator` shared by concurrent callers (see the module)."""
+
+    def __init__(self, generator: Generator, *, max_batch: int = 32, window_s: float = 0.005) -> None:
+        self.generator, self.max_batch, self.window_s = generator, max_batch, window_s
+        self.calls = 0  # generate() calls made
+        self.served = 0  # requests completed
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="tether-serve-batcher", daemon=True)
+        self._worker.start()
+
+    def submit(self, prompt: Prompt, settings: GenerationSettings) -> Future[Served]:
+        """A future of ``prompt``'s completion."""
+        request = _Request(prompt, settings)
+        self._queue.put(request)
+        return request.future
+
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
+        """Complete ``prompts`` through the shared worker (blocking)."""
+        return [f.result().completion for f in [self.submit(p, settings) for p in prompts]]
+
+    def close(self) -> None:
+        """Stop the worker once the requests already queued are done."""
+        self._queue.put(None)
+        self._worker.join(timeout=60)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            time.sleep(self.window_s)  # let the requests that arrive together be served together
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            groups: dict[str, list[_Request]] = {}
+            for request in batch:
+                groups.setdefault(request.settings.model_dump_json(), []).append(request)
+            for requests in groups.values():
+                self._complete(requests)
+            if stop:
+                return
+
+    def _complete(self, requests: list[_Request]) -> None:
+        prompts = [r.prompt for r in requests]
+        try:
+            self.calls += 1
+            completions = self.generator.generate(prompts, requests[0].settings)
+            # Counted here, on the worker: a fast tokenizer must not be used from two threads at once.
+            encode = getattr(self.generator, "encode", None)
+            lengths = [len(ids) for ids in encode(prompts)] if encode else [0] * len(prompts)
+        except Exception as exc:  # every waiting request gets the error; the worker keeps serving
+            for r in requests:
+                r.future.set_exception(exc)
+            return
+        self.served += len(requests)
+        for r, completion, length in zip(requests, completions, lengths, strict=True):
+            r.future.set_result(Served(completion, length))

@@ -1,0 +1,138 @@
+"""API keys: created with scopes, shown once, stored as a SHA-256 hash.
+
+A key is ``tk-`` and 43 random URL-safe characters (256 bits), so a fast hash is safe to store: nothing
+short enough to guess hides behind it, and a lookup by hash costs one indexed query. The store is any
+SQLAlchemy database: SQLite (the default, a file beside the server, in WAL mode so the server and the
+``tether keys`` command can use it at once) or PostgreSQL by URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import Field
+
+from tether.core.config import Config
+from tether.core.errors import UserError
+
+DEFAULT_DB = "sqlite:///tether-serve.db"
+
+METADATA = sa.MetaData()
+KEYS = sa.Table(
+    "api_keys", METADATA,
+    sa.Column("id", sa.String(32), primary_key=True),  # public: listed, revoked by
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+
+class Scopes(Config):
+    """What a key may do."""
+
+    models: list[str] = Field(default_factory=lambda: ["*"], description="models the key may call ('*': any)")
+    max_tokens: int | None = Field(None, ge=1, description="most tokens one request may ask for (None: no cap)")
+
+    def allows_model(self, model: str) -> bool:
+        """Whether the key may call ``model``."""
+        return "*" in self.models or model in self.models
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key, without its secret."""
+
+    id: str
+    name: str
+    scopes: Scopes
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+    def state(self, now: float | None = None) -> str:
+        """``active``, ``revoked`` or ``expired``."""
+        now = time.time() if now is None else now
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "expired"
+        return "active"
+
+
+def hash_key(secret: str) -> str:
+    """The stored form of a key."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class KeyStore:
+    """Keys in a SQLAlchemy database (the table is created when missing)."""
+
+    def __init__(self, url: str = DEFAULT_DB) -> None:
+        try:
+            self.engine = sa.create_engine(url)
+        except Exception as exc:  # a malformed URL or a missing driver: one line naming the URL
+            raise UserError(f"key store {url!r}: {exc}") from None
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_wal)
+        try:
+            METADATA.create_all(self.engine)
+        except sa.exc.OperationalError as exc:
+            raise UserError(f"key store {url!r}: {str(exc.orig).splitlines()[0]}") from None
+
+    def create(self, name: str, scopes: Scopes | None = None, *, expires_in: float | None = None,
+               ) -> tuple[ApiKey, str]:
+        """A new key and its secret (shown this once; only its hash is kept)."""
+        secret = "tk-" + secrets.token_urlsafe(32)
+        now = time.time()
+        key = ApiKey("key_" + secrets.token_hex(6), name, scopes or Scopes(), now,
+                     None if expires_in is None else now + expires_in, None)
+        with self.engine.begin() as conn:
+            conn.execute(KEYS.insert().values(id=key.id, name=name, key_hash=hash_key(secret),
+                                              scopes=key.scopes.model_dump(), created_at=now,
+                                              expires_at=key.expires_at))
+        return key, secret
+
+    def authenticate(self, secret: str) -> ApiKey | None:
+        """The key ``secret`` belongs to, active or not; None for a secret no key has."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(KEYS).where(KEYS.c.key_hash == hash_key(secret))).first()
+        return None if row is None else _key(row._mapping)
+
+    def list(self) -> list[ApiKey]:
+        """Every key, oldest first."""
+        with self.engine.connect() as conn:
+            return [_key(r._mapping) for r in conn.execute(sa.select(KEYS).order_by(KEYS.c.created_at))]
+
+    def revoke(self, key_id: str) -> ApiKey:
+        """Revoke a key (from its next request on).
+
+        Raises:
+            UserError: no key has that id.
+        """
+        with self.engine.begin() as conn:
+            conn.execute(KEYS.update().where(KEYS.c.id == key_id, KEYS.c.revoked_at.is_(None))
+                                .values(revoked_at=time.time()))
+            row = conn.execute(sa.select(KEYS).where(KEYS.c.id == key_id)).first()
+        if row is None:
+            raise UserError(f"no key {key_id!r} (tether keys list shows them)")
+        return _key(row._mapping)
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(row["id"], row["name"], Scopes.model_validate(row["scopes"]), row["created_at"],
+                  row["expires_at"], row["revoked_at"])
+
+
+def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

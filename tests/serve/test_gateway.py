@@ -1,0 +1,160 @@
+"""tether serve through the official openai client: chat and text completions, streamed and not, keys and
+their scopes, concurrent requests batched together, and the keys commands."""
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import sqlalchemy as sa
+import uvicorn
+
+from tether.cli.main import main
+from tether.models.targets import target_generator
+from tether.serve.app import create_app
+from tether.serve.batching import BatchingGenerator
+from tether.serve.keys import KeyStore, Scopes
+
+MODEL = "tiny:llama"
+
+
+class _Server:
+    def __init__(self, app):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.02)
+        assert self.server.started
+
+    def client(self, key, **kwargs):
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0, **kwargs)
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    store = KeyStore(f"sqlite:///{tmp_path_factory.mktemp('serve') / 'keys.db'}")
+    generator = BatchingGenerator(target_generator(MODEL), window_s=0.05)
+    server = _Server(create_app(generator, store, MODEL, default_max_tokens=8, max_tokens_limit=64))
+    yield server, store, generator
+    server.stop()
+    generator.close()
+
+
+def test_the_openai_client_chats_streams_and_completes(gateway):
+    server, store, _ = gateway
+    _, secret = store.create("tests")
+    client = server.client(secret)
+    assert [m.id for m in client.models.list()] == [MODEL]
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}],
+                                           max_tokens=6, temperature=0)
+    choice = reply.choices[0]
+    assert reply.object == "chat.completion" and choice.message.role == "assistant"
+    assert isinstance(choice.message.content, str) and choice.finish_reason in ("stop", "length")
+    assert 0 < reply.usage.completion_tokens <= 6 and reply.usage.prompt_tokens > 0
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}],
+                                            max_tokens=6, temperature=0, stream=True)
+    chunks = list(stream)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert streamed == choice.message.content  # greedy: the same reply, streamed
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == choice.finish_reason
+    text = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=5, temperature=0)
+    assert text.object == "text_completion" and text.usage.completion_tokens <= 5
+    pieces = list(client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=5, temperature=0,
+                                            stream=True))
+    assert "".join(p.choices[0].text for p in pieces) == text.choices[0].text
+
+
+def test_keys_are_stored_hashed_and_checked_with_their_scopes(gateway):
+    server, store, _ = gateway
+    key, secret = store.create("scoped", Scopes(models=[MODEL], max_tokens=4))
+    with store.engine.connect() as conn:
+        dump = json.dumps([list(map(str, r)) for r in conn.execute(sa.text("SELECT * FROM api_keys"))])
+    assert secret not in dump and secret.startswith("tk-")
+    messages = [{"role": "user", "content": "hi"}]
+    for bad in ("", "tk-not-a-key", secret[:-1]):
+        with pytest.raises(openai.AuthenticationError):
+            server.client(bad or "x").chat.completions.create(model=MODEL, messages=messages)
+    client = server.client(secret)
+    assert client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4).choices
+    with pytest.raises(openai.PermissionDeniedError, match="at most 4 tokens"):
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=5)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="gpt-4o", messages=messages)
+    _, other = store.create("other model only", Scopes(models=["world:base"]))
+    with pytest.raises(openai.PermissionDeniedError, match="may not use model"):
+        server.client(other).chat.completions.create(model=MODEL, messages=messages)
+    assert [m.id for m in server.client(other).models.list()] == []
+    _, expired = store.create("expired", expires_in=-1)
+    with pytest.raises(openai.AuthenticationError, match="expired"):
+        server.client(expired).chat.completions.create(model=MODEL, messages=messages)
+    store.revoke(key.id)
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
+
+
+def test_bad_requests_get_openai_shaped_400s(gateway):
+    server, store, _ = gateway
+    _, secret = store.create("bad requests")
+    client = server.client(secret)
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model=MODEL, messages=[])
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], temperature=7)
+    with pytest.raises(openai.BadRequestError, match="at most 64"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=10**9)
+    with pytest.raises(openai.BadRequestError, match="role"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "wizard", "content": "x"}])
+    import httpx
+
+    raw = httpx.post(f"http://127.0.0.1:{server.port}/v1/chat/completions", content=b"{not json",
+                     headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
+    assert raw.status_code == 400 and set(raw.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_concurrent_requests_are_generated_together(gateway):
+    server, store, generator = gateway
+    _, secret = store.create("load")
+    client = server.client(secret)
+    calls_before, served_before = generator.calls, generator.served
+
+    def ask(i):
+        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"n{i}"}],
+                                              max_tokens=3, temperature=0).choices[0].message.content
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(ask, range(8)))
+    assert len(replies) == 8 and generator.served - served_before == 8
+    assert generator.calls - calls_before < 8  # shared generate() calls, not one per request
+
+
+def test_keys_commands_create_list_and_revoke(tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    with pytest.raises(SystemExit) as done:
+        main(["keys", "create", "ci-bot", "--models", "world:base", "--max-tokens", "64", "--db", db])
+    assert done.value.code in (0, None)
+    out = capsys.readouterr().out
+    key_id, secret = out.split()[0], out.strip().split()[-1]
+    assert secret.startswith("tk-") and '"max_tokens": 64' in out
+    with pytest.raises(SystemExit):
+        main(["keys", "list", "--db", db])
+    listed = capsys.readouterr().out
+    assert f"{key_id}  ci-bot  active" in listed and secret not in listed
+    with pytest.raises(SystemExit):
+        main(["keys", "revoke", key_id, "--db", db])
+    assert "revoked" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as done:
+        main(["keys", "revoke", "key_nope", "--db", db])
+    assert done.value.code == 2 and "no key 'key_nope'" in capsys.readouterr().err
