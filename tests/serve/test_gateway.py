@@ -14,9 +14,10 @@ import uvicorn
 
 from tether.cli.main import main
 from tether.models.targets import target_generator
-from tether.serve.app import create_app
+from tether.serve.app import Gateway, create_app
+from tether.serve.audit import verify
 from tether.serve.batching import BatchingGenerator
-from tether.serve.keys import KeyStore, Scopes
+from tether.serve.keys import Scopes
 
 MODEL = "tiny:llama"
 
@@ -44,10 +45,11 @@ class _Server:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    store = KeyStore(f"sqlite:///{tmp_path_factory.mktemp('serve') / 'keys.db'}")
+    gateway = Gateway.open(f"sqlite:///{tmp_path_factory.mktemp('serve') / 'gateway.db'}", kill_refresh_s=0.05)
     generator = BatchingGenerator(target_generator(MODEL), window_s=0.05)
-    server = _Server(create_app(generator, store, MODEL, default_max_tokens=8, max_tokens_limit=64))
-    yield server, store, generator
+    server = _Server(create_app(generator, gateway, MODEL, default_max_tokens=8, max_tokens_limit=64))
+    server.gateway = gateway
+    yield server, gateway.keys, generator
     server.stop()
     generator.close()
 
@@ -158,3 +160,126 @@ def test_keys_commands_create_list_and_revoke(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["keys", "revoke", "key_nope", "--db", db])
     assert done.value.code == 2 and "no key 'key_nope'" in capsys.readouterr().err
+
+
+def test_every_request_is_audited_in_a_chain_that_shows_an_edit(gateway, tmp_path, capsys):
+    server, store, _ = gateway
+    _, secret = store.create("audited")
+    reply = server.client(secret).chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    seq = int(reply.headers["x-tether-audit-seq"])
+    assert float(reply.headers["x-tether-overhead-ms"]) >= 0
+    with pytest.raises(openai.AuthenticationError):
+        server.client("tk-wrong").chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+    log = server.gateway.audit
+    rows = {s: json.loads(r) for s, r, _, _ in log.rows()}
+    assert rows[seq]["status"] == 200 and rows[seq]["completion_tokens"] <= 2 and rows[seq]["decision"] == "answered"
+    assert rows[max(rows)]["status"] == 401 and rows[max(rows)]["key"] is None
+    assert verify(log).ok
+    db = str(server.gateway.engine.url)
+    out = tmp_path / "audit.jsonl"
+    with pytest.raises(SystemExit) as done:
+        main(["audit", "export", "--out", str(out), "--db", db])
+    assert done.value.code in (0, None) and len(out.read_text().splitlines()) == len(rows)
+    with server.gateway.engine.begin() as conn:  # an operator quietly rewrites history
+        conn.execute(sa.text("UPDATE audit_log SET record = replace(record, :a, :b) WHERE seq = :s"),
+                     {"a": '"status":200', "b": '"status":201', "s": seq})
+    verdict = verify(log)
+    assert not verdict.ok and verdict.broken_at == seq and "edited" in verdict.reason
+    with pytest.raises(SystemExit) as done:
+        main(["audit", "verify", "--db", db])
+    assert done.value.code == 1 and f"broken at row {seq}" in capsys.readouterr().out
+    with server.gateway.engine.begin() as conn:  # put it back for the tests that follow
+        conn.execute(sa.text("UPDATE audit_log SET record = replace(record, :a, :b) WHERE seq = :s"),
+                     {"a": '"status":201', "b": '"status":200', "s": seq})
+    assert verify(log).ok
+
+
+def test_kill_switches_stop_a_model_and_a_key_and_come_back(gateway, capsys):
+    server, store, _ = gateway
+    key, secret = store.create("killable")
+    client = server.client(secret)
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    db = str(server.gateway.engine.url)
+    with pytest.raises(SystemExit):
+        main(["serve", "kill", "--model", MODEL, "--reason", "under review", "--db", db])
+    time.sleep(0.1)
+    with pytest.raises(openai.InternalServerError, match="under review"):
+        client.chat.completions.create(**ask)
+    with pytest.raises(SystemExit):
+        main(["serve", "revive", "--model", MODEL, "--db", db])
+    time.sleep(0.1)
+    assert client.chat.completions.create(**ask).choices
+    server.gateway.kills.kill(f"key:{key.id}", "this key only")
+    time.sleep(0.1)
+    with pytest.raises(openai.InternalServerError, match="this key only"):
+        client.chat.completions.create(**ask)
+    _, other = store.create("unaffected")
+    assert server.client(other).chat.completions.create(**ask).choices
+    server.gateway.kills.revive(f"key:{key.id}")
+
+
+def test_a_key_gets_its_requests_per_minute_then_429s_and_its_budget_holds(gateway):
+    server, store, _ = gateway
+    _, secret = store.create("limited", Scopes(rpm=3))
+    client = server.client(secret)
+    ask = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for _ in range(3):
+        assert client.chat.completions.create(**ask).choices
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(**ask)
+    headers = refused.value.response.headers
+    assert 1 <= int(headers["retry-after"]) <= 60 and headers["x-ratelimit-remaining-requests"] == "0"
+    _, thrifty = store.create("budget", Scopes(budget_tokens=120))
+    spent = 0
+    with pytest.raises(openai.RateLimitError, match="budget"):
+        for _ in range(50):
+            spent += server.client(thrifty).chat.completions.create(**ask).usage.total_tokens
+    assert 0 < spent <= 120
+
+
+class _SlowGenerator:
+    """A model that takes half a second per batch: long enough to pull a switch while it works."""
+
+    def generate(self, prompts, settings):
+        from tether.models.generation import Completion
+
+        time.sleep(0.5)
+        return [Completion("slow reply", [1, 2], finish_reason="eos") for _ in prompts]
+
+
+def test_a_reply_still_being_generated_is_withheld_when_a_switch_is_pulled(tmp_path):
+    gateway = Gateway.open(f"sqlite:///{tmp_path / 'g.db'}", kill_refresh_s=0.05)
+    generator = BatchingGenerator(_SlowGenerator())
+    server = _Server(create_app(generator, gateway, "slow"))
+    try:
+        _, secret = gateway.keys.create("in flight")
+        client = server.client(secret)
+        ask = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert client.chat.completions.create(**ask).choices[0].message.content == "slow reply"
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(client.chat.completions.create, **ask)
+            time.sleep(0.2)  # the model is working on it
+            gateway.kills.kill("all", "emergency stop")
+            with pytest.raises(openai.InternalServerError, match="emergency stop"):
+                pending.result()
+        rows = [json.loads(r) for _, r, _, _ in gateway.audit.rows()]
+        assert rows[-1]["status"] == 503 and rows[-1]["decision"] == "killed"
+    finally:
+        server.stop()
+        generator.close()
+
+
+def test_an_unreachable_store_fails_closed(tmp_path):
+    gateway = Gateway.open(f"sqlite:///{tmp_path / 'g.db'}", kill_refresh_s=0.0)
+    generator = BatchingGenerator(_SlowGenerator())
+    server = _Server(create_app(generator, gateway, "slow"))
+    try:
+        _, secret = gateway.keys.create("closed")
+        with gateway.engine.begin() as conn:  # the switches table vanishes: the store cannot be read
+            conn.execute(sa.text("DROP TABLE kill_switches"))
+        with pytest.raises(openai.InternalServerError, match="unreachable"):
+            server.client(secret).chat.completions.create(model="slow", messages=[{"role": "user", "content": "x"}])
+    finally:
+        server.stop()
+        generator.close()

@@ -41,8 +41,9 @@ app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(plugins_cmd.app, name="plugins")
-app.command("serve")(serve_cmd.serve)
+app.add_typer(serve_cmd.serve_app, name="serve")
 app.add_typer(serve_cmd.keys_app, name="keys")
+app.add_typer(serve_cmd.audit_app, name="audit")
 
 
 @app.command("run")

@@ -1,4 +1,5 @@
-"""``tether serve`` (an OpenAI-compatible gateway in front of a model) and ``tether keys`` (its API keys)."""
+"""``tether serve`` (an OpenAI-compatible gateway in front of a model; ``kill`` / ``revive`` its switches),
+``tether keys`` (its API keys) and ``tether audit`` (its hash-chained audit trail)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,24 @@ from typing import Annotated
 
 import typer
 
-from tether.serve.keys import DEFAULT_DB
+from tether.serve.store import DEFAULT_DB
 
-DbOpt = Annotated[str, typer.Option("--db", help="the key store: a SQLAlchemy URL (SQLite file by default, "
-                                                 "postgresql://... to share it between servers)")]
+DbOpt = Annotated[str, typer.Option("--db", help="the gateway's store (keys, audit trail, kill switches, "
+                                                 "throttle counters): a SQLAlchemy URL, a SQLite file by default, "
+                                                 "postgresql+pg8000://USER@HOST/DB to share it between servers")]
 
 keys_app = typer.Typer(help="API keys of tether serve: created with scopes, shown once, stored hashed.",
                        no_args_is_help=True)
+serve_app = typer.Typer(invoke_without_command=True)
+audit_app = typer.Typer(help="The gateway's audit trail: verify its hash chain, export it as JSONL.",
+                        no_args_is_help=True)
 
 
+@serve_app.callback()
 def serve(
-    model: Annotated[str, typer.Option("--model", "-m", help="model directory, hub id, world:base or tiny:ARCH")],
+    ctx: typer.Context,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="model directory, hub id, world:base or "
+                                                                   "tiny:ARCH")] = None,
     name: Annotated[str | None, typer.Option("--name", help="the model's name in the API (default: --model)")] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
@@ -26,24 +34,32 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", help="requests generated together at most")] = 32,
     max_tokens_limit: Annotated[int, typer.Option("--max-tokens-limit", help="tokens any request may ask for at "
                                                   "most, whatever its key allows")] = 4096,
+    fail_open: Annotated[bool, typer.Option("--fail-open", help="serve when the store cannot be read (default: "
+                                                                "refuse every request)")] = False,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API (/v1/chat/completions, streamed or not, /v1/completions,
-    /v1/models); every request needs an API key (tether keys create).
+    /v1/models) with keys, throttles, kill switches and an audit trail; every request needs an API key (tether
+    keys create). tether serve kill|revive set and clear the switches.
 
     Example: tether keys create me && tether serve --model world:base --port 8000
     """
+    if ctx.invoked_subcommand is not None:
+        return
+    if model is None:
+        from tether.core.errors import UserError
+
+        raise UserError("tether serve needs --model (a model directory, hub id, world:base or tiny:ARCH)")
     import uvicorn
 
     from tether.models.targets import target_generator
-    from tether.serve.app import create_app
+    from tether.serve.app import Gateway, create_app
     from tether.serve.batching import BatchingGenerator
-    from tether.serve.keys import KeyStore
 
-    store = KeyStore(db)
-    if not any(k.state() == "active" for k in store.list()):
+    gateway = Gateway.open(db, fail_closed=not fail_open)
+    if not any(k.state() == "active" for k in gateway.keys.list()):
         typer.echo(f"no active API key in {db}: every request will be refused (tether keys create NAME --db {db})")
     generator = BatchingGenerator(target_generator(model), max_batch=max_batch)
-    app = create_app(generator, store, name or model, default_max_tokens=max_tokens,
+    app = create_app(generator, gateway, name or model, default_max_tokens=max_tokens,
                      max_tokens_limit=max_tokens_limit)
     typer.echo(f"serving {name or model} on http://{host}:{port}/v1   keys: {db}")
     try:
@@ -57,6 +73,9 @@ def create_key(
     name: Annotated[str, typer.Argument(help="who or what the key is for")],
     models: Annotated[str, typer.Option("--models", help="comma-separated models the key may call ('*': any)")] = "*",
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="most tokens a request may ask for")] = None,
+    rpm: Annotated[int | None, typer.Option("--rpm", help="requests per minute, across every server")] = None,
+    tpm: Annotated[int | None, typer.Option("--tpm", help="tokens per minute, across every server")] = None,
+    budget: Annotated[int | None, typer.Option("--budget-tokens", help="tokens the key may use in all")] = None,
     expires_days: Annotated[float | None, typer.Option("--expires-days", help="expire after this many days")] = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
@@ -66,7 +85,8 @@ def create_key(
     """
     from tether.serve.keys import KeyStore, Scopes
 
-    scopes = Scopes(models=[m.strip() for m in models.split(",") if m.strip()], max_tokens=max_tokens)
+    scopes = Scopes(models=[m.strip() for m in models.split(",") if m.strip()], max_tokens=max_tokens, rpm=rpm,
+                    tpm=tpm, budget_tokens=budget)
     key, secret = KeyStore(db).create(name, scopes, expires_in=None if expires_days is None else expires_days * 86400)
     typer.echo(f"{key.id}  {name}  {json.dumps(scopes.model_dump())}")
     typer.echo(f"secret (shown once): {secret}")
@@ -74,7 +94,10 @@ def create_key(
 
 @keys_app.command("list")
 def list_keys(db: DbOpt = DEFAULT_DB) -> None:
-    """Every key: id, name, state (active, revoked, expired) and scopes; never a secret."""
+    """Every key: id, name, state (active, revoked, expired) and scopes; never a secret.
+
+    Example: tether keys list --db postgresql+pg8000://postgres@127.0.0.1/gateway
+    """
     from tether.serve.keys import KeyStore
 
     for key in KeyStore(db).list():
@@ -84,8 +107,100 @@ def list_keys(db: DbOpt = DEFAULT_DB) -> None:
 @keys_app.command("revoke")
 def revoke_key(key_id: Annotated[str, typer.Argument(help="the key's id (tether keys list)")],
                db: DbOpt = DEFAULT_DB) -> None:
-    """Revoke a key: its next request is refused."""
+    """Revoke a key: its next request is refused.
+
+    Example: tether keys revoke key_3f2a9c1b7d4e
+    """
     from tether.serve.keys import KeyStore
 
     key = KeyStore(db).revoke(key_id)
     typer.echo(f"{key.id}  {key.name}  {key.state()}")
+
+
+def _target(model: str | None, key: str | None) -> str:
+    if model and key:
+        from tether.core.errors import UserError
+
+        raise UserError("name a model or a key, not both (neither: everything)")
+    return f"model:{model}" if model else f"key:{key}" if key else "all"
+
+
+@serve_app.command("kill")
+def kill(
+    model: Annotated[str | None, typer.Option("--model", help="stop serving this model")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="stop serving this key (its id)")] = None,
+    reason: Annotated[str, typer.Option("--reason", help="said to every refused client")] = "killed by an operator",
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Stop serving everything, a model or a key, on every server sharing --db, within a second (replies not yet
+    sent included).
+
+    Example: tether serve kill --model world:base --reason "under review"
+    """
+    from tether.serve.kill import KillSwitches
+    from tether.serve.store import connect
+
+    target = _target(model, key)
+    KillSwitches(connect(db)).kill(target, reason)
+    typer.echo(f"killed: {target} ({reason})")
+
+
+@serve_app.command("revive")
+def revive(
+    model: Annotated[str | None, typer.Option("--model", help="serve this model again")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="serve this key again")] = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Clear a kill switch.
+
+    Example: tether serve revive --model world:base
+    """
+    from tether.serve.kill import KillSwitches
+    from tether.serve.store import connect
+
+    target = _target(model, key)
+    was = KillSwitches(connect(db)).revive(target)
+    typer.echo(f"revived: {target}" if was else f"{target} was not killed")
+
+
+@audit_app.command("verify")
+def verify_audit(db: DbOpt = DEFAULT_DB) -> None:
+    """Check the hash chain: exit 0 when intact, 1 naming the first row that was edited, removed or reordered.
+
+    Example: tether audit verify --db sqlite:///tether-serve.db
+    """
+    from tether.serve.audit import AuditLog, verify
+    from tether.serve.store import connect
+
+    verdict = verify(AuditLog(connect(db)))
+    if verdict.ok:
+        typer.echo(f"intact: {verdict.rows} rows")
+        return
+    typer.echo(f"broken at row {verdict.broken_at}: {verdict.reason}")
+    raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def export_audit(out: Annotated[str, typer.Option("--out", help="JSONL file to write")],
+                 db: DbOpt = DEFAULT_DB) -> None:
+    """Write every audit row as JSONL (seq, the record, its hashes).
+
+    Example: tether audit export --out audit.jsonl
+    """
+    from pathlib import Path
+
+    from tether.serve.audit import AuditLog
+    from tether.serve.store import connect
+
+    path = Path(out)
+    if path.exists():
+        from tether.core.errors import UserError
+
+        raise UserError(f"{path} exists; choose another --out")
+    n = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for seq, record, prev_hash, digest in AuditLog(connect(db)).rows():
+            fh.write(json.dumps({"seq": seq, "record": json.loads(record), "prev_hash": prev_hash, "hash": digest})
+                     + "\n")
+            n += 1
+    typer.echo(f"{n} rows -> {path}")

@@ -3,9 +3,11 @@ not) and ``/v1/completions``, behind API keys and their scopes; every error in O
 (``{"error": {"message", "type", "param", "code"}}``), so the official clients raise their own
 exception classes for it.
 
-The in-process model completes a request before it is streamed: the stream carries the finished reply
-in word-sized chunks (token-by-token streaming, and output guards on the stream, come with the guard
-hooks).
+Every request passes, in order: its key (401), its scopes (403/404), the kill switches (503), the
+throttles (429 with ``Retry-After``); the model; the kill switches again (a reply not yet sent is
+withheld); then its audit row is committed and only then is the reply sent. Refused requests are
+audited too. The in-process model completes a request before it is streamed: the stream carries the
+finished reply in word-sized chunks, and a kill switch set meanwhile ends it with an error frame.
 """
 
 from __future__ import annotations
@@ -15,31 +17,60 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from tether.models.generation import Completion, GenerationSettings
+from tether.serve.audit import AuditLog
 from tether.serve.batching import BatchingGenerator, Served
 from tether.serve.keys import ApiKey, KeyStore
+from tether.serve.kill import KillSwitches
+from tether.serve.limits import Admission, Limiter, Refusal
+from tether.serve.store import connect
+
+
+@dataclass
+class Gateway:
+    """The gateway's state, all in one database: keys, the audit chain, kill switches, throttles."""
+
+    engine: sa.Engine
+    keys: KeyStore
+    audit: AuditLog
+    kills: KillSwitches
+    limiter: Limiter
+
+    @classmethod
+    def open(cls, store: str | sa.Engine, *, fail_closed: bool = True, kill_refresh_s: float = 0.25) -> Gateway:
+        """The gateway on ``store`` (a SQLAlchemy URL or engine)."""
+        engine = connect(store) if isinstance(store, str) else store
+        return cls(engine, KeyStore(engine), AuditLog(engine),
+                   KillSwitches(engine, refresh_s=kill_refresh_s, fail_closed=fail_closed), Limiter(engine))
 
 
 class APIError(Exception):
     """An error answered in OpenAI's shape."""
 
     def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None) -> None:
+                 code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        """The error object."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
         """The JSON response."""
-        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 class _Open(BaseModel):
@@ -84,7 +115,7 @@ class CompletionRequest(_Sampling):
     prompt: str
 
 
-def create_app(generator: BatchingGenerator, keys: KeyStore, model: str, *, default_max_tokens: int = 256,
+def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, default_max_tokens: int = 256,
                max_tokens_limit: int = 4096) -> FastAPI:
     """The application serving ``generator`` as ``model``: ``default_max_tokens`` for a request that names
     none, ``max_tokens_limit`` the most any request may ask for, whatever its key allows."""
@@ -95,17 +126,31 @@ def create_app(generator: BatchingGenerator, keys: KeyStore, model: str, *, defa
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
         return exc.response()
 
+    @app.exception_handler(sa.exc.SQLAlchemyError)
+    async def _store_failed(_request: Request, exc: sa.exc.SQLAlchemyError) -> JSONResponse:
+        # The store could not be read or written: nothing is served unaudited or unthrottled (fail closed).
+        return APIError(503, f"the gateway's store failed: {type(exc).__name__}", type_="service_unavailable",
+                        code="store_unavailable").response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        return APIError(500, f"internal error: {type(exc).__name__}", type_="api_error", code="internal_error"
+                        ).response()
+
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return APIError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None,
-                        code="invalid_request").response()
+        error = APIError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None,
+                         code="invalid_request")
+        await run_in_threadpool(gateway.audit.append, {"endpoint": request.url.path, "status": 400,
+                                                       "decision": "invalid_request", "key": None, "model": None})
+        return error.response()
 
     def authenticate(request: Request) -> ApiKey:
         header = request.headers.get("authorization", "")
         secret = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        key = keys.authenticate(secret) if secret else None
+        key = gateway.keys.authenticate(secret) if secret else None
         if key is None:
             raise APIError(401, "Invalid or missing API key (Authorization: Bearer tk-...)", code="invalid_api_key")
         state = key.state()
@@ -134,6 +179,60 @@ def create_app(generator: BatchingGenerator, keys: KeyStore, model: str, *, defa
         return GenerationSettings(max_new_tokens=tokens, temperature=body.temperature, top_p=body.top_p, stop=stop,
                                   seed=body.seed if body.seed is not None else 0)
 
+    def check_kill(key: ApiKey) -> None:
+        why = gateway.kills.blocked(model, key.id)
+        if why:
+            raise APIError(503, why, type_="service_unavailable", code="killed")
+
+    async def serve(request: Request, body: _Sampling, asked: int | None, prompt: Any, prompt_text: str,
+                    respond: Callable[[Served, Admission], Any]) -> Any:
+        start = time.perf_counter()
+        record: dict[str, Any] = {"endpoint": request.url.path, "model": body.model, "key": None,
+                                  "stream": body.stream}
+        try:
+            key = await run_in_threadpool(authenticate, request)
+            record["key"] = key.id
+            settings = settings_for(key, body, asked)
+            await run_in_threadpool(check_kill, key)
+            # Reserve the most the request can use: the reply's max_tokens and the prompt's length, counted with
+            # the model's tokenizer (estimated at 1 token a character where the model has none). Settled below.
+            counted = await run_in_threadpool(generator.count_tokens, prompt)
+            reserve = settings.max_new_tokens + (counted if counted is not None else len(prompt_text))
+            admitted = await run_in_threadpool(gateway.limiter.admit, key, reserve)
+            if isinstance(admitted, Refusal):
+                raise APIError(429, admitted.reason, type_="rate_limit_error", code="rate_limited",
+                               headers={"Retry-After": str(max(1, round(admitted.retry_after))), **admitted.headers})
+            model_start = time.perf_counter()
+            try:
+                served = await complete(prompt, settings)
+            except APIError:
+                await run_in_threadpool(gateway.limiter.settle, admitted, 0,
+                                        budget=key.scopes.budget_tokens is not None)
+                raise
+            model_s = time.perf_counter() - model_start
+            used = served.prompt_tokens + len(served.completion.token_ids)
+            await run_in_threadpool(gateway.limiter.settle, admitted, used,
+                                    budget=key.scopes.budget_tokens is not None)
+            await run_in_threadpool(check_kill, key)  # killed while generating: the reply is not sent
+        except APIError as error:
+            record |= {"status": error.status, "decision": error.code,
+                       "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
+            await run_in_threadpool(gateway.audit.append, record)
+            raise
+        total = time.perf_counter() - start
+        record |= {"status": 200, "decision": "answered", "latency_ms": round(1000 * total, 3),
+                   "prompt_tokens": served.prompt_tokens, "completion_tokens": len(served.completion.token_ids),
+                   "finish_reason": served.completion.finish_reason}
+        # Committed before a byte of the reply leaves: an answered request always has its audit row.
+        record["audit_seq"] = await run_in_threadpool(gateway.audit.append, record)
+        response = respond(served, admitted)
+        headers = {**admitted.headers, "x-tether-overhead-ms": f"{1000 * (total - model_s):.2f}",
+                   "x-tether-audit-seq": str(record["audit_seq"])}
+        if isinstance(response, StreamingResponse):
+            response.headers.update(headers)
+            return response
+        return JSONResponse(response, headers=headers)
+
     async def complete(prompt: Any, settings: GenerationSettings) -> Served:
         try:
             served = await asyncio.wrap_future(generator.submit(prompt, settings))
@@ -150,40 +249,45 @@ def create_app(generator: BatchingGenerator, keys: KeyStore, model: str, *, defa
         return {"prompt_tokens": served.prompt_tokens, "completion_tokens": made,
                 "total_tokens": served.prompt_tokens + made}
 
+    def still_allowed(key_id: str | None) -> Callable[[], str | None]:
+        return lambda: gateway.kills.blocked(model, key_id)
+
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
-        key = authenticate(request)
+        key = await run_in_threadpool(authenticate, request)
         served = [model] if key.scopes.allows_model(model) else []
         return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "tether"}
                                            for m in served]}
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, request: Request) -> Any:
-        key = authenticate(request)
-        settings = settings_for(key, body, body.max_completion_tokens or body.max_tokens)
         prompt = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-        served = await complete(prompt, settings)
-        ident, now, text = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), served.completion.text
-        reason = _finish(served.completion)
-        if body.stream:
-            return _sse(_chat_chunks(ident, now, model, text, reason))
-        return {"id": ident, "object": "chat.completion", "created": now, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": reason, "logprobs": None}],
-                "usage": usage(served)}
+
+        def respond(served: Served, admitted: Admission) -> Any:
+            ident, now, text = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), served.completion.text
+            reason = _finish(served.completion)
+            if body.stream:
+                return _sse(_chat_chunks(ident, now, model, text, reason), still_allowed(admitted.key_id))
+            return {"id": ident, "object": "chat.completion", "created": now, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": reason, "logprobs": None}],
+                    "usage": usage(served)}
+
+        return await serve(request, body, body.max_completion_tokens or body.max_tokens, prompt,
+                           "".join(m["content"] for m in prompt), respond)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        key = authenticate(request)
-        settings = settings_for(key, body, body.max_tokens)
-        served = await complete(body.prompt, settings)
-        ident, now, text = f"cmpl-{uuid.uuid4().hex}", int(time.time()), served.completion.text
-        reason = _finish(served.completion)
-        if body.stream:
-            return _sse(_text_chunks(ident, now, model, text, reason))
-        return {"id": ident, "object": "text_completion", "created": now, "model": model,
-                "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}],
-                "usage": usage(served)}
+        def respond(served: Served, admitted: Admission) -> Any:
+            ident, now, text = f"cmpl-{uuid.uuid4().hex}", int(time.time()), served.completion.text
+            reason = _finish(served.completion)
+            if body.stream:
+                return _sse(_text_chunks(ident, now, model, text, reason), still_allowed(admitted.key_id))
+            return {"id": ident, "object": "text_completion", "created": now, "model": model,
+                    "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}],
+                    "usage": usage(served)}
+
+        return await serve(request, body, body.max_tokens, body.prompt, body.prompt, respond)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -219,9 +323,13 @@ async def _text_chunks(ident: str, created: int, model: str, text: str, reason: 
            "choices": [{"index": 0, "text": "", "finish_reason": reason, "logprobs": None}]}
 
 
-def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+def _sse(chunks: AsyncIterator[dict[str, Any]], blocked: Callable[[], str | None]) -> StreamingResponse:
     async def events() -> AsyncIterator[str]:
         async for chunk in chunks:
+            why = await run_in_threadpool(blocked)
+            if why:  # killed mid-stream: an OpenAI-shaped error frame ends it
+                yield f"data: {json.dumps(APIError(503, why, type_='service_unavailable', code='killed').body())}\n\n"
+                return
             yield f"data: {json.dumps(chunk)}\n\n"
         yield "data: [DONE]\n\n"
 

@@ -7,6 +7,7 @@ with one ``generate`` call: the batched sampler then serves them together instea
 
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 import time
@@ -41,6 +42,11 @@ class BatchingGenerator:
         self.calls = 0  # generate() calls made
         self.served = 0  # requests completed
         self._queue: queue.Queue[_Request | None] = queue.Queue()
+        # A tokenizer of its own to count prompts on the request path: a fast tokenizer must not be used from
+        # two threads at once, and the worker's is busy generating.
+        tokenizer = getattr(generator, "tokenizer", None)
+        self._counter = copy.deepcopy(tokenizer) if tokenizer is not None else None
+        self._count_lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name="tether-serve-batcher", daemon=True)
         self._worker.start()
 
@@ -49,6 +55,15 @@ class BatchingGenerator:
         request = _Request(prompt, settings)
         self._queue.put(request)
         return request.future
+
+    def count_tokens(self, prompt: Prompt) -> int | None:
+        """``prompt``'s length in tokens as the model will see it (None: this generator has no tokenizer)."""
+        if self._counter is None:
+            return None
+        from tether.models.chat import encode_prompts
+
+        with self._count_lock:
+            return len(encode_prompts(self._counter, [prompt])[0])
 
     def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[Completion]:
         """Complete ``prompts`` through the shared worker (blocking)."""

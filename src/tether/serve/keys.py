@@ -2,8 +2,7 @@
 
 A key is ``tk-`` and 43 random URL-safe characters (256 bits), so a fast hash is safe to store: nothing
 short enough to guess hides behind it, and a lookup by hash costs one indexed query. The store is any
-SQLAlchemy database: SQLite (the default, a file beside the server, in WAL mode so the server and the
-``tether keys`` command can use it at once) or PostgreSQL by URL.
+SQLAlchemy database (:mod:`tether.serve.store`): SQLite by default, PostgreSQL by URL.
 """
 
 from __future__ import annotations
@@ -19,20 +18,7 @@ from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import UserError
-
-DEFAULT_DB = "sqlite:///tether-serve.db"
-
-METADATA = sa.MetaData()
-KEYS = sa.Table(
-    "api_keys", METADATA,
-    sa.Column("id", sa.String(32), primary_key=True),  # public: listed, revoked by
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
-    sa.Column("scopes", sa.JSON, nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=True),
-    sa.Column("revoked_at", sa.Float, nullable=True),
-)
+from tether.serve.store import DEFAULT_DB, KEYS, connect
 
 
 class Scopes(Config):
@@ -40,6 +26,9 @@ class Scopes(Config):
 
     models: list[str] = Field(default_factory=lambda: ["*"], description="models the key may call ('*': any)")
     max_tokens: int | None = Field(None, ge=1, description="most tokens one request may ask for (None: no cap)")
+    rpm: int | None = Field(None, ge=1, description="requests per minute, across every server (None: no limit)")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute, prompt and reply, across every server")
+    budget_tokens: int | None = Field(None, ge=1, description="tokens the key may use in all (None: no budget)")
 
     def allows_model(self, model: str) -> bool:
         """Whether the key may call ``model``."""
@@ -73,19 +62,10 @@ def hash_key(secret: str) -> str:
 
 
 class KeyStore:
-    """Keys in a SQLAlchemy database (the table is created when missing)."""
+    """Keys in the gateway's database (:mod:`tether.serve.store`)."""
 
-    def __init__(self, url: str = DEFAULT_DB) -> None:
-        try:
-            self.engine = sa.create_engine(url)
-        except Exception as exc:  # a malformed URL or a missing driver: one line naming the URL
-            raise UserError(f"key store {url!r}: {exc}") from None
-        if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_wal)
-        try:
-            METADATA.create_all(self.engine)
-        except sa.exc.OperationalError as exc:
-            raise UserError(f"key store {url!r}: {str(exc.orig).splitlines()[0]}") from None
+    def __init__(self, store: str | sa.Engine = DEFAULT_DB) -> None:
+        self.engine = connect(store) if isinstance(store, str) else store
 
     def create(self, name: str, scopes: Scopes | None = None, *, expires_in: float | None = None,
                ) -> tuple[ApiKey, str]:
@@ -129,10 +109,3 @@ class KeyStore:
 def _key(row: Any) -> ApiKey:
     return ApiKey(row["id"], row["name"], Scopes.model_validate(row["scopes"]), row["created_at"],
                   row["expires_at"], row["revoked_at"])
-
-
-def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()

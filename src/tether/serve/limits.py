@@ -1,0 +1,126 @@
+"""Throttles that hold across processes: requests and tokens per minute, and a token budget, per key.
+
+Every check is one conditional ``UPDATE`` in the gateway's database (``... SET requests = requests + 1
+WHERE ... AND requests + 1 <= :limit``): the database serialises them, so N allowed requests a minute
+are N across every worker and replica, never N per process. Tokens are reserved before generation (the
+request's ``max_tokens`` plus an estimate of its prompt) and settled after with the real count, so
+concurrent requests cannot together overrun a budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from tether.serve.keys import ApiKey
+from tether.serve.store import BUDGETS, RATE_WINDOWS
+
+
+@dataclass
+class Admission:
+    """A request let through: what it reserved, where, and the headers to send."""
+
+    key_id: str
+    window: int
+    reserved: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request held back: why, and when to try again."""
+
+    reason: str
+    retry_after: float
+    headers: dict[str, str]
+
+
+class Limiter:
+    """Fixed one-minute windows (``window_s``) of request and token counts per key, and lifetime budgets."""
+
+    def __init__(self, engine: sa.Engine, *, window_s: int = 60) -> None:
+        self.engine, self.window_s = engine, window_s
+
+    def admit(self, key: ApiKey, reserve: int, now: float | None = None) -> Admission | Refusal:
+        """Count one request and reserve ``reserve`` tokens for ``key``, or say why not."""
+        now = time.time() if now is None else now
+        window = int(now // self.window_s) * self.window_s
+        retry = window + self.window_s - now
+        try:
+            with self.engine.begin() as conn:
+                return self._admit(conn, key, reserve, window, retry)
+        except _OverBudgetError as over:  # raised inside the transaction, so the window's count rolls back too
+            return over.refusal
+
+    def _admit(self, conn: sa.Connection, key: ApiKey, reserve: int, window: int, retry: float
+               ) -> Admission | Refusal:
+        scopes = key.scopes
+        _ensure(conn, RATE_WINDOWS, {"key_id": key.id, "window": window, "requests": 0, "tokens": 0})
+        limits = [RATE_WINDOWS.c.requests + 1 <= scopes.rpm] if scopes.rpm else []
+        limits += [RATE_WINDOWS.c.tokens + reserve <= scopes.tpm] if scopes.tpm else []
+        counted = conn.execute(
+            RATE_WINDOWS.update()
+            .where(RATE_WINDOWS.c.key_id == key.id, RATE_WINDOWS.c.window == window, *limits)
+            .values(requests=RATE_WINDOWS.c.requests + 1, tokens=RATE_WINDOWS.c.tokens + reserve)
+            .returning(RATE_WINDOWS.c.requests, RATE_WINDOWS.c.tokens)).first()
+        if counted is None:
+            used = conn.execute(sa.select(RATE_WINDOWS.c.requests, RATE_WINDOWS.c.tokens).where(
+                RATE_WINDOWS.c.key_id == key.id, RATE_WINDOWS.c.window == window)).one()
+            what = "requests" if scopes.rpm and used.requests + 1 > scopes.rpm else "tokens"
+            return Refusal(f"rate limit: {what} per minute for key {key.id} reached", retry,
+                           _headers(scopes.rpm, scopes.tpm, used.requests, used.tokens, retry))
+        if scopes.budget_tokens is not None:
+            _ensure(conn, BUDGETS, {"key_id": key.id, "used": 0})
+            spent = conn.execute(
+                BUDGETS.update().where(BUDGETS.c.key_id == key.id, BUDGETS.c.used + reserve <= scopes.budget_tokens)
+                .values(used=BUDGETS.c.used + reserve).returning(BUDGETS.c.used)).first()
+            if spent is None:
+                raise _OverBudgetError(Refusal(f"token budget of key {key.id} ({scopes.budget_tokens}) would be "
+                                               "exceeded", 3600.0, {}))
+        return Admission(key.id, window, reserve,
+                         _headers(scopes.rpm, scopes.tpm, counted.requests, counted.tokens, retry))
+
+    def settle(self, admission: Admission, used: int, *, budget: bool) -> None:
+        """Replace a request's reservation by the tokens it ``used``."""
+        change = used - admission.reserved
+        if change == 0:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(RATE_WINDOWS.update().where(RATE_WINDOWS.c.key_id == admission.key_id,
+                                                     RATE_WINDOWS.c.window == admission.window)
+                         .values(tokens=RATE_WINDOWS.c.tokens + change))
+            if budget:
+                conn.execute(BUDGETS.update().where(BUDGETS.c.key_id == admission.key_id)
+                             .values(used=BUDGETS.c.used + change))
+
+
+class _OverBudgetError(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
+def _ensure(conn: sa.Connection, table: sa.Table, row: dict[str, object]) -> None:
+    """Insert ``row`` unless its primary key is there already (another process may insert it first)."""
+    keys = {c.name: row[c.name] for c in table.primary_key.columns}
+    if conn.execute(sa.select(*table.primary_key.columns).where(
+            *(table.c[k] == v for k, v in keys.items()))).first() is not None:
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(table.insert().values(**row))
+    except sa.exc.IntegrityError:
+        pass  # inserted by a concurrent request; the conditional update that follows sees it
+
+
+def _headers(rpm: int | None, tpm: int | None, requests: int, tokens: int, reset_s: float) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if rpm:
+        out |= {"x-ratelimit-limit-requests": str(rpm), "x-ratelimit-remaining-requests": str(max(0, rpm - requests)),
+                "x-ratelimit-reset-requests": f"{reset_s:.1f}s"}
+    if tpm:
+        out |= {"x-ratelimit-limit-tokens": str(tpm), "x-ratelimit-remaining-tokens": str(max(0, tpm - tokens)),
+                "x-ratelimit-reset-tokens": f"{reset_s:.1f}s"}
+    return out

@@ -1,0 +1,92 @@
+"""The gateway's state in one SQLAlchemy database: keys, the audit chain, kill switches and rate counters.
+
+SQLite by default (a file beside the server, in WAL mode so the server and the ``tether keys`` /
+``tether audit`` commands share it); PostgreSQL by URL (``postgresql+pg8000://...``) when several server
+processes or replicas must see one state. Every operation that must hold across processes is one atomic
+statement or one transaction that takes a row lock first (a conditional ``UPDATE``), which both
+databases serialise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from tether.core.errors import UserError
+
+DEFAULT_DB = "sqlite:///tether-serve.db"
+
+METADATA = sa.MetaData()
+
+KEYS = sa.Table(
+    "api_keys", METADATA,
+    sa.Column("id", sa.String(32), primary_key=True),  # public: listed, revoked by
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+# One row per answered or refused request, each holding the hash of the one before (tether audit verify).
+AUDIT = sa.Table(
+    "audit_log", METADATA,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("record", sa.Text, nullable=False),  # canonical JSON of what happened
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+# The chain's head: the last seq and hash, locked by every append so appends from many processes serialise.
+AUDIT_HEAD = sa.Table(
+    "audit_head", METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+KILL_SWITCHES = sa.Table(
+    "kill_switches", METADATA,
+    sa.Column("target", sa.String(300), primary_key=True),  # "all", "model:NAME" or "key:ID"
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
+# Fixed-window counters per key: requests and tokens in the window that starts at ``window``.
+RATE_WINDOWS = sa.Table(
+    "rate_windows", METADATA,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("window", sa.BigInteger, primary_key=True),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+)
+# Tokens each key has used of its budget (reserved before generation, settled after).
+BUDGETS = sa.Table(
+    "token_budgets", METADATA,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("used", sa.BigInteger, nullable=False),
+)
+
+
+def connect(url: str = DEFAULT_DB) -> sa.Engine:
+    """An engine on ``url`` with every table created (a one-line error for a URL that does not work)."""
+    try:
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    except Exception as exc:  # a malformed URL or a missing driver
+        raise UserError(f"store {url!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        METADATA.create_all(engine)
+    except sa.exc.DBAPIError as exc:
+        raise UserError(f"store {url!r}: {str(exc.orig).splitlines()[0]}") from None
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives a crash
+    cursor.close()
