@@ -36,6 +36,12 @@ def serve(
                                                   "most, whatever its key allows")] = 4096,
     fail_open: Annotated[bool, typer.Option("--fail-open", help="serve when the store cannot be read (default: "
                                                                 "refuse every request)")] = False,
+    guards: Annotated[str | None, typer.Option("--guards", help="YAML file: a list of guards ({kind: regex, "
+                                               "output: [...], ...}; tether plugins list guard)")] = None,
+    block_input: Annotated[list[str] | None, typer.Option("--block-input", help="a regex that blocks a request "
+                                                          "(repeatable)")] = None,
+    block_output: Annotated[list[str] | None, typer.Option("--block-output", help="a regex that cuts a reply "
+                                                           "(repeatable)")] = None,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API (/v1/chat/completions, streamed or not, /v1/completions,
     /v1/models) with keys, throttles, kill switches and an audit trail; every request needs an API key (tether
@@ -54,13 +60,15 @@ def serve(
     from tether.models.targets import target_generator
     from tether.serve.app import Gateway, create_app
     from tether.serve.batching import BatchingGenerator
+    from tether.serve.hooks import load_guards
 
+    gate_guards = load_guards(guards, block_input or [], block_output or [])
     gateway = Gateway.open(db, fail_closed=not fail_open)
     if not any(k.state() == "active" for k in gateway.keys.list()):
         typer.echo(f"no active API key in {db}: every request will be refused (tether keys create NAME --db {db})")
     generator = BatchingGenerator(target_generator(model), max_batch=max_batch)
     app = create_app(generator, gateway, name or model, default_max_tokens=max_tokens,
-                     max_tokens_limit=max_tokens_limit)
+                     max_tokens_limit=max_tokens_limit, guards=gate_guards)
     typer.echo(f"serving {name or model} on http://{host}:{port}/v1   keys: {db}")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -3,8 +3,9 @@ not) and ``/v1/completions``, behind API keys and their scopes; every error in O
 (``{"error": {"message", "type", "param", "code"}}``), so the official clients raise their own
 exception classes for it.
 
-Every request passes, in order: its key (401), its scopes (403/404), the kill switches (503), the
-throttles (429 with ``Retry-After``); the model; the kill switches again (a reply not yet sent is
+Every request passes, in order: its key (401), its scopes (403/404), the kill switches (503), the input
+guards (400), the throttles (429 with ``Retry-After``); the model; the output guards (a blocked reply is
+cut or emptied, ``finish_reason: content_filter``); the kill switches again (a reply not yet sent is
 withheld); then its audit row is committed and only then is the reply sent. Refused requests are
 audited too. The in-process model completes a request before it is streamed: the stream carries the
 finished reply in word-sized chunks, and a kill switch set meanwhile ends it with an error frame.
@@ -17,7 +18,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from tether.models.generation import Completion, GenerationSettings
 from tether.serve.audit import AuditLog
 from tether.serve.batching import BatchingGenerator, Served
+from tether.serve.hooks import Guard
 from tether.serve.keys import ApiKey, KeyStore
 from tether.serve.kill import KillSwitches
 from tether.serve.limits import Admission, Limiter, Refusal
@@ -116,9 +118,10 @@ class CompletionRequest(_Sampling):
 
 
 def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, default_max_tokens: int = 256,
-               max_tokens_limit: int = 4096) -> FastAPI:
+               max_tokens_limit: int = 4096, guards: Sequence[Guard] = ()) -> FastAPI:
     """The application serving ``generator`` as ``model``: ``default_max_tokens`` for a request that names
-    none, ``max_tokens_limit`` the most any request may ask for, whatever its key allows."""
+    none, ``max_tokens_limit`` the most any request may ask for, whatever its key allows; ``guards`` check
+    every conversation before the model and every reply before it is sent (:mod:`tether.serve.hooks`)."""
     app = FastAPI(title="tether serve", version="1")
     created = int(time.time())
 
@@ -184,16 +187,23 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
         if why:
             raise APIError(503, why, type_="service_unavailable", code="killed")
 
-    async def serve(request: Request, body: _Sampling, asked: int | None, prompt: Any, prompt_text: str,
-                    respond: Callable[[Served, Admission], Any]) -> Any:
+    async def serve(request: Request, body: _Sampling, asked: int | None, prompt: Any, messages: list[dict[str, str]],
+                    respond: Callable[[str, str, Served, Admission], Any]) -> Any:
         start = time.perf_counter()
+        prompt_text = "".join(m["content"] for m in messages)
         record: dict[str, Any] = {"endpoint": request.url.path, "model": body.model, "key": None,
-                                  "stream": body.stream}
+                                  "stream": body.stream, "guards": []}
         try:
             key = await run_in_threadpool(authenticate, request)
             record["key"] = key.id
             settings = settings_for(key, body, asked)
             await run_in_threadpool(check_kill, key)
+            for guard in guards:
+                verdict = await run_in_threadpool(guard.check_input, messages)
+                record["guards"].append({"on": "input", **verdict.as_dict()})
+                if not verdict.allowed:
+                    raise APIError(400, f"the request was blocked by the {verdict.guard} guard: {verdict.reason}",
+                                   code="content_filter")
             # Reserve the most the request can use: the reply's max_tokens and the prompt's length, counted with
             # the model's tokenizer (estimated at 1 token a character where the model has none). Settled below.
             counted = await run_in_threadpool(generator.count_tokens, prompt)
@@ -213,6 +223,14 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
             used = served.prompt_tokens + len(served.completion.token_ids)
             await run_in_threadpool(gateway.limiter.settle, admitted, used,
                                     budget=key.scopes.budget_tokens is not None)
+            text, reason = served.completion.text, _finish(served.completion)
+            for guard in guards:  # on the whole reply, before any of it is sent, streamed or not
+                verdict = await run_in_threadpool(guard.check_output, text)
+                record["guards"].append({"on": "output", **verdict.as_dict()})
+                if not verdict.allowed:
+                    cut = verdict.span[0] if verdict.span and guard.on_output == "cut" else 0
+                    text, reason = text[:cut], "content_filter"
+                    break
             await run_in_threadpool(check_kill, key)  # killed while generating: the reply is not sent
         except APIError as error:
             record |= {"status": error.status, "decision": error.code,
@@ -222,10 +240,10 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
         total = time.perf_counter() - start
         record |= {"status": 200, "decision": "answered", "latency_ms": round(1000 * total, 3),
                    "prompt_tokens": served.prompt_tokens, "completion_tokens": len(served.completion.token_ids),
-                   "finish_reason": served.completion.finish_reason}
+                   "finish_reason": reason}
         # Committed before a byte of the reply leaves: an answered request always has its audit row.
         record["audit_seq"] = await run_in_threadpool(gateway.audit.append, record)
-        response = respond(served, admitted)
+        response = respond(text, reason, served, admitted)
         headers = {**admitted.headers, "x-tether-overhead-ms": f"{1000 * (total - model_s):.2f}",
                    "x-tether-audit-seq": str(record["audit_seq"])}
         if isinstance(response, StreamingResponse):
@@ -263,9 +281,8 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
     async def chat(body: ChatRequest, request: Request) -> Any:
         prompt = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
 
-        def respond(served: Served, admitted: Admission) -> Any:
-            ident, now, text = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), served.completion.text
-            reason = _finish(served.completion)
+        def respond(text: str, reason: str, served: Served, admitted: Admission) -> Any:
+            ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
             if body.stream:
                 return _sse(_chat_chunks(ident, now, model, text, reason), still_allowed(admitted.key_id))
             return {"id": ident, "object": "chat.completion", "created": now, "model": model,
@@ -273,21 +290,20 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
                                  "finish_reason": reason, "logprobs": None}],
                     "usage": usage(served)}
 
-        return await serve(request, body, body.max_completion_tokens or body.max_tokens, prompt,
-                           "".join(m["content"] for m in prompt), respond)
+        return await serve(request, body, body.max_completion_tokens or body.max_tokens, prompt, prompt, respond)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        def respond(served: Served, admitted: Admission) -> Any:
-            ident, now, text = f"cmpl-{uuid.uuid4().hex}", int(time.time()), served.completion.text
-            reason = _finish(served.completion)
+        def respond(text: str, reason: str, served: Served, admitted: Admission) -> Any:
+            ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
             if body.stream:
                 return _sse(_text_chunks(ident, now, model, text, reason), still_allowed(admitted.key_id))
             return {"id": ident, "object": "text_completion", "created": now, "model": model,
                     "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}],
                     "usage": usage(served)}
 
-        return await serve(request, body, body.max_tokens, body.prompt, body.prompt, respond)
+        return await serve(request, body, body.max_tokens, body.prompt, [{"role": "user", "content": body.prompt}],
+                           respond)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
