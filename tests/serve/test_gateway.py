@@ -328,3 +328,18 @@ def test_guards_block_inputs_and_cut_replies_streamed_or_not(tmp_path):
     finally:
         server.stop()
         generator.close()
+
+
+def test_health_readiness_and_prometheus_metrics(gateway):
+    import httpx
+
+    server, store, _ = gateway
+    _, secret = store.create("metrics")
+    server.client(secret).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                  max_tokens=2)
+    base = f"http://127.0.0.1:{server.port}"
+    assert httpx.get(f"{base}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/ready").json() == {"status": "ready"}
+    text = httpx.get(f"{base}/metrics").text
+    assert 'tether_serve_requests_total{decision="answered",endpoint="/v1/chat/completions",status="200"}' in text
+    assert "tether_serve_overhead_seconds_bucket" in text and 'tether_serve_tokens_total{kind="completion"}' in text

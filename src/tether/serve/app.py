@@ -25,7 +25,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -124,6 +125,7 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
     every conversation before the model and every reply before it is sent (:mod:`tether.serve.hooks`)."""
     app = FastAPI(title="tether serve", version="1")
     created = int(time.time())
+    metrics = _Metrics()
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
@@ -236,6 +238,7 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
             record |= {"status": error.status, "decision": error.code,
                        "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
             await run_in_threadpool(gateway.audit.append, record)
+            metrics.observe(request.url.path, error.status, str(error.code), time.perf_counter() - start, None, 0, 0)
             raise
         total = time.perf_counter() - start
         record |= {"status": 200, "decision": "answered", "latency_ms": round(1000 * total, 3),
@@ -243,6 +246,8 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
                    "finish_reason": reason}
         # Committed before a byte of the reply leaves: an answered request always has its audit row.
         record["audit_seq"] = await run_in_threadpool(gateway.audit.append, record)
+        metrics.observe(request.url.path, 200, "answered", total, total - model_s, served.prompt_tokens,
+                        len(served.completion.token_ids))
         response = respond(text, reason, served, admitted)
         headers = {**admitted.headers, "x-tether-overhead-ms": f"{1000 * (total - model_s):.2f}",
                    "x-tether-audit-seq": str(record["audit_seq"])}
@@ -307,9 +312,61 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
 
     @app.get("/health")
     async def health() -> dict[str, str]:
+        """The process is up."""
         return {"status": "ok"}
 
+    @app.get("/ready", response_model=None)
+    async def ready() -> Any:
+        """The process can serve: its store answers."""
+        try:
+            await run_in_threadpool(_ping, gateway.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, status_code=503)
+        return {"status": "ready"}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        """Prometheus metrics: requests by endpoint, status and decision; latency and overhead; tokens."""
+        return Response(metrics.render(generator), media_type=CONTENT_TYPE_LATEST)
+
     return app
+
+
+def _ping(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+
+
+class _Metrics:
+    """The gateway's Prometheus metrics, in a registry of their own (one per application)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("tether_serve_requests", "Requests by endpoint, HTTP status and decision",
+                                ["endpoint", "status", "decision"], registry=self.registry)
+        self.latency = Histogram("tether_serve_request_seconds", "Time from a request's arrival to its answer",
+                                 ["endpoint"], registry=self.registry)
+        self.overhead = Histogram("tether_serve_overhead_seconds", "Time an answered request spent outside the model",
+                                  buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+                                  registry=self.registry)
+        self.tokens = Counter("tether_serve_tokens", "Tokens of answered requests", ["kind"], registry=self.registry)
+        self.batching = Gauge("tether_serve_generate_calls", "generate() calls the batcher has made",
+                              registry=self.registry)
+
+    def observe(self, endpoint: str, status: int, decision: str, seconds: float, overhead: float | None,
+                prompt_tokens: int, completion_tokens: int) -> None:
+        """Count one finished request."""
+        self.requests.labels(endpoint, str(status), decision).inc()
+        self.latency.labels(endpoint).observe(seconds)
+        if overhead is not None:
+            self.overhead.observe(overhead)
+        self.tokens.labels("prompt").inc(prompt_tokens)
+        self.tokens.labels("completion").inc(completion_tokens)
+
+    def render(self, generator: BatchingGenerator) -> bytes:
+        """The exposition text."""
+        self.batching.set(generator.calls)
+        return generate_latest(self.registry)
 
 
 def _finish(completion: Completion) -> str:
