@@ -343,3 +343,22 @@ def test_health_readiness_and_prometheus_metrics(gateway):
     text = httpx.get(f"{base}/metrics").text
     assert 'tether_serve_requests_total{decision="answered",endpoint="/v1/chat/completions",status="200"}' in text
     assert "tether_serve_overhead_seconds_bucket" in text and 'tether_serve_tokens_total{kind="completion"}' in text
+
+
+def test_an_upstream_openai_compatible_server_as_the_backend(chat_endpoint, tmp_path):
+    # Any OpenAI-compatible URL (vLLM, TGI, llama.cpp's server, a hosted API) behind the same keys, limits,
+    # guards and audit trail.
+    chat_endpoint.reply = lambda body: f"upstream says: {body['messages'][-1]['content']}"
+    gateway = Gateway.open(f"sqlite:///{tmp_path / 'g.db'}")
+    generator = BatchingGenerator(target_generator(chat_endpoint.url))
+    server = _Server(create_app(generator, gateway, "upstream"))
+    try:
+        _, secret = gateway.keys.create("proxied", Scopes(budget_tokens=10_000))
+        reply = server.client(secret).chat.completions.create(
+            model="upstream", messages=[{"role": "user", "content": "ping"}], max_tokens=16)
+        assert reply.choices[0].message.content == "upstream says: ping"
+        assert chat_endpoint.requests[-1]["messages"][-1]["content"] == "ping"
+        assert json.loads(list(gateway.audit.rows())[-1][1])["status"] == 200
+    finally:
+        server.stop()
+        generator.close()

@@ -24,8 +24,11 @@ audit_app = typer.Typer(help="The gateway's audit trail: verify its hash chain, 
 @serve_app.callback()
 def serve(
     ctx: typer.Context,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="model directory, hub id, world:base or "
-                                                                   "tiny:ARCH")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="model directory, hub id, world:base, "
+                                                                   "tiny:ARCH, or an OpenAI-compatible URL (.../v1) "
+                                                                   "to stand in front of")] = None,
+    upstream_model: Annotated[str, typer.Option("--upstream-model", help="with a URL: the model name the "
+                                                "upstream serves")] = "default",
     name: Annotated[str | None, typer.Option("--name", help="the model's name in the API (default: --model)")] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
@@ -66,7 +69,9 @@ def serve(
     gateway = Gateway.open(db, fail_closed=not fail_open)
     if not any(k.state() == "active" for k in gateway.keys.list()):
         typer.echo(f"no active API key in {db}: every request will be refused (tether keys create NAME --db {db})")
-    generator = BatchingGenerator(target_generator(model), max_batch=max_batch)
+    from tether.models.http import EndpointOptions
+
+    generator = BatchingGenerator(target_generator(model, EndpointOptions(model=upstream_model)), max_batch=max_batch)
     app = create_app(generator, gateway, name or model, default_max_tokens=max_tokens,
                      max_tokens_limit=max_tokens_limit, guards=gate_guards)
     typer.echo(f"serving {name or model} on http://{host}:{port}/v1   keys: {db}")
