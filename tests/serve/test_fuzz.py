@@ -44,9 +44,15 @@ def _check(case, headers):
 def test_no_input_gives_a_server_error(api, path, method):
     operation = api[path][method]
 
+    reached = []
+
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(case=operation.as_strategy(), authorised=st.booleans())
-    def fuzz(case, authorised):
+    @given(case=operation.as_strategy(), authorised=st.booleans(), served_model=st.booleans())
+    def fuzz(case, authorised, served_model):
+        if served_model and isinstance(case.body, dict):  # the model this server serves: deeper than a 404
+            case.body["model"] = "echo"
         _check(case, {"Authorization": f"Bearer {api.secret}"} if authorised else {})
+        reached.append(case)
 
     fuzz()
+    assert reached
