@@ -141,3 +141,28 @@ def test_kill_9_under_load_loses_no_audit_row_of_an_answered_request(servers):
     rows = {seq: json.loads(record) for seq, record, _, _ in gateway.audit.rows()}
     assert all(seq in rows and rows[seq]["status"] == 200 for seq in answered)
     assert verify(gateway.audit).ok
+
+
+def test_workers_of_one_server_share_a_sqlite_store(tmp_path):
+    # tether serve --workers 2: two processes on one port and one SQLite file (WAL); a limit holds across them.
+    db = f"sqlite:///{tmp_path / 'gateway.db'}"
+    gateway = Gateway.open(db)
+    _, secret = gateway.keys.create("two workers", Scopes(rpm=10))
+    port = _port()
+    proc = subprocess.Popen([TETHER, "serve", "--model", "tiny:llama", "--db", db, "--port", str(port), "--workers",
+                             "2", "--max-tokens", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        with ThreadPoolExecutor(60) as pool:
+            statuses = list(pool.map(lambda i: _post(port, secret).status_code, range(60)))
+        assert statuses.count(200) == 10 and statuses.count(429) == 50
+        assert verify(gateway.audit).ok and len(list(gateway.audit.rows())) == 60
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -45,6 +45,8 @@ def serve(
                                                           "(repeatable)")] = None,
     block_output: Annotated[list[str] | None, typer.Option("--block-output", help="a regex that cuts a reply "
                                                            "(repeatable)")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="server processes on this port, each with its "
+                                         "own copy of the model; they share the store")] = 1,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API (/v1/chat/completions, streamed or not, /v1/completions,
     /v1/models) with keys, throttles, kill switches and an audit trail; every request needs an API key (tether
@@ -58,23 +60,26 @@ def serve(
         from tether.core.errors import UserError
 
         raise UserError("tether serve needs --model (a model directory, hub id, world:base or tiny:ARCH)")
+    import os
+
     import uvicorn
 
-    from tether.models.targets import target_generator
-    from tether.serve.app import Gateway, create_app
-    from tether.serve.batching import BatchingGenerator
-    from tether.serve.hooks import load_guards
+    from tether.serve.keys import KeyStore
+    from tether.serve.server import ENV, ServeConfig, app_from_env, build
 
-    gate_guards = load_guards(guards, block_input or [], block_output or [])
-    gateway = Gateway.open(db, fail_closed=not fail_open)
-    if not any(k.state() == "active" for k in gateway.keys.list()):
+    cfg = ServeConfig(model=model, upstream_model=upstream_model, name=name, db=db, max_tokens=max_tokens,
+                      max_tokens_limit=max_tokens_limit, max_batch=max_batch, fail_open=fail_open, guards=guards,
+                      block_input=block_input or [], block_output=block_output or [])
+    if not any(k.state() == "active" for k in KeyStore(db).list()):
         typer.echo(f"no active API key in {db}: every request will be refused (tether keys create NAME --db {db})")
-    from tether.models.http import EndpointOptions
-
-    generator = BatchingGenerator(target_generator(model, EndpointOptions(model=upstream_model)), max_batch=max_batch)
-    app = create_app(generator, gateway, name or model, default_max_tokens=max_tokens,
-                     max_tokens_limit=max_tokens_limit, guards=gate_guards)
-    typer.echo(f"serving {name or model} on http://{host}:{port}/v1   keys: {db}")
+    typer.echo(f"serving {cfg.name or model} on http://{host}:{port}/v1 ({workers} worker"
+               f"{'s' if workers > 1 else ''})   store: {db}")
+    if workers > 1:  # each worker rebuilds the application from the environment and loads its own model
+        os.environ[ENV] = cfg.model_dump_json()
+        uvicorn.run(f"{app_from_env.__module__}:{app_from_env.__name__}", factory=True, workers=workers, host=host,
+                    port=port, log_level="warning")
+        return
+    app, generator = build(cfg)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

@@ -1,0 +1,56 @@
+"""``tether serve``'s configuration, and the application built from it (in this process, or in each of
+``workers`` processes, which rebuild it from the environment: every worker loads the model, and they
+share nothing but the store, which is what keeps limits, switches and the audit chain whole)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pydantic import Field
+
+from tether.core.config import Config
+from tether.serve.store import DEFAULT_DB
+
+ENV = "TETHER_SERVE_CONFIG"
+
+
+class ServeConfig(Config):
+    """``tether serve``."""
+
+    model: str = Field(description="model directory, hub id, world:base, tiny:ARCH, or an OpenAI-compatible URL")
+    upstream_model: str = Field("default", description="with a URL: the model name the upstream serves")
+    name: str | None = Field(None, description="the model's name in the API (default: model)")
+    db: str = Field(DEFAULT_DB, description="the gateway's store: a SQLAlchemy URL")
+    max_tokens: int = Field(256, ge=1, description="tokens per reply when a request names none")
+    max_tokens_limit: int = Field(4096, ge=1, description="tokens any request may ask for at most")
+    max_batch: int = Field(32, ge=1, description="requests generated together at most")
+    fail_open: bool = Field(False, description="serve when the store cannot be read")
+    guards: str | None = Field(None, description="YAML file: a list of guards")
+    block_input: list[str] = Field(default_factory=list, description="regexes that block a request")
+    block_output: list[str] = Field(default_factory=list, description="regexes that cut a reply")
+
+
+def build(cfg: ServeConfig) -> tuple[Any, Any]:
+    """The application and its batching generator (close it when the server stops)."""
+    from tether.models.http import EndpointOptions
+    from tether.models.targets import target_generator
+    from tether.serve.app import Gateway, create_app
+    from tether.serve.batching import BatchingGenerator
+    from tether.serve.hooks import load_guards
+
+    guards = load_guards(cfg.guards, cfg.block_input, cfg.block_output)
+    gateway = Gateway.open(cfg.db, fail_closed=not cfg.fail_open)
+    generator = BatchingGenerator(target_generator(cfg.model, EndpointOptions(model=cfg.upstream_model)),
+                                  max_batch=cfg.max_batch)
+    app = create_app(generator, gateway, cfg.name or cfg.model, default_max_tokens=cfg.max_tokens,
+                     max_tokens_limit=cfg.max_tokens_limit, guards=guards)
+    app.router.on_shutdown.append(generator.close)
+    return app, generator
+
+
+def app_from_env() -> Any:
+    """The application of a worker process (uvicorn's ``factory``), from :data:`ENV`."""
+    app, _ = build(ServeConfig.model_validate(json.loads(os.environ[ENV])))
+    return app
