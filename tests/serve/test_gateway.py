@@ -1,6 +1,7 @@
 """tether serve through the official openai client: chat and text completions, streamed and not, keys and
 their scopes, concurrent requests batched together, and the keys commands."""
 
+import contextlib
 import json
 import socket
 import threading
@@ -41,6 +42,19 @@ class _Server:
     def stop(self):
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def _serving(model, name, db_path, *, kill_refresh_s=0.25, **app_options):
+    """A gateway on its own SQLite file, serving ``model`` as ``name``: ``(server, gateway)``."""
+    gateway = Gateway.open(f"sqlite:///{db_path}", kill_refresh_s=kill_refresh_s)
+    generator = BatchingGenerator(model)
+    server = _Server(create_app(generator, gateway, name, **app_options))
+    try:
+        yield server, gateway
+    finally:
+        server.stop()
+        generator.close()
 
 
 @pytest.fixture(scope="module")
@@ -249,10 +263,7 @@ class _SlowGenerator:
 
 
 def test_a_reply_still_being_generated_is_withheld_when_a_switch_is_pulled(tmp_path):
-    gateway = Gateway.open(f"sqlite:///{tmp_path / 'g.db'}", kill_refresh_s=0.05)
-    generator = BatchingGenerator(_SlowGenerator())
-    server = _Server(create_app(generator, gateway, "slow"))
-    try:
+    with _serving(_SlowGenerator(), "slow", tmp_path / "g.db", kill_refresh_s=0.05) as (server, gateway):
         _, secret = gateway.keys.create("in flight")
         client = server.client(secret)
         ask = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -265,24 +276,15 @@ def test_a_reply_still_being_generated_is_withheld_when_a_switch_is_pulled(tmp_p
                 pending.result()
         rows = [json.loads(r) for _, r, _, _ in gateway.audit.rows()]
         assert rows[-1]["status"] == 503 and rows[-1]["decision"] == "killed"
-    finally:
-        server.stop()
-        generator.close()
 
 
 def test_an_unreachable_store_fails_closed(tmp_path):
-    gateway = Gateway.open(f"sqlite:///{tmp_path / 'g.db'}", kill_refresh_s=0.0)
-    generator = BatchingGenerator(_SlowGenerator())
-    server = _Server(create_app(generator, gateway, "slow"))
-    try:
+    with _serving(_SlowGenerator(), "slow", tmp_path / "g.db", kill_refresh_s=0.0) as (server, gateway):
         _, secret = gateway.keys.create("closed")
         with gateway.engine.begin() as conn:  # the switches table vanishes: the store cannot be read
             conn.execute(sa.text("DROP TABLE kill_switches"))
         with pytest.raises(openai.InternalServerError, match="unreachable"):
             server.client(secret).chat.completions.create(model="slow", messages=[{"role": "user", "content": "x"}])
-    finally:
-        server.stop()
-        generator.close()
 
 
 class _FixedGenerator:
@@ -301,10 +303,7 @@ def test_guards_block_inputs_and_cut_replies_streamed_or_not(tmp_path):
     guards_file = tmp_path / "guards.yaml"
     guards_file.write_text(r"- {kind: regex, name: secrets, output: ['SECRET-\d+']}" + "\n")
     guards = load_guards(str(guards_file), block_input=["ignore (all )?previous instructions"])
-    gateway = Gateway.open(f"sqlite:///{tmp_path / 'g.db'}")
-    generator = BatchingGenerator(_FixedGenerator())
-    server = _Server(create_app(generator, gateway, "fixed", guards=guards))
-    try:
+    with _serving(_FixedGenerator(), "fixed", tmp_path / "g.db", guards=guards) as (server, gateway):
         _, secret = gateway.keys.create("guarded")
         client = server.client(secret)
         ask = {"model": "fixed", "messages": [{"role": "user", "content": "the code?"}], "max_tokens": 12}
@@ -325,9 +324,6 @@ def test_guards_block_inputs_and_cut_replies_streamed_or_not(tmp_path):
         assert cut == [{"on": "output", "guard": "secrets", "allowed": False, "ms": cut[0]["ms"],
                         "reason": r"output matches 'SECRET-\\d+'"}]
         assert rows[0]["finish_reason"] == "content_filter" and rows[-1]["decision"] == "content_filter"
-    finally:
-        server.stop()
-        generator.close()
 
 
 def test_health_readiness_and_prometheus_metrics(gateway):
@@ -349,16 +345,10 @@ def test_an_upstream_openai_compatible_server_as_the_backend(chat_endpoint, tmp_
     # Any OpenAI-compatible URL (vLLM, TGI, llama.cpp's server, a hosted API) behind the same keys, limits,
     # guards and audit trail.
     chat_endpoint.reply = lambda body: f"upstream says: {body['messages'][-1]['content']}"
-    gateway = Gateway.open(f"sqlite:///{tmp_path / 'g.db'}")
-    generator = BatchingGenerator(target_generator(chat_endpoint.url))
-    server = _Server(create_app(generator, gateway, "upstream"))
-    try:
+    with _serving(target_generator(chat_endpoint.url), "upstream", tmp_path / "g.db") as (server, gateway):
         _, secret = gateway.keys.create("proxied", Scopes(budget_tokens=10_000))
         reply = server.client(secret).chat.completions.create(
             model="upstream", messages=[{"role": "user", "content": "ping"}], max_tokens=16)
         assert reply.choices[0].message.content == "upstream says: ping"
         assert chat_endpoint.requests[-1]["messages"][-1]["content"] == "ping"
         assert json.loads(list(gateway.audit.rows())[-1][1])["status"] == 200
-    finally:
-        server.stop()
-        generator.close()
