@@ -46,9 +46,10 @@ class _Server:
 
 @contextlib.contextmanager
 def _serving(model, name, db_path, *, kill_refresh_s=0.25, **app_options):
-    """A gateway on its own SQLite file, serving ``model`` as ``name``: ``(server, gateway)``."""
+    """A gateway on its own SQLite file, serving ``model`` (a generator, or a backend) as ``name``:
+    ``(server, gateway)``."""
     gateway = Gateway.open(f"sqlite:///{db_path}", kill_refresh_s=kill_refresh_s)
-    generator = BatchingGenerator(model)
+    generator = model if hasattr(model, "complete") else BatchingGenerator(model)
     server = _Server(create_app(generator, gateway, name, **app_options))
     try:
         yield server, gateway
@@ -345,7 +346,9 @@ def test_an_upstream_openai_compatible_server_as_the_backend(chat_endpoint, tmp_
     # Any OpenAI-compatible URL (vLLM, TGI, llama.cpp's server, a hosted API) behind the same keys, limits,
     # guards and audit trail.
     chat_endpoint.reply = lambda body: f"upstream says: {body['messages'][-1]['content']}"
-    with _serving(target_generator(chat_endpoint.url), "upstream", tmp_path / "g.db") as (server, gateway):
+    from tether.serve.upstream import UpstreamBackend
+
+    with _serving(UpstreamBackend(chat_endpoint.url, "stub"), "upstream", tmp_path / "g.db") as (server, gateway):
         _, secret = gateway.keys.create("proxied", Scopes(budget_tokens=10_000))
         reply = server.client(secret).chat.completions.create(
             model="upstream", messages=[{"role": "user", "content": "ping"}], max_tokens=16)

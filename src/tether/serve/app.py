@@ -13,7 +13,6 @@ finished reply in word-sized chunks, and a kill switch set meanwhile ends it wit
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -32,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tether.models.generation import Completion, GenerationSettings
 from tether.serve.audit import AuditLog
-from tether.serve.batching import BatchingGenerator, Served
+from tether.serve.batching import Backend, Served
 from tether.serve.hooks import Guard
 from tether.serve.keys import ApiKey, KeyStore
 from tether.serve.kill import KillSwitches
@@ -118,7 +117,7 @@ class CompletionRequest(_Sampling):
     prompt: str
 
 
-def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, default_max_tokens: int = 256,
+def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_tokens: int = 256,
                max_tokens_limit: int = 4096, guards: Sequence[Guard] = ()) -> FastAPI:
     """The application serving ``generator`` as ``model``: ``default_max_tokens`` for a request that names
     none, ``max_tokens_limit`` the most any request may ask for, whatever its key allows; ``guards`` check
@@ -222,7 +221,7 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
                                         budget=key.scopes.budget_tokens is not None)
                 raise
             model_s = time.perf_counter() - model_start
-            used = served.prompt_tokens + len(served.completion.token_ids)
+            used = served.prompt_tokens + served.completion_tokens
             await run_in_threadpool(gateway.limiter.settle, admitted, used,
                                     budget=key.scopes.budget_tokens is not None)
             text, reason = served.completion.text, _finish(served.completion)
@@ -242,12 +241,12 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
             raise
         total = time.perf_counter() - start
         record |= {"status": 200, "decision": "answered", "latency_ms": round(1000 * total, 3),
-                   "prompt_tokens": served.prompt_tokens, "completion_tokens": len(served.completion.token_ids),
+                   "prompt_tokens": served.prompt_tokens, "completion_tokens": served.completion_tokens,
                    "finish_reason": reason}
         # Committed before a byte of the reply leaves: an answered request always has its audit row.
         record["audit_seq"] = await run_in_threadpool(gateway.audit.append, record)
         metrics.observe(request.url.path, 200, "answered", total, total - model_s, served.prompt_tokens,
-                        len(served.completion.token_ids))
+                        served.completion_tokens)
         response = respond(text, reason, served, admitted)
         headers = {**admitted.headers, "x-tether-overhead-ms": f"{1000 * (total - model_s):.2f}",
                    "x-tether-audit-seq": str(record["audit_seq"])}
@@ -258,7 +257,7 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
 
     async def complete(prompt: Any, settings: GenerationSettings) -> Served:
         try:
-            served = await asyncio.wrap_future(generator.submit(prompt, settings))
+            served = await generator.complete(prompt, settings)
         except Exception as exc:  # the model raised: the client gets why, in OpenAI's shape, not a bare 500
             raise APIError(502, f"the model failed: {type(exc).__name__}: {str(exc)[:200]}", type_="api_error",
                            code="model_error") from None
@@ -268,9 +267,8 @@ def create_app(generator: BatchingGenerator, gateway: Gateway, model: str, *, de
         return served
 
     def usage(served: Served) -> dict[str, int]:
-        made = len(served.completion.token_ids)
-        return {"prompt_tokens": served.prompt_tokens, "completion_tokens": made,
-                "total_tokens": served.prompt_tokens + made}
+        return {"prompt_tokens": served.prompt_tokens, "completion_tokens": served.completion_tokens,
+                "total_tokens": served.prompt_tokens + served.completion_tokens}
 
     def still_allowed(key_id: str | None) -> Callable[[], str | None]:
         return lambda: gateway.kills.blocked(model, key_id)
@@ -350,7 +348,7 @@ class _Metrics:
                                   buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
                                   registry=self.registry)
         self.tokens = Counter("tether_serve_tokens", "Tokens of answered requests", ["kind"], registry=self.registry)
-        self.batching = Gauge("tether_serve_generate_calls", "generate() calls the batcher has made",
+        self.batching = Gauge("tether_serve_model_calls", "Calls made to the model (a batch counts once)",
                               registry=self.registry)
 
     def observe(self, endpoint: str, status: int, decision: str, seconds: float, overhead: float | None,
@@ -363,7 +361,7 @@ class _Metrics:
         self.tokens.labels("prompt").inc(prompt_tokens)
         self.tokens.labels("completion").inc(completion_tokens)
 
-    def render(self, generator: BatchingGenerator) -> bytes:
+    def render(self, generator: Backend) -> bytes:
         """The exposition text."""
         self.batching.set(generator.calls)
         return generate_latest(self.registry)

@@ -7,6 +7,7 @@ with one ``generate`` call: the batched sampler then serves them together instea
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import queue
 import threading
@@ -14,6 +15,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tether.data.records import Prompt
 from tether.models.generation import Completion, GenerationSettings, Generator
@@ -21,10 +23,30 @@ from tether.models.generation import Completion, GenerationSettings, Generator
 
 @dataclass(frozen=True)
 class Served:
-    """A request's completion, and its prompt's length in tokens (0 where the model cannot say)."""
+    """A request's completion, and its prompt's and reply's lengths in tokens (0 where unknown)."""
 
     completion: Completion
     prompt_tokens: int
+    completion_tokens: int
+
+
+class Backend(Protocol):
+    """What the gateway sends requests to: a model in this process (:class:`BatchingGenerator`) or an upstream
+    server (:class:`tether.serve.upstream.UpstreamBackend`)."""
+
+    calls: int  # calls made to the model
+
+    def count_tokens(self, prompt: Prompt) -> int | None:
+        """``prompt``'s length in tokens as the model sees it, before the call (None: cannot say)."""
+        ...
+
+    async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Served:
+        """The model's reply."""
+        ...
+
+    def close(self) -> None:
+        """Release what the backend holds."""
+        ...
 
 
 @dataclass
@@ -55,6 +77,10 @@ class BatchingGenerator:
         request = _Request(prompt, settings)
         self._queue.put(request)
         return request.future
+
+    async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Served:
+        """``prompt``'s completion, awaited (the worker batches it with the requests around it)."""
+        return await asyncio.wrap_future(self.submit(prompt, settings))
 
     def count_tokens(self, prompt: Prompt) -> int | None:
         """``prompt``'s length in tokens as the model will see it (None: this generator has no tokenizer)."""
@@ -113,4 +139,4 @@ class BatchingGenerator:
             return
         self.served += len(requests)
         for r, completion, length in zip(requests, completions, lengths, strict=True):
-            r.future.set_result(Served(completion, length))
+            r.future.set_result(Served(completion, length, len(completion.token_ids)))

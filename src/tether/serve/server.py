@@ -34,16 +34,19 @@ class ServeConfig(Config):
 
 def build(cfg: ServeConfig) -> tuple[Any, Any]:
     """The application and its batching generator (close it when the server stops)."""
-    from tether.models.http import EndpointOptions
-    from tether.models.targets import target_generator
+    from tether.models.targets import is_endpoint, target_generator
     from tether.serve.app import Gateway, create_app
-    from tether.serve.batching import BatchingGenerator
+    from tether.serve.batching import Backend, BatchingGenerator
     from tether.serve.hooks import load_guards
+    from tether.serve.upstream import UpstreamBackend
 
     guards = load_guards(cfg.guards, cfg.block_input, cfg.block_output)
     gateway = Gateway.open(cfg.db, fail_closed=not cfg.fail_open)
-    generator = BatchingGenerator(target_generator(cfg.model, EndpointOptions(model=cfg.upstream_model)),
-                                  max_batch=cfg.max_batch)
+    generator: Backend
+    if is_endpoint(cfg.model):
+        generator = UpstreamBackend(cfg.model, cfg.upstream_model)
+    else:
+        generator = BatchingGenerator(target_generator(cfg.model), max_batch=cfg.max_batch)
     app = create_app(generator, gateway, cfg.name or cfg.model, default_max_tokens=cfg.max_tokens,
                      max_tokens_limit=cfg.max_tokens_limit, guards=guards)
     app.router.on_shutdown.append(generator.close)
