@@ -40,7 +40,8 @@ def _check(case, headers):
 
 
 @pytest.mark.parametrize(("path", "method"), [("/v1/chat/completions", "POST"), ("/v1/completions", "POST"),
-                                              ("/v1/models", "GET")])
+                                              ("/v1/models", "GET"), ("/admin/kill", "POST"),
+                                              ("/admin/revive", "POST")])
 def test_no_input_gives_a_server_error(api, path, method):
     operation = api[path][method]
 

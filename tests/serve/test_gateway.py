@@ -355,3 +355,35 @@ def test_an_upstream_openai_compatible_server_as_the_backend(chat_endpoint, tmp_
         assert reply.choices[0].message.content == "upstream says: ping"
         assert chat_endpoint.requests[-1]["messages"][-1]["content"] == "ping"
         assert json.loads(list(gateway.audit.rows())[-1][1])["status"] == 200
+
+
+def test_admin_keys_pull_switches_over_the_api_and_keys_choose_their_guards(tmp_path):
+    import httpx
+
+    from tether.serve.hooks import RegexGuardConfig
+
+    guards = [RegexGuardConfig(name="secrets", output=[r"SECRET-\d+"]).build()]
+    with _serving(_FixedGenerator(), "fixed", tmp_path / "g.db", kill_refresh_s=0.0, guards=guards) as (
+            server, gateway):
+        _, plain = gateway.keys.create("plain")
+        _, trusted = gateway.keys.create("unguarded", Scopes(guards=[]))
+        _, root = gateway.keys.create("operator", Scopes(admin=True))
+        ask = {"model": "fixed", "messages": [{"role": "user", "content": "code?"}], "max_tokens": 12}
+        assert "SECRET" not in server.client(plain).chat.completions.create(**ask).choices[0].message.content
+        assert "SECRET-1234" in server.client(trusted).chat.completions.create(**ask).choices[0].message.content
+        base = f"http://127.0.0.1:{server.port}/admin"
+        refused = httpx.post(f"{base}/kill", json={"target": "all"}, headers={"Authorization": f"Bearer {plain}"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "not_admin"
+        bad = httpx.post(f"{base}/kill", json={"target": "everything"}, headers={"Authorization": f"Bearer {root}"})
+        assert bad.status_code == 400
+        done = httpx.post(f"{base}/kill", json={"target": "model:fixed", "reason": "drill"},
+                          headers={"Authorization": f"Bearer {root}"})
+        assert done.status_code == 200
+        with pytest.raises(openai.InternalServerError, match="drill"):
+            server.client(plain).chat.completions.create(**ask)
+        assert httpx.post(f"{base}/revive", json={"target": "model:fixed"},
+                          headers={"Authorization": f"Bearer {root}"}).json() == {"revived": "model:fixed",
+                                                                                  "was_killed": True}
+        assert server.client(plain).chat.completions.create(**ask).choices
+        decisions = [json.loads(r)["decision"] for _, r, _, _ in gateway.audit.rows()]
+        assert "killed" in decisions and "revived" in decisions

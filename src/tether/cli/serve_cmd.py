@@ -94,6 +94,10 @@ def create_key(
     rpm: Annotated[int | None, typer.Option("--rpm", help="requests per minute, across every server")] = None,
     tpm: Annotated[int | None, typer.Option("--tpm", help="tokens per minute, across every server")] = None,
     budget: Annotated[int | None, typer.Option("--budget-tokens", help="tokens the key may use in all")] = None,
+    guards: Annotated[str | None, typer.Option("--guards", help="comma-separated names of the server's guards that "
+                                               "check this key (default: every guard)")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="may set and clear kill switches through the admin API")
+                     ] = False,
     expires_days: Annotated[float | None, typer.Option("--expires-days", help="expire after this many days")] = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
@@ -104,7 +108,8 @@ def create_key(
     from tether.serve.keys import KeyStore, Scopes
 
     scopes = Scopes(models=[m.strip() for m in models.split(",") if m.strip()], max_tokens=max_tokens, rpm=rpm,
-                    tpm=tpm, budget_tokens=budget)
+                    tpm=tpm, budget_tokens=budget, admin=admin,
+                    guards=None if guards is None else [g.strip() for g in guards.split(",") if g.strip()])
     key, secret = KeyStore(db).create(name, scopes, expires_in=None if expires_days is None else expires_days * 86400)
     typer.echo(f"{key.id}  {name}  {json.dumps(scopes.model_dump())}")
     typer.echo(f"secret (shown once): {secret}")

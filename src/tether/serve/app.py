@@ -111,6 +111,13 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(None, ge=1)
 
 
+class KillRequest(BaseModel):
+    """``POST /admin/kill`` and ``/admin/revive``."""
+
+    target: str = Field(pattern=r"^(all|model:.+|key:.+)$", description="all, model:NAME or key:ID")
+    reason: str = Field("killed through the admin API", max_length=500)
+
+
 class CompletionRequest(_Sampling):
     """``POST /v1/completions``."""
 
@@ -199,7 +206,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
             record["key"] = key.id
             settings = settings_for(key, body, asked)
             await run_in_threadpool(check_kill, key)
-            for guard in guards:
+            mine = [g for g in guards if key.scopes.guards is None or g.name in key.scopes.guards]
+            for guard in mine:
                 verdict = await run_in_threadpool(guard.check_input, messages)
                 record["guards"].append({"on": "input", **verdict.as_dict()})
                 if not verdict.allowed:
@@ -225,7 +233,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
             await run_in_threadpool(gateway.limiter.settle, admitted, used,
                                     budget=key.scopes.budget_tokens is not None)
             text, reason = served.completion.text, _finish(served.completion)
-            for guard in guards:  # on the whole reply, before any of it is sent, streamed or not
+            for guard in mine:  # on the whole reply, before any of it is sent, streamed or not
                 verdict = await run_in_threadpool(guard.check_output, text)
                 record["guards"].append({"on": "output", **verdict.as_dict()})
                 if not verdict.allowed:
@@ -307,6 +315,31 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
 
         return await serve(request, body, body.max_tokens, body.prompt, [{"role": "user", "content": body.prompt}],
                            respond)
+
+    @app.post("/admin/kill")
+    async def admin_kill(body: KillRequest, request: Request) -> dict[str, str]:
+        """Set a kill switch (an admin key): ``{"target": "all" | "model:NAME" | "key:ID", "reason": ...}``."""
+        key = await run_in_threadpool(admin, request)
+        await run_in_threadpool(gateway.kills.kill, body.target, body.reason)
+        await run_in_threadpool(gateway.audit.append, {"endpoint": "/admin/kill", "key": key.id, "status": 200,
+                                                       "decision": "killed", "target": body.target,
+                                                       "reason": body.reason})
+        return {"killed": body.target}
+
+    @app.post("/admin/revive")
+    async def admin_revive(body: KillRequest, request: Request) -> dict[str, Any]:
+        """Clear a kill switch (an admin key)."""
+        key = await run_in_threadpool(admin, request)
+        was = await run_in_threadpool(gateway.kills.revive, body.target)
+        await run_in_threadpool(gateway.audit.append, {"endpoint": "/admin/revive", "key": key.id, "status": 200,
+                                                       "decision": "revived", "target": body.target})
+        return {"revived": body.target, "was_killed": was}
+
+    def admin(request: Request) -> ApiKey:
+        key = authenticate(request)
+        if not key.scopes.admin:
+            raise APIError(403, f"API key {key.id} is not an admin key", type_="permission_error", code="not_admin")
+        return key
 
     @app.get("/health")
     async def health() -> dict[str, str]:
