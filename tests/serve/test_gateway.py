@@ -387,3 +387,24 @@ def test_admin_keys_pull_switches_over_the_api_and_keys_choose_their_guards(tmp_
         assert server.client(plain).chat.completions.create(**ask).choices
         decisions = [json.loads(r)["decision"] for _, r, _, _ in gateway.audit.rows()]
         assert "killed" in decisions and "revived" in decisions
+
+
+def test_a_key_holds_at_most_its_concurrent_requests_in_flight(tmp_path):
+    with _serving(_SlowGenerator(), "slow", tmp_path / "g.db") as (server, gateway):
+        _, secret = gateway.keys.create("two at a time", Scopes(concurrent=2))
+        client = server.client(secret)
+        ask = {"model": "slow", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+        def one(_):
+            try:
+                return client.chat.completions.create(**ask).choices[0].message.content
+            except openai.RateLimitError as refused:
+                return "429: " + str(refused)
+
+        with ThreadPoolExecutor(6) as pool:
+            outcomes = list(pool.map(one, range(6)))
+        assert outcomes.count("slow reply") == 2, outcomes
+        assert all("concurrency limit" in o for o in outcomes if o != "slow reply")
+        assert client.chat.completions.create(**ask).choices  # the slots came back
+        with gateway.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM in_flight")).scalar() == 0

@@ -94,6 +94,7 @@ def create_key(
     rpm: Annotated[int | None, typer.Option("--rpm", help="requests per minute, across every server")] = None,
     tpm: Annotated[int | None, typer.Option("--tpm", help="tokens per minute, across every server")] = None,
     budget: Annotated[int | None, typer.Option("--budget-tokens", help="tokens the key may use in all")] = None,
+    concurrent: Annotated[int | None, typer.Option("--concurrent", help="requests in flight at once")] = None,
     guards: Annotated[str | None, typer.Option("--guards", help="comma-separated names of the server's guards that "
                                                "check this key (default: every guard)")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="may set and clear kill switches through the admin API")
@@ -108,7 +109,7 @@ def create_key(
     from tether.serve.keys import KeyStore, Scopes
 
     scopes = Scopes(models=[m.strip() for m in models.split(",") if m.strip()], max_tokens=max_tokens, rpm=rpm,
-                    tpm=tpm, budget_tokens=budget, admin=admin,
+                    tpm=tpm, budget_tokens=budget, concurrent=concurrent, admin=admin,
                     guards=None if guards is None else [g.strip() for g in guards.split(",") if g.strip()])
     key, secret = KeyStore(db).create(name, scopes, expires_in=None if expires_days is None else expires_days * 86400)
     typer.echo(f"{key.id}  {name}  {json.dumps(scopes.model_dump())}")

@@ -228,6 +228,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                 await run_in_threadpool(gateway.limiter.settle, admitted, 0,
                                         budget=key.scopes.budget_tokens is not None)
                 raise
+            finally:
+                await run_in_threadpool(gateway.limiter.release, admitted)
             model_s = time.perf_counter() - model_start
             used = served.prompt_tokens + served.completion_tokens
             await run_in_threadpool(gateway.limiter.settle, admitted, used,

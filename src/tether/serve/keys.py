@@ -29,6 +29,7 @@ class Scopes(Config):
     rpm: int | None = Field(None, ge=1, description="requests per minute, across every server (None: no limit)")
     tpm: int | None = Field(None, ge=1, description="tokens per minute, prompt and reply, across every server")
     budget_tokens: int | None = Field(None, ge=1, description="tokens the key may use in all (None: no budget)")
+    concurrent: int | None = Field(None, ge=1, description="requests in flight at once, across every server")
     guards: list[str] | None = Field(None, description="names of the server's guards that check this key's requests "
                                      "(None: every guard; [] none)")
     admin: bool = Field(False, description="may set and clear kill switches through the admin API")

@@ -1,4 +1,5 @@
-"""Throttles that hold across processes: requests and tokens per minute, and a token budget, per key.
+"""Throttles that hold across processes: requests and tokens per minute, a token budget, and requests in
+flight, per key.
 
 Every check is one conditional ``UPDATE`` in the gateway's database (``... SET requests = requests + 1
 WHERE ... AND requests + 1 <= :limit``): the database serialises them, so N allowed requests a minute
@@ -9,13 +10,14 @@ concurrent requests cannot together overrun a budget.
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
 from tether.serve.keys import ApiKey
-from tether.serve.store import BUDGETS, RATE_WINDOWS
+from tether.serve.store import BUDGETS, CONCURRENCY_LOCKS, LEASES, RATE_WINDOWS
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Admission:
     window: int
     reserved: int
     headers: dict[str, str] = field(default_factory=dict)
+    lease: str | None = None  # the in-flight slot it holds, released by Limiter.release
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,8 @@ class Refusal:
 class Limiter:
     """Fixed one-minute windows (``window_s``) of request and token counts per key, and lifetime budgets."""
 
-    def __init__(self, engine: sa.Engine, *, window_s: int = 60) -> None:
-        self.engine, self.window_s = engine, window_s
+    def __init__(self, engine: sa.Engine, *, window_s: int = 60, lease_s: float = 300.0) -> None:
+        self.engine, self.window_s, self.lease_s = engine, window_s, lease_s
 
     def admit(self, key: ApiKey, reserve: int, now: float | None = None) -> Admission | Refusal:
         """Count one request and reserve ``reserve`` tokens for ``key``, or say why not."""
@@ -50,11 +53,11 @@ class Limiter:
         retry = window + self.window_s - now
         try:
             with self.engine.begin() as conn:
-                return self._admit(conn, key, reserve, window, retry)
+                return self._admit(conn, key, reserve, window, retry, now)
         except _OverBudgetError as over:  # raised inside the transaction, so the window's count rolls back too
             return over.refusal
 
-    def _admit(self, conn: sa.Connection, key: ApiKey, reserve: int, window: int, retry: float
+    def _admit(self, conn: sa.Connection, key: ApiKey, reserve: int, window: int, retry: float, now: float
                ) -> Admission | Refusal:
         scopes = key.scopes
         _ensure(conn, RATE_WINDOWS, {"key_id": key.id, "window": window, "requests": 0, "tokens": 0})
@@ -79,8 +82,34 @@ class Limiter:
             if spent is None:
                 raise _OverBudgetError(Refusal(f"token budget of key {key.id} ({scopes.budget_tokens}) would be "
                                                "exceeded", 3600.0, {}))
+        lease = None
+        if scopes.concurrent is not None:
+            lease = self._lease(conn, key.id, scopes.concurrent, now=now)
+            if lease is None:
+                raise _OverBudgetError(Refusal(f"concurrency limit: key {key.id} has {scopes.concurrent} requests in "
+                                               "flight", 1.0, {}))
         return Admission(key.id, window, reserve,
-                         _headers(scopes.rpm, scopes.tpm, counted.requests, counted.tokens, retry))
+                         _headers(scopes.rpm, scopes.tpm, counted.requests, counted.tokens, retry), lease)
+
+    def _lease(self, conn: sa.Connection, key_id: str, limit: int, now: float) -> str | None:
+        """A new in-flight slot for ``key_id``, or None when ``limit`` are held (expired ones do not count)."""
+        _ensure(conn, CONCURRENCY_LOCKS, {"key_id": key_id, "admissions": 0})
+        # The key's lock row first: admissions of one key serialise here, in every process.
+        conn.execute(CONCURRENCY_LOCKS.update().where(CONCURRENCY_LOCKS.c.key_id == key_id)
+                     .values(admissions=CONCURRENCY_LOCKS.c.admissions + 1))
+        conn.execute(LEASES.delete().where(LEASES.c.key_id == key_id, LEASES.c.expires_at <= now))
+        held = conn.execute(sa.select(sa.func.count()).select_from(LEASES).where(LEASES.c.key_id == key_id)).scalar()
+        if int(held or 0) >= limit:
+            return None
+        lease = secrets.token_hex(8)
+        conn.execute(LEASES.insert().values(id=lease, key_id=key_id, expires_at=now + self.lease_s))
+        return lease
+
+    def release(self, admission: Admission) -> None:
+        """Give back the in-flight slot an admission holds (a no-op without one)."""
+        if admission.lease is not None:
+            with self.engine.begin() as conn:
+                conn.execute(LEASES.delete().where(LEASES.c.id == admission.lease))
 
     def settle(self, admission: Admission, used: int, *, budget: bool) -> None:
         """Replace a request's reservation by the tokens it ``used``."""

@@ -69,6 +69,21 @@ BUDGETS = sa.Table(
 )
 
 
+# Requests in flight per key: one lease row each, expiring so a crashed server cannot hold slots forever;
+# admissions for a key serialise on its row in CONCURRENCY_LOCKS.
+LEASES = sa.Table(
+    "in_flight", METADATA,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("key_id", sa.String(32), nullable=False, index=True),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+CONCURRENCY_LOCKS = sa.Table(
+    "in_flight_locks", METADATA,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("admissions", sa.BigInteger, nullable=False),
+)
+
+
 def connect(url: str = DEFAULT_DB) -> sa.Engine:
     """An engine on ``url`` with every table created (a one-line error for a URL that does not work)."""
     try:
