@@ -54,8 +54,8 @@ class Limiter:
         try:
             with self.engine.begin() as conn:
                 return self._admit(conn, key, reserve, window, retry, now)
-        except _OverBudgetError as over:  # raised inside the transaction, so the window's count rolls back too
-            return over.refusal
+        except _RefusalError as refused:  # raised inside the transaction: the window's count rolls back too
+            return refused.refusal
 
     def _admit(self, conn: sa.Connection, key: ApiKey, reserve: int, window: int, retry: float, now: float
                ) -> Admission | Refusal:
@@ -80,13 +80,13 @@ class Limiter:
                 BUDGETS.update().where(BUDGETS.c.key_id == key.id, BUDGETS.c.used + reserve <= scopes.budget_tokens)
                 .values(used=BUDGETS.c.used + reserve).returning(BUDGETS.c.used)).first()
             if spent is None:
-                raise _OverBudgetError(Refusal(f"token budget of key {key.id} ({scopes.budget_tokens}) would be "
+                raise _RefusalError(Refusal(f"token budget of key {key.id} ({scopes.budget_tokens}) would be "
                                                "exceeded", 3600.0, {}))
         lease = None
         if scopes.concurrent is not None:
             lease = self._lease(conn, key.id, scopes.concurrent, now=now)
             if lease is None:
-                raise _OverBudgetError(Refusal(f"concurrency limit: key {key.id} has {scopes.concurrent} requests in "
+                raise _RefusalError(Refusal(f"concurrency limit: key {key.id} has {scopes.concurrent} requests in "
                                                "flight", 1.0, {}))
         return Admission(key.id, window, reserve,
                          _headers(scopes.rpm, scopes.tpm, counted.requests, counted.tokens, retry), lease)
@@ -125,7 +125,9 @@ class Limiter:
                              .values(used=BUDGETS.c.used + change))
 
 
-class _OverBudgetError(Exception):
+class _RefusalError(Exception):
+    """A refusal found after the window was counted: raised so the transaction, count included, rolls back."""
+
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.reason)
         self.refusal = refusal
