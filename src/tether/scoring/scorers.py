@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tether.core.config import Config
 from tether.core.registry import Kind, Registry, kind_config
@@ -133,6 +133,17 @@ class RefusalConfig(ScorerConfig):
         "(default); prefix: the reply must open with one; anywhere")
     window: int = Field(300, ge=20, description="phrases tier: characters of the normalised reply the opening "
                         "match reads")
+
+    @model_validator(mode="after")
+    def _one_tiers_settings(self) -> RefusalConfig:
+        # A setting of the other tier would be silently ignored: a learned detector reads the phrases, window
+        # and match it was trained with (train one with --set phrases=[...] to change them).
+        other = {"learned": ("phrases", "match", "window"), "phrases": ("detector", "threshold")}[self.tier]
+        given = sorted(set(other) & self.model_fields_set)
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to the other tier than tier: {self.tier}; set tier: "
+                             f"{'phrases' if self.tier == 'learned' else 'learned'}, or leave them out")
+        return self
 
     def build(self) -> Scorer:
         """A :class:`RefusalScorer`."""

@@ -142,3 +142,13 @@ def test_the_refusal_scorer_gives_the_learned_probability():
     assert scores[0].value > 0.5 > scores[1].value
     strict = scorer_config({"kind": "refusal", "threshold": 0.999999}).build().score(samples)
     assert strict[1].flag is False
+
+
+def test_a_setting_of_the_other_tier_is_refused_not_ignored():
+    from tether.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="phrases apply to the other tier than tier: learned"):
+        scorer_config({"kind": "refusal", "phrases": ["no way"]})
+    with pytest.raises(ConfigError, match="threshold apply to the other tier than tier: phrases"):
+        scorer_config({"kind": "refusal", "tier": "phrases", "threshold": 0.3})
+    assert scorer_config({"kind": "refusal", "tier": "phrases", "window": 100}).window == 100
