@@ -1,10 +1,13 @@
 """Reward terms on hand-made completions: world gold and verifier, a generic verifier, a user's function,
 length, weighted sums."""
 
+import os
+import shutil
+
 import pytest
 
 from tether.core.errors import UserError
-from tether.scoring.rewards import Rewards, reward_config
+from tether.scoring.rewards import Rewards, extract_code, reward_config
 from tether.world.families import sample_items
 from tether.world.spec import WorldConfig, build_world
 
@@ -64,3 +67,25 @@ def test_function_reward_calls_a_users_function_as_trl_does():
 def test_a_reward_kind_that_does_not_exist_is_named_with_the_known_ones():
     with pytest.raises(UserError, match="unknown reward 'gold-ish'; known: .*length.*verifier"):
         reward_config({"kind": "gold-ish"})
+
+
+def test_extract_code_takes_the_last_fenced_block_or_the_whole_text():
+    assert extract_code("Here:\n```python\nx = 1\n```\nbetter:\n```\nx = 2\n```\n") == "x = 2\n"
+    assert extract_code("```py\ndef f():\n    return 3\n```") == "def f():\n    return 3\n"
+    assert extract_code("def f(): return 3") == "def f(): return 3"
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None and not os.environ.get("TETHER_REQUIRE_SANDBOX"),
+                    reason="bubblewrap (bwrap) is not installed")
+def test_code_tests_reward_runs_each_program_against_its_rows_tests_in_the_sandbox():
+    rewards = Rewards([reward_config({"kind": "code-tests", "sandbox": {"time_s": 5, "cpu_s": 1}})], max_tokens=64)
+    tests = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"
+    completions = ["Sure:\n```python\ndef add(a, b):\n    return a + b\n```",
+                   "```python\ndef add(a, b):\n    return a - b\n```",          # wrong: the assert fails
+                   "```python\ndef add(a, b):\n    while True:\n        pass\n```",  # never returns
+                   "def add(a, b): return a + b"]                                 # no fence: the whole text
+    total, terms = rewards(["p"] * 4, completions, [9] * 4, [{"tests": tests}] * 4)
+    assert total.tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert terms["reward/code-tests/killed"].tolist() == [0.0, 0.0, 1.0, 0.0]
+    with pytest.raises(UserError, match="prompt 'q9' has no 'tests' column"):
+        rewards(["p"], ["x"], [1], [{"id": "q9"}])

@@ -47,6 +47,13 @@ def serve(
                                                            "(repeatable)")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="server processes on this port, each with its "
                                          "own copy of the model; they share the store")] = 1,
+    code_tool: Annotated[bool, typer.Option("--code-tool", help="serve /v1/tools/code: Python run in a bubblewrap "
+                                            "sandbox (no network; bounded CPU, memory, processes, time) for keys "
+                                            "created with --tools code")] = False,
+    code_time_s: Annotated[float, typer.Option("--code-time-s", help="the code tool's wall-clock limit per run")
+                           ] = 10.0,
+    code_memory_mb: Annotated[int, typer.Option("--code-memory-mb", help="the code tool's memory per process, MiB")
+                              ] = 512,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API (/v1/chat/completions, streamed or not, /v1/completions,
     /v1/models) with keys, throttles, kill switches and an audit trail; every request needs an API key (tether
@@ -64,12 +71,14 @@ def serve(
 
     import uvicorn
 
+    from tether.core.sandbox import SandboxConfig
     from tether.serve.keys import KeyStore
     from tether.serve.server import ENV, ServeConfig, app_from_env, build
 
     cfg = ServeConfig(model=model, upstream_model=upstream_model, name=name, db=db, max_tokens=max_tokens,
                       max_tokens_limit=max_tokens_limit, max_batch=max_batch, fail_open=fail_open, guards=guards,
-                      block_input=block_input or [], block_output=block_output or [])
+                      block_input=block_input or [], block_output=block_output or [], code_tool=code_tool,
+                      sandbox=SandboxConfig(time_s=code_time_s, memory_mb=code_memory_mb))
     if not any(k.state() == "active" for k in KeyStore(db).list()):
         typer.echo(f"no active API key in {db}: every request will be refused (tether keys create NAME --db {db})")
     typer.echo(f"serving {cfg.name or model} on http://{host}:{port}/v1 ({workers} worker"
@@ -99,6 +108,9 @@ def create_key(
                                                "check this key (default: every guard)")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="may set and clear kill switches through the admin API")
                      ] = False,
+    tools: Annotated[str, typer.Option("--tools", help="comma-separated tools the key may call: code (a server "
+                                       "started with --code-tool runs its Python in the sandbox); none by default")
+                     ] = "",
     expires_days: Annotated[float | None, typer.Option("--expires-days", help="expire after this many days")] = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
@@ -106,11 +118,14 @@ def create_key(
 
     Example: tether keys create ci-bot --models world:base --max-tokens 128 --expires-days 30
     """
+    from tether.core.config import validate_config
     from tether.serve.keys import KeyStore, Scopes
 
-    scopes = Scopes(models=[m.strip() for m in models.split(",") if m.strip()], max_tokens=max_tokens, rpm=rpm,
-                    tpm=tpm, budget_tokens=budget, concurrent=concurrent, admin=admin,
-                    guards=None if guards is None else [g.strip() for g in guards.split(",") if g.strip()])
+    scopes = validate_config(Scopes, {
+        "models": [m.strip() for m in models.split(",") if m.strip()], "max_tokens": max_tokens, "rpm": rpm,
+        "tpm": tpm, "budget_tokens": budget, "concurrent": concurrent, "admin": admin,
+        "tools": [t.strip() for t in tools.split(",") if t.strip()],
+        "guards": None if guards is None else [g.strip() for g in guards.split(",") if g.strip()]}, where="options")
     key, secret = KeyStore(db).create(name, scopes, expires_in=None if expires_days is None else expires_days * 86400)
     typer.echo(f"{key.id}  {name}  {json.dumps(scopes.model_dump())}")
     typer.echo(f"secret (shown once): {secret}")

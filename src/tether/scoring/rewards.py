@@ -8,6 +8,8 @@ the built-in ones. Kinds here:
   directories), aggregated by ``mean``, ``min`` or ``mean - k*std``;
 - ``verifier``: 1 when the completion carries the prompt's reference answer (the row's ``answer``
   column), 0 otherwise: RLVR on any dataset with answers;
+- ``code-tests``: 1 when the completion's program passes the row's tests (``tests`` column) in the
+  sandbox (:mod:`tether.core.sandbox`): RLVR on code;
 - ``function``: a Python function ``module:name`` called as TRL calls reward functions,
   ``fn(prompts=..., completions=..., **columns) -> list[float]``;
 - ``length``: ``-coef * tokens / max_tokens``, a length penalty.
@@ -19,8 +21,10 @@ Elsewhere: ``attack`` (:mod:`tether.scoring.attack`: an attacker model's reward)
 from __future__ import annotations
 
 import importlib
+import re
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, Protocol
@@ -32,6 +36,7 @@ from torch import Tensor
 from tether.core.config import Config
 from tether.core.errors import ConfigError, UserError
 from tether.core.registry import Kind, Registry, kind_config
+from tether.core.sandbox import Sandbox, SandboxConfig
 from tether.data.records import Prompt
 from tether.scoring.scorers import VERIFY_MODES, VerifyMode, verify
 
@@ -194,6 +199,56 @@ class _Verifier:
                 raise UserError(f"reward verifier: prompt {meta.get('id', index)!r}: reference "
                                 f"{reference!r} is not a number (mode {self.cfg.mode})") from None
         return RewardOutput(torch.tensor(values), {})
+
+
+# --- code that passes tests ---------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def extract_code(text: str) -> str:
+    """The program in a completion: its last fenced code block (plain or marked ``python``), else the text."""
+    blocks = _FENCE.findall(text)
+    return blocks[-1] if blocks else text
+
+
+@REWARDS.register("code-tests")
+class CodeTestsRewardConfig(RewardConfig):
+    """1 when the completion's program passes the prompt row's tests, else 0: the program (its last fenced code
+    block) and the tests (Python, e.g. asserts) run together in the sandbox (:mod:`tether.core.sandbox`: no
+    network, bounded CPU, memory, processes and time), and pass when they exit 0 in time."""
+
+    kind: Literal["code-tests"] = "code-tests"
+    tests_key: str = Field("tests", description="the prompt row's column holding the tests (Python source)")
+    sandbox: SandboxConfig = Field(default_factory=lambda: SandboxConfig(time_s=10, cpu_s=5),
+                                   description="limits of each run")
+    parallel: int = Field(2, ge=1, description="runs at once")
+
+    def build(self) -> Reward:
+        """A code runner; checks the sandbox works here first (RLVR on code must not run unsandboxed)."""
+        sandbox = Sandbox(self.sandbox)
+        sandbox.check()
+        return _CodeTests(self, sandbox)
+
+
+class _CodeTests:
+    parts: tuple[str, ...] = ("killed",)  # the share of programs ended by the deadline or a limit's signal
+
+    def __init__(self, cfg: CodeTestsRewardConfig, sandbox: Sandbox) -> None:
+        self.cfg, self.sandbox = cfg, sandbox
+
+    def __call__(self, batch: Completions) -> RewardOutput:
+        programs = []
+        for index, (text, meta) in enumerate(zip(batch.texts, batch.metas, strict=True)):
+            tests = meta.get(self.cfg.tests_key)
+            if not isinstance(tests, str) or not tests.strip():
+                raise UserError(f"reward code-tests: prompt {meta.get('id', index)!r} has no {self.cfg.tests_key!r} "
+                                "column of tests (Python source) to run")
+            programs.append(f"{extract_code(text)}\n\n{tests}\n")
+        with ThreadPoolExecutor(self.cfg.parallel) as pool:
+            results = list(pool.map(self.sandbox.run, programs))
+        return RewardOutput(torch.tensor([float(r.ok) for r in results]),
+                            {"killed": torch.tensor([float(r.timed_out or r.signal is not None) for r in results])})
 
 
 # --- a user's function ----------------------------------------------------------------------------

@@ -13,6 +13,8 @@ finished reply in word-sized chunks, and a kill switch set meanwhile ends it wit
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import re
 import time
@@ -29,6 +31,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from tether.core.errors import UserError
+from tether.core.sandbox import Sandbox, SandboxUnavailableError
 from tether.models.generation import Completion, GenerationSettings
 from tether.serve.audit import AuditLog
 from tether.serve.batching import Backend, Served
@@ -124,12 +128,26 @@ class CompletionRequest(_Sampling):
     prompt: str
 
 
+class CodeRequest(BaseModel):
+    """``POST /v1/tools/code``: a Python program to run in the sandbox, with its stdin and files."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(max_length=200_000, description="Python source, run as /work/main.py")
+    stdin: str = Field("", max_length=1_000_000)
+    files: dict[str, str] = Field(default_factory=dict, max_length=64,
+                                  description="relative path -> text, beside main.py in /work")
+
+
 def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_tokens: int = 256,
-               max_tokens_limit: int = 4096, guards: Sequence[Guard] = ()) -> FastAPI:
+               max_tokens_limit: int = 4096, guards: Sequence[Guard] = (), sandbox: Sandbox | None = None,
+               sandbox_slots: int = 2) -> FastAPI:
     """The application serving ``generator`` as ``model``: ``default_max_tokens`` for a request that names
     none, ``max_tokens_limit`` the most any request may ask for, whatever its key allows; ``guards`` check
-    every conversation before the model and every reply before it is sent (:mod:`tether.serve.hooks`)."""
+    every conversation before the model and every reply before it is sent (:mod:`tether.serve.hooks`);
+    ``sandbox`` runs ``/v1/tools/code`` for keys whose scopes allow the ``code`` tool, ``sandbox_slots``
+    programs at once (None: the tool is off)."""
     app = FastAPI(title="tether serve", version="1")
+    slots = asyncio.Semaphore(sandbox_slots)
     created = int(time.time())
     metrics = _Metrics()
 
@@ -317,6 +335,51 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
 
         return await serve(request, body, body.max_tokens, body.prompt, [{"role": "user", "content": body.prompt}],
                            respond)
+
+    @app.post("/v1/tools/code")
+    async def run_code(body: CodeRequest, request: Request) -> JSONResponse:
+        """Run a Python program in the sandbox (no network; bounded CPU, memory, processes, time; a throwaway
+        directory); for keys with the ``code`` tool in their scopes. Counts against the key's requests per
+        minute and requests in flight; the kill switches stop it like a model call."""
+        start = time.perf_counter()
+        record: dict[str, Any] = {"endpoint": "/v1/tools/code", "key": None, "model": None, "tool": "code",
+                                  "code_sha256": hashlib.sha256(body.code.encode()).hexdigest()}
+        try:
+            key = await run_in_threadpool(authenticate, request)
+            record["key"] = key.id
+            if "code" not in key.scopes.tools:
+                raise APIError(403, f"API key {key.id} may not use the code tool", type_="permission_error",
+                               code="tool_not_allowed")
+            if sandbox is None:
+                raise APIError(404, "the code tool is off on this server (tether serve --code-tool)",
+                               code="tool_not_enabled")
+            await run_in_threadpool(check_kill, key)
+            admitted = await run_in_threadpool(gateway.limiter.admit, key, 0)
+            if isinstance(admitted, Refusal):
+                raise APIError(429, admitted.reason, type_="rate_limit_error", code="rate_limited",
+                               headers={"Retry-After": str(max(1, round(admitted.retry_after))), **admitted.headers})
+            try:
+                async with slots:
+                    result = await run_in_threadpool(sandbox.run, body.code, stdin=body.stdin, files=body.files)
+            except UserError as exc:  # a file name that leaves /work; or the sandbox cannot isolate here
+                status = 503 if isinstance(exc, SandboxUnavailableError) else 400
+                raise APIError(status, str(exc), code="sandbox_unavailable" if status == 503 else "invalid_file"
+                               ) from None
+            finally:
+                await run_in_threadpool(gateway.limiter.release, admitted)
+        except APIError as error:
+            record |= {"status": error.status, "decision": error.code,
+                       "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
+            await run_in_threadpool(gateway.audit.append, record)
+            metrics.observe("/v1/tools/code", error.status, str(error.code), time.perf_counter() - start, None, 0, 0)
+            raise
+        record |= {"status": 200, "decision": "ran", "exit_code": result.exit_code, "signal": result.signal,
+                   "timed_out": result.timed_out, "run_ms": round(1000 * result.seconds, 3),
+                   "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
+        seq = await run_in_threadpool(gateway.audit.append, record)
+        metrics.observe("/v1/tools/code", 200, "ran", time.perf_counter() - start, None, 0, 0)
+        return JSONResponse({"object": "tool.result", "tool": "code", **result.as_dict()},
+                            headers={**admitted.headers, "x-tether-audit-seq": str(seq)})
 
     @app.post("/admin/kill")
     async def admin_kill(body: KillRequest, request: Request) -> dict[str, str]:

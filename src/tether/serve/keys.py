@@ -11,7 +11,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import Field
@@ -32,6 +32,8 @@ class Scopes(Config):
     concurrent: int | None = Field(None, ge=1, description="requests in flight at once, across every server")
     guards: list[str] | None = Field(None, description="names of the server's guards that check this key's requests "
                                      "(None: every guard; [] none)")
+    tools: list[Literal["code"]] = Field(default_factory=list, description="tools the key may call: code (run "
+                                         "Python in the sandbox, /v1/tools/code); none by default")
     admin: bool = Field(False, description="may set and clear kill switches through the admin API")
 
     def allows_model(self, model: str) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field
 
 from tether.core.config import Config
+from tether.core.sandbox import Sandbox, SandboxConfig
 from tether.serve.store import DEFAULT_DB
 
 ENV = "TETHER_SERVE_CONFIG"
@@ -30,6 +31,9 @@ class ServeConfig(Config):
     guards: str | None = Field(None, description="YAML file: a list of guards")
     block_input: list[str] = Field(default_factory=list, description="regexes that block a request")
     block_output: list[str] = Field(default_factory=list, description="regexes that cut a reply")
+    code_tool: bool = Field(False, description="serve /v1/tools/code (Python in the sandbox) to keys allowed it")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="the code tool's limits per run")
+    sandbox_slots: int = Field(2, ge=1, description="programs the code tool runs at once (others wait)")
 
 
 def build(cfg: ServeConfig) -> tuple[Any, Any]:
@@ -41,6 +45,9 @@ def build(cfg: ServeConfig) -> tuple[Any, Any]:
     from tether.serve.upstream import UpstreamBackend
 
     guards = load_guards(cfg.guards, cfg.block_input, cfg.block_output)
+    sandbox = Sandbox(cfg.sandbox) if cfg.code_tool else None
+    if sandbox is not None:
+        sandbox.check()  # at start-up: a server that offers the tool must be able to isolate it
     gateway = Gateway.open(cfg.db, fail_closed=not cfg.fail_open)
     generator: Backend
     if is_endpoint(cfg.model):
@@ -48,7 +55,8 @@ def build(cfg: ServeConfig) -> tuple[Any, Any]:
     else:
         generator = BatchingGenerator(target_generator(cfg.model), max_batch=cfg.max_batch)
     app = create_app(generator, gateway, cfg.name or cfg.model, default_max_tokens=cfg.max_tokens,
-                     max_tokens_limit=cfg.max_tokens_limit, guards=guards)
+                     max_tokens_limit=cfg.max_tokens_limit, guards=guards, sandbox=sandbox,
+                     sandbox_slots=cfg.sandbox_slots)
     app.router.on_shutdown.append(generator.close)
     return app, generator
 
