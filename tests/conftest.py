@@ -112,6 +112,22 @@ class ChatEndpoint:
                     self.send_response(500)
                     self.end_headers()
                     return
+                if body.get("stream"):  # server-sent events, a frame per word, usage last when asked for
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    words = text.split(" ")
+                    for i, word in enumerate(words):
+                        delta = {"content": word + (" " if i < len(words) - 1 else "")}
+                        self.wfile.write(f"data: {json.dumps({'choices': [{'delta': delta}]})}\n\n".encode())
+                    done = {"choices": [{"delta": {}, "finish_reason": "stop"}]}
+                    self.wfile.write(f"data: {json.dumps(done)}\n\n".encode())
+                    if (body.get("stream_options") or {}).get("include_usage"):
+                        usage = {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)}
+                        self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    return
                 payload = {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
                 data = json.dumps(payload).encode()
                 self.send_response(200)

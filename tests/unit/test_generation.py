@@ -187,3 +187,15 @@ def test_inverse_cdf_sampling_draws_the_distribution_and_never_a_cut_token():
     one_hot = torch.zeros(3, 7)
     one_hot[torch.arange(3), torch.tensor([6, 0, 3])] = 1.0
     assert inverse_cdf_sample(one_hot, g).tolist() == [6, 0, 3]
+
+
+@pytest.mark.parametrize("backend", ["sampler", "hf-generate"])
+def test_on_token_reports_each_prompts_tokens_in_order_under_its_own_index(tiny_llama, tokenizer, backend):
+    gen = HFGenerator(tiny_llama, tokenizer)
+    # Prompts of different lengths are reordered and batched by length: indices must still be the caller's.
+    prompts = ["a much longer prompt than the others", "hi", [{"role": "user", "content": "hello"}]]
+    settings = GenerationSettings(max_new_tokens=9, temperature=1.0, seed=3, batch_size=2, backend=backend)
+    reported: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    completions = gen.generate(prompts, settings, on_token=lambda i, token: reported[i].append(token))
+    assert [reported[i] for i in range(3)] == [c.token_ids for c in completions]
+    assert [c.token_ids for c in gen.generate(prompts, settings)] == [c.token_ids for c in completions]

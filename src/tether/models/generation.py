@@ -20,7 +20,8 @@ trainer recomputes; the same choice vLLM makes by default.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -202,12 +203,15 @@ class HFGenerator:
         return encode_prompts(self.tokenizer, prompts)
 
     def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings, *,
-                 seeds: Sequence[int] | None = None) -> list[Completion]:
+                 seeds: Sequence[int] | None = None, on_token: Callable[[int, int], None] | None = None,
+                 ) -> list[Completion]:
         """Complete every prompt, batching prompts of similar length together.
 
         ``seeds``: one seed per prompt (``sampler`` backend): each completion then depends only on
         its prompt and its seed, not on batching, so RL rollouts split over processes are the
         rollouts one process would draw. Without it one stream seeded by ``settings.seed`` serves the batch.
+        ``on_token(prompt_index, token_id)``: called with each token as it is sampled (``sampler``
+        backend; the ``hf`` backend calls it for a prompt's tokens once its batch is done), for streaming.
         """
         if settings.backend == "vllm":
             raise ConfigError("generation.backend=vllm serves the RL recipes' rollouts (train grpo / ppo / rloo; "
@@ -223,11 +227,16 @@ class HFGenerator:
         try:
             for start in range(0, len(order), settings.batch_size):
                 batch = order[start:start + settings.batch_size]
+                report = None if on_token is None else functools.partial(_report, on_token, batch)
                 if settings.backend == "sampler":
                     done = self._sample([encoded[i] for i in batch], settings, generator,
-                                        None if seeds is None else [seeds[i] for i in batch])
+                                        None if seeds is None else [seeds[i] for i in batch], report)
                 else:
                     done = self._hf_generate([encoded[i] for i in batch], settings, generator)
+                    if report is not None:
+                        for row, completion in enumerate(done):
+                            for token in completion.token_ids:
+                                report(row, token)
                 for i, completion in zip(batch, done, strict=True):
                     results[i] = completion
         finally:
@@ -281,7 +290,8 @@ class HFGenerator:
 
     @torch.inference_mode()
     def _sample(self, batch: list[list[int]], settings: GenerationSettings, generator: torch.Generator,
-                seeds: list[int] | None = None) -> list[Completion]:
+                seeds: list[int] | None = None, report: Callable[[int, int], None] | None = None,
+                ) -> list[Completion]:
         size, mode = len(batch), self._decoding(settings)
         # A static cache's length is a shape of its graph: round prompt widths up so that a few
         # lengths (and graphs) serve every batch.
@@ -321,6 +331,10 @@ class HFGenerator:
                       else pick_tokens_per_row(logits, settings, noise.next()))  # (B,)
             chosen = torch.where(finished, self.pad_id, chosen)
             tokens[:, step] = chosen
+            if report is not None:  # streaming: a host read per step, paid only when someone listens
+                for row, token in zip((~finished).nonzero().flatten().tolist(),
+                                      chosen[~finished].tolist(), strict=True):
+                    report(row, token)
             log_p = torch.log_softmax(logits.float(), -1)
             logprobs[:, step] = log_p.gather(-1, chosen[:, None]).squeeze(-1)
             entropies[:, step] = -(log_p.exp() * log_p.nan_to_num(neginf=0.0)).sum(-1)
@@ -403,6 +417,10 @@ class HFGenerator:
             text = text[:cut]
         return Completion(text=text, token_ids=ids, logprobs=logps, finish_reason=reason,  # type: ignore[arg-type]
                           entropies=entropies)
+
+
+def _report(on_token: Callable[[int, int], None], batch: list[int], row: int, token: int) -> None:
+    on_token(batch[row], token)  # a batch row's token, reported under its prompt's index
 
 
 def _distinct_rows(batch: Sequence[Sequence[int]]) -> tuple[list[int], list[int]]:

@@ -1,14 +1,15 @@
 """The OpenAI-compatible application: ``/v1/models``, ``/v1/chat/completions`` (streamed over SSE or
-not) and ``/v1/completions``, behind API keys and their scopes; every error in OpenAI's shape
-(``{"error": {"message", "type", "param", "code"}}``), so the official clients raise their own
-exception classes for it.
+not), ``/v1/completions`` and ``/v1/tools/code``, behind API keys and their scopes; every error in
+OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``), so the official clients raise their
+own exception classes for it.
 
 Every request passes, in order: its key (401), its scopes (403/404), the kill switches (503), the input
 guards (400), the throttles (429 with ``Retry-After``); the model; the output guards (a blocked reply is
 cut or emptied, ``finish_reason: content_filter``); the kill switches again (a reply not yet sent is
 withheld); then its audit row is committed and only then is the reply sent. Refused requests are
-audited too. The in-process model completes a request before it is streamed: the stream carries the
-finished reply in word-sized chunks, and a kill switch set meanwhile ends it with an error frame.
+audited too. A streamed reply is sent as the model produces it, through the output guards on the stream
+(:class:`tether.serve.hooks.OutputStream`); its audit row is committed before the first byte and a
+second row says how it ended; a kill switch set meanwhile ends it with an error frame.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,7 +36,7 @@ from tether.core.sandbox import Sandbox, SandboxUnavailableError
 from tether.models.generation import Completion, GenerationSettings
 from tether.serve.audit import AuditLog
 from tether.serve.batching import Backend, Served
-from tether.serve.hooks import Guard
+from tether.serve.hooks import Guard, OutputStream
 from tether.serve.keys import ApiKey, KeyStore
 from tether.serve.kill import KillSwitches
 from tether.serve.limits import Admission, Limiter, Refusal
@@ -214,7 +214,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
             raise APIError(503, why, type_="service_unavailable", code="killed")
 
     async def serve(request: Request, body: _Sampling, asked: int | None, prompt: Any, messages: list[dict[str, str]],
-                    respond: Callable[[str, str, Served, Admission], Any]) -> Any:
+                    frames: _Frames) -> Any:
         start = time.perf_counter()
         prompt_text = "".join(m["content"] for m in messages)
         record: dict[str, Any] = {"endpoint": request.url.path, "model": body.model, "key": None,
@@ -232,13 +232,15 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                     raise APIError(400, f"the request was blocked by the {verdict.guard} guard: {verdict.reason}",
                                    code="content_filter")
             # Reserve the most the request can use: the reply's max_tokens and the prompt's length, counted with
-            # the model's tokenizer (estimated at 1 token a character where the model has none). Settled below.
+            # the model's tokenizer (estimated at 1 token a character where the model has none). Settled after.
             counted = await run_in_threadpool(generator.count_tokens, prompt)
             reserve = settings.max_new_tokens + (counted if counted is not None else len(prompt_text))
             admitted = await run_in_threadpool(gateway.limiter.admit, key, reserve)
             if isinstance(admitted, Refusal):
                 raise APIError(429, admitted.reason, type_="rate_limit_error", code="rate_limited",
                                headers={"Retry-After": str(max(1, round(admitted.retry_after))), **admitted.headers})
+            if body.stream:
+                return await stream(key, settings, prompt, mine, admitted, record, start, frames)
             model_start = time.perf_counter()
             try:
                 served = await complete(prompt, settings)
@@ -253,7 +255,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
             await run_in_threadpool(gateway.limiter.settle, admitted, used,
                                     budget=key.scopes.budget_tokens is not None)
             text, reason = served.completion.text, _finish(served.completion)
-            for guard in mine:  # on the whole reply, before any of it is sent, streamed or not
+            for guard in mine:  # on the whole reply, before any of it is sent
                 verdict = await run_in_threadpool(guard.check_output, text)
                 record["guards"].append({"on": "output", **verdict.as_dict()})
                 if not verdict.allowed:
@@ -275,20 +277,118 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         record["audit_seq"] = await run_in_threadpool(gateway.audit.append, record)
         metrics.observe(request.url.path, 200, "answered", total, total - model_s, served.prompt_tokens,
                         served.completion_tokens)
-        response = respond(text, reason, served, admitted)
         headers = {**admitted.headers, "x-tether-overhead-ms": f"{1000 * (total - model_s):.2f}",
                    "x-tether-audit-seq": str(record["audit_seq"])}
-        if isinstance(response, StreamingResponse):
-            response.headers.update(headers)
-            return response
-        return JSONResponse(response, headers=headers)
+        return JSONResponse(frames.whole(text, reason, usage(served)), headers=headers)
+
+    async def stream(key: ApiKey, settings: GenerationSettings, prompt: Any, mine: list[Guard], admitted: Admission,
+                     record: dict[str, Any], start: float, frames: _Frames) -> StreamingResponse:
+        """A streamed reply: sent as the model produces it, through the output guards (OutputStream)."""
+        budget = key.scopes.budget_tokens is not None
+        source = generator.stream(prompt, settings)
+        model_start = time.perf_counter()
+        try:
+            first = await anext(source)  # a model that fails at once gets an HTTP error, not a broken stream
+        except Exception as exc:
+            await run_in_threadpool(gateway.limiter.settle, admitted, 0, budget=budget)
+            await run_in_threadpool(gateway.limiter.release, admitted)
+            raise _model_error(exc) from None
+        # The request's row is committed before the first byte; a second row, joined by request_id, says
+        # how the stream ended (a server killed meanwhile leaves the first).
+        request_id = uuid.uuid4().hex
+        record |= {"status": 200, "decision": "streaming", "request_id": request_id,
+                   "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
+        seq = await run_in_threadpool(gateway.audit.append, record)
+        checker = OutputStream(mine, holdback=max((len(s) for s in settings.stop), default=1) - 1)
+        end: dict[str, Any] = {"endpoint": record["endpoint"], "model": record["model"], "key": key.id,
+                               "request_id": request_id, "status": 200, "decision": "client_closed"}
+
+        pump = _Pump(first, source)
+
+        async def events() -> AsyncIterator[str]:
+            text, closed, next_kill_check = "", False, 0.0
+            try:
+                yield frames.opening()
+                while True:
+                    # Waiting at most 0.1 s for the model, so a switch is seen even while it produces nothing.
+                    item = await pump.next(timeout=0.1)
+                    if time.monotonic() >= next_kill_check:  # a switch is read at most every 50 ms per stream
+                        next_kill_check = time.monotonic() + 0.05
+                        why = await run_in_threadpool(gateway.kills.blocked, model, key.id)
+                        if why:
+                            end["decision"] = "killed"
+                            yield _error_frame(APIError(503, why, type_="service_unavailable", code="killed"))
+                            return
+                    if item is None:
+                        continue
+                    if isinstance(item, Exception):
+                        raise item
+                    if isinstance(item, Served):
+                        break
+                    text += item
+                    piece = checker.feed(text)
+                    if piece:
+                        yield frames.piece(piece)
+                    if checker.blocked is not None:
+                        break
+                served = item if isinstance(item, Served) else None
+                rest = "" if served is None else checker.finish(served.completion.text)
+                why = await run_in_threadpool(gateway.kills.blocked, model, key.id)
+                if why:
+                    end["decision"] = "killed"
+                    yield _error_frame(APIError(503, why, type_="service_unavailable", code="killed"))
+                    return
+                if rest:
+                    yield frames.piece(rest)
+                blocked = checker.blocked is not None
+                reason = "content_filter" if blocked or served is None else _finish(served.completion)
+                end["decision"], end["finish_reason"] = ("content_filter" if blocked else "answered"), reason
+                if served is not None:  # the model is done: the closing row is committed before the last frame
+                    closed = True
+                    await close(pump, checker, admitted, budget, end, start, model_start)
+                yield frames.closing(reason)
+                yield "data: [DONE]\n\n"
+            except Exception as exc:  # the model failed mid-stream: an OpenAI-shaped error frame ends it
+                end["decision"] = "model_error"
+                yield _error_frame(_model_error(exc))
+            finally:
+                # Otherwise (a guard or a switch ended it while the model generates, the model failed, the client
+                # went away and this generator is being cancelled) a task settles, releases and writes the row.
+                if not closed:
+                    task = asyncio.get_running_loop().create_task(
+                        close(pump, checker, admitted, budget, end, start, model_start))
+                    closing.add(task)
+                    task.add_done_callback(closing.discard)
+
+        response = StreamingResponse(events(), media_type="text/event-stream")
+        response.headers.update({**admitted.headers, "x-tether-audit-seq": str(seq),
+                                 "x-tether-overhead-ms": f"{1000 * (model_start - start):.2f}"})
+        return response
+
+    async def close(pump: _Pump, checker: OutputStream, admitted: Admission, budget: bool, end: dict[str, Any],
+                    start: float, model_start: float) -> None:
+        served = await pump.done  # a stream ended early still counts the tokens the model went on to make
+        used = 0 if served is None else served.prompt_tokens + served.completion_tokens
+        try:
+            await run_in_threadpool(gateway.limiter.settle, admitted, used, budget=budget)
+        finally:
+            await run_in_threadpool(gateway.limiter.release, admitted)
+        end |= {"latency_ms": round(1000 * (time.perf_counter() - start), 3), "sent_chars": len(checker.sent),
+                "guards": [{"on": "output", **v.as_dict()} for v in checker.verdicts],
+                "stream_checks": checker.checks, "exposed_chars": checker.exposed, "diverged": checker.diverged}
+        if served is not None:
+            end |= {"prompt_tokens": served.prompt_tokens, "completion_tokens": served.completion_tokens}
+        await run_in_threadpool(gateway.audit.append, end)
+        metrics.observe(end["endpoint"], 200, end["decision"], time.perf_counter() - start,
+                        model_start - start, end.get("prompt_tokens", 0), end.get("completion_tokens", 0))
+
+    closing: set[asyncio.Task[None]] = set()  # streams' closing work in progress (kept from garbage collection)
 
     async def complete(prompt: Any, settings: GenerationSettings) -> Served:
         try:
             served = await generator.complete(prompt, settings)
         except Exception as exc:  # the model raised: the client gets why, in OpenAI's shape, not a bare 500
-            raise APIError(502, f"the model failed: {type(exc).__name__}: {str(exc)[:200]}", type_="api_error",
-                           code="model_error") from None
+            raise _model_error(exc) from None
         if served.completion.finish_reason == "error":
             raise APIError(502, f"the model failed: {served.completion.error or 'no completion'}", type_="api_error",
                            code="upstream_error")
@@ -297,9 +397,6 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
     def usage(served: Served) -> dict[str, int]:
         return {"prompt_tokens": served.prompt_tokens, "completion_tokens": served.completion_tokens,
                 "total_tokens": served.prompt_tokens + served.completion_tokens}
-
-    def still_allowed(key_id: str | None) -> Callable[[], str | None]:
-        return lambda: gateway.kills.blocked(model, key_id)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
@@ -311,30 +408,13 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatRequest, request: Request) -> Any:
         prompt = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-
-        def respond(text: str, reason: str, served: Served, admitted: Admission) -> Any:
-            ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-            if body.stream:
-                return _sse(_chat_chunks(ident, now, model, text, reason), still_allowed(admitted.key_id))
-            return {"id": ident, "object": "chat.completion", "created": now, "model": model,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": reason, "logprobs": None}],
-                    "usage": usage(served)}
-
-        return await serve(request, body, body.max_completion_tokens or body.max_tokens, prompt, prompt, respond)
+        return await serve(request, body, body.max_completion_tokens or body.max_tokens, prompt, prompt,
+                           _Frames("chat", model))
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        def respond(text: str, reason: str, served: Served, admitted: Admission) -> Any:
-            ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-            if body.stream:
-                return _sse(_text_chunks(ident, now, model, text, reason), still_allowed(admitted.key_id))
-            return {"id": ident, "object": "text_completion", "created": now, "model": model,
-                    "choices": [{"index": 0, "text": text, "finish_reason": reason, "logprobs": None}],
-                    "usage": usage(served)}
-
         return await serve(request, body, body.max_tokens, body.prompt, [{"role": "user", "content": body.prompt}],
-                           respond)
+                           _Frames("text", model))
 
     @app.post("/v1/tools/code")
     async def run_code(body: CodeRequest, request: Request) -> JSONResponse:
@@ -469,37 +549,85 @@ def _finish(completion: Completion) -> str:
     return "length" if completion.finish_reason == "length" else "stop"
 
 
-def _pieces(text: str) -> list[str]:
-    return re.findall(r"\s*\S+", text) + ([text[len(text.rstrip()):]] if text != text.rstrip() else [])
+def _model_error(exc: Exception) -> APIError:
+    return APIError(502, f"the model failed: {type(exc).__name__}: {str(exc)[:200]}", type_="api_error",
+                    code="model_error")
 
 
-async def _chat_chunks(ident: str, created: int, model: str, text: str, reason: str) -> AsyncIterator[dict[str, Any]]:
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
-
-    yield chunk({"role": "assistant", "content": ""})
-    for piece in _pieces(text):
-        yield chunk({"content": piece})
-    yield chunk({}, reason)
+def _error_frame(error: APIError) -> str:
+    return f"data: {json.dumps(error.body())}\n\n"
 
 
-async def _text_chunks(ident: str, created: int, model: str, text: str, reason: str) -> AsyncIterator[dict[str, Any]]:
-    for piece in _pieces(text):
-        yield {"id": ident, "object": "text_completion", "created": created, "model": model,
-               "choices": [{"index": 0, "text": piece, "finish_reason": None, "logprobs": None}]}
-    yield {"id": ident, "object": "text_completion", "created": created, "model": model,
-           "choices": [{"index": 0, "text": "", "finish_reason": reason, "logprobs": None}]}
+class _Pump:
+    """A backend's stream read into a queue by a task of its own: the reader can wait with a timeout (and look at
+    the kill switches meanwhile) and can stop early, while the rest is still read for its token counts."""
+
+    def __init__(self, first: str | Served, source: AsyncIterator[str | Served]) -> None:
+        self.queue: asyncio.Queue[str | Served | Exception] = asyncio.Queue()
+        self.done: asyncio.Future[Served | None] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(first)
+        if isinstance(first, Served):
+            self.done.set_result(first)
+            return
+        self.task = asyncio.get_running_loop().create_task(self._read(source))
+
+    async def _read(self, source: AsyncIterator[str | Served]) -> None:
+        try:
+            async for item in source:
+                self.queue.put_nowait(item)
+                if isinstance(item, Served):
+                    self.done.set_result(item)
+        except Exception as exc:
+            self.queue.put_nowait(exc)
+        finally:
+            if not self.done.done():
+                self.done.set_result(None)
+
+    async def next(self, timeout: float) -> str | Served | Exception | None:
+        """The next item, or None when none came within ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
 
 
-def _sse(chunks: AsyncIterator[dict[str, Any]], blocked: Callable[[], str | None]) -> StreamingResponse:
-    async def events() -> AsyncIterator[str]:
-        async for chunk in chunks:
-            why = await run_in_threadpool(blocked)
-            if why:  # killed mid-stream: an OpenAI-shaped error frame ends it
-                yield f"data: {json.dumps(APIError(503, why, type_='service_unavailable', code='killed').body())}\n\n"
-                return
-            yield f"data: {json.dumps(chunk)}\n\n"
-        yield "data: [DONE]\n\n"
+class _Frames:
+    """A reply in OpenAI's shapes: whole (``chat.completion``, ``text_completion``) or as server-sent events
+    (``chat.completion.chunk`` frames; ``text_completion`` frames)."""
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    def __init__(self, kind: Literal["chat", "text"], model: str) -> None:
+        self.kind, self.model = kind, model
+        self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def whole(self, text: str, reason: str, usage: dict[str, int]) -> dict[str, Any]:
+        """The reply in one body."""
+        if self.kind == "chat":
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
+            kind = "chat.completion"
+        else:
+            choice, kind = {"index": 0, "text": text}, "text_completion"
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "choices": [{**choice, "finish_reason": reason, "logprobs": None}], "usage": usage}
+
+    def opening(self) -> str:
+        """The first frame (chat: the assistant's role)."""
+        return self._frame({"role": "assistant", "content": ""}, None) if self.kind == "chat" else ""
+
+    def piece(self, text: str) -> str:
+        """A frame carrying ``text``."""
+        return self._frame({"content": text} if self.kind == "chat" else text, None)
+
+    def closing(self, reason: str) -> str:
+        """The frame carrying the finish reason."""
+        return self._frame({} if self.kind == "chat" else "", reason)
+
+    def _frame(self, delta: dict[str, Any] | str, finish: str | None) -> str:
+        if self.kind == "chat":
+            choice: dict[str, Any] = {"index": 0, "delta": delta}
+            kind = "chat.completion.chunk"
+        else:
+            choice, kind = {"index": 0, "text": delta}, "text_completion"
+        chunk = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                 "choices": [{**choice, "finish_reason": finish, "logprobs": None}]}
+        return f"data: {json.dumps(chunk)}\n\n"

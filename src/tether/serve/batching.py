@@ -1,21 +1,24 @@
-"""Concurrent requests share ``generate`` calls.
+"""Concurrent requests share ``generate`` calls, and streamed requests get their text as it is sampled.
 
 One worker thread owns the model. It takes the requests waiting (after a short window for more to
 arrive, up to ``max_batch``), groups those with the same generation settings, and completes each group
 with one ``generate`` call: the batched sampler then serves them together instead of one after another.
+A streamed request's tokens are decoded on the worker as they are sampled and handed to the event loop
+piece by piece; a generator that cannot report tokens as it goes streams its whole reply at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from tether.data.records import Prompt
 from tether.models.generation import Completion, GenerationSettings, Generator
@@ -44,9 +47,33 @@ class Backend(Protocol):
         """The model's reply."""
         ...
 
+    def stream(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str | Served]:
+        """The model's reply as it is produced: pieces of text, then the whole reply as :class:`Served` (its
+        text is the reply; the pieces are its prefix as far as they go)."""
+        ...
+
     def close(self) -> None:
         """Release what the backend holds."""
         ...
+
+
+class IncrementalDecoder:
+    """Text of a growing token sequence, piece by piece: a piece is held while the text ends inside a character
+    (a byte-level token that is half of one decodes to U+FFFD) and never rewrites what was given."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.text = tokenizer, ""
+        self.ids: list[int] = []
+
+    def push(self, token: int) -> str:
+        """The text ``token`` adds ('' for now when it ends mid-character, or when the decoding of the whole
+        changed earlier text, which a tokenizer's clean-up of spaces can do: the final reply then settles it)."""
+        self.ids.append(token)
+        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        if text.endswith("\ufffd") or not text.startswith(self.text):
+            return ""
+        piece, self.text = text[len(self.text):], text
+        return piece
 
 
 @dataclass
@@ -54,6 +81,8 @@ class _Request:
     prompt: Prompt
     settings: GenerationSettings
     future: Future[Served] = field(default_factory=Future)
+    pieces: Callable[[str], None] | None = None  # a streamed request: called on the worker with each piece
+    decoder: IncrementalDecoder | None = None
 
 
 class BatchingGenerator:
@@ -81,6 +110,21 @@ class BatchingGenerator:
     async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Served:
         """``prompt``'s completion, awaited (the worker batches it with the requests around it)."""
         return await asyncio.wrap_future(self.submit(prompt, settings))
+
+    async def stream(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str | Served]:
+        """``prompt``'s completion as it is sampled: pieces of text, then the :class:`Served` reply."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        def hand_over(piece: str) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        request = _Request(prompt, settings, pieces=hand_over)
+        # Pieces and the end are queued from the worker in the order they happen.
+        request.future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
+        self._queue.put(request)
+        while (piece := await pieces.get()) is not None:
+            yield piece
+        yield request.future.result()  # the model's error, if it failed, raises here
 
     def count_tokens(self, prompt: Prompt) -> int | None:
         """``prompt``'s length in tokens as the model will see it (None: this generator has no tokenizer)."""
@@ -129,7 +173,14 @@ class BatchingGenerator:
         prompts = [r.prompt for r in requests]
         try:
             self.calls += 1
-            completions = self.generator.generate(prompts, requests[0].settings)
+            streamed = [r for r in requests if r.pieces is not None]
+            if streamed and self._reports_tokens():
+                for r in streamed:
+                    r.decoder = IncrementalDecoder(self.generator.tokenizer)  # type: ignore[attr-defined]
+                completions = self.generator.generate(prompts, requests[0].settings,  # type: ignore[call-arg]
+                                                      on_token=lambda i, token: self._piece(requests[i], token))
+            else:
+                completions = self.generator.generate(prompts, requests[0].settings)
             # Counted here, on the worker: a fast tokenizer must not be used from two threads at once.
             encode = getattr(self.generator, "encode", None)
             lengths = [len(ids) for ids in encode(prompts)] if encode else [0] * len(prompts)
@@ -140,3 +191,19 @@ class BatchingGenerator:
         self.served += len(requests)
         for r, completion, length in zip(requests, completions, lengths, strict=True):
             r.future.set_result(Served(completion, length, len(completion.token_ids)))
+
+    def _reports_tokens(self) -> bool:
+        # A generator streams when its generate() takes on_token and it has a tokenizer to decode with.
+        try:
+            takes = "on_token" in inspect.signature(self.generator.generate).parameters
+        except (TypeError, ValueError):
+            return False
+        return takes and getattr(self.generator, "tokenizer", None) is not None
+
+    @staticmethod
+    def _piece(request: _Request, token: int) -> None:
+        if request.pieces is None or request.decoder is None:
+            return  # a request of the batch that is not streamed
+        piece = request.decoder.push(token)
+        if piece:
+            request.pieces(piece)

@@ -1,10 +1,14 @@
 """An upstream OpenAI-compatible server as the gateway's backend: each request forwarded at once, over
 pooled connections, without the batching an in-process model needs (the upstream batches for itself);
-token counts from the upstream's ``usage``."""
+token counts from the upstream's ``usage``. A streamed request is streamed from the upstream too
+(``stream_options.include_usage`` asks for its token counts; an upstream that sends none counts 0)."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
@@ -32,16 +36,21 @@ class UpstreamBackend:
         """Unknown before the call (the gateway then reserves one token per character of the prompt)."""
         return None
 
-    async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Served:
-        """The upstream's reply."""
-        body: dict[str, object] = {"model": self.model, "max_tokens": settings.max_new_tokens,
-                                   "temperature": settings.temperature, "top_p": settings.top_p,
-                                   "seed": settings.seed, **({"stop": settings.stop} if settings.stop else {})}
+    def _request(self, prompt: Prompt, settings: GenerationSettings) -> tuple[str, dict[str, Any]]:
+        body: dict[str, Any] = {"model": self.model, "max_tokens": settings.max_new_tokens,
+                                "temperature": settings.temperature, "top_p": settings.top_p,
+                                "seed": settings.seed, **({"stop": settings.stop} if settings.stop else {})}
         chat = isinstance(prompt, list)
         body["messages" if chat else "prompt"] = prompt
+        return f"{self.url}/{'chat/completions' if chat else 'completions'}", body
+
+    async def complete(self, prompt: Prompt, settings: GenerationSettings) -> Served:
+        """The upstream's reply."""
+        url, body = self._request(prompt, settings)
+        chat = "messages" in body
         self.calls += 1
         try:
-            reply = await self.client.post(f"{self.url}/{'chat/completions' if chat else 'completions'}", json=body)
+            reply = await self.client.post(url, json=body)
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{type(exc).__name__} from {self.url}") from None
         if reply.status_code != 200:
@@ -56,6 +65,44 @@ class UpstreamBackend:
         return Served(Completion(text or "", [], finish_reason="length" if choice.get("finish_reason") == "length"
                                  else "stop"), int(usage.get("prompt_tokens") or 0),
                       int(usage.get("completion_tokens") or 0))
+
+    async def stream(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str | Served]:
+        """The upstream's reply streamed: its pieces as they arrive, then the whole as :class:`Served`."""
+        url, body = self._request(prompt, settings)
+        chat = "messages" in body
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
+        self.calls += 1
+        text, ended_by_length = "", False
+        usage: dict[str, Any] = {}
+        try:
+            async with self.client.stream("POST", url, json=body) as reply:
+                if reply.status_code != 200:
+                    raise UpstreamError(f"HTTP {reply.status_code} from {self.url}: "
+                                        f"{(await reply.aread()).decode(errors='replace')[:200]}")
+                async for line in reply.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators, comments, event names
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        raise UpstreamError(f"{self.url} streamed a frame that is not JSON: {data[:200]}") from None
+                    if "error" in chunk:
+                        raise UpstreamError(f"{self.url} streamed an error: {str(chunk['error'])[:200]}")
+                    usage = chunk.get("usage") or usage
+                    for choice in chunk.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                        if piece:
+                            text += piece
+                            yield piece
+                        ended_by_length = ended_by_length or choice.get("finish_reason") == "length"
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{type(exc).__name__} from {self.url}") from None
+        yield Served(Completion(text, [], finish_reason="length" if ended_by_length else "stop"),
+                     int(usage.get("prompt_tokens") or 0),
+                     int(usage.get("completion_tokens") or 0))
 
     def close(self) -> None:
         """Nothing to wait for: connections close with the process."""
