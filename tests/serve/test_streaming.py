@@ -7,11 +7,11 @@ import threading
 import time
 
 import pytest
+from tests.serve.test_gateway import _serving
 
 from tether.models.generation import Completion
 from tether.serve.batching import IncrementalDecoder
 from tether.serve.hooks import OutputStream, RegexGuardConfig, longest_match
-from tests.serve.test_gateway import _serving
 
 
 def _guard(*patterns, window=256, on_output="cut"):

@@ -36,6 +36,7 @@ from tether.core.sandbox import Sandbox, SandboxUnavailableError
 from tether.models.generation import Completion, GenerationSettings
 from tether.serve.audit import AuditLog
 from tether.serve.batching import Backend, Served
+from tether.serve.commits import GroupCommit
 from tether.serve.hooks import Guard, OutputStream
 from tether.serve.keys import ApiKey, KeyStore
 from tether.serve.kill import KillSwitches
@@ -45,20 +46,23 @@ from tether.serve.store import connect
 
 @dataclass
 class Gateway:
-    """The gateway's state, all in one database: keys, the audit chain, kill switches, throttles."""
+    """The gateway's state, all in one database: keys, the audit chain, kill switches, throttles; and the
+    group commit that writes a request's admission, settlement and audit row."""
 
     engine: sa.Engine
     keys: KeyStore
     audit: AuditLog
     kills: KillSwitches
     limiter: Limiter
+    commits: GroupCommit
 
     @classmethod
     def open(cls, store: str | sa.Engine, *, fail_closed: bool = True, kill_refresh_s: float = 0.25) -> Gateway:
         """The gateway on ``store`` (a SQLAlchemy URL or engine)."""
         engine = connect(store) if isinstance(store, str) else store
         return cls(engine, KeyStore(engine), AuditLog(engine),
-                   KillSwitches(engine, refresh_s=kill_refresh_s, fail_closed=fail_closed), Limiter(engine))
+                   KillSwitches(engine, refresh_s=kill_refresh_s, fail_closed=fail_closed), Limiter(engine),
+                   GroupCommit(engine))
 
 
 class APIError(Exception):
@@ -147,6 +151,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
     ``sandbox`` runs ``/v1/tools/code`` for keys whose scopes allow the ``code`` tool, ``sandbox_slots``
     programs at once (None: the tool is off)."""
     app = FastAPI(title="tether serve", version="1")
+    app.router.on_shutdown.append(gateway.commits.close)  # the writes already queued are committed first
     slots = asyncio.Semaphore(sandbox_slots)
     created = int(time.time())
     metrics = _Metrics()
@@ -172,8 +177,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         error = APIError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None,
                          code="invalid_request")
-        await run_in_threadpool(gateway.audit.append, {"endpoint": request.url.path, "status": 400,
-                                                       "decision": "invalid_request", "key": None, "model": None})
+        await audit({"endpoint": request.url.path, "status": 400, "decision": "invalid_request", "key": None,
+                     "model": None})
         return error.response()
 
     def authenticate(request: Request) -> ApiKey:
@@ -208,6 +213,25 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         return GenerationSettings(max_new_tokens=tokens, temperature=body.temperature, top_p=body.top_p, stop=stop,
                                   seed=body.seed if body.seed is not None else 0)
 
+    async def audit(record: dict[str, Any]) -> int:
+        """Commit ``record`` as the chain's next row (in the next group commit); its sequence number."""
+        return await gateway.commits.run(lambda conn: gateway.audit.append_in(conn, record))
+
+    async def admit(key: ApiKey, reserve: int) -> Admission | Refusal:
+        """The throttles' answer for one request, committed."""
+        return await gateway.commits.run(lambda conn: gateway.limiter.admit_in(conn, key, reserve))
+
+    async def finish(admitted: Admission | None, used: int, budget: bool, record: dict[str, Any]) -> int:
+        """A request's last write, one transaction: its in-flight slot released, its reservation settled to the
+        tokens it ``used``, its audit row appended; the row's sequence number."""
+        def write(conn: sa.Connection) -> int:
+            if admitted is not None:
+                gateway.limiter.release_in(conn, admitted)
+                gateway.limiter.settle_in(conn, admitted, used, budget=budget)
+            return gateway.audit.append_in(conn, record)
+
+        return await gateway.commits.run(write)
+
     def check_kill(key: ApiKey) -> None:
         why = gateway.kills.blocked(model, key.id)
         if why:
@@ -219,6 +243,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         prompt_text = "".join(m["content"] for m in messages)
         record: dict[str, Any] = {"endpoint": request.url.path, "model": body.model, "key": None,
                                   "stream": body.stream, "guards": []}
+        admitted: Admission | None = None  # held from admission until finish() settles and releases it
+        used, budget = 0, False            # tokens the model used; whether the key has a budget to settle
         try:
             key = await run_in_threadpool(authenticate, request)
             record["key"] = key.id
@@ -235,25 +261,19 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
             # the model's tokenizer (estimated at 1 token a character where the model has none). Settled after.
             counted = await run_in_threadpool(generator.count_tokens, prompt)
             reserve = settings.max_new_tokens + (counted if counted is not None else len(prompt_text))
-            admitted = await run_in_threadpool(gateway.limiter.admit, key, reserve)
-            if isinstance(admitted, Refusal):
-                raise APIError(429, admitted.reason, type_="rate_limit_error", code="rate_limited",
-                               headers={"Retry-After": str(max(1, round(admitted.retry_after))), **admitted.headers})
+            admission = await admit(key, reserve)
+            if isinstance(admission, Refusal):
+                raise APIError(429, admission.reason, type_="rate_limit_error", code="rate_limited",
+                               headers={"Retry-After": str(max(1, round(admission.retry_after))), **admission.headers})
+            admitted, budget = admission, key.scopes.budget_tokens is not None
             if body.stream:
-                return await stream(key, settings, prompt, mine, admitted, record, start, frames)
+                response = await stream(key, settings, prompt, mine, admitted, record, start, frames)
+                admitted = None  # the stream settles and releases it when it ends
+                return response
             model_start = time.perf_counter()
-            try:
-                served = await complete(prompt, settings)
-            except APIError:
-                await run_in_threadpool(gateway.limiter.settle, admitted, 0,
-                                        budget=key.scopes.budget_tokens is not None)
-                raise
-            finally:
-                await run_in_threadpool(gateway.limiter.release, admitted)
+            served = await complete(prompt, settings)
             model_s = time.perf_counter() - model_start
             used = served.prompt_tokens + served.completion_tokens
-            await run_in_threadpool(gateway.limiter.settle, admitted, used,
-                                    budget=key.scopes.budget_tokens is not None)
             text, reason = served.completion.text, _finish(served.completion)
             for guard in mine:  # on the whole reply, before any of it is sent
                 verdict = await run_in_threadpool(guard.check_output, text)
@@ -266,7 +286,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         except APIError as error:
             record |= {"status": error.status, "decision": error.code,
                        "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
-            await run_in_threadpool(gateway.audit.append, record)
+            await finish(admitted, used, budget, record)
             metrics.observe(request.url.path, error.status, str(error.code), time.perf_counter() - start, None, 0, 0)
             raise
         total = time.perf_counter() - start
@@ -274,10 +294,10 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                    "prompt_tokens": served.prompt_tokens, "completion_tokens": served.completion_tokens,
                    "finish_reason": reason}
         # Committed before a byte of the reply leaves: an answered request always has its audit row.
-        record["audit_seq"] = await run_in_threadpool(gateway.audit.append, record)
+        record["audit_seq"] = await finish(admitted, used, budget, record)
         metrics.observe(request.url.path, 200, "answered", total, total - model_s, served.prompt_tokens,
                         served.completion_tokens)
-        headers = {**admitted.headers, "x-tether-overhead-ms": f"{1000 * (total - model_s):.2f}",
+        headers = {**admission.headers, "x-tether-overhead-ms": f"{1000 * (total - model_s):.2f}",
                    "x-tether-audit-seq": str(record["audit_seq"])}
         return JSONResponse(frames.whole(text, reason, usage(served)), headers=headers)
 
@@ -290,15 +310,13 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         try:
             first = await anext(source)  # a model that fails at once gets an HTTP error, not a broken stream
         except Exception as exc:
-            await run_in_threadpool(gateway.limiter.settle, admitted, 0, budget=budget)
-            await run_in_threadpool(gateway.limiter.release, admitted)
             raise _model_error(exc) from None
         # The request's row is committed before the first byte; a second row, joined by request_id, says
         # how the stream ended (a server killed meanwhile leaves the first).
         request_id = uuid.uuid4().hex
         record |= {"status": 200, "decision": "streaming", "request_id": request_id,
                    "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
-        seq = await run_in_threadpool(gateway.audit.append, record)
+        seq = await audit(record)
         checker = OutputStream(mine, holdback=max((len(s) for s in settings.stop), default=1) - 1)
         end: dict[str, Any] = {"endpoint": record["endpoint"], "model": record["model"], "key": key.id,
                                "request_id": request_id, "status": 200, "decision": "client_closed"}
@@ -369,16 +387,12 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                     start: float, model_start: float) -> None:
         served = await pump.done  # a stream ended early still counts the tokens the model went on to make
         used = 0 if served is None else served.prompt_tokens + served.completion_tokens
-        try:
-            await run_in_threadpool(gateway.limiter.settle, admitted, used, budget=budget)
-        finally:
-            await run_in_threadpool(gateway.limiter.release, admitted)
         end |= {"latency_ms": round(1000 * (time.perf_counter() - start), 3), "sent_chars": len(checker.sent),
                 "guards": [{"on": "output", **v.as_dict()} for v in checker.verdicts],
                 "stream_checks": checker.checks, "exposed_chars": checker.exposed, "diverged": checker.diverged}
         if served is not None:
             end |= {"prompt_tokens": served.prompt_tokens, "completion_tokens": served.completion_tokens}
-        await run_in_threadpool(gateway.audit.append, end)
+        await finish(admitted, used, budget, end)
         metrics.observe(end["endpoint"], 200, end["decision"], time.perf_counter() - start,
                         model_start - start, end.get("prompt_tokens", 0), end.get("completion_tokens", 0))
 
@@ -423,7 +437,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         minute and requests in flight; the kill switches stop it like a model call."""
         start = time.perf_counter()
         record: dict[str, Any] = {"endpoint": "/v1/tools/code", "key": None, "model": None, "tool": "code",
-                                  "code_sha256": hashlib.sha256(body.code.encode()).hexdigest()}
+                                  "code_sha256": hashlib.sha256(body.code.encode(errors="replace")).hexdigest()}
+        admitted: Admission | None = None
         try:
             key = await run_in_threadpool(authenticate, request)
             record["key"] = key.id
@@ -434,10 +449,11 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                 raise APIError(404, "the code tool is off on this server (tether serve --code-tool)",
                                code="tool_not_enabled")
             await run_in_threadpool(check_kill, key)
-            admitted = await run_in_threadpool(gateway.limiter.admit, key, 0)
-            if isinstance(admitted, Refusal):
-                raise APIError(429, admitted.reason, type_="rate_limit_error", code="rate_limited",
-                               headers={"Retry-After": str(max(1, round(admitted.retry_after))), **admitted.headers})
+            admission = await admit(key, 0)
+            if isinstance(admission, Refusal):
+                raise APIError(429, admission.reason, type_="rate_limit_error", code="rate_limited",
+                               headers={"Retry-After": str(max(1, round(admission.retry_after))), **admission.headers})
+            admitted = admission
             try:
                 async with slots:
                     result = await run_in_threadpool(sandbox.run, body.code, stdin=body.stdin, files=body.files)
@@ -445,28 +461,26 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                 status = 503 if isinstance(exc, SandboxUnavailableError) else 400
                 raise APIError(status, str(exc), code="sandbox_unavailable" if status == 503 else "invalid_file"
                                ) from None
-            finally:
-                await run_in_threadpool(gateway.limiter.release, admitted)
         except APIError as error:
             record |= {"status": error.status, "decision": error.code,
                        "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
-            await run_in_threadpool(gateway.audit.append, record)
+            await finish(admitted, 0, False, record)
             metrics.observe("/v1/tools/code", error.status, str(error.code), time.perf_counter() - start, None, 0, 0)
             raise
         record |= {"status": 200, "decision": "ran", "exit_code": result.exit_code, "signal": result.signal,
                    "timed_out": result.timed_out, "run_ms": round(1000 * result.seconds, 3),
                    "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
-        seq = await run_in_threadpool(gateway.audit.append, record)
+        seq = await finish(admitted, 0, False, record)
         metrics.observe("/v1/tools/code", 200, "ran", time.perf_counter() - start, None, 0, 0)
         return JSONResponse({"object": "tool.result", "tool": "code", **result.as_dict()},
-                            headers={**admitted.headers, "x-tether-audit-seq": str(seq)})
+                            headers={**admission.headers, "x-tether-audit-seq": str(seq)})
 
     @app.post("/admin/kill")
     async def admin_kill(body: KillRequest, request: Request) -> dict[str, str]:
         """Set a kill switch (an admin key): ``{"target": "all" | "model:NAME" | "key:ID", "reason": ...}``."""
         key = await run_in_threadpool(admin, request)
         await run_in_threadpool(gateway.kills.kill, body.target, body.reason)
-        await run_in_threadpool(gateway.audit.append, {"endpoint": "/admin/kill", "key": key.id, "status": 200,
+        await audit({"endpoint": "/admin/kill", "key": key.id, "status": 200,
                                                        "decision": "killed", "target": body.target,
                                                        "reason": body.reason})
         return {"killed": body.target}
@@ -476,7 +490,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         """Clear a kill switch (an admin key)."""
         key = await run_in_threadpool(admin, request)
         was = await run_in_threadpool(gateway.kills.revive, body.target)
-        await run_in_threadpool(gateway.audit.append, {"endpoint": "/admin/revive", "key": key.id, "status": 200,
+        await audit({"endpoint": "/admin/revive", "key": key.id, "status": 200,
                                                        "decision": "revived", "target": body.target})
         return {"revived": body.target, "was_killed": was}
 

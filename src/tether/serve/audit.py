@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tether.serve.store import AUDIT, AUDIT_HEAD
+from tether.serve.store import AUDIT, AUDIT_HEAD, write_transaction
 
 GENESIS = "0" * 64
 
@@ -48,14 +48,18 @@ class AuditLog:
 
     def append(self, record: dict[str, Any]) -> int:
         """Commit ``record`` (with its time) as the chain's next row; its sequence number."""
+        with write_transaction(self.engine) as conn:
+            return self.append_in(conn, record)
+
+    def append_in(self, conn: sa.Connection, record: dict[str, Any]) -> int:
+        """:meth:`append` inside the caller's transaction (a group commit's): the row is there once it commits."""
         text = canonical({"ts": round(time.time(), 6), **record})
-        with self.engine.begin() as conn:
-            # Taking the head row's lock first: appends from every process serialise here.
-            head = conn.execute(AUDIT_HEAD.update().where(AUDIT_HEAD.c.id == 1).values(seq=AUDIT_HEAD.c.seq + 1)
-                                .returning(AUDIT_HEAD.c.seq, AUDIT_HEAD.c.hash)).one()
-            digest = chain_hash(head.hash, text)
-            conn.execute(AUDIT.insert().values(seq=head.seq, record=text, prev_hash=head.hash, hash=digest))
-            conn.execute(AUDIT_HEAD.update().where(AUDIT_HEAD.c.id == 1).values(hash=digest))
+        # Taking the head row's lock first: appends from every process serialise here.
+        head = conn.execute(AUDIT_HEAD.update().where(AUDIT_HEAD.c.id == 1).values(seq=AUDIT_HEAD.c.seq + 1)
+                            .returning(AUDIT_HEAD.c.seq, AUDIT_HEAD.c.hash)).one()
+        digest = chain_hash(head.hash, text)
+        conn.execute(AUDIT.insert().values(seq=head.seq, record=text, prev_hash=head.hash, hash=digest))
+        conn.execute(AUDIT_HEAD.update().where(AUDIT_HEAD.c.id == 1).values(hash=digest))
         return int(head.seq)
 
     def rows(self) -> Iterator[tuple[int, str, str, str]]:

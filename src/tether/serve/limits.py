@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from tether.serve.keys import ApiKey
-from tether.serve.store import BUDGETS, CONCURRENCY_LOCKS, LEASES, RATE_WINDOWS
+from tether.serve.store import BUDGETS, CONCURRENCY_LOCKS, LEASES, RATE_WINDOWS, write_transaction
 
 
 @dataclass
@@ -47,14 +47,20 @@ class Limiter:
         self.engine, self.window_s, self.lease_s = engine, window_s, lease_s
 
     def admit(self, key: ApiKey, reserve: int, now: float | None = None) -> Admission | Refusal:
-        """Count one request and reserve ``reserve`` tokens for ``key``, or say why not."""
+        """Count one request and reserve ``reserve`` tokens for ``key``, or say why not (its own transaction)."""
+        with write_transaction(self.engine) as conn:
+            return self.admit_in(conn, key, reserve, now)
+
+    def admit_in(self, conn: sa.Connection, key: ApiKey, reserve: int, now: float | None = None
+                 ) -> Admission | Refusal:
+        """:meth:`admit` inside the caller's transaction (a group commit's)."""
         now = time.time() if now is None else now
         window = int(now // self.window_s) * self.window_s
         retry = window + self.window_s - now
         try:
-            with self.engine.begin() as conn:
+            with conn.begin_nested():
                 return self._admit(conn, key, reserve, window, retry, now)
-        except _RefusalError as refused:  # raised inside the transaction: the window's count rolls back too
+        except _RefusalError as refused:  # raised inside the savepoint: the window's count rolls back too
             return refused.refusal
 
     def _admit(self, conn: sa.Connection, key: ApiKey, reserve: int, window: int, retry: float, now: float
@@ -108,21 +114,31 @@ class Limiter:
     def release(self, admission: Admission) -> None:
         """Give back the in-flight slot an admission holds (a no-op without one)."""
         if admission.lease is not None:
-            with self.engine.begin() as conn:
-                conn.execute(LEASES.delete().where(LEASES.c.id == admission.lease))
+            with write_transaction(self.engine) as conn:
+                self.release_in(conn, admission)
+
+    def release_in(self, conn: sa.Connection, admission: Admission) -> None:
+        """:meth:`release` inside the caller's transaction."""
+        if admission.lease is not None:
+            conn.execute(LEASES.delete().where(LEASES.c.id == admission.lease))
 
     def settle(self, admission: Admission, used: int, *, budget: bool) -> None:
         """Replace a request's reservation by the tokens it ``used``."""
+        if used != admission.reserved:
+            with write_transaction(self.engine) as conn:
+                self.settle_in(conn, admission, used, budget=budget)
+
+    def settle_in(self, conn: sa.Connection, admission: Admission, used: int, *, budget: bool) -> None:
+        """:meth:`settle` inside the caller's transaction."""
         change = used - admission.reserved
         if change == 0:
             return
-        with self.engine.begin() as conn:
-            conn.execute(RATE_WINDOWS.update().where(RATE_WINDOWS.c.key_id == admission.key_id,
-                                                     RATE_WINDOWS.c.window == admission.window)
-                         .values(tokens=RATE_WINDOWS.c.tokens + change))
-            if budget:
-                conn.execute(BUDGETS.update().where(BUDGETS.c.key_id == admission.key_id)
-                             .values(used=BUDGETS.c.used + change))
+        conn.execute(RATE_WINDOWS.update().where(RATE_WINDOWS.c.key_id == admission.key_id,
+                                                 RATE_WINDOWS.c.window == admission.window)
+                     .values(tokens=RATE_WINDOWS.c.tokens + change))
+        if budget:
+            conn.execute(BUDGETS.update().where(BUDGETS.c.key_id == admission.key_id)
+                         .values(used=BUDGETS.c.used + change))
 
 
 class _RefusalError(Exception):

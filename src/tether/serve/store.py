@@ -9,6 +9,8 @@ databases serialise.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -92,6 +94,7 @@ def connect(url: str = DEFAULT_DB) -> sa.Engine:
         raise UserError(f"store {url!r}: {exc}") from None
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "begin", _sqlite_begin)
     try:
         METADATA.create_all(engine)
     except sa.exc.DBAPIError as exc:
@@ -99,7 +102,24 @@ def connect(url: str = DEFAULT_DB) -> sa.Engine:
     return engine
 
 
+@contextlib.contextmanager
+def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction that will write: on SQLite it takes the write lock at its start (``BEGIN IMMEDIATE``), so
+    it waits its turn instead of failing when another writer commits between its reads and its writes."""
+    with engine.connect() as conn:
+        conn.execution_options(tether_immediate=True)
+        with conn.begin():
+            yield conn
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # Transactions are begun here, not by the sqlite3 module (whose implicit BEGIN comes only before a write,
+    # which makes a SAVEPOINT issued first commit on its own release).
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("tether_immediate") else "BEGIN")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # the driver's own transaction handling off: see _sqlite_begin
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
