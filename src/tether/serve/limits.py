@@ -66,14 +66,16 @@ class Limiter:
     def _admit(self, conn: sa.Connection, key: ApiKey, reserve: int, window: int, retry: float, now: float
                ) -> Admission | Refusal:
         scopes = key.scopes
-        _ensure(conn, RATE_WINDOWS, {"key_id": key.id, "window": window, "requests": 0, "tokens": 0})
         limits = [RATE_WINDOWS.c.requests + 1 <= scopes.rpm] if scopes.rpm else []
         limits += [RATE_WINDOWS.c.tokens + reserve <= scopes.tpm] if scopes.tpm else []
-        counted = conn.execute(
-            RATE_WINDOWS.update()
-            .where(RATE_WINDOWS.c.key_id == key.id, RATE_WINDOWS.c.window == window, *limits)
-            .values(requests=RATE_WINDOWS.c.requests + 1, tokens=RATE_WINDOWS.c.tokens + reserve)
-            .returning(RATE_WINDOWS.c.requests, RATE_WINDOWS.c.tokens)).first()
+        count = (RATE_WINDOWS.update()
+                 .where(RATE_WINDOWS.c.key_id == key.id, RATE_WINDOWS.c.window == window, *limits)
+                 .values(requests=RATE_WINDOWS.c.requests + 1, tokens=RATE_WINDOWS.c.tokens + reserve)
+                 .returning(RATE_WINDOWS.c.requests, RATE_WINDOWS.c.tokens))
+        counted = conn.execute(count).first()
+        if counted is None:  # the window's row may not exist yet (its first request): make it, count again
+            _ensure(conn, RATE_WINDOWS, {"key_id": key.id, "window": window, "requests": 0, "tokens": 0})
+            counted = conn.execute(count).first()
         if counted is None:
             used = conn.execute(sa.select(RATE_WINDOWS.c.requests, RATE_WINDOWS.c.tokens).where(
                 RATE_WINDOWS.c.key_id == key.id, RATE_WINDOWS.c.window == window)).one()

@@ -89,7 +89,12 @@ CONCURRENCY_LOCKS = sa.Table(
 def connect(url: str = DEFAULT_DB) -> sa.Engine:
     """An engine on ``url`` with every table created (a one-line error for a URL that does not work)."""
     try:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        if url.startswith("sqlite"):
+            # A file needs no liveness ping, and a pool as large as the server's thread pool keeps connections
+            # (each set up with its pragmas) instead of opening and dropping them under load.
+            engine = sa.create_engine(url, pool_size=48, max_overflow=16)
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True)
     except Exception as exc:  # a malformed URL or a missing driver
         raise UserError(f"store {url!r}: {exc}") from None
     if engine.dialect.name == "sqlite":

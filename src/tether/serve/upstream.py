@@ -10,7 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 
 from tether.data.records import Prompt
 from tether.models.generation import Completion, GenerationSettings
@@ -28,9 +28,19 @@ class UpstreamBackend:
                  max_connections: int = 1000) -> None:
         self.url, self.model, self.calls = url.rstrip("/"), model, 0
         key = os.environ.get(api_key_env)
-        self.client = httpx.AsyncClient(
-            timeout=timeout_s, headers={"Authorization": f"Bearer {key}"} if key else {},
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.timeout, self.max_connections = aiohttp.ClientTimeout(total=timeout_s), max_connections
+        # aiohttp rather than httpx here: httpx's pool checks every idle connection on every request, which
+        # under load cost more than the rest of the gateway together.
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the server's event loop (a session belongs to the loop it was made in).
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers=self.headers, timeout=self.timeout,
+                connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections))
+        return self._session
 
     def count_tokens(self, prompt: Prompt) -> int | None:
         """Unknown before the call (the gateway then reserves one token per character of the prompt)."""
@@ -50,17 +60,19 @@ class UpstreamBackend:
         chat = "messages" in body
         self.calls += 1
         try:
-            reply = await self.client.post(url, json=body)
-        except httpx.HTTPError as exc:
+            async with self._client().post(url, json=body) as reply:
+                raw = await reply.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"{type(exc).__name__} from {self.url}") from None
-        if reply.status_code != 200:
-            raise UpstreamError(f"HTTP {reply.status_code} from {self.url}: {reply.text[:200]}")
+        text_body = raw.decode(errors="replace")
+        if reply.status != 200:
+            raise UpstreamError(f"HTTP {reply.status} from {self.url}: {text_body[:200]}")
         try:
-            data = reply.json()
+            data = json.loads(text_body)
             choice = data["choices"][0]
             text = choice["message"]["content"] if chat else choice["text"]
         except (ValueError, KeyError, IndexError, TypeError):
-            raise UpstreamError(f"{self.url} answered without a completion: {reply.text[:200]}") from None
+            raise UpstreamError(f"{self.url} answered without a completion: {text_body[:200]}") from None
         usage = data.get("usage") or {}
         return Served(Completion(text or "", [], finish_reason="length" if choice.get("finish_reason") == "length"
                                  else "stop"), int(usage.get("prompt_tokens") or 0),
@@ -75,11 +87,12 @@ class UpstreamBackend:
         text, ended_by_length = "", False
         usage: dict[str, Any] = {}
         try:
-            async with self.client.stream("POST", url, json=body) as reply:
-                if reply.status_code != 200:
-                    raise UpstreamError(f"HTTP {reply.status_code} from {self.url}: "
-                                        f"{(await reply.aread()).decode(errors='replace')[:200]}")
-                async for line in reply.aiter_lines():
+            async with self._client().post(url, json=body) as reply:
+                if reply.status != 200:
+                    raise UpstreamError(f"HTTP {reply.status} from {self.url}: "
+                                        f"{(await reply.read()).decode(errors='replace')[:200]}")
+                async for raw_line in reply.content:
+                    line = raw_line.decode(errors="replace").strip()
                     if not line.startswith("data:"):
                         continue  # blank separators, comments, event names
                     data = line[5:].strip()
@@ -98,11 +111,11 @@ class UpstreamBackend:
                             text += piece
                             yield piece
                         ended_by_length = ended_by_length or choice.get("finish_reason") == "length"
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(f"{type(exc).__name__} from {self.url}") from None
         yield Served(Completion(text, [], finish_reason="length" if ended_by_length else "stop"),
                      int(usage.get("prompt_tokens") or 0),
                      int(usage.get("completion_tokens") or 0))
 
     def close(self) -> None:
-        """Nothing to wait for: connections close with the process."""
+        """Nothing to wait for: the connections close with the process (the session is its event loop's)."""
