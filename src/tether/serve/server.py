@@ -4,6 +4,7 @@ share nothing but the store, which is what keeps limits, switches and the audit 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from typing import Any
@@ -58,6 +59,11 @@ def build(cfg: ServeConfig) -> tuple[Any, Any]:
                      max_tokens_limit=cfg.max_tokens_limit, guards=guards, sandbox=sandbox,
                      sandbox_slots=cfg.sandbox_slots)
     app.router.on_shutdown.append(generator.close)
+    # Everything built so far (torch, transformers, the model, the app) lives as long as the server. A full
+    # collection walking those ~260k objects took 135 ms on the test machine, a stall of every request in
+    # flight; frozen, they are left out of every collection.
+    gc.collect()
+    gc.freeze()
     return app, generator
 
 
