@@ -184,6 +184,18 @@ def kill(
     typer.echo(f"killed: {target} ({reason})")
 
 
+@serve_app.command("migrate")
+def migrate_store(db: DbOpt = DEFAULT_DB) -> None:
+    """Bring the store's schema to the newest migration (every server does it when it starts; run it first to
+    upgrade a shared database before rolling out new replicas).
+
+    Example: tether serve migrate --db postgresql+pg8000://postgres@127.0.0.1/gateway
+    """
+    from tether.serve.store import connect, migrate
+
+    typer.echo(f"store at revision {migrate(connect(db))}")
+
+
 @serve_app.command("revive")
 def revive(
     model: Annotated[str | None, typer.Option("--model", help="serve this model again")] = None,

@@ -4,13 +4,15 @@ SQLite by default (a file beside the server, in WAL mode so the server and the `
 ``tether audit`` commands share it); PostgreSQL by URL (``postgresql+pg8000://...``) when several server
 processes or replicas must see one state. Every operation that must hold across processes is one atomic
 statement or one transaction that takes a row lock first (a conditional ``UPDATE``), which both
-databases serialise.
+databases serialise. The schema is Alembic's (``tether/serve/migrations``), brought up to date when a
+store is opened; :data:`METADATA` describes the newest revision, and a test holds the two equal.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -101,10 +103,41 @@ def connect(url: str = DEFAULT_DB) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         sa.event.listen(engine, "begin", _sqlite_begin)
     try:
-        METADATA.create_all(engine)
+        migrate(engine)
     except sa.exc.DBAPIError as exc:
         raise UserError(f"store {url!r}: {str(exc.orig).splitlines()[0]}") from None
     return engine
+
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def migrate(engine: sa.Engine) -> str:
+    """Bring the store's schema to the newest migration (Alembic, ``tether/serve/migrations``); its revision.
+
+    Servers starting together take turns (PostgreSQL: an advisory lock; SQLite: the write lock), so each
+    migration runs once. A store made before migrations existed, with the first revision's tables and no
+    revision recorded, is recorded as that revision and upgraded from there.
+    """
+    from alembic import command
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    with write_transaction(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7310453)"))  # one migrating process at a time
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current == head:
+            return str(head)
+        cfg.attributes["connection"] = conn
+        if current is None and sa.inspect(conn).has_table("api_keys"):
+            command.stamp(cfg, "0001")
+        command.upgrade(cfg, "head")
+    return str(head)
 
 
 @contextlib.contextmanager
