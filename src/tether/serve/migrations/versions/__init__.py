@@ -1,1 +1,0 @@
-"""Alembic revisions of the gateway store, oldest first (each names the one it revises)."""
