@@ -298,6 +298,20 @@ class _FixedGenerator:
                 for _ in prompts]
 
 
+def test_an_unreachable_counter_store_fails_closed(tmp_path):
+    gateway = Gateway.open(f"sqlite:///{tmp_path / 'g.db'}", redis="redis://127.0.0.1:1/0")
+    generator = BatchingGenerator(_FixedGenerator())
+    server = _Server(create_app(generator, gateway, "fixed"))
+    try:
+        _, secret = gateway.keys.create("k", Scopes(rpm=5))
+        with pytest.raises(openai.InternalServerError) as refused:
+            server.client(secret).chat.completions.create(model="fixed", messages=[{"role": "user", "content": "x"}])
+        assert refused.value.status_code == 503 and refused.value.body["code"] == "store_unavailable"
+    finally:
+        server.stop()
+        generator.close()
+
+
 def test_guards_block_inputs_and_cut_replies_streamed_or_not(tmp_path):
     from tether.serve.hooks import load_guards
 

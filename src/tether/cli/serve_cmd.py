@@ -33,6 +33,9 @@ def serve(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
     db: DbOpt = DEFAULT_DB,
+    redis: Annotated[str | None, typer.Option("--redis", help="redis://HOST:PORT/DB: count requests and tokens per "
+                                              "minute there, shared by every replica (budgets and in-flight "
+                                              "limits stay in --db)")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="tokens per reply when a request names none")] = 256,
     max_batch: Annotated[int, typer.Option("--max-batch", help="requests generated together at most")] = 32,
     max_tokens_limit: Annotated[int, typer.Option("--max-tokens-limit", help="tokens any request may ask for at "
@@ -75,7 +78,7 @@ def serve(
     from tether.serve.keys import KeyStore
     from tether.serve.server import ENV, ServeConfig, app_from_env, build
 
-    cfg = ServeConfig(model=model, upstream_model=upstream_model, name=name, db=db, max_tokens=max_tokens,
+    cfg = ServeConfig(model=model, upstream_model=upstream_model, name=name, db=db, redis=redis, max_tokens=max_tokens,
                       max_tokens_limit=max_tokens_limit, max_batch=max_batch, fail_open=fail_open, guards=guards,
                       block_input=block_input or [], block_output=block_output or [], code_tool=code_tool,
                       sandbox=SandboxConfig(time_s=code_time_s, memory_mb=code_memory_mb))

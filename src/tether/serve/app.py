@@ -40,7 +40,7 @@ from tether.serve.commits import GroupCommit
 from tether.serve.hooks import Guard, OutputStream
 from tether.serve.keys import ApiKey, KeyStore
 from tether.serve.kill import KillSwitches
-from tether.serve.limits import Admission, Limiter, Refusal
+from tether.serve.limits import Admission, CounterStoreError, Limiter, RedisWindows, Refusal
 from tether.serve.store import connect
 
 
@@ -57,12 +57,14 @@ class Gateway:
     commits: GroupCommit
 
     @classmethod
-    def open(cls, store: str | sa.Engine, *, fail_closed: bool = True, kill_refresh_s: float = 0.25) -> Gateway:
-        """The gateway on ``store`` (a SQLAlchemy URL or engine)."""
+    def open(cls, store: str | sa.Engine, *, fail_closed: bool = True, kill_refresh_s: float = 0.25,
+             redis: str | None = None) -> Gateway:
+        """The gateway on ``store`` (a SQLAlchemy URL or engine); per-minute counters in Redis at ``redis``."""
         engine = connect(store) if isinstance(store, str) else store
+        windows = RedisWindows(redis) if redis else None
         return cls(engine, KeyStore(engine), AuditLog(engine),
-                   KillSwitches(engine, refresh_s=kill_refresh_s, fail_closed=fail_closed), Limiter(engine),
-                   GroupCommit(engine))
+                   KillSwitches(engine, refresh_s=kill_refresh_s, fail_closed=fail_closed),
+                   Limiter(engine, windows=windows), GroupCommit(engine))
 
 
 class APIError(Exception):
@@ -165,6 +167,10 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         # The store could not be read or written: nothing is served unaudited or unthrottled (fail closed).
         return APIError(503, f"the gateway's store failed: {type(exc).__name__}", type_="service_unavailable",
                         code="store_unavailable").response()
+
+    @app.exception_handler(CounterStoreError)
+    async def _counters_failed(_request: Request, exc: CounterStoreError) -> JSONResponse:
+        return APIError(503, str(exc), type_="service_unavailable", code="store_unavailable").response()
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -510,7 +516,9 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         """The process can serve: its store answers."""
         try:
             await run_in_threadpool(_ping, gateway.engine)
-        except sa.exc.SQLAlchemyError as exc:
+            if gateway.limiter.windows is not None:
+                await run_in_threadpool(gateway.limiter.windows.client.ping)
+        except Exception as exc:  # the database or Redis did not answer
             return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, status_code=503)
         return {"status": "ready"}
 

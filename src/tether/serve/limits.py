@@ -6,6 +6,10 @@ WHERE ... AND requests + 1 <= :limit``): the database serialises them, so N allo
 are N across every worker and replica, never N per process. Tokens are reserved before generation (the
 request's ``max_tokens`` plus an estimate of its prompt) and settled after with the real count, so
 concurrent requests cannot together overrun a budget.
+
+Where a Redis server is configured (:class:`RedisWindows`), the per-minute windows are counted there
+instead, by one Lua script per admission (Redis runs each script alone, so the check and the count are one
+step for every replica); budgets and in-flight leases stay in the database, which keeps them on disk.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from tether.core.errors import UserError
 from tether.serve.keys import ApiKey
 from tether.serve.store import BUDGETS, CONCURRENCY_LOCKS, LEASES, RATE_WINDOWS, write_transaction
 
@@ -40,11 +45,71 @@ class Refusal:
     headers: dict[str, str]
 
 
-class Limiter:
-    """Fixed one-minute windows (``window_s``) of request and token counts per key, and lifetime budgets."""
+class CounterStoreError(RuntimeError):
+    """The counter store (Redis) could not be reached or answered wrongly: the request is refused (fail closed)."""
 
-    def __init__(self, engine: sa.Engine, *, window_s: int = 60, lease_s: float = 300.0) -> None:
-        self.engine, self.window_s, self.lease_s = engine, window_s, lease_s
+
+# Check and count in one step: KEYS[1] the window's hash; ARGV rpm (0: none), tpm (0: none), tokens reserved,
+# seconds to keep the window. Returns {admitted (1/0), requests, tokens} as counted (or as found, if refused).
+_ADMIT_LUA = """
+local requests = tonumber(redis.call('HGET', KEYS[1], 'requests') or '0')
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or '0')
+local rpm, tpm, reserve = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if (rpm > 0 and requests + 1 > rpm) or (tpm > 0 and tokens + reserve > tpm) then
+  return {0, requests, tokens}
+end
+redis.call('HINCRBY', KEYS[1], 'requests', 1)
+redis.call('HINCRBY', KEYS[1], 'tokens', reserve)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return {1, requests + 1, tokens + reserve}
+"""
+
+
+class RedisWindows:
+    """Per-minute request and token counts of every key in Redis (see the module), shared by every replica."""
+
+    def __init__(self, url: str, *, prefix: str = "tether:rate") -> None:
+        try:
+            import redis
+        except ImportError:
+            raise UserError("--redis needs the redis package: pip install 'tether[redis]'") from None
+        self.client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.prefix, self.url = prefix, url
+        self._admit = self.client.register_script(_ADMIT_LUA)
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError,)
+
+    def _key(self, key_id: str, window: int) -> str:
+        return f"{self.prefix}:{key_id}:{window}"
+
+    def admit(self, key_id: str, window: int, rpm: int | None, tpm: int | None, reserve: int, keep_s: int,
+              ) -> tuple[bool, int, int]:
+        """Count one request and ``reserve`` tokens in the window unless a limit would be passed: (admitted,
+        requests, tokens)."""
+        try:
+            ok, requests, tokens = self._admit(keys=[self._key(key_id, window)],
+                                               args=[rpm or 0, tpm or 0, reserve, keep_s])
+        except self._errors as exc:
+            raise CounterStoreError(f"the counter store {self.url} failed: {type(exc).__name__}") from None
+        return bool(ok), int(requests), int(tokens)
+
+    def add(self, key_id: str, window: int, requests: int, tokens: int) -> None:
+        """Add to a window's counts (negative: take back an admission, or settle a reservation)."""
+        try:
+            pipe = self.client.pipeline()
+            pipe.hincrby(self._key(key_id, window), "requests", requests)
+            pipe.hincrby(self._key(key_id, window), "tokens", tokens)
+            pipe.execute()
+        except self._errors as exc:
+            raise CounterStoreError(f"the counter store {self.url} failed: {type(exc).__name__}") from None
+
+
+class Limiter:
+    """Fixed one-minute windows (``window_s``) of request and token counts per key (in the database, or in
+    Redis: ``windows``), and lifetime budgets and in-flight leases (in the database)."""
+
+    def __init__(self, engine: sa.Engine, *, window_s: int = 60, lease_s: float = 300.0,
+                 windows: RedisWindows | None = None) -> None:
+        self.engine, self.window_s, self.lease_s, self.windows = engine, window_s, lease_s, windows
 
     def admit(self, key: ApiKey, reserve: int, now: float | None = None) -> Admission | Refusal:
         """Count one request and reserve ``reserve`` tokens for ``key``, or say why not (its own transaction)."""
@@ -65,6 +130,27 @@ class Limiter:
 
     def _admit(self, conn: sa.Connection, key: ApiKey, reserve: int, window: int, retry: float, now: float
                ) -> Admission | Refusal:
+        if self.windows is None:
+            counted = self._count(conn, key, reserve, window, retry)
+            if isinstance(counted, Refusal):
+                return counted
+            return self._hold(conn, key, reserve, window, retry, now, *counted)
+        scopes = key.scopes
+        ok, requests, tokens = self.windows.admit(key.id, window, scopes.rpm, scopes.tpm, reserve,
+                                                  keep_s=2 * self.window_s)
+        if not ok:
+            what = "requests" if scopes.rpm and requests + 1 > scopes.rpm else "tokens"
+            return Refusal(f"rate limit: {what} per minute for key {key.id} reached", retry,
+                           _headers(scopes.rpm, scopes.tpm, requests, tokens, retry))
+        try:
+            return self._hold(conn, key, reserve, window, retry, now, requests, tokens)
+        except _RefusalError:  # the budget or the concurrency limit said no: the window's count is taken back
+            self.windows.add(key.id, window, -1, -reserve)
+            raise
+
+    def _count(self, conn: sa.Connection, key: ApiKey, reserve: int, window: int, retry: float
+               ) -> tuple[int, int] | Refusal:
+        """Count the request in its window in the database: (requests, tokens) so far, or a refusal."""
         scopes = key.scopes
         limits = [RATE_WINDOWS.c.requests + 1 <= scopes.rpm] if scopes.rpm else []
         limits += [RATE_WINDOWS.c.tokens + reserve <= scopes.tpm] if scopes.tpm else []
@@ -82,6 +168,12 @@ class Limiter:
             what = "requests" if scopes.rpm and used.requests + 1 > scopes.rpm else "tokens"
             return Refusal(f"rate limit: {what} per minute for key {key.id} reached", retry,
                            _headers(scopes.rpm, scopes.tpm, used.requests, used.tokens, retry))
+        return int(counted.requests), int(counted.tokens)
+
+    def _hold(self, conn: sa.Connection, key: ApiKey, reserve: int, window: int, retry: float, now: float,
+              requests: int, tokens: int) -> Admission:
+        """Reserve from the budget and take an in-flight slot (raising a refusal, which rolls back the savepoint)."""
+        scopes = key.scopes
         if scopes.budget_tokens is not None:
             _ensure(conn, BUDGETS, {"key_id": key.id, "used": 0})
             spent = conn.execute(
@@ -96,8 +188,7 @@ class Limiter:
             if lease is None:
                 raise _RefusalError(Refusal(f"concurrency limit: key {key.id} has {scopes.concurrent} requests in "
                                                "flight", 1.0, {}))
-        return Admission(key.id, window, reserve,
-                         _headers(scopes.rpm, scopes.tpm, counted.requests, counted.tokens, retry), lease)
+        return Admission(key.id, window, reserve, _headers(scopes.rpm, scopes.tpm, requests, tokens, retry), lease)
 
     def _lease(self, conn: sa.Connection, key_id: str, limit: int, now: float) -> str | None:
         """A new in-flight slot for ``key_id``, or None when ``limit`` are held (expired ones do not count)."""
@@ -135,9 +226,12 @@ class Limiter:
         change = used - admission.reserved
         if change == 0:
             return
-        conn.execute(RATE_WINDOWS.update().where(RATE_WINDOWS.c.key_id == admission.key_id,
-                                                 RATE_WINDOWS.c.window == admission.window)
-                     .values(tokens=RATE_WINDOWS.c.tokens + change))
+        if self.windows is not None:
+            self.windows.add(admission.key_id, admission.window, 0, change)
+        else:
+            conn.execute(RATE_WINDOWS.update().where(RATE_WINDOWS.c.key_id == admission.key_id,
+                                                     RATE_WINDOWS.c.window == admission.window)
+                         .values(tokens=RATE_WINDOWS.c.tokens + change))
         if budget:
             conn.execute(BUDGETS.update().where(BUDGETS.c.key_id == admission.key_id)
                          .values(used=BUDGETS.c.used + change))

@@ -25,6 +25,7 @@ class ServeConfig(Config):
     upstream_model: str = Field("default", description="with a URL: the model name the upstream serves")
     name: str | None = Field(None, description="the model's name in the API (default: model)")
     db: str = Field(DEFAULT_DB, description="the gateway's store: a SQLAlchemy URL")
+    redis: str | None = Field(None, description="redis://HOST:PORT/DB: count the per-minute limits there")
     max_tokens: int = Field(256, ge=1, description="tokens per reply when a request names none")
     max_tokens_limit: int = Field(4096, ge=1, description="tokens any request may ask for at most")
     max_batch: int = Field(32, ge=1, description="requests generated together at most")
@@ -49,7 +50,7 @@ def build(cfg: ServeConfig) -> tuple[Any, Any]:
     sandbox = Sandbox(cfg.sandbox) if cfg.code_tool else None
     if sandbox is not None:
         sandbox.check()  # at start-up: a server that offers the tool must be able to isolate it
-    gateway = Gateway.open(cfg.db, fail_closed=not cfg.fail_open)
+    gateway = Gateway.open(cfg.db, fail_closed=not cfg.fail_open, redis=cfg.redis)
     generator: Backend
     if is_endpoint(cfg.model):
         generator = UpstreamBackend(cfg.model, cfg.upstream_model)
