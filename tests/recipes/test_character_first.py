@@ -3,6 +3,7 @@
 
 import json
 
+import pytest
 import yaml
 
 from tether.core.config import load_config
@@ -76,6 +77,7 @@ def _with_small_harness(tmp_path, recipe):
     return str(path)
 
 
+@pytest.mark.slow  # every arm end to end: ~21 s on the 2-core test machine (python -m pytest -m slow ...)
 def test_recipe_comparison_runs_every_arm_and_tabulates_them(tmp_path):
     from tether.pipelines import recipe_comparison
 

@@ -53,7 +53,10 @@ def pairs(tmp_path_factory):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("recipe", ["sft", "dpo", "grpo", "ppo"])
+# SFT and GRPO in the default run (one offline, one online recipe); DPO and PPO, each ~10 s on the 2-core
+# test machine, in the slow tier (python -m pytest -m slow tests/recipes/test_distributed.py).
+@pytest.mark.parametrize("recipe", ["sft", pytest.param("dpo", marks=pytest.mark.slow), "grpo",
+                                    pytest.param("ppo", marks=pytest.mark.slow)])
 def test_two_processes_match_one(tmp_path, pairs, recipe):
     common = ["--set", "model.path=tiny:llama", "--set", "loop.batch_size=8", "--set", "loop.max_steps=4",
               "--set", "optim.lr=1e-3", "--set", "seed=3"]
