@@ -422,3 +422,32 @@ def test_a_key_holds_at_most_its_concurrent_requests_in_flight(tmp_path):
         assert client.chat.completions.create(**ask).choices  # the slots came back
         with gateway.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM in_flight")).scalar() == 0
+
+
+def test_keys_are_made_from_capability_tiers(tmp_path, capsys):
+    from tether.serve.keys import KeyStore
+
+    tiers = tmp_path / "tiers.yaml"
+    tiers.write_text("basic: {models: [world:base], max_tokens: 64, rpm: 20, guards: [pii]}\n"
+                     "builder: {max_tokens: 1024, rpm: 600, tools: [code]}\n")
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+
+    def create(*args):
+        with pytest.raises(SystemExit) as done:
+            main(["keys", "create", *args, "--tiers", str(tiers), "--db", db])
+        return done.value.code
+
+    assert create("intern", "--tier", "basic") in (0, None)
+    assert create("ci", "--tier", "builder", "--rpm", "60") in (0, None)
+    intern, ci = KeyStore(db).list()
+    assert intern.scopes.model_dump() == {**Scopes().model_dump(), "models": ["world:base"], "max_tokens": 64,
+                                          "rpm": 20, "guards": ["pii"], "tier": "basic"}
+    assert (ci.scopes.tier, ci.scopes.rpm, ci.scopes.tools, ci.scopes.max_tokens) == ("builder", 60, ["code"], 1024)
+    capsys.readouterr()
+    assert create("x", "--tier", "gold") == 2 and "no tier 'gold' (tiers: basic, builder)" in capsys.readouterr().err
+    tiers.write_text("basic: {rpm: -1}\n")
+    assert create("x", "--tier", "basic") == 2 and "tier 'basic'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["keys", "create", "x", "--tier", "basic", "--db", db])
+    assert done.value.code == 2 and "--tiers" in capsys.readouterr().err
+    assert len(KeyStore(db).list()) == 2

@@ -101,7 +101,8 @@ def serve(
 @keys_app.command("create")
 def create_key(
     name: Annotated[str, typer.Argument(help="who or what the key is for")],
-    models: Annotated[str, typer.Option("--models", help="comma-separated models the key may call ('*': any)")] = "*",
+    models: Annotated[str | None, typer.Option("--models", help="comma-separated models the key may call ('*': "
+                                               "any, the default)")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="most tokens a request may ask for")] = None,
     rpm: Annotated[int | None, typer.Option("--rpm", help="requests per minute, across every server")] = None,
     tpm: Annotated[int | None, typer.Option("--tpm", help="tokens per minute, across every server")] = None,
@@ -111,24 +112,40 @@ def create_key(
                                                "check this key (default: every guard)")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="may set and clear kill switches through the admin API")
                      ] = False,
-    tools: Annotated[str, typer.Option("--tools", help="comma-separated tools the key may call: code (a server "
-                                       "started with --code-tool runs its Python in the sandbox); none by default")
-                     ] = "",
+    tools: Annotated[str | None, typer.Option("--tools", help="comma-separated tools the key may call: code (a "
+                                              "server started with --code-tool runs its Python in the sandbox); "
+                                              "none by default")] = None,
+    tier: Annotated[str | None, typer.Option("--tier", help="start from this capability tier's scopes (from "
+                                             "--tiers); the other options given override them")] = None,
+    tiers: Annotated[str | None, typer.Option("--tiers", help="YAML file of capability tiers: {TIER: {models: [...], "
+                                              "max_tokens: N, rpm: N, tools: [...], guards: [...], ...}}")] = None,
     expires_days: Annotated[float | None, typer.Option("--expires-days", help="expire after this many days")] = None,
     db: DbOpt = DEFAULT_DB,
 ) -> None:
     """Create a key and print its secret, this once (only its hash is stored).
 
     Example: tether keys create ci-bot --models world:base --max-tokens 128 --expires-days 30
+    Example: tether keys create intern --tier basic --tiers tiers.yaml
     """
     from tether.core.config import validate_config
-    from tether.serve.keys import KeyStore, Scopes
+    from tether.core.errors import UserError
+    from tether.serve.keys import KeyStore, Scopes, load_tiers
 
-    scopes = validate_config(Scopes, {
-        "models": [m.strip() for m in models.split(",") if m.strip()], "max_tokens": max_tokens, "rpm": rpm,
-        "tpm": tpm, "budget_tokens": budget, "concurrent": concurrent, "admin": admin,
-        "tools": [t.strip() for t in tools.split(",") if t.strip()],
-        "guards": None if guards is None else [g.strip() for g in guards.split(",") if g.strip()]}, where="options")
+    def listed(text: str | None) -> list[str] | None:
+        return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+    base: dict[str, object] = {}
+    if tier is not None:
+        if tiers is None:
+            raise UserError("--tier needs --tiers FILE (the YAML file that defines the tiers)")
+        known = load_tiers(tiers)
+        if tier not in known:
+            raise UserError(f"{tiers}: no tier {tier!r} (tiers: {', '.join(sorted(known)) or 'none'})")
+        base = {**known[tier], "tier": tier}
+    given = {"models": listed(models), "max_tokens": max_tokens, "rpm": rpm, "tpm": tpm, "budget_tokens": budget,
+             "concurrent": concurrent, "tools": listed(tools), "admin": admin or None}
+    scopes = validate_config(Scopes, {**base, **{k: v for k, v in given.items() if v is not None},
+                                      **({"guards": listed(guards)} if guards is not None else {})}, where="options")
     key, secret = KeyStore(db).create(name, scopes, expires_in=None if expires_days is None else expires_days * 86400)
     typer.echo(f"{key.id}  {name}  {json.dumps(scopes.model_dump())}")
     typer.echo(f"secret (shown once): {secret}")

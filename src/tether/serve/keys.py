@@ -35,10 +35,42 @@ class Scopes(Config):
     tools: list[Literal["code"]] = Field(default_factory=list, description="tools the key may call: code (run "
                                          "Python in the sandbox, /v1/tools/code); none by default")
     admin: bool = Field(False, description="may set and clear kill switches through the admin API")
+    tier: str | None = Field(None, description="the capability tier the key was made from (tether keys create "
+                             "--tier), shown in listings")
 
     def allows_model(self, model: str) -> bool:
         """Whether the key may call ``model``."""
         return "*" in self.models or model in self.models
+
+
+def load_tiers(path: str) -> dict[str, dict[str, Any]]:
+    """Capability tiers from a YAML file: ``{TIER: {scope: value, ...}, ...}``, each checked as :class:`Scopes`.
+
+    A tier is a named set of scopes (which models, how many tokens, which tools, which guards, what rates), so
+    keys are made by capability level instead of flag by flag: practitioners' "throttles that limit
+    capabilities".
+
+    Raises:
+        UserError: the file is missing, is not a mapping of mappings, or a tier has a scope that is not valid.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from tether.core.config import validate_config
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"{file}: no such tiers file")
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file}: not YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise UserError(f"{file}: expected a mapping of tier names to scopes ({{basic: {{rpm: 20, models: [...]}}}})")
+    for name, scopes in raw.items():
+        validate_config(Scopes, scopes, where=f"{file}: tier {name!r}")
+    return {str(name): dict(scopes) for name, scopes in raw.items()}
 
 
 @dataclass(frozen=True)
