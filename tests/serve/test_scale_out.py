@@ -119,6 +119,51 @@ def test_a_kill_switch_stops_both_servers_within_a_second(servers):
     assert all(_post(p, secret).status_code == 200 for p in ports)
 
 
+def test_a_kill_switch_ends_in_flight_streams_on_both_servers_within_a_second(servers):
+    gateway, ports, _, database = servers
+    key, secret = gateway.keys.create("streaming")
+    # Greedy decoding of the tiny random model never reaches its end-of-text token: 2,500 tokens keep each
+    # stream in flight for seconds, long enough to pull the switch in the middle of both.
+    ask = {**ASK, "max_tokens": 2500, "temperature": 0, "stream": True}
+    started, ended = {}, {}
+
+    def stream(port):
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=ask, timeout=60,
+                          headers={"Authorization": f"Bearer {secret}"}) as reply:
+            for line in reply.iter_lines():
+                if '"content"' in line and port not in started:
+                    started[port] = time.monotonic()
+                if '"error"' in line:
+                    ended[port] = (time.monotonic(), json.loads(line[len("data: "):])["error"]["code"])
+                    return
+                if line == "data: [DONE]":
+                    return
+
+    with ThreadPoolExecutor(2) as pool:
+        streams = [pool.submit(stream, p) for p in ports]
+        deadline = time.monotonic() + 30
+        while len(started) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(started) == 2, "the streams did not start"
+        subprocess.run([TETHER, "serve", "kill", "--reason", "stream drill", "--db", database], check=True,
+                       capture_output=True)
+        killed_at = time.monotonic()
+        for future in streams:
+            future.result(timeout=30)
+    gateway.kills.revive("all")
+    assert {p: code for p, (_, code) in ended.items()} == {ports[0]: "killed", ports[1]: "killed"}
+    assert max(at for at, _ in ended.values()) - killed_at < 1.0, ended
+    # The switch also stopped the models: each stream's closing row counts the tokens made before it, not 2,500.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        closing = [r for r in (json.loads(r) for _, r, _, _ in gateway.audit.rows()) if r.get("decision") == "killed"
+                   and r.get("key") == key.id]
+        if len(closing) == 2:
+            break
+        time.sleep(0.1)
+    assert len(closing) == 2 and all(0 < r["completion_tokens"] < 2500 for r in closing), closing
+
+
 def test_kill_9_under_load_loses_no_audit_row_of_an_answered_request(servers):
     gateway, ports, procs, _ = servers
     _, secret = gateway.keys.create("load")

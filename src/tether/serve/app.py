@@ -379,6 +379,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                 # Otherwise (a guard or a switch ended it while the model generates, the model failed, the client
                 # went away and this generator is being cancelled) a task settles, releases and writes the row.
                 if not closed:
+                    pump.cancel()  # nobody will read the rest: the model stops generating it
                     task = asyncio.get_running_loop().create_task(
                         close(pump, checker, admitted, budget, end, start, model_start))
                     closing.add(task)
@@ -585,13 +586,24 @@ class _Pump:
     the kill switches meanwhile) and can stop early, while the rest is still read for its token counts."""
 
     def __init__(self, first: str | Served, source: AsyncIterator[str | Served]) -> None:
+        self.source = source
         self.queue: asyncio.Queue[str | Served | Exception] = asyncio.Queue()
         self.done: asyncio.Future[Served | None] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[None] | None = None
         self.queue.put_nowait(first)
         if isinstance(first, Served):
             self.done.set_result(first)
             return
         self.task = asyncio.get_running_loop().create_task(self._read(source))
+
+    def cancel(self) -> None:
+        """Stop the generation: through the source's own ``cancel()`` where it has one (the in-process model,
+        which then reports the tokens it made), else by dropping the read (an upstream's connection closes)."""
+        cancel = getattr(self.source, "cancel", None)
+        if cancel is not None:
+            cancel()
+        elif self.task is not None:
+            self.task.cancel()
 
     async def _read(self, source: AsyncIterator[str | Served]) -> None:
         try:

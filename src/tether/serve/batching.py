@@ -49,7 +49,8 @@ class Backend(Protocol):
 
     def stream(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str | Served]:
         """The model's reply as it is produced: pieces of text, then the whole reply as :class:`Served` (its
-        text is the reply; the pieces are its prefix as far as they go)."""
+        text is the reply; the pieces are its prefix as far as they go). The iterator may have a ``cancel()``
+        that stops the generation early (the in-process model's has)."""
         ...
 
     def close(self) -> None:
@@ -58,22 +59,35 @@ class Backend(Protocol):
 
 
 class IncrementalDecoder:
-    """Text of a growing token sequence, piece by piece: a piece is held while the text ends inside a character
-    (a byte-level token that is half of one decodes to U+FFFD) and never rewrites what was given."""
+    """Text of a growing token sequence, piece by piece, at a cost per token that does not grow with the text:
+    each new token is decoded with the tokens of the last piece before it as context (so a tokenizer that
+    drops or adds a space at a sequence's start decodes as it would in the whole), and a piece is held while
+    it ends inside a character (a byte-level token that is half of one decodes to U+FFFD)."""
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer, self.text = tokenizer, ""
         self.ids: list[int] = []
+        self._context = 0  # where the tokens of the last piece given begin
+        self._read = 0     # where the tokens not yet given as text begin
 
     def push(self, token: int) -> str:
-        """The text ``token`` adds ('' for now when it ends mid-character, or when the decoding of the whole
-        changed earlier text, which a tokenizer's clean-up of spaces can do: the final reply then settles it)."""
+        """The text ``token`` adds ('' for now when it ends mid-character)."""
         self.ids.append(token)
-        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
-        if text.endswith("\ufffd") or not text.startswith(self.text):
+        before = self._decode(self.ids[self._context:self._read])
+        after = self._decode(self.ids[self._context:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
             return ""
-        piece, self.text = text[len(self.text):], text
+        piece = after[len(before):]
+        self._context, self._read = self._read, len(self.ids)
+        self.text += piece
         return piece
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True)) if ids else ""
+
+
+class _CancelledError(Exception):
+    """Raised from the sampler's token callback when every request of its call was cancelled."""
 
 
 @dataclass
@@ -83,6 +97,7 @@ class _Request:
     future: Future[Served] = field(default_factory=Future)
     pieces: Callable[[str], None] | None = None  # a streamed request: called on the worker with each piece
     decoder: IncrementalDecoder | None = None
+    cancelled: bool = False  # its client is gone or a switch ended it: generation stops once all its call's are
 
 
 class BatchingGenerator:
@@ -111,20 +126,10 @@ class BatchingGenerator:
         """``prompt``'s completion, awaited (the worker batches it with the requests around it)."""
         return await asyncio.wrap_future(self.submit(prompt, settings))
 
-    async def stream(self, prompt: Prompt, settings: GenerationSettings) -> AsyncIterator[str | Served]:
-        """``prompt``'s completion as it is sampled: pieces of text, then the :class:`Served` reply."""
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        def hand_over(piece: str) -> None:
-            loop.call_soon_threadsafe(pieces.put_nowait, piece)
-
-        request = _Request(prompt, settings, pieces=hand_over)
-        # Pieces and the end are queued from the worker in the order they happen.
-        request.future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
-        self._queue.put(request)
-        while (piece := await pieces.get()) is not None:
-            yield piece
-        yield request.future.result()  # the model's error, if it failed, raises here
+    def stream(self, prompt: Prompt, settings: GenerationSettings) -> TokenStream:
+        """``prompt``'s completion as it is sampled: pieces of text, then the :class:`Served` reply; the stream's
+        ``cancel()`` stops its generation (once no other request shares the call)."""
+        return TokenStream(self, prompt, settings)
 
     def count_tokens(self, prompt: Prompt) -> int | None:
         """``prompt``'s length in tokens as the model will see it (None: this generator has no tokenizer)."""
@@ -178,12 +183,15 @@ class BatchingGenerator:
                 for r in streamed:
                     r.decoder = IncrementalDecoder(self.generator.tokenizer)  # type: ignore[attr-defined]
                 completions = self.generator.generate(prompts, requests[0].settings,  # type: ignore[call-arg]
-                                                      on_token=lambda i, token: self._piece(requests[i], token))
+                                                      on_token=lambda i, token: self._piece(requests, i, token))
             else:
                 completions = self.generator.generate(prompts, requests[0].settings)
             # Counted here, on the worker: a fast tokenizer must not be used from two threads at once.
             encode = getattr(self.generator, "encode", None)
             lengths = [len(ids) for ids in encode(prompts)] if encode else [0] * len(prompts)
+        except _CancelledError:  # every request of the call was cancelled: each gets what was generated so far
+            self._cancelled(requests)
+            return
         except Exception as exc:  # every waiting request gets the error; the worker keeps serving
             for r in requests:
                 r.future.set_exception(exc)
@@ -201,9 +209,55 @@ class BatchingGenerator:
         return takes and getattr(self.generator, "tokenizer", None) is not None
 
     @staticmethod
-    def _piece(request: _Request, token: int) -> None:
+    def _piece(requests: list[_Request], index: int, token: int) -> None:
+        request = requests[index]
+        if request.cancelled and all(r.cancelled for r in requests):
+            raise _CancelledError  # stops the generate call: nobody is waiting for its tokens
         if request.pieces is None or request.decoder is None:
             return  # a request of the batch that is not streamed
         piece = request.decoder.push(token)
         if piece:
             request.pieces(piece)
+
+    def _cancelled(self, requests: list[_Request]) -> None:
+        encode = getattr(self.generator, "encode", None)
+        lengths = [len(ids) for ids in encode([r.prompt for r in requests])] if encode else [0] * len(requests)
+        for r, length in zip(requests, lengths, strict=True):
+            ids = r.decoder.ids if r.decoder else []
+            text = r.decoder.text if r.decoder else ""
+            r.future.set_result(Served(Completion(text, list(ids), finish_reason="error", error="cancelled"), length,
+                                       len(ids)))
+
+
+class TokenStream:
+    """A streamed request of a :class:`BatchingGenerator`: an async iterator of text pieces, then the
+    :class:`Served` reply; :meth:`cancel` asks the worker to stop generating it."""
+
+    def __init__(self, owner: BatchingGenerator, prompt: Prompt, settings: GenerationSettings) -> None:
+        loop = asyncio.get_running_loop()
+        self._pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def hand_over(piece: str | None) -> None:
+            loop.call_soon_threadsafe(self._pieces.put_nowait, piece)
+
+        self._request = _Request(prompt, settings, pieces=hand_over)
+        # Pieces and the end are queued from the worker in the order they happen.
+        self._request.future.add_done_callback(lambda _: hand_over(None))
+        self._done = False
+        owner._queue.put(self._request)
+
+    def __aiter__(self) -> TokenStream:
+        return self
+
+    async def __anext__(self) -> str | Served:
+        if self._done:
+            raise StopAsyncIteration
+        piece = await self._pieces.get()
+        if piece is not None:
+            return piece
+        self._done = True
+        return self._request.future.result()  # the model's error, if it failed, raises here
+
+    def cancel(self) -> None:
+        """Stop generating this request (at its next token, once every request sharing its call is cancelled)."""
+        self._request.cancelled = True
