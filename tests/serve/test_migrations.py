@@ -2,30 +2,21 @@
 exactly what the code describes (on SQLite and on PostgreSQL), a store made before migrations is adopted,
 and servers opening a new PostgreSQL store at once migrate it once."""
 
-import secrets
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from tests.serve.conftest import postgres_database
 
 from tether.serve.store import METADATA, connect, migrate
-
-PG = "postgresql+pg8000://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture
 def pg_url():
-    name = f"tether_migrate_{secrets.token_hex(4)}"
-    admin = sa.create_engine(f"{PG}/test", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    yield f"{PG}/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
-    admin.dispose()
+    with postgres_database("tether_migrate") as url:
+        yield url
 
 
 def _revision(engine):

@@ -4,7 +4,6 @@ within a second, and kill -9 under load loses no audit row of an answered reques
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -16,27 +15,20 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from tests.serve.conftest import postgres_database
 
 from tether.serve.app import Gateway
 from tether.serve.audit import verify
 from tether.serve.keys import Scopes
 
-PG = "postgresql+pg8000://postgres@127.0.0.1:5432"
 TETHER = str(Path(sys.executable).parent / "tether")
 ASK = {"model": "tiny:llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
 @pytest.fixture(scope="module")
 def database():
-    name = f"tether_serve_{secrets.token_hex(4)}"
-    admin = sa.create_engine(f"{PG}/test", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    yield f"{PG}/{name}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
-    admin.dispose()
+    with postgres_database("tether_serve") as url:
+        yield url
 
 
 def _port():

@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tether.data.records import Prompt
 from tether.models.generation import Completion, GenerationSettings, Generator
@@ -56,6 +56,24 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release what the backend holds."""
         ...
+
+
+T = TypeVar("T")
+
+
+def gather(waiting: queue.Queue[T | None] | queue.SimpleQueue[T | None], first: T, limit: int) -> tuple[list[T], bool]:
+    """``first`` and what else is waiting, up to ``limit`` items, without blocking; and whether the stop
+    marker (None) was among them (the worker ends after this batch)."""
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            item = waiting.get_nowait()
+        except queue.Empty:
+            return batch, False
+        if item is None:
+            return batch, True
+        batch.append(item)
+    return batch, False
 
 
 class IncrementalDecoder:
@@ -155,17 +173,7 @@ class BatchingGenerator:
             if first is None:
                 return
             time.sleep(self.window_s)  # let the requests that arrive together be served together
-            batch = [first]
-            stop = False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+            batch, stop = gather(self._queue, first, self.max_batch)
             groups: dict[str, list[_Request]] = {}
             for request in batch:
                 groups.setdefault(request.settings.model_dump_json(), []).append(request)

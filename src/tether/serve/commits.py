@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from tether.serve.batching import gather
 from tether.serve.store import write_transaction
 
 T = TypeVar("T")
@@ -69,16 +70,7 @@ class GroupCommit:
             first = self._queue.get()
             if first is None:
                 return
-            batch, stop = [first], False
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+            batch, stop = gather(self._queue, first, self.max_batch)
             self._commit(batch)
             if stop:
                 return

@@ -166,11 +166,9 @@ class OutputStream:
         """The reply so far in; the piece of it that may be sent now ('' for none)."""
         if self.blocked is not None:
             return ""
-        for guard in self.guards:
-            self.checks += 1
-            verdict = guard.check_output(text)
-            if not verdict.allowed:
-                return self._block(guard, verdict, text)
+        blocked = self._check(text, keep=False)
+        if blocked is not None:
+            return blocked
         if self.buffered:
             return ""
         end = len(text) - self.window
@@ -184,12 +182,9 @@ class OutputStream:
         """The whole reply in, once every guard has checked all of it; the rest of it to send."""
         if self.blocked is not None:
             return ""
-        for guard in self.guards:
-            self.checks += 1
-            verdict = guard.check_output(text)
-            self.verdicts.append(verdict)
-            if not verdict.allowed:
-                return self._block(guard, verdict, text)
+        blocked = self._check(text, keep=True)
+        if blocked is not None:
+            return blocked
         if not text.startswith(self.sent):
             # The final text differs from what was streamed (a decoding that changed earlier text): the client
             # keeps what it has; nothing is sent that would not join onto it.
@@ -198,6 +193,17 @@ class OutputStream:
         piece = text[len(self.sent):]
         self.sent += piece
         return piece
+
+    def _check(self, text: str, *, keep: bool) -> str | None:
+        """Every guard on ``text`` (their verdicts kept when ``keep``); the piece to send up to a block, or None."""
+        for guard in self.guards:
+            self.checks += 1
+            verdict = guard.check_output(text)
+            if keep:
+                self.verdicts.append(verdict)
+            if not verdict.allowed:
+                return self._block(guard, verdict, text)
+        return None
 
     def _block(self, guard: Guard, verdict: Verdict, text: str) -> str:
         self.blocked = verdict

@@ -1,0 +1,24 @@
+"""Shared by the gateway's tests: a throwaway database on the machine's PostgreSQL."""
+
+import contextlib
+import secrets
+
+import sqlalchemy as sa
+
+PG = "postgresql+pg8000://postgres@127.0.0.1:5432"
+
+
+@contextlib.contextmanager
+def postgres_database(prefix):
+    """A new, empty database on the local PostgreSQL: its URL; dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = sa.create_engine(f"{PG}/test", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        yield f"{PG}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        admin.dispose()
