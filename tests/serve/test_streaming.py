@@ -9,9 +9,10 @@ import time
 import pytest
 from tests.serve.test_gateway import _serving
 
+from tether.guard.patterns import RegexGuardConfig, longest_match
 from tether.models.generation import Completion
 from tether.serve.batching import IncrementalDecoder
-from tether.serve.hooks import OutputStream, RegexGuardConfig, longest_match
+from tether.serve.hooks import OutputStream
 
 
 def _guard(*patterns, window=256, on_output="cut"):

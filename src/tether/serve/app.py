@@ -33,11 +33,12 @@ from starlette.concurrency import run_in_threadpool
 
 from tether.core.errors import UserError
 from tether.core.sandbox import Sandbox, SandboxUnavailableError
+from tether.guard.base import Guard
 from tether.models.generation import Completion, GenerationSettings
 from tether.serve.audit import AuditLog
 from tether.serve.batching import Backend, Served
 from tether.serve.commits import GroupCommit
-from tether.serve.hooks import Guard, OutputStream
+from tether.serve.hooks import OutputStream
 from tether.serve.keys import ApiKey, KeyStore
 from tether.serve.kill import KillSwitches
 from tether.serve.limits import Admission, CounterStoreError, Limiter, RedisWindows, Refusal
@@ -246,7 +247,6 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
     async def serve(request: Request, body: _Sampling, asked: int | None, prompt: Any, messages: list[dict[str, str]],
                     frames: _Frames) -> Any:
         start = time.perf_counter()
-        prompt_text = "".join(m["content"] for m in messages)
         record: dict[str, Any] = {"endpoint": request.url.path, "model": body.model, "key": None,
                                   "stream": body.stream, "guards": []}
         admitted: Admission | None = None  # held from admission until finish() settles and releases it
@@ -259,14 +259,22 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
             mine = [g for g in guards if key.scopes.guards is None or g.name in key.scopes.guards]
             for guard in mine:
                 verdict = await run_in_threadpool(guard.check_input, messages)
-                record["guards"].append({"on": "input", **verdict.as_dict()})
-                if not verdict.allowed:
-                    raise APIError(400, f"the request was blocked by the {verdict.guard} guard: {verdict.reason}",
-                                   code="content_filter")
+                record["guards"].append({"on": "input", **verdict.as_dict(), **({"shadow": True} if guard.shadow
+                                                                                else {})})
+                if verdict.allowed or guard.shadow:
+                    continue
+                if verdict.action == "redact" and isinstance(verdict.replacement, list):
+                    # The model sees the redacted conversation; the next guards check it as the model will.
+                    messages = verdict.replacement
+                    prompt = messages if isinstance(prompt, list) else messages[-1]["content"]
+                    continue
+                raise APIError(400, f"the request was blocked by the {verdict.guard} guard: {verdict.reason}",
+                               code="content_filter")
             # Reserve the most the request can use: the reply's max_tokens and the prompt's length, counted with
             # the model's tokenizer (estimated at 1 token a character where the model has none). Settled after.
             counted = await run_in_threadpool(generator.count_tokens, prompt)
-            reserve = settings.max_new_tokens + (counted if counted is not None else len(prompt_text))
+            reserve = settings.max_new_tokens + (counted if counted is not None
+                                                 else len("".join(m["content"] for m in messages)))
             admission = await admit(key, reserve)
             if isinstance(admission, Refusal):
                 raise APIError(429, admission.reason, type_="rate_limit_error", code="rate_limited",
@@ -281,13 +289,18 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
             model_s = time.perf_counter() - model_start
             used = served.prompt_tokens + served.completion_tokens
             text, reason = served.completion.text, _finish(served.completion)
-            for guard in mine:  # on the whole reply, before any of it is sent
+            for guard in mine:  # on the whole reply, before any of it is sent; each on what the ones before left
                 verdict = await run_in_threadpool(guard.check_output, text)
-                record["guards"].append({"on": "output", **verdict.as_dict()})
-                if not verdict.allowed:
-                    cut = verdict.span[0] if verdict.span and guard.on_output == "cut" else 0
-                    text, reason = text[:cut], "content_filter"
-                    break
+                record["guards"].append({"on": "output", **verdict.as_dict(), **({"shadow": True} if guard.shadow
+                                                                                 else {})})
+                if verdict.allowed or guard.shadow:
+                    continue
+                if verdict.action == "redact" and isinstance(verdict.replacement, str):
+                    text = verdict.replacement
+                    continue
+                cut = verdict.span[0] if verdict.span and verdict.action == "cut" else 0
+                text, reason = text[:cut], "content_filter"
+                break
             await run_in_threadpool(check_kill, key)  # killed while generating: the reply is not sent
         except APIError as error:
             record |= {"status": error.status, "decision": error.code,

@@ -40,10 +40,10 @@ class ServeConfig(Config):
 
 def build(cfg: ServeConfig) -> tuple[Any, Any]:
     """The application and its batching generator (close it when the server stops)."""
+    from tether.guard.base import load_guards
     from tether.models.targets import is_endpoint, target_generator
     from tether.serve.app import Gateway, create_app
     from tether.serve.batching import Backend, BatchingGenerator
-    from tether.serve.hooks import load_guards
     from tether.serve.upstream import UpstreamBackend
 
     guards = load_guards(cfg.guards, cfg.block_input, cfg.block_output)

@@ -1,0 +1,16 @@
+"""Guards: content checks that stand between a model and its users.
+
+A guard looks at a conversation on its way in and a reply on its way out and answers with a
+:class:`~tether.guard.base.Verdict`: allow, block, cut the reply at the offending text, or redact it
+(the offending spans replaced), with the categories it found, a score where it has one, and how long it
+took. Guards are registered in :data:`~tether.guard.base.GUARDS` (a config class per kind, like every
+extension point); a guard in ``shadow`` mode is run and recorded but never acted on. Built in:
+``regex`` (deny-list patterns, :mod:`tether.guard.patterns`) and ``pii`` (personal data and secrets:
+emails, phone numbers, card numbers that pass the Luhn check, API keys and tokens, private keys;
+:mod:`tether.guard.pii`). The gateway (``tether serve``) runs them on every request and, for streams, on
+the text as it is produced (:mod:`tether.serve.hooks`).
+"""
+
+from tether.guard.base import GUARDS, Guard, GuardConfig, Verdict, load_guards
+
+__all__ = ["GUARDS", "Guard", "GuardConfig", "Verdict", "load_guards"]

@@ -1,0 +1,76 @@
+"""Guards on hand-made text: personal data and secrets found (cards only when they pass Luhn), redacted,
+blocked; regex redaction; shadow mode; guard files."""
+
+import pytest
+
+from tether.core.errors import UserError
+from tether.guard.base import GUARDS, load_guards
+from tether.guard.patterns import RegexGuardConfig
+from tether.guard.pii import PiiGuardConfig, find_pii, luhn_valid, redact
+
+
+def test_luhn_hand_worked():
+    # 4539 1488 0343 6467: doubling every second digit from the right gives a sum of 80, a multiple of 10.
+    assert luhn_valid("4539 1488 0343 6467")
+    assert not luhn_valid("4539 1488 0343 6468")
+    assert luhn_valid("79927398713") and not luhn_valid("79927398710")  # the textbook example
+
+
+def test_find_pii_kinds_and_places():
+    text = ("Mail jane.doe@example.co.uk or call +44 20 7946 0958; card 4539-1488-0343-6467, order 4539148803436468. "
+            "Key AKIAIOSFODNN7EXAMPLE and ghp_" + "a" * 36 + " here.")
+    found = find_pii(text)
+    kinds = [(f.kind, text[f.start:f.end]) for f in found]
+    assert kinds == [("email", "jane.doe@example.co.uk"), ("phone", "+44 20 7946 0958"),
+                     ("card", "4539-1488-0343-6467"), ("aws_key", "AKIAIOSFODNN7EXAMPLE"),
+                     ("github_token", "ghp_" + "a" * 36)]  # the order number fails Luhn: not a card
+    assert redact(text, found).startswith("Mail [EMAIL] or call [PHONE]; card [CARD], order 4539148803436468.")
+
+
+def test_dates_prices_and_versions_are_not_pii():
+    text = "On 2024-11-29 it cost $1,299.00 (v3.11.7), ref 12-345, room 101."
+    assert find_pii(text) == []
+
+
+def test_a_private_key_block_and_a_jwt_are_secrets():
+    key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow...\n-----END RSA PRIVATE KEY-----"
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
+    assert [f.kind for f in find_pii(f"{key} then {jwt}")] == ["private_key", "jwt"]
+
+
+def test_the_pii_guard_redacts_inputs_and_outputs_or_blocks_them():
+    guard = PiiGuardConfig().build()
+    verdict = guard.check_input([{"role": "system", "content": "Be brief."},
+                                 {"role": "user", "content": "I am bob@example.com"}])
+    assert verdict.action == "redact" and verdict.categories == ("email",)
+    assert verdict.replacement == [{"role": "system", "content": "Be brief."},
+                                   {"role": "user", "content": "I am [EMAIL]"}]
+    out = guard.check_output("Your key is sk-" + "x" * 30 + ".")
+    assert out.action == "redact" and out.replacement == "Your key is [OPENAI_KEY]." and out.span == (12, 45)
+    assert guard.stream_window is None  # a redaction rewrites text: streams wait for the whole reply
+    strict = PiiGuardConfig(on_input="block", on_output="cut", detect=["card"]).build()
+    assert strict.check_input([{"role": "user", "content": "4539 1488 0343 6467"}]).action == "block"
+    assert strict.check_input([{"role": "user", "content": "bob@example.com"}]).allowed  # not looked for
+    assert strict.check_output("pay 4539 1488 0343 6467 now").action == "cut"
+    assert "replacement" not in out.as_dict() and "x" * 30 not in str(out.as_dict())  # no secret in the audit
+
+
+def test_regex_redaction_and_shadow_mode():
+    guard = RegexGuardConfig(output=[r"SECRET-\d+"], on_output="redact").build()
+    verdict = guard.check_output("a SECRET-12 and SECRET-345.")
+    assert verdict.replacement == "a [REDACTED] and [REDACTED]." and guard.stream_window is None
+    shadow = RegexGuardConfig(output=["x"], mode="shadow").build()
+    assert shadow.shadow and not shadow.check_output("x").allowed  # it judges; the gateway does not act on it
+
+
+def test_guard_files_are_checked(tmp_path):
+    good = tmp_path / "guards.yaml"
+    good.write_text("- {kind: pii, name: privacy}\n- {kind: regex, output: [forbidden]}\n")
+    assert [g.name for g in load_guards(str(good))] == ["privacy", "regex"]
+    with pytest.raises(UserError, match="two guards are named"):
+        load_guards(str(good), block_output=["also"])  # the file's regex guard and the flag's share a name
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- {kind: pii, detect: [passport]}\n")
+    with pytest.raises(UserError, match="detect"):
+        load_guards(str(bad))
+    assert {"regex", "pii"} <= set(GUARDS.names())
