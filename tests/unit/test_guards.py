@@ -74,3 +74,18 @@ def test_guard_files_are_checked(tmp_path):
     with pytest.raises(UserError, match="detect"):
         load_guards(str(bad))
     assert {"regex", "pii"} <= set(GUARDS.names())
+
+
+def test_the_refusal_guard_labels_replies_and_never_changes_them():
+    from tether.guard.refusal import RefusalGuardConfig
+    from tether.serve.hooks import OutputStream
+
+    guard = RefusalGuardConfig().build()
+    refused = guard.check_output("I'm sorry, but I can't help with that request.")
+    answered = guard.check_output("Preheat the oven to 220 C, then bake the loaf for 30 minutes.")
+    assert refused.allowed and refused.categories == ("refusal",) and refused.score > 0.5
+    assert answered.allowed and answered.categories == () and answered.score < 0.5
+    stream = OutputStream([guard])  # labels only: nothing held back, and no check until the end
+    assert stream.feed("I'm sorry, but") == "I'm sorry, but" and stream.checks == 0
+    assert stream.finish("I'm sorry, but I can't.") == " I can't." and stream.checks == 1
+    assert stream.verdicts[0].categories == ("refusal",)

@@ -7,7 +7,8 @@ took. Guards are registered in :data:`~tether.guard.base.GUARDS` (a config class
 extension point); a guard in ``shadow`` mode is run and recorded but never acted on. Built in:
 ``regex`` (deny-list patterns, :mod:`tether.guard.patterns`) and ``pii`` (personal data and secrets:
 emails, phone numbers, card numbers that pass the Luhn check, API keys and tokens, private keys;
-:mod:`tether.guard.pii`). The gateway (``tether serve``) runs them on every request and, for streams, on
+:mod:`tether.guard.pii`) and ``refusal`` (labels each reply with the refusal detector's P(refusal), never
+changes it; :mod:`tether.guard.refusal`). The gateway (``tether serve``) runs them on every request and, for streams, on
 the text as it is produced (:mod:`tether.serve.hooks`).
 """
 

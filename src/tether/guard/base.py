@@ -15,7 +15,8 @@ from tether.core.errors import UserError
 from tether.core.registry import Registry, kind_config
 
 Action = Literal["allow", "block", "cut", "redact"]
-OnOutput = Literal["block", "cut", "redact"]
+ReplyAction = Literal["block", "cut", "redact"]  # what a guard that objects to a reply makes of it
+OnOutput = Literal["block", "cut", "redact", "annotate"]  # annotate: labels replies, never changes them
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,13 @@ class Guard(Protocol):
     """Checks a conversation on its way in and a reply on its way out."""
 
     name: str
-    # What a reply it objects to becomes: refused whole, sent up to the offending span, or redacted.
-    on_output: OnOutput
+
+    @property
+    def on_output(self) -> OnOutput:
+        """What a reply it objects to becomes: refused whole, sent up to the offending span, redacted; or, for a
+        guard that only labels replies, nothing (``annotate``)."""
+        ...
+
     # Characters of a stream held back for this guard: offending text this long or shorter is caught before
     # any of it is sent. None: the guard judges whole replies only, and streams wait for the end.
     stream_window: int | None

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from tether.core.errors import UserError
-from tether.guard.base import GUARDS, Guard, GuardConfig, OnOutput, Verdict
+from tether.guard.base import GUARDS, Guard, GuardConfig, ReplyAction, Verdict
 
 
 @GUARDS.register("regex")
@@ -20,7 +20,7 @@ class RegexGuardConfig(GuardConfig):
     kind: Literal["regex"] = "regex"
     input: list[str] = Field(default_factory=list, description="patterns that block a request")
     output: list[str] = Field(default_factory=list, description="patterns that block, cut or redact a reply")
-    on_output: OnOutput = Field("cut", description="cut: send the reply up to the match (finish reason "
+    on_output: ReplyAction = Field("cut", description="cut: send the reply up to the match (finish reason "
                                 "content_filter); block: refuse it whole; redact: replace each match with "
                                 "[REDACTED] and send the rest")
     stream_window: int = Field(256, ge=0, description="most characters a stream is held back for these patterns: "

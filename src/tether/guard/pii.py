@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tether.guard.base import GUARDS, Guard, GuardConfig, OnOutput, Verdict
+from tether.guard.base import GUARDS, Guard, GuardConfig, ReplyAction, Verdict
 
 PiiKind = Literal["email", "phone", "card", "aws_key", "github_token", "slack_token", "openai_key", "google_key",
                   "tether_key", "jwt", "private_key"]
@@ -105,7 +105,7 @@ class PiiGuardConfig(GuardConfig):
                                   description="what to look for (default: all): " + ", ".join(ALL_KINDS))
     on_input: Literal["redact", "block", "allow"] = Field("redact", description="a request carrying any: redact "
                                                           "it before the model sees it, refuse it, or let it through")
-    on_output: OnOutput = Field("redact", description="a reply carrying any: redact, cut at the first, or refuse")
+    on_output: ReplyAction = Field("redact", description="a reply carrying any: redact, cut at the first, or refuse")
 
     def build(self) -> Guard:
         """A :class:`PiiGuard`."""
