@@ -20,6 +20,7 @@ TINY = {
     "generation": ["--hidden", "32", "--layers", "1", "--batches", "1,4", "--new-tokens", "8", "--repeats", "1"],
     "padding": ["--batch", "4", "--batches", "3"],
     "gateway": ["--requests", "20", "--clients", "4", "--rounds", "1"],
+    "guards": ["--texts", "5"],
     "eval_world_hhh": ["--set", "model.path=world:tiny", "--set", "suite.n=4", "--set", "suite.heldout_n=1",
                        "--every", "7", "--batches", "1,8"],
 }

@@ -89,3 +89,9 @@ def test_the_refusal_guard_labels_replies_and_never_changes_them():
     assert stream.feed("I'm sorry, but") == "I'm sorry, but" and stream.checks == 0
     assert stream.finish("I'm sorry, but I can't.") == " I can't." and stream.checks == 1
     assert stream.verdicts[0].categories == ("refusal",)
+
+
+def test_card_numbers_side_by_side_and_amex_are_read_one_by_one():
+    text = "cards 4539 1488 0343 6467 4111 1111 1111 1111 and amex 3782 822463 10005."
+    assert [text[f.start:f.end] for f in find_pii(text, ["card"])] == [
+        "4539 1488 0343 6467", "4111 1111 1111 1111", "3782 822463 10005"]

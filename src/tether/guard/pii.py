@@ -35,8 +35,10 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "google_key": re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"),
     "tether_key": re.compile(r"\btk-[A-Za-z0-9_-]{43}\b"),
     "email": re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
-    # 13 to 19 digits, single spaces or dashes allowed between them; the Luhn check decides.
-    "card": re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"),
+    # Groups of four with one separator throughout (16 to 19 digits), Amex's 4-6-5, or 13 to 19 digits in a
+    # row; the Luhn check decides. Grouped forms keep two numbers side by side from reading as one.
+    "card": re.compile(r"(?<![\d-])(?:\d{4}([ -]?)\d{4}\1\d{4}\1\d{4}(?:\1\d{1,3}(?!\d))?|\d{4}([ -]?)\d{6}\2\d{5}"
+                       r"|\d{13,19})(?![\d])"),
     # +CC then groups, or (area) / area- groups: at least 9 digits in all (checked below).
     "phone": re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}[ .-]?\d{3,4}(?!\w)"),
 }
