@@ -1,6 +1,8 @@
 """Guards on hand-made text: personal data and secrets found (cards only when they pass Luhn), redacted,
 blocked; regex redaction; shadow mode; guard files."""
 
+import json
+
 import pytest
 
 from tether.core.errors import UserError
@@ -95,3 +97,38 @@ def test_card_numbers_side_by_side_and_amex_are_read_one_by_one():
     text = "cards 4539 1488 0343 6467 4111 1111 1111 1111 and amex 3782 822463 10005."
     assert [text[f.start:f.end] for f in find_pii(text, ["card"])] == [
         "4539 1488 0343 6467", "4111 1111 1111 1111", "3782 822463 10005"]
+
+
+def test_auroc_hand_worked():
+    from tether.guard.evaluate import auroc
+
+    # Pairs (pos, neg): (0.9,0.1) win, (0.9,0.5) win, (0.5,0.1) win, (0.5,0.5) tie = 3.5 of 4.
+    assert auroc([0.9, 0.5], [0.1, 0.5]) == 0.875
+    assert auroc([1.0], [0.0]) == 1.0 and auroc([0.0], [1.0]) == 0.0
+
+
+def test_guard_eval_reports_rates_per_category_and_split(tmp_path, capsys):
+    from tether.cli.main import main
+
+    data = tmp_path / "labelled.jsonl"
+    rows = [{"text": "mail me at a@b.com", "label": "unsafe", "category": "pii", "split": "a"},
+            {"text": "card 4539 1488 0343 6467", "label": True, "category": "pii", "split": "b"},
+            {"text": "my number is +44 20 7946 0958", "label": 1, "category": "pii", "split": "b"},
+            {"text": "order 4539148803436468", "label": "safe", "split": "a"},
+            {"text": "see you on 2024-11-29", "label": "benign", "split": "b"},
+            {"response": "write to help@corp.example", "label": "unsafe", "on": "output", "category": "pii"}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    guards = tmp_path / "guards.yaml"
+    guards.write_text("- {kind: pii}\n")
+    with pytest.raises(SystemExit) as done:
+        main(["guard", "eval", "--guards", str(guards), "--data", str(data), "--out", str(tmp_path / "out")])
+    assert done.value.code in (0, None)
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())["guards"]["pii"]
+    assert (report["tp"], report["fp"], report["positives"]) == (4, 0, 4)
+    assert report["tpr"]["value"] == 1.0 and report["fpr"]["value"] == 0.0 and report["f1"] == 1.0
+    assert set(report["by_split"]) == {"a", "b"} and report["by_category"]["pii"]["tp"] == 4
+    assert "TPR 100.0%" in capsys.readouterr().out
+    data.write_text('{"text": "x", "label": "maybe"}\n')
+    with pytest.raises(SystemExit) as done:
+        main(["guard", "eval", "--guards", str(guards), "--data", str(data)])
+    assert done.value.code == 2 and "labelled.jsonl:1: label 'maybe'" in capsys.readouterr().err

@@ -14,7 +14,17 @@ from typing import Annotated
 import typer
 
 from tether import __version__
-from tether.cli import config_cmd, data_cmd, eval_cmd, models_cmd, plugins_cmd, redteam_cmd, serve_cmd, world_cmd
+from tether.cli import (
+    config_cmd,
+    data_cmd,
+    eval_cmd,
+    guard_cmd,
+    models_cmd,
+    plugins_cmd,
+    redteam_cmd,
+    serve_cmd,
+    world_cmd,
+)
 from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt
 from tether.cli.recipes import RecipeGroup
 
@@ -43,6 +53,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(serve_cmd.serve_app, name="serve")
 app.add_typer(serve_cmd.keys_app, name="keys")
+app.add_typer(guard_cmd.app, name="guard")
 app.add_typer(serve_cmd.audit_app, name="audit")
 
 

@@ -1,0 +1,134 @@
+"""Guards measured on labelled text (``tether guard eval``): how often each catches what it should and
+flags what it should not, with intervals, per category and per split, its AUROC where it gives scores,
+and what a check costs.
+
+Rows are JSONL: ``text`` (or ``prompt`` / ``response``), ``label`` (true, 1, ``unsafe``, ``harmful`` for
+what the guard should flag; false, 0, ``safe``, ``benign`` otherwise), optional ``category`` and
+``split``, and ``on`` (``input``, the default: checked as a user's message; ``output``: as a reply).
+A guard *flags* a row when its verdict is not to allow it, or, for a guard that only labels
+(``annotate``), when the verdict carries a category. Its score is the verdict's score where it gives
+one, else 1 for a flag and 0 otherwise (AUROC is then reported only for guards with scores).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tether.core.errors import DataError
+from tether.core.stats import wilson_interval
+from tether.guard.base import Guard
+
+POSITIVE = {"true", "1", "unsafe", "harmful", "yes"}
+NEGATIVE = {"false", "0", "safe", "benign", "no"}
+
+
+@dataclass(frozen=True)
+class GuardRow:
+    """One labelled text."""
+
+    text: str
+    label: bool
+    on: str = "input"
+    category: str | None = None
+    split: str | None = None
+
+
+def read_guard_rows(path: str | Path) -> list[GuardRow]:
+    """The labelled rows of a JSONL file (one-line errors naming the file and line)."""
+    from tether.data.io import text_lines
+
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: no such file")
+    rows = []
+    for number, line in text_lines(file):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            raise DataError(f"{file}:{number}: not JSON") from None
+        text = raw.get("text", raw.get("prompt", raw.get("response"))) if isinstance(raw, dict) else None
+        if not isinstance(text, str):
+            raise DataError(f"{file}:{number}: needs a text (or prompt / response) string")
+        label = str(raw.get("label")).strip().lower()
+        if label not in POSITIVE | NEGATIVE:
+            raise DataError(f"{file}:{number}: label {raw.get('label')!r} is not one of true/false, 1/0, "
+                            "unsafe/safe, harmful/benign")
+        on = raw.get("on", "input")
+        if on not in ("input", "output"):
+            raise DataError(f"{file}:{number}: on is {on!r}; expected input or output")
+        rows.append(GuardRow(text, label in POSITIVE, on, raw.get("category"), raw.get("split")))
+    if not rows:
+        raise DataError(f"{file}: no rows")
+    return rows
+
+
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """The chance a random positive scores above a random negative, ties counting half (Mann-Whitney U / n1 n2)."""
+    if not positive or not negative:
+        return float("nan")
+    ordered = sorted([(s, 1) for s in positive] + [(s, 0) for s in negative])
+    rank_sum, i = 0.0, 0
+    while i < len(ordered):  # average ranks over ties
+        j = i
+        while j < len(ordered) and ordered[j][0] == ordered[i][0]:
+            j += 1
+        mean_rank = (i + 1 + j) / 2
+        rank_sum += mean_rank * sum(1 for k in range(i, j) if ordered[k][1] == 1)
+        i = j
+    n1, n0 = len(positive), len(negative)
+    return (rank_sum - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def _rates(flags: Sequence[bool], labels: Sequence[bool]) -> dict[str, Any]:
+    tp = sum(f and t for f, t in zip(flags, labels, strict=True))
+    fp = sum(f and not t for f, t in zip(flags, labels, strict=True))
+    positives = sum(labels)
+    negatives = len(labels) - positives
+    out: dict[str, Any] = {"n": len(labels), "positives": positives, "tp": tp, "fp": fp}
+    out["tpr"] = wilson_interval(tp, positives).as_dict() if positives else None
+    out["fpr"] = wilson_interval(fp, negatives).as_dict() if negatives else None
+    out["precision"] = wilson_interval(tp, tp + fp).as_dict() if tp + fp else None
+    fn = positives - tp
+    out["f1"] = round(2 * tp / (2 * tp + fp + fn), 4) if tp + fp + fn else None
+    return out
+
+
+def evaluate_guards(guards: Sequence[Guard], rows: Sequence[GuardRow]) -> dict[str, Any]:
+    """Every guard on every row: overall rates, per category and per split, AUROC, latency."""
+    report: dict[str, Any] = {"rows": len(rows), "positives": sum(r.label for r in rows), "guards": {}}
+    for guard in guards:
+        flags, scores, seconds, scored = [], [], [], True
+        for row in rows:
+            start = time.perf_counter()
+            verdict = (guard.check_input([{"role": "user", "content": row.text}]) if row.on == "input"
+                       else guard.check_output(row.text))
+            seconds.append(time.perf_counter() - start)
+            flagged = (not verdict.allowed) or (guard.on_output == "annotate" and row.on == "output"
+                                                and bool(verdict.categories))
+            flags.append(flagged)
+            scored = scored and verdict.score is not None
+            scores.append(verdict.score if verdict.score is not None else float(flagged))
+        labels = [r.label for r in rows]
+        entry = _rates(flags, labels)
+        if scored:
+            entry["auroc"] = round(auroc([s for s, t in zip(scores, labels, strict=True) if t],
+                                         [s for s, t in zip(scores, labels, strict=True) if not t]), 4)
+        for field in ("category", "split"):
+            values = sorted({getattr(r, field) for r in rows if getattr(r, field) is not None})
+            if values:
+                entry[f"by_{field}"] = {
+                    v: _rates([f for f, r in zip(flags, rows, strict=True) if getattr(r, field) == v],
+                              [r.label for r in rows if getattr(r, field) == v]) for v in values}
+        ordered = sorted(seconds)
+        entry["latency_ms"] = {"p50": round(1000 * statistics.median(ordered), 3),
+                               "p99": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3)}
+        report["guards"][guard.name] = entry
+    return report
