@@ -12,7 +12,6 @@ one, else 1 for a flag and 0 otherwise (AUROC is then reported only for guards w
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -41,32 +40,23 @@ class GuardRow:
 
 def read_guard_rows(path: str | Path) -> list[GuardRow]:
     """The labelled rows of a JSONL file (one-line errors naming the file and line)."""
-    from tether.data.io import text_lines
+    from tether.data.io import jsonl_objects
 
-    file = Path(path)
-    if not file.is_file():
-        raise DataError(f"{file}: no such file")
     rows = []
-    for number, line in text_lines(file):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except ValueError:
-            raise DataError(f"{file}:{number}: not JSON") from None
-        text = raw.get("text", raw.get("prompt", raw.get("response"))) if isinstance(raw, dict) else None
+    for where, raw in jsonl_objects(path):
+        text = raw.get("text", raw.get("prompt", raw.get("response")))
         if not isinstance(text, str):
-            raise DataError(f"{file}:{number}: needs a text (or prompt / response) string")
+            raise DataError(f"{where}: needs a text (or prompt / response) string")
         label = str(raw.get("label")).strip().lower()
         if label not in POSITIVE | NEGATIVE:
-            raise DataError(f"{file}:{number}: label {raw.get('label')!r} is not one of true/false, 1/0, "
+            raise DataError(f"{where}: label {raw.get('label')!r} is not one of true/false, 1/0, "
                             "unsafe/safe, harmful/benign")
         on = raw.get("on", "input")
         if on not in ("input", "output"):
-            raise DataError(f"{file}:{number}: on is {on!r}; expected input or output")
+            raise DataError(f"{where}: on is {on!r}; expected input or output")
         rows.append(GuardRow(text, label in POSITIVE, on, raw.get("category"), raw.get("split")))
     if not rows:
-        raise DataError(f"{file}: no rows")
+        raise DataError(f"{path}: no rows")
     return rows
 
 

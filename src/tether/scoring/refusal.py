@@ -356,27 +356,18 @@ def read_labelled(path: str | Path) -> list[tuple[str, bool]]:
     """``(response, refusal)`` pairs from a JSONL file: each row a ``response`` and either a boolean
     ``refusal`` or an XSTest-style ``label`` (``*refusal*`` / ``*compliance*``); one-line errors naming the
     file and line otherwise."""
-    from tether.data.io import text_lines
+    from tether.data.io import jsonl_objects
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
     rows = []
-    for number, line in text_lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("response"), str):
-            raise DataError(f"{path}:{number}: a row needs a string 'response'")
+    for where, row in jsonl_objects(path):
+        if not isinstance(row.get("response"), str):
+            raise DataError(f"{where}: a row needs a string 'response'")
         label = row.get("refusal")
         if label is None and isinstance(row.get("label"), str):
             text = row["label"].lower()
             label = True if "refus" in text else False if "compl" in text else None
         if not isinstance(label, bool):
-            raise DataError(f"{path}:{number}: a row needs 'refusal': true/false (or a 'label' naming refusal "
+            raise DataError(f"{where}: a row needs 'refusal': true/false (or a 'label' naming refusal "
                             f"or compliance), got {row.get('refusal', row.get('label'))!r}")
         rows.append((row["response"], label))
     if not rows:
