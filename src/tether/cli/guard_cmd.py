@@ -1,4 +1,4 @@
-"""``tether guard``: guards measured on labelled text."""
+"""``tether guard``: guards trained (``tether guard train``, a recipe) and measured on labelled text."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Content guards (tether.guard): measure them on labelled text.", no_args_is_help=True)
+from tether.cli.recipes import RecipeGroup
+
+app = typer.Typer(cls=RecipeGroup, help="Content guards (tether.guard): train them on labelled text, measure them.",
+                  no_args_is_help=True)
 
 
 @app.command("eval")

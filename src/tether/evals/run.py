@@ -56,6 +56,8 @@ class EvalConfig(Config):
                               description="which prompts: {kind: world-hhh | xstest | harmbench | advbench | jsonl | "
                               "..., ...}")
     generation: GenerationSettings = Field(default_factory=_default_generation)
+    guards: str | None = Field(None, description="a guards YAML file: measure the model behind these guards "
+                               "(tether.guard), as the gateway would serve it")
     samples_per_prompt: int = Field(1, ge=1, description="responses sampled per prompt (rates over all; pass@k)")
     context: ContextConfig | None = Field(None, description="put one of these texts in front of every prompt "
                                           "(a system prompt the model is deployed with); ids are kept, so runs "
@@ -225,6 +227,10 @@ def generate_responses(cfg: EvalConfig, model_path: str, prompts: list[PromptRow
     ``max_new_tokens``).
     """
     finishes = {} if finishes is None else finishes
+    if generator is not None and cfg.guards:
+        from tether.guard.target import guarded
+
+        generator = guarded(generator, cfg.guards)
     done: dict[tuple[int, int], str] = {}
     if cache is not None and cache.is_file():
         for line in cache.read_text().splitlines():
@@ -260,11 +266,12 @@ def generate_responses(cfg: EvalConfig, model_path: str, prompts: list[PromptRow
 
 
 def _load_generator(cfg: EvalConfig, model_path: str) -> Any:
+    from tether.guard.target import guarded
     from tether.models.generation import HFGenerator
     from tether.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(cfg.model.model_copy(update={"path": model_path}))
-    return HFGenerator(model, tokenizer)
+    return guarded(HFGenerator(model, tokenizer), cfg.guards)
 
 
 def aggregate(prompt_of: list[int], outcomes: list[dict[str, float]], k: int) -> dict[str, Rate]:

@@ -26,7 +26,8 @@ class Verdict:
     ``action``: ``allow`` (pass unchanged), ``block`` (refuse the request, or the whole reply), ``cut`` (send
     the reply up to ``span``), ``redact`` (pass ``replacement`` instead: the text, or for an input the
     messages, with the offending spans replaced). ``categories``: what was found; ``score``: the guard's
-    confidence where it has one; ``seconds``: how long it took.
+    confidence where it has one; ``seconds``: how long it took; ``tiers``: for a cascade, the tiers that
+    ran.
     """
 
     allowed: bool
@@ -37,6 +38,7 @@ class Verdict:
     action: Action | None = None
     categories: tuple[str, ...] = ()
     score: float | None = None
+    tiers: tuple[str, ...] = ()  # a cascade's tiers that ran, in order (the last one decided)
     replacement: str | list[dict[str, str]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -51,6 +53,8 @@ class Verdict:
             out["categories"] = list(self.categories)
         if self.score is not None:
             out["score"] = round(self.score, 4)
+        if self.tiers:
+            out["tiers"] = list(self.tiers)
         return out
 
 

@@ -7,7 +7,8 @@ what the guard should flag; false, 0, ``safe``, ``benign`` otherwise), optional 
 ``split``, and ``on`` (``input``, the default: checked as a user's message; ``output``: as a reply).
 A guard *flags* a row when its verdict is not to allow it, or, for a guard that only labels
 (``annotate``), when the verdict carries a category. Its score is the verdict's score where it gives
-one, else 1 for a flag and 0 otherwise (AUROC is then reported only for guards with scores).
+one, else 1 for a flag and 0 otherwise (AUROC is then reported only for guards with scores). For a cascade,
+the share of rows that reached each tier; for an LLM guard, its parse failures.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
     return (rank_sum - n1 * (n1 + 1) / 2) / (n1 * n0)
 
 
-def _rates(flags: Sequence[bool], labels: Sequence[bool]) -> dict[str, Any]:
+def rates(flags: Sequence[bool], labels: Sequence[bool]) -> dict[str, Any]:
+    """Confusion counts of ``flags`` against ``labels`` and TPR, FPR, precision (95% Wilson intervals) and F1."""
     tp = sum(f and t for f, t in zip(flags, labels, strict=True))
     fp = sum(f and not t for f, t in zip(flags, labels, strict=True))
     positives = sum(labels)
@@ -96,18 +98,21 @@ def evaluate_guards(guards: Sequence[Guard], rows: Sequence[GuardRow]) -> dict[s
     report: dict[str, Any] = {"rows": len(rows), "positives": sum(r.label for r in rows), "guards": {}}
     for guard in guards:
         flags, scores, seconds, scored = [], [], [], True
+        reached: dict[str, int] = {}  # a cascade's tiers: rows that reached each
         for row in rows:
             start = time.perf_counter()
             verdict = (guard.check_input([{"role": "user", "content": row.text}]) if row.on == "input"
                        else guard.check_output(row.text))
             seconds.append(time.perf_counter() - start)
+            for tier in verdict.tiers:
+                reached[tier] = reached.get(tier, 0) + 1
             flagged = (not verdict.allowed) or (guard.on_output == "annotate" and row.on == "output"
                                                 and bool(verdict.categories))
             flags.append(flagged)
             scored = scored and verdict.score is not None
             scores.append(verdict.score if verdict.score is not None else float(flagged))
         labels = [r.label for r in rows]
-        entry = _rates(flags, labels)
+        entry = rates(flags, labels)
         if scored:
             entry["auroc"] = round(auroc([s for s, t in zip(scores, labels, strict=True) if t],
                                          [s for s, t in zip(scores, labels, strict=True) if not t]), 4)
@@ -115,10 +120,14 @@ def evaluate_guards(guards: Sequence[Guard], rows: Sequence[GuardRow]) -> dict[s
             values = sorted({getattr(r, field) for r in rows if getattr(r, field) is not None})
             if values:
                 entry[f"by_{field}"] = {
-                    v: _rates([f for f, r in zip(flags, rows, strict=True) if getattr(r, field) == v],
+                    v: rates([f for f, r in zip(flags, rows, strict=True) if getattr(r, field) == v],
                               [r.label for r in rows if getattr(r, field) == v]) for v in values}
         ordered = sorted(seconds)
         entry["latency_ms"] = {"p50": round(1000 * statistics.median(ordered), 3),
                                "p99": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3)}
+        if reached:
+            entry["tiers"] = {tier: round(count / len(rows), 4) for tier, count in reached.items()}
+        if hasattr(guard, "parse_failures"):  # an LLM guard: answers that said neither safe nor unsafe
+            entry["parse_failures"] = guard.parse_failures
         report["guards"][guard.name] = entry
     return report

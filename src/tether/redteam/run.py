@@ -58,6 +58,8 @@ class RedteamConfig(Config):
     target: str = Field("world:base", description="an HF model directory / world:base / tiny:ARCH, or the URL "
                         "of an OpenAI-compatible endpoint (http://host:port/v1)")
     endpoint: EndpointOptions = Field(default_factory=EndpointOptions, description="a URL target's options")
+    guards: str | None = Field(None, description="a guards YAML file: attack the target behind these guards "
+                               "(tether.guard), as the gateway would serve it")
     goals: GoalSource = Field(default_factory=lambda: {"source": "world"}, validate_default=True,
                               description="where goals come from: {source: world | harmbench | advbench | jsonl | ..., "
                               "...}")
@@ -260,6 +262,7 @@ def _rewrite_scored(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def load_target(cfg: RedteamConfig) -> Generator:
     """The run's target as a :class:`Generator` (an endpoint's client, or the model loaded in-process)."""
+    from tether.guard.target import guarded
     from tether.models.targets import target_generator
 
-    return target_generator(cfg.target, cfg.endpoint)
+    return guarded(target_generator(cfg.target, cfg.endpoint), cfg.guards)

