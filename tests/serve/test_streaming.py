@@ -1,6 +1,7 @@
 """Streams as they are produced: the output hook on a stream (hand-worked), token-by-token delivery through
 the official client while the model is still generating, a forbidden string cut before any of it is sent,
-the stream's two audit rows, and an upstream streamed through."""
+the stream's two audit rows, an upstream streamed through, and a learned guard holding or cutting a stream with
+its leak measured."""
 
 import json
 import threading
@@ -216,3 +217,51 @@ def test_incremental_decoding_costs_the_same_per_token_however_long_the_text(tok
     pieces = [decoder.push(i) for i in ids]
     assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
     assert counting.decoded < 8 * len(ids)  # a few tokens per push, not the whole text each time
+
+
+def _classifier(tmp_path, **cfg):
+    # A trained n-gram guard by hand: "secret recipe" scores sigmoid(6), anything without both words far less.
+    from tether.guard.classifier import ClassifierGuardConfig, NgramModel, Thresholds, TrainedGuard
+
+    TrainedGuard(NgramModel({"secret": 0, "recipe": 1}, [5.0, 5.0], -4.0), Thresholds(0.9, 0.5, 0.99), {}).save(
+        tmp_path / "clf")
+    return ClassifierGuardConfig(path=str(tmp_path / "clf"), name="clf", on="output", **cfg).build()
+
+
+def _stream(server, secret, model):
+    chunks, finish = [], None
+    for chunk in server.client(secret).chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=300, stream=True):
+        choice = chunk.choices[0]
+        chunks.append(choice.delta.content or "")
+        finish = choice.finish_reason or finish
+    return "".join(chunks), finish
+
+
+def _closing_row(gateway):
+    deadline = time.time() + 10
+    while len(rows := [json.loads(r) for _, r, _, _ in gateway.audit.rows()]) < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    return rows[-1]
+
+
+@pytest.mark.parametrize("policy", ["hold", "stream-then-cut"])
+def test_a_learned_output_guard_on_a_stream_holds_or_cuts_and_the_leak_is_measured(tmp_path, policy):
+    reply = "Of course, happy to help with that today. " * 2 + "Here is the secret recipe: mix it all. " * 3
+    unsafe_from = reply.index("secret recipe")
+    guard = _classifier(tmp_path, stream_window=None if policy == "hold" else 16, context=16, on_output="cut")
+    model = _GatedGenerator(reply, gate_at=len(reply) + 1)  # never waits
+    with _serving(model, "clf-model", tmp_path / "c.db", guards=[guard]) as (server, gateway):
+        _, secret = gateway.keys.create("streamer")
+        received, finish = _stream(server, secret, "clf-model")
+        row = _closing_row(gateway)
+    assert finish == "content_filter" and row["decision"] == "content_filter"
+    if policy == "hold":  # nothing is sent before the whole reply is checked: no leak
+        assert received == "" and row["exposed_chars"] == 0
+    else:  # streamed 16 characters behind the model: the stream ends where the unsent text begins
+        assert 0 < len(received) < unsafe_from + len("secret recipe") - 16 and reply.startswith(received)
+        assert "recipe" not in received and row["sent_chars"] == len(received)
+        # The flag rests on the last 32 characters read (window + context), of which the client had some.
+        assert 0 < row["exposed_chars"] <= 32
+        if len(received) == unsafe_from - 4:  # checked at every character: flagged at "recipe"'s last letter L,
+            assert row["exposed_chars"] == 15  # having been sent up to L - 17, read from L - 32

@@ -407,8 +407,8 @@ class ClassifierGuardConfig(GuardConfig):
                                    "to the window that was flagged)")
     stream_window: int | None = Field(None, ge=1, description="streams: None holds the reply until the whole of it "
                                       "is checked; N streams it N characters behind the model, checking the last "
-                                      "N + context characters each time, and cuts where a check flags (the "
-                                      "characters sent before the cut are counted in the audit)")
+                                      "N + context characters each time, and ends it where a check flags (what "
+                                      "the client had of the text read is counted in the audit as exposed)")
     context: int = Field(512, ge=0, description="characters before the window read with it on a stream")
 
     def build(self) -> Guard:
@@ -443,7 +443,8 @@ class ClassifierGuard:
                        categories=("unsafe",) if flagged else (), score=score, seconds=time.perf_counter() - start)
 
     def check_output(self, text: str) -> Verdict:
-        """Blocked (or cut) when the reply reaches the threshold; on a stream, the last window and its context."""
+        """Blocked (or cut) when the reply reaches the threshold; on a stream, the last window and its context
+        (``span``: the text read)."""
         start = time.perf_counter()
         if self.on == "input":
             return Verdict(True, self.name)
@@ -451,7 +452,9 @@ class ClassifierGuard:
         score = self.score(text[begin:])
         if score < self.threshold:
             return Verdict(True, self.name, score=score, seconds=time.perf_counter() - start)
-        span = (0, len(text)) if self.stream_window is None else (max(0, len(text) - self.stream_window), len(text))
+        # The span is the text the flag rests on, what was read: on a stream, what the client already has of it is
+        # the leak (the gateway counts it), and the reply ends where the unsent text begins.
+        span = (begin, len(text))
         return Verdict(False, self.name, f"P(unsafe) {score:.3f}", span, seconds=time.perf_counter() - start,
                        action=self.on_output, categories=("unsafe",), score=score)
 
