@@ -10,7 +10,15 @@ import typer
 
 from tether.cli.recipes import RecipeGroup
 
-app = typer.Typer(cls=RecipeGroup, help="Content guards (tether.guard): train them on labelled text, measure them.",
+
+
+class GuardGroup(RecipeGroup):
+    """``tether guard``: its commands, and ``train`` (the ``guard`` recipe, also ``tether train guard``)."""
+
+    aliases = {"train": "guard"}
+
+
+app = typer.Typer(cls=GuardGroup, help="Content guards (tether.guard): train them on labelled text, measure them.",
                   no_args_is_help=True)
 
 

@@ -20,17 +20,25 @@ from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt, SkipBadOpt, 
 
 
 class RecipeGroup(TyperGroup):
-    """A command group whose commands are its hand-written ones plus the recipes declared for its name."""
+    """A command group whose commands are its hand-written ones plus the recipes declared for its name, and
+    ``aliases``: commands named here for a recipe of another group (``tether guard train`` is ``tether train
+    guard``)."""
+
+    aliases: dict[str, str] = {}
 
     def list_commands(self, ctx: Any) -> list[str]:
-        """The hand-written commands, then the group's recipes."""
-        return [*super().list_commands(ctx), *(name for name, _ in _recipes(self.name))]
+        """The hand-written commands, then the group's recipes and aliases."""
+        return [*super().list_commands(ctx), *(name for name, _ in _recipes(self.name)), *self.aliases]
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        """A hand-written command, or the command of the group's recipe ``cmd_name``."""
+        """A hand-written command, or the command of the group's recipe (or alias) ``cmd_name``."""
         command = super().get_command(ctx, cmd_name)
         if command is not None:
             return command
+        if cmd_name in self.aliases:
+            from tether.core.recipes import RECIPES
+
+            return recipe_command(RECIPES.get(self.aliases[cmd_name]), name=cmd_name)
         recipe = dict(_recipes(self.name)).get(cmd_name)
         return recipe_command(recipe) if recipe is not None else None
 
@@ -50,8 +58,9 @@ def _reads_rows(config: type[Any]) -> bool:
     return section is not None and "skip_bad" in section.model_fields
 
 
-def recipe_command(recipe: Any) -> Any:
-    """The ``tether GROUP NAME`` command of ``recipe`` (a :class:`tether.core.recipes.Recipe`)."""
+def recipe_command(recipe: Any, *, name: str | None = None) -> Any:
+    """The ``tether GROUP NAME`` command of ``recipe`` (a :class:`tether.core.recipes.Recipe`), named ``name``
+    (default: the recipe's)."""
 
     def run(config: ConfigOpt = None, set_: SetOpt = None, out: OutOpt = None, resume: ResumeOpt = False) -> None:
         _run(recipe, config, set_, out, resume=resume, skip_bad=False)
@@ -64,7 +73,7 @@ def recipe_command(recipe: Any) -> Any:
     help_text = (f"{recipe.summary}\n\nExample: {recipe.example}\n\n"
                  + (f"Writes {produces}. " if produces else "")
                  + "Rerun with --resume to continue an interrupted run.")
-    info = CommandInfo(name=recipe.name, callback=run_rows if _reads_rows(recipe.config) else run,
+    info = CommandInfo(name=name or recipe.name, callback=run_rows if _reads_rows(recipe.config) else run,
                        help=help_text, short_help=recipe.summary)
     return typer.main.get_command_from_info(info, pretty_exceptions_short=False,
                                             rich_markup_mode=DEFAULT_MARKUP_MODE)

@@ -142,9 +142,9 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
     adapted: dict[str, Any] = {}
     for attack in (a.build() for a in default_ready(cfg)):
         mine = [p for p in prompts if p.kind == attack.name]
-        if attack.needs_weights and mine:
+        if (attack.needs_weights or getattr(attack, "needs_target", False)) and mine:
             generator = generator or load_target(cfg)
-            if not isinstance(generator, HFGenerator):
+            if attack.needs_weights and not isinstance(getattr(generator, "inner", generator), HFGenerator):
                 raise UserError(f"{attack.name} needs the target's weights: give a model directory as the target, "
                                 "not an endpoint")
         new, summary = attack.adapt(mine, generator, out / "gcg.jsonl", seed=cfg.seed)

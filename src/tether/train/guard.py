@@ -1,4 +1,4 @@
-"""``tether guard train``: a guard classifier from labelled text, calibrated, measured on held-out text.
+"""``tether guard train`` (also ``tether train guard``): a guard classifier from labelled text, calibrated, measured on held-out text.
 
 The loop: read labelled rows (the world's gold-labelled prompts by default, or JSONL files of ``text``
 and ``label`` as ``tether guard eval`` reads them: a user's own data, the review queue's decisions);
@@ -106,10 +106,10 @@ def _line(result: dict[str, Any]) -> str:
             f"TPR@1%FPR {result['tpr_at_1pct_fpr']}")
 
 
-@recipe("train", group="guard", config=GuardTrainConfig,
+@recipe("guard", group="train", config=GuardTrainConfig,
         summary="A guard classifier (n-gram, sentence-embedding head, or fine-tuned HF sequence classifier) trained "
         "on labelled text, its thresholds calibrated on validation rows, measured on held-out rows.",
-        example="tether guard train --set model=embedding --set 'data=[labelled.jsonl]' --out runs/guard",
+        example="tether train guard --set model=ngram --set 'data=[labelled.jsonl]' --out runs/guard",
         produces={"guard": output("guard")}, show=_show)
 def run(cfg: GuardTrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train, calibrate, write ``OUT/guard`` and the held-out predictions; return the summary."""

@@ -9,7 +9,7 @@ import pytest
 from tether.world import WorldConfig, build_world
 from tether.world.annotators import DEFAULT_POOL, Annotator, judge, utility
 from tether.world.corpus import corpus_documents, render_chatml
-from tether.world.datasets import export_all, preference_rows, prompt_rows, sft_rows
+from tether.world.datasets import export_all, guard_rows, preference_rows, prompt_rows, sft_rows
 from tether.world.families import FAMILIES, JAILBREAKS_HELDOUT, sample_items, wrap_jailbreak
 from tether.world.grader import grade
 from tether.world.responses import respond
@@ -31,7 +31,8 @@ def test_same_seed_same_bytes_other_seed_other_world():
 
 def _training_text(world, tmp_path):
     export_all(world, tmp_path, n=1500)
-    train_files = ["sft.jsonl", "preferences.jsonl", "preferences_gold.jsonl", "unpaired.jsonl", "prompts.jsonl"]
+    train_files = ["sft.jsonl", "preferences.jsonl", "preferences_gold.jsonl", "unpaired.jsonl", "prompts.jsonl",
+                   "guard_train.jsonl"]
     exported = "\n".join((tmp_path / name).read_text() for name in train_files)
     return "\n".join(corpus_documents(world, DOCS)) + "\n" + exported
 
@@ -129,6 +130,21 @@ def test_exported_datasets_load_with_the_data_layer(tmp_path):
     assert len(read_records(tmp_path / "eval_prompts_heldout.jsonl", PromptRecord)) >= 1
     assert sft_rows(build_world(SMALL), 5) == sft_rows(build_world(SMALL), 5)
     assert all(r["split"] == "heldout" for r in prompt_rows(build_world(SMALL), 20, "heldout"))
+
+
+def test_guard_rows_label_harm_hold_out_names_and_keep_each_text_once():
+    world = build_world(SMALL)
+    train, held = guard_rows(world, "train", n=60), guard_rows(world, "heldout", n=60)
+    for rows in (train, held):
+        texts = [r["text"] for r in rows]
+        assert len(texts) == len(set(texts))
+        assert all(r["label"] == (r["category"].split(":")[0] in ("hazard", "jailbreak")) for r in rows)
+    held_roots = {h.root for h in world.hazards_in("heldout")}
+    assert not any(root in r["text"] for r in train for root in held_roots)
+    # The held-out hazards' own names, asked about harmlessly: safe rows a guard never saw in either role.
+    lookalikes = [r for r in held if r["category"] == "benign:heldout-name"]
+    assert lookalikes and all(not r["label"] and any(root in r["text"] for root in held_roots) for r in lookalikes)
+    assert {r["category"] for r in held} >= {"jailbreak:many-shot", "jailbreak:authority", "hazard", "benign"}
 
 
 def test_builtin_world_sources_resolve_through_the_plugin_entry_point():
