@@ -40,7 +40,8 @@ def traffic(world_seed: int) -> list[dict[str, Any]]:
     cfg = load_config(RedteamConfig, "redteam/world", ["goals.split=heldout", f"goals.world.seed={world_seed}"])
     for attack in build_prompts(cfg):
         prompt = attack.prompt
-        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt if m["role"] != "assistant")
+        text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt
+                                                                 if m["role"] != "assistant")
         rows.append({"text": text, "label": True, "source": f"attack:{attack.kind}"})
     return rows
 
@@ -71,6 +72,7 @@ def rates(flags: list[bool], labels: list[bool]) -> dict[str, Any]:
 
 
 def main() -> None:
+    """Measure the tiers and the cascade on the world's traffic; print (and with --json, write) the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cheap", required=True, help="the cheap tier's trained guard directory")
     parser.add_argument("--learned", required=True, help="the learned tier's trained guard directory")
@@ -88,15 +90,16 @@ def main() -> None:
     labels = [r["label"] for r in rows]
     cheap = GUARDS.get("classifier")(path=args.cheap, name="cheap").build()
     learned = GUARDS.get("classifier")(path=args.learned, name="learned").build()
-    cascade = GUARDS.get("cascade")(name="cascade", tiers=[{"kind": "classifier", "path": args.cheap, "name": "cheap"},
-                                                           {"kind": "classifier", "path": args.learned,
-                                                            "name": "learned"}]).build()
+    cascade = GUARDS.get("cascade")(name="cascade", tiers=[
+        {"kind": "classifier", "path": args.cheap, "name": "cheap"},
+        {"kind": "classifier", "path": args.learned, "name": "learned"}]).build()
     for guard in (cheap, learned, cascade):  # load and warm up every model before timing
         guard.check_input([{"role": "user", "content": "warm up"}])
 
     result: dict[str, Any] = {"traffic": {"n": len(rows), "unsafe": sum(labels),
                                           "attack_prompts": sum(r["source"].startswith("attack:") for r in rows)},
-                              "thresholds": {"cheap": cheap.thresholds.__dict__, "learned": learned.thresholds.__dict__}}
+                              "thresholds": {"cheap": cheap.thresholds.__dict__,
+                                             "learned": learned.thresholds.__dict__}}
     for name, guard in (("cheap", cheap), ("learned", learned), ("cascade", cascade)):
         flags, seconds, reached = [], [], 0
         for row in rows:

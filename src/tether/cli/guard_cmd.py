@@ -11,7 +11,6 @@ import typer
 from tether.cli.recipes import RecipeGroup
 
 
-
 class GuardGroup(RecipeGroup):
     """``tether guard``: its commands, and ``train`` (the ``guard`` recipe, also ``tether train guard``)."""
 

@@ -112,7 +112,8 @@ def _experiment(cfg: GuardLayersConfig, out: Path) -> dict[str, Any]:
             guards = [f"guards={guards_file}"] if guarded else []
             metrics: dict[str, Any] = {}
             ev = load_config(EvalConfig, cfg.evaluation.config, [
-                f"suite.world.seed={cfg.world_seed}", *cfg.evaluation.set, f"model.path={model}", *guards, f"seed={cfg.seed}", f"out={out / slug / 'eval'}"])
+                f"suite.world.seed={cfg.world_seed}", *cfg.evaluation.set, f"model.path={model}", *guards,
+                f"seed={cfg.seed}", f"out={out / slug / 'eval'}"])
             run_stage(ev, evaluate)
             got = read_metrics(out / slug / "eval").metrics
             metrics.update({name: got[name].as_dict() for name in EVAL_METRICS if name in got})

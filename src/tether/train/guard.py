@@ -1,4 +1,5 @@
-"""``tether guard train`` (also ``tether train guard``): a guard classifier from labelled text, calibrated, measured on held-out text.
+"""``tether guard train`` (also ``tether train guard``): a guard classifier from labelled text, calibrated,
+measured on held-out text.
 
 The loop: read labelled rows (the world's gold-labelled prompts by default, or JSONL files of ``text``
 and ``label`` as ``tether guard eval`` reads them: a user's own data, the review queue's decisions);
