@@ -162,13 +162,14 @@ def test_gcg_suffixes_are_searched_on_the_target_cached_and_sent_as_text(tmp_pat
     found = [json.loads(line) for line in (tmp_path / "rt" / "gcg.jsonl").read_text().splitlines()]
     assert len(found) == doc["goals"]["n"] == 2 and all(r["steps"] == 3 for r in found)
     assert found[0]["target"].startswith("Sure, here is")                     # AdvBench's own target wins
-    assert doc["gcg"]["gcg"]["goals"] == 2 and doc["gcg"]["gcg"]["loss"] <= doc["gcg"]["gcg"]["initial_loss"]
+    searched = doc["adapted"]["gcg"]
+    assert searched["goals"] == 2 and searched["loss"] <= searched["initial_loss"]
     rows = [json.loads(line) for line in (tmp_path / "rt" / "attacks.jsonl").read_text().splitlines()]
     sent = [r["prompt"][-1]["content"] for r in rows if r["kind"] == "gcg"]
     assert [s.endswith(r["suffix"]) for s, r in zip(sent, found, strict=True)] == [True, True]
     # Resuming reads the suffixes back instead of searching again.
     (tmp_path / "rt" / "metrics.json").unlink()
-    assert run(cfg, resume=True)["gcg"] == doc["gcg"]
+    assert run(cfg, resume=True)["adapted"] == doc["adapted"]
     assert len((tmp_path / "rt" / "gcg.jsonl").read_text().splitlines()) == 2
 
     code, _, err = _cli(["redteam", "--target", "http://127.0.0.1:9/v1", "--attacks", "gcg", "--goals",
@@ -226,3 +227,22 @@ def test_ci_gates_exit_1_above_the_bar_and_write_junit(tmp_path, capsys):
     assert code == 2 and "no metric 'nope' in this run" in err
     code, _, err = _cli([*argv, "--fail-below", "asr", "--out", str(tmp_path / "d")], capsys)
     assert code == 2 and "expected NAME=VALUE" in err
+
+
+def test_a_guarded_target_is_attacked_through_its_guard_and_guard_search_finds_what_passes(chat_endpoint, tmp_path):
+    # The served model complies with everything; the guard in front of it blocks the requests' plain words.
+    chat_endpoint.reply = lambda body: "Sure, here is how."
+    guards = tmp_path / "guards.yaml"
+    guards.write_text("- {kind: regex, input: ['lock', 'malware', 'hotwire']}\n")
+    doc = run(RedteamConfig.model_validate({
+        "target": chat_endpoint.url, "guards": str(guards),
+        "goals": {"source": "jsonl", "path": str(_goals(tmp_path))},
+        "attacks": [{"template": "direct"},
+                    {"kind": "guard-search", "candidates": 24, "keep": 2, "converters": ["base64", "leetspeak"]}],
+        "out": str(tmp_path / "rt")}))
+    asr = {k: doc["metrics"][f"asr.{k}"]["value"] for k in doc["attacks"]}
+    assert asr["direct"] == 0.0  # every plain request blocked: the guard's refusal, not the model's reply
+    assert asr["guard-search-2of24"] == 1.0  # what the guard let through reached the model, which complied
+    # Only what passed the guard reached the endpoint: the searched prompts, 2 per goal.
+    assert len(chat_endpoint.requests) == 6
+    assert doc["adapted"]["guard-search-2of24"]["guided_by"] == ["regex"]

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from tether.core.config import placeholders
+from tether.core.errors import UserError
 from tether.redteam.attacks import (
     ATTACKS,
     Attack,
@@ -74,7 +75,12 @@ class GuardSearch:
         """``candidates`` prompts per goal (template, converter, augmentation drawn per candidate)."""
         templates = list(kit.library.templates)
         needs_shots = any("shots" in placeholders(t.template) for t in templates)
-        shots = kit.shots() if needs_shots else ()
+        shots: Sequence[Any] = ()
+        if needs_shots:
+            try:
+                shots = kit.shots()
+            except UserError:  # no shots to draw on: the library's other templates only
+                shots = ()
         if not shots:
             templates = [t for t in templates if "shots" not in placeholders(t.template)]
         out = []

@@ -150,8 +150,10 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
         new, summary = attack.adapt(mine, generator, out / "gcg.jsonl", seed=cfg.seed)
         if summary:
             adapted[attack.name] = summary
-        replaced = iter(new)
-        prompts = [next(replaced) if p.kind == attack.name else p for p in prompts]
+        # An attack's prompts are contiguous; adapting may change how many there are (a search keeps the best).
+        first = next((i for i, p in enumerate(prompts) if p.kind == attack.name), len(prompts))
+        others = [p for p in prompts if p.kind != attack.name]
+        prompts = [*others[:first], *new, *others[first:]]
 
     start = time.perf_counter()
     responses, errors, generated, truncated = _responses(cfg, prompts, out / "attacks.jsonl", generator)
@@ -191,7 +193,7 @@ def redteam(cfg: RedteamConfig, out: Path, *, generator: Generator | None = None
         "generation": cfg.generation.model_dump(mode="json"),
         "n_prompts": len(prompts),
         "target_errors": len(errors),
-        **({"gcg": adapted} if adapted else {}),
+        **({"adapted": adapted} if adapted else {}),  # what each attack's adapt step did (GCG, a search)
         # Throughput of this run's generation only (prompts answered now, not those resumed from disk).
         "throughput": {"prompts_generated": generated, "generate_s": round(generate_s, 3),
                        "attacks_per_s": round(generated / generate_s, 2) if generated and generate_s > 0 else None,
