@@ -29,7 +29,8 @@ def evaluate(
     guards: Annotated[str | None, typer.Option("--guards", help="YAML file: the guards to measure")] = None,
     block: Annotated[list[str] | None, typer.Option("--block", help="a regex to measure as a guard (repeatable)")
                      ] = None,
-    out: Annotated[str | None, typer.Option("--out", help="write metrics.json here (a directory)")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="write metrics.json and report.html here (a directory)")
+                   ] = None,
 ) -> None:
     """Each guard's true- and false-positive rates with 95% intervals, precision, F1, AUROC where it gives scores,
     per category and per split, and its p50/p99 time per check.
@@ -60,4 +61,7 @@ def evaluate(
         path = Path(out)
         path.mkdir(parents=True, exist_ok=True)
         (path / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-        typer.echo(f"metrics: {path / 'metrics.json'}")
+        from tether.guard.report import write_report
+
+        write_report(report, path / "report.html", data=data)
+        typer.echo(f"metrics: {path / 'metrics.json'}   report: {path / 'report.html'}")
