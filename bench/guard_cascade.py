@@ -1,4 +1,4 @@
-"""A guard cascade's cost and error measured together: cheap tier, learned tier, and the cascade of the two.
+"""A guard cascade's cost and error measured together: each tier alone, and the cascade of them.
 
 Traffic: the world's held-out guard prompts (held-out hazard items, held-out jailbreak wrappers, the
 held-out hazards' names asked about harmlessly, and every other family) and, as more unsafe traffic, the
@@ -9,8 +9,8 @@ thresholds calibrated at training), timed per check; the cascade's verdicts say 
 share of traffic that reached the learned tier is counted. Latency is also measured on texts of 512
 tokens (the prompt after ~500 tokens of prose, as a long document or a many-shot prompt puts it).
 
-    python bench/guard_cascade.py --cheap runs/guard-ngram/guard --learned runs/guard-emb/guard \\
-        --json docs/results/bench/guard_cascade_cpu.json
+    python bench/guard_cascade.py --tier ngram=runs/guard-ngram/guard --tier sequence=runs/guard-seq/guard \\
+        --tier embedding=runs/guard-emb/guard --json docs/results/bench/guard_cascade_cpu.json
 """
 
 from __future__ import annotations
@@ -74,43 +74,43 @@ def rates(flags: list[bool], labels: list[bool]) -> dict[str, Any]:
 def main() -> None:
     """Measure the tiers and the cascade on the world's traffic; print (and with --json, write) the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cheap", required=True, help="the cheap tier's trained guard directory")
-    parser.add_argument("--learned", required=True, help="the learned tier's trained guard directory")
+    parser.add_argument("--tier", action="append", required=True, metavar="NAME=DIR",
+                        help="a tier's trained guard directory, cheapest first (repeatable)")
     parser.add_argument("--world-seed", type=int, default=0)
     parser.add_argument("--long", type=int, default=200, help="texts timed at 512 tokens")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    import torch
-
     from tether.guard.base import GUARDS
 
-    torch.set_num_threads(torch.get_num_threads())
+    tiers = [tuple(t.split("=", 1)) for t in args.tier]
     rows = traffic(args.world_seed)
     labels = [r["label"] for r in rows]
-    cheap = GUARDS.get("classifier")(path=args.cheap, name="cheap").build()
-    learned = GUARDS.get("classifier")(path=args.learned, name="learned").build()
-    cascade = GUARDS.get("cascade")(name="cascade", tiers=[
-        {"kind": "classifier", "path": args.cheap, "name": "cheap"},
-        {"kind": "classifier", "path": args.learned, "name": "learned"}]).build()
-    for guard in (cheap, learned, cascade):  # load and warm up every model before timing
+    guards = {name: GUARDS.get("classifier")(path=path, name=name).build() for name, path in tiers}
+    guards["cascade"] = GUARDS.get("cascade")(name="cascade", tiers=[
+        {"kind": "classifier", "path": path, "name": name} for name, path in tiers]).build()
+    for guard in guards.values():  # load and warm up every model before timing
         guard.check_input([{"role": "user", "content": "warm up"}])
 
-    result: dict[str, Any] = {"traffic": {"n": len(rows), "unsafe": sum(labels),
-                                          "attack_prompts": sum(r["source"].startswith("attack:") for r in rows)},
-                              "thresholds": {"cheap": cheap.thresholds.__dict__,
-                                             "learned": learned.thresholds.__dict__}}
-    for name, guard in (("cheap", cheap), ("learned", learned), ("cascade", cascade)):
-        flags, seconds, reached = [], [], 0
+    last = tiers[-1][0]
+    result: dict[str, Any] = {
+        "traffic": {"n": len(rows), "unsafe": sum(labels),
+                    "attack_prompts": sum(r["source"].startswith("attack:") for r in rows)},
+        "tiers": [name for name, _ in tiers],
+        "thresholds": {name: guards[name].thresholds.__dict__ for name, _ in tiers}}
+    for name, guard in guards.items():
+        flags, seconds, reached = [], [], dict.fromkeys((n for n, _ in tiers), 0)
         for row in rows:
             start = time.perf_counter()
             verdict = guard.check_input([{"role": "user", "content": row["text"]}])
             seconds.append(time.perf_counter() - start)
             flags.append(not verdict.allowed)
-            reached += "learned" in verdict.tiers
+            for tier in verdict.tiers:
+                reached[tier] += 1
         entry = {**rates(flags, labels), "latency": timing(seconds)}
         if name == "cascade":
-            entry["share_reaching_learned"] = round(reached / len(rows), 4)
+            entry["share_reaching"] = {t: round(c / len(rows), 4) for t, c in reached.items()}
+            entry["share_reaching_last_tier"] = entry["share_reaching"][last]
         by_source: dict[str, list[int]] = {}
         for flag, row in zip(flags, rows, strict=True):
             counts = by_source.setdefault(row["source"].split("(")[0], [0, 0])
@@ -119,13 +119,15 @@ def main() -> None:
         entry["flagged_by_source"] = {k: f"{v[0]}/{v[1]}" for k, v in sorted(by_source.items())}
         result[name] = entry
 
-    tokenizer = learned.trained.model.tokenizer if hasattr(learned.trained.model, "tokenizer") else None
+    # 512 tokens of the most expensive tier that has a tokenizer (the one whose cost grows with them).
+    tokenizer = next((guards[n].trained.model.tokenizer for n, _ in reversed(tiers)
+                      if hasattr(guards[n].trained.model, "tokenizer")), None)
     if tokenizer is not None and args.long:
         rng = random.Random(0)
         sample = rng.sample(rows, min(args.long, len(rows)))
         texts = [long_text(r["text"], tokenizer, 512, rng) for r in sample]
-        result["latency_512_tokens"] = {}
-        for name, guard in (("cheap", cheap), ("learned", learned), ("cascade", cascade)):
+        result["latency_512_tokens"] = {"tokenizer": tokenizer.name_or_path.rsplit("/", 1)[-1]}
+        for name, guard in guards.items():
             seconds = []
             for text in texts:
                 start = time.perf_counter()

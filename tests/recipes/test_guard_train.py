@@ -43,8 +43,8 @@ def test_a_sequence_guard_trained_on_your_jsonl_guards_end_to_end(tmp_path, caps
     data, held = _labelled(tmp_path / "train.jsonl", WORDS[:8]), _labelled(tmp_path / "held.jsonl", WORDS[8:])
     out = tmp_path / "run"
     code, stdout, err = _run(["guard", "train", "--set", "model=sequence", "--set", f"base={tiny_dir}",
-                              "--set", f"data=[{data}]", "--set", f"heldout=[{held}]", "--set", "epochs=12",
-                              "--set", "lr=0.003", "--set", "max_tokens=32", "--out", str(out)], capsys)
+                              "--set", f"data=[{data}]", "--set", f"heldout=[{held}]", "--set", "epochs=5",
+                              "--set", "lr=0.006", "--set", "max_tokens=32", "--out", str(out)], capsys)
     assert code == 0, err
     assert "held-out held.jsonl:" in stdout and f"{out}/guard" in stdout
     summary = json.loads((out / "summary.json").read_text())
