@@ -289,3 +289,18 @@ def test_guard_search_sends_what_the_targets_guards_score_lowest(tmp_path):
         assert [p.prompt for p in kept if p.goal.id == goal] == [p.prompt for p in order[:3]]
     unguided, summary = attack.adapt(prompts, object(), tmp_path / "unused.jsonl", seed=0)
     assert [p.prompt for p in unguided] == [p.prompt for p in prompts if p.attempt < 3] and not summary["guided_by"]
+
+
+def test_every_window_is_wrapped_in_the_special_tokens_a_whole_text_gets(tokenizer):
+    from transformers import AutoTokenizer
+
+    from tether.guard.classifier import _token_windows, special_tokens
+    from tether.scoring.refusal import embedder_location
+
+    bert = AutoTokenizer.from_pretrained(embedder_location("minilm"))
+    assert special_tokens(bert) == ([bert.cls_token_id], [bert.sep_token_id])
+    chunks, owner = _token_windows(bert, ["hello world", "a " * 300], 128)
+    assert chunks[0] == bert("hello world")["input_ids"]  # a short text: exactly as the encoder was trained on it
+    assert owner == [0] + [1] * (len(chunks) - 1) and all(len(c) <= 128 for c in chunks)
+    assert all(c[0] == bert.cls_token_id and c[-1] == bert.sep_token_id for c in chunks)
+    assert special_tokens(tokenizer) == ([], [])  # tether's tiny tokenizer adds none

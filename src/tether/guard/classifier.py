@@ -329,12 +329,27 @@ class SequenceModel:
         return cls(AutoModelForSequenceClassification.from_pretrained(where).eval(), tokenizer, meta["max_tokens"])
 
 
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after a text's own (``[CLS]`` / ``[SEP]`` for a BERT-style encoder,
+    BOS for most causal LMs, none for some): read off how it encodes one word with and without them."""
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return list(full[:start]), list(full[start + len(bare):])
+    return [], []
+
+
 def _token_windows(tokenizer: Any, texts: Sequence[str], size: int) -> tuple[list[list[int]], list[int]]:
+    """Every text's windows of at most ``size`` tokens, each wrapped in the special tokens the tokenizer puts
+    around a whole text, and the text each window belongs to."""
+    before, after = special_tokens(tokenizer)
+    body = max(1, size - len(before) - len(after))
     chunks: list[list[int]] = []
     owner: list[int] = []
     for i, ids in enumerate(tokenizer(list(texts), add_special_tokens=False)["input_ids"]):
-        for chunk in windows(ids or [tokenizer.pad_token_id or 0], size, max(1, size // 2)):
-            chunks.append(chunk)
+        for chunk in windows(ids, body, max(1, body // 2)) if ids else [[]]:
+            chunks.append([*before, *chunk, *after] or [tokenizer.pad_token_id or 0])
             owner.append(i)
     return chunks, owner
 
