@@ -67,7 +67,7 @@ def test_a_sequence_guard_trained_on_your_jsonl_guards_end_to_end(tmp_path, caps
     assert code == 0, err
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     page = (tmp_path / "eval" / "report.html").read_text()
-    assert "<h2>mine by category</h2>" in page and "injection 100.0%" in page and "<script" not in page
+    assert "<h2>mine by category</h2>" in page and "injection 100.0% (" in page and "<script" not in page
     mine = report["guards"]["mine"]
     scores = [json.loads(line) for line in (out / "heldout-predictions.jsonl").read_text().splitlines()]
     flagged = sum(s["flagged"] and s["label"] for s in scores)

@@ -304,3 +304,30 @@ def test_every_window_is_wrapped_in_the_special_tokens_a_whole_text_gets(tokeniz
     assert owner == [0] + [1] * (len(chunks) - 1) and all(len(c) <= 128 for c in chunks)
     assert all(c[0] == bert.cls_token_id and c[-1] == bert.sep_token_id for c in chunks)
     assert special_tokens(tokenizer) == ([], [])  # tether's tiny tokenizer adds none
+
+
+def test_tpr_at_a_fixed_fpr_and_the_f1_interval_hand_worked():
+    from tether.guard.evaluate import f1_interval, tpr_at_fpr
+
+    positives, negatives = [0.9, 0.8, 0.4, 0.2], [0.1, 0.3, 0.5, 0.05]
+    # 25% of 4 negatives may be flagged: only the highest (0.5); positives at or above just over 0.3: 3 of 4.
+    assert tpr_at_fpr(positives, negatives, 0.25) == 0.75
+    assert tpr_at_fpr(positives, negatives, 0.0) == 0.5  # above 0.5: 0.9 and 0.8
+    assert tpr_at_fpr([], negatives, 0.1) is None
+    perfect = f1_interval([True, False] * 10, [True, False] * 10)
+    assert perfect == {"ci_low": 1.0, "ci_high": 1.0}
+    noisy = f1_interval([True, True, False, False] * 10, [True, False, True, False] * 10)
+    assert noisy["ci_low"] < 0.5 < noisy["ci_high"] and f1_interval([True], [False]) is None
+
+
+def test_guard_eval_reports_each_cascade_tiers_share_and_time(tmp_path):
+    from tether.guard.evaluate import GuardRow, evaluate_guards
+
+    cheap = _Scored("cheap", {"a": 0.99, "b": 0.5, "c": 0.0})
+    costly = _Scored("costly", {"a": 1.0, "b": 0.9, "c": 0.0}, delay=0.01)
+    report = evaluate_guards([_cascade([(cheap, 0.1, 0.95), (costly, None, None)])],
+                             [GuardRow(t, t != "c") for t in "abc"])
+    entry = report["guards"]["cascade"]
+    assert entry["tiers"] == {"cheap": 1.0, "costly": round(1 / 3, 4)}
+    assert entry["tier_latency_ms"]["costly"]["p50"] >= 10 > entry["tier_latency_ms"]["cheap"]["p50"]
+    assert entry["tpr_at_fpr"]["1%"] == 1.0 and entry["tp"] == 2 and entry["fp"] == 0

@@ -54,7 +54,8 @@ def evaluate(
                 low, high = 100 * r["ci_low"], 100 * r["ci_high"]
                 shown.append(f"{rate.upper()} {100 * r['value']:.1f}% [{low:.1f}-{high:.1f}]")
         shown += [f"F1 {entry['f1']}"] if entry["f1"] is not None else []
-        shown += [f"AUROC {entry['auroc']}"] if "auroc" in entry else []
+        shown += [f"AUROC {entry['auroc']}  TPR@1%FPR {entry['tpr_at_fpr']['1%']}"] if "auroc" in entry else []
+        shown += [f"tiers {entry['tiers']}"] if "tiers" in entry else []
         shown += [f"p50 {entry['latency_ms']['p50']} ms  p99 {entry['latency_ms']['p99']} ms"]
         typer.echo("  ".join(shown))
     if out:

@@ -39,6 +39,7 @@ class Verdict:
     categories: tuple[str, ...] = ()
     score: float | None = None
     tiers: tuple[str, ...] = ()  # a cascade's tiers that ran, in order (the last one decided)
+    tier_seconds: tuple[float, ...] = ()  # what each of them took
     replacement: str | list[dict[str, str]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

@@ -102,15 +102,18 @@ class CascadeGuard:
         if self._pool is not None:
             return self._parallel(check, start, output)
         ran: list[str] = []
+        took: list[float] = []
         for i, tier in enumerate(self.tiers):
             if i and self.budget is not None and time.perf_counter() - start >= self.budget:
-                return self._verdict(self.on_budget == "block", None, ran, start, output,
+                return self._verdict(self.on_budget == "block", None, ran, start, output, took,
                                      reason=f"latency budget reached before {tier.guard.name}")
+            began = time.perf_counter()
             verdict = check(tier.guard)
+            took.append(time.perf_counter() - began)
             ran.append(tier.guard.name)
             decided = tier.decides(verdict, last=i == len(self.tiers) - 1)
             if decided is not None:
-                return self._verdict(decided, verdict, ran, start, output)
+                return self._verdict(decided, verdict, ran, start, output, took)
         raise AssertionError("the last tier always decides")
 
     def _parallel(self, check: Callable[[Guard], Verdict], start: float, output: bool) -> Verdict:
@@ -137,15 +140,16 @@ class CascadeGuard:
                 timeout = max(0.0, self.budget - (time.perf_counter() - start))
         return self._verdict(False, None, ran, start, output)
 
-    def _verdict(self, block: bool, decider: Verdict | None, ran: list[str], start: float, output: bool, *,
-                 reason: str = "") -> Verdict:
+    def _verdict(self, block: bool, decider: Verdict | None, ran: list[str], start: float, output: bool,
+                 took: Sequence[float] = (), *, reason: str = "") -> Verdict:
         seconds = time.perf_counter() - start
         score = decider.score if decider is not None else None
         if not block:
-            return Verdict(True, self.name, reason, seconds=seconds, score=score, tiers=tuple(ran))
+            return Verdict(True, self.name, reason, seconds=seconds, score=score, tiers=tuple(ran),
+                           tier_seconds=tuple(took))
         action = self.on_output if output else "block"
         span = decider.span if decider is not None and action == "cut" else None
         why = reason or f"{ran[-1]}: {decider.reason if decider is not None and decider.reason else 'unsafe'}"
         categories = decider.categories if decider is not None and decider.categories else ("unsafe",)
         return Verdict(False, self.name, why, span, seconds, action=action, categories=categories, score=score,
-                       tiers=tuple(ran))
+                       tiers=tuple(ran), tier_seconds=tuple(took))

@@ -2,17 +2,19 @@
 flags what it should not, with intervals, per category and per split, its AUROC where it gives scores,
 and what a check costs.
 
-Rows are JSONL: ``text`` (or ``prompt`` / ``response``), ``label`` (true, 1, ``unsafe``, ``harmful`` for
-what the guard should flag; false, 0, ``safe``, ``benign`` otherwise), optional ``category`` and
-``split``, and ``on`` (``input``, the default: checked as a user's message; ``output``: as a reply).
-A guard *flags* a row when its verdict is not to allow it, or, for a guard that only labels
-(``annotate``), when the verdict carries a category. Its score is the verdict's score where it gives
-one, else 1 for a flag and 0 otherwise (AUROC is then reported only for guards with scores). For a cascade,
-the share of rows that reached each tier; for an LLM guard, its parse failures.
+Rows are JSONL: ``text`` (or ``prompt`` / ``response``), ``label`` (true, 1, ``unsafe``, ``harmful`` for what
+the guard should flag; false, 0, ``safe``, ``benign`` otherwise), optional ``category`` and ``split``, and
+``on`` (``input``, the default: checked as a user's message; ``output``: as a reply). A guard *flags* a row
+when its verdict is not to allow it, or, for a guard that only labels (``annotate``), when the verdict carries
+a category. Its score is the verdict's score where it gives one, else 1 for a flag and 0 otherwise (AUROC and
+TPR at fixed FPRs are then reported only for guards with scores). F1 has a bootstrap interval. For a cascade,
+the share of rows that reached each tier and each tier's p50/p99; for an LLM guard, its parse failures.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import statistics
 import time
 from collections.abc import Sequence
@@ -93,19 +95,59 @@ def rates(flags: Sequence[bool], labels: Sequence[bool]) -> dict[str, Any]:
     return out
 
 
+FIXED_FPRS = (0.001, 0.01, 0.05)
+
+
+def tpr_at_fpr(positives: Sequence[float], negatives: Sequence[float], fpr: float) -> float | None:
+    """The share of positives scored at or above the lowest threshold that flags at most ``fpr`` of the
+    negatives: the guard's best TPR at that FPR on this data (a threshold chosen on the data it is measured on,
+    so an optimistic operating point; a guard's own threshold is the one its TPR and FPR are reported at)."""
+    if not positives or not negatives:
+        return None
+    ordered = sorted(negatives, reverse=True)
+    allowed = math.floor(fpr * len(ordered))
+    threshold = -math.inf if allowed >= len(ordered) else math.nextafter(ordered[allowed], math.inf)
+    return round(sum(s >= threshold for s in positives) / len(positives), 4)
+
+
+def f1_interval(flags: Sequence[bool], labels: Sequence[bool], *, resamples: int = 1000, seed: int = 0
+                ) -> dict[str, float] | None:
+    """A 95% percentile-bootstrap interval for F1 (rows resampled with replacement), or None without positives."""
+    pairs = list(zip(flags, labels, strict=True))
+    if not any(labels):
+        return None
+    rng = random.Random(seed)
+    values = []
+    for _ in range(resamples):
+        tp = fp = fn = 0
+        for flag, label in (pairs[rng.randrange(len(pairs))] for _ in pairs):
+            tp += flag and label
+            fp += flag and not label
+            fn += label and not flag
+        values.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    values.sort()
+    return {"ci_low": round(values[int(0.025 * resamples)], 4), "ci_high": round(values[int(0.975 * resamples) - 1], 4)}
+
+
+def _latency(seconds: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(seconds)
+    return {"p50": round(1000 * statistics.median(ordered), 3),
+            "p99": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3)}
+
+
 def evaluate_guards(guards: Sequence[Guard], rows: Sequence[GuardRow]) -> dict[str, Any]:
     """Every guard on every row: overall rates, per category and per split, AUROC, latency."""
     report: dict[str, Any] = {"rows": len(rows), "positives": sum(r.label for r in rows), "guards": {}}
     for guard in guards:
         flags, scores, seconds, scored = [], [], [], True
-        reached: dict[str, int] = {}  # a cascade's tiers: rows that reached each
+        reached: dict[str, list[float]] = {}  # a cascade's tiers: the time each took on each row that reached it
         for row in rows:
             start = time.perf_counter()
             verdict = (guard.check_input([{"role": "user", "content": row.text}]) if row.on == "input"
                        else guard.check_output(row.text))
             seconds.append(time.perf_counter() - start)
-            for tier in verdict.tiers:
-                reached[tier] = reached.get(tier, 0) + 1
+            for tier, took in zip(verdict.tiers, verdict.tier_seconds or [0.0] * len(verdict.tiers), strict=True):
+                reached.setdefault(tier, []).append(took)
             flagged = (not verdict.allowed) or (guard.on_output == "annotate" and row.on == "output"
                                                 and bool(verdict.categories))
             flags.append(flagged)
@@ -113,20 +155,22 @@ def evaluate_guards(guards: Sequence[Guard], rows: Sequence[GuardRow]) -> dict[s
             scores.append(verdict.score if verdict.score is not None else float(flagged))
         labels = [r.label for r in rows]
         entry = rates(flags, labels)
+        entry["f1_interval"] = f1_interval(flags, labels)
         if scored:
-            entry["auroc"] = round(auroc([s for s, t in zip(scores, labels, strict=True) if t],
-                                         [s for s, t in zip(scores, labels, strict=True) if not t]), 4)
+            positives = [s for s, t in zip(scores, labels, strict=True) if t]
+            negatives = [s for s, t in zip(scores, labels, strict=True) if not t]
+            entry["auroc"] = round(auroc(positives, negatives), 4)
+            entry["tpr_at_fpr"] = {f"{100 * fpr:g}%": tpr_at_fpr(positives, negatives, fpr) for fpr in FIXED_FPRS}
         for field in ("category", "split"):
             values = sorted({getattr(r, field) for r in rows if getattr(r, field) is not None})
             if values:
                 entry[f"by_{field}"] = {
                     v: rates([f for f, r in zip(flags, rows, strict=True) if getattr(r, field) == v],
                               [r.label for r in rows if getattr(r, field) == v]) for v in values}
-        ordered = sorted(seconds)
-        entry["latency_ms"] = {"p50": round(1000 * statistics.median(ordered), 3),
-                               "p99": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3)}
+        entry["latency_ms"] = _latency(seconds)
         if reached:
-            entry["tiers"] = {tier: round(count / len(rows), 4) for tier, count in reached.items()}
+            entry["tiers"] = {tier: round(len(took) / len(rows), 4) for tier, took in reached.items()}
+            entry["tier_latency_ms"] = {tier: _latency(took) for tier, took in reached.items()}
         if hasattr(guard, "parse_failures"):  # an LLM guard: answers that said neither safe nor unsafe
             entry["parse_failures"] = guard.parse_failures
         report["guards"][guard.name] = entry

@@ -29,12 +29,20 @@ def write_report(report: dict[str, Any], path: str | Path, *, data: list[str]) -
             f"<p class='meta'>{report['rows']} rows ({report['positives']} unsafe) from "
             f"{', '.join(escape(d) for d in data)} · rates with 95% Wilson intervals</p>",
             "<table><tr><th>guard</th><th>TPR</th><th>FPR</th><th>precision</th><th>F1</th><th>AUROC</th>"
-            "<th>p50 / p99 per check</th><th>traffic reaching each tier</th><th>parse failures</th></tr>"]
+            "<th>TPR at 1% FPR</th><th>p50 / p99 per check</th><th>traffic reaching each tier (p50 / p99)</th>"
+            "<th>parse failures</th></tr>"]
     for name, e in report["guards"].items():
-        tiers = ", ".join(f"{escape(t)} {pct(s)}" for t, s in e.get("tiers", {}).items()) or "–"
+        tier_ms = e.get("tier_latency_ms", {})
+        tiers = ", ".join(f"{escape(t)} {pct(s)} ({tier_ms[t]['p50']} / {tier_ms[t]['p99']} ms)"
+                          for t, s in e.get("tiers", {}).items()) or "–"
+        f1 = "–" if e["f1"] is None else str(e["f1"])
+        if e.get("f1_interval"):
+            f1 += f" <span class='meta'>[{e['f1_interval']['ci_low']}–{e['f1_interval']['ci_high']}]</span>"
+        at = e.get("tpr_at_fpr", {}).get("1%")
         body.append(f"<tr><td>{escape(name)}</td><td>{_rate(e['tpr'])}</td><td>{_rate(e['fpr'])}</td>"
-                    f"<td>{_rate(e['precision'])}</td><td>{'–' if e['f1'] is None else e['f1']}</td>"
-                    f"<td>{e.get('auroc', '–')}</td><td>{e['latency_ms']['p50']} / {e['latency_ms']['p99']} ms</td>"
+                    f"<td>{_rate(e['precision'])}</td><td>{f1}</td><td>{e.get('auroc', '–')}</td>"
+                    f"<td>{pct(at) if at is not None else '–'}</td>"
+                    f"<td>{e['latency_ms']['p50']} / {e['latency_ms']['p99']} ms</td>"
                     f"<td>{tiers}</td><td>{e.get('parse_failures', '–')}</td></tr>")
     body.append("</table>")
     for name, e in report["guards"].items():

@@ -36,9 +36,8 @@ from tether.guard.classifier import (
     SequenceModel,
     TrainedGuard,
     calibrate,
-    threshold_at_fpr,
 )
-from tether.guard.evaluate import GuardRow, auroc, rates, read_guard_rows
+from tether.guard.evaluate import GuardRow, auroc, rates, read_guard_rows, tpr_at_fpr
 from tether.scoring.refusal import balanced_bce
 
 WORLD = "world"
@@ -243,11 +242,7 @@ def measure(scores: list[float], rows: list[GuardRow], threshold: float) -> dict
     positives = [s for s, y in zip(scores, labels, strict=True) if y]
     negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
     out["auroc"] = round(auroc(positives, negatives), 4) if positives and negatives else None
-    if positives and negatives:
-        at = threshold_at_fpr(negatives, 0.01)
-        out["tpr_at_1pct_fpr"] = round(sum(s >= at for s in positives) / len(positives), 4)
-    else:
-        out["tpr_at_1pct_fpr"] = None
+    out["tpr_at_1pct_fpr"] = tpr_at_fpr(positives, negatives, 0.01)
     categories = sorted({r.category for r in rows if r.category is not None})
     if categories:
         out["by_category"] = {c: rates([f for f, r in zip(flags, rows, strict=True) if r.category == c],
