@@ -55,6 +55,9 @@ def test_normalise_undoes_spacing_case_accents_and_zero_width():
     assert normalise("K-o-r-v-e-x TOXIN") == "korvex toxin"
     assert normalise("b o m b and t.o.x.i.n") == "bomb and toxin"
     assert normalise("caf\u00e9 to\u200bxin") == "cafe toxin"
+    # Each spelled-out word is joined on its own; the space between two of them stays.
+    assert normalise("the s-t-e-p-s for the O-s-t-l-u e-x-p-l-o-i-t") == "the steps for the ostlu exploit"
+    assert normalise("I am a b c, v3.11.7") == "i am a b c, v3.11.7"  # three spaced letters, a version: as they are
     assert ngram_features("Make the K-o-r-v-e-x toxin") == {"make", "the", "korvex", "toxin", "make the",
                                                             "the korvex", "korvex toxin"}
 

@@ -108,8 +108,10 @@ def calibrate(scores: Sequence[float], labels: Sequence[bool], *, fpr: float, ca
 # --- text normalisation and features -------------------------------------------------------------
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
-# Letters spaced out by a separator ("K-o-r-v-e-x", "b o m b", "t.o.x.i.n"): three or more, joined back.
-_SPACED = re.compile(r"\b(?:\w[-._ ]){2,}\w\b")
+# Letters spelled out with one separator throughout ("K-o-r-v-e-x", "t.o.x.i.n": three or more), or with single
+# spaces ("b o m b": four or more, fewer are too often real words), joined back; a run ends where the separator
+# changes, so "s-t-e-p-s t-o" stays two words.
+_SPACED = re.compile(r"\b\w([-._])\w(?:\1\w)+\b|\b\w(?: \w){3,}\b")
 _WORD = re.compile(r"\w+")
 
 
