@@ -46,9 +46,11 @@ def test_widest_margin_is_halfway_in_log_odds_and_decides_validation_alike():
     assert widest_margin(0.2, [0.1, 0.8, 0.95]) == pytest.approx(0.5)
     assert widest_margin(0.2, [0.1]) == 0.2  # no positive above: unchanged
     thresholds = calibrate([0.05, 0.1, 0.2, 0.8, 0.95], [False, False, False, True, True], fpr=0.0,
-                           cascade_fpr=0.0, cascade_fnr=0.0)
+                           cascade_fpr=0.0, cascade_fnr=0.0, cascade_forward=1 / 3)
     assert thresholds.decision == pytest.approx(0.5)  # just above 0.2 and 0.8: halfway is log-odds 0
-    assert thresholds.block == math.nextafter(0.2, 1) and thresholds.allow == thresholds.block  # allow <= block
+    assert thresholds.block == pytest.approx(0.5)  # the same rule at the cascade's (here equal) rate
+    # One negative in three (the least usual, 0.2) goes on: allowed below just above the next one, 0.1.
+    assert thresholds.allow == math.nextafter(0.1, 1)
 
 
 def test_normalise_undoes_spacing_case_accents_and_zero_width():

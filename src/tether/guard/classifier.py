@@ -93,16 +93,22 @@ def _logit(p: float) -> float:
 
 
 def calibrate(scores: Sequence[float], labels: Sequence[bool], *, fpr: float, cascade_fpr: float,
-              cascade_fnr: float) -> Thresholds:
-    """Thresholds from validation scores: ``decision`` where the lowest threshold at ``fpr`` and the widest
-    margin put it (:func:`widest_margin`); as a cascade tier, ``block`` at ``cascade_fpr`` (what it blocks
-    alone must be surer than its own decisions) and ``allow`` at ``cascade_fnr`` (never above ``block``:
-    then nothing is uncertain)."""
+              cascade_fnr: float, cascade_forward: float) -> Thresholds:
+    """Thresholds from validation scores.
+
+    ``decision``: where the lowest threshold at ``fpr`` and the widest margin put it (:func:`widest_margin`).
+    As a cascade tier, ``block`` likewise at ``cascade_fpr`` (what a tier blocks alone must be surer than its
+    own decisions); ``allow`` where a text is as plainly safe as the validation negatives: below the score
+    that all but ``cascade_forward`` of them stay under, and below the lowest ``cascade_fnr`` of the positives.
+    Between the two the text goes on: the plainly unusual (text unlike anything the tier was trained on, which
+    a linear model scores in the middle) as well as the close calls.
+    """
     negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
     positives = [s for s, y in zip(scores, labels, strict=True) if y]
-    block = threshold_at_fpr(negatives, cascade_fpr)
-    decision = widest_margin(threshold_at_fpr(negatives, fpr), positives)
-    return Thresholds(decision=decision, allow=min(threshold_at_fnr(positives, cascade_fnr), block), block=block)
+    block = widest_margin(threshold_at_fpr(negatives, cascade_fpr), positives)
+    usual = threshold_at_fpr(negatives, cascade_forward)  # all but cascade_forward of the negatives are under it
+    allow = min(usual, threshold_at_fnr(positives, cascade_fnr), block)
+    return Thresholds(decision=widest_margin(threshold_at_fpr(negatives, fpr), positives), allow=allow, block=block)
 
 
 # --- text normalisation and features -------------------------------------------------------------
@@ -117,8 +123,10 @@ _WORD = re.compile(r"\w+")
 
 def normalise(text: str) -> str:
     """Lower case, accents and zero-width characters dropped, spaced-out letters joined."""
-    text = unicodedata.normalize("NFKD", text.translate(_ZERO_WIDTH))
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    if not text.isascii():  # accents and zero-width characters (plain ASCII text, the common case, has none)
+        text = unicodedata.normalize("NFKD", text.translate(_ZERO_WIDTH))
+        text = "".join(c for c in text if not unicodedata.combining(c))
+    text = text.lower()
     return _SPACED.sub(lambda m: re.sub(r"[-._ ]", "", m.group(0)), text)
 
 

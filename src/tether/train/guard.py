@@ -6,7 +6,8 @@ and ``label`` as ``tether guard eval`` reads them: a user's own data, the review
 each text once; set a validation share aside (stratified by label) unless validation files are given;
 fit the model (:mod:`tether.guard.classifier`: ``ngram``, ``embedding`` or ``sequence``) on the rest
 with class-balanced cross-entropy; calibrate its thresholds on the validation rows (the decision at
-``target_fpr``; as a cascade tier, block at ``cascade_fpr`` and allow at ``cascade_fnr``); save it with
+``target_fpr``; as a cascade tier, block at ``cascade_fpr``, allow what looks like all but ``cascade_forward``
+of the validation negatives); save it with
 them (``OUT/guard``, the ``path`` of a ``kind: classifier`` guard); then measure it on the held-out files,
 which play no part in any choice: TPR and FPR at the calibrated threshold with intervals, TPR at 1% FPR
 of the held-out negatives, AUROC, per category.
@@ -66,8 +67,10 @@ class GuardTrainConfig(Config):
                               "threshold")
     cascade_fpr: float = Field(0.001, ge=0.0, lt=1.0, description="as a cascade tier: blocks alone at this "
                                "validation false-positive rate")
-    cascade_fnr: float = Field(0.005, ge=0.0, lt=1.0, description="as a cascade tier: allows alone below the score "
-                               "under which this share of validation positives falls")
+    cascade_fnr: float = Field(0.005, ge=0.0, lt=1.0, description="as a cascade tier: allows alone only below the "
+                               "score under which at most this share of validation positives falls")
+    cascade_forward: float = Field(0.05, ge=0.0, lt=1.0, description="as a cascade tier: the share of validation "
+                                   "negatives it passes on rather than allow (its least usual ones)")
     max_tokens: int = Field(128, ge=8, description="embedding / sequence: tokens per window (longer texts are read "
                             "in overlapping windows, the worst one counting)")
     max_features: int = Field(50_000, ge=10, description="ngram: vocabulary size (most frequent features)")
@@ -268,7 +271,7 @@ def _train(cfg: GuardTrainConfig, run_dir: RunDir) -> dict[str, Any]:
     model = fit(cfg, [r.text for r in train], [r.label for r in train])
     scores = model.scores([r.text for r in validation])
     thresholds = calibrate(scores, [r.label for r in validation], fpr=cfg.target_fpr, cascade_fpr=cfg.cascade_fpr,
-                           cascade_fnr=cfg.cascade_fnr)
+                           cascade_fnr=cfg.cascade_fnr, cascade_forward=cfg.cascade_forward)
     summary: dict[str, Any] = {
         "model": cfg.model, "base": cfg.base, "train_rows": len(train), "validation_rows": len(validation),
         "repeats_dropped": repeats, "label_conflicts": conflicts,
