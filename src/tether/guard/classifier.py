@@ -133,7 +133,9 @@ def normalise(text: str) -> str:
 def ngram_features(text: str) -> set[str]:
     """The words and adjacent word pairs of the normalised text."""
     words = _WORD.findall(normalise(text))
-    return {*words, *(f"{a} {b}" for a, b in zip(words, words[1:], strict=False))}
+    features = set(words)
+    features.update(map(" ".join, zip(words, words[1:], strict=False)))  # joined in C: the pairs are most of the cost
+    return features
 
 
 def windows(ids: Sequence[int], size: int, stride: int) -> list[list[int]]:
@@ -180,8 +182,7 @@ class NgramModel:
 
     def indices(self, text: str) -> list[int]:
         """The vocabulary indices of the text's features (unknown features have no weight)."""
-        vocabulary = self.vocabulary
-        return [vocabulary[f] for f in ngram_features(text) if f in vocabulary]
+        return [i for i in map(self.vocabulary.get, ngram_features(text)) if i is not None]
 
     def logit(self, text: str) -> float:
         """The model's logit for one text."""
