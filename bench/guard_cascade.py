@@ -78,6 +78,7 @@ def main() -> None:
                         help="a tier's trained guard directory, cheapest first (repeatable)")
     parser.add_argument("--world-seed", type=int, default=0)
     parser.add_argument("--long", type=int, default=200, help="texts timed at 512 tokens")
+    parser.add_argument("--limit", type=int, default=None, help="a seeded sample of this many texts (a quick run)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -85,6 +86,8 @@ def main() -> None:
 
     tiers = [tuple(t.split("=", 1)) for t in args.tier]
     rows = traffic(args.world_seed)
+    if args.limit is not None and args.limit < len(rows):
+        rows = random.Random(0).sample(rows, args.limit)
     labels = [r["label"] for r in rows]
     guards = {name: GUARDS.get("classifier")(path=path, name=name).build() for name, path in tiers}
     guards["cascade"] = GUARDS.get("cascade")(name="cascade", tiers=[

@@ -21,6 +21,7 @@ TINY = {
     "padding": ["--batch", "4", "--batches", "3"],
     "gateway": ["--requests", "20", "--clients", "4", "--rounds", "1"],
     "guards": ["--texts", "5"],
+    "guard_cascade": ["--tier", "cheap={guard}", "--tier", "same={guard}", "--limit", "40", "--long", "2"],
     "eval_world_hhh": ["--set", "model.path=world:tiny", "--set", "suite.n=4", "--set", "suite.heldout_n=1",
                        "--every", "7", "--batches", "1,8"],
 }
@@ -36,7 +37,14 @@ def test_bench_script_runs_and_records_its_environment(script, tmp_path, monkeyp
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
     monkeypatch.syspath_prepend(str(BENCH))
     out = tmp_path / "result.json"
-    monkeypatch.setattr(sys, "argv", [str(BENCH / f"{script}.py"), *TINY[script], "--json", str(out)])
+    args = TINY[script]
+    if script == "guard_cascade":  # its tiers are trained guards: a small n-gram one, trained here
+        from tether.train.guard import GuardTrainConfig
+        from tether.train.guard import run as train_guard
+
+        train_guard(GuardTrainConfig(model="ngram", world_rows=40, heldout=[], out=str(tmp_path / "g")))
+        args = [a.format(guard=tmp_path / "g" / "guard") for a in args]
+    monkeypatch.setattr(sys, "argv", [str(BENCH / f"{script}.py"), *args, "--json", str(out)])
     runpy.run_path(str(BENCH / f"{script}.py"), run_name="__main__")
     result = json.loads(out.read_text())
     env = result["environment"]
