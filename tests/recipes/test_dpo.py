@@ -68,7 +68,8 @@ def test_reference_modes_agree_at_the_start(tmp_path, data):
     live = dpo.run(_cfg(tmp_path, data, "live", "loop.max_steps=1"))
     pre = dpo.run(_cfg(tmp_path, data, "pre", "loop.max_steps=1", "reference.precompute=true"))
     assert (tmp_path / "pre" / "reference_logps.pt").is_file()
-    assert pre["loss"] == pytest.approx(live["loss"], abs=1e-6)
+    # Both losses are reported rounded to 6 decimals: rounding alone can put them 1e-6 apart.
+    assert pre["loss"] == pytest.approx(live["loss"], abs=2e-6)
     lora = dpo.run(_cfg(tmp_path, data, "lora", "loop.max_steps=3", "model.lora.r=4"))
     metrics = _metrics(tmp_path / "lora")
     assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # adapters start as a no-op
