@@ -8,6 +8,7 @@ import secrets
 import httpx
 import redis
 import sqlalchemy as sa
+from tests.serve.conftest import clear_of_a_minute_boundary
 from tests.serve.test_gateway import _FixedGenerator, _Server
 
 from tether.serve.app import Gateway, create_app
@@ -34,6 +35,7 @@ def test_two_gateways_hold_a_limit_together_through_redis(tmp_path):
                               headers={"Authorization": f"Bearer {secret}"})
 
         key, secret = gateways[0].keys.create("limited in redis", Scopes(rpm=20))
+        clear_of_a_minute_boundary()
         with concurrent.futures.ThreadPoolExecutor(200) as pool:
             statuses = list(pool.map(lambda i: post(i, secret).status_code, range(200)))
         assert statuses.count(200) == 20 and statuses.count(429) == 180

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from tests.serve.conftest import postgres_database
+from tests.serve.conftest import clear_of_a_minute_boundary, postgres_database
 
 from tether.serve.app import Gateway
 from tether.serve.audit import verify
@@ -76,9 +76,11 @@ def _post(port, secret, body=ASK):
 def test_a_limit_holds_across_two_servers_under_200_concurrent_clients(servers):
     gateway, ports, _, _ = servers
     _, secret = gateway.keys.create("limited", Scopes(rpm=20))
+    clear_of_a_minute_boundary()
     with ThreadPoolExecutor(200) as pool:
         statuses = list(pool.map(lambda i: _post(ports[i % 2], secret).status_code, range(200)))
     assert statuses.count(200) == 20 and statuses.count(429) == 180  # exactly N in the minute, not N per server
+
 
 
 def test_a_budget_is_never_exceeded_under_concurrency(servers):
@@ -199,6 +201,7 @@ def test_workers_of_one_server_share_a_sqlite_store(tmp_path):
                     break
             except httpx.HTTPError:
                 time.sleep(0.3)
+        clear_of_a_minute_boundary()
         with ThreadPoolExecutor(60) as pool:
             statuses = list(pool.map(lambda i: _post(port, secret).status_code, range(60)))
         assert statuses.count(200) == 10 and statuses.count(429) == 50
