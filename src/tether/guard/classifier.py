@@ -429,8 +429,8 @@ class ClassifierGuardConfig(GuardConfig):
     on: Literal["input", "output", "both"] = Field("input", description="what it reads: requests, replies, both")
     threshold: float | None = Field(None, ge=0.0, le=1.0, description="P(unsafe) that flags (default: the one "
                                     "calibrated at training, at its target false-positive rate)")
-    on_output: ReplyAction = Field("block", description="a flagged reply: block (refused whole) or cut (sent up "
-                                   "to the window that was flagged)")
+    on_output: ReplyAction = Field("block", description="a flagged reply: block (refused whole) or cut (a stream "
+                                   "ends where its unsent text begins; a whole reply before the text read)")
     stream_window: int | None = Field(None, ge=1, description="streams: None holds the reply until the whole of it "
                                       "is checked; N streams it N characters behind the model, checking the last "
                                       "N + context characters each time, and ends it where a check flags (what "
