@@ -36,6 +36,7 @@ from pydantic import Field
 
 from tether.core.errors import DataError
 from tether.guard.base import GUARDS, Guard, GuardConfig, ReplyAction, Verdict
+from tether.guard.evaluate import threshold_at_fnr, threshold_at_fpr
 
 ModelKind = Literal["ngram", "embedding", "sequence"]
 META = "guard.json"
@@ -50,27 +51,6 @@ class Thresholds:
     decision: float
     allow: float
     block: float
-
-
-def threshold_at_fpr(negatives: Sequence[float], fpr: float) -> float:
-    """The lowest threshold that flags at most ``fpr`` of ``negatives`` (a text flags at score >= threshold):
-    just above the ``floor(fpr * n)``-th highest negative score (1-based: above the highest when that is 0)."""
-    if not negatives:
-        raise ValueError("no negatives to calibrate on")
-    ordered = sorted(negatives, reverse=True)
-    allowed = math.floor(fpr * len(ordered))
-    if allowed >= len(ordered):
-        return -math.inf
-    return math.nextafter(ordered[allowed], math.inf)
-
-
-def threshold_at_fnr(positives: Sequence[float], fnr: float) -> float:
-    """The highest threshold below which at most ``fnr`` of ``positives`` fall (texts under it are allowed):
-    the ``floor(fnr * n) + 1``-th lowest positive score."""
-    if not positives:
-        raise ValueError("no positives to calibrate on")
-    ordered = sorted(positives)
-    return ordered[min(len(ordered) - 1, math.floor(fnr * len(ordered)))]
 
 
 def widest_margin(low: float, positives: Sequence[float]) -> float:

@@ -98,15 +98,34 @@ def rates(flags: Sequence[bool], labels: Sequence[bool]) -> dict[str, Any]:
 FIXED_FPRS = (0.001, 0.01, 0.05)
 
 
+def threshold_at_fpr(negatives: Sequence[float], fpr: float) -> float:
+    """The lowest threshold that flags at most ``fpr`` of ``negatives`` (a text flags at score >= threshold):
+    just above the ``floor(fpr * n)``-th highest negative score (1-based: above the highest when that is 0)."""
+    if not negatives:
+        raise ValueError("no negatives to calibrate on")
+    ordered = sorted(negatives, reverse=True)
+    allowed = math.floor(fpr * len(ordered))
+    if allowed >= len(ordered):
+        return -math.inf
+    return math.nextafter(ordered[allowed], math.inf)
+
+
+def threshold_at_fnr(positives: Sequence[float], fnr: float) -> float:
+    """The highest threshold below which at most ``fnr`` of ``positives`` fall (texts under it are allowed):
+    the ``floor(fnr * n) + 1``-th lowest positive score."""
+    if not positives:
+        raise ValueError("no positives to calibrate on")
+    ordered = sorted(positives)
+    return ordered[min(len(ordered) - 1, math.floor(fnr * len(ordered)))]
+
+
 def tpr_at_fpr(positives: Sequence[float], negatives: Sequence[float], fpr: float) -> float | None:
     """The share of positives scored at or above the lowest threshold that flags at most ``fpr`` of the
     negatives: the guard's best TPR at that FPR on this data (a threshold chosen on the data it is measured on,
     so an optimistic operating point; a guard's own threshold is the one its TPR and FPR are reported at)."""
     if not positives or not negatives:
         return None
-    ordered = sorted(negatives, reverse=True)
-    allowed = math.floor(fpr * len(ordered))
-    threshold = -math.inf if allowed >= len(ordered) else math.nextafter(ordered[allowed], math.inf)
+    threshold = threshold_at_fpr(negatives, fpr)
     return round(sum(s >= threshold for s in positives) / len(positives), 4)
 
 
