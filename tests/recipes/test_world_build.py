@@ -15,9 +15,27 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_tiny_build_loads_with_plain_transformers_and_is_cached(cache):
+@pytest.fixture(scope="module")
+def first_build(tmp_path_factory):
+    """One tiny build from nothing (in a cache of its own), shared by the tests that read a finished build:
+    each build costs seconds, and the build itself is what the fresh-build tests compare against."""
+    where = tmp_path_factory.mktemp("shared-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TETHER_CACHE", str(where))
+        return where, build_base_model(WorldBuildConfig(size="tiny"))
+
+
+@pytest.fixture()
+def built(first_build, monkeypatch):
+    """The shared build's summary, with ``TETHER_CACHE`` pointing at its cache."""
+    where, summary = first_build
+    monkeypatch.setenv("TETHER_CACHE", str(where))
+    return summary
+
+
+def test_tiny_build_loads_with_plain_transformers_and_is_cached(built):
     cfg = WorldBuildConfig(size="tiny")
-    summary = build_base_model(cfg)
+    summary = built
     assert not summary["cached"] and summary["steps"] == 40
     model = AutoModelForCausalLM.from_pretrained(summary["model"])
     tokenizer = AutoTokenizer.from_pretrained(summary["model"])
@@ -35,18 +53,17 @@ def test_tiny_build_loads_with_plain_transformers_and_is_cached(cache):
     assert json.loads((build_dir(cfg) / "pretrain" / "record.json").read_text())["status"] == "finished"
 
 
-def test_interrupted_build_resumes_to_the_same_model(cache, tmp_path, monkeypatch, killed_after_checkpoint):
+def test_interrupted_build_resumes_to_the_same_model(first_build, cache, killed_after_checkpoint):
     cfg = WorldBuildConfig(size="tiny")
     killed_after_checkpoint(20, lambda: build_base_model(cfg))
     summary = build_base_model(cfg)
     assert not summary["cached"]
     resumed = load_file(summary["model"] + "/model.safetensors")
-    monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "fresh"))
-    fresh = load_file(build_base_model(cfg)["model"] + "/model.safetensors")
+    fresh = load_file(first_build[1]["model"] + "/model.safetensors")  # the same build, never interrupted
     assert max(float((resumed[k] - fresh[k]).abs().max()) for k in fresh) <= 1e-6
 
 
-def test_describe_reports_every_family_with_intervals(cache):
+def test_describe_reports_every_family_with_intervals(built):
     from tether.models.loading import ModelConfig, load_model_and_tokenizer
     from tether.world.describe import measure, rates_table
     from tether.world.families import FAMILIES
@@ -81,18 +98,18 @@ def test_world_cli_sample_and_export(tmp_path, capsys):
     assert (tmp_path / "data" / "preferences.jsonl").read_text().count("\n") == 20
 
 
-def test_the_same_seed_builds_the_same_world_whatever_the_threads(tmp_path, monkeypatch):
+def test_the_same_seed_builds_the_same_world_whatever_the_threads(first_build, tmp_path, monkeypatch):
     import torch
 
     from tether.world.build import check_fingerprint, same_kernels, stated_fingerprint
 
     cfg = WorldBuildConfig(size="tiny")
-    prints, before = [], torch.get_num_threads()
+    before = torch.get_num_threads()
     try:
-        for threads in (1, 3):  # the machine's setting; the build pins its own (cfg.threads)
-            torch.set_num_threads(threads)
-            monkeypatch.setenv("TETHER_CACHE", str(tmp_path / f"threads{threads}"))
-            prints.append(build_base_model(cfg)["fingerprint"])
+        # The machine's setting, unlike the shared build's (made at the default); the build pins its own.
+        torch.set_num_threads(before + 1)
+        monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "threads"))
+        prints = [first_build[1]["fingerprint"], build_base_model(cfg)["fingerprint"]]
     finally:
         torch.set_num_threads(before)
     assert prints[0] == prints[1]
