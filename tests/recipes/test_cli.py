@@ -86,13 +86,15 @@ def test_commands_print_no_deprecation_warning(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}\n' * 2)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    for argv in (["train", "dpo", "--set", "model.path=tiny:llama", "--set", f"data.train={pairs}",
-                  "--set", "model.lora={r: 4}", "--set", "loop.max_steps=1", "--set", "loop.batch_size=2",
-                  "--out", str(tmp_path / "dpo")],
-                 ["eval", "--model", "tiny:llama", "--data", str(prompts), "--set", "generation.max_new_tokens=4",
-                  "--out", str(tmp_path / "eval")]):
-        result = subprocess.run([sys.executable, "-m", "tether.cli.main", *argv], capture_output=True, text=True,
-                                env=env, timeout=240)
-        assert result.returncode == 0, result.stderr[-2000:]
-        noise = [line for line in result.stderr.splitlines() if "Warning" in line or "deprecated" in line]
+    runs = [subprocess.Popen([sys.executable, "-m", "tether.cli.main", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)  # side by side: most of each is imports
+            for argv in (["train", "dpo", "--set", "model.path=tiny:llama", "--set", f"data.train={pairs}",
+                          "--set", "model.lora={r: 4}", "--set", "loop.max_steps=1", "--set", "loop.batch_size=2",
+                          "--out", str(tmp_path / "dpo")],
+                         ["eval", "--model", "tiny:llama", "--data", str(prompts), "--set",
+                          "generation.max_new_tokens=4", "--out", str(tmp_path / "eval")])]
+    for run in runs:
+        _, stderr = run.communicate(timeout=240)
+        assert run.returncode == 0, stderr[-2000:]
+        noise = [line for line in stderr.splitlines() if "Warning" in line or "deprecated" in line]
         assert noise == [], noise

@@ -17,13 +17,14 @@ to files named ``eval_*`` and are for evaluation only.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tether.data.io import write_jsonl
 from tether.data.sources import DATASET_SOURCES
 from tether.models.loading import MODEL_SOURCES
-from tether.world.annotators import DEFAULT_POOL, gold_preference, judge
+from tether.world.annotators import DEFAULT_POOL, Annotator, gold_preference, judge
 from tether.world.corpus import FAMILY_MIX, corpus_behaviour
 from tether.world.families import BENIGN_TEMPLATES, FAMILIES, Split, WorldItem, draw_item, sample_items
 from tether.world.grader import grade
@@ -76,6 +77,24 @@ def preference_rows(world: World, n: int, *, seed: int = 0, gold: bool = False) 
                      "annotator": "gold" if gold else annotator.name,
                      "annotator_prob": round(verdict.prob_first if first_wins else 1 - verdict.prob_first, 4),
                      "gold_agrees": None if gold_pref == 0.5 else (gold_pref == 1.0) == first_wins})
+    return rows
+
+
+def crowd_rows(world: World, n: int, *, seed: int = 0, pool: Sequence[Annotator] = DEFAULT_POOL,
+               per_pair: int | None = None) -> list[dict[str, Any]]:
+    """Pairs of responses each labelled by ``per_pair`` annotators of ``pool`` drawn at random (every one by
+    default): one row per label, with the pair's id and its gold preference (1 first, 0 second, 0.5 tie), for
+    measuring agreement and aggregation against gold."""
+    rng = random.Random(f"crowd:{world.config.seed}:{seed}")
+    rows = []
+    for index, item in enumerate(_items(world, n, "train", rng)):
+        first, second = _response_pair(world, item, rng)
+        gold = gold_preference(item, first, second)
+        for annotator in rng.sample(list(pool), per_pair) if per_pair else pool:
+            verdict = judge(annotator, item, first, second, rng)
+            rows.append({"pair": f"{world.config.seed}:{seed}:{index}", "prompt": item.prompt, "first": first,
+                         "second": second, "family": item.family, "annotator": annotator.name,
+                         "first_wins": verdict.first_wins, "gold": gold})
     return rows
 
 

@@ -1,0 +1,112 @@
+"""How a crowd's labels add up, measured against gold: the world's annotator pool labels the same pairs.
+
+The experiment (``tether experiment crowd``): the world's simulated annotators (an expert, and three
+with the biases real raters show: agreeing, long and flattering replies preferred, each with their own
+noise) each label every pair of responses (or ``per_pair`` of them at random); then
+
+- agreement: Krippendorff's alpha (nominal) of the crowd with a bootstrap interval, and each annotator's
+  Cohen's kappa against the others' majority (what a studio shows without gold);
+- aggregation: majority vote and Dawid–Skene, each label per pair compared with the gold preference
+  (pairs with a gold tie left out), beside every single annotator;
+- what Dawid–Skene believes of each annotator (its accuracy estimate) beside the annotator's real
+  agreement with gold.
+
+Bradley–Terry is not among the methods here: each pair's two responses are compared only with each other,
+so a strength per response just restates the pair's vote, and an annotator's reliability cannot be told
+apart from a narrower strength gap (it is identifiable only where options recur across comparisons, as
+in rankings of k responses; :func:`tether.data.aggregate.bradley_terry` is for those).
+
+Nothing is trained: this is the labels' side of the question. Whether an aggregated label makes a better
+reward model is a training run on the exported rows (``OUT/aggregated.jsonl``, TRL preference rows).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from tether.core.agreement import bootstrap, krippendorff_alpha, per_annotator
+from tether.core.config import Config
+from tether.core.recipes import output, recipe
+from tether.core.runs import RunDir
+from tether.core.stats import wilson_interval
+from tether.data.aggregate import dawid_skene, majority
+
+
+class CrowdConfig(Config):
+    """``tether experiment crowd``."""
+
+    world_seed: int = Field(0, description="which world")
+    pairs: int = Field(600, ge=10, description="pairs of responses labelled")
+    per_pair: int | None = Field(None, ge=1, description="annotators per pair, drawn at random (default: all)")
+    resamples: int = Field(500, ge=10, description="bootstrap resamples for alpha's interval")
+    seed: int = 0
+    out: str = Field("runs/crowd", description="experiment directory")
+
+
+def _show(cfg: CrowdConfig, summary: dict[str, Any]) -> list[str]:
+    alpha = summary["alpha"]
+    lines = [f"Krippendorff's alpha (nominal): {alpha['value']:.3f} [{alpha['ci_low']:.3f}-{alpha['ci_high']:.3f}]"
+             f" over {alpha['n']} pairs"]
+    for name, rate in summary["agreement_with_gold"].items():
+        lines.append(f"  {name:24} {100 * rate['value']:.1f}% [{100 * rate['ci_low']:.1f}-{100 * rate['ci_high']:.1f}]"
+                     f" of {rate['n']} pairs agree with gold")
+    lines.append(f"table: {cfg.out}/crowd.json")
+    return lines
+
+
+@recipe("crowd", group="experiment", config=CrowdConfig,
+        summary="The world's annotator pool labels the same pairs: agreement (Krippendorff's alpha, per-annotator "
+        "kappa) and aggregation (majority, Dawid-Skene) against gold.",
+        example="tether experiment crowd --set world_seed=1 --out runs/crowd-1",
+        produces={"crowd": output("crowd.json"), "aggregated": output("aggregated.jsonl")}, show=_show)
+def run(cfg: CrowdConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run the experiment; write and return ``crowd.json``."""
+    run_dir = RunDir(cfg.out, command="experiment crowd", config=cfg, seed=cfg.seed, resume=resume)
+    return run_dir.execute(lambda rd: _experiment(cfg, rd.path))
+
+
+def _experiment(cfg: CrowdConfig, out: Path) -> dict[str, Any]:
+    from tether.world.annotators import DEFAULT_POOL
+    from tether.world.datasets import crowd_rows
+    from tether.world.spec import WorldConfig, build_world
+
+    rows = crowd_rows(build_world(WorldConfig(seed=cfg.world_seed)), cfg.pairs, seed=cfg.seed, per_pair=cfg.per_pair)
+    annotations = [(r["pair"], r["annotator"], r["first_wins"]) for r in rows]
+    gold = {r["pair"]: r["gold"] for r in rows if r["gold"] != 0.5}
+    pairs = {r["pair"]: r for r in rows}
+
+    decided: dict[str, dict[Any, Any]] = {"majority": majority(annotations, seed=cfg.seed)}
+    model = dawid_skene(annotations)
+    decided["dawid-skene"] = model.labels
+    for annotator in DEFAULT_POOL:
+        decided[f"annotator:{annotator.name}"] = {p: w for p, a, w in annotations if a == annotator.name}
+
+    def with_gold(labels: dict[Any, Any]) -> dict[str, Any]:
+        scored = [p for p in labels if p in gold]
+        return wilson_interval(sum(labels[p] == (gold[p] == 1.0) for p in scored), len(scored)).as_dict()
+
+    agreement = {name: with_gold(labels) for name, labels in decided.items()}
+    alpha = bootstrap(krippendorff_alpha, annotations, resamples=cfg.resamples, seed=cfg.seed)
+    kappas = per_annotator(annotations, seed=cfg.seed)
+    summary: dict[str, Any] = {
+        "world_seed": cfg.world_seed, "pairs": len(pairs), "labels": len(annotations),
+        "gold_ties": len(pairs) - len(gold), "alpha": alpha.__dict__, "agreement_with_gold": agreement,
+        "annotators": {a.name: {"kappa_vs_others": kappas[a.name],
+                                "dawid_skene_accuracy": round(model.accuracy(a.name), 4),
+                                "gold_agreement": agreement[f"annotator:{a.name}"]["value"]} for a in DEFAULT_POOL},
+        "dawid_skene_iterations": model.iterations}
+    best_single = max((k for k in agreement if k.startswith("annotator:")), key=lambda k: agreement[k]["value"])
+    summary["best_single_annotator"] = best_single
+    with (out / "aggregated.jsonl").open("w", encoding="utf-8") as fh:
+        for pair, first_wins in model.labels.items():
+            row = pairs[pair]
+            chosen, rejected = (row["first"], row["second"]) if first_wins else (row["second"], row["first"])
+            fh.write(json.dumps({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected,
+                                 "family": row["family"], "aggregated_by": "dawid-skene",
+                                 "posterior": round(model.posteriors[pair][first_wins], 4)}) + "\n")
+    (out / "crowd.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
