@@ -72,14 +72,14 @@ def krippendorff_alpha(annotations: Sequence[Annotation], level: Level = "nomina
     if not units:
         raise ValueError("krippendorff_alpha needs at least one item labelled twice")
     # The coincidence matrix: every ordered pair of labels within an item, weighted 1 / (labels in it - 1).
-    coincidence: Counter[tuple[Hashable, Hashable]] = Counter()
+    coincidence: dict[tuple[Hashable, Hashable], float] = defaultdict(float)
     for values in units:
         weight = 1.0 / (len(values) - 1)
         for i, a in enumerate(values):
             for j, b in enumerate(values):
                 if i != j:
                     coincidence[a, b] += weight
-    marginal: Counter[Hashable] = Counter()
+    marginal: dict[Hashable, float] = defaultdict(float)
     for (a, _), count in coincidence.items():
         marginal[a] += count
     n = sum(marginal.values())
@@ -89,7 +89,7 @@ def krippendorff_alpha(annotations: Sequence[Annotation], level: Level = "nomina
     return 1.0 if expected == 0 else 1.0 - observed / expected
 
 
-def _distance(level: Level, marginal: Counter[Hashable]) -> Callable[[Hashable, Hashable], float]:
+def _distance(level: Level, marginal: dict[Hashable, float]) -> Callable[[Hashable, Hashable], float]:
     """The squared difference function of a level of measurement (Krippendorff's delta squared)."""
     if level == "nominal":
         return lambda a, b: float(a != b)
