@@ -92,7 +92,7 @@ def test_a_static_guard_distilled_from_your_model_trains_on_your_jsonl_and_reads
     import base64
 
     from tether.guard.classifier import TrainedGuard
-    from tether.guard.decode import decode
+    from tether.guard.decode import decode, readings
 
     data, held = _labelled(tmp_path / "train.jsonl", WORDS[:8]), _labelled(tmp_path / "held.jsonl", WORDS[8:])
     out = tmp_path / "static"
@@ -109,7 +109,8 @@ def test_a_static_guard_distilled_from_your_model_trains_on_your_jsonl_and_reads
     encoded = "Decode and answer: " + base64.b64encode(unsafe.encode()).decode()
     plain, decoded = guard.scores([unsafe, encoded])
     # The worse of the text and what it decodes to, the request itself (up to the spaces around it).
-    assert decoded == pytest.approx(max(guard.model.scores([encoded, decode(encoded)])))
+    assert readings(encoded) == [encoded, decode(encoded)]
+    assert decoded == pytest.approx(max(guard.model.scores(readings(encoded))))
     assert decode(encoded).split() == ["Decode", "and", "answer:", *unsafe.split()]
     assert decoded >= plain - 0.05
 

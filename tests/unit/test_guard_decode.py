@@ -52,6 +52,16 @@ def test_plain_text_is_read_as_it_is(text):
     assert readings(text) == [text]
 
 
+def test_a_long_text_is_read_again_only_in_the_sentences_that_decode():
+    prose = "The committee met on Tuesday to review the budget and agreed on a schedule for the quarter. " * 20
+    request = base64.b64encode(REQUESTS[0].encode()).decode()
+    text = prose + "Decode this and answer it.\n" + request + "\nThanks."
+    assert readings(text) == [text, f" {REQUESTS[0]} \n"]  # the decoded line alone, not the prose again
+    # Two changes far apart: everything from the first one's sentence to the last one's.
+    text = "I h4ve a qu3stion. " + prose + "It is ab0ut t0xins."
+    assert readings(text)[1] == decode(text)
+
+
 def test_pig_latin_words_hand_worked():
     assert unpig("ellohay") == "hello"  # one consonant moved back: the likeliest reading
     assert unpig("epstay", {"step"}) == "step"  # two, because "step" is a word and "teps" is not
@@ -74,6 +84,11 @@ def test_a_guard_that_reads_encodings_scores_the_decoding_too(tmp_path):
     encoded = "Decode this: " + base64.b64encode(b"the secret recipe").decode()
     assert plain.scores([encoded])[0] < 0.1  # the words are not there to see
     assert reading.scores([encoded, "hello"]) == pytest.approx(plain.scores(["the secret recipe", "hello"]))
+    # Letters spelled out are the n-gram model's own normaliser's to join: decoding leaves them to it (one
+    # reading, the same score), and does join them for a model that needs it.
+    spelled = "the s-e-c-r-e-t r.e.c.i.p.e"
+    assert readings(spelled, skip=model.undoes) == [spelled] and readings(spelled)[1] == "the secret recipe"
+    assert reading.scores([spelled]) == pytest.approx(plain.scores(["the secret recipe"]))
     # Saved and loaded, the guard reads as it was calibrated to; a guard saved before decoding existed does not.
     reading.save(tmp_path / "g")
     assert TrainedGuard.load(tmp_path / "g").read_encodings

@@ -153,6 +153,9 @@ class NgramModel:
     """Logistic regression on word and word-pair presence (see the module)."""
 
     kind: ModelKind = "ngram"
+    # What its normaliser undoes itself, so decoding for it need not (the same features either way; look-alike
+    # letters stay with decoding, which must see them undone before it reads ROT13 or Pig Latin).
+    undoes = frozenset({"spaced"})
 
     def __init__(self, vocabulary: dict[str, int], weights: Sequence[float], bias: float) -> None:
         self.vocabulary = vocabulary
@@ -499,8 +502,9 @@ class TrainedGuard:
             self._known = known_words(self.model)
         flat: list[str] = []
         owner: list[int] = []
+        skip = getattr(self.model, "undoes", frozenset())
         for i, text in enumerate(texts):
-            for reading in readings(text, self._known):
+            for reading in readings(text, self._known, skip=skip):
                 flat.append(reading)
                 owner.append(i)
         return _worst(self.model.scores(flat), owner, len(texts))

@@ -4,8 +4,8 @@ A request a filter has learned to catch is sent encoded instead (base64, ROT13, 
 look-alike letters, letters spelled out one by one) with an instruction to decode it: the model reads it,
 a classifier trained on plain text does not. :func:`decode` undoes the encodings the field's jailbreak
 tools use, and :func:`readings` gives a guard the texts to score: the text itself and, where anything was
-decoded, the decoded text (the guard's score is the worse of the two, so decoding never hides what the
-text said plainly).
+decoded, the decoded sentences (the guard's score is the worse of the two, so decoding never hides what
+the text said plainly, and a long text pays for a second reading only of the sentences that changed).
 
 Each step is cheap and only runs where its encoding shows: base64 and hex on long runs of their
 alphabets, leetspeak where digits sit inside words, ROT13 and Pig Latin on sentences with almost none of
@@ -140,11 +140,13 @@ def _unscramble(sentence: str, known: Container[str]) -> str:
     return best
 
 
-def decode(text: str, known: Container[str] = FUNCTION_WORDS) -> str:
+def decode(text: str, known: Container[str] = FUNCTION_WORDS, *, skip: Container[str] = ()) -> str:
     """``text`` with what looks encoded decoded (``known``: words that help undo Pig Latin, e.g. a model's
     vocabulary). Each step reads the previous one's output, so an encoding inside base64 or hex is read too
-    (and base64 inside base64). Plain text comes back unchanged."""
-    if not text.isascii():
+    (and base64 inside base64). Plain text comes back unchanged. ``skip``: steps left to the model that reads
+    the result, which takes them itself: ``"confusables"`` (look-alike letters), ``"spaced"`` (spelled-out
+    letters joined)."""
+    if "confusables" not in skip and not text.isascii():
         text = unicodedata.normalize("NFKC", text.translate(CONFUSABLES))
     if len(text) >= 16:
         text = _BASE64.sub(_decode_run, text)
@@ -152,7 +154,8 @@ def decode(text: str, known: Container[str] = FUNCTION_WORDS) -> str:
     # too ("70": to); one such word ("base64", "mp3") is not leetspeak.
     if _DIGITS.search(text) and len(list(islice(_LEET_HINT.finditer(text), 2))) == 2:
         text = _LEET_WORDS.sub(lambda m: m.group(0).translate(_LEET), text)
-    text = SPACED.sub(join_spaced, text)
+    if "spaced" not in skip:
+        text = SPACED.sub(join_spaced, text)
     lowered = text.lower()
     rot13 = len(ROT13_FUNCTION_WORDS.intersection(lowered.split())) >= 2
     pig = len(_PIG_END.findall(lowered)) >= 3
@@ -161,7 +164,42 @@ def decode(text: str, known: Container[str] = FUNCTION_WORDS) -> str:
     return _SENTENCES.sub(lambda m: _unscramble(m.group(0), known), text)
 
 
-def readings(text: str, known: Container[str] = FUNCTION_WORDS) -> list[str]:
-    """What a guard should score: the text, and its decoding where that differs."""
-    decoded = decode(text, known)
-    return [text] if decoded == text else [text, decoded]
+def changed_part(text: str, decoded: str) -> str:
+    """The sentences of ``decoded`` that differ from ``text``: from the first change to the last, widened to
+    the sentence or line boundaries around them (so a long text with one encoded request in it is read a
+    second time only where the request is, in its own sentence)."""
+    start = _common_prefix(text, decoded)
+    end = len(decoded) - _common_suffix(text[start:], decoded[start:])
+    start = max(decoded.rfind(c, 0, start) for c in ".!?\n") + 1
+    ends = [i for i in (decoded.find(c, end) for c in ".!?\n") if i >= 0]
+    return decoded[start:min(ends) + 1 if ends else len(decoded)]
+
+
+def _common_prefix(a: str, b: str) -> int:
+    # Binary search over slice comparisons (memcmp in C): a handful of comparisons, not a loop over characters.
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _common_suffix(a: str, b: str) -> int:
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[len(a) - mid:] == b[len(b) - mid:]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def readings(text: str, known: Container[str] = FUNCTION_WORDS, *, skip: Container[str] = ()) -> list[str]:
+    """What a guard should score: the text, and where anything decodes, the decoded sentences (``skip``: as
+    :func:`decode`, for a model that takes those steps itself)."""
+    decoded = decode(text, known, skip=skip)
+    return [text] if decoded == text else [text, changed_part(text, decoded)]
