@@ -1,4 +1,5 @@
-"""Every script in bench/ runs as committed, on a tiny setting, and writes its figures with the environment.
+"""Every script in bench/ runs as committed, on a tiny setting, and writes its figures with the environment
+(the four that take seconds even so in the slow tier: ``python -m pytest -m slow tests/recipes/test_bench.py``).
 
 The figures themselves come from the default settings (docs/performance.md gives the commands); this
 only proves the scripts still run and produce what the docs read from them.
@@ -32,7 +33,12 @@ def test_every_bench_script_has_a_tiny_setting():
     assert scripts == set(TINY)
 
 
-@pytest.mark.parametrize("script", sorted(TINY))
+# The scripts that take seconds even at their tiny setting (a TRL run beside tether's, a gateway under load, a
+# world evaluation) run in the slow tier; the rest in every run.
+HEAVY = {"train_vs_trl", "rl_vs_trl", "gateway", "eval_world_hhh"}
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in HEAVY else s for s in sorted(TINY)])
 def test_bench_script_runs_and_records_its_environment(script, tmp_path, monkeypatch):
     monkeypatch.setenv("TETHER_CACHE", str(tmp_path / "cache"))
     monkeypatch.syspath_prepend(str(BENCH))
