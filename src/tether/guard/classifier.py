@@ -502,7 +502,7 @@ class TrainedGuard:
             self._known = known_words(self.model)
         flat: list[str] = []
         owner: list[int] = []
-        skip = getattr(self.model, "undoes", frozenset())
+        skip: frozenset[str] = getattr(self.model, "undoes", frozenset())
         for i, text in enumerate(texts):
             for reading in readings(text, self._known, skip=skip):
                 flat.append(reading)
