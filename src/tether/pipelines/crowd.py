@@ -34,6 +34,7 @@ from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 from tether.core.stats import wilson_interval
 from tether.data.aggregate import dawid_skene, majority
+from tether.data.io import write_jsonl
 
 
 class CrowdConfig(Config):
@@ -101,12 +102,12 @@ def _experiment(cfg: CrowdConfig, out: Path) -> dict[str, Any]:
         "dawid_skene_iterations": model.iterations}
     best_single = max((k for k in agreement if k.startswith("annotator:")), key=lambda k: agreement[k]["value"])
     summary["best_single_annotator"] = best_single
-    with (out / "aggregated.jsonl").open("w", encoding="utf-8") as fh:
-        for pair, first_wins in model.labels.items():
-            row = pairs[pair]
-            chosen, rejected = (row["first"], row["second"]) if first_wins else (row["second"], row["first"])
-            fh.write(json.dumps({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected,
-                                 "family": row["family"], "aggregated_by": "dawid-skene",
-                                 "posterior": round(model.posteriors[pair][first_wins], 4)}) + "\n")
+    def preference(pair: Any, first_wins: Any) -> dict[str, Any]:
+        row = pairs[pair]
+        chosen, rejected = (row["first"], row["second"]) if first_wins else (row["second"], row["first"])
+        return {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "family": row["family"],
+                "aggregated_by": "dawid-skene", "posterior": round(model.posteriors[pair][first_wins], 4)}
+
+    write_jsonl(out / "aggregated.jsonl", [preference(p, w) for p, w in model.labels.items()])
     (out / "crowd.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
