@@ -28,3 +28,7 @@ def test_the_crowd_experiment_measures_agreement_and_aggregation_against_gold(tm
     assert experts["expert"]["dawid_skene_accuracy"] > experts["hurried"]["dawid_skene_accuracy"]
     rows = [json.loads(line) for line in (out / "aggregated.jsonl").read_text().splitlines()]
     assert len(rows) == 80 and {"prompt", "chosen", "rejected"} <= set(rows[0])
+    # The same pairs by majority, and every raw label a row of its own: reward models are trained on each.
+    assert len((out / "majority.jsonl").read_text().splitlines()) == 80
+    raw = [json.loads(line) for line in (out / "raw.jsonl").read_text().splitlines()]
+    assert len(raw) == 80 * 4 and {r["aggregated_by"] for r in raw} == {f"annotator:{a}" for a in experts}

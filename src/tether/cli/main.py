@@ -23,6 +23,7 @@ from tether.cli import (
     plugins_cmd,
     redteam_cmd,
     serve_cmd,
+    studio_cmd,
     world_cmd,
 )
 from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt
@@ -53,6 +54,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(serve_cmd.serve_app, name="serve")
 app.add_typer(serve_cmd.keys_app, name="keys")
+app.add_typer(studio_cmd.app, name="studio")
 app.add_typer(guard_cmd.app, name="guard")
 app.add_typer(serve_cmd.audit_app, name="audit")
 

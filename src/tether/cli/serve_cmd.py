@@ -57,6 +57,13 @@ def serve(
                            ] = 10.0,
     code_memory_mb: Annotated[int, typer.Option("--code-memory-mb", help="the code tool's memory per process, MiB")
                               ] = 512,
+    studio: Annotated[bool, typer.Option("--studio", help="mount the studio at /studio: the review queue where "
+                                         "people decide what guards in escalate mode hold, and labelling "
+                                         "(tether studio users add ...)")] = False,
+    review_timeout_s: Annotated[float, typer.Option("--review-timeout-s", min=0.001, help="how long an escalated "
+                                                    "request waits for a reviewer")] = 300.0,
+    review_default: Annotated[str, typer.Option("--review-default", help="what an escalated request gets when no "
+                                                "reviewer decided in time: reject or approve")] = "reject",
 ) -> None:
     """Serve a model behind an OpenAI-compatible API (/v1/chat/completions, streamed or not, /v1/completions,
     /v1/models) with keys, throttles, kill switches and an audit trail; every request needs an API key (tether
@@ -70,28 +77,36 @@ def serve(
         from tether.core.errors import UserError
 
         raise UserError("tether serve needs --model (a model directory, hub id, world:base or tiny:ARCH)")
+    if review_default not in ("reject", "approve"):
+        from tether.core.errors import UserError
+
+        raise UserError(f"--review-default {review_default!r}: expected reject or approve")
     import os
 
     import uvicorn
 
     from tether.core.sandbox import SandboxConfig
     from tether.serve.keys import KeyStore
-    from tether.serve.server import ENV, ServeConfig, app_from_env, build
+    from tether.serve.server import ENV, ServeConfig
+    from tether.studio.server import build_gateway, gateway_from_env
 
     cfg = ServeConfig(model=model, upstream_model=upstream_model, name=name, db=db, redis=redis, max_tokens=max_tokens,
                       max_tokens_limit=max_tokens_limit, max_batch=max_batch, fail_open=fail_open, guards=guards,
                       block_input=block_input or [], block_output=block_output or [], code_tool=code_tool,
-                      sandbox=SandboxConfig(time_s=code_time_s, memory_mb=code_memory_mb))
+                      sandbox=SandboxConfig(time_s=code_time_s, memory_mb=code_memory_mb), studio=studio,
+                      review_timeout_s=review_timeout_s,
+                      review_default=review_default)  # type: ignore[arg-type]  # checked above
     if not any(k.state() == "active" for k in KeyStore(db).list()):
         typer.echo(f"no active API key in {db}: every request will be refused (tether keys create NAME --db {db})")
     typer.echo(f"serving {cfg.name or model} on http://{host}:{port}/v1 ({workers} worker"
-               f"{'s' if workers > 1 else ''})   store: {db}")
+               f"{'s' if workers > 1 else ''})   store: {db}"
+               + (f"   studio: http://{host}:{port}/studio/" if studio else ""))
     if workers > 1:  # each worker rebuilds the application from the environment and loads its own model
         os.environ[ENV] = cfg.model_dump_json()
-        uvicorn.run(f"{app_from_env.__module__}:{app_from_env.__name__}", factory=True, workers=workers, host=host,
-                    port=port, log_level="warning")
+        uvicorn.run(f"{gateway_from_env.__module__}:{gateway_from_env.__name__}", factory=True, workers=workers,
+                    host=host, port=port, log_level="warning")
         return
-    app, generator = build(cfg)
+    app, generator = build_gateway(cfg)
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:

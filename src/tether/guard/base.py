@@ -74,6 +74,9 @@ class Guard(Protocol):
     # any of it is sent. None: the guard judges whole replies only, and streams wait for the end.
     stream_window: int | None
     shadow: bool  # run and recorded, never acted on
+    # What it objects to waits for a person (tether serve's review queue) instead of being refused or cut.
+    # Optional for guards written before the queue: the gateway reads it with getattr (default False).
+    escalate: bool
 
     def check_input(self, messages: Sequence[dict[str, str]]) -> Verdict:
         """Whether the conversation may reach the model (``redact``: the messages to send instead)."""
@@ -89,8 +92,11 @@ class GuardConfig(Config):
 
     kind: str = Field(description="registered guard kind: regex, pii, ...")
     name: str | None = Field(None, description="the guard's name in verdicts and the audit trail")
-    mode: Literal["enforce", "shadow"] = Field("enforce", description="shadow: run and record the verdicts, act "
-                                               "on none (to measure a guard on live traffic before it enforces)")
+    mode: Literal["enforce", "shadow", "escalate"] = Field("enforce", description="escalate: what it objects to "
+                                                           "waits for a reviewer (tether serve's review queue; "
+                                                           "streamed replies are cut as in enforce); "
+                                                           "shadow: run and record the verdicts, act on none (to "
+                                                           "measure a guard on live traffic before it enforces)")
 
     @abstractmethod
     def build(self) -> Guard:

@@ -80,6 +80,7 @@ class CascadeGuard:
 
     def __init__(self, cfg: CascadeGuardConfig) -> None:
         self.name, self.shadow = cfg.name or "cascade", cfg.mode == "shadow"
+        self.escalate = cfg.mode == "escalate"
         self.on_output, self.stream_window = cfg.on_output, cfg.stream_window
         self.budget = cfg.budget_ms / 1000 if cfg.budget_ms is not None else None
         self.on_budget, self.parallel = cfg.on_budget, cfg.parallel

@@ -564,6 +564,7 @@ class ClassifierGuard:
     def __init__(self, cfg: ClassifierGuardConfig, trained: TrainedGuard | None = None) -> None:
         self.trained = trained or _load_trained(str(Path(cfg.path).resolve()))
         self.name, self.shadow = cfg.name or Path(cfg.path).name, cfg.mode == "shadow"
+        self.escalate = cfg.mode == "escalate"
         self.on, self.on_output = cfg.on, cfg.on_output
         self.stream_window, self.context = cfg.stream_window, cfg.context
         self.threshold = self.trained.thresholds.decision if cfg.threshold is None else cfg.threshold

@@ -94,6 +94,7 @@ class InjectionGuard:
 
     def __init__(self, cfg: InjectionGuardConfig) -> None:
         self.name, self.shadow, self.threshold = cfg.name or "injection", cfg.mode == "shadow", cfg.threshold
+        self.escalate = cfg.mode == "escalate"
         self.roles = set(cfg.roles)
         self.signals = [(name, cfg.weights.get(name, weight), [re.compile(p, _I) for p in patterns])
                         for name, (weight, patterns) in SIGNALS.items()]

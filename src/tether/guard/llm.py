@@ -106,6 +106,7 @@ class LLMGuard:
         from tether.models.targets import target_generator
 
         self.name, self.shadow, self.on, self.on_output = cfg.name or "llm", cfg.mode == "shadow", cfg.on, cfg.on_output
+        self.escalate = cfg.mode == "escalate"
         self.on_parse_failure = cfg.on_parse_failure
         self.policy = _policy_text(cfg.policy)
         self.generator = generator or target_generator(cfg.model, cfg.endpoint)

@@ -37,6 +37,7 @@ class RegexGuard:
 
     def __init__(self, cfg: RegexGuardConfig) -> None:
         self.name, self.on_output, self.shadow = cfg.name or "regex", cfg.on_output, cfg.mode == "shadow"
+        self.escalate = cfg.mode == "escalate"
         try:
             self._input = [re.compile(p, re.IGNORECASE) for p in cfg.input]
             self._output = [re.compile(p, re.IGNORECASE) for p in cfg.output]

@@ -119,6 +119,7 @@ class PiiGuard:
 
     def __init__(self, cfg: PiiGuardConfig) -> None:
         self.name, self.on_output, self.shadow = cfg.name or "pii", cfg.on_output, cfg.mode == "shadow"
+        self.escalate = cfg.mode == "escalate"
         self.kinds, self.on_input = tuple(cfg.detect), cfg.on_input
         # Redaction rewrites the text around a finding: a stream waits for the whole reply. Cutting needs the
         # longest finding's reach; a private key block can be long, so streams cut at most this far back.

@@ -41,6 +41,7 @@ class RefusalGuard:
         from tether.scoring.refusal import RefusalDetector
 
         self.name, self.shadow = cfg.name or "refusal", cfg.mode == "shadow"
+        self.escalate = cfg.mode == "escalate"
         self.detector = RefusalDetector.load(cfg.detector, threshold=cfg.threshold)
 
     def check_input(self, messages: Sequence[dict[str, str]]) -> Verdict:

@@ -17,7 +17,9 @@ apart from a narrower strength gap (it is identifiable only where options recur 
 in rankings of k responses; :func:`tether.data.aggregate.bradley_terry` is for those).
 
 Nothing is trained: this is the labels' side of the question. Whether an aggregated label makes a better
-reward model is a training run on the exported rows (``OUT/aggregated.jsonl``, TRL preference rows).
+reward model is a training run on the exported rows (TRL preference rows): ``OUT/aggregated.jsonl``
+(Dawid–Skene), ``OUT/majority.jsonl`` and ``OUT/raw.jsonl`` (every label a row), each given to
+``tether train rm --set data.train=FILE``.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def _show(cfg: CrowdConfig, summary: dict[str, Any]) -> list[str]:
         summary="The world's annotator pool labels the same pairs: agreement (Krippendorff's alpha, per-annotator "
         "kappa) and aggregation (majority, Dawid-Skene) against gold.",
         example="tether experiment crowd --set world_seed=1 --out runs/crowd-1",
-        produces={"crowd": output("crowd.json"), "aggregated": output("aggregated.jsonl")}, show=_show)
+        produces={"crowd": output("crowd.json"), "aggregated": output("aggregated.jsonl"),
+                  "majority": output("majority.jsonl"), "raw": output("raw.jsonl")}, show=_show)
 def run(cfg: CrowdConfig, *, resume: bool = False) -> dict[str, Any]:
     """Run the experiment; write and return ``crowd.json``."""
     run_dir = RunDir(cfg.out, command="experiment crowd", config=cfg, seed=cfg.seed, resume=resume)
@@ -102,12 +105,17 @@ def _experiment(cfg: CrowdConfig, out: Path) -> dict[str, Any]:
         "dawid_skene_iterations": model.iterations}
     best_single = max((k for k in agreement if k.startswith("annotator:")), key=lambda k: agreement[k]["value"])
     summary["best_single_annotator"] = best_single
-    def preference(pair: Any, first_wins: Any) -> dict[str, Any]:
+    def preference(pair: Any, first_wins: Any, by: str) -> dict[str, Any]:
         row = pairs[pair]
         chosen, rejected = (row["first"], row["second"]) if first_wins else (row["second"], row["first"])
         return {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected, "family": row["family"],
-                "aggregated_by": "dawid-skene", "posterior": round(model.posteriors[pair][first_wins], 4)}
+                "aggregated_by": by}
 
-    write_jsonl(out / "aggregated.jsonl", [preference(p, w) for p, w in model.labels.items()])
+    # The same pairs three ways, for reward models trained on each: Dawid-Skene's label (with its posterior),
+    # the majority's, and every raw label as a row of its own (what training on unaggregated labels sees).
+    write_jsonl(out / "aggregated.jsonl", [preference(p, w, "dawid-skene") | {
+        "posterior": round(model.posteriors[p][w], 4)} for p, w in model.labels.items()])
+    write_jsonl(out / "majority.jsonl", [preference(p, w, "majority") for p, w in decided["majority"].items()])
+    write_jsonl(out / "raw.jsonl", [preference(p, w, f"annotator:{a}") for p, a, w in annotations])
     (out / "crowd.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tether.core.errors import UserError
 from tether.core.sandbox import Sandbox, SandboxUnavailableError
-from tether.guard.base import Guard
+from tether.guard.base import Guard, Verdict
 from tether.models.generation import Completion, GenerationSettings
 from tether.serve.audit import AuditLog
 from tether.serve.batching import Backend, Served
@@ -42,13 +42,14 @@ from tether.serve.hooks import OutputStream
 from tether.serve.keys import ApiKey, KeyStore
 from tether.serve.kill import KillSwitches
 from tether.serve.limits import Admission, CounterStoreError, Limiter, RedisWindows, Refusal
+from tether.serve.review import ReviewItem, ReviewQueue
 from tether.serve.store import connect
 
 
 @dataclass
 class Gateway:
-    """The gateway's state, all in one database: keys, the audit chain, kill switches, throttles; and the
-    group commit that writes a request's admission, settlement and audit row."""
+    """The gateway's state, all in one database: keys, the audit chain, kill switches, throttles, the review
+    queue; and the group commit that writes a request's admission, settlement and audit row."""
 
     engine: sa.Engine
     keys: KeyStore
@@ -56,6 +57,7 @@ class Gateway:
     kills: KillSwitches
     limiter: Limiter
     commits: GroupCommit
+    review: ReviewQueue
 
     @classmethod
     def open(cls, store: str | sa.Engine, *, fail_closed: bool = True, kill_refresh_s: float = 0.25,
@@ -65,7 +67,7 @@ class Gateway:
         windows = RedisWindows(redis) if redis else None
         return cls(engine, KeyStore(engine), AuditLog(engine),
                    KillSwitches(engine, refresh_s=kill_refresh_s, fail_closed=fail_closed),
-                   Limiter(engine, windows=windows), GroupCommit(engine))
+                   Limiter(engine, windows=windows), GroupCommit(engine), ReviewQueue(engine))
 
 
 class APIError(Exception):
@@ -147,12 +149,15 @@ class CodeRequest(BaseModel):
 
 def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_tokens: int = 256,
                max_tokens_limit: int = 4096, guards: Sequence[Guard] = (), sandbox: Sandbox | None = None,
-               sandbox_slots: int = 2) -> FastAPI:
+               sandbox_slots: int = 2, review_timeout_s: float = 300.0,
+               review_default: Literal["reject", "approve"] = "reject", review_poll_s: float = 0.2) -> FastAPI:
     """The application serving ``generator`` as ``model``: ``default_max_tokens`` for a request that names
     none, ``max_tokens_limit`` the most any request may ask for, whatever its key allows; ``guards`` check
     every conversation before the model and every reply before it is sent (:mod:`tether.serve.hooks`);
     ``sandbox`` runs ``/v1/tools/code`` for keys whose scopes allow the ``code`` tool, ``sandbox_slots``
-    programs at once (None: the tool is off)."""
+    programs at once (None: the tool is off). What a guard in ``escalate`` mode objects to is held in the
+    review queue (:mod:`tether.serve.review`) for at most ``review_timeout_s``, then ``review_default``
+    applies; a held request looks for its decision every ``review_poll_s``."""
     app = FastAPI(title="tether serve", version="1")
     app.router.on_shutdown.append(gateway.commits.close)  # the writes already queued are committed first
     slots = asyncio.Semaphore(sandbox_slots)
@@ -251,6 +256,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                                   "stream": body.stream, "guards": []}
         admitted: Admission | None = None  # held from admission until finish() settles and releases it
         used, budget = 0, False            # tokens the model used; whether the key has a budget to settle
+        reviewed: str | None = None        # a reviewer's own reply to an escalated request
         try:
             key = await run_in_threadpool(authenticate, request)
             record["key"] = key.id
@@ -263,6 +269,15 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                                                                                 else {})})
                 if verdict.allowed or guard.shadow:
                     continue
+                if getattr(guard, "escalate", False):  # a person decides; the request waits for them
+                    item = await hold("input", verdict, messages, None, key, record)
+                    if item.outcome == "approved":
+                        continue
+                    if item.outcome == "edited":  # the reviewer's text is the reply; the model is not called
+                        reviewed = item.text or ""
+                        break
+                    raise APIError(400, f"the request was rejected {_by(item)} (escalated by the {verdict.guard} "
+                                   f"guard: {verdict.reason})", code="content_filter")
                 if verdict.action == "redact" and isinstance(verdict.replacement, list):
                     # The model sees the redacted conversation; the next guards check it as the model will.
                     messages = verdict.replacement
@@ -270,6 +285,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                     continue
                 raise APIError(400, f"the request was blocked by the {verdict.guard} guard: {verdict.reason}",
                                code="content_filter")
+            if reviewed is not None:
+                return await answer_reviewed(reviewed, body.stream, key, record, start, frames)
             # Reserve the most the request can use: the reply's max_tokens and the prompt's length, counted with
             # the model's tokenizer (estimated at 1 token a character where the model has none). Settled after.
             counted = await run_in_threadpool(generator.count_tokens, prompt)
@@ -295,6 +312,12 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                                                                                  else {})})
                 if verdict.allowed or guard.shadow:
                     continue
+                if getattr(guard, "escalate", False):  # the reply waits for a person, the request's slot held
+                    item = await hold("output", verdict, messages, text, key, record)
+                    if item.outcome == "approved":
+                        continue
+                    text, reason = (item.text or "", "stop") if item.outcome == "edited" else ("", "content_filter")
+                    break
                 if verdict.action == "redact" and isinstance(verdict.replacement, str):
                     text = verdict.replacement
                     continue
@@ -319,6 +342,54 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         headers = {**admission.headers, "x-tether-overhead-ms": f"{1000 * (total - model_s):.2f}",
                    "x-tether-audit-seq": str(record["audit_seq"])}
         return JSONResponse(frames.whole(text, reason, usage(served)), headers=headers)
+
+    async def hold(stage: Literal["input", "output"], verdict: Verdict, messages: list[dict[str, str]],
+                   reply: str | None, key: ApiKey, record: dict[str, Any]) -> ReviewItem:
+        """Escalate to the review queue and wait for the decision (or the deadline's default). The item and
+        an ``escalated`` audit row are committed together before the wait: a crash loses no held item."""
+        def write(conn: sa.Connection) -> str:
+            item_id = gateway.review.submit_in(
+                conn, stage=stage, guard=verdict.guard, reason=verdict.reason, conversation=messages, reply=reply,
+                key_id=key.id, score=verdict.score, timeout_s=review_timeout_s, default_action=review_default)
+            gateway.audit.append_in(conn, {"endpoint": record["endpoint"], "key": key.id, "model": record["model"],
+                                           "status": 202, "decision": "escalated", "review_item": item_id,
+                                           "stage": stage, "guard": verdict.guard})
+            return item_id
+
+        item_id = await gateway.commits.run(write)
+        while True:
+            item = await run_in_threadpool(gateway.review.get, item_id)
+            assert item is not None  # rows of the queue are never deleted
+            if item.outcome is not None:
+                break
+            if time.time() >= item.deadline:
+                await run_in_threadpool(gateway.review.expire, item_id)  # unless a reviewer decided just now
+                continue
+            await asyncio.sleep(review_poll_s)
+        record.setdefault("reviews", []).append({"item": item.id, "stage": stage, "guard": verdict.guard,
+                                                 "state": item.state, "outcome": item.outcome,
+                                                 "by": item.decided_by})
+        return item
+
+    async def answer_reviewed(text: str, streamed: bool, key: ApiKey, record: dict[str, Any], start: float,
+                              frames: _Frames) -> Any:
+        """A reviewer's reply to a held request, sent in the request's shape (no model call, no tokens)."""
+        record |= {"status": 200, "decision": "answered_by_reviewer", "finish_reason": "stop",
+                   "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
+        seq = await finish(None, 0, False, record)
+        metrics.observe(record["endpoint"], 200, "answered_by_reviewer", time.perf_counter() - start, None, 0, 0)
+        headers = {"x-tether-audit-seq": str(seq)}
+        none = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        if not streamed:
+            return JSONResponse(frames.whole(text, "stop", none), headers=headers)
+
+        async def events() -> AsyncIterator[str]:
+            yield frames.opening()
+            yield frames.piece(text)
+            yield frames.closing("stop")
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
     async def stream(key: ApiKey, settings: GenerationSettings, prompt: Any, mine: list[Guard], admitted: Admission,
                      record: dict[str, Any], start: float, frames: _Frames) -> StreamingResponse:
@@ -579,6 +650,10 @@ class _Metrics:
         """The exposition text."""
         self.batching.set(generator.calls)
         return generate_latest(self.registry)
+
+
+def _by(item: ReviewItem) -> str:
+    return "by its review's deadline (the default)" if item.state == "expired" else f"by reviewer {item.decided_by}"
 
 
 def _finish(completion: Completion) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -36,6 +36,11 @@ class ServeConfig(Config):
     code_tool: bool = Field(False, description="serve /v1/tools/code (Python in the sandbox) to keys allowed it")
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig, description="the code tool's limits per run")
     sandbox_slots: int = Field(2, ge=1, description="programs the code tool runs at once (others wait)")
+    review_timeout_s: float = Field(300.0, gt=0, description="how long a request a guard escalated waits for a "
+                                    "reviewer before review_default applies")
+    review_default: Literal["reject", "approve"] = Field("reject", description="what an escalated request gets when "
+                                                         "no reviewer decided in time")
+    studio: bool = Field(False, description="mount the studio (review queue, labelling) at /studio")
 
 
 def build(cfg: ServeConfig) -> tuple[Any, Any]:
@@ -58,7 +63,9 @@ def build(cfg: ServeConfig) -> tuple[Any, Any]:
         generator = BatchingGenerator(target_generator(cfg.model), max_batch=cfg.max_batch)
     app = create_app(generator, gateway, cfg.name or cfg.model, default_max_tokens=cfg.max_tokens,
                      max_tokens_limit=cfg.max_tokens_limit, guards=guards, sandbox=sandbox,
-                     sandbox_slots=cfg.sandbox_slots)
+                     sandbox_slots=cfg.sandbox_slots, review_timeout_s=cfg.review_timeout_s,
+                     review_default=cfg.review_default)
+    app.state.gateway = gateway  # for what is mounted beside the API (the studio, on the same store)
     app.router.on_shutdown.append(generator.close)
     # Everything built so far (torch, transformers, the model, the app) lives as long as the server. A full
     # collection walking those ~260k objects took 135 ms on the test machine, a stall of every request in

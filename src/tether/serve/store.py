@@ -1,4 +1,5 @@
-"""The gateway's state in one SQLAlchemy database: keys, the audit chain, kill switches and rate counters.
+"""The gateway's state in one SQLAlchemy database: keys, the audit chain, kill switches, rate counters, the
+review queue, and the labelling studio's people, projects and labels.
 
 SQLite by default (a file beside the server, in WAL mode so the server and the ``tether keys`` /
 ``tether audit`` commands share it); PostgreSQL by URL (``postgresql+pg8000://...``) when several server
@@ -85,6 +86,82 @@ CONCURRENCY_LOCKS = sa.Table(
     "in_flight_locks", METADATA,
     sa.Column("key_id", sa.String(32), primary_key=True),
     sa.Column("admissions", sa.BigInteger, nullable=False),
+)
+
+
+# Requests and replies a guard escalated to people (tether.serve.review): written before the held request
+# waits, claimed by one reviewer at a time under a lease, decided once (a conditional UPDATE), or expired to
+# the policy's default at the deadline.
+REVIEW_ITEMS = sa.Table(
+    "review_items", METADATA,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("deadline", sa.Float, nullable=False),
+    sa.Column("stage", sa.String(16), nullable=False),  # input (the request) or output (the model's reply)
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("guard", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("score", sa.Float, nullable=True),
+    sa.Column("conversation", sa.JSON, nullable=False),
+    sa.Column("reply", sa.Text, nullable=True),
+    sa.Column("default_action", sa.String(16), nullable=False),  # what the deadline decides: reject or approve
+    sa.Column("state", sa.String(16), nullable=False, index=True),  # pending claimed approved rejected edited expired
+    sa.Column("claimed_by", sa.String(32), nullable=True),
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Column("decided_by", sa.String(32), nullable=True),
+    sa.Column("decided_at", sa.Float, nullable=True),
+    sa.Column("text", sa.Text, nullable=True),  # an edit: the reply the client gets
+    sa.Column("note", sa.Text, nullable=True),
+)
+
+# The labelling studio (tether.studio): people, their sessions, projects, members, items and labels.
+STUDIO_USERS = sa.Table(
+    "studio_users", METADATA,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(300), nullable=False),  # scrypt, salted (tether.studio.accounts)
+    sa.Column("role", sa.String(16), nullable=False),  # annotator, reviewer or admin
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("disabled_at", sa.Float, nullable=True),
+)
+STUDIO_SESSIONS = sa.Table(
+    "studio_sessions", METADATA,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(32), nullable=False, index=True),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+STUDIO_PROJECTS = sa.Table(
+    "studio_projects", METADATA,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("spec", sa.JSON, nullable=False),  # kind, overlap, scale, flags, gold threshold, instructions
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+STUDIO_MEMBERS = sa.Table(
+    "studio_members", METADATA,
+    sa.Column("project_id", sa.String(32), primary_key=True),
+    sa.Column("user_id", sa.String(32), primary_key=True),
+)
+STUDIO_ITEMS = sa.Table(
+    "studio_items", METADATA,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.String(32), nullable=False, index=True),
+    sa.Column("payload", sa.JSON, nullable=False),  # prompt and response(s), and the source row's other fields
+    sa.Column("gold", sa.JSON(none_as_null=True), nullable=True),  # a gold question's right answer (quality control)
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+# One row per (item, annotator): taken under a lease while the annotator works on it, the label once given.
+STUDIO_LABELS = sa.Table(
+    "studio_labels", METADATA,
+    sa.Column("item_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("user_id", sa.String(32), primary_key=True),
+    sa.Column("project_id", sa.String(32), nullable=False, index=True),
+    sa.Column("lease_until", sa.Float, nullable=False),
+    sa.Column("value", sa.JSON(none_as_null=True), nullable=True),
+    sa.Column("labelled_at", sa.Float, nullable=True),
+    sa.Column("seconds", sa.Float, nullable=True),
 )
 
 
