@@ -32,3 +32,9 @@ def test_the_crowd_experiment_measures_agreement_and_aggregation_against_gold(tm
     assert len((out / "majority.jsonl").read_text().splitlines()) == 80
     raw = [json.loads(line) for line in (out / "raw.jsonl").read_text().splitlines()]
     assert len(raw) == 80 * 4 and {r["aggregated_by"] for r in raw} == {f"annotator:{a}" for a in experts}
+    # Whose preferences: the unbiased annotator against the biased three's majority, where they differ.
+    groups = summary["groups"]
+    assert groups["members"] == {"biased": ["hurried", "pleaser", "typical"], "unbiased": ["expert"]}
+    assert groups["disputed_pairs"] > 0
+    sides = groups["on_disputed_pairs_gold_sides_with"]
+    assert sides["unbiased"]["value"] > sides["biased"]["value"]

@@ -35,7 +35,7 @@ from tether.core.config import Config
 from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 from tether.core.stats import wilson_interval
-from tether.data.aggregate import dawid_skene, majority
+from tether.data.aggregate import by_group, dawid_skene, majority
 from tether.data.io import write_jsonl
 
 
@@ -57,6 +57,10 @@ def _show(cfg: CrowdConfig, summary: dict[str, Any]) -> list[str]:
     for name, rate in summary["agreement_with_gold"].items():
         lines.append(f"  {name:24} {100 * rate['value']:.1f}% [{100 * rate['ci_low']:.1f}-{100 * rate['ci_high']:.1f}]"
                      f" of {rate['n']} pairs agree with gold")
+    groups = summary["groups"]
+    sides = groups["on_disputed_pairs_gold_sides_with"]
+    lines.append(f"  whose preferences: on the {groups['disputed_pairs']} pairs where the groups decide differently, "
+                 "gold sides with " + ", ".join(f"{g} {100 * r['value']:.1f}%" for g, r in sides.items()))
     lines.append(f"table: {cfg.out}/crowd.json")
     return lines
 
@@ -105,6 +109,7 @@ def _experiment(cfg: CrowdConfig, out: Path) -> dict[str, Any]:
         "dawid_skene_iterations": model.iterations}
     best_single = max((k for k in agreement if k.startswith("annotator:")), key=lambda k: agreement[k]["value"])
     summary["best_single_annotator"] = best_single
+    summary["groups"] = _whose(annotations, gold, cfg.seed)
     def preference(pair: Any, first_wins: Any, by: str) -> dict[str, Any]:
         row = pairs[pair]
         chosen, rejected = (row["first"], row["second"]) if first_wins else (row["second"], row["first"])
@@ -119,3 +124,24 @@ def _experiment(cfg: CrowdConfig, out: Path) -> dict[str, Any]:
     write_jsonl(out / "raw.jsonl", [preference(p, w, f"annotator:{a}") for p, a, w in annotations])
     (out / "crowd.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _whose(annotations: list[tuple[Any, Any, Any]], gold: dict[Any, float], seed: int) -> dict[str, Any]:
+    """Whose preferences a label is: the pool split into annotators with no bias and those with a bias (each
+    group's majority), how often each group's decision agrees with gold, and on the pairs where the groups
+    decide differently, which of them gold sides with."""
+    from tether.world.annotators import DEFAULT_POOL
+
+    groups = {a.name: "biased" if a.agreeableness_bias or a.length_bias or a.flattery_bias else "unbiased"
+              for a in DEFAULT_POOL}
+    decided, disputed = by_group(annotations, groups, lambda rows: majority(rows, seed=seed))
+
+    def rate(labels: dict[Any, Any], pairs: list[Any]) -> dict[str, Any]:
+        scored = [p for p in pairs if p in gold]
+        return wilson_interval(sum(labels[p] == (gold[p] == 1.0) for p in scored), len(scored)).as_dict()
+
+    return {"members": {g: sorted(a for a, h in groups.items() if h == g) for g in sorted(set(groups.values()))},
+            "agreement_with_gold": {g: rate(labels, list(labels)) for g, labels in sorted(decided.items())},
+            "disputed_pairs": len(disputed),
+            "on_disputed_pairs_gold_sides_with": {g: rate(labels, list(disputed)) for g, labels in
+                                                  sorted(decided.items())}}

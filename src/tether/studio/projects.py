@@ -493,10 +493,9 @@ class Projects:
         else:
             if method not in ("dawid-skene", "majority"):
                 raise UserError(f"a pairwise project aggregates by dawid-skene, majority or raw, not {method!r}")
-            labels = (dawid_skene(annotations).labels if method == "dawid-skene" and annotations
-                      else majority(annotations, seed=seed))
+            labels, used = _aggregate(annotations, method, seed)
             votes = Counter(a[0] for a in annotations)
-            decided = [(i, v, f"{method} of {votes[i]}") for i, v in sorted(labels.items(), key=lambda kv: str(kv[0]))]
+            decided = [(i, v, f"{used} of {votes[i]}") for i, v in sorted(labels.items(), key=lambda kv: str(kv[0]))]
         out = []
         for item_id, choice, by in decided:
             item = items[int(str(item_id))]
@@ -547,8 +546,7 @@ class Projects:
         for flag in project.spec.flags:
             annotations = [(r["item"], r["annotator"], flag in r["value"]["flags"]) for r in rows]
             if annotations:
-                decided[flag] = (dawid_skene(annotations).labels if method == "dawid-skene"
-                                 else majority(annotations, seed=seed))
+                decided[flag] = _aggregate(annotations, method, seed)[0]
         out = []
         for item_id in sorted({r["item"] for r in rows}):
             item = items[item_id]
@@ -561,6 +559,16 @@ class Projects:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(STUDIO_PROJECTS).where(where)).mappings().first()
         return None if row is None else _project(row)
+
+
+def _aggregate(annotations: Sequence[tuple[Hashable, Hashable, Hashable]], method: str, seed: int
+               ) -> tuple[dict[Hashable, Hashable], str]:
+    """Labels per item by ``method``, and the method used: Dawid-Skene needs items with two or more labels to
+    learn anything about annotators (with one label per item its confusion matrices are not identifiable, and
+    its smoothing can overrule the only label there is), so there it is the label itself (majority of one)."""
+    if method == "dawid-skene" and annotations and max(Counter(a[0] for a in annotations).values()) > 1:
+        return dict(dawid_skene(annotations).labels), "dawid-skene"
+    return majority(annotations, seed=seed), "majority"
 
 
 def _project(row: Any) -> Project:
