@@ -68,4 +68,4 @@ def test_the_migrate_command_reports_the_revision(tmp_path, capsys):
 
     with pytest.raises(SystemExit) as done:
         main(["serve", "migrate", "--db", f"sqlite:///{tmp_path / 'm.db'}"])
-    assert done.value.code in (0, None) and "store at revision 0001" in capsys.readouterr().out
+    assert done.value.code in (0, None) and "store at revision 0002" in capsys.readouterr().out

@@ -146,7 +146,7 @@ def test_an_annotator_labels_20_pairs_with_the_keyboard_on_a_phone_and_the_expor
         with page.expect_navigation():
             page.keyboard.press("Enter")  # start labelling
         chosen = {}
-        for i in range(20):
+        for _ in range(20):
             prompt = page.inner_text("#prompt")
             n = int(prompt.split(":")[0].split()[1])
             # Nothing is wider than the phone's screen (no sideways scrolling).

@@ -20,8 +20,8 @@ PASSWORD = "a long password"
 
 
 def _start(db, port):
-    proc = subprocess.Popen([sys.executable, "-m", "tether.cli.main", "studio", "serve", "--db", db, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "tether.cli.main", "studio", "serve", "--db", db,
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline:
         try:

@@ -91,7 +91,7 @@ def test_a_lease_that_runs_out_gives_the_place_to_another_annotator(store):
         projects.label(project, _people(store, "c")[0].id, item.id, {"rating": 5})
 
 
-def test_exports_aggregate_leave_out_gold_and_annotators_below_the_gold_bar(store):
+def test_exports_aggregate_leave_out_gold_and_annotators_below_the_gold_bar(store, tmp_path):
     people = _people(store, "good1", "good2", "good3", "bad")
     projects = Projects(store)
     project = projects.create("p", ProjectSpec(kind="pairwise", overlap=4, min_gold=2, gold_min=0.5))
@@ -110,6 +110,14 @@ def test_exports_aggregate_leave_out_gold_and_annotators_below_the_gold_bar(stor
     assert len(raw) == 4 * 3  # the bad annotator's rows are left out
     assert len(projects.export(project, "raw")) == 6 * 4  # raw keeps everything, gold marked
     assert projects.export(project, "sft")[0]["completion"] == "better0"
+    # What tether's trainers read: the rows load as preference and SFT records as they are.
+    from tether.data.io import read_records, write_jsonl
+    from tether.data.records import PreferenceRecord, SFTRecord
+
+    write_jsonl(tmp_path / "prefs.jsonl", projects.export(project, "preference"))
+    write_jsonl(tmp_path / "sft.jsonl", projects.export(project, "sft"))
+    assert len(read_records(tmp_path / "prefs.jsonl", PreferenceRecord).records) == 4
+    assert len(read_records(tmp_path / "sft.jsonl", SFTRecord).records) == 4
     with pytest.raises(UserError, match="exports raw, preference, sft"):
         projects.export(project, "guard")
     quality = projects.agreement(project, resamples=50)
@@ -142,7 +150,8 @@ def test_flags_export_guard_rows_and_ratings_sft_rows(store):
     assert [(r["text"], r["label"], r["flags"]) for r in projects.export(flags, "guard", method="majority")] == [
         ("bad", "unsafe", ["harmful"]), ("ok", "safe", [])]
     rating = projects.create("r", ProjectSpec(kind="rating", overlap=2, scale=5))
-    projects.add_items(rating, [("1", {"prompt": "q1", "response": "great"}), ("2", {"prompt": "q2", "response": "meh"})])
+    projects.add_items(rating, [("1", {"prompt": "q1", "response": "great"}),
+                                ("2", {"prompt": "q2", "response": "meh"})])
     for user in (a, b):
         while (item := projects.next_item(rating, user.id)) is not None:
             projects.label(rating, user.id, item.id, {"rating": 5 if item.prompt == "q1" else 2})

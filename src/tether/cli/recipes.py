@@ -39,8 +39,31 @@ class RecipeGroup(TyperGroup):
             from tether.core.recipes import RECIPES
 
             return recipe_command(RECIPES.get(self.aliases[cmd_name]), name=cmd_name)
-        recipe = dict(_recipes(self.name)).get(cmd_name)
+        recipe = _likely_recipe(self.name, cmd_name) or dict(_recipes(self.name)).get(cmd_name)
         return recipe_command(recipe) if recipe is not None else None
+
+
+def _likely_recipe(group: str | None, name: str) -> Any:
+    """The recipe ``tether GROUP NAME`` from the module where tether's recipes usually are
+    (``tether.GROUP.NAME`` or ``tether.pipelines.NAME``), imported alone; None when it is not there, and the
+    caller lists every recipe (importing every module, seconds) instead. Running one recipe then loads what
+    that recipe needs, not the whole package."""
+    import importlib
+
+    from tether.core.recipes import RECIPES
+
+    module = name.replace("-", "_")
+    for candidate in (f"tether.{group}.{module}", f"tether.pipelines.{module}"):
+        try:
+            importlib.import_module(candidate)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and candidate.startswith(exc.name):  # no such module: the next place
+                continue
+            raise
+        entry = RECIPES.loaded(name)
+        if entry is not None and entry.item.group == group:
+            return entry.item
+    return None
 
 
 def _recipes(group: str | None) -> list[tuple[str, Any]]:

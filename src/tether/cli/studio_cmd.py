@@ -19,10 +19,13 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="People in the loop: the review queue and labelling studio (tether studio serve), its "
                        "accounts, projects and exports.", no_args_is_help=True)
-users_app = typer.Typer(help="Studio accounts: annotators, reviewers, admins.", no_args_is_help=True)
-projects_app = typer.Typer(help="Labelling projects: create, add items and members, agreement, export.",
+users_app = typer.Typer(help="Studio accounts: annotators, reviewers, admins.\n\nExample: tether studio users add "
+                             "alice --role reviewer", no_args_is_help=True)
+projects_app = typer.Typer(help="Labelling projects: create, add items and members, agreement, export.\n\n"
+                                "Example: tether studio projects create helpful --kind pairwise --data pairs.jsonl",
                            no_args_is_help=True)
-review_app = typer.Typer(help="The review queue's decisions as data.", no_args_is_help=True)
+review_app = typer.Typer(help="The review queue's decisions as data.\n\nExample: tether studio review export "
+                              "--format guard --out reviewed.jsonl", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(projects_app, name="projects")
 app.add_typer(review_app, name="review")
@@ -102,7 +105,10 @@ def add_user(name: Annotated[str, typer.Argument(help="login name")],
 
 @users_app.command("list")
 def list_users(db: DbOpt = DEFAULT_DB) -> None:
-    """List accounts."""
+    """List accounts.
+
+    Example: tether studio users list --db postgresql+pg8000://postgres@127.0.0.1/gateway
+    """
     from tether.studio.accounts import Accounts
 
     for user in Accounts(_engine(db)).users():
@@ -113,7 +119,10 @@ def list_users(db: DbOpt = DEFAULT_DB) -> None:
 def set_password(name: Annotated[str, typer.Argument(help="login name")],
                  password_stdin: Annotated[bool, typer.Option("--password-stdin", help="read it from stdin")] = False,
                  db: DbOpt = DEFAULT_DB) -> None:
-    """Set an account's password (its sessions end)."""
+    """Set an account's password (its sessions end).
+
+    Example: echo 'a new long password' | tether studio users passwd alice --password-stdin
+    """
     from tether.studio.accounts import Accounts
 
     password, made = _password(password_stdin)
@@ -124,7 +133,10 @@ def set_password(name: Annotated[str, typer.Argument(help="login name")],
 @users_app.command("role")
 def set_role(name: Annotated[str, typer.Argument(help="login name")],
              role: Annotated[str, typer.Argument(help="annotator, reviewer or admin")], db: DbOpt = DEFAULT_DB) -> None:
-    """Change an account's role."""
+    """Change an account's role.
+
+    Example: tether studio users role alice reviewer
+    """
     from tether.studio.accounts import Accounts
 
     user = Accounts(_engine(db)).set_role(name, role)
@@ -133,7 +145,10 @@ def set_role(name: Annotated[str, typer.Argument(help="login name")],
 
 @users_app.command("disable")
 def disable_user(name: Annotated[str, typer.Argument(help="login name")], db: DbOpt = DEFAULT_DB) -> None:
-    """Disable an account: it cannot log in; its labels stay."""
+    """Disable an account: it cannot log in; its labels stay.
+
+    Example: tether studio users disable alice
+    """
     from tether.studio.accounts import Accounts
 
     Accounts(_engine(db)).disable(name)
@@ -189,7 +204,10 @@ def create_project(
 def add_items(project: Annotated[str, typer.Argument(help="the project")],
               data: Annotated[list[Path], typer.Option("--data", help="JSONL of items")],
               db: DbOpt = DEFAULT_DB) -> None:
-    """Add items to a project (all of a file or none)."""
+    """Add items to a project (all of a file or none).
+
+    Example: tether studio projects add-items helpful --data runs/redteam/attacks.jsonl
+    """
     from tether.data.io import jsonl_objects
     from tether.studio.projects import Projects
 
@@ -202,7 +220,10 @@ def add_items(project: Annotated[str, typer.Argument(help="the project")],
 @projects_app.command("add-members")
 def add_members(project: Annotated[str, typer.Argument(help="the project")],
                 names: Annotated[str, typer.Argument(help="comma-separated accounts")], db: DbOpt = DEFAULT_DB) -> None:
-    """Make accounts members of a project (an annotator sees only their projects)."""
+    """Make accounts members of a project (an annotator sees only their projects).
+
+    Example: tether studio projects add-members helpful alice,bob
+    """
     from tether.studio.accounts import Accounts
     from tether.studio.projects import Projects
 
@@ -216,7 +237,10 @@ def add_members(project: Annotated[str, typer.Argument(help="the project")],
 
 @projects_app.command("list")
 def list_projects(db: DbOpt = DEFAULT_DB) -> None:
-    """List projects with their progress."""
+    """List projects with their progress.
+
+    Example: tether studio projects list
+    """
     from tether.studio.projects import Projects
 
     registry = Projects(_engine(db))
@@ -228,7 +252,10 @@ def list_projects(db: DbOpt = DEFAULT_DB) -> None:
 
 @projects_app.command("agreement")
 def agreement(project: Annotated[str, typer.Argument(help="the project")], db: DbOpt = DEFAULT_DB) -> None:
-    """Krippendorff's alpha with its bootstrap interval; each annotator's kappa, gold accuracy, speed (JSON)."""
+    """Krippendorff's alpha with its bootstrap interval; each annotator's kappa, gold accuracy, speed (JSON).
+
+    Example: tether studio projects agreement helpful
+    """
     from tether.studio.projects import Projects
 
     registry = Projects(_engine(db))
@@ -264,7 +291,11 @@ def export_reviews(out: Annotated[Path, typer.Option("--out", help="JSONL file t
                    fmt: Annotated[str, typer.Option("--format", help="guard (text/label rows for tether guard train) "
                                                     "or preference (edited replies over the model's)")] = "guard",
                    db: DbOpt = DEFAULT_DB) -> None:
-    """The review queue's decisions as training data."""
+    """The review queue's decisions as training data.
+
+    Example: tether studio review export --format guard --out reviewed.jsonl && tether guard train --set
+    'data=[world,reviewed.jsonl]' --out runs/guard-reviewed
+    """
     from tether.core.errors import UserError
     from tether.data.io import write_jsonl
     from tether.serve.review import ReviewQueue, guard_rows, preference_rows

@@ -140,6 +140,11 @@ class Registry(Generic[T]):
             raise UserError(f"unknown {self.kind} {name!r}; known: {known}")
         return entry.item  # type: ignore[no-any-return]
 
+    def loaded(self, name: str) -> Entry | None:
+        """The entry called ``name`` if a module imported so far registered it (no discovery: a cheap look
+        for a caller that has just imported the module it expects the entry in)."""
+        return self._entries.get(name)
+
     def entries(self) -> list[Entry]:
         """Every entry (tether's own and the plugins'), sorted by name."""
         discover()

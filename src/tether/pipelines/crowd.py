@@ -25,6 +25,7 @@ reward model is a training run on the exported rows (TRL preference rows): ``OUT
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -132,16 +133,18 @@ def _whose(annotations: list[tuple[Any, Any, Any]], gold: dict[Any, float], seed
     decide differently, which of them gold sides with."""
     from tether.world.annotators import DEFAULT_POOL
 
-    groups = {a.name: "biased" if a.agreeableness_bias or a.length_bias or a.flattery_bias else "unbiased"
-              for a in DEFAULT_POOL}
+    groups: dict[Hashable, Hashable] = {
+        a.name: "biased" if a.agreeableness_bias or a.length_bias or a.flattery_bias else "unbiased"
+        for a in DEFAULT_POOL}
     decided, disputed = by_group(annotations, groups, lambda rows: majority(rows, seed=seed))
 
     def rate(labels: dict[Any, Any], pairs: list[Any]) -> dict[str, Any]:
         scored = [p for p in pairs if p in gold]
         return wilson_interval(sum(labels[p] == (gold[p] == 1.0) for p in scored), len(scored)).as_dict()
 
-    return {"members": {g: sorted(a for a, h in groups.items() if h == g) for g in sorted(set(groups.values()))},
-            "agreement_with_gold": {g: rate(labels, list(labels)) for g, labels in sorted(decided.items())},
+    return {"members": {str(g): sorted(str(a) for a, h in groups.items() if h == g)
+                        for g in sorted(set(groups.values()), key=str)},
+            "agreement_with_gold": {str(g): rate(labels, list(labels)) for g, labels in decided.items()},
             "disputed_pairs": len(disputed),
-            "on_disputed_pairs_gold_sides_with": {g: rate(labels, list(disputed)) for g, labels in
-                                                  sorted(decided.items())}}
+            "on_disputed_pairs_gold_sides_with": {str(g): rate(labels, list(disputed))
+                                                  for g, labels in sorted(decided.items(), key=lambda kv: str(kv[0]))}}

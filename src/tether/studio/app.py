@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
@@ -93,6 +94,12 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
             return RedirectResponse(f"{base}/login", status_code=303)
         return render(request, "error.html", None, status=exc.status, message=exc.message, code=exc.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return await _denied(request, DeniedError(400, f"{where or 'request'}: {first.get('msg', 'invalid')}"))
+
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError) -> Response:
         return await _denied(request, DeniedError(400, str(exc)))
@@ -134,6 +141,10 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
         if not session.user.is_admin and not projects.is_member(project.id, session.user.id):
             raise DeniedError(403, f"you are not a member of project {project.name!r}")
         return project
+
+    def person(session: Session) -> None:
+        if session.user.id.startswith("key:"):
+            raise DeniedError(403, "labels are given by people: log in with an account (POST /api/login)")
 
     def reviewer(session: Session) -> None:
         if not session.user.can_review:
@@ -301,6 +312,7 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
     @app.post("/api/projects/{project_id}/next", response_model=None)
     def api_next(request: Request, project_id: str) -> Any:
         session = from_bearer(request)
+        person(session)
         item = projects.next_item(project_for(session, project_id), session.user.id)
         if item is None:
             return Response(status_code=204)
@@ -309,6 +321,7 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
     @app.post("/api/projects/{project_id}/items/{item_id}/label")
     def api_label(request: Request, project_id: str, item_id: int, body: LabelBody) -> dict[str, Any]:
         session = from_bearer(request)
+        person(session)
         project = project_for(session, project_id)
         try:
             return {"item": item_id, "value": projects.label(project, session.user.id, item_id, body.value)}
@@ -334,6 +347,7 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
     def api_claim(request: Request) -> Any:
         session = from_bearer(request)
         reviewer(session)
+        person(session)
         item = queue.claim(session.user.id)
         return Response(status_code=204) if item is None else item.as_dict()
 
