@@ -19,6 +19,10 @@ from tether.data.io import write_jsonl
 from tether.world.datasets import preference_rows
 from tether.world.spec import WorldConfig, build_world
 
+# Two torchrun processes per recipe (20 s together on the 2-core CI machine): an expensive end-to-end check,
+# in the slow tier (python -m pytest -m slow tests/recipes/test_distributed.py).
+pytestmark = pytest.mark.slow
+
 TOLERANCE = 1e-5
 
 

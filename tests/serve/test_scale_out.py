@@ -185,6 +185,7 @@ def test_kill_9_under_load_loses_no_audit_row_of_an_answered_request(servers):
     assert verify(gateway.audit).ok
 
 
+@pytest.mark.slow  # 11 s; limits across processes on one store stay in the default run (two servers, PostgreSQL)
 def test_workers_of_one_server_share_a_sqlite_store(tmp_path):
     # tether serve --workers 2: two processes on one port and one SQLite file (WAL); a limit holds across them.
     db = f"sqlite:///{tmp_path / 'gateway.db'}"

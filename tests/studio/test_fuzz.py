@@ -36,7 +36,7 @@ def test_no_input_gives_a_server_error(api):
     assert len(operations) >= 15
     reached = []
     for operation in operations:
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+        @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None,
                   derandomize=True)
         @given(case=operation.as_strategy(), authorised=st.booleans(), real_project=st.booleans())
         def fuzz(case, authorised, real_project):

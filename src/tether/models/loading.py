@@ -166,7 +166,7 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: 
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
-        model.save_pretrained(out / "adapter")
+        model.save_pretrained(str(out / "adapter"))  # peft types its path as str
         model = model.merge_and_unload()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

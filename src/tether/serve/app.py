@@ -374,6 +374,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
     async def answer_reviewed(text: str, streamed: bool, key: ApiKey, record: dict[str, Any], start: float,
                               frames: _Frames) -> Any:
         """A reviewer's reply to a held request, sent in the request's shape (no model call, no tokens)."""
+        await run_in_threadpool(check_kill, key)  # a switch set while the request was held stops it too
         record |= {"status": 200, "decision": "answered_by_reviewer", "finish_reason": "stop",
                    "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
         seq = await finish(None, 0, False, record)

@@ -79,18 +79,18 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
     def render(request: Request, template: str, session: Session | None, status: int = 200, **context: Any
                ) -> Response:
         context |= {"me": session.user if session else None, "csrf": session.csrf if session else "",
-                    "base": str(request.scope.get("root_path", "")).rstrip("/")}
+                    "base": _base(request)}
         return templates.TemplateResponse(request, template, context, status_code=status)
 
     def wants_html(request: Request) -> bool:
-        return not request.url.path.startswith(f"{request.scope.get('root_path', '')}/api")
+        return not request.url.path.startswith(f"{_base(request)}/api")
 
     @app.exception_handler(DeniedError)
     async def _denied(request: Request, exc: DeniedError) -> Response:
         if not wants_html(request):
             return JSONResponse({"error": {"message": exc.message, "status": exc.status}}, status_code=exc.status)
         if exc.status == 401:
-            base = str(request.scope.get("root_path", "")).rstrip("/")
+            base = _base(request)
             return RedirectResponse(f"{base}/login", status_code=303)
         return render(request, "error.html", None, status=exc.status, message=exc.message, code=exc.status)
 
@@ -177,7 +177,7 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
     @app.post("/login")
     def login(request: Request, name: str = Form(...), password: str = Form(...)) -> Response:
         user = accounts.verify(name, password)
-        base = str(request.scope.get("root_path", "")).rstrip("/")
+        base = _base(request)
         if user is None:
             return render(request, "login.html", None, status=401, error="wrong name or password", name=name)
         token, session = accounts.open_session(user)
@@ -192,7 +192,7 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
         session = from_cookie(request)
         check_csrf(session, csrf)
         accounts.close_session(request.cookies.get(COOKIE, ""))
-        base = str(request.scope.get("root_path", "")).rstrip("/")
+        base = _base(request)
         response = RedirectResponse(f"{base}/login", status_code=303)
         response.delete_cookie(COOKIE, path=f"{base}/" if base else "/")
         return response
@@ -236,7 +236,7 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
             projects.label(project, session.user.id, item_id, value)
         except LabelError as exc:
             raise DeniedError(409 if "already" in str(exc) else 400, str(exc)) from None
-        base = str(request.scope.get("root_path", "")).rstrip("/")
+        base = _base(request)
         return RedirectResponse(f"{base}/projects/{project.id}/label", status_code=303)
 
     @app.get("/projects/{project_id}/export")
@@ -264,7 +264,7 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
         reviewer(session)
         check_csrf(session, csrf)
         item = queue.claim(session.user.id)
-        base = str(request.scope.get("root_path", "")).rstrip("/")
+        base = _base(request)
         return RedirectResponse(f"{base}/review/{item.id}" if item else f"{base}/review?empty=1", status_code=303)
 
     @app.get("/review/{item_id}", response_class=HTMLResponse)
@@ -284,7 +284,7 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
         session = from_cookie(request)
         reviewer(session)
         check_csrf(session, csrf)
-        base = str(request.scope.get("root_path", "")).rstrip("/")
+        base = _base(request)
         if decision == "skip":
             queue.release(item_id, session.user.id)
             return RedirectResponse(f"{base}/review", status_code=303)
@@ -374,6 +374,11 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
         return Response("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), media_type="application/jsonl")
 
     return app
+
+
+def _base(request: Request) -> str:
+    """Where the studio is mounted (``/studio`` under tether serve, nothing when served alone)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 def _form_value(project: Project, form: Any) -> Any:
