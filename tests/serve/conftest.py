@@ -32,3 +32,32 @@ def clear_of_a_minute_boundary(seconds: float = 10.0) -> None:
     left = 60 - time.time() % 60
     if left < seconds:
         time.sleep(left + 0.5)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(proc, url, *, timeout=60.0):
+    """Wait until ``url`` answers 200 while the server process ``proc`` runs; its stderr's end if it dies or
+    never answers."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"{url} did not come up: {proc.stderr.read().decode()[-2000:]}")

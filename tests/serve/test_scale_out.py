@@ -5,7 +5,6 @@ within a second, and kill -9 under load loses no audit row of an answered reques
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from tests.serve.conftest import clear_of_a_minute_boundary, postgres_database
+from tests.serve.conftest import clear_of_a_minute_boundary, free_port, postgres_database, wait_until_up
 
 from tether.serve.app import Gateway
 from tether.serve.audit import verify
@@ -31,12 +30,6 @@ def database():
         yield url
 
 
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(db, port, *extra):
     env = {**os.environ, "TETHER_DEBUG": ""}
     return subprocess.Popen([TETHER, "serve", "--model", "tiny:llama", "--db", db, "--port", str(port),
@@ -44,21 +37,13 @@ def _launch(db, port, *extra):
 
 
 def _ready(proc, port):
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"server on {port} did not start: {proc.stderr.read().decode()[-2000:]}")
+    return wait_until_up(proc, f"http://127.0.0.1:{port}/health")
 
 
 @pytest.fixture(scope="module")
 def servers(database):
     gateway = Gateway.open(database)
-    ports = [_port(), _port()]
+    ports = [free_port(), free_port()]
     procs = [_ready(proc, p) for proc, p in [(_launch(database, p), p) for p in ports]]  # started together
     yield gateway, ports, procs, database
     for proc in procs:
@@ -191,7 +176,7 @@ def test_workers_of_one_server_share_a_sqlite_store(tmp_path):
     db = f"sqlite:///{tmp_path / 'gateway.db'}"
     gateway = Gateway.open(db)
     _, secret = gateway.keys.create("two workers", Scopes(rpm=10))
-    port = _port()
+    port = free_port()
     proc = subprocess.Popen([TETHER, "serve", "--model", "tiny:llama", "--db", db, "--port", str(port), "--workers",
                              "2", "--max-tokens", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

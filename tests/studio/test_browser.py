@@ -5,15 +5,14 @@ the keyboard on a phone-sized screen and the export holds them; another project 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import openai
 import pytest
+from tests.serve.conftest import free_port, wait_until_up
 from tests.serve.test_gateway import _Server
 
 from tether.serve.keys import KeyStore
@@ -26,12 +25,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright comes with the dev extra")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (.ci/run installs Debian's package)")
 PASSWORD = "a long password"
-
-
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _browser(p):
@@ -53,21 +46,13 @@ def test_a_reviewer_approves_and_rejects_requests_a_running_gateway_holds(tmp_pa
     Accounts(engine).create("rita", PASSWORD, "reviewer")
     guards = tmp_path / "guards.yaml"
     guards.write_text("- {kind: regex, name: hold, mode: escalate, input: [forbidden]}\n")
-    port = _port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "tether.cli.main", "serve", "--model", "tiny:llama", "--db", db,
                                "--port", str(port), "--guards", str(guards), "--studio", "--max-tokens", "6",
                                "--review-timeout-s", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env={**os.environ, "TETHER_LOG": "warning"})
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                assert time.time() < deadline, "tether serve did not start"
-                time.sleep(0.2)
+        wait_until_up(server, f"http://127.0.0.1:{port}/health", timeout=90)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=secret, max_retries=0, timeout=150)
 
         def ask(text):

@@ -3,13 +3,13 @@ claimed and pending review items, labels, and an annotator's held item are all t
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 import httpx
+from tests.serve.conftest import free_port, wait_until_up
 
 from tether.serve.review import ReviewQueue
 from tether.serve.store import connect, write_transaction
@@ -22,21 +22,7 @@ PASSWORD = "a long password"
 def _start(db, port):
     proc = subprocess.Popen([sys.executable, "-m", "tether.cli.main", "studio", "serve", "--db", db,
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/login", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-        assert proc.poll() is None, proc.stderr.read().decode()
-    raise AssertionError("the studio did not start")
-
-
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return wait_until_up(proc, f"http://127.0.0.1:{port}/login")
 
 
 def _token(base, name):
@@ -58,7 +44,7 @@ def test_kill_9_with_items_claimed_and_pending_loses_none(tmp_path):
                                                                                             "content": str(i)}])
                 for i in range(5)]
 
-    port = _port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = _start(db, port)
     reviewer, annotator = _token(base, "rev"), _token(base, "ann")
