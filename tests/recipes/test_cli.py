@@ -77,6 +77,7 @@ def test_entry_point_prints_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr and result.stderr.startswith("error:")
 
 
+@pytest.mark.slow  # two fresh interpreters that train and generate (10 s): an end-to-end check, in the slow tier
 def test_commands_print_no_deprecation_warning(tmp_path):
     # What a user sees: a training run through LoRA (peft) and a generating evaluation, each in a fresh
     # process with Python's default warning filters (FutureWarning shown), print no deprecation notice.

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 PLUGIN = '''
@@ -109,6 +110,7 @@ def _tether(env: dict[str, str], *commands: list[str]) -> list[str]:
     return [r["out"] for r in ran]
 
 
+@pytest.mark.slow  # a fresh interpreter that discovers every module and runs a pipeline (11 s): slow tier
 def test_a_plugins_recipe_and_loss_appear_everywhere_a_builtin_one_does(tmp_path):
     env = _install(tmp_path / "site")
     config = tmp_path / "jitter.yaml"

@@ -54,7 +54,7 @@ def test_no_input_gives_a_server_error(api, path, method):
 
     reached = []
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None,
               derandomize=True)
     @given(case=operation.as_strategy(), authorised=st.booleans(), served_model=st.booleans())
     def fuzz(case, authorised, served_model):

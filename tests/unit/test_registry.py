@@ -36,6 +36,7 @@ def test_a_second_registry_of_one_kind_is_refused():
         Registry("doohickey (test)")
 
 
+@pytest.mark.slow  # a fresh interpreter that imports every tether module (8 s): slow tier
 def test_membership_and_lookup_find_entries_of_modules_not_imported_yet():
     # A fresh interpreter: nothing of tether's but the registry module is imported, yet the world's model
     # source and the DPO loss are found (a miss imports tether's modules), and `in` sees them too.
