@@ -123,6 +123,8 @@ STUDIO_USERS = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),  # annotator, reviewer or admin
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("disabled_at", sa.Float, nullable=True),
+    sa.Column("failed_logins", sa.Integer, nullable=False, server_default="0"),  # since the last success
+    sa.Column("locked_until", sa.Float, nullable=True),  # too many failures: no login before then
 )
 STUDIO_SESSIONS = sa.Table(
     "studio_sessions", METADATA,

@@ -5,7 +5,8 @@ queue's escalated requests), ``admin`` (everything: every project, exports, agre
 stored as scrypt (the standard library's, N=2^14, r=8, p=1: about 50 ms and 16 MiB a try, which makes
 guessing offline slow) with a random salt. A session is a random 256-bit token held in an HttpOnly,
 SameSite=Strict cookie and stored only as its SHA-256 (a leaked table opens no session), with its own
-CSRF token for forms; it expires.
+CSRF token for forms; it expires. Five failed logins in a row lock an account for a minute, doubling with
+each further failure (online guessing), until a success or a new password.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from tether.serve.store import STUDIO_SESSIONS, STUDIO_USERS, write_transaction
 Role = Literal["annotator", "reviewer", "admin"]
 ROLES: tuple[str, ...] = ("annotator", "reviewer", "admin")
 MIN_PASSWORD = 8
+LOCK_AFTER = 5  # failed logins in a row before an account is locked
+LOCK_S = 60.0  # the first lock's length; each further failure doubles it
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
@@ -81,6 +84,7 @@ def check_password(password: str, stored: str) -> bool:
 
 
 _DUMMY = hash_password(secrets.token_hex(8))  # checked against when a name is unknown: timing tells nothing
+_PUBLIC = [STUDIO_USERS.c[k] for k in ("id", "name", "role", "created_at", "disabled_at")]  # never the hash
 
 
 class Accounts:
@@ -121,18 +125,17 @@ class Accounts:
 
     def users(self) -> list[User]:
         """Every account, by name."""
-        cols = [STUDIO_USERS.c[k] for k in ("id", "name", "role", "created_at", "disabled_at")]
         with self.engine.connect() as conn:
-            return [User(**r) for r in conn.execute(sa.select(*cols).order_by(STUDIO_USERS.c.name)).mappings()]
+            return [User(**r) for r in conn.execute(sa.select(*_PUBLIC).order_by(STUDIO_USERS.c.name)).mappings()]
 
     def set_password(self, name: str, password: str) -> None:
-        """Change an account's password and end its sessions."""
+        """Change an account's password (which also unlocks it) and end its sessions."""
         if len(password) < MIN_PASSWORD:
             raise UserError(f"the password for {name!r} is shorter than {MIN_PASSWORD} characters")
         user = self._need(name)
         with write_transaction(self.engine) as conn:
             conn.execute(STUDIO_USERS.update().where(STUDIO_USERS.c.id == user.id)
-                         .values(password_hash=hash_password(password)))
+                         .values(password_hash=hash_password(password), failed_logins=0, locked_until=None))
             conn.execute(STUDIO_SESSIONS.delete().where(STUDIO_SESSIONS.c.user_id == user.id))
 
     def set_role(self, name: str, role: str) -> User:
@@ -151,14 +154,32 @@ class Accounts:
             conn.execute(STUDIO_USERS.update().where(STUDIO_USERS.c.id == user.id).values(disabled_at=time.time()))
             conn.execute(STUDIO_SESSIONS.delete().where(STUDIO_SESSIONS.c.user_id == user.id))
 
-    def verify(self, name: str, password: str) -> User | None:
-        """The account if ``password`` is its password and it is enabled; None otherwise (the same work either
-        way, so a wrong name and a wrong password cannot be told apart by time)."""
+    def verify(self, name: str, password: str, *, now: float | None = None) -> User | None:
+        """The account if ``password`` is its password, it is enabled and not locked; None otherwise, with the
+        same work either way (a wrong name, a wrong password and a locked account cannot be told apart by
+        time or answer). ``LOCK_AFTER`` failures in a row lock the account for ``LOCK_S`` seconds, doubling
+        with each further failure (at most a day); a success clears the count."""
+        now = time.time() if now is None else now
+        users = STUDIO_USERS.c
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(STUDIO_USERS).where(STUDIO_USERS.c.name == name)).mappings().first()
-        ok = check_password(password, row["password_hash"] if row else _DUMMY)
-        if row is None or not ok or row["disabled_at"] is not None:
+            row = conn.execute(sa.select(STUDIO_USERS).where(users.name == name)).mappings().first()
+        locked = row is not None and row["locked_until"] is not None and row["locked_until"] > now
+        ok = check_password(password, row["password_hash"] if row and not locked else _DUMMY)
+        if row is None or locked or row["disabled_at"] is not None:
             return None
+        if not ok:
+            with write_transaction(self.engine) as conn:
+                failures = conn.execute(STUDIO_USERS.update().where(users.id == row["id"])
+                                        .values(failed_logins=users.failed_logins + 1)
+                                        .returning(users.failed_logins)).scalar_one()
+                if failures >= LOCK_AFTER:
+                    delay = min(86400.0, LOCK_S * 2 ** (failures - LOCK_AFTER))
+                    conn.execute(STUDIO_USERS.update().where(users.id == row["id"]).values(locked_until=now + delay))
+            return None
+        if row["failed_logins"] or row["locked_until"] is not None:
+            with write_transaction(self.engine) as conn:
+                conn.execute(STUDIO_USERS.update().where(users.id == row["id"])
+                             .values(failed_logins=0, locked_until=None))
         return User(row["id"], row["name"], row["role"], row["created_at"], row["disabled_at"])
 
     def open_session(self, user: User) -> tuple[str, Session]:
@@ -192,9 +213,8 @@ class Accounts:
             conn.execute(STUDIO_SESSIONS.delete().where(STUDIO_SESSIONS.c.token_hash == _digest(token)))
 
     def _one(self, where: sa.ColumnElement[bool]) -> User | None:
-        cols = [STUDIO_USERS.c[k] for k in ("id", "name", "role", "created_at", "disabled_at")]
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(*cols).where(where)).mappings().first()
+            row = conn.execute(sa.select(*_PUBLIC).where(where)).mappings().first()
         return None if row is None else User(**row)
 
     def _need(self, name: str) -> User:

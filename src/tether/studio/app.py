@@ -179,7 +179,8 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
         user = accounts.verify(name, password)
         base = _base(request)
         if user is None:
-            return render(request, "login.html", None, status=401, error="wrong name or password", name=name)
+            return render(request, "login.html", None, status=401, name=name,
+                          error="wrong name or password (five failures in a row lock an account for a while)")
         token, session = accounts.open_session(user)
         response = RedirectResponse(f"{base}/", status_code=303)
         secure = request.url.scheme == "https" if secure_cookies is None else secure_cookies

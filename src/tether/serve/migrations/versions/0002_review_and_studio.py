@@ -50,6 +50,8 @@ def upgrade() -> None:
         sa.Column("role", sa.String(16), nullable=False),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("disabled_at", sa.Float, nullable=True),
+        sa.Column("failed_logins", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("locked_until", sa.Float, nullable=True),
     )
     op.create_table(
         "studio_sessions",
