@@ -123,6 +123,9 @@ def test_exports_aggregate_leave_out_gold_and_annotators_below_the_gold_bar(stor
     quality = projects.agreement(project, resamples=50)
     assert quality["annotators"]["bad"]["gold"] == {"correct": 0, "n": 2, "accuracy": 0.0}
     assert quality["alpha"]["level"] == "nominal" and quality["alpha"]["value"] < 1.0
+    assert quality["alpha"]["ci_low"] <= quality["alpha"]["value"] <= quality["alpha"]["ci_high"]
+    alone = projects.agreement(project, resamples=0)["alpha"]
+    assert alone["value"] == quality["alpha"]["value"] and alone["ci_low"] is None
 
 
 def test_rankings_aggregate_by_reliability_weighted_bradley_terry(store):

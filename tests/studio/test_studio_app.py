@@ -132,3 +132,9 @@ def test_the_world_crowd_labels_through_the_api_and_its_export_beats_majority_ag
     assert ds >= mv  # measured on 40 pairs of world 0; the README's figures are over three worlds
     agreement = client.get(f"/api/projects/{project.id}/agreement", headers=boss).json()
     assert set(agreement["annotators"]) == {a.name for a in DEFAULT_POOL}
+    _login(client, "boss")  # the admin's page shows the same alpha, with its interval, and each annotator
+    page = client.get(f"/projects/{project.id}").text
+    alpha = agreement["alpha"]
+    shown = page[page.index('id="alpha"'):page.index("</p>", page.index('id="alpha"'))]
+    assert f"<strong>{alpha['value']:.3f}</strong>" in shown and " – " in shown, shown  # its own 200 resamples
+    assert all(f"<td>{a.name}</td>" in page for a in DEFAULT_POOL)

@@ -36,6 +36,7 @@ from tether.studio.accounts import Accounts, Session, User
 from tether.studio.projects import LabelError, Project, Projects
 
 COOKIE = "tether_studio"
+PAGE_BOOTSTRAP_LABELS = 3000  # a project page bootstraps alpha's interval up to this many labels
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -210,7 +211,11 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
     def project_page(request: Request, project_id: str) -> Response:
         session = from_cookie(request)
         project = project_for(session, project_id)
-        quality = projects.agreement(project, resamples=200) if session.user.is_admin else None
+        # The interval is bootstrapped on the page up to a few thousand labels (about a second); beyond, the
+        # value alone, and `tether studio projects agreement` gives the interval.
+        labels = projects.progress(project)["labels"]
+        quality = (projects.agreement(project, resamples=200 if labels <= PAGE_BOOTSTRAP_LABELS else 0)
+                   if session.user.is_admin else None)
         return render(request, "project.html", session, project=project,
                       progress=projects.progress(project, session.user.id), quality=quality)
 

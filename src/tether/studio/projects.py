@@ -413,7 +413,8 @@ class Projects:
 
     def agreement(self, project: Project, *, resamples: int = 500, seed: int = 0) -> dict[str, Any]:
         """Krippendorff's alpha over the non-gold items (nominal; ordinal for ratings) with a bootstrap
-        interval, and each annotator's kappa against the others, gold accuracy, labels and median seconds."""
+        interval (``resamples`` 0: the value alone), and each annotator's kappa against the others, gold
+        accuracy, labels and median seconds."""
         if project.spec.kind == "critique":
             return {"alpha": None, "annotators": {}}
         gold = {it.id for it in self.items(project) if it.gold is not None}
@@ -424,8 +425,12 @@ class Projects:
         alpha: dict[str, Any] | None = None
         if len({a[0] for a in annotations}) >= 2 and len({a[1] for a in annotations}) >= 2:
             try:
-                alpha = bootstrap(lambda a: krippendorff_alpha(a, level), annotations, resamples=resamples,
-                                  seed=seed).__dict__ | {"level": level}
+                if resamples:
+                    alpha = bootstrap(lambda a: krippendorff_alpha(a, level), annotations, resamples=resamples,
+                                      seed=seed).__dict__ | {"level": level}
+                else:  # the point estimate alone (a page over a large project: the interval costs seconds)
+                    alpha = {"value": krippendorff_alpha(annotations, level), "ci_low": None, "ci_high": None,
+                             "n": len({a[0] for a in annotations}), "resamples": 0, "level": level}
             except (ValueError, ZeroDivisionError):  # nothing pairable, or a single category throughout
                 alpha = None
         kappas = per_annotator(annotations, seed=seed) if annotations else {}
