@@ -17,6 +17,7 @@ from tether.models.targets import target_generator
 from tether.serve.app import Gateway, create_app
 from tether.serve.audit import verify
 from tether.serve.batching import BatchingGenerator
+from tether.serve.keys import Scopes
 from tether.serve.review import guard_rows
 from tether.studio.accounts import Accounts
 from tether.studio.app import create_studio
@@ -61,8 +62,6 @@ def _claim_when_waiting(studio, timeout=10.0):
 
 def test_approve_reject_and_edit_reach_the_held_requests(held):
     server, gateway, studio = held
-    from tether.serve.keys import Scopes
-
     _, secret = gateway.keys.create("in-only", Scopes(guards=["hold-in"]))
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(_ask, server, secret, "a forbidden request, approved")
@@ -103,8 +102,6 @@ def test_approve_reject_and_edit_reach_the_held_requests(held):
 
 def test_a_held_reply_waits_with_its_request_and_an_edit_replaces_it(held):
     server, gateway, studio = held
-    from tether.serve.keys import Scopes
-
     _, secret = gateway.keys.create("out-only", Scopes(guards=["hold-out"]))
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(_ask, server, secret, "hello")
@@ -116,8 +113,6 @@ def test_a_held_reply_waits_with_its_request_and_an_edit_replaces_it(held):
 
 def test_two_reviewers_claiming_at_once_get_different_held_requests(held):
     server, gateway, studio = held
-    from tether.serve.keys import Scopes
-
     Accounts(gateway.engine).create("sam", "reviewer password", "reviewer")
     other = httpx.Client(base_url=studio.base_url)
     other.headers["authorization"] = "Bearer " + other.post(

@@ -1,12 +1,11 @@
 """``tether serve``'s configuration, and the application built from it (in this process, or in each of
-``workers`` processes, which rebuild it from the environment: every worker loads the model, and they
-share nothing but the store, which is what keeps limits, switches and the audit chain whole)."""
+``workers`` processes, which rebuild it from :data:`ENV` through :func:`tether.studio.server.gateway_from_env`,
+the same build with the studio mounted when asked: every worker loads the model, and they share nothing but
+the store, which is what keeps limits, switches and the audit chain whole)."""
 
 from __future__ import annotations
 
 import gc
-import json
-import os
 from typing import Any, Literal
 
 from pydantic import Field
@@ -73,9 +72,3 @@ def build(cfg: ServeConfig) -> tuple[Any, Any]:
     gc.collect()
     gc.freeze()
     return app, generator
-
-
-def app_from_env() -> Any:
-    """The application of a worker process (uvicorn's ``factory``), from :data:`ENV`."""
-    app, _ = build(ServeConfig.model_validate(json.loads(os.environ[ENV])))
-    return app

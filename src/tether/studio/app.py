@@ -32,6 +32,7 @@ from tether.core.errors import UserError
 from tether.serve.audit import AuditLog
 from tether.serve.keys import KeyStore
 from tether.serve.review import DecisionError, ReviewItem, ReviewQueue, guard_rows, preference_rows, reviewed_text
+from tether.serve.store import write_transaction
 from tether.studio.accounts import Accounts, Session, User
 from tether.studio.projects import LabelError, Project, Projects
 
@@ -157,8 +158,6 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
 
     def decide(session: Session, item_id: str, decision: str, text: str | None, note: str | None) -> ReviewItem:
         # The decision and its audit row are one transaction: a decision the reviewer saw taken is audited.
-        from tether.serve.store import write_transaction
-
         try:
             with write_transaction(engine) as conn:
                 item = queue.decide(item_id, session.user.id, decision, text=text, note=note,  # type: ignore[arg-type]
