@@ -33,9 +33,9 @@ def _differences(engine):
 def test_a_new_store_is_migrated_to_exactly_the_tables_the_code_describes(backend, tmp_path, request):
     url = f"sqlite:///{tmp_path / 'g.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     engine = connect(url)
-    assert _revision(engine) == "0002"
+    assert _revision(engine) == "0003"
     assert _differences(engine) == []
-    assert migrate(engine) == "0002"  # a second time: nothing to do
+    assert migrate(engine) == "0003"  # a second time: nothing to do
     engine.dispose()
 
 
@@ -48,7 +48,7 @@ def test_a_store_made_before_migrations_is_adopted(tmp_path):
         conn.execute(METADATA.tables["kill_switches"].insert().values(target="all", reason="kept", at=1.0))
     old.dispose()
     engine = connect(url)
-    assert _revision(engine) == "0002" and _differences(engine) == []  # adopted as 0001, then upgraded
+    assert _revision(engine) == "0003" and _differences(engine) == []  # adopted as 0001, then upgraded
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT reason FROM kill_switches")).scalar() == "kept"
 
@@ -56,7 +56,7 @@ def test_a_store_made_before_migrations_is_adopted(tmp_path):
 def test_servers_opening_a_new_postgres_store_at_once_migrate_it_once(pg_url):
     with ThreadPoolExecutor(4) as pool:
         engines = list(pool.map(lambda _: connect(pg_url), range(4)))
-    assert {_revision(e) for e in engines} == {"0002"}
+    assert {_revision(e) for e in engines} == {"0003"}
     with engines[0].connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM alembic_version")).scalar() == 1
     for engine in engines:
@@ -68,4 +68,4 @@ def test_the_migrate_command_reports_the_revision(tmp_path, capsys):
 
     with pytest.raises(SystemExit) as done:
         main(["serve", "migrate", "--db", f"sqlite:///{tmp_path / 'm.db'}"])
-    assert done.value.code in (0, None) and "store at revision 0002" in capsys.readouterr().out
+    assert done.value.code in (0, None) and "store at revision 0003" in capsys.readouterr().out

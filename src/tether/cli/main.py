@@ -20,6 +20,7 @@ from tether.cli import (
     eval_cmd,
     guard_cmd,
     models_cmd,
+    monitor_cmd,
     plugins_cmd,
     redteam_cmd,
     serve_cmd,
@@ -56,6 +57,7 @@ app.add_typer(serve_cmd.serve_app, name="serve")
 app.add_typer(serve_cmd.keys_app, name="keys")
 app.add_typer(studio_cmd.app, name="studio")
 app.add_typer(guard_cmd.app, name="guard")
+app.add_typer(monitor_cmd.app, name="monitor")
 app.add_typer(serve_cmd.audit_app, name="audit")
 
 

@@ -64,6 +64,12 @@ def serve(
                                                     "request waits for a reviewer")] = 300.0,
     review_default: Annotated[str, typer.Option("--review-default", help="what an escalated request gets when no "
                                                 "reviewer decided in time: reject or approve")] = "reject",
+    monitor: Annotated[str | None, typer.Option("--monitor", help="a calibrated monitor's directory (tether monitor "
+                                                "calibrate): watch the traffic off the request path; its windows "
+                                                "and alarms go to the store (the studio's /monitor page)")] = None,
+    monitor_config: Annotated[str | None, typer.Option("--monitor-config", help="YAML: what alarms do (actions: "
+                                                       "[{scope: key, signals: ['*'], action: escalate|throttle|"
+                                                       "kill|notify}], webhook: URL)")] = None,
 ) -> None:
     """Serve a model behind an OpenAI-compatible API (/v1/chat/completions, streamed or not, /v1/completions,
     /v1/models) with keys, throttles, kill switches and an audit trail; every request needs an API key (tether
@@ -94,7 +100,7 @@ def serve(
                       max_tokens_limit=max_tokens_limit, max_batch=max_batch, fail_open=fail_open, guards=guards,
                       block_input=block_input or [], block_output=block_output or [], code_tool=code_tool,
                       sandbox=SandboxConfig(time_s=code_time_s, memory_mb=code_memory_mb), studio=studio,
-                      review_timeout_s=review_timeout_s,
+                      review_timeout_s=review_timeout_s, monitor=monitor, monitor_config=monitor_config,
                       review_default=review_default)  # type: ignore[arg-type]  # checked above
     if not any(k.state() == "active" for k in KeyStore(db).list()):
         typer.echo(f"no active API key in {db}: every request will be refused (tether keys create NAME --db {db})")

@@ -32,6 +32,17 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> Rate:
     return _wilson_fractional(successes, n, z)
 
 
+def poisson_interval(count: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The exact (Garwood 1936) interval for a Poisson mean from one ``count``: chi-squared quantiles
+    ``χ²(α/2; 2c)/2`` and ``χ²(1 − α/2; 2c + 2)/2``. Example: 0 events give (0, 3.689); 10 give
+    (4.795, 18.39)."""
+    from scipy.stats import chi2
+
+    alpha = 1.0 - confidence
+    low = 0.0 if count == 0 else float(chi2.ppf(alpha / 2, 2 * count)) / 2
+    return low, float(chi2.ppf(1 - alpha / 2, 2 * count + 2)) / 2
+
+
 def bootstrap_mean(values: Sequence[Sequence[float]], *, resamples: int = 2000, seed: int = 0,
                    level: float = 0.95) -> Rate:
     """Mean of per-sample values with a percentile bootstrap interval that resamples *clusters*.

@@ -44,6 +44,7 @@ from tether.serve.kill import KillSwitches
 from tether.serve.limits import Admission, CounterStoreError, Limiter, RedisWindows, Refusal
 from tether.serve.review import ReviewItem, ReviewQueue
 from tether.serve.store import connect
+from tether.serve.watch import Watch
 
 
 @dataclass
@@ -150,15 +151,20 @@ class CodeRequest(BaseModel):
 def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_tokens: int = 256,
                max_tokens_limit: int = 4096, guards: Sequence[Guard] = (), sandbox: Sandbox | None = None,
                sandbox_slots: int = 2, review_timeout_s: float = 300.0,
-               review_default: Literal["reject", "approve"] = "reject", review_poll_s: float = 0.2) -> FastAPI:
+               review_default: Literal["reject", "approve"] = "reject", review_poll_s: float = 0.2,
+               watch: Watch | None = None) -> FastAPI:
     """The application serving ``generator`` as ``model``: ``default_max_tokens`` for a request that names
     none, ``max_tokens_limit`` the most any request may ask for, whatever its key allows; ``guards`` check
     every conversation before the model and every reply before it is sent (:mod:`tether.serve.hooks`);
     ``sandbox`` runs ``/v1/tools/code`` for keys whose scopes allow the ``code`` tool, ``sandbox_slots``
     programs at once (None: the tool is off). What a guard in ``escalate`` mode objects to is held in the
     review queue (:mod:`tether.serve.review`) for at most ``review_timeout_s``, then ``review_default``
-    applies; a held request looks for its decision every ``review_poll_s``."""
+    applies; a held request looks for its decision every ``review_poll_s``. ``watch`` is given every
+    request's record once it is audited (:mod:`tether.serve.watch`: a queue put, never a wait)."""
     app = FastAPI(title="tether serve", version="1")
+    if watch is not None:
+        app.router.on_startup.append(watch.start)
+        app.router.on_shutdown.append(watch.stop)  # before the commits close: its last writes go through them
     app.router.on_shutdown.append(gateway.commits.close)  # the writes already queued are committed first
     slots = asyncio.Semaphore(sandbox_slots)
     created = int(time.time())
@@ -244,6 +250,13 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
 
         return await gateway.commits.run(write)
 
+    def watched(record: dict[str, Any], messages: list[dict[str, str]], reply: str | None) -> None:
+        """Hand the request to the monitor (its audit row with the texts it saw added, not stored)."""
+        if watch is not None:
+            user = [m["content"] for m in messages if m.get("role") == "user"]
+            if not watch.submit({**record, "prompt": user[-1] if user else "", "response": reply, "ts": time.time()}):
+                metrics.monitor_dropped.inc()
+
     def check_kill(key: ApiKey) -> None:
         why = gateway.kills.blocked(model, key.id)
         if why:
@@ -285,7 +298,16 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                     continue
                 raise APIError(400, f"the request was blocked by the {verdict.guard} guard: {verdict.reason}",
                                code="content_filter")
+            if reviewed is None and key.scopes.review:  # a monitor escalated the key: a person decides each request
+                held = Verdict(False, "monitor", reason="the key's traffic is held for review")
+                item = await hold("input", held, messages, None, key, record)
+                if item.outcome == "edited":
+                    reviewed = item.text or ""
+                elif item.outcome != "approved":
+                    raise APIError(400, f"the request was rejected {_by(item)} (the key's traffic is held for "
+                                   "review)", code="content_filter")
             if reviewed is not None:
+                watched(record, messages, reviewed)
                 return await answer_reviewed(reviewed, body.stream, key, record, start, frames)
             # Reserve the most the request can use: the reply's max_tokens and the prompt's length, counted with
             # the model's tokenizer (estimated at 1 token a character where the model has none). Settled after.
@@ -298,7 +320,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                                headers={"Retry-After": str(max(1, round(admission.retry_after))), **admission.headers})
             admitted, budget = admission, key.scopes.budget_tokens is not None
             if body.stream:
-                response = await stream(key, settings, prompt, mine, admitted, record, start, frames)
+                response = await stream(key, settings, prompt, messages, mine, admitted, record, start, frames)
                 admitted = None  # the stream settles and releases it when it ends
                 return response
             model_start = time.perf_counter()
@@ -330,6 +352,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                        "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
             await finish(admitted, used, budget, record)
             metrics.observe(request.url.path, error.status, str(error.code), time.perf_counter() - start, None, 0, 0)
+            watched(record, messages, None)
             raise
         total = time.perf_counter() - start
         record |= {"status": 200, "decision": "answered", "latency_ms": round(1000 * total, 3),
@@ -339,6 +362,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         record["audit_seq"] = await finish(admitted, used, budget, record)
         metrics.observe(request.url.path, 200, "answered", total, total - model_s, served.prompt_tokens,
                         served.completion_tokens)
+        watched(record, messages, text)
         headers = {**admission.headers, "x-tether-overhead-ms": f"{1000 * (total - model_s):.2f}",
                    "x-tether-audit-seq": str(record["audit_seq"])}
         return JSONResponse(frames.whole(text, reason, usage(served)), headers=headers)
@@ -392,8 +416,9 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    async def stream(key: ApiKey, settings: GenerationSettings, prompt: Any, mine: list[Guard], admitted: Admission,
-                     record: dict[str, Any], start: float, frames: _Frames) -> StreamingResponse:
+    async def stream(key: ApiKey, settings: GenerationSettings, prompt: Any, messages: list[dict[str, str]],
+                     mine: list[Guard], admitted: Admission, record: dict[str, Any], start: float, frames: _Frames
+                     ) -> StreamingResponse:
         """A streamed reply: sent as the model produces it, through the output guards (OutputStream)."""
         budget = key.scopes.budget_tokens is not None
         source = generator.stream(prompt, settings)
@@ -454,7 +479,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                 end["decision"], end["finish_reason"] = ("content_filter" if blocked else "answered"), reason
                 if served is not None:  # the model is done: the closing row is committed before the last frame
                     closed = True
-                    await close(pump, checker, admitted, budget, end, start, model_start)
+                    await close(pump, checker, admitted, budget, end, start, model_start, messages)
                 yield frames.closing(reason)
                 yield "data: [DONE]\n\n"
             except Exception as exc:  # the model failed mid-stream: an OpenAI-shaped error frame ends it
@@ -466,7 +491,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                 if not closed:
                     pump.cancel()  # nobody will read the rest: the model stops generating it
                     task = asyncio.get_running_loop().create_task(
-                        close(pump, checker, admitted, budget, end, start, model_start))
+                        close(pump, checker, admitted, budget, end, start, model_start, messages))
                     closing.add(task)
                     task.add_done_callback(closing.discard)
 
@@ -476,7 +501,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         return response
 
     async def close(pump: _Pump, checker: OutputStream, admitted: Admission, budget: bool, end: dict[str, Any],
-                    start: float, model_start: float) -> None:
+                    start: float, model_start: float, messages: list[dict[str, str]]) -> None:
         served = await pump.done  # a stream ended early still counts the tokens the model went on to make
         used = 0 if served is None else served.prompt_tokens + served.completion_tokens
         end |= {"latency_ms": round(1000 * (time.perf_counter() - start), 3), "sent_chars": len(checker.sent),
@@ -487,6 +512,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         await finish(admitted, used, budget, end)
         metrics.observe(end["endpoint"], 200, end["decision"], time.perf_counter() - start,
                         model_start - start, end.get("prompt_tokens", 0), end.get("completion_tokens", 0))
+        watched(end, messages, checker.sent)
 
     closing: set[asyncio.Task[None]] = set()  # streams' closing work in progress (kept from garbage collection)
 
@@ -636,6 +662,8 @@ class _Metrics:
         self.tokens = Counter("tether_serve_tokens", "Tokens of answered requests", ["kind"], registry=self.registry)
         self.batching = Gauge("tether_serve_model_calls", "Calls made to the model (a batch counts once)",
                               registry=self.registry)
+        self.monitor_dropped = Counter("tether_serve_monitor_dropped", "Requests the monitor's full queue left "
+                                       "unwatched", registry=self.registry)
 
     def observe(self, endpoint: str, status: int, decision: str, seconds: float, overhead: float | None,
                 prompt_tokens: int, completion_tokens: int) -> None:

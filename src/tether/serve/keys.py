@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,6 +35,8 @@ class Scopes(Config):
                                      "(None: every guard; [] none)")
     tools: list[Literal["code"]] = Field(default_factory=list, description="tools the key may call: code (run "
                                          "Python in the sandbox, /v1/tools/code); none by default")
+    review: bool = Field(False, description="hold every request of this key for a person's decision in the review "
+                         "queue (what a monitor's escalate action sets on a key whose traffic shifted)")
     admin: bool = Field(False, description="may set and clear kill switches through the admin API")
     tier: str | None = Field(None, description="the capability tier the key was made from (tether keys create "
                              "--tier), shown in listings")
@@ -142,6 +145,20 @@ class KeyStore:
         if row is None:
             raise UserError(f"no key {key_id!r} (tether keys list shows them)")
         return _key(row._mapping)
+
+
+def update_scopes_in(conn: sa.Connection, key_id: str, change: Callable[[Scopes], dict[str, Any]]) -> Scopes | None:
+    """Change a key's scopes inside the caller's transaction (the row locked while it is read and written):
+    ``change`` gets the scopes and returns the fields to set; the new scopes, or None for no such key. Every
+    server reads a key's scopes on each request, so the change holds everywhere from the next one."""
+    query = sa.select(KEYS.c.scopes).where(KEYS.c.id == key_id)
+    row = conn.execute(query.with_for_update() if conn.dialect.name != "sqlite" else query).first()
+    if row is None:
+        return None
+    old = Scopes.model_validate(row.scopes)
+    scopes = Scopes.model_validate({**old.model_dump(), **change(old)})
+    conn.execute(KEYS.update().where(KEYS.c.id == key_id).values(scopes=scopes.model_dump()))
+    return scopes
 
 
 def _key(row: Any) -> ApiKey:

@@ -30,8 +30,7 @@ class KillSwitches:
     def kill(self, target: str, reason: str = "") -> None:
         """Set the switch ``target`` (``all``, ``model:NAME`` or ``key:ID``)."""
         with self.engine.begin() as conn:
-            conn.execute(KILL_SWITCHES.delete().where(KILL_SWITCHES.c.target == target))
-            conn.execute(KILL_SWITCHES.insert().values(target=target, reason=reason or "killed", at=time.time()))
+            kill_in(conn, target, reason)
 
     def revive(self, target: str) -> bool:
         """Clear the switch ``target``; whether it was set."""
@@ -60,3 +59,9 @@ class KillSwitches:
             if target in active:
                 return f"{target} is killed: {active[target]}"
         return None
+
+
+def kill_in(conn: sa.Connection, target: str, reason: str = "") -> None:
+    """Set the switch ``target`` inside the caller's transaction."""
+    conn.execute(KILL_SWITCHES.delete().where(KILL_SWITCHES.c.target == target))
+    conn.execute(KILL_SWITCHES.insert().values(target=target, reason=reason or "killed", at=time.time()))

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tether.core.config import Config
+from tether.core.errors import UserError
 from tether.core.sandbox import Sandbox, SandboxConfig
 from tether.serve.store import DEFAULT_DB
 
@@ -40,6 +41,10 @@ class ServeConfig(Config):
     review_default: Literal["reject", "approve"] = Field("reject", description="what an escalated request gets when "
                                                          "no reviewer decided in time")
     studio: bool = Field(False, description="mount the studio (review queue, labelling) at /studio")
+    monitor: str | None = Field(None, description="a calibrated monitor's directory (tether monitor calibrate): "
+                                "watch the traffic beside the server")
+    monitor_config: str | None = Field(None, description="YAML file: what the monitor's alarms do (actions, webhook; "
+                                       "tether.serve.watch.WatchConfig)")
 
 
 def build(cfg: ServeConfig) -> tuple[Any, Any]:
@@ -63,7 +68,7 @@ def build(cfg: ServeConfig) -> tuple[Any, Any]:
     app = create_app(generator, gateway, cfg.name or cfg.model, default_max_tokens=cfg.max_tokens,
                      max_tokens_limit=cfg.max_tokens_limit, guards=guards, sandbox=sandbox,
                      sandbox_slots=cfg.sandbox_slots, review_timeout_s=cfg.review_timeout_s,
-                     review_default=cfg.review_default)
+                     review_default=cfg.review_default, watch=build_watch(cfg, gateway))
     app.state.gateway = gateway  # for what is mounted beside the API (the studio, on the same store)
     app.router.on_shutdown.append(generator.close)
     # Everything built so far (torch, transformers, the model, the app) lives as long as the server. A full
@@ -72,3 +77,23 @@ def build(cfg: ServeConfig) -> tuple[Any, Any]:
     gc.collect()
     gc.freeze()
     return app, generator
+
+
+def build_watch(cfg: ServeConfig, gateway: Any) -> Any:
+    """The monitor ``cfg.monitor`` names, beside ``gateway`` (None when it names none).
+
+    Raises:
+        UserError: the monitor directory or the actions file cannot be read.
+    """
+    if cfg.monitor is None:
+        return None
+    from tether.core.config import load_config
+    from tether.monitor.watcher import Monitor
+    from tether.serve.watch import Watch, WatchConfig
+
+    try:
+        monitor = Monitor.load(cfg.monitor)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"--monitor {cfg.monitor}: {exc}") from None
+    watch_cfg = load_config(WatchConfig, cfg.monitor_config) if cfg.monitor_config else WatchConfig()
+    return Watch(monitor, lambda write: gateway.commits.submit(write).result(), gateway.audit, watch_cfg)

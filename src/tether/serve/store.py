@@ -166,6 +166,32 @@ STUDIO_LABELS = sa.Table(
     sa.Column("seconds", sa.Float, nullable=True),
 )
 
+# The monitor's output (tether.serve.watch): each closed window's signal means (the dashboard's time series)
+# and each alarm with the action taken and the requests nearest it.
+MONITOR_WINDOWS = sa.Table(
+    "monitor_windows", METADATA,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("scope", sa.String(64), nullable=False, index=True),  # "all" or "key:ID"
+    sa.Column("window", sa.BigInteger, nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("means", sa.JSON, nullable=False),
+)
+MONITOR_ALARMS = sa.Table(
+    "monitor_alarms", METADATA,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False, index=True),
+    sa.Column("scope", sa.String(64), nullable=False, index=True),
+    sa.Column("signal", sa.String(200), nullable=False),
+    sa.Column("window", sa.BigInteger, nullable=False),
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("z", sa.Float, nullable=False),
+    sa.Column("mean", sa.Float, nullable=False),
+    sa.Column("reference", sa.Float, nullable=False),
+    sa.Column("actions", sa.JSON, nullable=False),  # what was done: [{"action", "target", ...}]
+    sa.Column("examples", sa.JSON, nullable=False),
+)
+
 
 def connect(url: str = DEFAULT_DB) -> sa.Engine:
     """An engine on ``url`` with every table created (a one-line error for a URL that does not work)."""

@@ -10,16 +10,20 @@ from tether.monitor.detectors import (
     Cusum,
     PageHinkley,
     auc_null_p_value,
+    binomial_window,
     bonferroni,
     chi2_test,
     classifier_test,
+    cusum_arl_discrete,
     cusum_threshold,
+    cusum_threshold_rate,
     ks_test,
     median_bandwidth,
     mmd2_unbiased,
     mmd_test,
     proportion_test,
     siegmund_arl,
+    siegmund_arl_shifted,
 )
 
 
@@ -89,3 +93,51 @@ def test_cusum_thresholds_give_the_run_length_asked_for():
             length = 0
     mean = float(np.mean(runs))
     assert 170 < mean < 240, (mean, len(runs))  # Siegmund's approximation is within about 10% here
+
+
+def test_the_markov_chain_run_length_by_hand_and_against_the_tables():
+    # k = 0, steps of +1 or -1 with chance 1/2, alarm above 1.5: from 0, L0 = 1 + L0/2 + L1/2 and
+    # L1 = 1 + L0/2 (a step up from 1 alarms), so L0 = 6.
+    steps, halves = np.array([1.0, -1.0]), np.array([0.5, 0.5])
+    assert cusum_arl_discrete(steps, halves, 0.0, 1.5, grid=2) == pytest.approx(6.0)
+    assert cusum_arl_discrete(steps, halves, 0.0, 1.5, grid=5) == pytest.approx(6.0)
+    # A finely discretised standard normal: the tabled exact ARL0 of k = 0.5, h = 5 is 930.
+    x = np.linspace(-8, 8, 1601)
+    density = np.exp(-x * x / 2)
+    assert cusum_arl_discrete(x, density / density.sum(), 0.5, 5.0) == pytest.approx(930, rel=0.01)
+
+
+def test_a_rare_rates_threshold_gives_its_run_length_where_the_normal_one_does_not():
+    p, window, arl = 0.01, 50, 500.0  # half an event per window on average: a skewed count
+    z, probs = binomial_window(p, window)
+    assert probs.sum() == pytest.approx(1.0) and z[0] == pytest.approx(-0.5 / math.sqrt(0.99 * 0.5))
+    exact, normal = cusum_threshold_rate(p, window, arl), cusum_threshold(arl)
+    assert exact > normal  # the skewed upper tail needs a higher threshold
+
+    def simulated(h, streams=4000, steps=4000):
+        rng = np.random.default_rng(1)
+        upper = np.zeros(streams)
+        lower = np.zeros(streams)
+        stopped = np.full(streams, steps)
+        for t in range(steps):
+            counts = rng.binomial(window, p, size=streams)
+            zs = (counts / window - p) / math.sqrt(p * (1 - p) / window)
+            upper, lower = np.maximum(0, upper + zs - 0.5), np.maximum(0, lower - zs - 0.5)
+            fired = ((upper > h) | (lower > h)) & (stopped == steps)
+            stopped[fired] = t + 1
+        return stopped.mean()
+
+    assert simulated(exact) == pytest.approx(arl, rel=0.1)  # measured 508
+    assert simulated(normal) < 0.6 * arl  # the normal approximation's threshold alarms twice as often (255)
+
+
+def test_thresholds_allow_for_the_references_own_error():
+    plain = cusum_threshold(10_000)
+    wary = cusum_threshold(10_000, estimate_sd=0.07, confidence=0.95)
+    assert wary > plain
+    bias = 1.959964 * 0.07  # a reference off by its 95% quantile: the run length is still the one asked for
+    rate = 1 / siegmund_arl_shifted(0.5, wary, bias) + 1 / siegmund_arl_shifted(0.5, wary, -bias)
+    assert 1 / rate == pytest.approx(10_000, rel=1e-4)
+    assert siegmund_arl_shifted(0.5, 4.0, 0.0) == pytest.approx(siegmund_arl(0.5, 4.0))
+    assert siegmund_arl_shifted(0.5, 4.0, 1.0) < 20  # a one-sigma shift is found within a few steps
+    assert cusum_threshold_rate(0.05, 100, 1000, reference=2000) > cusum_threshold_rate(0.05, 100, 1000)
