@@ -179,6 +179,8 @@ def siegmund_arl_shifted(k: float, h: float, delta: float) -> float:
     theta, b = delta - k, h + 1.166
     if abs(theta) < 1e-9:
         return b * b
+    if -2 * theta * b > 700:  # beyond a float's range: no false alarm in any run anyone will see
+        return math.inf
     return (math.exp(-2 * theta * b) + 2 * theta * b - 1) / (2 * theta * theta)
 
 
@@ -196,6 +198,10 @@ def cusum_threshold(arl: float, k: float = 0.5, *, two_sided: bool = True, estim
     give by the bootstrap, here from the normal error of a mean).
     """
     bias = _two_sided_quantile(confidence) * estimate_sd
+    if bias >= k:
+        raise ValueError(f"the reference is too small: its mean may be off by {bias:.2f} standard deviations of a "
+                         f"window mean, more than the allowance k = {k}; no threshold keeps the false alarms down "
+                         "(a reference of about (z / k)² · window requests or more is needed)")
 
     def rate(h: float) -> float:
         up = 1.0 / siegmund_arl_shifted(k, h, bias)

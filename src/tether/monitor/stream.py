@@ -99,7 +99,10 @@ def signal_stats(values: dict[str, list[float]], rows: int, *, window: int, arl_
                                                          confidence=confidence), len(data))
             continue
         std = float(data.std(ddof=1)) if len(data) > 1 else 0.0
-        h = cusum_threshold(per_signal, k, estimate_sd=math.sqrt(window / len(data)), confidence=confidence)
+        try:
+            h = cusum_threshold(per_signal, k, estimate_sd=math.sqrt(window / len(data)), confidence=confidence)
+        except ValueError as exc:
+            raise ValueError(f"signal {name} ({len(data)} reference requests): {exc}") from None
         out[name] = SignalStats(mean, max(std, min_std), "mean", h, len(data))
     return out
 

