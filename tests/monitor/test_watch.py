@@ -135,7 +135,7 @@ class _Hook(http.server.BaseHTTPRequestHandler):
     received: list = []
     fail_first = 0
 
-    def do_POST(self):  # noqa: N802 - the handler's name is http.server's
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         if _Hook.fail_first > 0:
             _Hook.fail_first -= 1

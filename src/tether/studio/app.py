@@ -33,6 +33,7 @@ from tether.serve.audit import AuditLog
 from tether.serve.keys import KeyStore
 from tether.serve.review import DecisionError, ReviewItem, ReviewQueue, guard_rows, preference_rows, reviewed_text
 from tether.serve.store import write_transaction
+from tether.studio import monitoring
 from tether.studio.accounts import Accounts, Session, User
 from tether.studio.projects import LabelError, Project, Projects
 
@@ -299,6 +300,35 @@ def create_studio(engine: sa.Engine, *, secure_cookies: bool | None = None, revi
         return RedirectResponse(f"{base}/review?decided={item_id}", status_code=303)
 
     # --- the JSON API ---
+    @app.get("/monitor", response_class=HTMLResponse)
+    def monitor_page(request: Request, scope: str = "all", last: int = 200) -> Response:
+        session = from_cookie(request)
+        reviewer(session)
+        rows = monitoring.windows(engine, scope, max(2, min(last, 2000)))
+        raised = monitoring.alarms(engine, scope, limit=200)
+        return render(request, "monitor.html", session, scope=scope, scopes=monitoring.scopes(engine),
+                      charts=monitoring.charts(rows, raised), alarms=raised[:50], windows=len(rows),
+                      geometry=(monitoring.WIDTH, monitoring.HEIGHT))
+
+    @app.get("/monitor/alarms/{alarm_id}", response_class=HTMLResponse)
+    def alarm_page(request: Request, alarm_id: int) -> Response:
+        session = from_cookie(request)
+        reviewer(session)
+        found = monitoring.alarm(engine, alarm_id)
+        if found is None:
+            raise DeniedError(404, f"no alarm {alarm_id}")
+        return render(request, "alarm.html", session, alarm=found)
+
+    @app.get("/api/monitor/windows")
+    def monitor_windows(request: Request, scope: str = "all", last: int = 200) -> dict[str, Any]:
+        reviewer(from_bearer(request))
+        return {"scope": scope, "windows": monitoring.windows(engine, scope, max(1, min(last, 10_000)))}
+
+    @app.get("/api/monitor/alarms")
+    def monitor_alarms(request: Request, scope: str | None = None, limit: int = 50) -> dict[str, Any]:
+        reviewer(from_bearer(request))
+        return {"alarms": monitoring.alarms(engine, scope, max(1, min(limit, 1000)))}
+
     @app.post("/api/login")
     def api_login(body: LoginBody) -> dict[str, Any]:
         user = accounts.verify(body.name, body.password)

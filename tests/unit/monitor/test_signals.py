@@ -5,8 +5,15 @@ tiny size."""
 import numpy as np
 import pytest
 
-from tether.monitor.signals import HashEmbedder, Novelty, Projection, Signals, category_signals, prompt_text, \
-    scalar_signals
+from tether.monitor.signals import (
+    HashEmbedder,
+    Novelty,
+    Projection,
+    Signals,
+    category_signals,
+    prompt_text,
+    scalar_signals,
+)
 from tether.monitor.watcher import Monitor, MonitorConfig, observe_all
 
 
