@@ -22,7 +22,7 @@ from tether.serve.app import Gateway, create_app
 from tether.serve.audit import verify
 from tether.serve.batching import BatchingGenerator
 from tether.serve.store import MONITOR_ALARMS, MONITOR_WINDOWS
-from tether.serve.watch import ActionRule, Watch, WatchConfig
+from tether.serve.watch import ActionRule, Watch, WatchConfig, WatchProcess
 
 MODEL = "tiny:llama"
 DISHES = ["bread", "rice", "eggs", "fish", "beans", "soup", "pasta", "corn", "stew", "pie"]
@@ -174,7 +174,7 @@ def test_throttle_kill_and_the_webhook(tmp_path):
     assert scopes[slow.id].rpm == 20 and scopes[capped.id].rpm == 5
     assert gateway.kills.blocked(MODEL, doomed.id) and not gateway.kills.blocked(MODEL, slow.id)
     watch.stop()
-    assert len(_Hook.received) == 4 and watch.webhook_failures == 0
+    assert len(_Hook.received) == 4 and watch.recorder.webhook_failures == 0
     assert _Hook.received[0]["type"] == "tether.monitor.alarm" and _Hook.received[0]["alarm"]["signal"] == "refused"
     hook.shutdown()
     with pytest.raises(ValueError, match="acts on one key"):
@@ -193,3 +193,23 @@ def test_a_full_queue_drops_and_counts_and_never_waits(tmp_path):
     watch.drain()
     watch.stop()
     assert watch.seen == 5
+
+
+def test_the_monitor_in_a_process_of_its_own(tmp_path):
+    db = f"sqlite:///{tmp_path / 'g.db'}"
+    gateway = Gateway.open(db)
+    key, _ = gateway.keys.create("odd")
+    reference = [{"prompt": _normal(i), "key": "old"} for i in range(400)]
+    Monitor.calibrate(reference, MonitorConfig(window=10, arl_windows=1000, embedder="hash:128", components=2,
+                                               signals=["prompt:*"])).save(tmp_path / "monitor")
+    watch = WatchProcess(str(tmp_path / "monitor"), lambda write: gateway.commits.submit(write).result(),
+                         gateway.audit, WatchConfig(actions=[ActionRule(action="escalate")])).start()
+    for i in range(40):
+        assert watch.submit({"prompt": _odd(i), "key": key.id, "response": "ok"})
+    watch.stop(timeout=60)  # what was queued is processed first
+    with gateway.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(MONITOR_WINDOWS)).scalar() == 8  # all, and the key
+        actions = [a for (a,) in conn.execute(sa.select(MONITOR_ALARMS.c.actions))]
+    assert {"action": "escalate", "target": f"key:{key.id}", "applied": True} in [a for x in actions for a in x]
+    assert next(k for k in gateway.keys.list() if k.id == key.id).scopes.review
+    assert verify(gateway.audit).ok

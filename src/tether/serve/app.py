@@ -44,7 +44,7 @@ from tether.serve.kill import KillSwitches
 from tether.serve.limits import Admission, CounterStoreError, Limiter, RedisWindows, Refusal
 from tether.serve.review import ReviewItem, ReviewQueue
 from tether.serve.store import connect
-from tether.serve.watch import Watch
+from tether.serve.watch import Watch, WatchProcess
 
 
 @dataclass
@@ -152,7 +152,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                max_tokens_limit: int = 4096, guards: Sequence[Guard] = (), sandbox: Sandbox | None = None,
                sandbox_slots: int = 2, review_timeout_s: float = 300.0,
                review_default: Literal["reject", "approve"] = "reject", review_poll_s: float = 0.2,
-               watch: Watch | None = None) -> FastAPI:
+               watch: Watch | WatchProcess | None = None) -> FastAPI:
     """The application serving ``generator`` as ``model``: ``default_max_tokens`` for a request that names
     none, ``max_tokens_limit`` the most any request may ask for, whatever its key allows; ``guards`` check
     every conversation before the model and every reply before it is sent (:mod:`tether.serve.hooks`);

@@ -80,7 +80,8 @@ def build(cfg: ServeConfig) -> tuple[Any, Any]:
 
 
 def build_watch(cfg: ServeConfig, gateway: Any) -> Any:
-    """The monitor ``cfg.monitor`` names, beside ``gateway`` (None when it names none).
+    """The monitor ``cfg.monitor`` names, in a process of its own beside ``gateway``, whose group commit
+    stores what it finds (None when it names none).
 
     Raises:
         UserError: the monitor directory or the actions file cannot be read.
@@ -89,11 +90,11 @@ def build_watch(cfg: ServeConfig, gateway: Any) -> Any:
         return None
     from tether.core.config import load_config
     from tether.monitor.watcher import Monitor
-    from tether.serve.watch import Watch, WatchConfig
+    from tether.serve.watch import WatchConfig, WatchProcess
 
     try:
-        monitor = Monitor.load(cfg.monitor)
+        Monitor.load(cfg.monitor)  # here, so that a bad directory stops the server, not the monitor's process
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"--monitor {cfg.monitor}: {exc}") from None
     watch_cfg = load_config(WatchConfig, cfg.monitor_config) if cfg.monitor_config else WatchConfig()
-    return Watch(monitor, lambda write: gateway.commits.submit(write).result(), gateway.audit, watch_cfg)
+    return WatchProcess(cfg.monitor, lambda write: gateway.commits.submit(write).result(), gateway.audit, watch_cfg)

@@ -1,13 +1,12 @@
 """The monitor beside the gateway: traffic watched off the request path, alarms acted on and audited.
 
-A request's record (its audit row with the prompt and reply added, never stored) is handed to
-:meth:`Watch.submit` after its audit row is committed: a put on a bounded queue, which never waits; when the
-queue is full the record is dropped and counted (``dropped``, and the gateway's metrics), so a slow monitor
-never slows a request. One thread takes what is queued in batches, runs the monitor
-(:class:`tether.monitor.watcher.Monitor`), and in one transaction through the gateway's group commit writes
-the windows closed (the dashboard's time series), the alarms, the actions their rules name and an audit
-row for each alarm. Then, if one is set, a webhook is called with each alarm (retried, after the commit:
-a webhook that is down loses nothing stored).
+A request's record (its audit row with the prompt and reply added, never stored) is handed to the watch's
+``submit`` after its audit row is committed: a put on a bounded queue, which never waits; when the queue
+is full the record is dropped and counted (``dropped``, and the gateway's metrics), so a slow monitor never
+slows a request. The monitor (:class:`tether.monitor.watcher.Monitor`) takes what is queued in batches; in
+one transaction the windows it closed (the dashboard's time series), its alarms, the actions their rules
+name and an audit row for each alarm are written. Then, if one is set, a webhook is called with each alarm
+(retried, after the commit: a webhook that is down loses nothing stored).
 
 Actions (:class:`ActionRule`, first matching rule per alarm; an alarm no rule matches is recorded and
 notified only):
@@ -19,6 +18,13 @@ notified only):
 - ``notify``: nothing beyond the record, the audit row and the webhook.
 
 Actions on a key are undone by hand (``tether keys`` / the admin API): a monitor never lifts them.
+
+Two ways to run it: :class:`Watch` is a thread (the batch command, tests, embedding in a program);
+:class:`WatchProcess`, what ``tether serve --monitor`` runs, puts the monitor in a process of its own, fed
+through a bounded multiprocessing queue, so the monitor's Python never holds the gateway's interpreter lock
+while a request waits for it. What it finds comes back to the gateway's process and is written through the
+gateway's own group commit (a separate writer would hold the store's write lock, and every request's
+commit would queue behind it). Both write through a :class:`Recorder`.
 
 Each server process runs its own monitor over the requests it serves; with several workers each sees its
 share of the traffic (the per-key and whole-traffic statistics are then per worker).
@@ -88,22 +94,19 @@ class Watch:
     """A monitor's thread beside a gateway (see the module)."""
 
     def __init__(self, monitor: Monitor, writer: Writer, audit: AuditLog, config: WatchConfig | None = None) -> None:
-        self.monitor, self.writer, self.audit = monitor, writer, audit
+        self.monitor = monitor
         self.config = config or WatchConfig()
+        self.recorder = Recorder(writer, audit, self.config)
         self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue(self.config.queue)
-        self.dropped = self.seen = self.alarms = self.webhook_failures = 0
+        self.dropped = self.seen = 0
         self._thread: threading.Thread | None = None
-        self._hooks: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._hook_thread: threading.Thread | None = None
 
     def start(self) -> Watch:
         """Start the monitor's thread (and the webhook's); returns self."""
         if self._thread is None:
+            self.recorder.start()
             self._thread = threading.Thread(target=self._run, name="tether-monitor", daemon=True)
             self._thread.start()
-            if self.config.webhook:
-                self._hook_thread = threading.Thread(target=self._post_all, name="tether-webhook", daemon=True)
-                self._hook_thread.start()
         return self
 
     def submit(self, record: dict[str, Any]) -> bool:
@@ -121,10 +124,7 @@ class Watch:
             self.queue.put(None)
             self._thread.join(timeout)
             self._thread = None
-        if self._hook_thread is not None:
-            self._hooks.put(None)
-            self._hook_thread.join(timeout)
-            self._hook_thread = None
+        self.recorder.stop(timeout)
 
     def drain(self, timeout: float = 10.0) -> None:
         """Wait until every record queued so far has been processed (tests, and a clean shutdown)."""
@@ -133,19 +133,7 @@ class Watch:
             time.sleep(0.01)
 
     def _run(self) -> None:
-        while True:
-            first = self.queue.get()
-            batch, done = ([] if first is None else [first]), first is None
-            deadline = time.monotonic() + self.config.flush_s
-            while not done and len(batch) < self.config.batch:
-                try:
-                    item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    done = True
-                else:
-                    batch.append(item)
+        for batch, done in _batches(self.queue, self.config):
             try:
                 if batch:
                     self.process(batch)
@@ -154,14 +142,60 @@ class Watch:
             finally:
                 for _ in range(len(batch) + (1 if done else 0)):
                     self.queue.task_done()
-            if done:
-                return
 
     def process(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Run the monitor over ``records`` and store what it found (see the module); the alarms stored."""
         self.seen += len(records)
         alarms, closed = self.monitor.observe(records)
-        return self.record(alarms, closed)
+        return self.recorder.record(alarms, closed)
+
+    def record(self, alarms: list[Alarm], closed: list[WindowClosed]) -> list[dict[str, Any]]:
+        """Store what a monitor found (:meth:`Recorder.record`)."""
+        return self.recorder.record(alarms, closed)
+
+
+def _batches(inbox: Any, config: WatchConfig) -> Any:
+    """``(batch, done)`` pairs from ``inbox`` (records, then None at the end): a batch is what arrived within
+    ``flush_s`` of its first record, ``batch`` records at most; ``done`` on the last."""
+    while True:
+        first = inbox.get()
+        batch, done = ([] if first is None else [first]), first is None
+        deadline = time.monotonic() + config.flush_s
+        while not done and len(batch) < config.batch:
+            try:
+                item = inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if item is None:
+                done = True
+            else:
+                batch.append(item)
+        yield batch, done
+        if done:
+            return
+
+
+class Recorder:
+    """Stores what a monitor found and acts on it (see the module); calls the webhook from a thread of its own."""
+
+    def __init__(self, writer: Writer, audit: AuditLog, config: WatchConfig) -> None:
+        self.writer, self.audit, self.config = writer, audit, config
+        self.alarms = self.webhook_failures = 0
+        self._hooks: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._hook_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the webhook's thread, if there is a webhook."""
+        if self.config.webhook and self._hook_thread is None:
+            self._hook_thread = threading.Thread(target=self._post_all, name="tether-webhook", daemon=True)
+            self._hook_thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the webhook's thread after its last call."""
+        if self._hook_thread is not None:
+            self._hooks.put(None)
+            self._hook_thread.join(timeout)
+            self._hook_thread = None
 
     def record(self, alarms: list[Alarm], closed: list[WindowClosed]) -> list[dict[str, Any]]:
         """Store ``closed`` windows and ``alarms`` (acting on each, one transaction), then queue the webhook's
@@ -238,3 +272,88 @@ class Watch:
                 time.sleep(2.0 ** attempt)
         self.webhook_failures += 1
         return False
+
+
+class WatchProcess:
+    """The monitor in a child process (see the module): loaded there from ``monitor_dir``; what it finds comes
+    back through a second queue to a thread here, which records it with ``writer`` (the gateway's group
+    commit). ``submit`` never waits; a full queue drops and counts."""
+
+    def __init__(self, monitor_dir: str, writer: Writer, audit: AuditLog, config: WatchConfig | None = None) -> None:
+        import multiprocessing
+
+        self.monitor_dir = monitor_dir
+        self.config = config or WatchConfig()
+        self.recorder = Recorder(writer, audit, self.config)
+        self._context = multiprocessing.get_context("spawn")  # no copy of the server's threads or model
+        self.queue: Any = self._context.Queue(self.config.queue)
+        self._found: Any = self._context.Queue()
+        self.dropped = 0
+        self._process: Any = None
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> WatchProcess:
+        """Start the child (it loads the monitor itself) and the thread that records what it finds."""
+        if self._process is None:
+            self.recorder.start()
+            self._process = self._context.Process(
+                target=_watch_child, args=(self.monitor_dir, self.config.model_dump(), self.queue, self._found),
+                name="tether-monitor", daemon=True)
+            self._process.start()
+            self._reader = threading.Thread(target=self._read, name="tether-monitor-results", daemon=True)
+            self._reader.start()
+        return self
+
+    def submit(self, record: dict[str, Any]) -> bool:
+        """Queue one request's record for the monitor, never waiting; False if it was dropped (queue full)."""
+        try:
+            self.queue.put_nowait(record)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Let the child finish what is queued and stop; record what it found last."""
+        if self._process is not None:
+            try:
+                self.queue.put(None, timeout=timeout)
+            except queue.Full:
+                pass
+            self._process.join(timeout)
+            if self._process.is_alive():
+                self._process.terminate()
+                self._found.put(None)
+            self._process = None
+        if self._reader is not None:
+            self._reader.join(timeout)
+            self._reader = None
+        self.recorder.stop(timeout)
+
+    def _read(self) -> None:
+        while True:
+            found = self._found.get()
+            if found is None:
+                return
+            try:
+                self.recorder.record(*found)
+            except Exception:  # a store that failed now: logged; the monitor goes on
+                log.exception("the monitor's findings could not be stored")
+
+
+def _watch_child(monitor_dir: str, config: dict[str, Any], inbox: Any, found: Any) -> None:
+    """The child of :class:`WatchProcess`: batches from ``inbox`` through the monitor; ``(alarms, windows)``
+    onto ``found`` whenever there are any, None at the end."""
+    monitor = Monitor.load(monitor_dir)
+    settings = WatchConfig.model_validate(config)
+    try:
+        for batch, _ in _batches(inbox, settings):
+            try:
+                alarms, closed = monitor.observe(batch) if batch else ([], [])
+            except Exception:
+                log.exception("the monitor failed on a batch of %d records", len(batch))
+                continue
+            if alarms or closed:
+                found.put((alarms, closed))
+    finally:
+        found.put(None)
