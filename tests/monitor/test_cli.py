@@ -71,3 +71,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert not (tmp_path / "m").exists() and not (tmp_path / "o").exists()
     with pytest.raises(UserError, match="no monitor.json"):
         build_watch(ServeConfig(model="tiny:llama", monitor=str(tmp_path / "nothing")), None)
+
+
+def test_what_an_alarm_did_to_a_key_is_undone_by_hand(tmp_path, capsys):
+    from tether.serve.keys import KeyStore, Scopes
+
+    db = f"sqlite:///{tmp_path / 'g.db'}"
+    store = KeyStore(db)
+    key, _ = store.create("watched", Scopes(review=True, rpm=10))
+    code, out, _ = _run(["keys", "update", key.id, "--set", "review=false", "--set", "rpm=600", "--db", db], capsys)
+    assert code == 0 and '"rpm": 600' in out
+    scopes = next(k for k in store.list() if k.id == key.id).scopes
+    assert not scopes.review and scopes.rpm == 600
+    for args, message in (([key.id, "--set", "colour=red"], "FIELD=VALUE"), ([key.id, "--set", "rpm=0"], "rpm"),
+                          (["key_missing", "--set", "rpm=5"], "no key")):
+        code, _, err = _run(["keys", "update", *args, "--db", db], capsys)
+        assert code == 2 and message in err, err
+    assert next(k for k in store.list() if k.id == key.id).scopes.rpm == 600  # nothing changed by the bad ones

@@ -197,6 +197,39 @@ def revoke_key(key_id: Annotated[str, typer.Argument(help="the key's id (tether 
     typer.echo(f"{key.id}  {key.name}  {key.state()}")
 
 
+@keys_app.command("update")
+def update_key(key_id: Annotated[str, typer.Argument(help="the key's id (tether keys list)")],
+               set_: Annotated[list[str], typer.Option("--set", help="a scope to change: FIELD=VALUE (YAML value), "
+                                                       "e.g. review=false, rpm=60, guards=[pii]")],
+               db: DbOpt = DEFAULT_DB) -> None:
+    """Change a key's scopes; every server sees the change from the key's next request. What a monitor's
+    alarm did to a key (review=true, a lower rpm) is undone here.
+
+    Example: tether keys update key_3f2a9c1b7d4e --set review=false --set rpm=600
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from tether.core.errors import UserError
+    from tether.serve.keys import KeyStore, Scopes, update_scopes_in
+
+    changes = {}
+    for item in set_:
+        field, sep, value = item.partition("=")
+        if not sep or field not in Scopes.model_fields:
+            raise UserError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(Scopes.model_fields)}")
+        changes[field] = yaml.safe_load(value)
+    store = KeyStore(db)
+    try:
+        with store.engine.begin() as conn:
+            scopes = update_scopes_in(conn, key_id, lambda _: changes)
+    except ValidationError as exc:
+        raise UserError(f"--set: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+    if scopes is None:
+        raise UserError(f"no key {key_id!r} (tether keys list shows them)")
+    typer.echo(f"{key_id}  {json.dumps(scopes.model_dump(exclude_defaults=True))}")
+
+
 def _target(model: str | None, key: str | None) -> str:
     if model and key:
         from tether.core.errors import UserError

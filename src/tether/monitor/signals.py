@@ -35,7 +35,8 @@ def scalar_signals(record: Record) -> dict[str, float]:
     """The numbers a request's record carries: ``prompt_tokens``, ``completion_tokens``, ``latency_ms``,
     ``prompt_chars``, ``response_chars``; whether it was refused (``refused``), blocked (``blocked``: status
     400 or ``finish_reason`` content_filter) or failed (``error``: a status of 500 or more); each guard's score
-    (``guard:NAME``)."""
+    (``guard:NAME``) and whether it objected (``guard:NAME:flagged``, a rate: a guard category that was rare
+    becoming common shows here)."""
     out: dict[str, float] = {}
     for name in SCALARS:
         value = record.get(name)
@@ -48,8 +49,12 @@ def scalar_signals(record: Record) -> dict[str, float]:
         out["blocked"] = float(status == 400 or record.get("finish_reason") == "content_filter")
         out["error"] = float(isinstance(status, int) and status >= 500)
     for verdict in record.get("guards") or []:
-        if isinstance(verdict, dict) and isinstance(verdict.get("score"), int | float):
+        if not isinstance(verdict, dict):
+            continue
+        if isinstance(verdict.get("score"), int | float) and not isinstance(verdict["score"], bool):
             out[f"guard:{verdict.get('guard')}"] = float(verdict["score"])
+        if isinstance(verdict.get("allowed"), bool):
+            out[f"guard:{verdict.get('guard')}:flagged"] = float(not verdict["allowed"])
     return out
 
 

@@ -344,6 +344,12 @@ class WatchProcess:
 def _watch_child(monitor_dir: str, config: dict[str, Any], inbox: Any, found: Any) -> None:
     """The child of :class:`WatchProcess`: batches from ``inbox`` through the monitor; ``(alarms, windows)``
     onto ``found`` whenever there are any, None at the end."""
+    try:  # one BLAS thread: OpenBLAS's idle threads spin, taking a core from the gateway on a small machine
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
     monitor = Monitor.load(monitor_dir)
     settings = WatchConfig.model_validate(config)
     try:

@@ -19,9 +19,10 @@ from tether.monitor.watcher import Monitor, MonitorConfig, observe_all
 
 def test_signals_from_records_categories_and_embeddings():
     record = {"prompt_tokens": 12, "latency_ms": 3.5, "status": 400, "refused": True,
-              "guards": [{"guard": "cascade", "score": 0.9}, {"guard": "regex"}]}
+              "guards": [{"guard": "cascade", "score": 0.9, "allowed": True}, {"guard": "regex", "allowed": False}]}
     assert scalar_signals(record) == {"prompt_tokens": 12.0, "latency_ms": 3.5, "refused": 1.0, "blocked": 1.0,
-                                      "error": 0.0, "guard:cascade": 0.9}
+                                      "error": 0.0, "guard:cascade": 0.9, "guard:cascade:flagged": 0.0,
+                                      "guard:regex:flagged": 1.0}
     assert scalar_signals({"status": 503})["error"] == 1.0
     topics = category_signals("family", ["task", "hazard"])
     assert topics({"family": "hazard"}) == {"family=task": 0.0, "family=hazard": 1.0, "family=other": 0.0}
