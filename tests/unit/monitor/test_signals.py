@@ -111,3 +111,17 @@ def test_the_drift_experiment_at_a_tiny_size(tmp_path):
     assert null["windows"] == 2000 and null["per_10k_low"] <= null["per_10k"] <= null["per_10k_high"]
     result = summary["delays"]["refuses-more"]
     assert len(result["delays"]) == 1 and (tmp_path / "drift" / "drift.json").is_file()
+
+
+def test_the_response_is_embedded_too_when_asked(tmp_path):
+    config = MonitorConfig(window=20, arl_windows=200, embedder="hash:64", components=2, texts=["prompt", "response"],
+                           per_key=False)
+    monitor = Monitor.calibrate(_traffic(2000, 0), config)
+    assert {"response:pc0", "response:novel", "response:distance"} <= set(monitor.signal_names())
+    loaded = Monitor.load(monitor.save(tmp_path / "m"))
+    sample = _traffic(5, 9)
+    assert loaded.signals.features(sample) == monitor.signals.features(sample)
+    # Same prompts, replies in another language altogether: only the response's signals move.
+    odd = [r | {"response": "Lorem ipsum dolor sit amet, consectetur adipiscing elit"} for r in _traffic(200, 4)]
+    alarms, _ = observe_all(loaded, odd)
+    assert alarms and all(a.signal.startswith("response:") for a in alarms)
