@@ -200,8 +200,9 @@ def cusum_threshold(arl: float, k: float = 0.5, *, two_sided: bool = True, estim
     bias = _two_sided_quantile(confidence) * estimate_sd
     if bias >= k:
         raise ValueError(f"the reference is too small: its mean may be off by {bias:.2f} standard deviations of a "
-                         f"window mean, more than the allowance k = {k}; no threshold keeps the false alarms down "
-                         "(a reference of about (z / k)² · window requests or more is needed)")
+                         f"window mean, more than the allowance k = {k}, and no threshold keeps the false alarms "
+                         f"down; it needs over {(bias / k) ** 2:.2f} times as many requests (or a smaller window, a "
+                         "larger k, a lower confidence)")
 
     def rate(h: float) -> float:
         up = 1.0 / siegmund_arl_shifted(k, h, bias)

@@ -26,6 +26,7 @@ streams rather than assumed away.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -101,8 +102,12 @@ def signal_stats(values: dict[str, list[float]], rows: int, *, window: int, arl_
         std = float(data.std(ddof=1)) if len(data) > 1 else 0.0
         try:
             h = cusum_threshold(per_signal, k, estimate_sd=math.sqrt(window / len(data)), confidence=confidence)
-        except ValueError as exc:
-            raise ValueError(f"signal {name} ({len(data)} reference requests): {exc}") from None
+        except ValueError:
+            z = NormalDist().inv_cdf((1 + confidence) / 2)
+            needed = math.floor(window * (z / k) ** 2) + 1
+            raise ValueError(f"signal {name} has {len(data)} reference requests; windows of {window} need at least "
+                             f"{needed} for its threshold to allow for the reference's own error at confidence "
+                             f"{confidence} (a smaller window, a larger k or a lower confidence need fewer)") from None
         out[name] = SignalStats(mean, max(std, min_std), "mean", h, len(data))
     return out
 

@@ -83,7 +83,8 @@ class WatchConfig(Config):
 
     actions: list[ActionRule] = Field(default_factory=list, description="rules, first match per alarm")
     webhook: str | None = Field(None, description="URL each alarm is POSTed to as JSON (after it is stored)")
-    webhook_retries: int = Field(3, ge=0, description="retries of a failed webhook call (1 s, 2 s, 4 s apart)")
+    webhook_retries: int = Field(3, ge=0, description="retries of a failed webhook call")
+    webhook_backoff_s: float = Field(1.0, ge=0, description="the wait before the first retry, doubled each time")
     webhook_timeout_s: float = Field(5.0, gt=0)
     queue: int = Field(10_000, ge=1, description="records waiting for the monitor at most (then dropped, counted)")
     batch: int = Field(256, ge=1, description="records the monitor takes at once")
@@ -269,7 +270,7 @@ class Recorder:
             except Exception as exc:  # any failure is retried, then counted
                 log.warning("webhook %s failed (attempt %d): %s", self.config.webhook, attempt + 1, exc)
             if attempt < self.config.webhook_retries:
-                time.sleep(2.0 ** attempt)
+                time.sleep(self.config.webhook_backoff_s * 2.0 ** attempt)
         self.webhook_failures += 1
         return False
 

@@ -91,6 +91,10 @@ def test_a_monitor_watches_all_traffic_and_each_key_and_survives_a_save(tmp_path
     assert sum(w.scope == "all" for w in closed) == 800 // 20
     with pytest.raises(ValueError, match="at least 40"):
         Monitor.calibrate(reference[:30], config)
+    # Windows of 20 at confidence 0.95 need 20 * (1.96 / 0.5)^2 = 307.3, so 308, reference requests per signal; the
+    # novelty signals are calibrated on half of these 400.
+    with pytest.raises(ValueError, match="prompt:distance has 200 reference requests.*at least 308"):
+        Monitor.calibrate(reference[:400], config)
 
 
 def test_signals_without_an_embedder_load_back(tmp_path):
@@ -103,12 +107,12 @@ def test_signals_without_an_embedder_load_back(tmp_path):
 def test_the_drift_experiment_at_a_tiny_size(tmp_path):
     from tether.pipelines.drift import DriftConfig, run
 
-    cfg = DriftConfig(monitor=MonitorConfig(window=20, arl_windows=100, per_key=False), reference=1000, pool=1000,
-                      null_windows=2000, null_streams=20, repeats=1, at=200, horizon=1500,
+    cfg = DriftConfig(monitor=MonitorConfig(window=20, arl_windows=100, per_key=False), reference=800, pool=300,
+                      null_windows=500, null_streams=20, repeats=1, at=100, horizon=600,
                       shifts=["refuses-more"], out=str(tmp_path / "drift"))
     summary = run(cfg)
     null = summary["false_alarms"]
-    assert null["windows"] == 2000 and null["per_10k_low"] <= null["per_10k"] <= null["per_10k_high"]
+    assert null["windows"] == 500 and null["per_10k_low"] <= null["per_10k"] <= null["per_10k_high"]
     result = summary["delays"]["refuses-more"]
     assert len(result["delays"]) == 1 and (tmp_path / "drift" / "drift.json").is_file()
 
