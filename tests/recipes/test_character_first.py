@@ -56,6 +56,7 @@ def test_seed_prompts_reach_both_steps_and_every_model_is_measured_twice(tmp_pat
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
 
 
+@pytest.mark.slow  # 3.5 s for one knob's edge; the seed-prompt path above runs every time
 def test_bare_amplification_knob_leaves_tasks_without_seed_prompts(tmp_path):
     character_first.run(_cfg(tmp_path, "bare", "prompted_amplification=false", "evaluate_seeded=false",
                              "early_stop_metric=null"))

@@ -92,7 +92,9 @@ def test_bad_reference_settings_are_config_errors(tmp_path, data):
         dpo.run(_cfg(tmp_path, data, "y", "reference.mode=adapters-off"))
 
 
-@pytest.mark.parametrize("variant", ["sigmoid", "ipo", "kto"])
+# sigmoid every run; ipo and kto (the same packing, other losses: 5 s together) in the slow tier.
+@pytest.mark.parametrize("variant", ["sigmoid", pytest.param("ipo", marks=pytest.mark.slow),
+                                     pytest.param("kto", marks=pytest.mark.slow)])
 def test_length_groups_and_padding_free_train_exactly_like_padding(tmp_path, data, variant):
     train = "unpaired.jsonl" if variant == "kto" else "pairs.jsonl"
     # One padded batch, four padded length groups (the default), one packed row, each pair's prompt run

@@ -21,7 +21,8 @@ def _metrics(path):
     return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("mode", ["separate", "shared"])
+# The separate value model takes 5 s more; it runs in the slow tier (the shared head runs every time).
+@pytest.mark.parametrize("mode", [pytest.param("separate", marks=pytest.mark.slow), "shared"])
 def test_length_penalty_teaches_a_random_model_to_stop(tmp_path, mode):
     summary = ppo.run(_cfg(tmp_path, mode, "rewards=[{kind: length}]", "loop.max_steps=48", "loss.kl_coef=0.0",
                            "optim.lr=1e-2", f"value.mode={mode}"))

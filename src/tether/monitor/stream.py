@@ -26,9 +26,9 @@ streams rather than assumed away.
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
