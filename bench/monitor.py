@@ -49,63 +49,56 @@ def traffic(n: int, keys: int, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
+def _rates(run: Any, requests: int, repeats: int) -> dict[str, Any]:
+    """Requests a second of ``run()`` (which handles ``requests`` requests), best of ``repeats``, and each run's."""
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        rates.append(requests / (time.perf_counter() - start))
+    return {"requests_per_s": round(max(rates), 1), "runs": [round(r, 1) for r in rates]}
+
+
 def throughput(reference: list[dict[str, Any]], stream: list[dict[str, Any]], embedder: str | None,
                repeats: int) -> dict[str, Any]:
     """Requests a second for tether's monitor and for Frouros / river detectors on the scalar signals."""
     from tether.monitor.signals import scalar_signals
     from tether.monitor.watcher import Monitor, MonitorConfig, observe_all
 
+    def watch(monitor: Monitor) -> Any:
+        return lambda: observe_all(Monitor(monitor.config, monitor.signals, monitor.stream.fork("all")), stream)
+
+    def per_request(make: Any) -> Any:
+        def run() -> None:
+            detectors = {n: make() for n in scalars}
+            for record in stream:
+                for name, value in scalar_signals(record).items():
+                    detectors[name].update(value)
+        return run
+
     out: dict[str, Any] = {}
-    config = MonitorConfig(embedder=embedder, window=100, arl_windows=10_000)
-    monitor = Monitor.calibrate(reference, config)
-    rates = []
-    for _ in range(repeats):
-        fresh = Monitor(monitor.config, monitor.signals, monitor.stream.fork("all"))
-        start = time.perf_counter()
-        observe_all(fresh, stream)
-        rates.append(len(stream) / (time.perf_counter() - start))
-    out["tether"] = {"requests_per_s": round(max(rates), 1), "runs": [round(r, 1) for r in rates],
-                     "signals": len(monitor.signal_names()), "streams": 1 + len(fresh.keys), "embedder": embedder}
-    scalars = sorted({n for r in stream for n in scalar_signals(r)})
+    monitor = Monitor.calibrate(reference, MonitorConfig(embedder=embedder, window=100, arl_windows=10_000))
+    keys = len({r.get("key") for r in stream})
+    out["tether"] = {**_rates(watch(monitor), len(stream), repeats), "signals": len(monitor.signal_names()),
+                     "streams": 1 + keys, "embedder": embedder}
     # The same work as the others do: the scalar signals of all traffic, one stream, no embedding.
     bare = Monitor.calibrate(reference, MonitorConfig(embedder=None, per_key=False, window=100, arl_windows=10_000))
-    rates = []
-    for _ in range(repeats):
-        fresh = Monitor(bare.config, bare.signals, bare.stream.fork("all"))
-        start = time.perf_counter()
-        observe_all(fresh, stream)
-        rates.append(len(stream) / (time.perf_counter() - start))
-    out["tether_scalars_only"] = {"requests_per_s": round(max(rates), 1), "runs": [round(r, 1) for r in rates],
-                                  "signals": len(bare.signal_names()), "streams": 1}
+    out["tether_scalars_only"] = {**_rates(watch(bare), len(stream), repeats), "signals": len(bare.signal_names()),
+                                  "streams": 1}
+    scalars = sorted({n for r in stream for n in scalar_signals(r)})
     out["scalar_signals"] = scalars
     try:
         from frouros.detectors.concept_drift import CUSUM, CUSUMConfig
     except ImportError:
         out["frouros"] = "not installed (pip install --no-deps frouros==0.9.0)"
     else:
-        rates = []
-        for _ in range(repeats):
-            detectors = {n: CUSUM(CUSUMConfig()) for n in scalars}
-            start = time.perf_counter()
-            for record in stream:
-                for name, value in scalar_signals(record).items():
-                    detectors[name].update(value)
-            rates.append(len(stream) / (time.perf_counter() - start))
-        out["frouros_cusum"] = {"requests_per_s": round(max(rates), 1), "runs": [round(r, 1) for r in rates]}
+        out["frouros_cusum"] = _rates(per_request(lambda: CUSUM(CUSUMConfig())), len(stream), repeats)
     try:
         from river.drift import PageHinkley
     except ImportError:
         out["river"] = "not installed (pip install --no-deps river==0.23.0)"
     else:
-        rates = []
-        for _ in range(repeats):
-            page = {n: PageHinkley() for n in scalars}
-            start = time.perf_counter()
-            for record in stream:
-                for name, value in scalar_signals(record).items():
-                    page[name].update(value)
-            rates.append(len(stream) / (time.perf_counter() - start))
-        out["river_page_hinkley"] = {"requests_per_s": round(max(rates), 1), "runs": [round(r, 1) for r in rates]}
+        out["river_page_hinkley"] = _rates(per_request(PageHinkley), len(stream), repeats)
     return out
 
 

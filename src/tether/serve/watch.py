@@ -112,12 +112,9 @@ class Watch:
 
     def submit(self, record: dict[str, Any]) -> bool:
         """Queue one request's record for the monitor, never waiting; False if it was dropped (queue full)."""
-        try:
-            self.queue.put_nowait(record)
-            return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+        taken = _offer(self.queue, record)
+        self.dropped += not taken
+        return taken
 
     def stop(self, timeout: float = 10.0) -> None:
         """Let the thread finish what is queued, then stop it (and the webhook's, after its last call)."""
@@ -153,6 +150,15 @@ class Watch:
     def record(self, alarms: list[Alarm], closed: list[WindowClosed]) -> list[dict[str, Any]]:
         """Store what a monitor found (:meth:`Recorder.record`)."""
         return self.recorder.record(alarms, closed)
+
+
+def _offer(inbox: Any, record: dict[str, Any]) -> bool:
+    """Put ``record`` on ``inbox`` unless it is full; whether it went."""
+    try:
+        inbox.put_nowait(record)
+        return True
+    except queue.Full:
+        return False
 
 
 def _batches(inbox: Any, config: WatchConfig) -> Any:
@@ -307,12 +313,9 @@ class WatchProcess:
 
     def submit(self, record: dict[str, Any]) -> bool:
         """Queue one request's record for the monitor, never waiting; False if it was dropped (queue full)."""
-        try:
-            self.queue.put_nowait(record)
-            return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+        taken = _offer(self.queue, record)
+        self.dropped += not taken
+        return taken
 
     def stop(self, timeout: float = 10.0) -> None:
         """Let the child finish what is queued and stop; record what it found last."""
