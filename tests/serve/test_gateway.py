@@ -37,7 +37,14 @@ class _Server:
         assert self.server.started
 
     def client(self, key, **kwargs):
-        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0, **kwargs)
+        # One client per key and options: making one costs about 50 ms (its TLS context), which a test that asks
+        # a few hundred times would otherwise spend on clients rather than on the server.
+        made = self.__dict__.setdefault("_clients", {})
+        wanted = (key, tuple(sorted(kwargs.items())))
+        if wanted not in made:
+            made[wanted] = openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0,
+                                         **kwargs)
+        return made[wanted]
 
     def stop(self):
         self.server.should_exit = True

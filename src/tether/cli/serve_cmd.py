@@ -212,6 +212,7 @@ def update_key(key_id: Annotated[str, typer.Argument(help="the key's id (tether 
 
     from tether.core.errors import UserError
     from tether.serve.keys import KeyStore, Scopes, update_scopes_in
+    from tether.serve.store import write_transaction
 
     changes = {}
     for item in set_:
@@ -221,7 +222,7 @@ def update_key(key_id: Annotated[str, typer.Argument(help="the key's id (tether 
         changes[field] = yaml.safe_load(value)
     store = KeyStore(db)
     try:
-        with store.engine.begin() as conn:
+        with write_transaction(store.engine) as conn:  # read and written under the store's write lock
             scopes = update_scopes_in(conn, key_id, lambda _: changes)
     except ValidationError as exc:
         raise UserError(f"--set: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None

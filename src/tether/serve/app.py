@@ -307,8 +307,9 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                     raise APIError(400, f"the request was rejected {_by(item)} (the key's traffic is held for "
                                    "review)", code="content_filter")
             if reviewed is not None:
-                watched(record, messages, reviewed)
-                return await answer_reviewed(reviewed, body.stream, key, record, start, frames)
+                response = await answer_reviewed(reviewed, body.stream, key, record, start, frames)
+                watched(record, messages, reviewed)  # the record as audited, status and latency in
+                return response
             # Reserve the most the request can use: the reply's max_tokens and the prompt's length, counted with
             # the model's tokenizer (estimated at 1 token a character where the model has none). Settled after.
             counted = await run_in_threadpool(generator.count_tokens, prompt)
