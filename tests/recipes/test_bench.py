@@ -1,5 +1,5 @@
 """Every script in bench/ runs as committed, on a tiny setting, and writes its figures with the environment
-(the five that take seconds even so in the slow tier: ``python -m pytest -m slow tests/recipes/test_bench.py``).
+(the six that take seconds even so in the slow tier: ``python -m pytest -m slow tests/recipes/test_bench.py``).
 
 The figures themselves come from the default settings (docs/performance.md gives the commands); this
 only proves the scripts still run and produce what the docs read from them.
@@ -37,7 +37,7 @@ def test_every_bench_script_has_a_tiny_setting():
 
 # The scripts that take seconds even at their tiny setting (a TRL run beside tether's, a gateway under load, a
 # world evaluation) run in the slow tier; the rest in every run.
-HEAVY = {"train_vs_trl", "rl_vs_trl", "gateway", "eval_world_hhh", "monitor"}
+HEAVY = {"train_vs_trl", "rl_vs_trl", "gateway", "eval_world_hhh", "monitor", "padding"}
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in HEAVY else s for s in sorted(TINY)])

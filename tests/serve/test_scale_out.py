@@ -20,6 +20,11 @@ from tether.serve.app import Gateway
 from tether.serve.audit import verify
 from tether.serve.keys import Scopes
 
+# Two real server processes on PostgreSQL (10 s to start, 25 s in all): the slow tier
+# (python -m pytest -m slow tests/serve/test_scale_out.py). Limits shared by two gateways through Redis, and
+# kill switches, budgets and throttles in one process, stay in every run (test_redis.py, test_gateway.py).
+pytestmark = pytest.mark.slow
+
 TETHER = str(Path(sys.executable).parent / "tether")
 ASK = {"model": "tiny:llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
@@ -175,7 +180,6 @@ def test_kill_9_under_load_loses_no_audit_row_of_an_answered_request(servers):
     assert verify(gateway.audit).ok
 
 
-@pytest.mark.slow  # 11 s; limits across processes on one store stay in the default run (two servers, PostgreSQL)
 def test_workers_of_one_server_share_a_sqlite_store(tmp_path):
     # tether serve --workers 2: two processes on one port and one SQLite file (WAL); a limit holds across them.
     db = f"sqlite:///{tmp_path / 'gateway.db'}"

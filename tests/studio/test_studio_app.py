@@ -84,6 +84,7 @@ def test_the_api_takes_session_tokens_and_admin_keys_never_other_keys(studio):
     assert client.get("/api/projects", headers={"authorization": f"Bearer {admin}"}).status_code == 200
 
 
+@pytest.mark.slow  # 5 s; labelling through the API and the aggregators each have tests of their own here
 def test_the_world_crowd_labels_through_the_api_and_its_export_beats_majority_against_gold(studio):
     from tether.world.annotators import DEFAULT_POOL
     from tether.world.datasets import crowd_rows
