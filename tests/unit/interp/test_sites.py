@@ -1,0 +1,57 @@
+"""One name for a place in every architecture tether supports: the residual stream agrees with
+transformers' own hidden states, the attention and MLP outputs add up to what a layer adds, and an edit
+at a site changes what the model computes."""
+
+import pytest
+import torch
+
+from tether.interp.sites import Site, decoder_layers, hooked, resolve
+from tether.models.tiny import TINY_ARCHITECTURES, build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tether.models.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.mark.parametrize("arch", sorted(TINY_ARCHITECTURES))
+def test_sites_read_the_same_places_in_every_architecture(arch, tokenizer):
+    model = build_tiny_model(arch, tokenizer, seed=0).eval()
+    n = len(decoder_layers(model))
+    ids = torch.randint(3, 200, (2, 7), generator=torch.Generator().manual_seed(0))
+    names = [f"{kind}.{layer}" for layer in range(n) for kind in ("resid_pre", "resid_post", "attn_out", "mlp_out")]
+    seen = {}
+
+    def keep(name):
+        def read(value):
+            seen[name] = value.detach().clone()
+        return read
+
+    with torch.no_grad(), hooked(model, {name: keep(name) for name in names}):
+        out = model(input_ids=ids, output_hidden_states=True)
+    hidden = out.hidden_states
+    for layer in range(n):
+        assert torch.allclose(seen[f"resid_pre.{layer}"], hidden[layer], atol=1e-5)
+        if layer + 1 < n:
+            assert torch.allclose(seen[f"resid_post.{layer}"], hidden[layer + 1], atol=1e-5)
+        added = seen[f"attn_out.{layer}"] + seen[f"mlp_out.{layer}"]
+        assert torch.allclose(seen[f"resid_post.{layer}"], seen[f"resid_pre.{layer}"] + added, atol=1e-4), arch
+
+    # An edit at a site reaches the output: zeroing the last MLP's contribution changes the logits.
+    with torch.no_grad(), hooked(model, {"mlp_out.-1": torch.zeros_like}):
+        edited = model(input_ids=ids).logits
+    assert not torch.allclose(edited, out.logits)
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, out.logits)  # the hooks are gone after the block
+
+
+def test_names_parse_and_bad_ones_say_why(tokenizer):
+    assert Site.parse("resid_post.3") == Site("resid_post", 3) and Site.parse("mlp_out.-1").layer == -1
+    model = build_tiny_model("llama", tokenizer)
+    assert resolve(model, "attn_out.-1").site == Site("attn_out", 1)
+    with pytest.raises(ValueError, match="KIND.LAYER"):
+        Site.parse("residual.2")
+    with pytest.raises(ValueError, match="layers 0..1"):
+        resolve(model, "resid_pre.5")
