@@ -1,2 +1,3 @@
-"""Looking inside a model: named sites in any architecture, activations captured at them (more to come:
-probes, directions, SAEs, attribution and patching)."""
+"""Looking inside a model: named sites in any architecture (:mod:`tether.interp.sites`), activations captured
+at them (:mod:`tether.interp.capture`), linear probes with the difference-of-means baseline beside them
+(:mod:`tether.interp.probes`). Directions and steering, SAEs, attribution and patching are to come."""

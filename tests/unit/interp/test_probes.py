@@ -1,0 +1,61 @@
+"""Probes against hand-worked values and planted directions: difference of means, logistic regression, AUROC
+with an interval, recall at 1% false positives on a control set; a probe named by its site is trained and
+applied the same way on every architecture."""
+
+import numpy as np
+import pytest
+
+from tether.interp.capture import capture
+from tether.interp.probes import Probe, difference_of_means, logistic_probe, probe_metrics, recall_at_fpr
+from tether.models.tiny import build_tiny_model
+
+
+def test_difference_of_means_by_hand():
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [4.0, 2.0], [6.0, 2.0]])
+    probe = difference_of_means("resid_post.0", x, [0, 0, 1, 1])
+    # Standardised by means (3, 1) and scales (sqrt(5), 1) the rows are (-3/√5, -1), (-1/√5, -1), (1/√5, 1),
+    # (3/√5, 1); the positives' mean minus the negatives' is w = (4/√5, 2); the two means' midpoint is 0, so
+    # the bias is 0 and the scores are z · w: -12/5 - 2, -4/5 - 2, 4/5 + 2, 12/5 + 2.
+    assert np.allclose(probe.weights, [4 / np.sqrt(5), 2.0]) and probe.bias == pytest.approx(0.0)
+    assert np.allclose(probe.scores(x), [-4.4, -2.8, 2.8, 4.4])
+    with pytest.raises(ValueError, match="positive and negative"):
+        difference_of_means("s", x, [1, 1, 1, 1])
+    with pytest.raises(ValueError, match="width 2"):
+        probe.scores(np.zeros((3, 5)))
+
+
+def test_recall_at_a_false_positive_rate_by_hand():
+    control = np.arange(100.0)  # 1% of 100 controls may pass: the threshold is 98, and 99 > 98 is the one
+    recall, threshold = recall_at_fpr([97.0, 98.0, 98.5, 150.0], control, 0.01)
+    assert threshold == 98.0 and recall == 0.5
+    assert recall_at_fpr([1.0], [0.0, 0.0], 0.0) == (1.0, 0.0)
+
+
+def test_probes_find_a_planted_direction_and_say_how_well(tmp_path):
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=32)
+    labels = rng.random(600) < 0.5
+    x = rng.normal(size=(600, 32)) + np.outer(labels, direction) * 0.6
+    for fit in (difference_of_means, logistic_probe):
+        probe = fit("resid_post.1", x[:400], labels[:400])
+        metrics = probe_metrics(probe.scores(x[400:]), labels[400:], resamples=100)
+        assert metrics["auroc"] > 0.95 and metrics["auroc_low"] <= metrics["auroc"] <= metrics["auroc_high"]
+        assert 0 < metrics["recall_at_0.01_fpr"] <= 1
+    noise = probe_metrics(rng.normal(size=400), rng.random(400) < 0.5, resamples=100)
+    assert noise["auroc_low"] < 0.5 < noise["auroc_high"]  # no signal: the interval covers chance
+    again = Probe.load(probe.save(tmp_path / "probe.json"))
+    assert np.allclose(again.scores(x), probe.scores(x)) and again.site == "resid_post.1"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "opt", "gemma2", "mixtral"])
+def test_one_site_name_probes_every_architecture(arch):
+    from tether.models.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = build_tiny_model(arch, tokenizer, seed=0).eval()
+    texts = [f"please tell me about {w} now" for w in ("apples", "boats", "cats", "dogs", "eggs", "figs")] + \
+            [f"zq zq zq {w} xv xv" for w in ("apples", "boats", "cats", "dogs", "eggs", "figs")]
+    labels = [0] * 6 + [1] * 6
+    acts = capture(model, tokenizer, texts, ["resid_post.-1"], positions="mean")["resid_post.-1"]
+    probe = difference_of_means("resid_post.-1", acts.numpy(), labels)
+    assert probe_metrics(probe.scores(acts.numpy()), labels, resamples=50)["auroc"] > 0.9  # separable in-sample
