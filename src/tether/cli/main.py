@@ -19,6 +19,7 @@ from tether.cli import (
     data_cmd,
     eval_cmd,
     guard_cmd,
+    interp_cmd,
     models_cmd,
     monitor_cmd,
     plugins_cmd,
@@ -58,6 +59,7 @@ app.add_typer(serve_cmd.keys_app, name="keys")
 app.add_typer(studio_cmd.app, name="studio")
 app.add_typer(guard_cmd.app, name="guard")
 app.add_typer(monitor_cmd.app, name="monitor")
+app.add_typer(interp_cmd.app, name="interp")
 app.add_typer(serve_cmd.audit_app, name="audit")
 
 
