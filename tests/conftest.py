@@ -76,6 +76,16 @@ def docs_tables():
     return module
 
 
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run ``tether ARGS`` in this process: its exit code, stdout and stderr."""
+    from tether.cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out = capsys.readouterr()
+    return int(done.value.code or 0), out.out, out.err
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from tether.models.tokenizer import build_tokenizer

@@ -48,10 +48,7 @@ def test_probes_find_a_planted_direction_and_say_how_well(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "opt", "gemma2", "mixtral"])
-def test_one_site_name_probes_every_architecture(arch):
-    from tether.models.tokenizer import build_tokenizer
-
-    tokenizer = build_tokenizer()
+def test_one_site_name_probes_every_architecture(arch, tokenizer):
     model = build_tiny_model(arch, tokenizer, seed=0).eval()
     texts = [f"please tell me about {w} now" for w in ("apples", "boats", "cats", "dogs", "eggs", "figs")] + \
             [f"zq zq zq {w} xv xv" for w in ("apples", "boats", "cats", "dogs", "eggs", "figs")]

@@ -9,13 +9,6 @@ from tether.interp.sites import Site, decoder_layers, hooked, resolve
 from tether.models.tiny import TINY_ARCHITECTURES, build_tiny_model
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from tether.models.tokenizer import build_tokenizer
-
-    return build_tokenizer()
-
-
 @pytest.mark.parametrize("arch", sorted(TINY_ARCHITECTURES))
 def test_sites_read_the_same_places_in_every_architecture(arch, tokenizer):
     model = build_tiny_model(arch, tokenizer, seed=0).eval()
