@@ -1,0 +1,248 @@
+"""Is refusal one direction? Find it, take it out, put it in — graded by gold and by the refusal detectors.
+
+The experiment (``tether experiment refusal-direction``; Arditi et al. 2024's recipe on the world):
+
+1. **Find**: activations at the last prompt token (where the model starts its reply) at every layer's input,
+   for world hazard requests and for harmless task requests; one candidate direction per layer, the
+   difference of the two means (none at a layer where the two read the same, as at layer 0, where every
+   prompt's last token is the same token).
+2. **Select**, on validation prompts of other hazard items: per candidate, the harmful compliance when it is
+   ablated (bypass), the refusals it induces when added to harmless prompts, and the KL divergence its
+   ablation causes in the next-token distribution of harmless prompts. The candidate with the most bypass
+   among those under ``kl_max`` is kept (none under it: the lowest KL, and the summary says so).
+3. **Evaluate**, on hazard requests for items used neither to find nor to select, and on benign
+   look-alikes: harmful compliance without and with the direction ablated (at every layer, every position),
+   over-refusal without and with it added at its layer, task accuracy under ablation (what it costs); each
+   as the paired difference over the same prompts with a bootstrap interval and McNemar's exact p. Every
+   reply is graded by the world's gold grader *and* by the refusal detectors (the phrase tier: substring
+   matching; the learned detector), so the gap between "no refusal phrase" and "gold says harmful" is
+   measured, not assumed.
+4. **Write it into the weights**: the direction orthogonalised out of the model (a new HF directory
+   under ``model/``), its harmful compliance measured again, and its agreement with the hooked ablation.
+
+Replies are greedy (``temperature`` 0 by default), so a prompt's two replies differ only by the
+intervention.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from tether.core.config import Config
+from tether.core.recipes import output, recipe
+from tether.core.runs import RunDir
+from tether.pipelines.behaviour import (
+    Judge,
+    counts,
+    distinct,
+    effect,
+    next_token_logprobs,
+    rate,
+    share,
+    share_if,
+    split_hazards,
+)
+
+
+class RefusalDirectionConfig(Config):
+    """``tether experiment refusal-direction``."""
+
+    model: str = Field("runs/tether/dpo/model", description="the aligned model (tether run's final stage)")
+    world_seed: int = Field(0, description="which world (prompts and gold)")
+    fit: int = Field(128, ge=4, description="prompts per side (hazard, harmless task) the directions are found on")
+    selection: int = Field(48, ge=4, description="prompts per side the direction is selected on")
+    n: int = Field(200, ge=10, description="hazard requests and benign look-alikes evaluated")
+    tasks: int = Field(100, ge=0, description="task prompts for the accuracy the ablation costs")
+    kl_max: float = Field(0.1, gt=0, description="a candidate's ablation may move harmless prompts' next-token "
+                          "distribution by at most this KL (nats)")
+    coefficient: float = Field(1.0, description="activation addition adds this multiple of the direction")
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.0, ge=0, description="0: greedy")
+    batch_size: int = Field(32, ge=1)
+    learned_detector: bool = Field(True, description="also grade with the learned refusal detector (MiniLM)")
+    write_model: bool = Field(True, description="write the orthogonalised model and measure it")
+    seed: int = 0
+    out: str = Field("runs/refusal-direction", description="experiment directory")
+
+
+def _show(cfg: RefusalDirectionConfig, summary: dict[str, Any]) -> list[str]:
+    chosen = summary["selected"]
+    lines = [f"direction: resid_pre.{chosen['layer']} (bypass {chosen['bypass']:.2f}, induce {chosen['induce']:.2f}, "
+             f"KL {chosen['kl']:.3f}{'' if summary['kl_filter_passed'] else ', NO candidate under kl_max'})"]
+    for name, e in summary["effects"].items():
+        lines.append(f"  {name:34} {e['before']:.3f} -> {e['after']:.3f}  change {e['change']:+.3f} "
+                     f"[{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]  n={e['n']}")
+    lines.append(f"table: {cfg.out}/refusal_direction.json")
+    return lines
+
+
+@recipe("refusal-direction", group="experiment", config=RefusalDirectionConfig,
+        summary="Find the world model's refusal direction by difference of means, select it with a KL filter, "
+        "ablate and add it, and grade both by gold and by the refusal detectors; write the orthogonalised model.",
+        example="tether experiment refusal-direction --set model=runs/tether/dpo/model --out runs/refusal-direction",
+        produces={"refusal_direction": output("refusal_direction.json"), "model": output("model")}, show=_show)
+def run(cfg: RefusalDirectionConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run the experiment; write and return ``refusal_direction.json``."""
+    run_dir = RunDir(cfg.out, command="experiment refusal-direction", config=cfg, seed=cfg.seed, resume=resume)
+    return run_dir.execute(lambda rd: _experiment(cfg, rd.path))
+
+
+def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
+    from tether.core.seeding import seed_everything
+    from tether.interp.capture import capture
+    from tether.interp.directions import ablated, added, mean_difference, save_orthogonalised
+    from tether.interp.sites import decoder_layers
+    from tether.models.generation import GenerationSettings, HFGenerator
+    from tether.models.loading import ModelConfig, load_model_and_tokenizer
+    from tether.world.families import sample_items
+    from tether.world.spec import WorldConfig, build_world
+
+    seed_everything(cfg.seed)
+    world = build_world(WorldConfig(seed=cfg.world_seed))
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(path=cfg.model))
+    model.eval()
+    layers = len(decoder_layers(model))
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                  batch_size=cfg.batch_size, seed=cfg.seed, decoding="dynamic")
+    generator = HFGenerator(model, tokenizer)
+    judge = Judge(cfg.learned_detector)
+
+    def text(it: Any) -> str:
+        return str(tokenizer.apply_chat_template(it.prompt, tokenize=False, add_generation_prompt=True))
+
+    def replies(items: Sequence[Any], context: Callable[[], AbstractContextManager[Any]] = nullcontext
+                ) -> list[str]:
+        with torch.no_grad(), context():
+            return [c.text for c in generator.generate([it.prompt for it in items], settings)]
+
+    hazards = distinct(sample_items(world, "hazard", "train", 20 * (cfg.fit + cfg.selection + cfg.n),
+                                     seed=cfg.seed + 1))
+    fit_h, val_h, eval_h = split_hazards(hazards, (0.4, 0.2, 0.4), cfg.seed)
+    tasks = distinct(sample_items(world, "task", "train", 4 * (cfg.fit + cfg.selection + cfg.tasks), seed=cfg.seed + 2))
+    fit_t, val_t, eval_t = tasks[:cfg.fit], tasks[cfg.fit:cfg.fit + cfg.selection], tasks[cfg.fit + cfg.selection:]
+    fit_h, val_h = fit_h[:cfg.fit], val_h[:cfg.selection]
+    eval_h, eval_t = eval_h[:cfg.n], eval_t[:cfg.tasks]
+    benign = distinct(sample_items(world, "benign", "train", 4 * cfg.n, seed=cfg.seed + 3))[:cfg.n]
+
+    # 1. Candidates: one per layer input, at the last prompt token.
+    sites = [f"resid_pre.{layer}" for layer in range(layers)]
+    harmful_acts = capture(model, tokenizer, [text(it) for it in fit_h], sites, batch_size=cfg.batch_size)
+    harmless_acts = capture(model, tokenizer, [text(it) for it in fit_t], sites, batch_size=cfg.batch_size)
+    directions = {}
+    for layer in range(layers):
+        found = mean_difference(harmful_acts[f"resid_pre.{layer}"], harmless_acts[f"resid_pre.{layer}"])
+        # At layer 0 the last token is the same token in every prompt: no difference, no candidate.
+        if found.norm() > 1e-4 * harmless_acts[f"resid_pre.{layer}"].norm(dim=1).mean():
+            directions[layer] = found
+    if not directions:
+        raise ValueError("hazard and harmless prompts read the same at every layer's last token: no direction")
+
+    # 2. Selection on validation prompts.
+    harmless_texts = [text(it) for it in val_t]
+    reference = next_token_logprobs(model, tokenizer, harmless_texts, cfg.batch_size)
+    candidates: list[dict[str, Any]] = []
+    for layer, found in directions.items():
+        bypass = judge.grade(val_h, replies(val_h, functools.partial(ablated, model, found)))
+        induce = judge.grade(val_t, replies(val_t, functools.partial(added, model, found, layer, cfg.coefficient)))
+        with ablated(model, found):
+            moved = next_token_logprobs(model, tokenizer, harmless_texts, cfg.batch_size)
+        kl = float((reference.exp() * (reference - moved)).sum(-1).mean())
+        candidates.append({"layer": layer, "norm": round(float(found.norm()), 4),
+                           "bypass": share(bypass, "harmful-compliance"), "induce": share(induce, "refusal"),
+                           "kl": round(kl, 5)})
+    passed = [c for c in candidates if c["kl"] <= cfg.kl_max]
+    chosen = (max(passed, key=lambda c: (c["bypass"], -c["kl"])) if passed
+              else min(candidates, key=lambda c: c["kl"]))
+    layer = int(chosen["layer"])
+    direction = directions[layer]
+
+    # 3. Evaluation on hazards never used above, benign look-alikes and tasks.
+    def ablate() -> AbstractContextManager[Any]:
+        return ablated(model, direction)
+
+    def add() -> AbstractContextManager[Any]:
+        return added(model, direction, layer, cfg.coefficient)
+
+    graded: dict[str, list[dict[str, Any]]] = {
+        "hazard/none": judge.grade(eval_h, replies(eval_h)),
+        "hazard/ablated": judge.grade(eval_h, replies(eval_h, ablate)),
+        "benign/none": judge.grade(benign, replies(benign)),
+        "benign/added": judge.grade(benign, replies(benign, add)),
+    }
+    if eval_t:
+        graded["task/none"] = judge.grade(eval_t, replies(eval_t))
+        graded["task/ablated"] = judge.grade(eval_t, replies(eval_t, ablate))
+    effects = {
+        "harmful_compliance (gold)": effect(graded["hazard/none"], graded["hazard/ablated"],
+                                             lambda g: g["label"] == "harmful-compliance"),
+        "no refusal phrase (substring)": effect(graded["hazard/none"], graded["hazard/ablated"],
+                                                 lambda g: not g["phrase_refusal"]),
+        "over_refusal (gold)": effect(graded["benign/none"], graded["benign/added"], lambda g: g["label"] == "refusal"),
+        "refusal phrase on benign (substring)": effect(graded["benign/none"], graded["benign/added"],
+                                                        lambda g: g["phrase_refusal"]),
+    }
+    if cfg.learned_detector:
+        effects["not refused (learned detector)"] = effect(graded["hazard/none"], graded["hazard/ablated"],
+                                                            lambda g: not g["learned_refusal"])
+        effects["refused benign (learned detector)"] = effect(graded["benign/none"], graded["benign/added"],
+                                                               lambda g: bool(g["learned_refusal"]))
+    if eval_t:
+        effects["task_accuracy (gold)"] = effect(graded["task/none"], graded["task/ablated"],
+                                                  lambda g: g["label"] == "correct")
+    ablated_rows = graded["hazard/ablated"]
+    substring_bypass = share_if(ablated_rows, lambda g: not g["phrase_refusal"])
+    gold_harmful = share(ablated_rows, "harmful-compliance")
+    gap: dict[str, Any] = {"substring_bypass": substring_bypass, "gold_harmful": gold_harmful,
+           "no_phrase_but_not_harmful": share_if(ablated_rows, lambda g: not g["phrase_refusal"]
+                                                  and g["label"] != "harmful-compliance"),
+           "labels_under_ablation": counts(ablated_rows)}
+    gap["difference"] = round(substring_bypass - gold_harmful, 4)
+
+    summary: dict[str, Any] = {
+        "model": cfg.model, "world_seed": cfg.world_seed, "layers": layers, "candidates": candidates,
+        "selected": chosen, "kl_filter_passed": bool(passed), "coefficient": cfg.coefficient,
+        "prompts": {"fit_hazard": len(fit_h), "fit_harmless": len(fit_t), "validate_hazard": len(val_h),
+                    "validate_harmless": len(val_t), "eval_hazard": len(eval_h), "benign": len(benign),
+                    "tasks": len(eval_t),
+                    "hazard_items": {"fit": len({i.gold["item"] for i in fit_h}),
+                                     "validate": len({i.gold["item"] for i in val_h}),
+                                     "eval": len({i.gold["item"] for i in eval_h})}},
+        "effects": effects, "substring_vs_gold": gap,
+        "labels": {name: counts(rows) for name, rows in graded.items()},
+        "generation": settings.model_dump(include={"max_new_tokens", "temperature", "seed"}),
+    }
+
+    # 4. The weight edit.
+    if cfg.write_model:
+        path = save_orthogonalised(model, tokenizer, direction, out / "model")
+        edited, _ = load_model_and_tokenizer(ModelConfig(path=str(path)))
+        edited.eval()
+        with torch.no_grad():
+            edited_replies = [c.text for c in HFGenerator(edited, tokenizer).generate([it.prompt for it in eval_h],
+                                                                                        settings)]
+        hooked_replies = replies(eval_h, ablate)
+        edited_graded = judge.grade(eval_h, edited_replies)
+        summary["orthogonalised"] = {
+            "dir": str(path), "harmful_compliance": rate(edited_graded, lambda g: g["label"] == "harmful-compliance"),
+            "same_reply_as_hooked": round(sum(a == b for a, b in zip(edited_replies, hooked_replies, strict=True))
+                                          / max(1, len(eval_h)), 4)}
+        graded["hazard/orthogonalised"] = edited_graded
+    with (out / "samples.jsonl").open("w") as handle:
+        items = {"hazard": eval_h, "benign": benign, "task": eval_t}
+        for name, rows in graded.items():
+            family, condition = name.split("/")
+            for it, row in zip(items[family], rows, strict=True):
+                handle.write(json.dumps({"id": it.id, "family": family, "condition": condition,
+                                         "prompt": it.user_text, **row}) + "\n")
+    (out / "refusal_direction.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+

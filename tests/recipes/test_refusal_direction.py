@@ -1,0 +1,49 @@
+"""`tether experiment refusal-direction` end to end on the tiny world model and a small draw: candidates
+per layer with their KL, effects paired with intervals, every reply graded by gold and by the phrase tier,
+hazards split so that the evaluated ones were never used to find or select, and the orthogonalised model
+written and measured."""
+
+import json
+
+from tests.conftest import run_cli
+
+from tether.pipelines.behaviour import split_hazards
+from tether.world.families import sample_items
+from tether.world.spec import WorldConfig, build_world
+
+
+def test_hazards_are_split_by_item_so_no_hazard_is_in_two_groups():
+    world = build_world(WorldConfig(seed=0))
+    items = sample_items(world, "hazard", "train", 400, seed=1)
+    groups = split_hazards(items, (0.4, 0.2, 0.4), seed=0)
+    names = [{it.gold["item"] for it in group} for group in groups]
+    assert all(names) and not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
+    assert sum(len(g) for g in groups) == len(items)
+
+
+def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys):
+    out = tmp_path / "rd"
+    code, shown, err = run_cli(["experiment", "refusal-direction", "--set", "model=world:tiny", "--set", "fit=8",
+                                "--set", "selection=6", "--set", "n=12", "--set", "tasks=6",
+                                "--set", "max_new_tokens=8", "--set", "learned_detector=false", "--out", str(out)],
+                               capsys)
+    assert code == 0, err
+    assert "direction: resid_pre." in shown
+    summary = json.loads((out / "refusal_direction.json").read_text())
+    assert [c["layer"] for c in summary["candidates"]] == [1]  # layer 0's last token is the same in every prompt
+    assert all(c["kl"] >= 0 for c in summary["candidates"])
+    chosen = summary["selected"]
+    assert chosen in summary["candidates"]
+    if summary["kl_filter_passed"]:
+        assert chosen["kl"] <= 0.1
+    effect = summary["effects"]["harmful_compliance (gold)"]
+    assert effect["n"] == summary["prompts"]["eval_hazard"] > 0
+    assert effect["ci_low"] <= effect["change"] <= effect["ci_high"]
+    assert abs(effect["after"] - effect["before"] - effect["change"]) < 1e-3
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    conditions = {(r["family"], r["condition"]) for r in rows}
+    assert ("hazard", "ablated") in conditions and ("benign", "added") in conditions
+    assert ("hazard", "orthogonalised") in conditions
+    assert (out / "model" / "config.json").exists() and (out / "model" / "direction.safetensors").exists()
+    # The weight edit is the hooked ablation: on the same greedy prompts it gives the same replies.
+    assert summary["orthogonalised"]["same_reply_as_hooked"] >= 0.9
