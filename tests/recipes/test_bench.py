@@ -25,6 +25,8 @@ TINY = {
     "guard_cascade": ["--tier", "cheap={guard}", "--tier", "same={guard}", "--limit", "40", "--long", "2"],
     "eval_world_hhh": ["--set", "model.path=world:tiny", "--set", "suite.n=4", "--set", "suite.heldout_n=1",
                        "--every", "7", "--batches", "1,8"],
+    "sae": ["--model", "tiny:llama", "--texts", "20", "--epochs", "1", "--width", "32", "--k", "4", "--batch", "64",
+            "--repeats", "1"],
     "monitor": ["--requests", "300", "--reference", "4000", "--keys", "3", "--repeats", "1", "--mmd-n", "30",
                 "--permutations", "10", "--rate", "50", "--seconds", "1", "--rounds", "1"],
 }

@@ -122,3 +122,128 @@ def probe_cmd(
         typer.echo(f"{kind:20} AUROC {m['auroc']:.3f} [{m['auroc_low']:.3f}-{m['auroc_high']:.3f}]  recall at 1% FPR "
                    f"{m['recall_at_0.01_fpr']:.3f}  ({m['positives']} positive, {m['negatives']} negative held out)")
     typer.echo(f"-> {target}")
+
+
+def _labelled(capture: str, site: str) -> tuple[Any, Any]:
+    """A capture's rows at ``site`` and their labels (None where the capture has none)."""
+    from tether.core.errors import UserError
+    from tether.interp.capture import load_capture
+
+    try:
+        acts, rows = load_capture(capture)
+    except FileNotFoundError:
+        raise UserError(f"{capture}: no capture.json (tether interp capture writes one)") from None
+    if site not in acts:
+        raise UserError(f"{capture} has no site {site!r} (it has {', '.join(acts)})")
+    labels = [r.get("label") for r in rows]
+    return acts[site], labels
+
+
+@app.command("direction")
+def direction_cmd(
+    capture: Annotated[str, typer.Option("--capture", help="a labelled capture (tether interp capture)")],
+    site: Annotated[str, typer.Option("--site", help="the captured site")],
+    out: Annotated[str, typer.Option("--out", "-o", help="file for the direction (.safetensors, new)")],
+) -> None:
+    """The difference-of-means direction at SITE: the mean of the rows labelled 1 (true) minus the mean of
+    those labelled 0 (false), for steering (activation addition) and ablation.
+
+    Example: tether interp direction --capture acts/ --site resid_pre.2 --out refusal.safetensors
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from tether.core.errors import UserError
+    from tether.interp.directions import mean_difference
+
+    target = Path(out)
+    if target.exists():
+        raise UserError(f"{target} already exists; choose a new --out")
+    acts, labels = _labelled(capture, site)
+    if any(label is None for label in labels):
+        raise UserError(f"{capture}: every row needs a label to find a direction")
+    flags = torch.tensor([bool(label) for label in labels])
+    if flags.all() or not flags.any():
+        raise UserError(f"{capture}: rows of both labels are needed")
+    direction = mean_difference(acts[flags], acts[~flags])
+    save_file({"direction": direction.contiguous()}, str(target), metadata={"site": site})
+    typer.echo(f"direction at {site}: norm {float(direction.norm()):.4f} from {int(flags.sum())} positive and "
+               f"{int((~flags).sum())} negative rows -> {target}")
+
+
+@app.command("orthogonalise")
+def orthogonalise_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="model directory, hub id, world:base or tiny:ARCH")],
+    direction: Annotated[str, typer.Option("--direction", help="a direction file (tether interp direction)")],
+    out: Annotated[str, typer.Option("--out", "-o", help="directory for the edited model (new)")],
+) -> None:
+    """Write a new model directory with DIRECTION projected out of every weight that writes to the residual
+    stream (embeddings, attention and MLP output projections): the directional ablation as a plain HF model.
+
+    Example: tether interp orthogonalise -m runs/tether/dpo/model --direction refusal.safetensors --out ablated/
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from tether.core.errors import UserError
+    from tether.interp.directions import save_orthogonalised
+    from tether.models.loading import ModelConfig, load_model_and_tokenizer
+
+    target = Path(out)
+    if target.exists() and any(target.iterdir()):
+        raise UserError(f"{target} is not empty; choose a new --out")
+    try:
+        vector = load_file(direction)["direction"]
+    except (FileNotFoundError, SafetensorError, KeyError) as exc:
+        raise UserError(f"{direction}: not a direction file ({exc})") from None
+    loaded, tokenizer = load_model_and_tokenizer(ModelConfig(path=model))
+    try:
+        save_orthogonalised(loaded, tokenizer, vector, target)
+    except ValueError as exc:
+        raise UserError(f"{model}: {exc}") from None
+    typer.echo(f"-> {target}")
+
+
+@app.command("sae")
+def sae_cmd(
+    capture: Annotated[str, typer.Option("--capture", help="a capture (tether interp capture --positions all)")],
+    site: Annotated[str, typer.Option("--site", help="the captured site")],
+    out: Annotated[str, typer.Option("--out", "-o", help="directory for the SAE (new; SAELens's format)")],
+    kind: Annotated[str, typer.Option("--kind", help="topk, batchtopk or jumprelu")] = "topk",
+    width: Annotated[int, typer.Option("--width", min=1, help="features")] = 512,
+    k: Annotated[int, typer.Option("--k", min=1, help="topk / batchtopk: features per token")] = 16,
+    l0_coefficient: Annotated[float, typer.Option("--l0-coefficient", min=0.0, help="jumprelu: λ")] = 0.1,
+    epochs: Annotated[float, typer.Option("--epochs", min=0.01)] = 4.0,
+    test_share: Annotated[float, typer.Option("--test-share", min=0.01, max=0.9, help="rows held out for the "
+                                              "metrics")] = 0.1,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Train a sparse autoencoder on a capture's rows at SITE; L0, explained variance and dead features on
+    held-out rows, written beside it.
+
+    Example: tether interp sae --capture acts/ --site resid_post.1 --kind topk --k 16 --out sae/
+    """
+    import torch
+
+    from tether.core.errors import UserError
+    from tether.interp.sae import SAEConfig, sae_metrics, train_sae
+
+    target = Path(out)
+    if (target / "cfg.json").exists():
+        raise UserError(f"{target} already holds an SAE; choose a new --out")
+    if kind not in ("topk", "batchtopk", "jumprelu"):
+        raise UserError(f"--kind {kind!r}: expected topk, batchtopk or jumprelu")
+    acts, _ = _labelled(capture, site)
+    order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(seed))
+    held = max(1, int(len(acts) * test_share))
+    if len(acts) - held < 2:
+        raise UserError(f"{capture}: {len(acts)} rows are too few to train and measure an SAE")
+    cfg = SAEConfig(kind=kind, width=width, k=k, l0_coefficient=l0_coefficient, epochs=epochs, seed=seed)  # type: ignore[arg-type]
+    sae, log = train_sae(acts[order[held:]], cfg, site=site)
+    metrics = sae_metrics(sae, acts[order[:held]])
+    sae.save(target)
+    report = {**metrics, "train_rows": len(acts) - held, **log}
+    (target / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(f"{kind} SAE, {width} features: L0 {metrics['l0']:.2f}, explained variance "
+               f"{metrics['explained_variance']:.4f}, dead {100 * metrics['dead_fraction']:.1f}% on {held} held-out "
+               f"rows -> {target}")

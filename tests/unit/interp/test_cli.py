@@ -39,3 +39,45 @@ def test_capture_then_probe(tmp_path, capsys, tokenizer):
         code, _, err = run_cli(["interp", *args], capsys)
         assert code == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "x").exists() and not (tmp_path / "p2").exists()
+
+
+def test_direction_orthogonalise_and_sae(tmp_path, capsys, tokenizer):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tether.models.loading import save_model
+    from tether.models.tiny import build_tiny_model
+
+    model = str(save_model(build_tiny_model("llama", tokenizer), tokenizer, tmp_path / "model"))
+    data = tmp_path / "texts.jsonl"
+    rows = [{"text": f"please tell me about item {i}", "label": i % 2} for i in range(24)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    acts = tmp_path / "acts"
+    code, _, err = run_cli(["interp", "capture", "-m", model, "--data", str(data), "--site", "resid_pre.1",
+                            "--positions", "all", "--out", str(acts)], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["interp", "direction", "--capture", str(acts), "--site", "resid_pre.1", "--out",
+                              str(tmp_path / "d.safetensors")], capsys)
+    assert code == 0 and "direction at resid_pre.1" in out, err
+    assert load_file(str(tmp_path / "d.safetensors"))["direction"].shape == (64,)
+    code, out, err = run_cli(["interp", "orthogonalise", "-m", model, "--direction", str(tmp_path / "d.safetensors"),
+                              "--out", str(tmp_path / "ortho")], capsys)
+    assert code == 0, err
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "ortho") is not None
+    code, out, err = run_cli(["interp", "sae", "--capture", str(acts), "--site", "resid_pre.1", "--width", "32",
+                              "--k", "4", "--epochs", "2", "--out", str(tmp_path / "sae")], capsys)
+    assert code == 0 and "L0" in out, err
+    metrics = json.loads((tmp_path / "sae" / "metrics.json").read_text())
+    assert metrics["l0"] <= 4 and (tmp_path / "sae" / "sae_weights.safetensors").exists()
+
+    for args, message in ((["direction", "--capture", str(acts), "--site", "resid_pre.1", "--out",
+                            str(tmp_path / "d.safetensors")], "already exists"),
+                          (["orthogonalise", "-m", model, "--direction", str(data), "--out", str(tmp_path / "o2")],
+                           "not a direction file"),
+                          (["sae", "--capture", str(acts), "--site", "resid_pre.1", "--kind", "relu", "--out",
+                            str(tmp_path / "s2")], "expected topk"),
+                          (["sae", "--capture", str(acts), "--site", "resid_pre.1", "--out", str(tmp_path / "sae")],
+                           "already holds an SAE")):
+        code, _, err = run_cli(["interp", *args], capsys)
+        assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "s2").exists()
