@@ -1,0 +1,33 @@
+"""`tether experiment sae-frontier` end to end on the tiny world model: every kind at two sparsities over
+two seeds with their metrics, a feature ablated beside the difference-of-means direction, and a report
+with feature cards."""
+
+import json
+
+from tests.conftest import run_cli
+
+
+def test_the_frontier_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys):
+    out = tmp_path / "sae"
+    code, shown, err = run_cli([
+        "experiment", "sae-frontier", "--set", "model=world:tiny", "--set", "texts=60", "--set", "heldout=12",
+        "--set", "ks=[2,8]", "--set", "l0_coefficients=[0.3,0.01]", "--set", "seeds=[0,1]", "--set", "sae.width=64",
+        "--set", "sae.epochs=2", "--set", "sae.batch_size=256", "--set", "feature_sae=topk:8",
+        "--set", "rank_prompts=8", "--set", "n=8", "--set", "max_new_tokens=6", "--set", "cards=3",
+        "--out", str(out)], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "sae_frontier.json").read_text())
+    names = [p["name"] for p in summary["frontier"]]
+    assert names == ["topk:2", "topk:8", "batchtopk:2", "batchtopk:8", "jumprelu:0.3", "jumprelu:0.01"]
+    for point in summary["frontier"]:
+        assert len(point["runs"]) == 2
+        assert point["min"]["l0"] <= point["mean"]["l0"] <= point["max"]["l0"]
+        assert point["mean"]["explained_variance"] <= 1 and 0 <= point["mean"]["dead_fraction"] <= 1
+    topk = {p["name"]: p["mean"]["l0"] for p in summary["frontier"]}
+    assert topk["topk:2"] <= 2 and topk["topk:2"] < topk["topk:8"] <= 8
+    effects = summary["ablation"]["effects"]
+    assert len(effects) == 2 and all(e["n"] == summary["ablation"]["prompts"]["eval"] for e in effects.values())
+    report = (out / "report.html").read_text()
+    assert report.count("class='card feature'") == 3 and "<svg" in report
+    assert (out / "saes" / "topk-8" / "cfg.json").exists()
+    assert "topk:8" in shown
