@@ -4,9 +4,14 @@ with feature cards."""
 
 import json
 
+import pytest
 from tests.conftest import run_cli
 
+# Twelve SAEs, the spliced losses and generation under two ablations: about 30 s, the slow tier
+# (python -m pytest -m slow tests/recipes/test_sae_frontier.py).
 
+
+@pytest.mark.slow
 def test_the_frontier_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys):
     out = tmp_path / "sae"
     code, shown, err = run_cli([

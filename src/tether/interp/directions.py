@@ -8,7 +8,7 @@
 - :func:`ablated` and :func:`added`: the edits applied the way the intervention is defined: directional
   ablation takes the direction out of everything that writes to the residual stream (the embeddings at
   ``resid_pre.0``, then every layer's attention and MLP outputs), so it never appears anywhere; activation
-  addition adds it at one layer's input;
+  addition adds it at one layer's input, at every position or only where the reply begins;
 - :func:`orthogonalise`: the same ablation written into the weights (the embedding and every attention and
   MLP output projection, biases included: ``W ← W − r̂ r̂ᵀ W``), so the edited model is a plain HF model
   any tool loads; :func:`save_orthogonalised` writes it as a new model directory.
@@ -25,7 +25,7 @@ import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -33,6 +33,7 @@ from tether.interp.sites import Edit, base_model, decoder_layers, hooked, resolv
 
 # The names transformers gives the last projection of an attention or MLP block, the one whose output is
 # added to the residual stream.
+Positions = Literal["all", "prompt-end"]
 WRITERS = ("o_proj", "out_proj", "dense", "c_proj", "down_proj", "fc2", "fc_out", "dense_4h_to_h", "w2", "wo")
 
 
@@ -71,11 +72,20 @@ def ablation(direction: torch.Tensor) -> Edit:
     return edit
 
 
-def addition(direction: torch.Tensor, coefficient: float = 1.0) -> Edit:
-    """A site edit that adds ``coefficient × direction`` at every position (the direction as given: a
-    difference of means brings its own size)."""
-    def edit(value: torch.Tensor) -> torch.Tensor:
-        return value + coefficient * direction.to(value.device, value.dtype)
+def addition(direction: torch.Tensor, coefficient: float = 1.0, *, positions: Positions = "all") -> Edit:
+    """A site edit that adds ``coefficient × direction`` (the direction as given: a difference of means brings
+    its own size). ``positions``: ``all``, or ``prompt-end``: only the last position of a forward pass over
+    more than one token — with left padding, as tether's generator pads, the last prompt token, where the
+    model decides how to begin its reply; the tokens it then generates one at a time are left alone."""
+    def edit(value: torch.Tensor) -> torch.Tensor | None:
+        shift = coefficient * direction.to(value.device, value.dtype)
+        if positions == "all":
+            return value + shift
+        if value.shape[-2] == 1:
+            return None
+        edited = value.clone()
+        edited[..., -1, :] += shift
+        return edited
     return edit
 
 
@@ -96,10 +106,11 @@ def ablated(model: Any, direction: torch.Tensor) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def added(model: Any, direction: torch.Tensor, layer: int, coefficient: float = 1.0) -> Iterator[None]:
+def added(model: Any, direction: torch.Tensor, layer: int, coefficient: float = 1.0, *,
+          positions: Positions = "all") -> Iterator[None]:
     """For the ``with`` block, ``coefficient × direction`` is added to the residual stream entering
-    ``layer`` at every position."""
-    with hooked(model, {f"resid_pre.{layer}": addition(direction, coefficient)}):
+    ``layer`` (at the ``positions`` :func:`addition` takes)."""
+    with hooked(model, {f"resid_pre.{layer}": addition(direction, coefficient, positions=positions)}):
         yield
 
 

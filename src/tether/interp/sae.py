@@ -115,22 +115,23 @@ class SparseAutoencoder(torch.nn.Module):
     def encode(self, x: torch.Tensor, *, training: bool = False) -> torch.Tensor:
         """Feature activations (… × width); ``training``: batchtopk selects across the batch."""
         shape = x.shape
-        pre = self.pre(x.reshape(-1, self.d_in))
+        return self.activate(self.pre(x.reshape(-1, self.d_in)), training=training).reshape(*shape[:-1],
+                                                                                         self.cfg.width)
+
+    def activate(self, pre: torch.Tensor, *, training: bool = False) -> torch.Tensor:
+        """Feature activations from pre-activations (rows × width)."""
         kind = self.cfg.kind
         if kind == "jumprelu":
-            f = _JumpReLU.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth)
-        elif kind == "topk" or (kind == "batchtopk" and (training or self.batch_threshold < 0)):
+            return _JumpReLU.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth)
+        if kind == "topk" or (kind == "batchtopk" and (training or self.batch_threshold < 0)):
             relu = torch.relu(pre)
             if kind == "topk":
                 top = relu.topk(min(self.cfg.k, relu.shape[1]), dim=1)
-                f = torch.zeros_like(relu).scatter(1, top.indices, top.values)
-            else:
-                flat = relu.flatten()
-                top = flat.topk(min(self.cfg.k * relu.shape[0], flat.numel()))
-                f = torch.zeros_like(flat).scatter(0, top.indices, top.values).view_as(relu)
-        else:
-            f = pre * (pre > self.batch_threshold)
-        return f.reshape(*shape[:-1], self.cfg.width)
+                return torch.zeros_like(relu).scatter(1, top.indices, top.values)
+            flat = relu.flatten()
+            kept = flat.topk(min(self.cfg.k * relu.shape[0], flat.numel()))
+            return torch.zeros_like(flat).scatter(0, kept.indices, kept.values).view_as(relu)
+        return pre * (pre > self.batch_threshold)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """Reconstructions from feature activations."""
@@ -213,12 +214,22 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
         for group in optimiser.param_groups:  # constant, then linear decay to 0 over the last fifth
             group["lr"] = cfg.lr * min(1.0, (steps - step) / max(1, steps - decay_from))
         pre = sae.pre(x)
-        f = sae.encode(x, training=True)
-        recon = sae.decode(f)
+        if cfg.kind == "topk":
+            # Decoding only the k chosen rows of the decoder (not a mostly-zero dense product) is the
+            # difference between k and width multiply-adds per row, forward and backward.
+            top = torch.relu(pre).topk(min(cfg.k, cfg.width), dim=1)
+            recon = torch.einsum("bk,bkd->bd", top.values, sae.W_dec[top.indices]) + sae.b_dec
+            fired = torch.zeros(cfg.width, dtype=torch.bool)
+            fired[top.indices[top.values > 0]] = True
+            active = (top.values > 0).sum(1).float()
+        else:
+            f = sae.activate(pre, training=True)
+            recon = sae.decode(f)
+            fired = (f > 0).any(0)
+            active = (f > 0).sum(1).float()
         error = x - recon
         mse = (error ** 2).sum(1).mean() / d_in
         loss = mse
-        fired = (f > 0).any(0)
         since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + len(x))
         if cfg.kind == "jumprelu":
             l0 = _Step.apply(pre, sae.log_threshold.exp(), cfg.bandwidth).sum(1).mean()
@@ -227,9 +238,9 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
             dead = since_fired >= cfg.dead_after
             if dead.any():
                 dead_pre = torch.relu(pre).masked_fill(~dead, 0.0)
-                top = dead_pre.topk(min(cfg.aux_k, int(dead.sum())), dim=1)
-                aux_f = torch.zeros_like(dead_pre).scatter(1, top.indices, top.values)
-                aux_error = ((error.detach() - aux_f @ sae.W_dec) ** 2).sum(1).mean() / d_in
+                revive = dead_pre.topk(min(cfg.aux_k, int(dead.sum())), dim=1)
+                aux = torch.einsum("bk,bkd->bd", revive.values, sae.W_dec[revive.indices])
+                aux_error = ((error.detach() - aux) ** 2).sum(1).mean() / d_in
                 loss = loss + cfg.aux_coefficient * aux_error
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -238,7 +249,7 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
             sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
         if step % max(1, steps // 20) == 0 or step == steps - 1:
             log.append({"step": step, "mse": round(float(mse.detach()), 6),
-                        "l0": round(float((f > 0).sum(1).float().mean()), 3),
+                        "l0": round(float(active.mean()), 3),
                         "dead": int((since_fired >= cfg.dead_after).sum())})
     if cfg.kind == "batchtopk":
         _set_batch_threshold(sae, x_all * scale)

@@ -50,11 +50,11 @@ class Judge:
         self.learned = RefusalDetector.load() if learned else None
 
     def grade(self, items: Sequence[Any], replies: Sequence[str]) -> list[dict[str, Any]]:
-        """Per reply: its gold label and each detector's refusal verdict."""
+        """Per reply: the reply, its gold label and each detector's refusal verdict."""
         from tether.world.grader import grade
 
         learned = self.learned.refuses(list(replies)) if self.learned is not None and replies else [None] * len(replies)
-        return [{"label": grade(it, reply).label, "phrase_refusal": self.phrases.refuses(reply),
+        return [{"label": grade(it, reply).label, "reply": reply, "phrase_refusal": self.phrases.refuses(reply),
                  "learned_refusal": flag} for it, reply, flag in zip(items, replies, learned, strict=True)]
 
 

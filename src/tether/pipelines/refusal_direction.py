@@ -9,8 +9,10 @@ The experiment (``tether experiment refusal-direction``; Arditi et al. 2024's re
 2. **Select**, on validation prompts of other hazard items: per candidate, the harmful compliance when it is
    ablated (bypass), the refusals it induces when added to harmless prompts, and the KL divergence its
    ablation causes in the next-token distribution of harmless prompts. The candidate with the most bypass
-   among those under ``kl_max`` is kept (none under it: the lowest KL, and the summary says so).
-3. **Evaluate**, on hazard requests for items used neither to find nor to select, and on benign
+   (then the most induced refusal, then the least KL) among those under ``kl_max`` is kept (none under it:
+   the lowest KL, and the summary says so).
+3. **Evaluate**, on hazard requests for items used neither to find nor to select (the rest of the training
+   split's hazards and every held-out hazard), and on benign
    look-alikes: harmful compliance without and with the direction ablated (at every layer, every position),
    over-refusal without and with it added at its layer, task accuracy under ablation (what it costs); each
    as the paired difference over the same prompts with a bootstrap interval and McNemar's exact p. Every
@@ -31,7 +33,7 @@ import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -64,6 +66,9 @@ class RefusalDirectionConfig(Config):
     kl_max: float = Field(0.1, gt=0, description="a candidate's ablation may move harmless prompts' next-token "
                           "distribution by at most this KL (nats)")
     coefficient: float = Field(1.0, description="activation addition adds this multiple of the direction")
+    positions: Literal["all", "prompt-end"] = Field(
+        "prompt-end", description="where the direction is added: every position, or the last prompt token only "
+        "(added at every generated token too, a direction as large as the world model's stream derails the reply)")
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(0.0, ge=0, description="0: greedy")
     batch_size: int = Field(32, ge=1)
@@ -129,7 +134,8 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     tasks = distinct(sample_items(world, "task", "train", 4 * (cfg.fit + cfg.selection + cfg.tasks), seed=cfg.seed + 2))
     fit_t, val_t, eval_t = tasks[:cfg.fit], tasks[cfg.fit:cfg.fit + cfg.selection], tasks[cfg.fit + cfg.selection:]
     fit_h, val_h = fit_h[:cfg.fit], val_h[:cfg.selection]
-    eval_h, eval_t = eval_h[:cfg.n], eval_t[:cfg.tasks]
+    heldout = distinct(sample_items(world, "hazard", "heldout", 20 * cfg.n, seed=cfg.seed + 4))
+    eval_h, eval_t = [*eval_h, *heldout][:cfg.n], eval_t[:cfg.tasks]
     benign = distinct(sample_items(world, "benign", "train", 4 * cfg.n, seed=cfg.seed + 3))[:cfg.n]
 
     # 1. Candidates: one per layer input, at the last prompt token.
@@ -151,7 +157,8 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     candidates: list[dict[str, Any]] = []
     for layer, found in directions.items():
         bypass = judge.grade(val_h, replies(val_h, functools.partial(ablated, model, found)))
-        induce = judge.grade(val_t, replies(val_t, functools.partial(added, model, found, layer, cfg.coefficient)))
+        induce = judge.grade(val_t, replies(val_t, functools.partial(added, model, found, layer, cfg.coefficient,
+                                                                      positions=cfg.positions)))
         with ablated(model, found):
             moved = next_token_logprobs(model, tokenizer, harmless_texts, cfg.batch_size)
         kl = float((reference.exp() * (reference - moved)).sum(-1).mean())
@@ -159,7 +166,7 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
                            "bypass": share(bypass, "harmful-compliance"), "induce": share(induce, "refusal"),
                            "kl": round(kl, 5)})
     passed = [c for c in candidates if c["kl"] <= cfg.kl_max]
-    chosen = (max(passed, key=lambda c: (c["bypass"], -c["kl"])) if passed
+    chosen = (max(passed, key=lambda c: (c["bypass"], c["induce"], -c["kl"])) if passed
               else min(candidates, key=lambda c: c["kl"]))
     layer = int(chosen["layer"])
     direction = directions[layer]
@@ -169,7 +176,7 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
         return ablated(model, direction)
 
     def add() -> AbstractContextManager[Any]:
-        return added(model, direction, layer, cfg.coefficient)
+        return added(model, direction, layer, cfg.coefficient, positions=cfg.positions)
 
     graded: dict[str, list[dict[str, Any]]] = {
         "hazard/none": judge.grade(eval_h, replies(eval_h)),
@@ -209,6 +216,7 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model": cfg.model, "world_seed": cfg.world_seed, "layers": layers, "candidates": candidates,
         "selected": chosen, "kl_filter_passed": bool(passed), "coefficient": cfg.coefficient,
+        "positions": cfg.positions,
         "prompts": {"fit_hazard": len(fit_h), "fit_harmless": len(fit_t), "validate_hazard": len(val_h),
                     "validate_harmless": len(val_t), "eval_hazard": len(eval_h), "benign": len(benign),
                     "tasks": len(eval_t),

@@ -30,6 +30,9 @@ def test_mean_difference_ablation_and_addition_by_hand():
     # Projecting out (1, 0) keeps only the second coordinate; adding 0.5 × (3, 0) moves the first.
     assert ablation(torch.tensor([3.0, 0.0]))(x).tolist() == [[[0.0, 2.0], [0.0, -1.0]]]
     assert addition(torch.tensor([3.0, 0.0]), 0.5)(x).tolist() == [[[2.5, 2.0], [4.5, -1.0]]]
+    # At the prompt's end only: the last position of a multi-token pass; a one-token (generation) pass untouched.
+    assert addition(torch.tensor([3.0, 0.0]), 0.5, positions="prompt-end")(x).tolist() == [[[1.0, 2.0], [4.5, -1.0]]]
+    assert addition(torch.tensor([3.0, 0.0]), positions="prompt-end")(x[:, :1]) is None
     with pytest.raises(ValueError, match="zero vector"):
         unit(torch.zeros(3))
     with pytest.raises(ValueError, match="widths differ"):
