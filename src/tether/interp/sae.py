@@ -51,6 +51,8 @@ class SAEConfig(Config):
     bandwidth: float = Field(0.05, gt=0, description="jumprelu: width of the straight-through rectangle kernel")
     initial_threshold: float = Field(0.5, gt=0, description="jumprelu: θ at the start")
     lr: float = Field(2e-3, gt=0)
+    threshold_lr_scale: float = Field(10.0, gt=0, description="jumprelu: the thresholds' learning rate, as a "
+                                      "multiple of lr")
     epochs: float = Field(4.0, gt=0, description="passes over the activations")
     batch_size: int = Field(1024, ge=1, description="rows per step")
     aux_k: int = Field(64, ge=0, description="topk / batchtopk: dead features used by the auxiliary loss (0: off)")
@@ -196,8 +198,14 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
     sae = SparseAutoencoder(d_in, cfg, site=site)
     with torch.no_grad():
         sae.b_dec.copy_((x_all * scale).mean(0))
-    params = [p for p in sae.parameters() if p.requires_grad]
-    optimiser = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
+    # Adam moves a parameter by about lr a step whatever its gradient's size, so a log-threshold at the
+    # weights' rate could move only by lr × steps in a whole run; it gets its own, faster rate.
+    weights = [p for name, p in sae.named_parameters() if p.requires_grad and name != "log_threshold"]
+    groups: list[dict[str, Any]] = [{"params": weights, "lr": cfg.lr, "base": cfg.lr}]
+    if cfg.kind == "jumprelu":
+        rate = cfg.lr * cfg.threshold_lr_scale
+        groups.append({"params": [sae.log_threshold], "lr": rate, "base": rate})
+    optimiser = torch.optim.Adam(groups, betas=(0.9, 0.999))
     steps = max(1, int(math.ceil(cfg.epochs * len(x_all) / cfg.batch_size)))
     decay_from = int(0.8 * steps)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -212,7 +220,7 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
         x = x_all[order[cursor:cursor + cfg.batch_size]] * scale
         cursor += cfg.batch_size
         for group in optimiser.param_groups:  # constant, then linear decay to 0 over the last fifth
-            group["lr"] = cfg.lr * min(1.0, (steps - step) / max(1, steps - decay_from))
+            group["lr"] = group["base"] * min(1.0, (steps - step) / max(1, steps - decay_from))
         pre = sae.pre(x)
         if cfg.kind == "topk":
             # Decoding only the k chosen rows of the decoder (not a mostly-zero dense product) is the

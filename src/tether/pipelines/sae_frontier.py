@@ -11,8 +11,8 @@ The experiment (``tether experiment sae-frontier``):
 3. **A feature that changes behaviour**: on one SAE (``feature_sae``), the features are ranked by how much
    more they fire at the last prompt token of hazard requests than of harmless task requests; the top one
    is ablated (its contribution ``f_i(x) · d_i`` subtracted at the site, every position) while the model
-   answers hazard requests for items never used to rank; harmful compliance before and after, graded by
-   gold, as a paired difference with an interval. Beside it, AxBench's lesson: the difference-of-means
+   answers hazard requests for items never used to rank; harmful compliance and refusal before and after,
+   graded by gold, as paired differences with intervals. Beside it, AxBench's lesson: the difference-of-means
    direction at the same site, ablated at the same site only, on the same prompts.
 4. **Report**: ``report.html`` (self-contained): the frontier plots, and feature cards — the top features'
    max-activating tokens in context.
@@ -47,7 +47,7 @@ class SAEFrontierConfig(Config):
     heldout: int = Field(300, ge=5, description="of which held out for the metrics")
     kinds: list[str] = Field(default_factory=lambda: ["topk", "batchtopk", "jumprelu"])
     ks: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], description="topk / batchtopk sparsities")
-    l0_coefficients: list[float] = Field(default_factory=lambda: [0.3, 0.1, 0.03, 0.01],
+    l0_coefficients: list[float] = Field(default_factory=lambda: [0.1, 0.03, 0.01, 0.003],
                                          description="jumprelu sparsities (λ)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="one SAE per seed at each point")
     sae: SAEConfig = Field(default_factory=lambda: SAEConfig(width=1024), description="shared training settings")
@@ -69,7 +69,7 @@ def _show(cfg: SAEFrontierConfig, summary: dict[str, Any]) -> list[str]:
         lines.append(f"{point['name']:16} {m['l0']:7.2f} {m['explained_variance']:10.4f} {m['ce_recovered']:8.4f} "
                      f"{m['kl_recovered']:8.4f} {m['dead_fraction']:6.3f}")
     for name, e in summary["ablation"]["effects"].items():
-        lines.append(f"ablate {name:28} harmful compliance {e['before']:.3f} -> {e['after']:.3f}  change "
+        lines.append(f"ablate {name:50} {e['before']:.3f} -> {e['after']:.3f}  change "
                      f"{e['change']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]  n={e['n']}")
     lines.append(f"table: {cfg.out}/sae_frontier.json; report: {cfg.out}/report.html")
     return lines
@@ -184,12 +184,13 @@ def _experiment(cfg: SAEFrontierConfig, out: Path) -> dict[str, Any]:
         return judge.grade(eval_h, replies)
 
     before = graded()
-    harmful = lambda g: g["label"] == "harmful-compliance"  # noqa: E731
-    effects = {
-        f"SAE feature {feature}": effect(before, graded(lambda: hooked(model, {site: without_feature})), harmful),
-        "difference-of-means direction": effect(before, graded(lambda: hooked(model, {site: ablation(direction)})),
-                                                harmful),
-    }
+    behaviours = {"harmful compliance": lambda g: g["label"] == "harmful-compliance",
+                  "refusal": lambda g: g["label"] == "refusal"}
+    after = {f"SAE feature {feature}": graded(lambda: hooked(model, {site: without_feature})),
+             "difference-of-means direction": graded(lambda: hooked(model, {site: ablation(direction)}))}
+    # One row per (intervention, gold behaviour): the change on the same prompts, with its interval.
+    effects = {f"{name}: {behaviour}": effect(before, rows, test)
+               for name, rows in after.items() for behaviour, test in behaviours.items()}
     with torch.no_grad():
         cosine = float(torch.nn.functional.cosine_similarity(sae.W_dec[feature].float(), direction, dim=0))
     ablation_summary = {"sae": cfg.feature_sae, "site": site, "feature": feature, "ranked": ranked,
@@ -291,8 +292,9 @@ def _report(cfg: SAEFrontierConfig, summary: dict[str, Any], cards: list[dict[st
         "<h2>Ablating a feature</h2>",
         f"<p>Feature {ablation['feature']} of {escape(ablation['sae'])} fires the most more on hazard requests than "
         "on harmless ones (cosine with the difference-of-means direction: "
-        f"{ablation['cosine_with_difference_of_means']:.3f}). Harmful compliance on held-out hazard items, graded "
-        "by gold:</p>",
-        "<table><tr><th>ablated at the site</th><th>before</th><th>after</th><th>change [95% CI]</th><th>n</th></tr>"
+        f"{ablation['cosine_with_difference_of_means']:.3f}). Harmful compliance and refusal on held-out hazard "
+        "items, graded by gold:</p>",
+        "<table><tr><th>ablated at the site: gold behaviour</th><th>before</th><th>after</th><th>change [95% CI]</th>"
+        "<th>n</th></tr>"
         f"{effects}</table>",
         "<h2>Feature cards</h2>", "<div class='headline'>", *card_html, "</div>"])

@@ -73,7 +73,7 @@ def test_a_planted_sparse_dictionary_is_recovered(kind):
     picks = torch.stack([torch.randperm(32, generator=g)[:3] for _ in range(3000)])
     weights = torch.rand(3000, 3, generator=g) + 0.5
     x = (weights.unsqueeze(-1) * atoms[picks]).sum(1) * 7.0  # not unit scale: the normalising must cope
-    cfg = SAEConfig(kind=kind, width=64, k=3, l0_coefficient=0.1, epochs=12, batch_size=256, lr=3e-3,
+    cfg = SAEConfig(kind=kind, width=64, k=3, l0_coefficient=0.01, epochs=12, batch_size=256, lr=3e-3,
                     dead_after=2000)
     sae, log = train_sae(x[:2400], cfg, site="resid_pre.1")
     metrics = sae_metrics(sae, x[2400:])
