@@ -7,7 +7,7 @@ import pytest
 
 from tether.interp.capture import capture
 from tether.interp.probes import Probe, difference_of_means, logistic_probe, probe_metrics, recall_at_fpr
-from tether.models.tiny import build_tiny_model
+from tether.models.tiny import TINY_ARCHITECTURES, build_tiny_model
 
 
 def test_difference_of_means_by_hand():
@@ -47,12 +47,15 @@ def test_probes_find_a_planted_direction_and_say_how_well(tmp_path):
     assert np.allclose(again.scores(x), probe.scores(x)) and again.site == "resid_post.1"
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "opt", "gemma2", "mixtral"])
-def test_one_site_name_probes_every_architecture(arch, tokenizer):
+@pytest.mark.parametrize("arch", sorted(TINY_ARCHITECTURES))
+def test_one_site_name_and_one_probe_recipe_work_unchanged_on_every_architecture(arch, tokenizer, tmp_path):
     model = build_tiny_model(arch, tokenizer, seed=0).eval()
-    texts = [f"please tell me about {w} now" for w in ("apples", "boats", "cats", "dogs", "eggs", "figs")] + \
-            [f"zq zq zq {w} xv xv" for w in ("apples", "boats", "cats", "dogs", "eggs", "figs")]
-    labels = [0] * 6 + [1] * 6
-    acts = capture(model, tokenizer, texts, ["resid_post.-1"], positions="mean")["resid_post.-1"]
-    probe = difference_of_means("resid_post.-1", acts.numpy(), labels)
-    assert probe_metrics(probe.scores(acts.numpy()), labels, resamples=50)["auroc"] > 0.9  # separable in-sample
+    odd = [f"zq xv zq {i} xv zq" for i in range(16)]
+    plain = [f"please tell me about item {i}" for i in range(16)]
+    acts = capture(model, tokenizer, odd + plain, ["resid_post.-1"], positions="mean")["resid_post.-1"].numpy()
+    labels = np.array([1] * 16 + [0] * 16)
+    fit = np.r_[0:10, 16:26]
+    held = np.r_[10:16, 26:32]
+    difference_of_means("resid_post.-1", acts[fit], labels[fit]).save(tmp_path / "probe.json")
+    probe = Probe.load(tmp_path / "probe.json")
+    assert probe_metrics(probe.scores(acts[held]), labels[held], resamples=10)["auroc"] > 0.9, arch
