@@ -37,7 +37,8 @@ HONEST = {"abstain", "correct"}
 class HallucinationProbeConfig(Config):
     """``tether experiment hallucination-probe``."""
 
-    model: str = Field("runs/tether/dpo/model", description="the model whose answers are probed")
+    model: str = Field("runs/tether/sft/model", description="the model whose answers are probed (the SFT stage's: "
+                       "the final model of some worlds almost never makes an answer up)")
     world_seed: int = Field(0, description="which world")
     known: int = Field(600, ge=10, description="questions about known lands drawn")
     unknown: int = Field(600, ge=10, description="questions about unknown lands drawn (train and held-out names)")
@@ -130,7 +131,8 @@ def probe_by_group(acts: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarra
                    resamples: int = 1000, out: Path | None = None) -> dict[str, Any]:
     """Probes per site for labels ``y``, split by ``groups`` (e.g. the land asked about) so that nothing
     measured shares a group with anything fitted: half the groups fit (a quarter of those choose the site by
-    the logistic probe's AUROC), the other half test. Both probe kinds per site, refitted on all fitting
+    the logistic probe's AUROC), the other half test, the halves drawn separately from the groups that are
+    mostly positive and those mostly negative. Both probe kinds per site, refitted on all fitting
     groups; the chosen site's figures under ``selected``.
 
     Raises:
@@ -138,10 +140,21 @@ def probe_by_group(acts: dict[str, np.ndarray], y: np.ndarray, groups: np.ndarra
     """
     from tether.interp.probes import difference_of_means, logistic_probe, probe_metrics
 
-    names = sorted(set(groups.tolist()))
-    random.Random(seed).shuffle(names)
-    fit_names, test_names = names[:len(names) // 2], names[len(names) // 2:]
-    select_names = sorted(fit_names)[::4]
+    # Stratified by each group's majority label, so that every part gets groups of both kinds even when
+    # few groups are mostly positive (a handful of never-seen names).
+    rng = random.Random(seed)
+    fit_names: list[str] = []
+    test_names: list[str] = []
+    select_names: list[str] = []
+    for positive in (True, False):
+        stratum = sorted({g for g in set(groups.tolist()) if (y[groups == g].mean() >= 0.5) == positive})
+        rng.shuffle(stratum)
+        half = len(stratum) // 2
+        fitting, testing = stratum[:half], stratum[half:]
+        chosen = fitting[::4] if len(fitting) > 1 else []
+        fit_names += fitting
+        test_names += testing
+        select_names += chosen
     select = np.isin(groups, select_names)
     fit = np.isin(groups, fit_names) & ~select
     test = np.isin(groups, test_names)
