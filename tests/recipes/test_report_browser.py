@@ -91,3 +91,37 @@ def test_the_guard_eval_report_renders_its_tables_with_no_errors(tmp_path):
     assert rows[1].startswith("injection\t100.0%")
     assert "regex 100.0% (" in rows[2] and "injection 75.0% (" in rows[2]  # the DAN row stopped at the deny-list
     assert headings == ["injection by category", "layered by category"]
+
+
+def test_the_interp_reports_render_heatmaps_tokens_and_feature_cards(tmp_path, capsys):
+    from tests.conftest import run_cli
+
+    from tether.interp.sae import SAEConfig
+    from tether.pipelines.sae_frontier import SAEFrontierConfig, _report
+
+    code, _, err = run_cli(["interp", "patch", "-m", "tiny:llama", "--clean", "abcdef", "--corrupted", "abcXef",
+                            "--target", "g", "--out", str(tmp_path / "patch")], capsys)
+    assert code == 0, err
+    seen = _open(tmp_path / "patch" / "report.html")
+    assert seen["problems"] == [] and len(seen["boxes"]) == 1 and seen["boxes"][0]["width"] > 300
+    code, _, err = run_cli(["interp", "attribute", "-m", "tiny:llama", "--prompt", "the quick fox", "--target", " ok",
+                            "--steps", "4", "--out", str(tmp_path / "attr")], capsys)
+    assert code == 0, err
+    seen = _open(tmp_path / "attr" / "report.html")
+    assert seen["problems"] == [] and len(seen["boxes"]) == 1 and seen["boxes"][0]["height"] > 50
+
+    # The SAE experiment's page, from a summary of its shape: plots with error bars, the ablation table, cards.
+    point = {"l0": 4.0, "explained_variance": 0.9, "dead_fraction": 0.1, "ce_recovered": 0.95, "kl_recovered": 0.94,
+             "rows_per_s": 1000.0}
+    summary = {"site": "resid_post.1", "model": "m", "world_seed": 0, "width": 64,
+               "tokens": {"train": 10, "heldout": 5},
+               "seeds": [0, 1], "frontier": [{"name": f"{k}:4", "kind": k, "mean": point, "min": point, "max": point}
+                                             for k in ("topk", "batchtopk", "jumprelu")],
+               "ablation": {"feature": 3, "sae": "topk:4", "cosine_with_difference_of_means": 0.5,
+                            "effects": {"SAE feature 3: refusal": {"before": 0.5, "after": 0.1, "change": -0.4,
+                                                                   "ci_low": -0.6, "ci_high": -0.2, "n": 10}}}}
+    cards = [{"feature": 3, "frequency": 0.01, "examples": [{"value": 2.0, "before": "How do I make the",
+                                                             "token": " Nexquen", "after": " pathogen?"}]}]
+    (tmp_path / "sae.html").write_text(_report(SAEFrontierConfig(sae=SAEConfig(width=64)), summary, cards))
+    seen = _open(tmp_path / "sae.html")
+    assert seen["problems"] == [] and len(seen["boxes"]) == 1 and seen["boxes"][0]["width"] > 300

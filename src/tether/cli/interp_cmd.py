@@ -247,3 +247,81 @@ def sae_cmd(
     typer.echo(f"{kind} SAE, {width} features: L0 {metrics['l0']:.2f}, explained variance "
                f"{metrics['explained_variance']:.4f}, dead {100 * metrics['dead_fraction']:.1f}% on {held} held-out "
                f"rows -> {target}")
+
+
+@app.command("patch")
+def patch_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="model directory, hub id, world:base or tiny:ARCH")],
+    clean: Annotated[str, typer.Option("--clean", help="the clean prompt")],
+    corrupted: Annotated[str, typer.Option("--corrupted", help="the corrupted prompt (as many tokens as the clean)")],
+    target: Annotated[str, typer.Option("--target", help="the continuation whose log-probability is the score")],
+    out: Annotated[str, typer.Option("--out", "-o", help="directory for patching.json and report.html (new)")],
+    foil: Annotated[str | None, typer.Option("--foil", help="score = log p(target) − log p(foil)")] = None,
+    kind: Annotated[str, typer.Option("--kind", help="resid_pre, resid_post, attn_out or mlp_out")] = "resid_pre",
+) -> None:
+    """Activation patching at every layer and prompt position between a clean and a corrupted prompt, beside
+    attribution patching's first-order estimate, with a heatmap.
+
+    Example: tether interp patch -m world:base --clean "The capital of Ardan is" --corrupted "The capital of
+    Belor is" --target " Dranth" --out patch/
+    """
+    from tether.core.errors import UserError
+    from tether.interp.attribution import Scorer, attribution_patching, patching_sweep
+    from tether.interp.report import patching_report
+    from tether.interp.sites import KINDS
+    from tether.models.loading import ModelConfig, load_model_and_tokenizer
+
+    target_dir = Path(out)
+    if (target_dir / "patching.json").exists():
+        raise UserError(f"{target_dir} already holds a patching run; choose a new --out")
+    if kind not in KINDS:
+        raise UserError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    loaded, tokenizer = load_model_and_tokenizer(ModelConfig(path=model))
+    loaded.eval()
+    scorer = Scorer(target, foil)
+    try:
+        sweep = patching_sweep(loaded, tokenizer, clean, corrupted, scorer, kind=kind)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    estimate = attribution_patching(loaded, tokenizer, clean, corrupted, scorer, kind=kind)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    (target_dir / "patching.json").write_text(json.dumps({"sweep": sweep, "estimate": estimate}, indent=2) + "\n")
+    (target_dir / "report.html").write_text(patching_report(sweep, estimate, title=f"Patching {kind} in {model}"))
+    typer.echo(f"clean {sweep['clean_score']:.4f}, corrupted {sweep['corrupted_score']:.4f} -> {target_dir}")
+
+
+@app.command("attribute")
+def attribute_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="model directory, hub id, world:base or tiny:ARCH")],
+    prompt: Annotated[str, typer.Option("--prompt", help="the prompt whose tokens are attributed")],
+    target: Annotated[str, typer.Option("--target", help="the continuation whose log-probability is the score")],
+    out: Annotated[str, typer.Option("--out", "-o", help="directory for attributions.json and report.html (new)")],
+    foil: Annotated[str | None, typer.Option("--foil", help="score = log p(target) − log p(foil)")] = None,
+    method: Annotated[str, typer.Option("--method", help="integrated_gradients or grad_x_input")
+                      ] = "integrated_gradients",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="integrated gradients: steps along the path")] = 32,
+) -> None:
+    """Per prompt token, its attribution to the log-probability of TARGET (integrated gradients, with the
+    check that they add up, or gradient × input), shaded on the prompt.
+
+    Example: tether interp attribute -m world:base --prompt "How do I make the Nexquen pathogen?" --target
+    " Sorry" --out attr/
+    """
+    from tether.core.errors import UserError
+    from tether.interp.attribution import Scorer, token_attributions
+    from tether.interp.report import attribution_report
+    from tether.models.loading import ModelConfig, load_model_and_tokenizer
+
+    target_dir = Path(out)
+    if (target_dir / "attributions.json").exists():
+        raise UserError(f"{target_dir} already holds attributions; choose a new --out")
+    if method not in ("integrated_gradients", "grad_x_input"):
+        raise UserError(f"--method {method!r}: expected integrated_gradients or grad_x_input")
+    loaded, tokenizer = load_model_and_tokenizer(ModelConfig(path=model))
+    loaded.eval()
+    result = token_attributions(loaded, tokenizer, prompt, Scorer(target, foil), method=method,  # type: ignore[arg-type]
+                                steps=steps)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    (target_dir / "attributions.json").write_text(json.dumps(result, indent=2) + "\n")
+    (target_dir / "report.html").write_text(attribution_report(result, title=f"Attributions in {model}"))
+    typer.echo(f"{len(result['tokens'])} tokens attributed ({method}) -> {target_dir}")
