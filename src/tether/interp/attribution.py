@@ -78,7 +78,7 @@ def token_attributions(model: Any, tokenizer: Any, prompt: str, scorer: Scorer, 
         score = scorer(model, tokenizer, ids, inputs_embeds=point)
         (grad,) = torch.autograd.grad(score, point)
         values = (grad * x).sum(-1)[0]
-        extra: dict[str, Any] = {"score": float(score)}
+        extra: dict[str, Any] = {"score": float(score.detach())}
     elif method == "integrated_gradients":
         neutral = tokenizer(baseline, add_special_tokens=False)["input_ids"]
         if not neutral:
@@ -182,7 +182,7 @@ def attribution_patching(model: Any, tokenizer: Any, clean: str, corrupted: str,
         embeds = model.get_input_embeddings()(corrupt_ids).detach().requires_grad_(True)
         score = scorer(model, tokenizer, corrupt_ids, inputs_embeds=embeds)
         score.backward()
-    gap = clean_score - float(score)
+    gap = clean_score - float(score.detach())
     estimate = []
     for name in names:
         effect = torch.zeros(length, device=device)
@@ -191,5 +191,5 @@ def attribution_patching(model: Any, tokenizer: Any, clean: str, corrupted: str,
             effect += ((clean_values[name] - value[:, :length].detach()) * value.grad[:, :length]).sum(-1)[0]
         estimate.append([round(float(e) / gap, 5) if gap else 0.0 for e in effect])
     model.zero_grad(set_to_none=True)
-    return {"kind": kind, "layers": layers, "clean_score": clean_score, "corrupted_score": float(score),
+    return {"kind": kind, "layers": layers, "clean_score": clean_score, "corrupted_score": float(score.detach()),
             "restored": estimate}
