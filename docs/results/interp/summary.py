@@ -30,8 +30,10 @@ def collect() -> None:
                 continue
             record = json.loads((run / "record.json").read_text())
             out = {"command": f"tether experiment {name.removesuffix('-dpobase')} "
-                              + " ".join(f"--set {k}={v}" for k, v in _overrides(run).items()) + f" --out {run.name}",
-                   "environment": record.get("environment"), "seconds": record.get("seconds"),
+                              + " ".join(f"--set {k}={v}" for k, v in _overrides(run).items()) + f" --out runs/{run.name}",
+                   "machine": record.get("host"), "versions": record.get("versions"),
+                   "git": record.get("git_revision"), "finished_at": record.get("finished_at"),
+                   "seconds": record.get("seconds"),
                    "result": json.loads((run / file).read_text())}
             (HERE / f"{name.replace('-', '_')}_world{seed}.json").write_text(json.dumps(out, indent=2) + "\n")
             print(f"{run} -> {name.replace('-', '_')}_world{seed}.json")

@@ -110,6 +110,23 @@ def _same_length(tokenizer: Any, clean: str, corrupted: str, device: torch.devic
     return a, b
 
 
+def _clean_run(model: Any, tokenizer: Any, clean_ids: torch.Tensor, scorer: Scorer, names: Sequence[str]
+               ) -> tuple[float, dict[str, torch.Tensor]]:
+    """The clean prompt's score and each site's values at the prompt's positions (the continuation follows
+    them; with causal attention they are the same in the target's and the foil's pass)."""
+    length = clean_ids.shape[1]
+    stored: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def read(value: torch.Tensor) -> None:
+            stored.setdefault(name, value[:, :length].detach().clone())
+        return read
+
+    with hooked(model, {name: keep(name) for name in names}):
+        score = float(scorer(model, tokenizer, clean_ids).detach())
+    return score, stored
+
+
 @torch.no_grad()
 def patching_sweep(model: Any, tokenizer: Any, clean: str, corrupted: str, scorer: Scorer, *,
                    kind: str = "resid_pre", layers: Sequence[int] | None = None) -> dict[str, Any]:
@@ -119,17 +136,7 @@ def patching_sweep(model: Any, tokenizer: Any, clean: str, corrupted: str, score
     clean_ids, corrupt_ids = _same_length(tokenizer, clean, corrupted, device)
     layers = list(range(len(decoder_layers(model)))) if layers is None else list(layers)
     length = clean_ids.shape[1]
-    stored: dict[str, torch.Tensor] = {}
-
-    def keep(name: str) -> Any:
-        def read(value: torch.Tensor) -> None:
-            # The prompt's positions only (the continuation follows them; causal attention makes them the
-            # same in the target's and the foil's pass).
-            stored.setdefault(name, value[:, :length].detach().clone())
-        return read
-
-    with hooked(model, {f"{kind}.{layer}": keep(f"{kind}.{layer}") for layer in layers}):
-        clean_score = float(scorer(model, tokenizer, clean_ids))
+    clean_score, stored = _clean_run(model, tokenizer, clean_ids, scorer, [f"{kind}.{layer}" for layer in layers])
     corrupt_score = float(scorer(model, tokenizer, corrupt_ids))
     gap = clean_score - corrupt_score
     restored = []
@@ -159,16 +166,9 @@ def attribution_patching(model: Any, tokenizer: Any, clean: str, corrupted: str,
     clean_ids, corrupt_ids = _same_length(tokenizer, clean, corrupted, device)
     layers = list(range(len(decoder_layers(model)))) if layers is None else list(layers)
     length = clean_ids.shape[1]
-    clean_values: dict[str, torch.Tensor] = {}
-
-    def keep(name: str) -> Any:
-        def read(value: torch.Tensor) -> None:
-            clean_values.setdefault(name, value[:, :length].detach().clone())
-        return read
-
     names = [f"{kind}.{layer}" for layer in layers]
-    with torch.no_grad(), hooked(model, {n: keep(n) for n in names}):
-        clean_score = float(scorer(model, tokenizer, clean_ids))
+    with torch.no_grad():
+        clean_score, clean_values = _clean_run(model, tokenizer, clean_ids, scorer, names)
     corrupt_values: dict[str, list[torch.Tensor]] = {name: [] for name in names}
 
     def track(name: str) -> Any:
