@@ -5,6 +5,7 @@ written and measured."""
 
 import json
 
+import pytest
 from tests.conftest import run_cli
 
 from tether.pipelines.behaviour import split_hazards
@@ -21,6 +22,8 @@ def test_hazards_are_split_by_item_so_no_hazard_is_in_two_groups():
     assert sum(len(g) for g in groups) == len(items)
 
 
+# Capture, selection, generation under four interventions and a model written: 20 s, the slow tier.
+@pytest.mark.slow
 def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys):
     out = tmp_path / "rd"
     code, shown, err = run_cli(["experiment", "refusal-direction", "--set", "model=world:tiny", "--set", "fit=8",

@@ -21,6 +21,11 @@ from tether.models.tiny import TINY_ARCHITECTURES, build_tiny_model
 
 NORMED = {"gemma2": "sandwich", "gemma3_text": "sandwich", "olmo2": "sandwich", "bloom": "embeddings are normalised"}
 
+# Every architecture runs in the slow tier; these, one of each way a layer is built (sequential and parallel
+# blocks, Conv1D, fused and routed experts, sandwich norms, an embedding norm), in every run.
+CORE = {"llama", "gpt2", "opt", "gptj", "phi", "mixtral", "qwen2_moe", "llama4_text", "gemma2", "bloom"}
+ARCHITECTURES = [a if a in CORE else pytest.param(a, marks=pytest.mark.slow) for a in sorted(TINY_ARCHITECTURES)]
+
 
 def test_mean_difference_ablation_and_addition_by_hand():
     pos, neg = torch.tensor([[2.0, 0.0], [4.0, 2.0]]), torch.tensor([[0.0, 0.0], [0.0, 2.0]])
@@ -52,7 +57,7 @@ def _stream(model, ids):
     return logits, seen
 
 
-@pytest.mark.parametrize("arch", sorted(TINY_ARCHITECTURES))
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 @torch.no_grad()
 def test_the_weight_edit_is_the_hooked_ablation(arch, tokenizer):
     model = build_tiny_model(arch, tokenizer, seed=0).eval()

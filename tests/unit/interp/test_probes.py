@@ -9,6 +9,11 @@ from tether.interp.capture import capture
 from tether.interp.probes import Probe, difference_of_means, logistic_probe, probe_metrics, recall_at_fpr
 from tether.models.tiny import TINY_ARCHITECTURES, build_tiny_model
 
+# Every architecture runs in the slow tier; these, one of each way a layer is built (sequential and parallel
+# blocks, Conv1D, fused and routed experts, sandwich norms, an embedding norm), in every run.
+CORE = {"llama", "gpt2", "opt", "gptj", "phi", "mixtral", "qwen2_moe", "llama4_text", "gemma2", "bloom"}
+ARCHITECTURES = [a if a in CORE else pytest.param(a, marks=pytest.mark.slow) for a in sorted(TINY_ARCHITECTURES)]
+
 
 def test_difference_of_means_by_hand():
     x = np.array([[0.0, 0.0], [2.0, 0.0], [4.0, 2.0], [6.0, 2.0]])
@@ -47,7 +52,7 @@ def test_probes_find_a_planted_direction_and_say_how_well(tmp_path):
     assert np.allclose(again.scores(x), probe.scores(x)) and again.site == "resid_post.1"
 
 
-@pytest.mark.parametrize("arch", sorted(TINY_ARCHITECTURES))
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_one_site_name_and_one_probe_recipe_work_unchanged_on_every_architecture(arch, tokenizer, tmp_path):
     model = build_tiny_model(arch, tokenizer, seed=0).eval()
     odd = [f"zq xv zq {i} xv zq" for i in range(16)]
