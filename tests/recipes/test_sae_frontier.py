@@ -31,7 +31,7 @@ def test_the_frontier_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys):
     topk = {p["name"]: p["mean"]["l0"] for p in summary["frontier"]}
     assert topk["topk:2"] <= 2 and topk["topk:2"] < topk["topk:8"] <= 8
     effects = summary["ablation"]["effects"]
-    assert len(effects) == 4 and all(e["n"] == summary["ablation"]["prompts"]["eval"] for e in effects.values())
+    assert len(effects) == 8 and all(e["n"] == summary["ablation"]["prompts"]["eval"] for e in effects.values())
     report = (out / "report.html").read_text()
     assert report.count("class='card feature'") == 3 and "<svg" in report
     assert (out / "saes" / "topk-8" / "cfg.json").exists()
