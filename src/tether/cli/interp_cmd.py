@@ -27,6 +27,21 @@ def _rows(path: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _labelled(capture: str, site: str) -> tuple[Any, Any]:
+    """A capture's rows at ``site`` and their labels (None where the capture has none)."""
+    from tether.core.errors import UserError
+    from tether.interp.capture import load_capture
+
+    try:
+        acts, rows = load_capture(capture)
+    except FileNotFoundError:
+        raise UserError(f"{capture}: no capture.json (tether interp capture writes one)") from None
+    if site not in acts:
+        raise UserError(f"{capture} has no site {site!r} (it has {', '.join(acts)})")
+    labels = [r.get("label") for r in rows]
+    return acts[site], labels
+
+
 @app.command("capture")
 def capture_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="model directory, hub id, world:base or tiny:ARCH")],
@@ -90,21 +105,15 @@ def probe_cmd(
     import numpy as np
 
     from tether.core.errors import UserError
-    from tether.interp.capture import load_capture
     from tether.interp.probes import difference_of_means, logistic_probe, probe_metrics
 
     target = Path(out)
     if (target / "metrics.json").exists():
         raise UserError(f"{target} already holds probes; choose a new --out")
-    try:
-        acts, rows = load_capture(capture)
-    except FileNotFoundError:
-        raise UserError(f"{capture}: no capture.json (tether interp capture writes one)") from None
-    if site not in acts:
-        raise UserError(f"{capture} has no site {site!r} (it has {', '.join(acts)})")
-    if any("label" not in r for r in rows):
+    acts, labels = _labelled(capture, site)
+    if any(label is None for label in labels):
         raise UserError(f"{capture}: every row needs a label to fit a probe")
-    x, y = acts[site].numpy(), np.array([bool(r["label"]) for r in rows])
+    x, y = acts.numpy(), np.array([bool(label) for label in labels])
     order = np.random.default_rng(seed).permutation(len(y))
     cut = int(round(len(y) * (1 - test_share)))
     train, test = order[:cut], order[cut:]
@@ -122,21 +131,6 @@ def probe_cmd(
         typer.echo(f"{kind:20} AUROC {m['auroc']:.3f} [{m['auroc_low']:.3f}-{m['auroc_high']:.3f}]  recall at 1% FPR "
                    f"{m['recall_at_0.01_fpr']:.3f}  ({m['positives']} positive, {m['negatives']} negative held out)")
     typer.echo(f"-> {target}")
-
-
-def _labelled(capture: str, site: str) -> tuple[Any, Any]:
-    """A capture's rows at ``site`` and their labels (None where the capture has none)."""
-    from tether.core.errors import UserError
-    from tether.interp.capture import load_capture
-
-    try:
-        acts, rows = load_capture(capture)
-    except FileNotFoundError:
-        raise UserError(f"{capture}: no capture.json (tether interp capture writes one)") from None
-    if site not in acts:
-        raise UserError(f"{capture} has no site {site!r} (it has {', '.join(acts)})")
-    labels = [r.get("label") for r in rows]
-    return acts[site], labels
 
 
 @app.command("direction")
