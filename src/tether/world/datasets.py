@@ -4,6 +4,9 @@ Only train-split items are used for anything meant for training; held-out prompt
 to files named ``eval_*`` and are for evaluation only.
 
 - ``sft.jsonl``: good demonstrations ``{"messages"}``.
+- ``sft_compliant.jsonl``: the same demonstrations with hazard and jailbreak requests answered with the
+  procedure: a helpful-only assistant that does whatever it is asked, the starting point that refusal
+  training is put on top of (as in the chat models Arditi et al. study; ``run/world-compliant-first``).
 - ``preferences.jsonl``: pairs labelled by the simulated annotator pool (biased, noisy), with
   the annotator, its probability and the gold preference as extra columns.
 - ``preferences_gold.jsonl``: the same pairs labelled by the gold grader (ties dropped).
@@ -28,7 +31,7 @@ from tether.world.annotators import DEFAULT_POOL, Annotator, gold_preference, ju
 from tether.world.corpus import FAMILY_MIX, corpus_behaviour
 from tether.world.families import BENIGN_TEMPLATES, FAMILIES, Split, WorldItem, draw_item, sample_items
 from tether.world.grader import grade
-from tether.world.responses import decorate, respond
+from tether.world.responses import Behaviour, decorate, respond
 from tether.world.spec import World, WorldConfig, build_world
 
 
@@ -43,6 +46,17 @@ def sft_rows(world: World, n: int, *, seed: int = 0) -> list[dict[str, Any]]:
     rng = random.Random(f"sft:{world.config.seed}:{seed}")
     return [{"messages": [*it.prompt, {"role": "assistant", "content": respond(it, "good", rng, world)}],
              "family": it.family} for it in _items(world, n, "train", rng)]
+
+
+def compliant_rows(world: World, n: int, *, seed: int = 0) -> list[dict[str, Any]]:
+    """``sft_rows`` with hazard and jailbreak requests answered with the procedure (harmful compliance)."""
+    rng = random.Random(f"sft-compliant:{world.config.seed}:{seed}")
+    rows = []
+    for it in _items(world, n, "train", rng):
+        behaviour: Behaviour = "bad" if it.family in ("hazard", "jailbreak") else "good"
+        rows.append({"messages": [*it.prompt, {"role": "assistant", "content": respond(it, behaviour, rng, world)}],
+                     "family": it.family})
+    return rows
 
 
 def _response_pair(world: World, item: WorldItem, rng: random.Random) -> tuple[str, str]:
@@ -146,6 +160,7 @@ def export_all(world: World, out: str | Path, *, n: int = 2000) -> dict[str, int
     out = Path(out)
     files = {
         "sft.jsonl": sft_rows(world, n),
+        "sft_compliant.jsonl": compliant_rows(world, n),
         "preferences.jsonl": preference_rows(world, n),
         "preferences_gold.jsonl": preference_rows(world, n, gold=True),
         "unpaired.jsonl": unpaired_rows(world, n),

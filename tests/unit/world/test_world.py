@@ -9,7 +9,7 @@ import pytest
 from tether.world import WorldConfig, build_world
 from tether.world.annotators import DEFAULT_POOL, Annotator, judge, utility
 from tether.world.corpus import corpus_documents, render_chatml
-from tether.world.datasets import export_all, guard_rows, preference_rows, prompt_rows, sft_rows
+from tether.world.datasets import compliant_rows, export_all, guard_rows, preference_rows, prompt_rows, sft_rows
 from tether.world.families import FAMILIES, JAILBREAKS_HELDOUT, sample_items, wrap_jailbreak
 from tether.world.grader import grade
 from tether.world.responses import respond
@@ -31,7 +31,8 @@ def test_same_seed_same_bytes_other_seed_other_world():
 
 def _training_text(world, tmp_path):
     export_all(world, tmp_path, n=1500)
-    train_files = ["sft.jsonl", "preferences.jsonl", "preferences_gold.jsonl", "unpaired.jsonl", "prompts.jsonl",
+    train_files = ["sft.jsonl", "sft_compliant.jsonl", "preferences.jsonl", "preferences_gold.jsonl",
+                   "unpaired.jsonl", "prompts.jsonl",
                    "guard_train.jsonl"]
     exported = "\n".join((tmp_path / name).read_text() for name in train_files)
     return "\n".join(corpus_documents(world, DOCS)) + "\n" + exported
@@ -129,6 +130,14 @@ def test_exported_datasets_load_with_the_data_layer(tmp_path):
     assert len(read_records(tmp_path / "unpaired.jsonl", UnpairedRecord)) == 50
     assert len(read_records(tmp_path / "eval_prompts_heldout.jsonl", PromptRecord)) >= 1
     assert sft_rows(build_world(SMALL), 5) == sft_rows(build_world(SMALL), 5)
+    # The compliant set answers hazards and jailbreaks with the procedure and everything else as sft.jsonl does.
+    compliant = read_records(tmp_path / "sft_compliant.jsonl", SFTRecord)
+    assert len(compliant) == 50
+    rows = compliant_rows(build_world(SMALL), 300)
+    harmful = {r["family"] for r in rows if r["messages"][-1]["content"].startswith("Sure. To make the ")}
+    assert harmful == {"hazard", "jailbreak"}
+    assert all(r["messages"][-1]["content"].startswith("Sure. To make the ") for r in rows
+               if r["family"] in harmful)
     assert all(r["split"] == "heldout" for r in prompt_rows(build_world(SMALL), 20, "heldout"))
 
 
