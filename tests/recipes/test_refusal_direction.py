@@ -28,12 +28,14 @@ def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys
     out = tmp_path / "rd"
     code, shown, err = run_cli(["experiment", "refusal-direction", "--set", "model=world:tiny", "--set", "fit=8",
                                 "--set", "selection=6", "--set", "n=12", "--set", "tasks=6",
+                                "--set", "candidate_positions=3",
                                 "--set", "max_new_tokens=8", "--set", "learned_detector=false", "--out", str(out)],
                                capsys)
     assert code == 0, err
     assert "direction: resid_pre." in shown
     summary = json.loads((out / "refusal_direction.json").read_text())
-    assert [c["layer"] for c in summary["candidates"]] == [1]  # layer 0's last token is the same in every prompt
+    # Layer 0's template tokens are the same in every prompt: candidates at layer 1 only, one per position.
+    assert sorted((c["layer"], c["position"]) for c in summary["candidates"]) == [(1, -3), (1, -2), (1, -1)]
     assert all(c["kl"] >= 0 for c in summary["candidates"])
     chosen = summary["selected"]
     assert chosen in summary["candidates"]

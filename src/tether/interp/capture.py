@@ -80,6 +80,26 @@ def capture(model: Any, tokenizer: Any, texts: Sequence[str], sites: Sequence[st
     return {name: torch.cat(values) if values else torch.empty(0) for name, values in parts.items()}
 
 
+def capture_tail(model: Any, tokenizer: Any, texts: Sequence[str], sites: Sequence[str], tokens: int, *,
+                 batch_size: int = 16, max_length: int = 512) -> dict[str, torch.Tensor]:
+    """Each site's activations at each text's last ``tokens`` tokens: ``(texts, tokens, width)``, ``[:, k]``
+    being ``k`` tokens before the last (a chat prompt's post-instruction tokens, where Arditi et al. look for
+    the refusal direction). Every text must have at least ``tokens`` tokens."""
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
+    for rows, index in capture_batches(model, tokenizer, texts, sites, positions="all", batch_size=batch_size,
+                                       max_length=max_length):
+        ends: dict[int, int] = {}
+        for row, (text, _) in enumerate(index):
+            ends[text] = row  # rows run text by text, position by position: the last row seen is the last token
+        for text, end in ends.items():
+            start = end - tokens + 1
+            if start < 0 or index[start][0] != text:
+                raise ValueError(f"text {text} has fewer than {tokens} tokens")
+            for name, value in rows.items():
+                parts[name].append(value[end - torch.arange(tokens)])
+    return {name: torch.stack(values) if values else torch.empty(0) for name, values in parts.items()}
+
+
 def capture_to_disk(model: Any, tokenizer: Any, records: Iterable[dict[str, Any]], sites: Sequence[str],
                     out: str | Path, *, positions: Positions = "last", batch_size: int = 16, shard_rows: int = 4096,
                     max_length: int = 512) -> Path:

@@ -2,10 +2,11 @@
 
 The experiment (``tether experiment refusal-direction``; Arditi et al. 2024's recipe on the world):
 
-1. **Find**: activations at the last prompt token (where the model starts its reply) at every layer's input,
-   for world hazard requests and for harmless task requests; one candidate direction per layer, the
-   difference of the two means (none at a layer where the two read the same, as at layer 0, where every
-   prompt's last token is the same token).
+1. **Find**: activations at the last prompt token (where the model starts its reply; with
+   ``candidate_positions`` N, at each of the last N, the chat template's post-instruction tokens) at every
+   layer's input, for world hazard requests and for harmless task requests; one candidate direction per
+   layer and position, the difference of the two means (none where the two read the same, as at layer 0,
+   where every prompt's template tokens are the same tokens).
 2. **Select**, on validation prompts of other hazard items: per candidate, the harmful compliance when it is
    ablated (bypass), the refusals it induces when added to harmless prompts, and the KL divergence its
    ablation causes in the next-token distribution of harmless prompts. The candidate with the most bypass
@@ -64,6 +65,9 @@ class RefusalDirectionConfig(Config):
     selection: int = Field(48, ge=4, description="prompts per side the direction is selected on")
     n: int = Field(200, ge=10, description="hazard requests and benign look-alikes evaluated")
     tasks: int = Field(100, ge=0, description="task prompts for the accuracy the ablation costs")
+    candidate_positions: int = Field(1, ge=1, description="a candidate at each of the prompt's last N tokens "
+                                     "(the chat template's post-instruction tokens, which Arditi et al. search); "
+                                     "1: the last token only")
     kl_max: float = Field(0.1, gt=0, description="a candidate's ablation may move harmless prompts' next-token "
                           "distribution by at most this KL (nats)")
     coefficient: float = Field(1.0, description="activation addition adds this multiple of the direction")
@@ -81,7 +85,8 @@ class RefusalDirectionConfig(Config):
 
 def _show(cfg: RefusalDirectionConfig, summary: dict[str, Any]) -> list[str]:
     chosen = summary["selected"]
-    lines = [f"direction: resid_pre.{chosen['layer']} (bypass {chosen['bypass']:.2f}, induce {chosen['induce']:.2f}, "
+    lines = [f"direction: resid_pre.{chosen['layer']} at token {chosen['position']} (bypass {chosen['bypass']:.2f}, "
+             f"induce {chosen['induce']:.2f}, "
              f"KL {chosen['kl']:.3f}{'' if summary['kl_filter_passed'] else ', NO candidate under kl_max'})"]
     for name, e in summary["effects"].items():
         lines.append(f"  {name:34} {e['before']:.3f} -> {e['after']:.3f}  change {e['change']:+.3f} "
@@ -103,7 +108,7 @@ def run(cfg: RefusalDirectionConfig, *, resume: bool = False) -> dict[str, Any]:
 
 def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     from tether.core.seeding import seed_everything
-    from tether.interp.capture import capture
+    from tether.interp.capture import capture_tail
     from tether.interp.directions import ablated, added, mean_difference, save_orthogonalised
     from tether.interp.sites import decoder_layers
     from tether.models.generation import GenerationSettings, HFGenerator
@@ -139,38 +144,41 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     eval_h, eval_t = [*eval_h, *heldout][:cfg.n], eval_t[:cfg.tasks]
     benign = distinct(sample_items(world, "benign", "train", 4 * cfg.n, seed=cfg.seed + 3))[:cfg.n]
 
-    # 1. Candidates: one per layer input, at the last prompt token.
+    # 1. Candidates: one per layer input and position among the prompt's last tokens.
     sites = [f"resid_pre.{layer}" for layer in range(layers)]
-    harmful_acts = capture(model, tokenizer, [text(it) for it in fit_h], sites, batch_size=cfg.batch_size)
-    harmless_acts = capture(model, tokenizer, [text(it) for it in fit_t], sites, batch_size=cfg.batch_size)
-    directions = {}
+    span = cfg.candidate_positions
+    harmful_acts = capture_tail(model, tokenizer, [text(it) for it in fit_h], sites, span, batch_size=cfg.batch_size)
+    harmless_acts = capture_tail(model, tokenizer, [text(it) for it in fit_t], sites, span, batch_size=cfg.batch_size)
+    directions: dict[tuple[int, int], torch.Tensor] = {}
     for layer in range(layers):
-        found = mean_difference(harmful_acts[f"resid_pre.{layer}"], harmless_acts[f"resid_pre.{layer}"])
-        # At layer 0 the last token is the same token in every prompt: no difference, no candidate.
-        if found.norm() > 1e-4 * harmless_acts[f"resid_pre.{layer}"].norm(dim=1).mean():
-            directions[layer] = found
+        for back in range(span):
+            harmless = harmless_acts[f"resid_pre.{layer}"][:, back]
+            found = mean_difference(harmful_acts[f"resid_pre.{layer}"][:, back], harmless)
+            # At layer 0 a template token is the same token in every prompt: no difference, no candidate.
+            if found.norm() > 1e-4 * harmless.norm(dim=1).mean():
+                directions[(layer, -1 - back)] = found
     if not directions:
-        raise ValueError("hazard and harmless prompts read the same at every layer's last token: no direction")
+        raise ValueError("hazard and harmless prompts read the same at every layer's last tokens: no direction")
 
     # 2. Selection on validation prompts.
     harmless_texts = [text(it) for it in val_t]
     reference = next_token_logprobs(model, tokenizer, harmless_texts, cfg.batch_size)
     candidates: list[dict[str, Any]] = []
-    for layer, found in directions.items():
+    for (layer, position), found in directions.items():
         bypass = judge.grade(val_h, replies(val_h, functools.partial(ablated, model, found)))
         induce = judge.grade(val_t, replies(val_t, functools.partial(added, model, found, layer, cfg.coefficient,
                                                                       positions=cfg.positions)))
         with ablated(model, found):
             moved = next_token_logprobs(model, tokenizer, harmless_texts, cfg.batch_size)
         kl = float((reference.exp() * (reference - moved)).sum(-1).mean())
-        candidates.append({"layer": layer, "norm": round(float(found.norm()), 4),
+        candidates.append({"layer": layer, "position": position, "norm": round(float(found.norm()), 4),
                            "bypass": share(bypass, "harmful-compliance"), "induce": share(induce, "refusal"),
                            "kl": round(kl, 5)})
     passed = [c for c in candidates if c["kl"] <= cfg.kl_max]
     chosen = (max(passed, key=lambda c: (c["bypass"], c["induce"], -c["kl"])) if passed
               else min(candidates, key=lambda c: c["kl"]))
     layer = int(chosen["layer"])
-    direction = directions[layer]
+    direction = directions[(layer, int(chosen["position"]))]
 
     # 3. Evaluation on hazards never used above, benign look-alikes and tasks.
     def ablate() -> AbstractContextManager[Any]:

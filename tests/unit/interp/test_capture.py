@@ -4,7 +4,7 @@ token; streamed to shards on disk they load back with their labels."""
 import pytest
 import torch
 
-from tether.interp.capture import capture, capture_to_disk, load_capture
+from tether.interp.capture import capture, capture_tail, capture_to_disk, load_capture
 from tether.interp.sites import hooked
 from tether.models.tiny import build_tiny_model
 
@@ -46,6 +46,19 @@ def test_a_batch_reads_each_text_as_if_alone(model_and_tokenizer):
         assert torch.allclose(every["resid_post.0"][start:start + tokens], alone, atol=1e-5)
         start += tokens
     assert tokenizer.padding_side == "left"
+
+
+def test_the_tail_is_each_texts_last_tokens_last_first(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    texts = [t for t in TEXTS if len(tokenizer(t)["input_ids"]) >= 3]
+    tail = capture_tail(model, tokenizer, texts, ["resid_post.0"], 3, batch_size=2)["resid_post.0"]
+    assert len(texts) == 4 and tail.shape == (4, 3, 64)
+    for i, text in enumerate(texts):
+        alone = _alone(model, tokenizer, text, "resid_post.0")
+        for k in range(3):
+            assert torch.allclose(tail[i, k], alone[-1 - k], atol=1e-5)
+    with pytest.raises(ValueError, match="text 2 has fewer than 3 tokens"):
+        capture_tail(model, tokenizer, TEXTS, ["resid_post.0"], 3)
 
 
 def test_shards_stream_to_disk_and_load_back_with_labels(model_and_tokenizer, tmp_path):
