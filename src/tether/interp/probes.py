@@ -7,6 +7,9 @@ has. Two kinds, always fitted together so neither is reported alone:
   is its projection on it (no fitting beyond two means: the baseline that often wins);
 - :func:`logistic_probe`: L2-regularised logistic regression on standardised activations.
 
+:class:`ProbeEnsemble` averages several probes (one per layer, say), each score standardised on the rows the
+probes were fitted on, so no layer's scale dominates.
+
 :func:`probe_metrics` gives AUROC with a bootstrap interval, and the recall at the threshold that lets
 through ``fpr`` (1% by default) of a control set of negatives, the figure a probe used as a monitor or a
 guard is judged by. A :class:`Probe` is plain numbers (a direction, a bias, the standardisation) named by
@@ -93,6 +96,41 @@ def logistic_probe(site: str, activations: Any, labels: Any, *, c: float = 1.0, 
     mean, scale = _standardise(x)
     model = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit((x - mean) / scale, y)
     return Probe(site, "logistic", model.coef_[0].astype(np.float64), float(model.intercept_[0]), mean, scale)
+
+
+@dataclass
+class ProbeEnsemble:
+    """The mean of its probes' scores, each standardised by its mean and spread on the fitting rows."""
+
+    probes: list[Probe]
+    centre: np.ndarray
+    spread: np.ndarray
+
+    @classmethod
+    def fit(cls, probes: list[Probe], activations: dict[str, Any]) -> ProbeEnsemble:
+        """Standardise each probe on its site's rows in ``activations`` (the rows it was fitted on).
+
+        Raises:
+            ValueError: no probes, or two probes at one site.
+        """
+        if not probes or len({p.site for p in probes}) != len(probes):
+            raise ValueError("an ensemble needs at least one probe and one probe per site")
+        raw = np.stack([p.scores(activations[p.site]) for p in probes])
+        spread = raw.std(1)
+        return cls(probes, raw.mean(1), np.where(spread > 1e-12, spread, 1.0))
+
+    @property
+    def sites(self) -> list[str]:
+        """The sites it reads."""
+        return [p.site for p in self.probes]
+
+    def scores(self, activations: dict[str, Any]) -> np.ndarray:
+        """One score per row: ``activations`` maps each of :attr:`sites` to its rows (the same rows at each)."""
+        missing = [site for site in self.sites if site not in activations]
+        if missing:
+            raise ValueError(f"the ensemble reads {', '.join(missing)}: no activations given there")
+        raw = np.stack([p.scores(activations[p.site]) for p in self.probes])
+        return ((raw - self.centre[:, None]) / self.spread[:, None]).mean(0)
 
 
 def recall_at_fpr(positive_scores: Any, control_scores: Any, fpr: float = 0.01) -> tuple[float, float]:

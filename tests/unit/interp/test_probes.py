@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tether.interp.capture import capture
-from tether.interp.probes import Probe, difference_of_means, logistic_probe, probe_metrics, recall_at_fpr
+from tether.interp.probes import Probe, ProbeEnsemble, difference_of_means, logistic_probe, probe_metrics, recall_at_fpr
 from tether.models.tiny import TINY_ARCHITECTURES, build_tiny_model
 
 # Every architecture runs in the slow tier; these, one of each way a layer is built (sequential and parallel
@@ -34,6 +34,23 @@ def test_recall_at_a_false_positive_rate_by_hand():
     recall, threshold = recall_at_fpr([97.0, 98.0, 98.5, 150.0], control, 0.01)
     assert threshold == 98.0 and recall == 0.5
     assert recall_at_fpr([1.0], [0.0, 0.0], 0.0) == (1.0, 0.0)
+
+
+def test_an_ensemble_averages_standardised_scores_by_hand():
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [4.0, 2.0], [6.0, 2.0]])
+    a = difference_of_means("resid_post.0", x, [0, 0, 1, 1])  # scores -4.4, -2.8, 2.8, 4.4 (above)
+    # The same rows reversed and 10x larger, fitted the same way: it scores them -4.4, -2.8, 2.8, 4.4 too.
+    b = difference_of_means("resid_post.1", 10 * x[::-1], [0, 0, 1, 1])
+    ensemble = ProbeEnsemble.fit([a, b], {"resid_post.0": x, "resid_post.1": 10 * x[::-1]})
+    # Each probe's scores have mean 0 and spread sqrt((4.4² + 2.8²) / 2) = sqrt(13.6) on the fitting rows.
+    assert np.allclose(ensemble.centre, [0, 0]) and np.allclose(ensemble.spread, [np.sqrt(13.6)] * 2)
+    mixed = {"resid_post.0": x, "resid_post.1": 10 * x}  # the second probe now scores 4.4, 2.8, -2.8, -4.4
+    assert np.allclose(ensemble.scores(mixed), 0.0)
+    assert ensemble.sites == ["resid_post.0", "resid_post.1"]
+    with pytest.raises(ValueError, match="reads resid_post.1"):
+        ensemble.scores({"resid_post.0": x})
+    with pytest.raises(ValueError, match="one probe per site"):
+        ProbeEnsemble.fit([a, a], {"resid_post.0": x})
 
 
 def test_probes_find_a_planted_direction_and_say_how_well(tmp_path):
