@@ -18,7 +18,8 @@ def test_the_frontier_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys):
         "experiment", "sae-frontier", "--set", "model=world:tiny", "--set", "texts=60", "--set", "heldout=12",
         "--set", "ks=[2,8]", "--set", "l0_coefficients=[0.3,0.01]", "--set", "seeds=[0,1]", "--set", "sae.width=64",
         "--set", "sae.epochs=2", "--set", "sae.batch_size=256", "--set", "feature_sae=topk:8",
-        "--set", "rank_prompts=8", "--set", "n=8", "--set", "max_new_tokens=6", "--set", "cards=3",
+        "--set", "rank_prompts=8", "--set", "effect_candidates=3", "--set", "n=8", "--set", "max_new_tokens=6",
+        "--set", "cards=3",
         "--out", str(out)], capsys)
     assert code == 0, err
     summary = json.loads((out / "sae_frontier.json").read_text())
@@ -31,7 +32,11 @@ def test_the_frontier_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys):
     topk = {p["name"]: p["mean"]["l0"] for p in summary["frontier"]}
     assert topk["topk:2"] <= 2 and topk["topk:2"] < topk["topk:8"] <= 8
     effects = summary["ablation"]["effects"]
-    assert len(effects) == 8 and all(e["n"] == summary["ablation"]["prompts"]["eval"] for e in effects.values())
+    chosen = summary["ablation"]["by_effect"]
+    assert set(chosen["refusal_change_on_ranking_prompts"]) == {str(f) for f in summary["ablation"]["ranked"][:3]}
+    assert chosen["feature"] in summary["ablation"]["ranked"][:3]
+    assert f"SAE feature {chosen['feature']} (chosen by effect): refusal" in effects
+    assert len(effects) == 10 and all(e["n"] == summary["ablation"]["prompts"]["eval"] for e in effects.values())
     report = (out / "report.html").read_text()
     assert report.count("class='card feature'") == 3 and "<svg" in report
     assert (out / "saes" / "topk-8" / "cfg.json").exists()

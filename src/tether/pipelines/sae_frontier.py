@@ -13,8 +13,11 @@ The experiment (``tether experiment sae-frontier``):
    is ablated (its contribution ``f_i(x) · d_i`` subtracted at the site, every position; then the top 5 and
    20 together) while the model
    answers hazard requests for items never used to rank; harmful compliance and refusal before and after,
-   graded by gold, as paired differences with intervals. Beside it, AxBench's lesson: the difference-of-means
-   direction at the same site, ablated at the same site only, on the same prompts.
+   graded by gold, as paired differences with intervals. Beside the top feature by firing, the feature
+   chosen by effect: each of the top ``effect_candidates`` ablated alone on the ranking prompts, the one
+   that moves gold refusal most kept, then evaluated on the same unseen items as the others. Beside them,
+   AxBench's lesson: the difference-of-means direction at the same site, ablated at the same site only, on
+   the same prompts.
 4. **Report**: ``report.html`` (self-contained): the frontier plots, and feature cards — the top features'
    max-activating tokens in context.
 """
@@ -57,6 +60,9 @@ class SAEFrontierConfig(Config):
     rank_prompts: int = Field(96, ge=4, description="hazard and harmless prompts the features are ranked on")
     ablate_top: list[int] = Field(default_factory=lambda: [1, 5, 20], description="ablate the top 1, 5, ... "
                                   "features together (each a separate intervention)")
+    effect_candidates: int = Field(10, ge=0, description="of the features ranked by firing, this many are each "
+                                   "ablated alone on the ranking prompts, and the one that moves refusal most is "
+                                   "evaluated too (chosen by effect; 0: off)")
     n: int = Field(150, ge=4, description="hazard requests the ablation is evaluated on")
     max_new_tokens: int = Field(48, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -169,7 +175,7 @@ def _experiment(cfg: SAEFrontierConfig, out: Path) -> dict[str, Any]:
     last_t = capture(model, tokenizer, [prompt_text(it) for it in harmless], [site], batch_size=cfg.batch_size)[site]
     with torch.no_grad():
         gap = sae.encode(last_h).mean(0) - sae.encode(last_t).mean(0)
-    ranked = gap.argsort(descending=True)[:max(5, *cfg.ablate_top)].tolist()
+    ranked = gap.argsort(descending=True)[:max(5, *cfg.ablate_top, cfg.effect_candidates)].tolist()
     feature = ranked[0]
 
     def without(features: list[int]) -> Any:
@@ -190,18 +196,39 @@ def _experiment(cfg: SAEFrontierConfig, out: Path) -> dict[str, Any]:
             replies = [c.text for c in generator.generate([it.prompt for it in eval_h], settings)]
         return judge.grade(eval_h, replies)
 
+    def refusals(items: Sequence[Any], context: Callable[[], AbstractContextManager[Any]] = nullcontext) -> float:
+        with torch.no_grad(), context():
+            replies = [c.text for c in generator.generate([it.prompt for it in items], settings)]
+        return sum(g["label"] == "refusal" for g in judge.grade(items, replies)) / len(items)
+
+    # Chosen by effect, on the ranking prompts only (their items are never evaluated on).
+    tried: dict[int, float] = {}
+    if cfg.effect_candidates:
+        reference = refusals(rank_h)
+        for candidate in ranked[:cfg.effect_candidates]:
+            tried[candidate] = round(refusals(rank_h, functools.partial(hooked, model, {site: without([candidate])}))
+                                     - reference, 4)
+    by_effect = max(tried, key=lambda f: (abs(tried[f]), -ranked.index(f))) if tried else None
+
     before = graded()
     behaviours = {"harmful compliance": lambda g: g["label"] == "harmful-compliance",
                   "refusal": lambda g: g["label"] == "refusal"}
     after = {(f"SAE feature {feature}" if n == 1 else f"SAE top {n} features"):
              graded(functools.partial(hooked, model, {site: without(ranked[:n])})) for n in cfg.ablate_top}
+    if by_effect is not None:
+        after[f"SAE feature {by_effect} (chosen by effect)"] = graded(
+            functools.partial(hooked, model, {site: without([by_effect])}))
     after["difference-of-means direction"] = graded(lambda: hooked(model, {site: ablation(direction)}))
     # One row per (intervention, gold behaviour): the change on the same prompts, with its interval.
     effects = {f"{name}: {behaviour}": effect(before, rows, test)
                for name, rows in after.items() for behaviour, test in behaviours.items()}
     with torch.no_grad():
         cosine = float(torch.nn.functional.cosine_similarity(sae.W_dec[feature].float(), direction, dim=0))
+        cosine_effect = (None if by_effect is None else round(float(torch.nn.functional.cosine_similarity(
+            sae.W_dec[by_effect].float(), direction, dim=0)), 4))
     ablation_summary = {"sae": cfg.feature_sae, "site": site, "feature": feature, "ranked": ranked,
+                        "by_effect": {"feature": by_effect, "refusal_change_on_ranking_prompts": tried,
+                                      "cosine_with_difference_of_means": cosine_effect},
                         "firing_gap": [round(float(gap[i]), 4) for i in ranked],
                         "cosine_with_difference_of_means": round(cosine, 4), "effects": effects,
                         "prompts": {"rank_hazard": len(rank_h), "rank_harmless": len(harmless), "eval": len(eval_h),
