@@ -96,11 +96,18 @@ def probe_cmd(
     resamples: Annotated[int, typer.Option("--resamples", min=10, help="bootstrap resamples for AUROC's interval")
                          ] = 1000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    transfer: Annotated[list[str] | None, typer.Option(
+        "--transfer", help="another labelled capture (another distribution: other prompts, another wording) "
+        "the fitted probes are also measured on, whole (repeatable): out-of-distribution transfer")] = None,
+    control: Annotated[str | None, typer.Option(
+        "--control", help="a capture of ordinary rows, all negatives (labels ignored): the threshold for recall "
+        "at 1% false positives is set on its scores instead of the held-out negatives")] = None,
 ) -> None:
     """Fit a logistic probe and the difference-of-means baseline at SITE on a capture's labelled rows; AUROC
-    with its interval and recall at 1% false positives on held-out rows, both written side by side.
+    with its interval and recall at 1% false positives on held-out rows, both written side by side; with
+    --transfer, the same on other captures; with --control, the threshold set on a control set.
 
-    Example: tether interp probe --capture acts/ --site resid_post.1 --out probes/
+    Example: tether interp probe --capture acts/ --site resid_post.1 --transfer other/ --out probes/
     """
     import numpy as np
 
@@ -119,17 +126,44 @@ def probe_cmd(
     train, test = order[:cut], order[cut:]
     if y[train].all() or not y[train].any() or y[test].all() or not y[test].any():
         raise UserError(f"{capture}: both labels are needed in the training and the held-out rows")
+    # Every input is read before anything is written: a bad --transfer or --control leaves no probes behind.
+    others: dict[str, tuple[Any, Any]] = {}
+    for path in transfer or []:
+        t_acts, t_labels = _labelled(path, site)
+        if any(label is None for label in t_labels):
+            raise UserError(f"{path}: every row needs a label to measure transfer")
+        t_y = np.array([bool(label) for label in t_labels])
+        if t_y.all() or not t_y.any():
+            raise UserError(f"{path}: both labels are needed to measure transfer")
+        if t_acts.shape[1] != x.shape[1]:
+            raise UserError(f"{path}: rows of width {t_acts.shape[1]} at {site}, not {x.shape[1]}")
+        others[path] = (t_acts.numpy(), t_y)
+    control_x = None
+    if control is not None:
+        c_acts, _ = _labelled(control, site)
+        if c_acts.shape[1] != x.shape[1]:
+            raise UserError(f"{control}: rows of width {c_acts.shape[1]} at {site}, not {x.shape[1]}")
+        control_x = c_acts.numpy()
     target.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"site": site, "train": len(train), "test": len(test)}
+    report: dict[str, Any] = {"site": site, "train": len(train), "test": len(test), "control": control,
+                              "transfer": {}}
     for fit in (difference_of_means, logistic_probe):
         probe = fit(site, x[train], y[train])
         probe.save(target / f"{probe.kind}.json")
-        report[probe.kind] = probe_metrics(probe.scores(x[test]), y[test], resamples=resamples, seed=seed)
+        threshold_on = None if control_x is None else probe.scores(control_x)
+        report[probe.kind] = probe_metrics(probe.scores(x[test]), y[test], control=threshold_on,
+                                           resamples=resamples, seed=seed)
+        for path, (t_x, t_y) in others.items():
+            report["transfer"].setdefault(path, {})[probe.kind] = probe_metrics(
+                probe.scores(t_x), t_y, control=threshold_on, resamples=resamples, seed=seed)
     (target / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
-    for kind in ("difference-of-means", "logistic"):
-        m = report[kind]
-        typer.echo(f"{kind:20} AUROC {m['auroc']:.3f} [{m['auroc_low']:.3f}-{m['auroc_high']:.3f}]  recall at 1% FPR "
-                   f"{m['recall_at_0.01_fpr']:.3f}  ({m['positives']} positive, {m['negatives']} negative held out)")
+    for name, found in (("held out", report), *report["transfer"].items()):
+        for kind in ("difference-of-means", "logistic"):
+            m = found[kind]
+            typer.echo(f"{name}: {kind:20} AUROC {m['auroc']:.3f} [{m['auroc_low']:.3f}-{m['auroc_high']:.3f}]  "
+                       f"recall at 1% FPR {m['recall_at_0.01_fpr']:.3f}  ({m['positives']} positive, "
+                       f"{m['negatives']} negative; threshold on {m['control']} "
+                       f"{'control rows' if control else 'negatives'})")
     typer.echo(f"-> {target}")
 
 

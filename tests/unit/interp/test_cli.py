@@ -28,6 +28,30 @@ def test_capture_then_probe(tmp_path, capsys, tokenizer):
     metrics = json.loads((tmp_path / "probes" / "metrics.json").read_text())
     assert metrics["train"] == 28 and metrics["test"] == 12 and metrics["logistic"]["auroc"] > 0.9
 
+    # Out of distribution: the same contrast in other words; a control set of ordinary rows for the threshold.
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(r) + "\n" for r in
+                             [{"text": f"what do you know of thing {i}", "label": 0} for i in range(10)] +
+                             [{"text": f"xv zq {i} xv zq xv zq", "label": 1} for i in range(10)]))
+    ordinary = tmp_path / "ordinary.jsonl"
+    ordinary.write_text("".join(json.dumps({"text": f"a plain request number {i}"}) + "\n" for i in range(30)))
+    for source, into in ((other, "acts-other"), (ordinary, "acts-control")):
+        code, _, err = run_cli(["interp", "capture", "-m", model, "--data", str(source), "--site", "resid_post.1",
+                                "--positions", "mean", "--out", str(tmp_path / into)], capsys)
+        assert code == 0, err
+    code, out, err = run_cli(["interp", "probe", "--capture", str(acts), "--site", "resid_post.1", "--out",
+                              str(tmp_path / "probes-ood"), "--resamples", "50", "--transfer",
+                              str(tmp_path / "acts-other"), "--control", str(tmp_path / "acts-control")], capsys)
+    assert code == 0, err
+    ood = json.loads((tmp_path / "probes-ood" / "metrics.json").read_text())
+    moved = ood["transfer"][str(tmp_path / "acts-other")]
+    assert set(moved) == {"difference-of-means", "logistic"}
+    assert moved["logistic"]["positives"] == 10 and moved["logistic"]["negatives"] == 10
+    assert ood["logistic"]["control"] == 30 and moved["logistic"]["control"] == 30  # threshold from the control set
+    assert f"{tmp_path / 'acts-other'}: logistic" in out
+    # The held-out figures do not depend on the transfer set; only the threshold moved to the control set.
+    assert ood["logistic"]["auroc"] == metrics["logistic"]["auroc"]
+
     for args, message in ((["capture", "-m", model, "--data", str(data), "--site", "resid.1", "--out",
                             str(tmp_path / "x")], "KIND.LAYER"),
                           (["capture", "-m", model, "--data", str(data), "--site", "resid_post.1", "--out",
@@ -35,10 +59,14 @@ def test_capture_then_probe(tmp_path, capsys, tokenizer):
                           (["probe", "--capture", str(acts), "--site", "attn_out.0", "--out", str(tmp_path / "p2")],
                            "no site 'attn_out.0'"),
                           (["probe", "--capture", str(acts), "--site", "resid_post.1", "--out",
-                            str(tmp_path / "probes")], "already holds probes")):
+                            str(tmp_path / "probes")], "already holds probes"),
+                          (["probe", "--capture", str(acts), "--site", "resid_post.1", "--out", str(tmp_path / "p3"),
+                            "--transfer", str(tmp_path / "acts-control")], "every row needs a label"),
+                          (["probe", "--capture", str(acts), "--site", "resid_post.1", "--out", str(tmp_path / "p3"),
+                            "--control", str(tmp_path / "nowhere")], "no capture.json")):
         code, _, err = run_cli(["interp", *args], capsys)
         assert code == 2 and message in err and "Traceback" not in err, err
-    assert not (tmp_path / "x").exists() and not (tmp_path / "p2").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path / "p2").exists() and not (tmp_path / "p3").exists()
 
 
 def test_direction_orthogonalise_and_sae(tmp_path, capsys, tokenizer):
