@@ -274,6 +274,21 @@ class PackedRows(NamedTuple):
     loss_mask: torch.Tensor     # (N, L) false on tail padding
 
 
+def _encode_unpadded(backend: Any, documents: list[str]) -> list[list[int]]:
+    """Each document's ids, whole: the Rust tokenizer keeps the padding and truncation of the last
+    ``tokenizer(..., padding=True, truncation=True)`` call, which would pad and cut documents here."""
+    padding, truncation = backend.padding, backend.truncation
+    backend.no_padding()
+    backend.no_truncation()
+    try:
+        return [e.ids for e in backend.encode_batch_fast(documents, add_special_tokens=False)]
+    finally:
+        if padding is not None:
+            backend.enable_padding(**padding)
+        if truncation is not None:
+            backend.enable_truncation(**truncation)
+
+
 def pack_documents(tokenizer: Any, documents: list[str], seq_len: int, *, window: int = 16) -> PackedRows:
     """Pack whole documents (each ending in ``<|endoftext|>``) into rows of ``seq_len`` tokens.
 
@@ -294,7 +309,7 @@ def pack_documents(tokenizer: Any, documents: list[str], seq_len: int, *, window
     pad = tokenizer.pad_token_id
     # The Rust tokenizer's batch encoding without offsets: the same ids as ``tokenizer(documents)``
     # at a third of the time (no Python objects per token for offsets and attention masks).
-    encoded = [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast(documents, add_special_tokens=False)]
+    encoded = _encode_unpadded(tokenizer.backend_tokenizer, documents)
     rows: list[tuple[list[int], list[int], list[bool]]] = []
     open_rows: list[tuple[list[int], list[int]]] = []
     for doc in encoded:

@@ -22,3 +22,14 @@ def test_first_fit_over_a_window_fills_earlier_rows(tokenizer):
     assert [tokenizer.decode(r[m]) for r, m in zip(rows.input_ids, rows.loss_mask, strict=True)] == [
         "ab<|endoftext|>g<|endoftext|>", "cdef<|endoftext|>"]
     assert rows.position_ids[0].tolist()[:5] == [0, 1, 2, 0, 1]
+
+
+def test_packing_ignores_the_padding_a_previous_call_left_on_the_tokenizer(tokenizer):
+    # A padded, truncated call leaves its settings on the Rust tokenizer; packing must not pad or cut by them.
+    tokenizer(["a long text indeed", "x"], padding=True, truncation=True, max_length=3)
+    assert tokenizer.backend_tokenizer.padding is not None
+    rows = pack_documents(tokenizer, ["ab", "cdef", "g"], seq_len=7, window=2)
+    assert [tokenizer.decode(r[m]) for r, m in zip(rows.input_ids, rows.loss_mask, strict=True)] == [
+        "ab<|endoftext|>g<|endoftext|>", "cdef<|endoftext|>"]
+    assert tokenizer.backend_tokenizer.padding is not None  # the tokenizer's own settings are put back
+    assert tokenizer.backend_tokenizer.truncation["max_length"] == 3
