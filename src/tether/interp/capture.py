@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,18 +87,27 @@ def capture_tail(model: Any, tokenizer: Any, texts: Sequence[str], sites: Sequen
     being ``k`` tokens before the last (a chat prompt's post-instruction tokens, where Arditi et al. look for
     the refusal direction). Every text must have at least ``tokens`` tokens."""
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
-    for rows, index in capture_batches(model, tokenizer, texts, sites, positions="all", batch_size=batch_size,
-                                       max_length=max_length):
-        ends: dict[int, int] = {}
-        for row, (text, _) in enumerate(index):
-            ends[text] = row  # rows run text by text, position by position: the last row seen is the last token
-        for text, end in ends.items():
-            start = end - tokens + 1
-            if start < 0 or index[start][0] != text:
-                raise ValueError(f"text {text} has fewer than {tokens} tokens")
-            for name, value in rows.items():
-                parts[name].append(value[end - torch.arange(tokens)])
+    # closing(): a short text raises mid-iteration, and the generator must still put the tokenizer's
+    # padding side back then, not whenever it is collected.
+    with closing(capture_batches(model, tokenizer, texts, sites, positions="all", batch_size=batch_size,
+                                 max_length=max_length)) as batches:
+        for rows, index in batches:
+            _keep_tail(parts, rows, index, tokens)
     return {name: torch.stack(values) if values else torch.empty(0) for name, values in parts.items()}
+
+
+def _keep_tail(parts: dict[str, list[torch.Tensor]], rows: dict[str, torch.Tensor], index: list[tuple[int, int]],
+               tokens: int) -> None:
+    """Append each text's last ``tokens`` rows of one batch (last first) to ``parts``."""
+    ends: dict[int, int] = {}
+    for row, (text, _) in enumerate(index):
+        ends[text] = row  # rows run text by text, position by position: the last row seen is the last token
+    for text, end in ends.items():
+        start = end - tokens + 1
+        if start < 0 or index[start][0] != text:
+            raise ValueError(f"text {text} has fewer than {tokens} tokens")
+        for name, value in rows.items():
+            parts[name].append(value[end - torch.arange(tokens)])
 
 
 def capture_to_disk(model: Any, tokenizer: Any, records: Iterable[dict[str, Any]], sites: Sequence[str],

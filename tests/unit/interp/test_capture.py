@@ -57,8 +57,10 @@ def test_the_tail_is_each_texts_last_tokens_last_first(model_and_tokenizer):
         alone = _alone(model, tokenizer, text, "resid_post.0")
         for k in range(3):
             assert torch.allclose(tail[i, k], alone[-1 - k], atol=1e-5)
+    tokenizer.padding_side = "left"
     with pytest.raises(ValueError, match="text 2 has fewer than 3 tokens"):
         capture_tail(model, tokenizer, TEXTS, ["resid_post.0"], 3)
+    assert tokenizer.padding_side == "left"  # put back at once, though the capture stopped half-way
 
 
 def test_shards_stream_to_disk_and_load_back_with_labels(model_and_tokenizer, tmp_path):
