@@ -42,6 +42,21 @@ def _labelled(capture: str, site: str) -> tuple[Any, Any]:
     return acts[site], labels
 
 
+def _flagged(capture: str, site: str, purpose: str) -> tuple[Any, Any]:
+    """A capture's rows at ``site`` and their labels as booleans, both labels present (else one line, exit 2)."""
+    import numpy as np
+
+    from tether.core.errors import UserError
+
+    acts, labels = _labelled(capture, site)
+    if any(label is None for label in labels):
+        raise UserError(f"{capture}: every row needs a label to {purpose}")
+    flags = np.array([bool(label) for label in labels])
+    if flags.all() or not flags.any():
+        raise UserError(f"{capture}: rows of both labels are needed to {purpose}")
+    return acts, flags
+
+
 @app.command("capture")
 def capture_cmd(
     model: Annotated[str, typer.Option("--model", "-m", help="model directory, hub id, world:base or tiny:ARCH")],
@@ -117,10 +132,8 @@ def probe_cmd(
     target = Path(out)
     if (target / "metrics.json").exists():
         raise UserError(f"{target} already holds probes; choose a new --out")
-    acts, labels = _labelled(capture, site)
-    if any(label is None for label in labels):
-        raise UserError(f"{capture}: every row needs a label to fit a probe")
-    x, y = acts.numpy(), np.array([bool(label) for label in labels])
+    acts, y = _flagged(capture, site, "fit a probe")
+    x = acts.numpy()
     order = np.random.default_rng(seed).permutation(len(y))
     cut = int(round(len(y) * (1 - test_share)))
     train, test = order[:cut], order[cut:]
@@ -129,12 +142,7 @@ def probe_cmd(
     # Every input is read before anything is written: a bad --transfer or --control leaves no probes behind.
     others: dict[str, tuple[Any, Any]] = {}
     for path in transfer or []:
-        t_acts, t_labels = _labelled(path, site)
-        if any(label is None for label in t_labels):
-            raise UserError(f"{path}: every row needs a label to measure transfer")
-        t_y = np.array([bool(label) for label in t_labels])
-        if t_y.all() or not t_y.any():
-            raise UserError(f"{path}: both labels are needed to measure transfer")
+        t_acts, t_y = _flagged(path, site, "measure transfer")
         if t_acts.shape[1] != x.shape[1]:
             raise UserError(f"{path}: rows of width {t_acts.shape[1]} at {site}, not {x.shape[1]}")
         others[path] = (t_acts.numpy(), t_y)
@@ -187,12 +195,8 @@ def direction_cmd(
     target = Path(out)
     if target.exists():
         raise UserError(f"{target} already exists; choose a new --out")
-    acts, labels = _labelled(capture, site)
-    if any(label is None for label in labels):
-        raise UserError(f"{capture}: every row needs a label to find a direction")
-    flags = torch.tensor([bool(label) for label in labels])
-    if flags.all() or not flags.any():
-        raise UserError(f"{capture}: rows of both labels are needed")
+    acts, found = _flagged(capture, site, "find a direction")
+    flags = torch.from_numpy(found)
     direction = mean_difference(acts[flags], acts[~flags])
     save_file({"direction": direction.contiguous()}, str(target), metadata={"site": site})
     typer.echo(f"direction at {site}: norm {float(direction.norm()):.4f} from {int(flags.sum())} positive and "
