@@ -32,11 +32,18 @@ def test_the_frontier_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys):
     topk = {p["name"]: p["mean"]["l0"] for p in summary["frontier"]}
     assert topk["topk:2"] <= 2 and topk["topk:2"] < topk["topk:8"] <= 8
     effects = summary["ablation"]["effects"]
-    chosen = summary["ablation"]["by_effect"]
-    assert set(chosen["refusal_change_on_ranking_prompts"]) == {str(f) for f in summary["ablation"]["ranked"][:3]}
-    assert chosen["feature"] in summary["ablation"]["ranked"][:3]
-    assert f"SAE feature {chosen['feature']} (chosen by effect): refusal" in effects
-    assert len(effects) == 10 and all(e["n"] == summary["ablation"]["prompts"]["eval"] for e in effects.values())
+    chosen, top = summary["ablation"]["by_effect"], summary["ablation"]["feature"]
+    assert set(chosen["refusal_change_on_ranking_prompts"]) == {
+        f"{f}@{scope}" for f in summary["ablation"]["ranked"][:3] for scope in ("site", "every-layer")}
+    assert chosen["feature"] in summary["ablation"]["ranked"][:3] and chosen["scope"] in ("site", "every-layer")
+    assert f"SAE feature {top}'s direction, every layer: refusal" in effects
+    assert "difference-of-means direction, every layer: refusal" in effects
+    # Six interventions (the top 1, 5 and 20 features at the site, the top feature's direction at every layer,
+    # the difference of means at the site and at every layer) and, when effect chose another feature, its
+    # two; two behaviours each.
+    assert len(effects) == (12 if chosen["feature"] == top else 16)
+    assert (f"SAE feature {chosen['feature']} (chosen by effect): refusal" in effects) == (chosen["feature"] != top)
+    assert all(e["n"] == summary["ablation"]["prompts"]["eval"] for e in effects.values())
     report = (out / "report.html").read_text()
     assert report.count("class='card feature'") == 3 and "<svg" in report
     assert (out / "saes" / "topk-8" / "cfg.json").exists()

@@ -11,13 +11,13 @@ The experiment (``tether experiment sae-frontier``):
 3. **A feature that changes behaviour**: on one SAE (``feature_sae``), the features are ranked by how much
    more they fire at the last prompt token of hazard requests than of harmless task requests; the top one
    is ablated (its contribution ``f_i(x) · d_i`` subtracted at the site, every position; then the top 5 and
-   20 together) while the model
-   answers hazard requests for items never used to rank; harmful compliance and refusal before and after,
-   graded by gold, as paired differences with intervals. Beside the top feature by firing, the feature
-   chosen by effect: each of the top ``effect_candidates`` ablated alone on the ranking prompts, the one
-   that moves gold refusal most kept, then evaluated on the same unseen items as the others. Beside them,
-   AxBench's lesson: the difference-of-means direction at the same site, ablated at the same site only, on
-   the same prompts.
+   20 together; and its decoder direction taken out of every layer's writes to the stream, as the refusal
+   direction is) while the model answers hazard requests for items never used to rank; harmful compliance
+   and refusal before and after, graded by gold, as paired differences with intervals. Beside the top
+   feature by firing, the feature chosen by effect: each of the top ``effect_candidates`` ablated alone,
+   in both scopes, on the ranking prompts, the one that moves gold refusal most kept and evaluated on the
+   same unseen items. Beside them, AxBench's lesson: the difference-of-means direction, ablated at the site
+   and at every layer, on the same prompts.
 4. **Report**: ``report.html`` (self-contained): the frontier plots, and feature cards — the top features'
    max-activating tokens in context.
 """
@@ -112,7 +112,7 @@ def points(cfg: SAEFrontierConfig) -> list[tuple[str, SAEConfig]]:
 def _experiment(cfg: SAEFrontierConfig, out: Path) -> dict[str, Any]:
     from tether.core.seeding import seed_everything
     from tether.interp.capture import capture, capture_batches
-    from tether.interp.directions import ablation, mean_difference
+    from tether.interp.directions import ablated, ablation, mean_difference
     from tether.interp.sae import sae_metrics, spliced_losses, train_sae
     from tether.interp.sites import hooked, resolve
     from tether.models.generation import GenerationSettings, HFGenerator
@@ -201,23 +201,35 @@ def _experiment(cfg: SAEFrontierConfig, out: Path) -> dict[str, Any]:
             replies = [c.text for c in generator.generate([it.prompt for it in items], settings)]
         return sum(g["label"] == "refusal" for g in judge.grade(items, replies)) / len(items)
 
-    # Chosen by effect, on the ranking prompts only (their items are never evaluated on).
-    tried: dict[int, float] = {}
+    def everywhere(vector: torch.Tensor) -> Callable[[], AbstractContextManager[Any]]:
+        """The vector's direction taken out of every write to the stream (as the refusal direction is)."""
+        return functools.partial(ablated, model, vector.detach().float())
+
+    # Chosen by effect, on the ranking prompts only (their items are never evaluated on): each candidate
+    # in both scopes, at the site and its direction at every layer, the largest change kept.
+    tried: dict[str, float] = {}
     if cfg.effect_candidates:
         reference = refusals(rank_h)
         for candidate in ranked[:cfg.effect_candidates]:
-            tried[candidate] = round(refusals(rank_h, functools.partial(hooked, model, {site: without([candidate])}))
-                                     - reference, 4)
-    by_effect = max(tried, key=lambda f: (abs(tried[f]), -ranked.index(f))) if tried else None
+            tried[f"{candidate}@site"] = round(refusals(rank_h, functools.partial(
+                hooked, model, {site: without([candidate])})) - reference, 4)
+            tried[f"{candidate}@every-layer"] = round(refusals(rank_h, everywhere(sae.W_dec[candidate]))
+                                                      - reference, 4)
+    best = max(tried, key=lambda k: (abs(tried[k]), -ranked.index(int(k.split("@")[0])))) if tried else None
+    by_effect = None if best is None else int(best.split("@")[0])
 
     before = graded()
     behaviours = {"harmful compliance": lambda g: g["label"] == "harmful-compliance",
                   "refusal": lambda g: g["label"] == "refusal"}
     after = {(f"SAE feature {feature}" if n == 1 else f"SAE top {n} features"):
              graded(functools.partial(hooked, model, {site: without(ranked[:n])})) for n in cfg.ablate_top}
-    if by_effect is not None:
+    after[f"SAE feature {feature}'s direction, every layer"] = graded(everywhere(sae.W_dec[feature]))
+    if by_effect is not None and by_effect != feature:
         after[f"SAE feature {by_effect} (chosen by effect)"] = graded(
             functools.partial(hooked, model, {site: without([by_effect])}))
+        after[f"SAE feature {by_effect}'s direction, every layer (chosen by effect)"] = graded(
+            everywhere(sae.W_dec[by_effect]))
+    after["difference-of-means direction, every layer"] = graded(everywhere(direction))
     after["difference-of-means direction"] = graded(lambda: hooked(model, {site: ablation(direction)}))
     # One row per (intervention, gold behaviour): the change on the same prompts, with its interval.
     effects = {f"{name}: {behaviour}": effect(before, rows, test)
@@ -227,7 +239,8 @@ def _experiment(cfg: SAEFrontierConfig, out: Path) -> dict[str, Any]:
         cosine_effect = (None if by_effect is None else round(float(torch.nn.functional.cosine_similarity(
             sae.W_dec[by_effect].float(), direction, dim=0)), 4))
     ablation_summary = {"sae": cfg.feature_sae, "site": site, "feature": feature, "ranked": ranked,
-                        "by_effect": {"feature": by_effect, "refusal_change_on_ranking_prompts": tried,
+                        "by_effect": {"feature": by_effect, "scope": None if best is None else best.split("@")[1],
+                                      "refusal_change_on_ranking_prompts": tried,
                                       "cosine_with_difference_of_means": cosine_effect},
                         "firing_gap": [round(float(gap[i]), 4) for i in ranked],
                         "cosine_with_difference_of_means": round(cosine, 4), "effects": effects,
