@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import run_cli
 
 from tether.pipelines.behaviour import split_hazards
+from tether.pipelines.refusal_direction import select_candidate
 from tether.world.families import sample_items
 from tether.world.spec import WorldConfig, build_world
 
@@ -20,6 +21,19 @@ def test_hazards_are_split_by_item_so_no_hazard_is_in_two_groups():
     names = [{it.gold["item"] for it in group} for group in groups]
     assert all(names) and not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
     assert sum(len(g) for g in groups) == len(items)
+
+
+def test_selection_follows_arditis_rule():
+    def c(name, bypass, induce, kl):
+        return {"name": name, "bypass": bypass, "induce": induce, "kl": kl}
+
+    # b bypasses most but moves harmless prompts too far; d bypasses more than c but induces no refusal.
+    candidates = [c("a", 0.2, 0.5, 0.05), c("b", 0.9, 0.9, 0.5), c("c", 0.4, 0.1, 0.08), c("d", 0.6, 0.0, 0.01)]
+    assert select_candidate(candidates, 0.1) == (candidates[2], True)
+    assert select_candidate(candidates[3:], 0.1) == (candidates[3], True)  # none induces: the most bypass
+    tie = [c("e", 0.4, 0.1, 0.09), c("f", 0.4, 0.3, 0.02)]
+    assert select_candidate(tie, 0.1)[0]["name"] == "f"
+    assert select_candidate(candidates, 0.001) == (candidates[3], False)  # none under the bound: the lowest KL
 
 
 # Capture, selection, generation under four interventions and a model written: 20 s, the slow tier.
@@ -38,7 +52,7 @@ def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys
     assert sorted((c["layer"], c["position"]) for c in summary["candidates"]) == [(1, -3), (1, -2), (1, -1)]
     assert all(c["kl"] >= 0 for c in summary["candidates"])
     chosen = summary["selected"]
-    assert chosen in summary["candidates"]
+    assert chosen in summary["candidates"] and summary["prompts"]["validate_benign"] > 0
     if summary["kl_filter_passed"]:
         assert chosen["kl"] <= 0.1
     effect = summary["effects"]["harmful_compliance (gold)"]

@@ -8,10 +8,11 @@ The experiment (``tether experiment refusal-direction``; Arditi et al. 2024's re
    layer and position, the difference of the two means (none where the two read the same, as at layer 0,
    where every prompt's template tokens are the same tokens).
 2. **Select**, on validation prompts of other hazard items: per candidate, the harmful compliance when it is
-   ablated (bypass), the refusals it induces when added to harmless prompts, and the KL divergence its
-   ablation causes in the next-token distribution of harmless prompts. The candidate with the most bypass
-   (then the most induced refusal, then the least KL) among those under ``kl_max`` is kept (none under it:
-   the lowest KL, and the summary says so).
+   ablated (bypass), the refusals it induces when added to benign look-alikes of other names than those
+   evaluated (the held-out split's), and the KL divergence its ablation causes in the next-token
+   distribution of harmless task prompts. Arditi et al.'s rule: among the candidates under ``kl_max``, those
+   that induce refusal; of them the most bypass (then the most induced refusal, then the least KL) is kept
+   (none under ``kl_max``: the lowest KL, and the summary says so).
 3. **Evaluate**, on hazard requests for items used neither to find nor to select (the rest of the training
    split's hazards and every held-out hazard), and on benign
    look-alikes: harmful compliance without and with the direction ablated (at every layer, every position),
@@ -106,6 +107,16 @@ def run(cfg: RefusalDirectionConfig, *, resume: bool = False) -> dict[str, Any]:
     return run_dir.execute(lambda rd: _experiment(cfg, rd.path))
 
 
+def select_candidate(candidates: Sequence[dict[str, Any]], kl_max: float) -> tuple[dict[str, Any], bool]:
+    """Arditi et al.'s rule: among the candidates whose ablation moves harmless prompts by at most ``kl_max``,
+    those that induce refusal when added; of them the most bypass, then the most induced refusal, then the
+    least KL. With none under ``kl_max``, the lowest KL (and False)."""
+    passed = [c for c in candidates if c["kl"] <= kl_max]
+    if not passed:
+        return min(candidates, key=lambda c: c["kl"]), False
+    return max(passed, key=lambda c: (c["induce"] > 0, c["bypass"], c["induce"], -c["kl"])), True
+
+
 def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     from tether.core.seeding import seed_everything
     from tether.interp.capture import capture_tail
@@ -143,6 +154,8 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     heldout = distinct(sample_items(world, "hazard", "heldout", 20 * cfg.n, seed=cfg.seed + 4))
     eval_h, eval_t = [*eval_h, *heldout][:cfg.n], eval_t[:cfg.tasks]
     benign = distinct(sample_items(world, "benign", "train", 4 * cfg.n, seed=cfg.seed + 3))[:cfg.n]
+    # Induced refusal is selected on look-alikes of other names than those evaluated (the held-out split's).
+    val_b = distinct(sample_items(world, "benign", "heldout", 4 * cfg.selection, seed=cfg.seed + 5))[:cfg.selection]
 
     # 1. Candidates: one per layer input and position among the prompt's last tokens.
     sites = [f"resid_pre.{layer}" for layer in range(layers)]
@@ -166,7 +179,7 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     candidates: list[dict[str, Any]] = []
     for (layer, position), found in directions.items():
         bypass = judge.grade(val_h, replies(val_h, functools.partial(ablated, model, found)))
-        induce = judge.grade(val_t, replies(val_t, functools.partial(added, model, found, layer, cfg.coefficient,
+        induce = judge.grade(val_b, replies(val_b, functools.partial(added, model, found, layer, cfg.coefficient,
                                                                       positions=cfg.positions)))
         with ablated(model, found):
             moved = next_token_logprobs(model, tokenizer, harmless_texts, cfg.batch_size)
@@ -174,9 +187,7 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
         candidates.append({"layer": layer, "position": position, "norm": round(float(found.norm()), 4),
                            "bypass": share(bypass, "harmful-compliance"), "induce": share(induce, "refusal"),
                            "kl": round(kl, 5)})
-    passed = [c for c in candidates if c["kl"] <= cfg.kl_max]
-    chosen = (max(passed, key=lambda c: (c["bypass"], c["induce"], -c["kl"])) if passed
-              else min(candidates, key=lambda c: c["kl"]))
+    chosen, kl_passed = select_candidate(candidates, cfg.kl_max)
     layer = int(chosen["layer"])
     direction = directions[(layer, int(chosen["position"]))]
 
@@ -234,11 +245,11 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
 
     summary: dict[str, Any] = {
         "model": cfg.model, "world_seed": cfg.world_seed, "layers": layers, "candidates": candidates,
-        "selected": chosen, "kl_filter_passed": bool(passed), "coefficient": cfg.coefficient,
+        "selected": chosen, "kl_filter_passed": kl_passed, "coefficient": cfg.coefficient,
         "positions": cfg.positions,
         "prompts": {"fit_hazard": len(fit_h), "fit_harmless": len(fit_t), "validate_hazard": len(val_h),
-                    "validate_harmless": len(val_t), "eval_hazard": len(eval_h), "benign": len(benign),
-                    "tasks": len(eval_t),
+                    "validate_harmless": len(val_t), "validate_benign": len(val_b), "eval_hazard": len(eval_h),
+                    "benign": len(benign), "tasks": len(eval_t),
                     "hazard_items": {"fit": len({i.gold["item"] for i in fit_h}),
                                      "validate": len({i.gold["item"] for i in val_h}),
                                      "eval": len({i.gold["item"] for i in eval_h})}},
