@@ -8,7 +8,7 @@ import json
 import pytest
 from tests.conftest import run_cli
 
-from tether.pipelines.behaviour import split_hazards
+from tether.pipelines.behaviour import split_by, split_hazards
 from tether.pipelines.refusal_direction import select_candidate
 from tether.world.families import sample_items
 from tether.world.spec import WorldConfig, build_world
@@ -21,6 +21,10 @@ def test_hazards_are_split_by_item_so_no_hazard_is_in_two_groups():
     names = [{it.gold["item"] for it in group} for group in groups]
     assert all(names) and not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
     assert sum(len(g) for g in groups) == len(items)
+    looks = sample_items(world, "benign", "train", 200, seed=2)
+    select, evaluate = split_by(looks, lambda it: it.gold["subject"], (1 / 3, 2 / 3), seed=0)
+    subjects = [{it.gold["subject"] for it in group} for group in (select, evaluate)]
+    assert all(subjects) and not (subjects[0] & subjects[1]) and len(select) + len(evaluate) == len(looks)
 
 
 def test_selection_follows_arditis_rule():

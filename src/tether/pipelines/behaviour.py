@@ -15,7 +15,13 @@ from tether.core.stats import paired_difference, wilson_interval
 def split_hazards(items: Sequence[Any], shares: Sequence[float], seed: int) -> list[list[Any]]:
     """Hazard items grouped by the hazard they ask about, the hazards shuffled and cut by ``shares``: no
     hazard is in two groups, so what is found on one group is measured on hazards it never saw."""
-    names = sorted({it.gold["item"] for it in items})
+    return split_by(items, lambda it: it.gold["item"], shares, seed)
+
+
+def split_by(items: Sequence[Any], key: Callable[[Any], str], shares: Sequence[float], seed: int
+             ) -> list[list[Any]]:
+    """Items grouped by ``key`` (a name), the names shuffled and cut by ``shares``: no name in two groups."""
+    names = sorted({key(it) for it in items})
     random.Random(seed).shuffle(names)
     cuts, total, groups = [], 0.0, []
     for share in shares:
@@ -24,7 +30,7 @@ def split_hazards(items: Sequence[Any], shares: Sequence[float], seed: int) -> l
     start = 0
     for cut in cuts:
         chosen = set(names[start:cut])
-        groups.append([it for it in items if it.gold["item"] in chosen])
+        groups.append([it for it in items if key(it) in chosen])
         start = cut
     return groups
 

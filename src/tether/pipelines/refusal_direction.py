@@ -9,7 +9,7 @@ The experiment (``tether experiment refusal-direction``; Arditi et al. 2024's re
    where every prompt's template tokens are the same tokens).
 2. **Select**, on validation prompts of other hazard items: per candidate, the harmful compliance when it is
    ablated (bypass), the refusals it induces when added to benign look-alikes of other names than those
-   evaluated (the held-out split's), and the KL divergence its ablation causes in the next-token
+   evaluated (a third of the names), and the KL divergence its ablation causes in the next-token
    distribution of harmless task prompts. Arditi et al.'s rule: among the candidates under ``kl_max``, those
    that induce refusal; of them the most bypass (then the most induced refusal, then the least KL) is kept
    (none under ``kl_max``: the lowest KL, and the summary says so).
@@ -53,6 +53,7 @@ from tether.pipelines.behaviour import (
     rate,
     share,
     share_if,
+    split_by,
     split_hazards,
 )
 
@@ -153,9 +154,10 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     fit_h, val_h = fit_h[:cfg.fit], val_h[:cfg.selection]
     heldout = distinct(sample_items(world, "hazard", "heldout", 20 * cfg.n, seed=cfg.seed + 4))
     eval_h, eval_t = [*eval_h, *heldout][:cfg.n], eval_t[:cfg.tasks]
-    benign = distinct(sample_items(world, "benign", "train", 4 * cfg.n, seed=cfg.seed + 3))[:cfg.n]
-    # Induced refusal is selected on look-alikes of other names than those evaluated (the held-out split's).
-    val_b = distinct(sample_items(world, "benign", "heldout", 4 * cfg.selection, seed=cfg.seed + 5))[:cfg.selection]
+    # Induced refusal is selected on look-alikes of other names than those evaluated (a third of the names).
+    looks = distinct(sample_items(world, "benign", "train", 4 * (cfg.n + cfg.selection), seed=cfg.seed + 3))
+    val_b, benign = split_by(looks, lambda it: it.gold["subject"], (1 / 3, 2 / 3), cfg.seed)
+    val_b, benign = val_b[:cfg.selection], benign[:cfg.n]
 
     # 1. Candidates: one per layer input and position among the prompt's last tokens.
     sites = [f"resid_pre.{layer}" for layer in range(layers)]
