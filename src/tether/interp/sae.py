@@ -14,7 +14,13 @@ An SAE writes a site's activation ``x`` as a sparse sum of learned feature direc
 Training normalises activations to a mean squared norm of ``d_in`` and folds the scale back into the
 weights when it ends, so a trained SAE reads raw activations. TopK and BatchTopK add Gao et al.'s auxiliary
 loss: features that have not fired for ``dead_after`` rows are asked to explain what the live ones miss, so
-fewer die. Decoder rows are kept at unit norm.
+fewer die. TopK trains its decoder rows as directions of any norm (short at the start:
+``decoder_init_norm``; a feature's activation is its pre-activation times its row's norm, and it decodes
+through the row made unit; SAELens's ``rescale_acts_by_decoder_norm``, with Anthropic's 0.1 initial
+norm), so that Adam, which moves every weight by about ``lr`` a step, turns a row by a large angle early;
+the norms are folded into the encoder when training ends (on world-model activations, 3 epochs: explained
+variance 0.932 → 0.953 at k 16). BatchTopK and JumpReLU keep unit rows: under the same scheme BatchTopK
+at k 4 lost 6 points of explained variance and 71% of its features died.
 
 :func:`sae_metrics` gives L0, explained variance and the dead fraction on held-out rows;
 :func:`spliced_losses` splices the SAE into the model at its site and gives the CE- and KL-loss recovered
@@ -50,6 +56,9 @@ class SAEConfig(Config):
     # kernel and the first threshold are set in those units.
     bandwidth: float = Field(0.05, gt=0, description="jumprelu: width of the straight-through rectangle kernel")
     initial_threshold: float = Field(0.5, gt=0, description="jumprelu: θ at the start")
+    decoder_init_norm: float = Field(0.1, gt=0, description="topk: the decoder rows' norm at the "
+                                     "start; they are trained as directions (each feature's activation "
+                                     "rescaled by its row's norm), so Adam turns a short row quickly")
     lr: float = Field(2e-3, gt=0)
     threshold_lr_scale: float = Field(10.0, gt=0, description="jumprelu: the thresholds' learning rate, as a "
                                       "multiple of lr")
@@ -101,7 +110,7 @@ class SparseAutoencoder(torch.nn.Module):
         self.cfg, self.site, self.d_in = cfg, site, d_in
         generator = torch.Generator().manual_seed(cfg.seed)
         decoder = torch.randn(cfg.width, d_in, generator=generator)
-        decoder /= decoder.norm(dim=1, keepdim=True)
+        decoder *= (cfg.decoder_init_norm if cfg.kind == "topk" else 1.0) / decoder.norm(dim=1, keepdim=True)
         self.W_dec = torch.nn.Parameter(decoder)
         self.W_enc = torch.nn.Parameter(decoder.T.clone())
         self.b_enc = torch.nn.Parameter(torch.zeros(cfg.width))
@@ -222,17 +231,22 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
         for group in optimiser.param_groups:  # constant, then linear decay to 0 over the last fifth
             group["lr"] = group["base"] * min(1.0, (steps - step) / max(1, steps - decay_from))
         pre = sae.pre(x)
+        directions = sae.W_dec
+        if cfg.kind == "topk":  # rows as directions: activations scaled by each row's norm
+            norms = sae.W_dec.norm(dim=1).clamp(min=1e-8)
+            pre = pre * norms
+            directions = sae.W_dec / norms[:, None]
         if cfg.kind == "topk":
             # Decoding only the k chosen rows of the decoder (not a mostly-zero dense product) is the
             # difference between k and width multiply-adds per row, forward and backward.
             top = torch.relu(pre).topk(min(cfg.k, cfg.width), dim=1)
-            recon = torch.einsum("bk,bkd->bd", top.values, sae.W_dec[top.indices]) + sae.b_dec
+            recon = torch.einsum("bk,bkd->bd", top.values, directions[top.indices]) + sae.b_dec
             fired = torch.zeros(cfg.width, dtype=torch.bool)
             fired[top.indices[top.values > 0]] = True
             active = (top.values > 0).sum(1).float()
         else:
             f = sae.activate(pre, training=True)
-            recon = sae.decode(f)
+            recon = f @ directions + sae.b_dec
             fired = (f > 0).any(0)
             active = (f > 0).sum(1).float()
         error = x - recon
@@ -247,18 +261,21 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
             if dead.any():
                 dead_pre = torch.relu(pre).masked_fill(~dead, 0.0)
                 revive = dead_pre.topk(min(cfg.aux_k, int(dead.sum())), dim=1)
-                aux = torch.einsum("bk,bkd->bd", revive.values, sae.W_dec[revive.indices])
+                aux = torch.einsum("bk,bkd->bd", revive.values, directions[revive.indices])
                 aux_error = ((error.detach() - aux) ** 2).sum(1).mean() / d_in
                 loss = loss + cfg.aux_coefficient * aux_error
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        with torch.no_grad():
-            sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
+        if cfg.kind != "topk":
+            with torch.no_grad():
+                sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
         if step % max(1, steps // 20) == 0 or step == steps - 1:
             log.append({"step": step, "mse": round(float(mse.detach()), 6),
                         "l0": round(float(active.mean()), 3),
                         "dead": int((since_fired >= cfg.dead_after).sum())})
+    if cfg.kind == "topk":
+        _fold_norms(sae)
     if cfg.kind == "batchtopk":
         _set_batch_threshold(sae, x_all * scale)
     seconds = time.perf_counter() - started
@@ -275,6 +292,16 @@ def _set_batch_threshold(sae: SparseAutoencoder, x: torch.Tensor) -> None:
     relu = torch.cat([torch.relu(sae.pre(x[i:i + 8192])).flatten() for i in range(0, len(x), 8192)])
     kept = min(sae.cfg.k * len(x), relu.numel())
     sae.batch_threshold.fill_(float(relu.topk(kept).values[-1]))
+
+
+@torch.no_grad()
+def _fold_norms(sae: SparseAutoencoder) -> None:
+    """Unit decoder rows with the same outputs: each row's norm moves into its encoder column and bias (the
+    pre-activations were scaled by it in training, so the features, and which ``k`` win, are unchanged)."""
+    norms = sae.W_dec.norm(dim=1).clamp(min=1e-8)
+    sae.W_enc.mul_(norms[None, :])
+    sae.b_enc.mul_(norms)
+    sae.W_dec.div_(norms[:, None])
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import torch
 from tether.interp.sae import (
     SAEConfig,
     SparseAutoencoder,
+    _fold_norms,
     _fold_scale,
     _JumpReLU,
     _Step,
@@ -61,6 +62,23 @@ def test_folding_the_scale_changes_nothing_but_the_units():
     scale = 2.5
     expected = sae(x * scale) / scale
     _fold_scale(sae, scale)
+    assert torch.allclose(sae(x), expected, atol=1e-5)
+
+
+def test_folding_the_decoder_norms_keeps_what_training_computed():
+    # In training a TopK feature's activation is its pre-activation times its decoder row's norm, and it
+    # decodes through the unit row; folded, the SAE computes the same with unit rows.
+    sae = SparseAutoencoder(8, SAEConfig(kind="topk", width=16, k=4, seed=3))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(16, 1, generator=torch.Generator().manual_seed(2)) * 2 + 0.05)
+        sae.b_enc.normal_()
+    assert sae.W_dec.norm(dim=1).min() < 0.5  # rows of other norms than 1 (0.1 at the start)
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+    norms = sae.W_dec.norm(dim=1)
+    top = torch.relu(sae.pre(x) * norms).topk(4, dim=1)
+    expected = torch.einsum("bk,bkd->bd", top.values, (sae.W_dec / norms[:, None])[top.indices]) + sae.b_dec
+    _fold_norms(sae)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(16), atol=1e-6)
     assert torch.allclose(sae(x), expected, atol=1e-5)
 
 
