@@ -230,12 +230,15 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
         cursor += cfg.batch_size
         for group in optimiser.param_groups:  # constant, then linear decay to 0 over the last fifth
             group["lr"] = group["base"] * min(1.0, (steps - step) / max(1, steps - decay_from))
-        pre = sae.pre(x)
         directions = sae.W_dec
-        if cfg.kind == "topk":  # rows as directions: activations scaled by each row's norm
+        if cfg.kind == "topk":
+            # Rows as directions: each feature's activation scaled by its row's norm, the scaling applied to
+            # the encoder's columns (d_in × width numbers) rather than to every row's pre-activations.
             norms = sae.W_dec.norm(dim=1).clamp(min=1e-8)
-            pre = pre * norms
+            pre = (x - sae.b_dec) @ (sae.W_enc * norms) + sae.b_enc * norms
             directions = sae.W_dec / norms[:, None]
+        else:
+            pre = sae.pre(x)
         if cfg.kind == "topk":
             # Decoding only the k chosen rows of the decoder (not a mostly-zero dense product) is the
             # difference between k and width multiply-adds per row, forward and backward.
