@@ -262,9 +262,10 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
         elif cfg.aux_k and cfg.aux_coefficient:
             dead = since_fired >= cfg.dead_after
             if dead.any():
-                dead_pre = torch.relu(pre).masked_fill(~dead, 0.0)
-                revive = dead_pre.topk(min(cfg.aux_k, int(dead.sum())), dim=1)
-                aux = torch.einsum("bk,bkd->bd", revive.values, directions[revive.indices])
+                # Only the dead columns are read (not the whole batch × width, masked): the same choice.
+                dead_ids = dead.nonzero().squeeze(1)
+                revive = torch.relu(pre[:, dead_ids]).topk(min(cfg.aux_k, len(dead_ids)), dim=1)
+                aux = torch.einsum("bk,bkd->bd", revive.values, directions[dead_ids[revive.indices]])
                 aux_error = ((error.detach() - aux) ** 2).sum(1).mean() / d_in
                 loss = loss + cfg.aux_coefficient * aux_error
         optimiser.zero_grad(set_to_none=True)
