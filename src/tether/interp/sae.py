@@ -262,10 +262,14 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
         elif cfg.aux_k and cfg.aux_coefficient:
             dead = since_fired >= cfg.dead_after
             if dead.any():
-                # Only the dead columns are read (not the whole batch × width, masked): the same choice.
+                # Only the dead columns are read (not the whole batch × width, masked): the same choice. The
+                # chosen ones decode as a dense product over the dead rows, not a gather of aux_k rows per
+                # row of the batch (aux_k × d_in numbers each, forward and backward).
                 dead_ids = dead.nonzero().squeeze(1)
-                revive = torch.relu(pre[:, dead_ids]).topk(min(cfg.aux_k, len(dead_ids)), dim=1)
-                aux = torch.einsum("bk,bkd->bd", revive.values, directions[dead_ids[revive.indices]])
+                dead_pre = torch.relu(pre[:, dead_ids])
+                revive = dead_pre.topk(min(cfg.aux_k, len(dead_ids)), dim=1)
+                codes = torch.zeros_like(dead_pre).scatter(1, revive.indices, revive.values)
+                aux = codes @ directions[dead_ids]
                 aux_error = ((error.detach() - aux) ** 2).sum(1).mean() / d_in
                 loss = loss + cfg.aux_coefficient * aux_error
         optimiser.zero_grad(set_to_none=True)
