@@ -241,9 +241,9 @@ def sae_cmd(
     capture: Annotated[str, typer.Option("--capture", help="a capture (tether interp capture --positions all)")],
     site: Annotated[str, typer.Option("--site", help="the captured site")],
     out: Annotated[str, typer.Option("--out", "-o", help="directory for the SAE (new; SAELens's format)")],
-    kind: Annotated[str, typer.Option("--kind", help="topk, batchtopk or jumprelu")] = "topk",
+    kind: Annotated[str, typer.Option("--kind", help="topk, batchtopk, matryoshka or jumprelu")] = "topk",
     width: Annotated[int, typer.Option("--width", min=1, help="features")] = 512,
-    k: Annotated[int, typer.Option("--k", min=1, help="topk / batchtopk: features per token")] = 16,
+    k: Annotated[int, typer.Option("--k", min=1, help="topk / batchtopk / matryoshka: features per token")] = 16,
     l0_coefficient: Annotated[float, typer.Option("--l0-coefficient", min=0.0, help="jumprelu: λ")] = 0.1,
     epochs: Annotated[float, typer.Option("--epochs", min=0.01)] = 4.0,
     test_share: Annotated[float, typer.Option("--test-share", min=0.01, max=0.9, help="rows held out for the "
@@ -263,8 +263,8 @@ def sae_cmd(
     target = Path(out)
     if (target / "cfg.json").exists():
         raise UserError(f"{target} already holds an SAE; choose a new --out")
-    if kind not in ("topk", "batchtopk", "jumprelu"):
-        raise UserError(f"--kind {kind!r}: expected topk, batchtopk or jumprelu")
+    if kind not in ("topk", "batchtopk", "matryoshka", "jumprelu"):
+        raise UserError(f"--kind {kind!r}: expected topk, batchtopk, matryoshka or jumprelu")
     acts, _ = _labelled(capture, site)
     order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(seed))
     held = max(1, int(len(acts) * test_share))

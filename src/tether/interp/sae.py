@@ -7,6 +7,10 @@ An SAE writes a site's activation ``x`` as a sparse sum of learned feature direc
 - ``batchtopk`` (Bussmann et al. 2024): keep the ``k × rows`` largest across the batch while training, so a
   row may use more or fewer than ``k``; at inference a single threshold replaces the batch (the value that
   keeps ``k`` per row on average over the training rows), so a row's features do not depend on its batch;
+- ``matryoshka`` (Bussmann et al. 2025; Nabeshima 2024): BatchTopK whose features are trained in nested
+  groups: the loss is the mean of the reconstruction errors of the first ``groups[0]`` features, the first
+  ``groups[1]``, ..., all of them, so the first features must stand alone (general ones early, specific
+  ones later, and less absorption of one feature by another); at inference it is BatchTopK;
 - ``jumprelu`` (Rajamanoharan et al. 2024): ``f = pre · 1[pre > θ]`` with a learned threshold per feature,
   trained on ``MSE + λ · L0`` with straight-through estimates of the step's gradient (a rectangle kernel of
   width ``bandwidth``).
@@ -42,15 +46,19 @@ from pydantic import Field
 
 from tether.core.config import Config
 
-Kind = Literal["topk", "batchtopk", "jumprelu"]
+Kind = Literal["topk", "batchtopk", "matryoshka", "jumprelu"]
+BATCH_KINDS = ("batchtopk", "matryoshka")  # select k × rows across a batch in training, one threshold after
 
 
 class SAEConfig(Config):
     """How to train one SAE."""
 
-    kind: Kind = Field("topk", description="topk, batchtopk or jumprelu")
+    kind: Kind = Field("topk", description="topk, batchtopk, matryoshka or jumprelu")
     width: int = Field(512, ge=1, description="features (d_sae)")
-    k: int = Field(16, ge=1, description="topk / batchtopk: features per row (on average for batchtopk)")
+    k: int = Field(16, ge=1, description="topk / batchtopk / matryoshka: features per row (on average for the "
+                   "batch kinds)")
+    groups: list[int] = Field(default_factory=list, description="matryoshka: the nested prefix sizes, ascending, "
+                              "the last the width (empty: width/8, width/4, width/2, width)")
     l0_coefficient: float = Field(1e-3, ge=0, description="jumprelu: λ, the price of one active feature")
     # Activations are normalised to a mean squared norm of d_in, so pre-activations are of order 1: the
     # kernel and the first threshold are set in those units.
@@ -64,7 +72,8 @@ class SAEConfig(Config):
                                       "multiple of lr")
     epochs: float = Field(4.0, gt=0, description="passes over the activations")
     batch_size: int = Field(1024, ge=1, description="rows per step")
-    aux_k: int = Field(64, ge=0, description="topk / batchtopk: dead features used by the auxiliary loss (0: off)")
+    aux_k: int = Field(64, ge=0, description="topk and the batch kinds: dead features used by the auxiliary loss "
+                       "(0: off)")
     aux_coefficient: float = Field(1 / 32, ge=0)
     dead_after: int = Field(50_000, ge=1, description="rows without firing after which a feature counts as dead")
     seed: int = 0
@@ -134,7 +143,7 @@ class SparseAutoencoder(torch.nn.Module):
         kind = self.cfg.kind
         if kind == "jumprelu":
             return _JumpReLU.apply(pre, self.log_threshold.exp(), self.cfg.bandwidth)
-        if kind == "topk" or (kind == "batchtopk" and (training or self.batch_threshold < 0)):
+        if kind == "topk" or (kind in BATCH_KINDS and (training or self.batch_threshold < 0)):
             relu = torch.relu(pre)
             if kind == "topk":
                 top = relu.topk(min(self.cfg.k, relu.shape[1]), dim=1)
@@ -162,7 +171,7 @@ class SparseAutoencoder(torch.nn.Module):
         architecture = self.cfg.kind
         if self.cfg.kind == "jumprelu":
             weights["threshold"] = self.log_threshold.exp()
-        elif self.cfg.kind == "batchtopk":  # at inference it is a JumpReLU with one threshold for every feature
+        elif self.cfg.kind in BATCH_KINDS:  # at inference it is a JumpReLU with one threshold for every feature
             architecture = "jumprelu"
             weights["threshold"] = self.batch_threshold.clamp(min=0).expand(self.cfg.width)
         save_file({k: v.detach().float().contiguous() for k, v in weights.items()},
@@ -191,9 +200,22 @@ class SparseAutoencoder(torch.nn.Module):
                 getattr(sae, name).copy_(weights[name])
             if sae.cfg.kind == "jumprelu":
                 sae.log_threshold.copy_(weights["threshold"].clamp(min=1e-12).log())
-            elif sae.cfg.kind == "batchtopk":
+            elif sae.cfg.kind in BATCH_KINDS:
                 sae.batch_threshold.fill_(float(weights["threshold"][0]))
         return sae
+
+
+def matryoshka_groups(cfg: SAEConfig) -> list[int]:
+    """The nested prefix sizes a Matryoshka SAE is trained on (ascending, ending at the width).
+
+    Raises:
+        ValueError: the sizes are not ascending, or do not end at the width.
+    """
+    if not cfg.groups:
+        return sorted({max(1, cfg.width // 8), max(1, cfg.width // 4), max(1, cfg.width // 2), cfg.width})
+    if cfg.groups != sorted(set(cfg.groups)) or cfg.groups[-1] != cfg.width or cfg.groups[0] < 1:
+        raise ValueError(f"groups {cfg.groups}: expected ascending sizes from 1 up to the width ({cfg.width})")
+    return list(cfg.groups)
 
 
 def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> tuple[SparseAutoencoder,
@@ -215,6 +237,7 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
         rate = cfg.lr * cfg.threshold_lr_scale
         groups.append({"params": [sae.log_threshold], "lr": rate, "base": rate})
     optimiser = torch.optim.Adam(groups, betas=(0.9, 0.999))
+    prefixes = matryoshka_groups(cfg)
     steps = max(1, int(math.ceil(cfg.epochs * len(x_all) / cfg.batch_size)))
     decay_from = int(0.8 * steps)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -255,6 +278,9 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
         error = x - recon
         mse = (error ** 2).sum(1).mean() / d_in
         loss = mse
+        if cfg.kind == "matryoshka":  # every nested prefix must reconstruct on its own
+            loss = torch.stack([((x - f[:, :m] @ directions[:m] - sae.b_dec) ** 2).sum(1).mean() / d_in
+                                for m in prefixes[:-1]] + [mse]).mean()
         since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + len(x))
         if cfg.kind == "jumprelu":
             l0 = _Step.apply(pre, sae.log_threshold.exp(), cfg.bandwidth).sum(1).mean()
@@ -284,7 +310,7 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
                         "dead": int((since_fired >= cfg.dead_after).sum())})
     if cfg.kind == "topk":
         _fold_norms(sae)
-    if cfg.kind == "batchtopk":
+    if cfg.kind in BATCH_KINDS:
         _set_batch_threshold(sae, x_all * scale)
     seconds = time.perf_counter() - started
     _fold_scale(sae, scale)

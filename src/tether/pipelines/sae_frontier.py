@@ -38,8 +38,10 @@ from pydantic import Field
 from tether.core.config import Config
 from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
-from tether.interp.sae import SAEConfig
+from tether.interp.sae import Kind, SAEConfig
 from tether.pipelines.behaviour import Judge, distinct, effect, split_hazards
+
+_DEFAULT_KINDS: list[Kind] = ["topk", "batchtopk", "jumprelu"]
 
 
 class SAEFrontierConfig(Config):
@@ -50,8 +52,9 @@ class SAEFrontierConfig(Config):
     site: str = Field("resid_post.1", description="where the SAEs read and write")
     texts: int = Field(2400, ge=10, description="world conversations whose every token is captured")
     heldout: int = Field(300, ge=5, description="of which held out for the metrics")
-    kinds: list[str] = Field(default_factory=lambda: ["topk", "batchtopk", "jumprelu"])
-    ks: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], description="topk / batchtopk sparsities")
+    kinds: list[Kind] = Field(default_factory=lambda: list(_DEFAULT_KINDS),
+                              description="SAE kinds (matryoshka too on request)")
+    ks: list[int] = Field(default_factory=lambda: [4, 8, 16, 32], description="topk / batch kinds' sparsities")
     l0_coefficients: list[float] = Field(default_factory=lambda: [0.1, 0.03, 0.01, 0.003],
                                          description="jumprelu sparsities (λ)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="one SAE per seed at each point")

@@ -15,6 +15,7 @@ from tether.interp.sae import (
     _fold_scale,
     _JumpReLU,
     _Step,
+    matryoshka_groups,
     max_activating,
     sae_metrics,
     spliced_losses,
@@ -82,7 +83,7 @@ def test_folding_the_decoder_norms_keeps_what_training_computed():
     assert torch.allclose(sae(x), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("kind", ["topk", "batchtopk", "matryoshka", "jumprelu"])
 def test_a_planted_sparse_dictionary_is_recovered(kind):
     # 3,000 rows, each a sum of 3 of 32 planted unit directions in 16 dimensions with positive weights.
     g = torch.Generator().manual_seed(0)
@@ -101,8 +102,32 @@ def test_a_planted_sparse_dictionary_is_recovered(kind):
     assert log["rows_per_s"] > 0 and log["steps"] == math.ceil(12 * 2400 / 256)
 
 
+def test_matryoshka_groups_and_the_first_group_standing_alone():
+    assert matryoshka_groups(SAEConfig(kind="matryoshka", width=64)) == [8, 16, 32, 64]
+    assert matryoshka_groups(SAEConfig(kind="matryoshka", width=64, groups=[4, 64])) == [4, 64]
+    for bad in ([64, 4], [4, 32], [0, 64]):
+        with pytest.raises(ValueError, match="ascending sizes"):
+            matryoshka_groups(SAEConfig(kind="matryoshka", width=64, groups=bad))
+    # Trained on nested prefixes, the first 8 features reconstruct alone better than a BatchTopK SAE's.
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.randn(32, 16, generator=g)
+    picks = torch.stack([torch.randperm(32, generator=g)[:3] for _ in range(3000)])
+    x = ((torch.rand(3000, 3, generator=g) + 0.5).unsqueeze(-1) * atoms[picks]).sum(1)
+
+    def first_eight(kind):
+        sae, _ = train_sae(x[:2400], SAEConfig(kind=kind, width=64, k=3, epochs=8, batch_size=256, lr=3e-3))
+        with torch.no_grad():
+            f = sae.encode(x[2400:])
+            alone = f[:, :8] @ sae.W_dec[:8] + sae.b_dec
+        held = x[2400:]
+        return float(1 - ((held - alone) ** 2).sum() / ((held - held.mean(0)) ** 2).sum())
+
+    # 8 of 64 features can hold at most a quarter of the 32 atoms: 0.33 against 0.24 explained here.
+    assert first_eight("matryoshka") > first_eight("batchtopk") + 0.05
+
+
 def test_save_in_saelens_format_and_load_back(tmp_path):
-    for kind in ("topk", "batchtopk", "jumprelu"):
+    for kind in ("topk", "batchtopk", "matryoshka", "jumprelu"):
         sae = SparseAutoencoder(8, SAEConfig(kind=kind, width=16, k=2), site="resid_post.0")
         sae.batch_threshold.fill_(0.2)
         path = sae.save(tmp_path / kind)
