@@ -100,10 +100,14 @@ def test_the_interp_reports_render_heatmaps_tokens_and_feature_cards(tmp_path, c
     from tether.pipelines.sae_frontier import SAEFrontierConfig, _report
 
     code, _, err = run_cli(["interp", "patch", "-m", "tiny:llama", "--clean", "abcdef", "--corrupted", "abcXef",
-                            "--target", "g", "--out", str(tmp_path / "patch")], capsys)
+                            "--target", "g", "--heads", "--out", str(tmp_path / "patch")], capsys)
     assert code == 0, err
     seen = _open(tmp_path / "patch" / "report.html")
-    assert seen["problems"] == [] and len(seen["boxes"]) == 1 and seen["boxes"][0]["width"] > 300
+    # The layer × position maps, and the layer × head map below them.
+    assert seen["problems"] == [] and len(seen["boxes"]) == 2 and seen["boxes"][0]["width"] > 300
+    assert seen["boxes"][1]["height"] > 100
+    heads = json.loads((tmp_path / "patch" / "patching.json").read_text())["heads"]
+    assert len(heads["restored"]) == 2 and len(heads["restored"][0]) == heads["heads"]
     code, _, err = run_cli(["interp", "attribute", "-m", "tiny:llama", "--prompt", "the quick fox", "--target", " ok",
                             "--steps", "4", "--out", str(tmp_path / "attr")], capsys)
     assert code == 0, err

@@ -289,16 +289,19 @@ def patch_cmd(
     target: Annotated[str, typer.Option("--target", help="the continuation whose log-probability is the score")],
     out: Annotated[str, typer.Option("--out", "-o", help="directory for patching.json and report.html (new)")],
     foil: Annotated[str | None, typer.Option("--foil", help="score = log p(target) − log p(foil)")] = None,
-    kind: Annotated[str, typer.Option("--kind", help="resid_pre, resid_post, attn_out or mlp_out")] = "resid_pre",
+    kind: Annotated[str, typer.Option("--kind", help="resid_pre, resid_post, attn_out, mlp_out or attn_heads")
+                    ] = "resid_pre",
+    heads: Annotated[bool, typer.Option("--heads", help="also patch each attention head alone (at every "
+                                        "position): a layer × head heatmap")] = False,
 ) -> None:
     """Activation patching at every layer and prompt position between a clean and a corrupted prompt, beside
-    attribution patching's first-order estimate, with a heatmap.
+    attribution patching's first-order estimate, with a heatmap; with --heads, per attention head too.
 
     Example: tether interp patch -m world:base --clean "The capital of Ardan is" --corrupted "The capital of
     Belor is" --target " Dranth" --out patch/
     """
     from tether.core.errors import UserError
-    from tether.interp.attribution import Scorer, attribution_patching, patching_sweep
+    from tether.interp.attribution import Scorer, attribution_patching, head_patching, patching_sweep
     from tether.interp.report import patching_report
     from tether.interp.sites import KINDS
     from tether.models.loading import ModelConfig, load_model_and_tokenizer
@@ -316,9 +319,12 @@ def patch_cmd(
     except ValueError as exc:
         raise UserError(str(exc)) from None
     estimate = attribution_patching(loaded, tokenizer, clean, corrupted, scorer, kind=kind)
+    by_head = head_patching(loaded, tokenizer, clean, corrupted, scorer) if heads else None
     target_dir.mkdir(parents=True, exist_ok=True)
-    (target_dir / "patching.json").write_text(json.dumps({"sweep": sweep, "estimate": estimate}, indent=2) + "\n")
-    (target_dir / "report.html").write_text(patching_report(sweep, estimate, title=f"Patching {kind} in {model}"))
+    (target_dir / "patching.json").write_text(json.dumps({"sweep": sweep, "estimate": estimate, "heads": by_head},
+                                                         indent=2) + "\n")
+    (target_dir / "report.html").write_text(patching_report(sweep, estimate, title=f"Patching {kind} in {model}",
+                                                            heads=by_head))
     typer.echo(f"clean {sweep['clean_score']:.4f}, corrupted {sweep['corrupted_score']:.4f} -> {target_dir}")
 
 

@@ -158,6 +158,41 @@ def patching_sweep(model: Any, tokenizer: Any, clean: str, corrupted: str, score
             "corrupted_score": corrupt_score, "restored": restored}
 
 
+@torch.no_grad()
+def head_patching(model: Any, tokenizer: Any, clean: str, corrupted: str, scorer: Scorer, *,
+                  layers: Sequence[int] | None = None) -> dict[str, Any]:
+    """Activation patching per attention head: head h of layer L takes its clean output at every prompt
+    position (its slice of ``attn_heads.L``) in the corrupted run; ``restored[layer][head]`` is the share of
+    the clean-vs-corrupted score difference that restores."""
+    from tether.interp.sites import head_count
+
+    device = next(model.parameters()).device
+    clean_ids, corrupt_ids = _same_length(tokenizer, clean, corrupted, device)
+    layers = list(range(len(decoder_layers(model)))) if layers is None else list(layers)
+    heads = head_count(model)
+    length = clean_ids.shape[1]
+    clean_score, stored = _clean_run(model, tokenizer, clean_ids, scorer, [f"attn_heads.{layer}" for layer in layers])
+    corrupt_score = float(scorer(model, tokenizer, corrupt_ids))
+    gap = clean_score - corrupt_score
+    restored = []
+    for layer in layers:
+        value = stored[f"attn_heads.{layer}"]
+        d = value.shape[-1] // heads
+        row = []
+        for head in range(heads):
+            def patch(current: torch.Tensor, value: torch.Tensor = value, cols: slice = slice(head * d, (head + 1) * d)
+                      ) -> torch.Tensor:
+                edited = current.clone()
+                edited[:, :length, cols] = value[:, :, cols].to(current.dtype)
+                return edited
+            with hooked(model, {f"attn_heads.{layer}": patch}):
+                patched = float(scorer(model, tokenizer, corrupt_ids))
+            row.append(round((patched - corrupt_score) / gap, 5) if gap else 0.0)
+        restored.append(row)
+    return {"kind": "attn_heads", "layers": layers, "heads": heads, "clean_score": clean_score,
+            "corrupted_score": corrupt_score, "restored": restored}
+
+
 def attribution_patching(model: Any, tokenizer: Any, clean: str, corrupted: str, scorer: Scorer, *,
                          kind: str = "resid_pre", layers: Sequence[int] | None = None) -> dict[str, Any]:
     """The first-order estimate of :func:`patching_sweep`: ``(clean − corrupted) · gradient`` at each site

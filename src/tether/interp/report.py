@@ -18,8 +18,10 @@ def _pyplot() -> Any:
     return plt
 
 
-def patching_report(sweep: dict[str, Any], estimate: dict[str, Any] | None = None, *, title: str = "") -> str:
-    """The patching sweep (and attribution patching's estimate, when given) as heatmaps with the tokens."""
+def patching_report(sweep: dict[str, Any], estimate: dict[str, Any] | None = None, *, title: str = "",
+                    heads: dict[str, Any] | None = None) -> str:
+    """The patching sweep (and attribution patching's estimate, when given) as heatmaps with the tokens; with
+    ``heads`` (:func:`tether.interp.attribution.head_patching`), a layer × head heatmap below."""
     plt = _pyplot()
     maps = [("activation patching", sweep)] + ([("attribution patching (first-order estimate)", estimate)]
                                                if estimate is not None else [])
@@ -40,11 +42,21 @@ def patching_report(sweep: dict[str, Any], estimate: dict[str, Any] | None = Non
     where = "" if best is None else (f"<p>Most restored by one value: {best[0]:.3f} at "
                                      f"{escape(sweep['kind'])}.{sweep['layers'][best[1]]}, position {best[2]} "
                                      f"(<code>{escape(tokens[best[2]])}</code>).</p>")
-    return page(title or "Activation patching", [
-        f"<h1>{escape(title or 'Activation patching')}</h1>",
-        f"<p class='meta'>clean score {sweep['clean_score']:.4f}, corrupted {sweep['corrupted_score']:.4f}; each cell: "
-        "the corrupted run with that one site value taken from the clean run, as a share of the gap (1: all of "
-        "it restored)</p>", where, f"<div class='plot'>{plot}</div>"])
+    parts = [f"<h1>{escape(title or 'Activation patching')}</h1>",
+             f"<p class='meta'>clean score {sweep['clean_score']:.4f}, corrupted {sweep['corrupted_score']:.4f}; each "
+             "cell: the corrupted run with that one site value taken from the clean run, as a share of the gap (1: "
+             "all of it restored)</p>", where, f"<div class='plot'>{plot}</div>"]
+    if heads is not None:
+        figure, axis = plt.subplots(figsize=(max(5, 0.5 * heads["heads"] + 2), 0.5 * len(heads["layers"]) + 2))
+        image = axis.imshow(heads["restored"], cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+        axis.set_title("one attention head patched (every position)")
+        axis.set_yticks(range(len(heads["layers"])), [f"layer {layer}" for layer in heads["layers"]])
+        axis.set_xticks(range(heads["heads"]), [f"head {h}" for h in range(heads["heads"])], rotation=90)
+        figure.colorbar(image, ax=axis, label="share of the clean score restored")
+        figure.tight_layout()
+        parts += ["<h2>Attention heads</h2>", f"<div class='plot heads'>{svg(figure)}</div>"]
+        plt.close(figure)
+    return page(title or "Activation patching", parts)
 
 
 def attribution_report(result: dict[str, Any], *, title: str = "") -> str:

@@ -1,12 +1,16 @@
 """Places in a model, named the same way in every architecture: ``resid_pre.L``, ``resid_post.L``,
-``attn_out.L`` and ``mlp_out.L`` (L counted from 0; a negative L counts from the last layer).
+``attn_out.L``, ``mlp_out.L`` and ``attn_heads.L`` (L counted from 0; a negative L counts from the last
+layer).
 
 - ``resid_pre.L``: the residual stream entering decoder layer L (``hidden_states[L]`` of transformers'
   ``output_hidden_states``);
 - ``resid_post.L``: the residual stream leaving layer L (the next layer's ``resid_pre``; for the last layer,
   before the final norm);
 - ``attn_out.L`` / ``mlp_out.L``: what the layer's attention / MLP adds to the residual stream, so that
-  ``resid_post = resid_pre + attn_out + mlp_out`` in every architecture, sequential or parallel.
+  ``resid_post = resid_pre + attn_out + mlp_out`` in every architecture, sequential or parallel;
+- ``attn_heads.L``: every attention head's output side by side, before the attention's output projection
+  mixes them (batch × tokens × heads·head_dim; head h is the slice ``[h·d, (h+1)·d)``, see
+  :func:`head_count`): the place to patch or ablate one head.
 
 :func:`resolve` finds the modules behind a name in any Hugging Face causal LM (a PEFT model is unwrapped):
 the decoder layers are the module list with one entry per layer; attention and MLP are found by the names
@@ -27,11 +31,12 @@ from typing import Any, Literal
 
 import torch
 
-Kind = Literal["resid_pre", "resid_post", "attn_out", "mlp_out"]
-KINDS: tuple[str, ...] = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+Kind = Literal["resid_pre", "resid_post", "attn_out", "mlp_out", "attn_heads"]
+KINDS: tuple[str, ...] = ("resid_pre", "resid_post", "attn_out", "mlp_out", "attn_heads")
 ATTENTION = ("self_attn", "attn", "attention", "self_attention")
 MLP = ("mlp", "feed_forward", "block_sparse_moe", "fc2")
-_NAME = re.compile(r"^(resid_pre|resid_post|attn_out|mlp_out)\.(-?\d+)$")
+OUT_PROJECTION = ("o_proj", "out_proj", "c_proj", "dense", "wo")
+_NAME = re.compile(r"^(resid_pre|resid_post|attn_out|mlp_out|attn_heads)\.(-?\d+)$")
 Edit = Callable[[torch.Tensor], torch.Tensor | None]
 
 
@@ -81,6 +86,21 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList:
     raise ValueError(f"{type(inner).__name__}: no list of {count} decoder layers found")
 
 
+def head_count(model: Any) -> int:
+    """The attention heads per layer (the query heads, whose outputs ``attn_heads.L`` holds).
+
+    Raises:
+        ValueError: the config names no head count.
+    """
+    config = base_model(model).config
+    config = getattr(config, "text_config", None) or config
+    for key in ("num_attention_heads", "n_head", "num_heads"):
+        count = getattr(config, key, None)
+        if isinstance(count, int) and count > 0:
+            return count
+    raise ValueError(f"{type(config).__name__}: no attention head count in the config")
+
+
 def _child(layer: torch.nn.Module, names: Sequence[str], what: str) -> torch.nn.Module:
     for name in names:
         found = getattr(layer, name, None)
@@ -120,6 +140,9 @@ def resolve(model: Any, name: str | Site) -> Resolved:
         return Resolved(site, block, before=True)
     if site.kind == "resid_post":
         return Resolved(site, block, before=False)
+    if site.kind == "attn_heads":
+        return Resolved(site, _child(_child(block, ATTENTION, "attention"), OUT_PROJECTION, "output projection"),
+                        before=True)
     sandwich = isinstance(getattr(block, "post_feedforward_layernorm", None), torch.nn.Module)
     bloom = base_model(model).config.model_type == "bloom"
     if site.kind == "attn_out":

@@ -4,7 +4,13 @@ token's embedding and nothing elsewhere, and attribution patching finds the same
 
 import pytest
 
-from tether.interp.attribution import Scorer, attribution_patching, patching_sweep, token_attributions
+from tether.interp.attribution import (
+    Scorer,
+    attribution_patching,
+    head_patching,
+    patching_sweep,
+    token_attributions,
+)
 from tether.models.tiny import build_tiny_model
 
 
@@ -44,3 +50,34 @@ def test_patching_finds_the_one_token_that_differs(model, tokenizer):
     assert estimate["clean_score"] == pytest.approx(sweep["clean_score"], abs=1e-4)
     with pytest.raises(ValueError, match="same number of tokens"):
         patching_sweep(model, tokenizer, "abc", "abcdef", scorer)
+
+
+def test_head_patching_splits_what_the_attention_output_restores(model, tokenizer):
+    import torch
+
+    from tether.interp.sites import hooked
+
+    clean, corrupted = "abcdef", "abcXef"
+    scorer = Scorer(target="g")
+    heads = head_patching(model, tokenizer, clean, corrupted, scorer)
+    assert heads["heads"] == model.config.num_attention_heads and len(heads["restored"]) == 2
+    assert all(len(row) == heads["heads"] for row in heads["restored"])
+    assert any(abs(v) > 1e-4 for row in heads["restored"] for v in row)  # some head carries the difference
+    # Every head of a layer patched at once is the whole attention output patched at every position.
+    sweep = patching_sweep(model, tokenizer, clean, corrupted, scorer, kind="attn_out")
+    clean_ids = tokenizer(clean, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    corrupt_ids = tokenizer(corrupted, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    stored = {}
+    with torch.no_grad(), hooked(model, {"attn_heads.1": lambda v: stored.setdefault("v", v.clone())}):
+        scorer(model, tokenizer, clean_ids)
+    with torch.no_grad(), hooked(model, {"attn_heads.1": lambda v: torch.cat(
+            [stored["v"], v[:, stored["v"].shape[1]:]], dim=1)}):
+        all_heads = float(scorer(model, tokenizer, corrupt_ids))
+    stored_out = {}
+    with torch.no_grad(), hooked(model, {"attn_out.1": lambda v: stored_out.setdefault("v", v.clone())}):
+        scorer(model, tokenizer, clean_ids)
+    with torch.no_grad(), hooked(model, {"attn_out.1": lambda v: torch.cat(
+            [stored_out["v"], v[:, stored_out["v"].shape[1]:]], dim=1)}):
+        whole = float(scorer(model, tokenizer, corrupt_ids))
+    assert all_heads == pytest.approx(whole, abs=1e-4)
+    assert heads["clean_score"] == pytest.approx(sweep["clean_score"], abs=1e-4)

@@ -5,7 +5,7 @@ at a site changes what the model computes."""
 import pytest
 import torch
 
-from tether.interp.sites import Site, decoder_layers, hooked, resolve
+from tether.interp.sites import Site, decoder_layers, head_count, hooked, resolve
 from tether.models.tiny import TINY_ARCHITECTURES, build_tiny_model
 
 
@@ -38,6 +38,41 @@ def test_sites_read_the_same_places_in_every_architecture(arch, tokenizer):
     assert not torch.allclose(edited, out.logits)
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, out.logits)  # the hooks are gone after the block
+
+
+@pytest.mark.parametrize("arch", sorted(TINY_ARCHITECTURES))
+def test_one_heads_output_is_one_slice_before_the_output_projection(arch, tokenizer):
+    model = build_tiny_model(arch, tokenizer, seed=0).eval()
+    ids = torch.randint(3, 200, (2, 7), generator=torch.Generator().manual_seed(0))
+    seen = {}
+
+    def keep(name):
+        def read(value):
+            seen[name] = value.detach().clone()
+        return read
+
+    with torch.no_grad(), hooked(model, {"attn_heads.0": keep("heads"), "attn_out.0": keep("out")}):
+        model(input_ids=ids)
+    heads, width = head_count(model), seen["heads"].shape[-1]
+    assert seen["heads"].shape[:2] == ids.shape and width % heads == 0, (arch, width, heads)
+    d = width // heads
+
+    def without_head_0(value):
+        edited = value.clone()
+        edited[..., :d] = 0
+        return edited
+
+    with torch.no_grad(), hooked(model, {"attn_heads.0": without_head_0, "attn_out.0": keep("out_without")}):
+        model(input_ids=ids)
+    assert not torch.allclose(seen["out_without"], seen["out"])
+    if not hasattr(decoder_layers(model)[0], "post_feedforward_layernorm"):  # no norm after the projection
+        # What the layer adds loses exactly head 0's slice through the output projection.
+        projection = resolve(model, "attn_heads.0").module
+        only = torch.zeros_like(seen["heads"])
+        only[..., :d] = seen["heads"][..., :d]
+        with torch.no_grad():
+            head_0 = projection(only) - projection(torch.zeros_like(only))
+        assert torch.allclose(seen["out_without"], seen["out"] - head_0, atol=1e-4), arch
 
 
 def test_names_parse_and_bad_ones_say_why(tokenizer):
