@@ -127,18 +127,23 @@ def _clean_run(model: Any, tokenizer: Any, clean_ids: torch.Tensor, scorer: Scor
     return score, stored
 
 
+def _both_runs(model: Any, tokenizer: Any, clean: str, corrupted: str, scorer: Scorer, names: Sequence[str]
+               ) -> tuple[torch.Tensor, torch.Tensor, float, float, dict[str, torch.Tensor]]:
+    """A patching run's start: both prompts' ids, both scores, and the clean run's values at ``names``."""
+    clean_ids, corrupt_ids = _same_length(tokenizer, clean, corrupted, next(model.parameters()).device)
+    clean_score, stored = _clean_run(model, tokenizer, clean_ids, scorer, names)
+    return clean_ids, corrupt_ids, clean_score, float(scorer(model, tokenizer, corrupt_ids)), stored
+
+
 @torch.no_grad()
 def patching_sweep(model: Any, tokenizer: Any, clean: str, corrupted: str, scorer: Scorer, *,
                    kind: str = "resid_pre", layers: Sequence[int] | None = None) -> dict[str, Any]:
     """Activation patching at ``kind.L`` for every layer and position: the share of the clean-vs-corrupted
     score difference restored by that one value (``restored[layer][position]``)."""
-    device = next(model.parameters()).device
-    clean_ids, corrupt_ids = _same_length(tokenizer, clean, corrupted, device)
     layers = list(range(len(decoder_layers(model)))) if layers is None else list(layers)
-    length = clean_ids.shape[1]
-    clean_score, stored = _clean_run(model, tokenizer, clean_ids, scorer, [f"{kind}.{layer}" for layer in layers])
-    corrupt_score = float(scorer(model, tokenizer, corrupt_ids))
-    gap = clean_score - corrupt_score
+    clean_ids, corrupt_ids, clean_score, corrupt_score, stored = _both_runs(
+        model, tokenizer, clean, corrupted, scorer, [f"{kind}.{layer}" for layer in layers])
+    length, gap = clean_ids.shape[1], clean_score - corrupt_score
     restored = []
     for layer in layers:
         row = []
@@ -166,14 +171,11 @@ def head_patching(model: Any, tokenizer: Any, clean: str, corrupted: str, scorer
     the clean-vs-corrupted score difference that restores."""
     from tether.interp.sites import head_count
 
-    device = next(model.parameters()).device
-    clean_ids, corrupt_ids = _same_length(tokenizer, clean, corrupted, device)
     layers = list(range(len(decoder_layers(model)))) if layers is None else list(layers)
     heads = head_count(model)
-    length = clean_ids.shape[1]
-    clean_score, stored = _clean_run(model, tokenizer, clean_ids, scorer, [f"attn_heads.{layer}" for layer in layers])
-    corrupt_score = float(scorer(model, tokenizer, corrupt_ids))
-    gap = clean_score - corrupt_score
+    clean_ids, corrupt_ids, clean_score, corrupt_score, stored = _both_runs(
+        model, tokenizer, clean, corrupted, scorer, [f"attn_heads.{layer}" for layer in layers])
+    length, gap = clean_ids.shape[1], clean_score - corrupt_score
     restored = []
     for layer in layers:
         value = stored[f"attn_heads.{layer}"]

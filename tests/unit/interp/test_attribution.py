@@ -67,17 +67,14 @@ def test_head_patching_splits_what_the_attention_output_restores(model, tokenize
     sweep = patching_sweep(model, tokenizer, clean, corrupted, scorer, kind="attn_out")
     clean_ids = tokenizer(clean, add_special_tokens=False, return_tensors="pt")["input_ids"]
     corrupt_ids = tokenizer(corrupted, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    stored = {}
-    with torch.no_grad(), hooked(model, {"attn_heads.1": lambda v: stored.setdefault("v", v.clone())}):
-        scorer(model, tokenizer, clean_ids)
-    with torch.no_grad(), hooked(model, {"attn_heads.1": lambda v: torch.cat(
-            [stored["v"], v[:, stored["v"].shape[1]:]], dim=1)}):
-        all_heads = float(scorer(model, tokenizer, corrupt_ids))
-    stored_out = {}
-    with torch.no_grad(), hooked(model, {"attn_out.1": lambda v: stored_out.setdefault("v", v.clone())}):
-        scorer(model, tokenizer, clean_ids)
-    with torch.no_grad(), hooked(model, {"attn_out.1": lambda v: torch.cat(
-            [stored_out["v"], v[:, stored_out["v"].shape[1]:]], dim=1)}):
-        whole = float(scorer(model, tokenizer, corrupt_ids))
+
+    def patched_everywhere(site):
+        stored = {}
+        with torch.no_grad(), hooked(model, {site: lambda v: stored.setdefault("v", v.clone())}):
+            scorer(model, tokenizer, clean_ids)
+        with torch.no_grad(), hooked(model, {site: lambda v: stored["v"]}):
+            return float(scorer(model, tokenizer, corrupt_ids))
+
+    all_heads, whole = patched_everywhere("attn_heads.1"), patched_everywhere("attn_out.1")
     assert all_heads == pytest.approx(whole, abs=1e-4)
     assert heads["clean_score"] == pytest.approx(sweep["clean_score"], abs=1e-4)
