@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tether.core.config import Config
 
@@ -77,6 +77,13 @@ class SAEConfig(Config):
     aux_coefficient: float = Field(1 / 32, ge=0)
     dead_after: int = Field(50_000, ge=1, description="rows without firing after which a feature counts as dead")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _groups_fit_the_width(self) -> SAEConfig:
+        if self.groups and (self.groups != sorted(set(self.groups)) or self.groups[-1] != self.width
+                            or self.groups[0] < 1):
+            raise ValueError(f"groups {self.groups}: expected ascending sizes from 1 up to the width ({self.width})")
+        return self
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -206,16 +213,10 @@ class SparseAutoencoder(torch.nn.Module):
 
 
 def matryoshka_groups(cfg: SAEConfig) -> list[int]:
-    """The nested prefix sizes a Matryoshka SAE is trained on (ascending, ending at the width).
-
-    Raises:
-        ValueError: the sizes are not ascending, or do not end at the width.
-    """
+    """The nested prefix sizes a Matryoshka SAE is trained on (ascending, ending at the width)."""
     if not cfg.groups:
         return sorted({max(1, cfg.width // 8), max(1, cfg.width // 4), max(1, cfg.width // 2), cfg.width})
-    if cfg.groups != sorted(set(cfg.groups)) or cfg.groups[-1] != cfg.width or cfg.groups[0] < 1:
-        raise ValueError(f"groups {cfg.groups}: expected ascending sizes from 1 up to the width ({cfg.width})")
-    return list(cfg.groups)
+    return list(cfg.groups)  # checked when the config was made
 
 
 def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> tuple[SparseAutoencoder,
@@ -237,7 +238,7 @@ def train_sae(activations: torch.Tensor, cfg: SAEConfig, *, site: str = "") -> t
         rate = cfg.lr * cfg.threshold_lr_scale
         groups.append({"params": [sae.log_threshold], "lr": rate, "base": rate})
     optimiser = torch.optim.Adam(groups, betas=(0.9, 0.999))
-    prefixes = matryoshka_groups(cfg)
+    prefixes = matryoshka_groups(cfg) if cfg.kind == "matryoshka" else []
     steps = max(1, int(math.ceil(cfg.epochs * len(x_all) / cfg.batch_size)))
     decay_from = int(0.8 * steps)
     generator = torch.Generator().manual_seed(cfg.seed)
