@@ -27,6 +27,11 @@ def _rows(path: str) -> list[dict[str, Any]]:
     return rows
 
 
+# Options several commands share, declared once.
+ModelOption = Annotated[str, typer.Option("--model", "-m", help="model directory, hub id, world:base or tiny:ARCH")]
+TargetOption = Annotated[str, typer.Option("--target", help="the continuation whose log-probability is the score")]
+FoilOption = Annotated[str | None, typer.Option("--foil", help="score = log p(target) − log p(foil)")]
+
 def _labelled(capture: str, site: str) -> tuple[Any, Any]:
     """A capture's rows at ``site`` and their labels (None where the capture has none)."""
     from tether.core.errors import UserError
@@ -59,7 +64,7 @@ def _flagged(capture: str, site: str, purpose: str) -> tuple[Any, Any]:
 
 @app.command("capture")
 def capture_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="model directory, hub id, world:base or tiny:ARCH")],
+    model: ModelOption,
     data: Annotated[str, typer.Option("--data", help="JSONL: one text per line ('text' or 'prompt'), optionally a "
                                       "'label'")],
     site: Annotated[list[str], typer.Option("--site", help="a site to capture (repeatable): resid_pre.L, "
@@ -205,7 +210,7 @@ def direction_cmd(
 
 @app.command("orthogonalise")
 def orthogonalise_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="model directory, hub id, world:base or tiny:ARCH")],
+    model: ModelOption,
     direction: Annotated[str, typer.Option("--direction", help="a direction file (tether interp direction)")],
     out: Annotated[str, typer.Option("--out", "-o", help="directory for the edited model (new)")],
 ) -> None:
@@ -283,12 +288,12 @@ def sae_cmd(
 
 @app.command("patch")
 def patch_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="model directory, hub id, world:base or tiny:ARCH")],
+    model: ModelOption,
     clean: Annotated[str, typer.Option("--clean", help="the clean prompt")],
     corrupted: Annotated[str, typer.Option("--corrupted", help="the corrupted prompt (as many tokens as the clean)")],
-    target: Annotated[str, typer.Option("--target", help="the continuation whose log-probability is the score")],
+    target: TargetOption,
     out: Annotated[str, typer.Option("--out", "-o", help="directory for patching.json and report.html (new)")],
-    foil: Annotated[str | None, typer.Option("--foil", help="score = log p(target) − log p(foil)")] = None,
+    foil: FoilOption = None,
     kind: Annotated[str, typer.Option("--kind", help="resid_pre, resid_post, attn_out, mlp_out or attn_heads")
                     ] = "resid_pre",
     heads: Annotated[bool, typer.Option("--heads", help="also patch each attention head alone (at every "
@@ -330,11 +335,11 @@ def patch_cmd(
 
 @app.command("attribute")
 def attribute_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="model directory, hub id, world:base or tiny:ARCH")],
+    model: ModelOption,
     prompt: Annotated[str, typer.Option("--prompt", help="the prompt whose tokens are attributed")],
-    target: Annotated[str, typer.Option("--target", help="the continuation whose log-probability is the score")],
+    target: TargetOption,
     out: Annotated[str, typer.Option("--out", "-o", help="directory for attributions.json and report.html (new)")],
-    foil: Annotated[str | None, typer.Option("--foil", help="score = log p(target) − log p(foil)")] = None,
+    foil: FoilOption = None,
     method: Annotated[str, typer.Option("--method", help="integrated_gradients or grad_x_input")
                       ] = "integrated_gradients",
     steps: Annotated[int, typer.Option("--steps", min=1, help="integrated gradients: steps along the path")] = 32,
