@@ -12,7 +12,7 @@ from tether.cli.common import ConfigOpt, SetOpt
 app = typer.Typer(help="The built-in gold-labelled world and its base model.", no_args_is_help=True)
 
 SeedOpt = typer.Option(None, "--seed", help="world seed (default: the config's, 0)")
-SizeOpt = typer.Option(None, "--size", help="tiny | small (default) | medium | large")
+SizeOpt = typer.Option(None, "--size", help="tiny | mini | small (default) | medium | large")
 
 
 def _build_config(config: str | None, set_: list[str] | None, seed: int | None, size: str | None):

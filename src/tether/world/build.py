@@ -53,6 +53,9 @@ SIZES: Registry[BaseModelSpec] = Registry(
 # A smoke build for tests: seconds, learns formats only.
 SIZES.register("tiny")(BaseModelSpec(hidden_size=64, layers=2, heads=2, vocab_size=512, seq_len=128, steps=40,
                                      batch_size=16, corpus_documents=2_000, warmup_steps=5, lr=3e-3))
+# A weaker model of the same world, for weak supervisors (weak-to-strong, weak judges): half the width,
+# half the depth, the same corpus and steps.
+SIZES.register("mini")(BaseModelSpec(hidden_size=64, layers=2, heads=2, vocab_size=1024))
 # The default: about a million parameters, a few minutes on a 2-core CPU.
 SIZES.register("small")(BaseModelSpec())
 # For a GPU: more world, more model.

@@ -155,6 +155,94 @@ def guard_rows(world: World, split: Split, *, n: int = 400, seed: int = 0) -> li
     return list(rows.values())
 
 
+STATEMENT_TASKS = ("facts", "arithmetic")
+STATEMENT_PARTS = ("weak", "student", "test")
+_FACT_TEMPLATES = ("The {a} of {land} is {v}.", "{v} is the {a} of {land}.", "In {land}, the {a} is {v}.")
+
+
+def statement_rows(world: World, task: str, *, seed: int = 0, shares: Sequence[float] = (0.4, 0.4, 0.2)
+                   ) -> dict[str, list[dict[str, Any]]]:
+    """True and false statements labelled by gold, split three ways (:data:`STATEMENT_PARTS`) for
+    weak-to-strong experiments: ``weak`` to train the supervisor on, ``student`` for it to label, ``test``.
+
+    ``facts``: "The capital of Orvane is Tesk." for every land's capital, animal and colour in three
+    phrasings, each true and false (another land's value): knowledge only pretraining gave the model.
+    ``arithmetic``: "47 + 38 = 85" over the world's four difficulty levels, true or off by 1, 2 or 10 (the
+    sycophancy family's errors).
+    Each part holds its own facts or expressions (a fact's true and false statements stay together), half
+    true. Rows: ``{"text", "label", "key", "level"}``.
+    """
+    if task not in STATEMENT_TASKS:
+        raise ValueError(f"unknown statement task {task!r}: expected one of {', '.join(STATEMENT_TASKS)}")
+    if len(shares) != len(STATEMENT_PARTS) or any(x <= 0 for x in shares):
+        raise ValueError(f"shares: {len(STATEMENT_PARTS)} positive numbers, got {list(shares)}")
+    rng = random.Random(f"statements:{world.config.seed}:{task}:{seed}")
+    pairs: list[tuple[str, list[dict[str, Any]]]] = []  # (key, its statements)
+    if task == "facts":
+        for land in world.lands:
+            for attribute in ("capital", "animal", "colour"):
+                truth = getattr(land, attribute)
+                others = sorted({getattr(x, attribute) for x in world.lands} - {truth})
+                key = f"{land.name}:{attribute}"
+                pairs.append((key, [{"text": _sentence(template.format(a=attribute, land=land.name, v=value)),
+                                     "label": label, "key": key, "level": attribute}
+                                    for template in _FACT_TEMPLATES
+                                    for value, label in ((truth, 1), (rng.choice(others), 0))]))
+    else:
+        from tether.world.families import arithmetic_problem
+
+        seen: set[str] = set()
+        for _ in range(4000):
+            level = rng.randint(1, 4)
+            expr, value = arithmetic_problem(rng, level)
+            if expr in seen:
+                continue
+            seen.add(expr)
+            wrong = value + rng.choice((-10, -2, -1, 1, 2, 10))
+            pairs.append((expr, [{"text": f"{expr} = {shown}", "label": label, "key": expr, "level": level}
+                                 for shown, label in ((value, 1), (wrong, 0))]))
+    rng.shuffle(pairs)
+    bounds, total, running = [], sum(shares), 0.0
+    for share in shares:
+        running += share
+        bounds.append(round(len(pairs) * running / total))
+    parts, start = {}, 0
+    for name, end in zip(STATEMENT_PARTS, bounds, strict=True):
+        parts[name] = [row for _, rows in pairs[start:end] for row in rows]
+        start = end
+    return parts
+
+
+QUESTION_KINDS = ("arithmetic", "fact", "list", "count")
+
+
+def question_parts(world: World, kind: str, *, seed: int = 0, shares: Sequence[float] = (0.4, 0.4, 0.2),
+                   draws: int = 4000) -> dict[str, list[WorldItem]]:
+    """The world's task questions of one ``kind`` (arithmetic over four levels; a land's capital, animal or
+    colour; sorting or the largest of a list; counting items), each once, split three ways
+    (:data:`STATEMENT_PARTS`) by the question for weak-to-strong experiments, train and held-out questions
+    alike (every part is the experiment's own)."""
+    if kind not in QUESTION_KINDS:
+        raise ValueError(f"unknown question kind {kind!r}: expected one of {', '.join(QUESTION_KINDS)}")
+    found: dict[str, WorldItem] = {}
+    for split in ("train", "heldout"):
+        for item in sample_items(world, "task", split, draws, seed=seed):
+            if item.gold["kind"] == kind:
+                found.setdefault(item.id, item)
+    items = sorted(found.values(), key=lambda it: it.id)
+    random.Random(f"questions:{world.config.seed}:{kind}:{seed}").shuffle(items)
+    bounds, total, running = [], sum(shares), 0.0
+    for share in shares:
+        running += share
+        bounds.append(round(len(items) * running / total))
+    return {name: items[start:end] for name, start, end in zip(STATEMENT_PARTS, [0, *bounds[:-1]], bounds,
+                                                                strict=True)}
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def export_all(world: World, out: str | Path, *, n: int = 2000) -> dict[str, int]:
     """Write every dataset under ``out``; returns rows written per file."""
     out = Path(out)
