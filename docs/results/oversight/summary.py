@@ -1,0 +1,96 @@
+"""The oversight experiments' raw outputs, gathered and tabulated for docs/oversight.md and the README.
+
+    python docs/results/oversight/summary.py collect   # runs/weak-to-strong-<seed>/ -> docs/results/oversight/*.json
+    python docs/results/oversight/summary.py render    # the markdown tables, from the committed JSON
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+EXPERIMENTS = {"weak-to-strong": "weak_to_strong.json"}
+
+
+def collect() -> None:
+    """Copy every finished run's JSON here with its command, machine and versions (from its record)."""
+    for name, file in EXPERIMENTS.items():
+        for seed in range(3):
+            run = ROOT / "runs" / f"{name}-{seed}"
+            if not (run / file).exists():
+                continue
+            record = json.loads((run / "record.json").read_text())
+            out = {"command": _command(run, name), "machine": record.get("host"),
+                   "versions": record.get("versions"), "git": record.get("git_revision"),
+                   "finished_at": record.get("finished_at"), "seconds": record.get("seconds"),
+                   "result": json.loads((run / file).read_text())}
+            target = HERE / f"{name.replace('-', '_')}_world{seed}.json"
+            target.write_text(json.dumps(out, indent=2) + "\n")
+            print(f"{run} -> {target.name}")
+
+
+def _command(run: Path, name: str) -> str:
+    import yaml
+
+    from tether.core.recipes import RECIPES
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    defaults = RECIPES.get(name).config().model_dump(mode="json")
+    def shown(value: Any) -> str:  # a list as the CLI takes it: [a,b]
+        return "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
+
+    changed = " ".join(f"--set {k}={shown(v)}" for k, v in config.items() if k != "out" and defaults.get(k) != v)
+    return f"tether experiment {name} {changed} --out runs/{run.name}"
+
+
+def _load(name: str) -> dict[int, dict[str, Any]]:
+    found = {}
+    for seed in range(3):
+        path = HERE / f"{name}_world{seed}.json"
+        if path.exists():
+            found[seed] = json.loads(path.read_text())["result"]
+    return found
+
+
+def _cell(m: dict[str, Any]) -> str:
+    return f"{100 * m['value']:.1f} [{100 * m['ci_low']:.1f}–{100 * m['ci_high']:.1f}]"
+
+
+def _pgr(p: dict[str, Any] | None) -> str:
+    if p is None:
+        return "–"
+    if p["value"] is None:
+        return "undefined (no gap)"
+    shown = f"{p['value']:+.2f} [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]"
+    return shown if p.get("measurable_gap", True) else f"({shown}: no measurable gap)"
+
+
+def render() -> None:
+    """Print the tables."""
+    runs = _load("weak_to_strong")
+    if not runs:
+        return
+    print("\n### Weak-to-strong\n")
+    print("| task | world | test items | weak | strong on gold (ceiling) | strong on weak labels | "
+          "… with the confidence loss | weak labels right | PGR | PGR, confidence loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    tasks = sorted({t for r in runs.values() for t in r["tasks"]}, key=lambda t: (t.startswith("statements"), t))
+    for task in tasks:
+        for seed, r in runs.items():
+            f = r["tasks"].get(task)
+            if f is None:
+                continue
+            acc = f["accuracy"]
+            aux = _cell(acc["student_aux"]) if "student_aux" in acc else "–"
+            print(f"| {task} | {seed} | {f['items']['test']} | {_cell(acc['weak'])} | {_cell(acc['ceiling'])} | "
+                  f"{_cell(acc['student'])} | {aux} | {100 * f['weak_label_accuracy']:.1f} | {_pgr(f.get('pgr'))} | "
+                  f"{_pgr(f.get('pgr_aux'))} |")
+    print("\nmodels: " + "; ".join(f"world {s}: weak {r['weak']}, strong {r['strong']}" for s, r in runs.items()))
+
+
+if __name__ == "__main__":
+    {"collect": collect, "render": render}[sys.argv[1] if len(sys.argv) > 1 else "render"]()
