@@ -72,6 +72,10 @@ def _load(name: str) -> dict[int, dict[str, Any]]:
     return found
 
 
+def _auroc(m: dict[str, Any]) -> str:
+    return f"{m['auroc']:.4f} [{m['auroc_low']:.3f}–{m['auroc_high']:.3f}]"
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
@@ -172,8 +176,7 @@ def _render_rest() -> None:
             mon = r["monitor"]
             for contrast, p in r["probe"]["contrasts"].items():
                 dm, lg = p["selected"].get("difference-of-means"), p["selected"].get("logistic")
-                auc = [("–" if m is None else f"{m['auroc']:.4f} [{m['auroc_low']:.3f}–{m['auroc_high']:.3f}]")
-                       for m in (dm, lg)]
+                auc = ["–" if m is None else _auroc(m) for m in (dm, lg)]
                 recall = "–" if dm is None or lg is None else \
                     f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])}"
                 print(f"| {seed} | {_pct(b['plain']['value'])} / {_pct(b['triggered']['value'])} | "
@@ -196,8 +199,7 @@ def _render_rest() -> None:
                     dm, lg = p["selected_hazards"]["difference-of-means"], p["selected_hazards"]["logistic"]
                     every = p["every_layer"]["defection_hazards"]
                     print(f"| {seed} | {contrast} | {p['site']} | "
-                          f"{dm['auroc']:.4f} [{dm['auroc_low']:.3f}–{dm['auroc_high']:.3f}] | "
-                          f"{lg['auroc']:.4f} [{lg['auroc_low']:.3f}–{lg['auroc_high']:.3f}] | "
+                          f"{_auroc(dm)} | {_auroc(lg)} | "
                           f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} | "
                           f"{every['difference-of-means']['auroc']:.4f} / {every['logistic']['auroc']:.4f} |")
             print("\nhazard positives / negatives: " + "; ".join(
@@ -213,8 +215,7 @@ def _render_rest() -> None:
             dm, lg = r["selected"]["difference-of-means"], r["selected"]["logistic"]
             counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())
             print(f"| {seed} | {counts} | {r['questions']['test']} ({lg['positives']} made up) | {r['site']} | "
-                  f"{dm['auroc']:.4f} [{dm['auroc_low']:.3f}–{dm['auroc_high']:.3f}] | "
-                  f"{lg['auroc']:.4f} [{lg['auroc_low']:.3f}–{lg['auroc_high']:.3f}] | "
+                  f"{_auroc(dm)} | {_auroc(lg)} | "
                   f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} |")
 
 
