@@ -103,6 +103,7 @@ def fine_tune(base: str, texts: Sequence[str], targets: Sequence[float], cfg: We
               aux_coef: float, label: str) -> Any:
     """A one-logit classifier on ``base`` trained on ``targets`` (probabilities: gold 0/1 or a supervisor's)
     with :func:`tether.losses.w2s.confidence_loss` (``aux_coef`` 0: cross-entropy on the targets)."""
+    from tether.core.errors import UserError
     from tether.core.progress import progress_bar
     from tether.core.seeding import seed_everything
     from tether.guard.classifier import SequenceModel
@@ -110,9 +111,9 @@ def fine_tune(base: str, texts: Sequence[str], targets: Sequence[float], cfg: We
 
     seed_everything(cfg.seed)
     model = SequenceModel.from_base(base, cfg.max_tokens)
-    chunks, owner = model.encode(list(texts))
-    if len(chunks) != len(texts):  # one window per statement: they are short, and max_tokens is checked
-        raise ValueError(f"a statement is longer than max_tokens={cfg.max_tokens}")
+    chunks, _ = model.encode(list(texts))
+    if len(chunks) != len(texts):  # a longer statement would be split into windows trained on separately
+        raise UserError(f"max_tokens={cfg.max_tokens}: a statement is longer; raise it")
     y = torch.tensor([float(t) for t in targets])
     optimizer = torch.optim.AdamW(model.model.parameters(), lr=cfg.lr)
     rng = random.Random(f"w2s:{label}:{cfg.seed}")
