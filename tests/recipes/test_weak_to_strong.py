@@ -6,7 +6,7 @@ import math
 import pytest
 from tests.conftest import run_cli
 
-from tether.pipelines.weak_to_strong import with_world_seed
+from tether.pipelines.weak_to_strong import most_confident, with_world_seed
 from tether.world.datasets import STATEMENT_PARTS, statement_rows
 from tether.world.spec import WorldConfig, build_world
 
@@ -37,6 +37,14 @@ def test_statements_are_gold_labelled_half_true_and_each_part_holds_its_own_fact
     assert statement_rows(world, task, seed=0) == parts and statement_rows(world, task, seed=1) != parts
     with pytest.raises(ValueError, match="unknown statement task"):
         statement_rows(world, "poems")
+
+
+def test_the_confident_share_is_the_replies_with_the_highest_mean_log_probability():
+    logprobs = [[-0.1, -0.1], [-1.0, -3.0], [-0.5], [-1.0, -1.0, -1.0]]
+    assert most_confident(logprobs, 0.5) == [0, 2]
+    assert most_confident(logprobs, 0.75) == [0, 2, 3]
+    assert most_confident([[], [-5.0]], 0.5) == [1]  # a reply with no tokens has no confidence
+    assert most_confident(logprobs, 0.01) == [0]      # at least one
 
 
 def test_world_models_take_the_experiments_world_seed():
@@ -75,14 +83,19 @@ def test_question_tasks_train_by_sft_on_gold_or_on_the_weak_models_replies(tmp_p
                                 "--set", "max_new_tokens=6", "--set", "tasks=[count]", "--out", str(out)], capsys)
     assert code == 0, err
     found = json.loads((out / "weak_to_strong.json").read_text())["tasks"]["count"]
-    assert found["items"] == {"weak": 12, "student": 12, "test": 12} and "pgr_aux" not in found
+    assert found["items"] == {"weak": 12, "student": 12, "test": 12, "confident": 6} and "pgr_aux" not in found
     # The student was trained on what the weak model said, not on gold.
     weak_replies = [json.loads(line)["messages"][-1]["content"]
                     for line in (out / "count" / "student.jsonl").read_text().splitlines()]
     gold_replies = [json.loads(line)["messages"][-1]["content"]
                     for line in (out / "count" / "ceiling.jsonl").read_text().splitlines()]
     assert all(r.startswith("There are ") for r in gold_replies) and weak_replies != gold_replies
+    # The confident student's data: half the weak replies, word for word, the rest left out.
+    confident = [json.loads(line)["messages"] for line in (out / "count" / "student_confident.jsonl").read_text()
+                 .splitlines()]
+    student = [json.loads(line)["messages"] for line in (out / "count" / "student.jsonl").read_text().splitlines()]
+    assert len(confident) == 6 and all(m in student for m in confident)
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    for name in ("weak", "ceiling", "student"):
+    for name in ("weak", "ceiling", "student", "student_confident"):
         assert found["accuracy"][name]["value"] == pytest.approx(
             sum(r[f"{name}_correct"] for r in rows) / 12, abs=1e-4)

@@ -53,6 +53,9 @@ class WeakToStrongConfig(Config):
     sft: str = Field("sft/world", description="questions: the SFT config every model is trained with")
     sft_steps: int = Field(200, ge=1, description="questions: SFT steps per model")
     max_new_tokens: int = Field(24, ge=1, description="questions: reply length")
+    confident_share: float = Field(0.5, gt=0, le=1, description="questions: a second student trains on this "
+                                   "share of the weak replies, those the supervisor gave the highest mean token "
+                                   "log-probability")
     steps: int = Field(300, ge=1, description="statements: optimiser steps per model")
     batch_size: int = Field(32, ge=1, description="statements: batch size")
     lr: float = Field(5e-4, gt=0, description="statements: AdamW learning rate (every weight and the head)")
@@ -68,17 +71,21 @@ def _show(cfg: WeakToStrongConfig, summary: dict[str, Any]) -> list[str]:
     lines = []
     for task, found in summary["tasks"].items():
         acc = found["accuracy"]
-        aux = (f" (with the confidence loss {acc['student_aux']['value']:.3f})" if "student_aux" in acc else "")
+        aux = (f" (with the confidence loss {acc['student_aux']['value']:.3f})" if "student_aux" in acc else
+               f" (on the supervisor's confident replies only {acc['student_confident']['value']:.3f})"
+               if "student_confident" in acc else "")
         lines.append(f"{task}: weak {acc['weak']['value']:.3f}, ceiling {acc['ceiling']['value']:.3f}, "
                      f"student {acc['student']['value']:.3f}{aux}; weak labels right on "
                      f"{found['weak_label_accuracy']:.3f} of the student's training items")
-        for name in ("pgr", "pgr_aux") if "pgr_aux" in found else ("pgr",):
+        for name in (n for n in ("pgr", "pgr_aux", "pgr_confident") if n in found):
             p = found[name]
             shown = ("undefined (the ceiling is not above the weak model)" if p["value"] is None else
                      f"{p['value']:.3f} [{p['ci_low']:.3f}, {p['ci_high']:.3f}]"
                      + ("" if p["measurable_gap"] else " (no measurable gap: the ceiling's lead over the weak "
                                                         "model has an interval reaching zero)"))
-            lines.append(f"  {'PGR' if name == 'pgr' else 'PGR with the confidence loss'}: {shown}")
+            label = {"pgr": "PGR", "pgr_aux": "PGR with the confidence loss",
+                     "pgr_confident": "PGR on confident replies only"}[name]
+            lines.append(f"  {label}: {shown}")
     lines.append(f"table: {cfg.out}/weak_to_strong.json")
     return lines
 
@@ -97,6 +104,19 @@ def run(cfg: WeakToStrongConfig, *, resume: bool = False) -> dict[str, Any]:
 def with_world_seed(path: str, seed: int) -> str:
     """``world:SIZE`` -> ``world:SIZE?seed=N`` (a world model of the experiment's world); anything else unchanged."""
     return f"{path}?seed={seed}" if path.startswith("world:") and "?" not in path else path
+
+
+def most_confident(logprobs: Sequence[Sequence[float]], share: float) -> list[int]:
+    """The indices (in order) of the ``share`` of replies (at least one) whose tokens the model that wrote
+    them gave the highest mean log-probability: the supervisor's most confident labels. A reply without
+    tokens comes last; ties keep their order.
+
+    Example: mean log-probs (-0.1, -2.0, -0.5, -1.0) and share 0.5 keep replies 0 and 2.
+    """
+    import numpy as np
+
+    confidence = np.array([np.mean(lp) if len(lp) else -np.inf for lp in logprobs])
+    return sorted(int(i) for i in np.argsort(-confidence, kind="stable")[:max(1, round(share * len(logprobs)))])
 
 
 def fine_tune(base: str, texts: Sequence[str], targets: Sequence[float], cfg: WeakToStrongConfig, *,
@@ -161,7 +181,7 @@ def _measured(cfg: WeakToStrongConfig, right: dict[str, Any], levels: Sequence[A
         "accuracy_by_level": {str(level): {name: round(float(r[[i for i, x in enumerate(levels) if x == level]].mean()),
                                                        4) for name, r in right.items()}
                               for level in sorted(set(levels), key=str)}}
-    for key, student in (("pgr", "student"), ("pgr_aux", "student_aux")):
+    for key, student in (("pgr", "student"), ("pgr_aux", "student_aux"), ("pgr_confident", "student_confident")):
         if student in right:
             g = performance_gap_recovered(right["weak"], right[student], right["ceiling"], seed=cfg.seed)
             # No gap between weak and ceiling: PGR is undefined (null), not a number.
@@ -205,27 +225,37 @@ def _questions(cfg: WeakToStrongConfig, world: Any, kind: str, weak_base: str, s
                                                  f"out={directory}"]), resume=directory.exists())
         return str(directory / "model")
 
-    def replies(model_dir: str, items: Sequence[Any]) -> list[str]:
+    def completions(model_dir: str, items: Sequence[Any]) -> list[Any]:
         model, tokenizer = load_model_and_tokenizer(ModelConfig(path=model_dir))
         model.eval()
         with torch.no_grad():
-            return [c.text for c in HFGenerator(model, tokenizer).generate([it.prompt for it in items], settings)]
+            return HFGenerator(model, tokenizer).generate([it.prompt for it in items], settings)
+
+    def replies(model_dir: str, items: Sequence[Any]) -> list[str]:
+        return [c.text for c in completions(model_dir, items)]
 
     def gold(items: Sequence[Any]) -> list[str]:
         return [respond(it, "good", rng, world) for it in items]
 
     weak_dir = train("weak", weak_base, weak_items, gold(weak_items))
-    weak_labels = replies(weak_dir, student_items)
+    labelled = completions(weak_dir, student_items)
+    weak_labels = [c.text for c in labelled]
+    kept = most_confident([c.logprobs for c in labelled], cfg.confident_share)
     models = {"weak": weak_dir,
               "ceiling": train("ceiling", strong_base, student_items, gold(student_items)),
-              "student": train("student", strong_base, student_items, weak_labels)}
+              "student": train("student", strong_base, student_items, weak_labels),
+              "student_confident": train("student_confident", strong_base, [student_items[i] for i in kept],
+                                         [weak_labels[i] for i in kept])}
     said = {name: replies(directory, test_items) for name, directory in models.items()}
     right = {name: np.array([grade(it, text).label == "correct" for it, text in zip(test_items, texts, strict=True)],
                             dtype=float) for name, texts in said.items()}
     levels = [it.tags.get("difficulty") if kind == "arithmetic" else it.gold.get("op", kind) for it in test_items]
-    found = {"items": {"weak": len(weak_items), "student": len(student_items), "test": len(test_items)},
-             "weak_label_accuracy": round(float(np.mean([grade(it, text).label == "correct" for it, text
-                                                         in zip(student_items, weak_labels, strict=True)])), 4),
+    label_right = np.array([grade(it, text).label == "correct" for it, text in zip(student_items, weak_labels,
+                                                                                      strict=True)])
+    found = {"items": {"weak": len(weak_items), "student": len(student_items), "test": len(test_items),
+                       "confident": len(kept)},
+             "weak_label_accuracy": round(float(label_right.mean()), 4),
+             "confident_label_accuracy": round(float(label_right[kept].mean()), 4),
              **_measured(cfg, right, levels)}
     rows = [{"id": it.id, "prompt": it.user_text, "answer": it.gold["answer"],
              **{name: said[name][i] for name in models}, **{f"{name}_correct": bool(right[name][i]) for name in models}}
