@@ -76,8 +76,9 @@ def render() -> None:
         return
     print("\n### Weak-to-strong\n")
     print("| task | world | test items | weak | strong on gold (ceiling) | strong on weak labels | "
-          "… with the confidence loss | weak labels right | PGR | PGR, confidence loss |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "… with the confidence loss | … on the supervisor's confident half | weak labels right (confident half) | "
+          "PGR | PGR, confidence loss | PGR, confident half |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     tasks = sorted({t for r in runs.values() for t in r["tasks"]}, key=lambda t: (t.startswith("statements"), t))
     for task in tasks:
         for seed, r in runs.items():
@@ -85,10 +86,12 @@ def render() -> None:
             if f is None:
                 continue
             acc = f["accuracy"]
-            aux = _cell(acc["student_aux"]) if "student_aux" in acc else "–"
+            aux, confident = (_cell(acc[k]) if k in acc else "–" for k in ("student_aux", "student_confident"))
+            labels = f"{100 * f['weak_label_accuracy']:.1f}" + (
+                f" ({100 * f['confident_label_accuracy']:.1f})" if "confident_label_accuracy" in f else "")
             print(f"| {task} | {seed} | {f['items']['test']} | {_cell(acc['weak'])} | {_cell(acc['ceiling'])} | "
-                  f"{_cell(acc['student'])} | {aux} | {100 * f['weak_label_accuracy']:.1f} | {_pgr(f.get('pgr'))} | "
-                  f"{_pgr(f.get('pgr_aux'))} |")
+                  f"{_cell(acc['student'])} | {aux} | {confident} | {labels} | {_pgr(f.get('pgr'))} | "
+                  f"{_pgr(f.get('pgr_aux'))} | {_pgr(f.get('pgr_confident'))} |")
     print("\nmodels: " + "; ".join(f"world {s}: weak {r['weak']}, strong {r['strong']}" for s, r in runs.items()))
 
 
