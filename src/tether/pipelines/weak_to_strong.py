@@ -14,7 +14,9 @@ The experiment (``tether experiment weak-to-strong``) runs each task in ``tasks`
 
 Two kinds of task. **Questions** (``arithmetic``, ``list``, ``count``, ``fact``:
 :func:`tether.world.datasets.question_parts`): the world's task questions, answered in words; training
-is SFT (``sft/world``) on gold answers or on the weak model's replies, accuracy is the gold grader's.
+is SFT (``sft/world``) on gold answers or on the weak model's replies, and a second student is trained on
+the supervisor's most confident share of its replies (:func:`most_confident`); accuracy is the gold
+grader's.
 **Statements** (``statements-facts``, ``statements-arithmetic``: :func:`tether.world.datasets.statement_rows`):
 true or false, a fresh one-logit head on the pretrained model, every weight trained; the weak labels are
 the supervisor's probabilities, and a second student is trained with Burns et al.'s auxiliary confidence
