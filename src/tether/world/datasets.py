@@ -174,8 +174,6 @@ def statement_rows(world: World, task: str, *, seed: int = 0, shares: Sequence[f
     """
     if task not in STATEMENT_TASKS:
         raise ValueError(f"unknown statement task {task!r}: expected one of {', '.join(STATEMENT_TASKS)}")
-    if len(shares) != len(STATEMENT_PARTS) or any(x <= 0 for x in shares):
-        raise ValueError(f"shares: {len(STATEMENT_PARTS)} positive numbers, got {list(shares)}")
     rng = random.Random(f"statements:{world.config.seed}:{task}:{seed}")
     pairs: list[tuple[str, list[dict[str, Any]]]] = []  # (key, its statements)
     if task == "facts":
@@ -202,15 +200,18 @@ def statement_rows(world: World, task: str, *, seed: int = 0, shares: Sequence[f
             pairs.append((expr, [{"text": f"{expr} = {shown}", "label": label, "key": expr, "level": level}
                                  for shown, label in ((value, 1), (wrong, 0))]))
     rng.shuffle(pairs)
-    bounds, total, running = [], sum(shares), 0.0
+    return {name: [row for _, rows in part for row in rows] for name, part in _parts(pairs, shares).items()}
+
+
+def _parts(items: Sequence[Any], shares: Sequence[float]) -> dict[str, list[Any]]:
+    """``items`` cut in order into :data:`STATEMENT_PARTS`, in proportion to ``shares``."""
+    if len(shares) != len(STATEMENT_PARTS) or any(x <= 0 for x in shares):
+        raise ValueError(f"shares: {len(STATEMENT_PARTS)} positive numbers, got {list(shares)}")
+    bounds, total, running = [0], sum(shares), 0.0
     for share in shares:
         running += share
-        bounds.append(round(len(pairs) * running / total))
-    parts, start = {}, 0
-    for name, end in zip(STATEMENT_PARTS, bounds, strict=True):
-        parts[name] = [row for _, rows in pairs[start:end] for row in rows]
-        start = end
-    return parts
+        bounds.append(round(len(items) * running / total))
+    return {name: list(items[bounds[i]:bounds[i + 1]]) for i, name in enumerate(STATEMENT_PARTS)}
 
 
 QUESTION_KINDS = ("arithmetic", "fact", "list", "count")
@@ -231,12 +232,7 @@ def question_parts(world: World, kind: str, *, seed: int = 0, shares: Sequence[f
                 found.setdefault(item.id, item)
     items = sorted(found.values(), key=lambda it: it.id)
     random.Random(f"questions:{world.config.seed}:{kind}:{seed}").shuffle(items)
-    bounds, total, running = [], sum(shares), 0.0
-    for share in shares:
-        running += share
-        bounds.append(round(len(items) * running / total))
-    return {name: items[start:end] for name, start, end in zip(STATEMENT_PARTS, [0, *bounds[:-1]], bounds,
-                                                                strict=True)}
+    return _parts(items, shares)
 
 
 def _sentence(text: str) -> str:
