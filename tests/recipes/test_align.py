@@ -9,7 +9,8 @@ import yaml
 
 from tether.align import critique, distill, feedback
 from tether.align.constitution import Constitution
-from tether.align.feedback import AIJudge, continuation_logps
+from tether.align.feedback import AIJudge
+from tether.models.logprobs import continuation_logps
 from tether.core.config import load_config
 from tether.core.errors import DataError
 from tether.models.loading import ModelConfig, load_model_and_tokenizer

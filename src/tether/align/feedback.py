@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import Field
 
 from tether.align.constitution import (
@@ -44,14 +43,13 @@ from tether.core.progress import progress_bar
 from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
-from tether.data.collate import pad_batch
 from tether.data.io import write_jsonl
-from tether.data.records import PreferenceRecord, TokenizedExample
+from tether.data.records import PreferenceRecord
 from tether.data.sources import PromptData, load_prompts, load_records
 from tether.models.chat import render
 from tether.models.generation import GenerationSettings, HFGenerator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer
-from tether.models.logprobs import completion_logps
+from tether.models.logprobs import continuation_logps
 
 # --- the judge's arithmetic (pure) -------------------------------------------------------------
 
@@ -70,32 +68,6 @@ def choice_probability(forward: tuple[float, float], swapped: tuple[float, float
 def critique_probability(score_first: float, score_second: float) -> float:
     """P(first better) from critique scores (log p(ok) - log p(flawed)): a logistic of their difference."""
     return 1.0 / (1.0 + math.exp(score_second - score_first))
-
-
-# --- scoring continuations with a model ----------------------------------------------------------
-
-@torch.no_grad()
-def continuation_logps(model: Any, tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str], *,
-                       batch_size: int = 32) -> list[float]:
-    """Summed log p(continuation | context) for each pair; contexts are rendered text (templates included)."""
-    examples = []
-    for context, continuation in zip(contexts, continuations, strict=True):
-        ctx = list(tokenizer(context, add_special_tokens=False)["input_ids"])
-        cont = list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
-        if not cont:
-            raise ValueError(f"continuation {continuation!r} has no tokens")
-        examples.append(TokenizedExample(ctx + cont, [False] * len(ctx) + [True] * len(cont)))
-    was_training = model.training
-    model.eval()
-    out: list[float] = []
-    try:
-        for start in range(0, len(examples), batch_size):
-            batch = pad_batch(examples[start:start + batch_size], tokenizer.pad_token_id, model.device)
-            logps = completion_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
-            out.extend(logps.sequence_logps.float().tolist())
-    finally:
-        model.train(was_training)
-    return out
 
 
 class AIJudge:

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from tether.data.collate import PrefixBatch
+from tether.data.collate import PrefixBatch, pad_batch
+from tether.data.records import TokenizedExample
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -337,3 +338,27 @@ def _prefix_logps(model: Any, *, batch: PrefixBatch, temperature: float = 1.0) -
     flat = logps(predicting[rows], batch.completion_ids[rows])
     out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=flat.device)
     return out.index_put(rows, flat)
+
+
+@torch.no_grad()
+def continuation_logps(model: Any, tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str], *,
+                       batch_size: int = 32) -> list[float]:
+    """Summed log p(continuation | context) for each pair; contexts are rendered text (templates included)."""
+    examples = []
+    for context, continuation in zip(contexts, continuations, strict=True):
+        ctx = list(tokenizer(context, add_special_tokens=False)["input_ids"])
+        cont = list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
+        if not cont:
+            raise ValueError(f"continuation {continuation!r} has no tokens")
+        examples.append(TokenizedExample(ctx + cont, [False] * len(ctx) + [True] * len(cont)))
+    was_training = model.training
+    model.eval()
+    out: list[float] = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = pad_batch(examples[start:start + batch_size], tokenizer.pad_token_id, model.device)
+            logps = completion_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+            out.extend(logps.sequence_logps.float().tolist())
+    finally:
+        model.train(was_training)
+    return out
