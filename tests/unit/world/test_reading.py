@@ -1,0 +1,68 @@
+"""Reading questions: about lands no model has seen, answerable from the passage, both options quotable, and
+train and test about different lands; and the skills the debate experiment teaches from them."""
+
+import random
+import re
+
+import pytest
+
+from tether.pipelines.debate import arguer_rows, judge_rows, relevant, sentences
+from tether.world.reading import fresh_lands, reading_questions
+from tether.world.spec import WorldConfig, build_world
+
+WORLD = build_world(WorldConfig(seed=1))
+
+
+def test_fresh_lands_share_no_name_with_the_world_or_each_other():
+    lands = fresh_lands(WORLD, 300)
+    names = [n for land in lands for n in (land.name, land.capital, land.animal)]
+    world_names = {n for land in WORLD.lands for n in (land.name, land.capital, land.animal)}
+    world_names |= set(WORLD.unknown_lands) | {h.root for h in WORLD.hazards}
+    assert len(set(names)) == len(names) and not set(names) & world_names
+    assert fresh_lands(WORLD, 300) == lands
+
+
+def test_a_question_is_answered_by_its_passage_and_the_wrong_option_is_another_lands():
+    questions = reading_questions(WORLD, 50, "test")
+    for q in questions:
+        truth, wrong = q.options[q.answer], q.options[1 - q.answer]
+        said = sentences(q.source)
+        assert len(said) == 9
+        assert any(q.subject in s and truth in s and q.attribute in s for s in said)
+        # The wrong option is in the passage too, but said of another land.
+        assert any(wrong in s and q.attribute in s and q.subject not in s for s in said)
+        assert q.question == f"What is the {q.attribute} of {q.subject}?"
+    assert {q.answer for q in questions} == {0, 1}
+    assert reading_questions(WORLD, 50, "test") == questions
+    train_lands = {q.subject for q in reading_questions(WORLD, 300, "train")}
+    assert not train_lands & {q.subject for q in questions}
+    with pytest.raises(ValueError, match="unknown reading split"):
+        reading_questions(WORLD, 1, "heldout")
+
+
+def test_the_arguers_lessons_never_depend_on_which_option_is_true():
+    questions = reading_questions(WORLD, 200, "train")
+    rows = arguer_rows(questions, random.Random(0))
+    sides = []
+    for q, row in zip(questions, rows, strict=True):
+        prompt, target = row["messages"][0]["content"], row["messages"][1]["content"]
+        side = "AB".index(re.search(r"Argue that the answer is ([AB])", prompt).group(1))
+        sides.append(side == q.answer)
+        quote = re.fullmatch(r"<quote>(.*)</quote>", target).group(1)
+        assert quote in relevant(q, side) and quote in q.source
+    # Honest and dishonest lessons alike, about half each.
+    assert 0.4 < sum(sides) / len(sides) < 0.6
+
+
+def test_the_judges_lessons_show_passage_sentences_never_the_passage_and_answer_with_gold():
+    questions = reading_questions(WORLD, 200, "train")
+    rows = judge_rows(questions, random.Random(0))
+    sizes = set()
+    for q, row in zip(questions, rows, strict=True):
+        prompt, target = row["messages"][0]["content"], row["messages"][1]["content"]
+        assert target == "AB"[q.answer]
+        text = prompt.split("\n")[0].removeprefix("Text: ")
+        shown = [] if text == "(none)" else sentences(text)
+        sizes.add(len(shown))
+        assert all(s in q.source for s in shown) and len(shown) < 9
+    assert sizes == {0, 1, 2, 3}
