@@ -7,8 +7,9 @@ import json
 import shutil
 
 import pytest
+from tests.conftest import run_cli
 
-from tether.pipelines.debate import per_question
+from tether.oversight.report import per_question
 
 TINY = ["--set", "judge=world:tiny", "--set", "arguer=world:tiny", "--set", "judge_steps=2", "--set",
         "arguer_steps=2", "--set", "train_questions=16", "--set", "test_questions=6", "--set", "best_of=[1,2]",
@@ -98,3 +99,47 @@ def test_the_transcripts_page_opens_in_a_browser_with_quotes_marked(debate_run):
     # Six cases a run, twelve for consultancy (a consultant per option); the passage run's 9 sentences a case
     # are quotes the source says, so they are marked verified.
     assert not problems and "debate@2" in headings and cards == 6 * 6 + 3 * 12 and verified >= 6 * 9
+
+
+# --- tether oversee protocols: the protocols on a user's own questions and models ---------------------------
+
+def _questions_file(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_oversee_protocols_judges_your_questions_with_your_models(tmp_path, capsys):
+    rows = [{"id": f"q{i}", "question": "What is the capital of Peyar?", "options": ["Tesk", "Ixixix"],
+             "source": "The capital of Peyar is Ixixix. The capital of Dorva is Tesk.", "answer": "Ixixix"}
+            for i in range(3)] + [{"question": "Which river is longest?", "options": ["Ul", "Vo", "Ra"],
+                                   "source": "The Ul is longest."}]
+    questions = _questions_file(tmp_path / "qs.jsonl", rows)
+    out = tmp_path / "run"
+    code, shown, err = run_cli(["oversee", "protocols", "--set", f"questions={questions}", "--set", "judge=world:tiny",
+                                "--set", "arguer=world:tiny", "--set", "max_new_tokens=6", "--set", "best_of=2",
+                                "--set", "protocols=[direct,consultancy,debate-sequential]", "--out", str(out)],
+                               capsys)
+    assert code == 0, err
+    summary = json.loads((out / "oversee.json").read_text())
+    cases = {name: found["cases"] for name, found in summary["protocols"].items()}
+    assert cases == {"direct": 4, "consultancy": 2 * 3 + 3, "debate-sequential": 4}
+    rows_out = [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
+    # The question without an answer is judged but not scored; accuracy is over the three that have one.
+    assert [r["score"] for r in rows_out if r["id"] == "q3"] == [None] * (1 + 3 + 1)
+    assert summary["protocols"]["direct"]["accuracy"]["n"] == 3
+    assert all(len(r["turns"]) == 3 for r in rows_out if r["run"] == "debate-sequential" and r["id"] == "q3")
+    assert "judge accuracy" in shown and (out / "transcripts.html").exists()
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"question": "Q?", "options": ["a"], "source": "s"}, "qs.jsonl:1: field 'options'"),
+    ({"question": "Q?", "options": ["a", "b"], "source": "s", "answer": "c"}, "'c' is not one of the options"),
+    ({"question": "Q?", "options": ["a", "b"], "source": "s", "answer": 2}, "answer 2 is not an option's index"),
+    ({"question": "Q?", "options": ["a", "b"]}, "qs.jsonl:1: field 'source'"),
+])
+def test_oversee_protocols_names_the_bad_line_and_exits_2_before_loading_a_model(tmp_path, capsys, row, message):
+    questions = _questions_file(tmp_path / "qs.jsonl", [row])
+    code, _, err = run_cli(["oversee", "protocols", "--set", f"questions={questions}", "--set", "judge=nowhere/model",
+                            "--set", "arguer=nowhere/model", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing half-made to clear away before the corrected rerun

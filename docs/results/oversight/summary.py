@@ -1,6 +1,6 @@
 """The oversight experiments' raw outputs, gathered and tabulated for docs/oversight.md and the README.
 
-    python docs/results/oversight/summary.py collect   # runs/weak-to-strong-<seed>/ -> docs/results/oversight/*.json
+    python docs/results/oversight/summary.py collect   # runs/{weak-to-strong,debate}-<seed>/ -> docs/results/oversight/*.json
     python docs/results/oversight/summary.py render    # the markdown tables, from the committed JSON
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-EXPERIMENTS = {"weak-to-strong": "weak_to_strong.json"}
+EXPERIMENTS = {"weak-to-strong": "weak_to_strong.json", "debate": "debate.json"}
 
 
 def collect() -> None:
@@ -44,7 +44,7 @@ def _command(run: Path, name: str) -> str:
         return "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
 
     changed = " ".join(f"--set {k}={shown(v)}" for k, v in config.items() if k != "out" and defaults.get(k) != v)
-    return f"tether experiment {name} {changed} --out runs/{run.name}"
+    return f"tether {RECIPES.get(name).group} {name} {changed} --out runs/{run.name}".replace("  ", " ")
 
 
 def _load(name: str) -> dict[int, dict[str, Any]]:
@@ -71,6 +71,57 @@ def _pgr(p: dict[str, Any] | None) -> str:
 
 def render() -> None:
     """Print the tables."""
+    render_debate()
+    render_weak_to_strong()
+
+
+def _diff(d: dict[str, Any]) -> str:
+    return f"{100 * d['diff']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
+
+
+def render_debate() -> None:
+    """Judge accuracy per protocol and debater strength, and the paired differences, per world."""
+    runs = _load("debate")
+    if not runs:
+        return
+    strengths = sorted({int(n) for r in runs.values() for n in r["protocols"]["debate"]})
+    strongest = str(max(strengths))
+    print("\n### Debate, consultancy and the judge alone\n")
+    head = ["world", "judge alone", "judge shown the passage"]
+    head += [f"{p} best-of-{n}" for n in strengths for p in ("consultancy", "debate")]
+    head += [f"sequential debate best-of-{strongest}", f"consultancy unverified best-of-{strongest}",
+             f"debate unverified best-of-{strongest}"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for seed, r in runs.items():
+        p = r["protocols"]
+        cells = [str(seed), _cell(p["direct"]["accuracy"]), _cell(p["passage"]["accuracy"])]
+        cells += [_cell(p[k][str(n)]["accuracy"]) for n in strengths for k in ("consultancy", "debate")]
+        cells += [_cell(p[k][strongest]["accuracy"]) for k in ("debate-sequential", "consultancy-unverified",
+                                                               "debate-unverified")]
+        print("| " + " | ".join(cells) + " |")
+    print("\n| world | best-of | debate − consultancy | debate − judge alone | consultancy − judge alone | "
+          "honest consultant | dishonest consultant | turns quoting nothing the passage says (debate) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for seed, r in runs.items():
+        for n in map(str, strengths):
+            d, c, q = r["differences"][n], r["protocols"]["consultancy"][n], r["protocols"]["debate"][n]["quotes"]
+            print(f"| {seed} | {n} | {_diff(d['debate-consultancy'])} | {_diff(d['debate-direct'])} | "
+                  f"{_diff(d['consultancy-direct'])} | {_cell(c['honest_consultant'])} | "
+                  f"{_cell(c['dishonest_consultant'])} | {q['unverified']}"
+                  f"/{q['turns']} unverified quotes, {q['turns_without_quote']} turns without a quote |")
+    print(f"\n| world | debate: best-of-{strongest} − best-of-{min(strengths)} | consultancy: best-of-{strongest} − "
+          f"best-of-{min(strengths)} | debate: verified − unverified | consultancy: verified − unverified |")
+    print("|---|---|---|---|---|")
+    for seed, r in runs.items():
+        t, v = r["strongest_minus_weakest"], r["verified_minus_unverified"]
+        print(f"| {seed} | {_diff(t['debate'])} | {_diff(t['consultancy'])} | {_diff(v['debate'])} | "
+              f"{_diff(v['consultancy'])} |")
+    print("\nmodels: " + "; ".join(f"world {s}: judge {r['judge']}, arguers {r['arguer']}" for s, r in runs.items()))
+
+
+def render_weak_to_strong() -> None:
+    """Weak, ceiling and students per task and world, and PGR."""
     runs = _load("weak_to_strong")
     if not runs:
         return

@@ -187,6 +187,7 @@ def _experiment(cfg: DebateConfig, out: Path) -> dict[str, Any]:
         run_debate,
         run_direct,
     )
+    from tether.oversight.report import transcripts_page
     from tether.world.reading import reading_questions
     from tether.world.spec import WorldConfig, build_world
 
@@ -242,18 +243,11 @@ def _experiment(cfg: DebateConfig, out: Path) -> dict[str, Any]:
     return summary
 
 
-def per_question(transcripts: Sequence[Any]) -> dict[str, list[float]]:
-    """Each question's judge scores (consultancy: one per assigned option), by question id, in order."""
-    scores: dict[str, list[float]] = {}
-    for t in transcripts:
-        scores.setdefault(t.question.id, []).append(t.score)
-    return scores
-
-
 def measure(runs: dict[str, Sequence[Any]], best_of: Sequence[int], *, seed: int = 0) -> dict[str, Any]:
     """Judge accuracy per run (bootstrap over questions), paired differences between protocols at each
     strength and between the strongest and weakest arguers, consultants by honesty, and quote checks."""
     from tether.core.stats import bootstrap_mean, paired_difference
+    from tether.oversight.report import per_question
 
     def acc(transcripts: Sequence[Any]) -> dict[str, Any]:
         return bootstrap_mean(list(per_question(transcripts).values()), seed=seed).as_dict()
@@ -292,36 +286,3 @@ def measure(runs: dict[str, Sequence[Any]], best_of: Sequence[int], *, seed: int
                     if f"{p}-unverified@{strongest}" in runs}
     return {"protocols": protocols, "differences": differences,
             "strongest_minus_weakest": trend, "verified_minus_unverified": verification}
-
-
-def transcripts_page(runs: dict[str, Sequence[Any]], *, per_run: int = 20) -> str:
-    """A self-contained page: the first ``per_run`` transcripts of every run, quotes marked verified or not,
-    the source beside them and the judge's verdict against the truth."""
-    from tether.core.html import escape, page
-    from tether.oversight.protocols import LABELS
-
-    body = ["<p class='meta'>Verified quotes are green, unverified red; the judge saw neither the source nor "
-            "the true answer.</p>"]
-    for name, transcripts in runs.items():
-        body.append(f"<h2>{escape(name)}</h2>")
-        for t in transcripts[:per_run]:
-            q = t.question
-            opts = ", ".join(f"{LABELS[i]}: {escape(o)}" + (" (true)" if i == q.answer else "")
-                             for i, o in enumerate(q.options))
-            turns = []
-            for turn in t.turns:
-                text = escape(turn.text)
-                for c in turn.quotes:
-                    cls = "good" if c.verified else "bad"
-                    text = text.replace(escape(f"<quote>{c.quote}</quote>"),
-                                        f"<span class='{cls}'>&ldquo;{escape(c.quote)}&rdquo;</span>", 1)
-                turns.append(f"<li><b>{escape(turn.speaker)}</b> for {LABELS[turn.side]}"
-                             f" (best of {turn.candidates}): {text}</li>")
-            verdict = "tie" if t.verdict is None else LABELS[t.verdict]
-            judged = "right" if t.score == 1 else "wrong" if t.score == 0 else "tied"
-            body.append(f"<div class='card transcript'><p><b>{escape(q.question)}</b> {opts}</p>"
-                        f"<ul>{''.join(turns)}</ul><p>Judge: {verdict} "
-                        f"({', '.join(f'{p:.2f}' for p in t.probs)}), <span class="
-                        f"'{'good' if t.score == 1 else 'bad'}'>{judged}</span></p>"
-                        f"<pre>{escape(q.source)}</pre></div>")
-    return page("Oversight protocols: transcripts", body)
