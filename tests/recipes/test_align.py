@@ -10,10 +10,10 @@ import yaml
 from tether.align import critique, distill, feedback
 from tether.align.constitution import Constitution
 from tether.align.feedback import AIJudge
-from tether.models.logprobs import continuation_logps
 from tether.core.config import load_config
 from tether.core.errors import DataError
 from tether.models.loading import ModelConfig, load_model_and_tokenizer
+from tether.models.logprobs import continuation_logps
 
 CONSTITUTION = {
     "name": "user", "layout": "conversation",
@@ -90,6 +90,18 @@ def test_continuation_logps_equal_a_manual_forward():
             logp = model(input_ids=ids).logits.log_softmax(-1)[0]
         want = sum(logp[t - 1, ids[0, t]].item() for t in range(len(ctx_ids), ids.shape[1]))
         assert value == pytest.approx(want, abs=1e-4)
+
+
+def test_next_token_logps_are_one_token_continuation_logps_from_one_forward():
+    from tether.models.logprobs import next_token_logps
+
+    model, tok = load_model_and_tokenizer(ModelConfig(path="tiny:llama"))
+    contexts = ["Hello there", "A longer context here, padded against the first"]
+    tokens = [tok(" A", add_special_tokens=False)["input_ids"][0], tok(" B", add_special_tokens=False)["input_ids"][0]]
+    got = next_token_logps(model, tok, contexts, tokens, batch_size=2)
+    for context, row in zip(contexts, got, strict=True):
+        want = continuation_logps(model, tok, [context] * 2, [tok.decode([t]) for t in tokens])
+        assert row == pytest.approx(want, abs=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["choice", "critique"])

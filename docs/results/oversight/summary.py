@@ -1,6 +1,6 @@
 """The oversight experiments' raw outputs, gathered and tabulated for docs/oversight.md and the README.
 
-    python docs/results/oversight/summary.py collect   # runs/{weak-to-strong,debate}-<seed>/ -> docs/results/oversight/*.json
+    python docs/results/oversight/summary.py collect   # runs/<experiment>-<seed>/ -> docs/results/oversight/
     python docs/results/oversight/summary.py render    # the markdown tables, from the committed JSON
 """
 

@@ -362,3 +362,31 @@ def continuation_logps(model: Any, tokenizer: Any, contexts: Sequence[str], cont
     finally:
         model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def next_token_logps(model: Any, tokenizer: Any, contexts: Sequence[str], token_ids: Sequence[int], *,
+                     batch_size: int = 32) -> list[list[float]]:
+    """log p(t | context) for every ``t`` in ``token_ids`` after each context: one forward per context, where
+    :func:`continuation_logps` takes one per (context, continuation). Only each row's last hidden state goes
+    through the output head."""
+    examples = [TokenizedExample(ids, [False] * len(ids))
+                for ids in (list(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in contexts)]
+    if any(not e.input_ids for e in examples):
+        raise ValueError("a context has no tokens")
+    wanted = torch.tensor(list(token_ids), dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    out: list[list[float]] = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = pad_batch(examples[start:start + batch_size], tokenizer.pad_token_id, model.device)
+            hidden, head, softcap = hidden_and_head(model, batch.input_ids, batch.attention_mask)
+            last = batch.attention_mask.sum(-1) - 1
+            logits = head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last]).float()
+            if softcap is not None:
+                logits = torch.tanh(logits / softcap) * softcap
+            out.extend(torch.log_softmax(logits, -1)[:, wanted.to(logits.device)].tolist())
+    finally:
+        model.train(was_training)
+    return out

@@ -142,15 +142,17 @@ def _run(cfg: OverseeConfig, questions: list[Any], out: Path) -> dict[str, Any]:
 
     judge, arguer = _participants(cfg)
     runs: dict[str, list[Any]] = {}
-    common = {"rounds": cfg.rounds, "best_of": cfg.best_of, "word_similarity": cfg.word_similarity}
     with torch.no_grad():
-        for name in cfg.protocols:
-            if name == "direct":
-                runs[name] = run_direct(questions, judge)
-            elif name == "consultancy":
-                runs[name] = run_consultancy(questions, arguer, judge, **common)
+        for protocol in cfg.protocols:
+            if protocol == "direct":
+                runs[protocol] = run_direct(questions, judge)
+            elif protocol == "consultancy":
+                runs[protocol] = run_consultancy(questions, arguer, judge, rounds=cfg.rounds, best_of=cfg.best_of,
+                                                 word_similarity=cfg.word_similarity)
             else:
-                runs[name] = run_debate(questions, [arguer], judge, sequential=name == "debate-sequential", **common)
+                runs[protocol] = run_debate(questions, [arguer], judge, rounds=cfg.rounds, best_of=cfg.best_of,
+                                            sequential=protocol == "debate-sequential",
+                                            word_similarity=cfg.word_similarity)
     summary: dict[str, Any] = {"questions": len(questions), "judge": cfg.judge, "arguer": cfg.arguer,
                                "protocols": {}}
     for name, transcripts in runs.items():

@@ -265,22 +265,23 @@ class ChoiceJudge:
     def judge(self, cases: Sequence[tuple[Question, Sequence[Turn]]]) -> list[list[float]]:
         """Label log-probs, normalised over the options, averaged over the two orders."""
         from tether.models.chat import render
-        from tether.models.logprobs import continuation_logps
+        from tether.models.logprobs import continuation_logps, next_token_logps
 
-        contexts, labels = [], []
-        for question, turns in cases:
-            for q, t in (reordered(question, turns, reverse) for reverse in (False, True)):
-                context = render(self.tokenizer, judge_messages(q, t, self.view), add_generation_prompt=True)
-                for i in range(len(q.options)):
-                    contexts.append(context)
-                    labels.append(LABELS[i])
-        logps = continuation_logps(self.model, self.tokenizer, contexts, labels, batch_size=self.batch_size)
-        out, at = [], 0
-        for question, _ in cases:
-            k = len(question.options)
-            forward, backward = logps[at:at + k], logps[at + k:at + 2 * k]
-            at += 2 * k
-            out.append(option_probs(forward, backward))
+        k = max(len(q.options) for q, _ in cases) if cases else 0
+        label_ids = [self.tokenizer(LABELS[i], add_special_tokens=False)["input_ids"] for i in range(k)]
+        contexts = [render(self.tokenizer, judge_messages(q, t, self.view), add_generation_prompt=True)
+                    for question, turns in cases for q, t in (reordered(question, turns, r) for r in (False, True))]
+        if all(len(ids) == 1 for ids in label_ids):  # one forward per prompt: every label's log-prob at once
+            rows = next_token_logps(self.model, self.tokenizer, contexts, [ids[0] for ids in label_ids],
+                                    batch_size=self.batch_size)
+        else:
+            flat = continuation_logps(self.model, self.tokenizer, [c for c in contexts for _ in range(k)],
+                                      [LABELS[i] for _ in contexts for i in range(k)], batch_size=self.batch_size)
+            rows = [flat[i * k:(i + 1) * k] for i in range(len(contexts))]
+        out = []
+        for i, (question, _) in enumerate(cases):
+            n = len(question.options)
+            out.append(option_probs(rows[2 * i][:n], rows[2 * i + 1][:n]))
         return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -14,7 +14,7 @@ def per_question(transcripts: Sequence[Any]) -> dict[str, list[float]]:
     return scores
 
 
-def transcripts_page(runs: dict[str, Sequence[Any]], *, per_run: int = 20) -> str:
+def transcripts_page(runs: Mapping[str, Sequence[Any]], *, per_run: int = 20) -> str:
     """A self-contained page: the first ``per_run`` transcripts of every run, quotes marked verified or not,
     the source beside them and the judge's verdict against the truth."""
     from tether.core.html import escape, page

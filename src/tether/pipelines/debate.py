@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +243,7 @@ def _experiment(cfg: DebateConfig, out: Path) -> dict[str, Any]:
     return summary
 
 
-def measure(runs: dict[str, Sequence[Any]], best_of: Sequence[int], *, seed: int = 0) -> dict[str, Any]:
+def measure(runs: Mapping[str, Sequence[Any]], best_of: Sequence[int], *, seed: int = 0) -> dict[str, Any]:
     """Judge accuracy per run (bootstrap over questions), paired differences between protocols at each
     strength and between the strongest and weakest arguers, consultants by honesty, and quote checks."""
     from tether.core.stats import bootstrap_mean, paired_difference
