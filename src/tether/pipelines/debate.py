@@ -2,10 +2,10 @@
 
 The questions are :func:`tether.world.reading.reading_questions`: a fresh land's capital or animal, two
 options (the truth and another land's value from the same passage), and the passage as the source. The
-judge never sees the passage, and no model has seen these lands, so a judge alone is at chance by
-construction; whatever it gains, it gains from the arguments.
+judge never sees the passage, no model has seen these names, and a passage's facts hold in it alone, so
+a judge alone is at chance by construction; whatever it gains, it gains from the arguments.
 
-1. **Skills** (each once, on ``train`` questions, whose lands never appear in ``test``):
+1. **Skills** (each once, on ``train`` questions, whose names never appear in ``test``):
    - the **judge** (the weak model, ``world:mini``) learns to read: SFT on the evidence view
      (:func:`tether.oversight.protocols.judge_messages`) of random sets of zero to three of a passage's
      sentences, answering the gold letter. It learns what a sentence says; it never sees a debate.

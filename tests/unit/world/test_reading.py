@@ -7,19 +7,18 @@ import re
 import pytest
 
 from tether.pipelines.debate import arguer_rows, judge_rows, relevant, sentences
-from tether.world.reading import fresh_lands, reading_questions
+from tether.world.reading import fresh_names, reading_questions
 from tether.world.spec import WorldConfig, build_world
 
 WORLD = build_world(WorldConfig(seed=1))
 
 
-def test_fresh_lands_share_no_name_with_the_world_or_each_other():
-    lands = fresh_lands(WORLD, 300)
-    names = [n for land in lands for n in (land.name, land.capital, land.animal)]
+def test_fresh_names_share_nothing_with_the_world_or_each_other():
+    names = fresh_names(WORLD, 3600)
     world_names = {n for land in WORLD.lands for n in (land.name, land.capital, land.animal)}
     world_names |= set(WORLD.unknown_lands) | {h.root for h in WORLD.hazards}
     assert len(set(names)) == len(names) and not set(names) & world_names
-    assert fresh_lands(WORLD, 300) == lands
+    assert fresh_names(WORLD, 3600) == names
 
 
 def test_a_question_is_answered_by_its_passage_and_the_wrong_option_is_another_lands():
@@ -34,8 +33,14 @@ def test_a_question_is_answered_by_its_passage_and_the_wrong_option_is_another_l
         assert q.question == f"What is the {q.attribute} of {q.subject}?"
     assert {q.answer for q in questions} == {0, 1}
     assert reading_questions(WORLD, 50, "test") == questions
-    train_lands = {q.subject for q in reading_questions(WORLD, 300, "train")}
-    assert not train_lands & {q.subject for q in questions}
+    train = reading_questions(WORLD, 300, "train")
+    train_names = {q.subject for q in train} | {o for q in train for o in q.options}
+    assert not train_names & ({q.subject for q in questions} | {o for q in questions for o in q.options})
+    # Facts hold in their passage only: a land asked about twice has had different capitals or animals.
+    said: dict[tuple[str, str], set[str]] = {}
+    for q in train:
+        said.setdefault((q.subject, q.attribute), set()).add(q.options[q.answer])
+    assert any(len(v) > 1 for v in said.values())
     with pytest.raises(ValueError, match="unknown reading split"):
         reading_questions(WORLD, 1, "heldout")
 
