@@ -81,6 +81,15 @@ def run(cfg: AmplificationConfig, *, resume: bool = False) -> dict[str, Any]:
 
 # --- the task and the overseer (pure) ----------------------------------------------------------------
 
+def most_common(replies: Sequence[str]) -> dict[str, Any]:
+    """The number stated most often across ``replies`` (None when none states one) and its share."""
+    from collections import Counter
+
+    counts = Counter(stated_number(r) for r in replies)
+    value, count = counts.most_common(1)[0] if counts else (None, 0)
+    return {"answer": value, "share": round(count / max(1, len(replies)), 4)}
+
+
 def max_question(numbers: Sequence[int]) -> str:
     """The world's phrasing of the question."""
     return f"What is the largest of {', '.join(map(str, numbers))}?"
@@ -223,7 +232,12 @@ def _experiment(cfg: AmplificationConfig, out: Path) -> dict[str, Any]:
         distilled, _ = accuracy(test, distilled_replies)
         rounds.append({"round": k, "size": size, "direct_small": direct_small, "direct": direct,
                        "amplified": amplified, "distilled": distilled, "training_answers_right": label_acc,
-                       "calls_per_question": round(sum(len(c) for _, c in test_calls) / len(test), 3)})
+                       "calls_per_question": round(sum(len(c) for _, c in test_calls) / len(test), 3),
+                       # A model that gives one answer to every list scores the share of lists whose largest
+                       # it is: the most common answer says whether that is what happened.
+                       "most_common_answer": {name: most_common(replies) for name, replies in
+                                              (("direct", direct_replies), ("amplified", test_amp),
+                                               ("distilled", distilled_replies))}})
         examples += [{"round": k, "numbers": x, "direct": d, "amplified": a, "distilled": s, "right": r,
                       "calls": c}
                      for x, d, a, s, r, (_, c) in zip(test[:20], direct_replies, test_amp, distilled_replies,

@@ -3,7 +3,7 @@
 import random
 import re
 
-from tether.pipelines.amplification import amplify, chunks, list_questions, max_question, stated_number
+from tether.pipelines.amplification import amplify, chunks, list_questions, max_question, most_common, stated_number
 
 
 def _numbers(question):
@@ -24,6 +24,8 @@ def test_the_overseer_reads_only_the_stated_number():
     assert stated_number("The largest is 97.") == 97
     assert stated_number("Let me think. The largest is 5, I think") == 5
     assert stated_number("I cannot tell.") is None
+    assert most_common(["The largest is 98.", "The largest is 98. 98.", "The largest is 5."]) == {"answer": 98,
+                                                                                                 "share": 0.6667}
 
 
 def test_with_a_model_right_on_every_chunk_the_overseer_is_right_on_every_list():
@@ -60,6 +62,7 @@ def test_amplification_rounds_run_end_to_end_and_distil_only_what_the_amplified_
     assert code == 0, err
     rounds = json.loads((out / "amplification.json").read_text())["rounds"]
     assert [r["size"] for r in rounds] == [2, 4]
+    assert all(set(r["most_common_answer"]) == {"direct", "amplified", "distilled"} for r in rounds)
     assert all(r[k]["n"] == 5 for r in rounds for k in ("direct_small", "direct", "amplified", "distilled"))
     # Each distillation trains on the overseer's answers: "The largest is N." or "I cannot tell.", nothing gold.
     for k in (0, 1):
