@@ -13,7 +13,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-EXPERIMENTS = {"weak-to-strong": "weak_to_strong.json", "debate": "debate.json"}
+EXPERIMENTS = {"weak-to-strong": "weak_to_strong.json", "debate": "debate.json",
+               "amplification": "amplification.json"}
 
 
 def collect() -> None:
@@ -72,7 +73,27 @@ def _pgr(p: dict[str, Any] | None) -> str:
 def render() -> None:
     """Print the tables."""
     render_debate()
+    render_amplification()
     render_weak_to_strong()
+
+
+def render_amplification() -> None:
+    """Accuracy per round: direct, amplified and distilled, and the answer given most often."""
+    runs = _load("amplification")
+    if not runs:
+        return
+    print("\n### Amplification\n")
+    print("| world | round | list length (direct, base case) | direct, base case | list length | direct | amplified | "
+          "distilled | training answers right | most common answer: direct / amplified / distilled (share) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for seed, r in runs.items():
+        for x in r["rounds"]:
+            common = " / ".join(f"{m['answer']} ({100 * m['share']:.0f}%)" for m in
+                                (x["most_common_answer"][k] for k in ("direct", "amplified", "distilled")))
+            print(f"| {seed} | {x['round']} | {x['size']} | {_cell(x['direct_small'])} | {2 * x['size']} | "
+                  f"{_cell(x['direct'])} | {_cell(x['amplified'])} | {_cell(x['distilled'])} | "
+                  f"{_cell(x['training_answers_right'])} | {common} |")
+    print("\nmodels: " + "; ".join(f"world {s}: {r['model']}" for s, r in runs.items()))
 
 
 def _diff(d: dict[str, Any]) -> str:
@@ -101,15 +122,15 @@ def render_debate() -> None:
                                                                "debate-unverified")]
         print("| " + " | ".join(cells) + " |")
     print("\n| world | best-of | debate − consultancy | debate − judge alone | consultancy − judge alone | "
-          "honest consultant | dishonest consultant | turns quoting nothing the passage says (debate) |")
+          "honest consultant | dishonest consultant | debate: quotes the passage does not hold |")
     print("|---|---|---|---|---|---|---|---|")
     for seed, r in runs.items():
         for n in map(str, strengths):
             d, c, q = r["differences"][n], r["protocols"]["consultancy"][n], r["protocols"]["debate"][n]["quotes"]
             print(f"| {seed} | {n} | {_diff(d['debate-consultancy'])} | {_diff(d['debate-direct'])} | "
                   f"{_diff(d['consultancy-direct'])} | {_cell(c['honest_consultant'])} | "
-                  f"{_cell(c['dishonest_consultant'])} | {q['unverified']}"
-                  f"/{q['turns']} unverified quotes, {q['turns_without_quote']} turns without a quote |")
+                  f"{_cell(c['dishonest_consultant'])} | {q['unverified']} of {q['quotes']} quotes unverified; "
+                  f"{q['turns_without_quote']} of {q['turns']} turns without a quote |")
     print(f"\n| world | debate: best-of-{strongest} − best-of-{min(strengths)} | consultancy: best-of-{strongest} − "
           f"best-of-{min(strengths)} | debate: verified − unverified | consultancy: verified − unverified |")
     print("|---|---|---|---|---|")
