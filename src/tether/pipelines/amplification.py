@@ -185,11 +185,9 @@ def _amplified_replies(lists: Sequence[Sequence[int]], ask: Any, size: int) -> t
 
 
 def _experiment(cfg: AmplificationConfig, out: Path) -> dict[str, Any]:
-    from tether.core.config import load_config
     from tether.core.stats import wilson_interval
     from tether.models.generation import GenerationSettings
-    from tether.train.sft import SFTConfig
-    from tether.train.sft import run as sft
+    from tether.pipelines.stages import sft_on_rows
     from tether.world.grader import grade
 
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed)
@@ -217,17 +215,10 @@ def _experiment(cfg: AmplificationConfig, out: Path) -> dict[str, Any]:
         amplified, amp_right = accuracy(test, test_amp)
         train_amp, _ = _amplified_replies(train, ask, size)
         label_acc, _ = accuracy(train, train_amp)
-        data = out / f"round{k}.jsonl"
-        data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": max_question(x)},
-                                                         {"role": "assistant", "content": a}]}) + "\n"
-                                for x, a in zip(train, train_amp, strict=True)))
         del ask
-        directory = out / f"round{k}"
-        if not (directory / "model").exists():
-            sft(load_config(SFTConfig, cfg.sft, [f"model.path={model_dir}", f"data.train={data}",
-                                                 "evaluation.every=0", f"loop.max_steps={cfg.sft_steps}",
-                                                 f"seed={cfg.seed}", f"out={directory}"]), resume=directory.exists())
-        model_dir = str(directory / "model")
+        rows = [{"messages": [{"role": "user", "content": max_question(x)}, {"role": "assistant", "content": a}]}
+                for x, a in zip(train, train_amp, strict=True)]
+        model_dir = sft_on_rows(cfg.sft, model_dir, rows, out / f"round{k}", steps=cfg.sft_steps, seed=cfg.seed)
         distilled_replies = _asker(model_dir, settings)([max_question(x) for x in test])
         distilled, _ = accuracy(test, distilled_replies)
         rounds.append({"round": k, "size": size, "direct_small": direct_small, "direct": direct,

@@ -157,18 +157,9 @@ def as_question(wq: Any) -> Any:
 # --- the experiment ----------------------------------------------------------------------------------
 
 def _train(cfg: DebateConfig, name: str, base: str, rows: list[dict[str, Any]], steps: int, where: Path) -> str:
-    from tether.core.config import load_config
-    from tether.train.sft import SFTConfig
-    from tether.train.sft import run as sft
+    from tether.pipelines.stages import sft_on_rows
 
-    data = where / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    directory = where / name
-    if not (directory / "model").exists():
-        sft(load_config(SFTConfig, cfg.sft, [f"model.path={base}", f"data.train={data}", "evaluation.every=0",
-                                             f"loop.max_steps={steps}", f"seed={cfg.seed}", f"out={directory}"]),
-            resume=directory.exists())
-    return str(directory / "model")
+    return sft_on_rows(cfg.sft, base, rows, where / name, steps=steps, seed=cfg.seed)
 
 
 def _experiment(cfg: DebateConfig, out: Path) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """What multi-stage pipelines share: a stage is a recipe's config (shipped name or file) plus overrides, run
 into its own directory with :func:`tether.core.runs.run_stage` (skipped when that directory already holds a
-finished run), and an evaluation of a stage's model."""
+finished run), an evaluation of a stage's model, and SFT of a model on rows the pipeline made."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -28,3 +31,21 @@ def evaluated(config: str, overrides: list[str], out: Path) -> MetricsDocument:
 
         evaluate(load_config(EvalConfig, config, [*overrides, f"out={out}"]), resume=RunRecord.read(out) is not None)
     return read_metrics(out)
+
+
+def sft_on_rows(sft_config: str, base: str, rows: Sequence[dict[str, Any]], out: Path, *, steps: int,
+                seed: int) -> str:
+    """SFT ``base`` on ``rows`` (``{"messages": ...}``, written to ``out``.jsonl beside the run) with the SFT
+    ``sft_config``, into ``out`` unless ``out`` already holds the model (a partial run there is resumed); the
+    model directory either way."""
+    data = out.with_suffix(".jsonl")
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if not (out / "model").exists():
+        from tether.train.sft import SFTConfig
+        from tether.train.sft import run as sft
+
+        sft(load_config(SFTConfig, sft_config, [f"model.path={base}", f"data.train={data}", "evaluation.every=0",
+                                                f"loop.max_steps={steps}", f"seed={seed}", f"out={out}"]),
+            resume=out.exists())
+    return str(out / "model")

@@ -201,11 +201,9 @@ def _questions(cfg: WeakToStrongConfig, world: Any, kind: str, weak_base: str, s
     """Weak, ceiling and student trained by SFT on answers to the world's questions, graded by gold."""
     import numpy as np
 
-    from tether.core.config import load_config
     from tether.models.generation import GenerationSettings, HFGenerator
     from tether.models.loading import ModelConfig, load_model_and_tokenizer
-    from tether.train.sft import SFTConfig
-    from tether.train.sft import run as sft
+    from tether.pipelines.stages import sft_on_rows
     from tether.world.datasets import question_parts
     from tether.world.grader import grade
     from tether.world.responses import respond
@@ -216,16 +214,9 @@ def _questions(cfg: WeakToStrongConfig, world: Any, kind: str, weak_base: str, s
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed)
 
     def train(name: str, base: str, items: Sequence[Any], answers: Sequence[str]) -> str:
-        data = where / f"{name}.jsonl"
-        data.parent.mkdir(parents=True, exist_ok=True)
-        data.write_text("".join(json.dumps({"messages": [*it.prompt, {"role": "assistant", "content": a}]}) + "\n"
-                                for it, a in zip(items, answers, strict=True)))
-        directory = where / name
-        if not (directory / "model").exists():
-            sft(load_config(SFTConfig, cfg.sft, [f"model.path={base}", f"data.train={data}", "evaluation.every=0",
-                                                 f"loop.max_steps={cfg.sft_steps}", f"seed={cfg.seed}",
-                                                 f"out={directory}"]), resume=directory.exists())
-        return str(directory / "model")
+        rows = [{"messages": [*it.prompt, {"role": "assistant", "content": a}]}
+                for it, a in zip(items, answers, strict=True)]
+        return sft_on_rows(cfg.sft, base, rows, where / name, steps=cfg.sft_steps, seed=cfg.seed)
 
     def completions(model_dir: str, items: Sequence[Any]) -> list[Any]:
         model, tokenizer = load_model_and_tokenizer(ModelConfig(path=model_dir))
