@@ -44,8 +44,8 @@ def _command(run: Path, name: str) -> str:
     def shown(value: Any) -> str:  # a list as the CLI takes it: [a,b]
         return "[" + ",".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
 
-    changed = " ".join(f"--set {k}={shown(v)}" for k, v in config.items() if k != "out" and defaults.get(k) != v)
-    return f"tether {RECIPES.get(name).group} {name} {changed} --out runs/{run.name}".replace("  ", " ")
+    changed = [f"--set {k}={shown(v)}" for k, v in config.items() if k != "out" and defaults.get(k) != v]
+    return " ".join(["tether", RECIPES.get(name).group, name, *changed, "--out", f"runs/{run.name}"])
 
 
 def _load(name: str) -> dict[int, dict[str, Any]]:
