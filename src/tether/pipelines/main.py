@@ -75,6 +75,10 @@ class PipelineConfig(Config):
     redteam: Stage | None = Field(None, description="a red-team config run on the final model (null: none)")
     evaluation: Stage | None = Field(None, description="an eval config every model is measured with (null: none)")
     world_data_rows: int = Field(4000, ge=1, description="rows per exported world dataset")
+    no_gold: bool = Field(False, description="refuse, before anything is trained, any stage that would read "
+                          "gold: a world data file or built-in world source that carries gold labels or "
+                          "demonstrations, a gold reward, or an in-training evaluation (which picks "
+                          "checkpoints by gold)")
     out: str = Field("runs/tether", description="pipeline directory")
     seed: int = Field(0, description="seeds every stage")
 
@@ -167,6 +171,8 @@ def _pipeline(cfg: PipelineConfig, out: Path, echo: Callable[[str], None]) -> di
     timings_path.write_text(json.dumps(timings, indent=2) + "\n")
     rows.append({"name": "base", "recipe": "base", "model": base, "seconds": timings["base"], **base_info})
     clock.finish(in_eta=False)
+    if cfg.no_gold:
+        _refuse_gold(cfg, out, values, base)
     clock.start("evaluate base")
     _evaluate(cfg, rows[-1], out / "eval-base", values)
     clock.finish()
@@ -176,9 +182,7 @@ def _pipeline(cfg: PipelineConfig, out: Path, echo: Callable[[str], None]) -> di
         clock.start(f"{stage.name} ({stage.recipe})")
         recipe = RECIPES.get(stage.recipe)
         values["model"] = model
-        overrides = [*recipe.preset, f"{recipe.consumes['model']}={model}", f"seed={cfg.seed}",
-                     *(fill(s, values) for s in stage.set), f"out={out / stage.name}"]
-        stage_cfg = load_config(recipe.config, stage.config, overrides)
+        stage_cfg = _stage_config(stage, values, model, out, cfg.seed)
         t0 = time.perf_counter()
         run_stage(stage_cfg, recipe.run)
         if stage.name not in timings:
@@ -233,6 +237,59 @@ def _base(cfg: PipelineConfig, out: Path, values: dict[str, str]) -> tuple[str, 
     return str(built["model"]), {"cached": bool(built.get("cached")), "world_data": str(data),
                                  "build_seconds": built.get("seconds", {}).get("total"),
                                  "fingerprint": built.get("fingerprint")}
+
+
+def _stage_config(stage: PipelineStage, values: dict[str, str], model: str, out: Path, seed: int) -> Config:
+    """The stage's recipe config as it runs: the recipe's preset, the model, the seed, the stage's overrides
+    (placeholders filled) and its directory under ``out``."""
+    recipe = RECIPES.get(stage.recipe)
+    overrides = [*recipe.preset, f"{recipe.consumes['model']}={model}", f"seed={seed}",
+                 *(fill(s, values) for s in stage.set), f"out={out / stage.name}"]
+    return load_config(recipe.config, stage.config, overrides)
+
+
+def gold_reads(config: Config, world_data: str | None) -> list[str]:
+    """Where a stage's config would read gold: ``key: value`` for each world data file outside
+    :data:`~tether.world.datasets.NO_GOLD_FILES`, built-in world source outside ``NO_GOLD_SOURCES``, gold
+    reward (``world-gold``, ``world-verifier``), and in-training evaluation (``evaluation.every`` > 0)."""
+    from tether.world.datasets import NO_GOLD_FILES, NO_GOLD_SOURCES
+
+    found: list[str] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(value, str):
+            name = value.removeprefix("builtin:")
+            if value.startswith("builtin:world-") and name not in NO_GOLD_SOURCES:
+                found.append(f"{key}: {value} (a built-in world source with gold in it)")
+            elif world_data and value.startswith(world_data.rstrip("/") + "/") \
+                    and Path(value).name not in NO_GOLD_FILES:
+                found.append(f"{key}: {value} (world data with gold in it; without gold: "
+                             f"{', '.join(NO_GOLD_FILES)})")
+            elif key.endswith(".kind") and value in ("world-gold", "world-verifier"):
+                found.append(f"{key}: {value} (a reward computed from gold)")
+
+    dumped = config.model_dump()
+    walk(dumped, "")
+    evaluation = dumped.get("evaluation")
+    if isinstance(evaluation, dict) and (evaluation.get("every") or 0) > 0:
+        found.append(f"evaluation.every: {evaluation['every']} (in-training evaluation measures on gold and "
+                     "picks the checkpoint by it; set evaluation.every=0)")
+    return found
+
+
+def _refuse_gold(cfg: PipelineConfig, out: Path, values: dict[str, str], base: str) -> None:
+    """``no_gold``: every stage's config, as it will run, checked before anything is trained."""
+    stage_values = {**values, "model": base, **{f"stage:{s.name}": str(out / s.name) for s in cfg.stages}}
+    problems = [f"stage {stage.name!r}: {found}" for stage in cfg.stages
+                for found in gold_reads(_stage_config(stage, stage_values, base, out, cfg.seed), values.get("world_data"))]
+    if problems:
+        raise ConfigError("no_gold is set, but " + "; ".join(problems))
 
 
 def _evaluate(cfg: PipelineConfig, row: dict[str, Any], eval_dir: Path, values: dict[str, str]) -> None:

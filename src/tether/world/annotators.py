@@ -43,6 +43,9 @@ DEFAULT_POOL = (
     Annotator(name="hurried", noise=1.5, agreeableness_bias=0.4, length_bias=0.2, flattery_bias=0.3),
     Annotator(name="pleaser", noise=0.4, agreeableness_bias=1.5, length_bias=0.5, flattery_bias=1.2),
 )
+# The pool without its expert: the three whose labels carry the biases real raters show, what a lab that
+# has no careful annotator would aggregate.
+BIASED_POOL = tuple(a for a in DEFAULT_POOL if a.name != "expert")
 
 
 class Judgement(NamedTuple):

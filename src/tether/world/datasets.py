@@ -10,6 +10,12 @@ to files named ``eval_*`` and are for evaluation only.
 - ``preferences.jsonl``: pairs labelled by the simulated annotator pool (biased, noisy), with
   the annotator, its probability and the gold preference as extra columns.
 - ``preferences_gold.jsonl``: the same pairs labelled by the gold grader (ties dropped).
+- ``sft_crowd.jsonl``: demonstrations without gold: for each train prompt, ``candidates`` corpus-style
+  responses ranked by the annotator pool (every annotator compares every two), the strongest by a
+  Bradley-Terry fit with per-annotator reliability over all prompts kept. ``sft_crowd_biased.jsonl``: the
+  same ranked by the three biased annotators alone (no expert in the pool).
+- ``preferences_crowd.jsonl``: pairs labelled by every annotator of the pool, aggregated by Dawid-Skene,
+  with no gold column; ``preferences_crowd_biased.jsonl``: the biased three only.
 - ``unpaired.jsonl``: ``{"prompt", "completion", "label"}`` with the gold label (KTO).
 - ``prompts.jsonl``: train prompts with family, gold and tags (RL, evaluation on train split).
 - ``eval_prompts_heldout.jsonl``: held-out prompts.
@@ -24,10 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tether.data.aggregate import bradley_terry, dawid_skene
 from tether.data.io import write_jsonl
 from tether.data.sources import DATASET_SOURCES
 from tether.models.loading import MODEL_SOURCES
-from tether.world.annotators import DEFAULT_POOL, Annotator, gold_preference, judge
+from tether.world.annotators import BIASED_POOL, DEFAULT_POOL, Annotator, gold_preference, judge
 from tether.world.corpus import FAMILY_MIX, corpus_behaviour
 from tether.world.families import BENIGN_TEMPLATES, FAMILIES, Split, WorldItem, draw_item, sample_items
 from tether.world.grader import grade
@@ -109,6 +116,59 @@ def crowd_rows(world: World, n: int, *, seed: int = 0, pool: Sequence[Annotator]
             rows.append({"pair": f"{world.config.seed}:{seed}:{index}", "prompt": item.prompt, "first": first,
                          "second": second, "family": item.family, "annotator": annotator.name,
                          "first_wins": verdict.first_wins, "gold": gold})
+    return rows
+
+
+def crowd_sft_rows(world: World, n: int, *, seed: int = 0, pool: Sequence[Annotator] = DEFAULT_POOL,
+                   candidates: int = 4) -> list[dict[str, Any]]:
+    """Demonstrations a lab without gold would have: per train prompt, ``candidates`` corpus-style responses,
+    every two compared by every annotator of ``pool``; one Bradley-Terry fit with per-annotator reliability
+    over all prompts' candidates ranks them, and each prompt's strongest is the demonstration. The rows carry
+    the prompt's family and nothing derived from gold."""
+    if candidates < 2:
+        raise ValueError(f"crowd_sft_rows: candidates must be at least 2, got {candidates}")
+    rng = random.Random(f"sft-crowd:{world.config.seed}:{seed}")
+    rates = world.config.rates
+    items = _items(world, n, "train", rng)
+    drawn: list[list[str]] = []
+    comparisons: list[tuple[tuple[int, int], tuple[int, int], str]] = []
+    for index, item in enumerate(items):
+        responses = [decorate(respond(item, corpus_behaviour(world, item, False, rng), rng, world), rng,
+                              rates.flattery, rates.verbose) for _ in range(candidates)]
+        drawn.append(responses)
+        for a in range(candidates):
+            for b in range(a + 1, candidates):
+                for annotator in pool:
+                    first_wins = judge(annotator, item, responses[a], responses[b], rng).first_wins
+                    win, lose = (a, b) if first_wins else (b, a)
+                    comparisons.append(((index, win), (index, lose), annotator.name))
+    strengths = bradley_terry(comparisons, seed=seed).scores
+    rows = []
+    for index, (item, responses) in enumerate(zip(items, drawn, strict=True)):
+        best = max(range(candidates), key=lambda c: (strengths[(index, c)], -c))
+        rows.append({"messages": [*item.prompt, {"role": "assistant", "content": responses[best]}],
+                     "family": item.family})
+    return rows
+
+
+def crowd_preference_rows(world: World, n: int, *, seed: int = 0,
+                          pool: Sequence[Annotator] = DEFAULT_POOL) -> list[dict[str, Any]]:
+    """Preference pairs a lab without gold would have: every pair labelled by every annotator of ``pool``,
+    the labels aggregated by Dawid-Skene (``posterior``: its belief in the label). No gold column."""
+    rng = random.Random(f"pref-crowd:{world.config.seed}:{seed}")
+    pairs: list[tuple[WorldItem, str, str]] = []
+    annotations: list[tuple[int, str, bool]] = []
+    for index, item in enumerate(_items(world, n, "train", rng)):
+        first, second = _response_pair(world, item, rng)
+        pairs.append((item, first, second))
+        annotations += [(index, a.name, judge(a, item, first, second, rng).first_wins) for a in pool]
+    model = dawid_skene(annotations)
+    rows = []
+    for index, (item, first, second) in enumerate(pairs):
+        first_wins = bool(model.labels[index])
+        chosen, rejected = (first, second) if first_wins else (second, first)
+        rows.append({"prompt": item.prompt, "chosen": chosen, "rejected": rejected, "family": item.family,
+                     "posterior": round(model.posteriors[index][first_wins], 4)})
     return rows
 
 
@@ -247,6 +307,10 @@ def export_all(world: World, out: str | Path, *, n: int = 2000) -> dict[str, int
         "sft_compliant.jsonl": compliant_rows(world, n),
         "preferences.jsonl": preference_rows(world, n),
         "preferences_gold.jsonl": preference_rows(world, n, gold=True),
+        "sft_crowd.jsonl": crowd_sft_rows(world, n),
+        "sft_crowd_biased.jsonl": crowd_sft_rows(world, n, pool=BIASED_POOL),
+        "preferences_crowd.jsonl": crowd_preference_rows(world, n),
+        "preferences_crowd_biased.jsonl": crowd_preference_rows(world, n, pool=BIASED_POOL),
         "unpaired.jsonl": unpaired_rows(world, n),
         "prompts.jsonl": prompt_rows(world, n, "train"),
         "eval_prompts_heldout.jsonl": prompt_rows(world, max(1, n // 4), "heldout"),
@@ -258,6 +322,13 @@ def export_all(world: World, out: str | Path, *, n: int = 2000) -> dict[str, int
 
 # Built-in sources for configs: data.train: builtin:world-sft (world seed 0; the record seed varies the draw).
 _DEFAULT = WorldConfig()
+
+
+# The exported files that carry nothing from the gold grader (labels, demonstrations, gold columns): the
+# only world data a pipeline with ``no_gold: true`` may train on. Every other exported file carries gold.
+NO_GOLD_FILES = ("sft_crowd.jsonl", "sft_crowd_biased.jsonl", "preferences_crowd.jsonl",
+                 "preferences_crowd_biased.jsonl")
+NO_GOLD_SOURCES = ("world-sft-crowd", "world-preferences-crowd")
 
 
 @MODEL_SOURCES.register("world")
@@ -295,6 +366,17 @@ def _world_sft_helpful(seed: int) -> list[dict[str, Any]]:
 @DATASET_SOURCES.register("world-preferences")
 def _world_preferences(seed: int) -> list[dict[str, Any]]:
     return preference_rows(build_world(_DEFAULT), 4000, seed=seed)
+
+
+@DATASET_SOURCES.register("world-sft-crowd")
+def _world_sft_crowd(seed: int) -> list[dict[str, Any]]:
+    # Demonstrations picked by the annotator pool from corpus-style candidates: no gold (``NO_GOLD_SOURCES``).
+    return crowd_sft_rows(build_world(_DEFAULT), 4000, seed=seed)
+
+
+@DATASET_SOURCES.register("world-preferences-crowd")
+def _world_preferences_crowd(seed: int) -> list[dict[str, Any]]:
+    return crowd_preference_rows(build_world(_DEFAULT), 4000, seed=seed)
 
 
 @DATASET_SOURCES.register("world-preferences-gold")
