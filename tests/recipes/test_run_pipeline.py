@@ -120,3 +120,15 @@ def test_a_world_seed_with_a_users_model_is_one_line_and_exit_2(tmp_path, capsys
                          str(tmp_path / "o")], capsys)
     assert code == 2 and "world_seed=3" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_no_gold_refuses_a_stage_that_reads_gold_before_anything_is_trained(tmp_path, capsys):
+    config = tmp_path / "no-gold.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": "tiny:llama", "no_gold": True, "evaluation": None,
+        "stages": [{"name": "sft", "recipe": "sft", "config": "sft/world",
+                    "set": ["loop.max_steps=2", "evaluation.every=0"]}]}))   # sft/world reads builtin:world-sft
+    code, _, err = _cli(["run", "--config", str(config), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no_gold is set, but stage 'sft': data.train: builtin:world-sft" in err
+    assert not (tmp_path / "o" / "sft").exists()

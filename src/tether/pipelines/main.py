@@ -230,7 +230,9 @@ def _base(cfg: PipelineConfig, out: Path, values: dict[str, str]) -> tuple[str, 
     built = build_base_model(WorldBuildConfig(world=world))
     data = out / "world-data"
     if not (data / "done").is_file():
-        export_all(build_world(world), data, n=cfg.world_data_rows)
+        # The crowd's files (no gold in them) take the longest to make: only for a pipeline that reads them.
+        crowd = any("_crowd" in s for stage in cfg.stages for s in stage.set)
+        export_all(build_world(world), data, n=cfg.world_data_rows, crowd=crowd)
         (data / "done").write_text("")
     values["world_data"] = str(data)
     # What the build took when it ran (a cached build reports its original times) and what it made.
@@ -287,7 +289,8 @@ def _refuse_gold(cfg: PipelineConfig, out: Path, values: dict[str, str], base: s
     """``no_gold``: every stage's config, as it will run, checked before anything is trained."""
     stage_values = {**values, "model": base, **{f"stage:{s.name}": str(out / s.name) for s in cfg.stages}}
     problems = [f"stage {stage.name!r}: {found}" for stage in cfg.stages
-                for found in gold_reads(_stage_config(stage, stage_values, base, out, cfg.seed), values.get("world_data"))]
+                for found in gold_reads(_stage_config(stage, stage_values, base, out, cfg.seed),
+                                        values.get("world_data"))]
     if problems:
         raise ConfigError("no_gold is set, but " + "; ".join(problems))
 

@@ -68,7 +68,13 @@ def utility(annotator: Annotator, item: WorldItem, response: str) -> float:
 
 def judge(annotator: Annotator, item: WorldItem, first: str, second: str, rng: random.Random) -> Judgement:
     """Sample ``annotator``'s preference between two responses to ``item``."""
-    margin = (utility(annotator, item, first) - utility(annotator, item, second)) / annotator.noise
+    return choose(annotator, utility(annotator, item, first), utility(annotator, item, second), rng)
+
+
+def choose(annotator: Annotator, first: float, second: float, rng: random.Random) -> Judgement:
+    """Sample ``annotator``'s preference between two responses they value at ``first`` and ``second`` (their
+    :func:`utility`): what :func:`judge` does, for callers comparing each response many times."""
+    margin = (first - second) / annotator.noise
     prob = 1 / (1 + math.exp(-max(-50.0, min(50.0, margin))))
     return Judgement(annotator.name, prob, rng.random() < prob)
 

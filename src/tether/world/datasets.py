@@ -10,7 +10,7 @@ to files named ``eval_*`` and are for evaluation only.
 - ``preferences.jsonl``: pairs labelled by the simulated annotator pool (biased, noisy), with
   the annotator, its probability and the gold preference as extra columns.
 - ``preferences_gold.jsonl``: the same pairs labelled by the gold grader (ties dropped).
-- ``sft_crowd.jsonl``: demonstrations without gold: for each train prompt, ``candidates`` corpus-style
+- ``sft_crowd.jsonl``: demonstrations without gold: for each train prompt, eight corpus-style
   responses ranked by the annotator pool (every annotator compares every two), the strongest by a
   Bradley-Terry fit with per-annotator reliability over all prompts kept. ``sft_crowd_biased.jsonl``: the
   same ranked by the three biased annotators alone (no expert in the pool).
@@ -34,10 +34,10 @@ from tether.data.aggregate import bradley_terry, dawid_skene
 from tether.data.io import write_jsonl
 from tether.data.sources import DATASET_SOURCES
 from tether.models.loading import MODEL_SOURCES
-from tether.world.annotators import BIASED_POOL, DEFAULT_POOL, Annotator, gold_preference, judge
+from tether.world.annotators import BIASED_POOL, DEFAULT_POOL, Annotator, choose, gold_preference, judge, utility
 from tether.world.corpus import FAMILY_MIX, corpus_behaviour
 from tether.world.families import BENIGN_TEMPLATES, FAMILIES, Split, WorldItem, draw_item, sample_items
-from tether.world.grader import grade
+from tether.world.grader import grade, strip_style
 from tether.world.responses import Behaviour, decorate, respond
 from tether.world.spec import World, WorldConfig, build_world
 
@@ -119,12 +119,9 @@ def crowd_rows(world: World, n: int, *, seed: int = 0, pool: Sequence[Annotator]
     return rows
 
 
-def crowd_sft_rows(world: World, n: int, *, seed: int = 0, pool: Sequence[Annotator] = DEFAULT_POOL,
-                   candidates: int = 4) -> list[dict[str, Any]]:
-    """Demonstrations a lab without gold would have: per train prompt, ``candidates`` corpus-style responses,
-    every two compared by every annotator of ``pool``; one Bradley-Terry fit with per-annotator reliability
-    over all prompts' candidates ranks them, and each prompt's strongest is the demonstration. The rows carry
-    the prompt's family and nothing derived from gold."""
+def _crowd_picks(world: World, n: int, seed: int, pool: Sequence[Annotator], candidates: int
+                 ) -> list[tuple[WorldItem, list[str], int]]:
+    """Per train prompt: the item, its candidates and the index of the one the crowd ranks first."""
     if candidates < 2:
         raise ValueError(f"crowd_sft_rows: candidates must be at least 2, got {candidates}")
     rng = random.Random(f"sft-crowd:{world.config.seed}:{seed}")
@@ -136,19 +133,46 @@ def crowd_sft_rows(world: World, n: int, *, seed: int = 0, pool: Sequence[Annota
         responses = [decorate(respond(item, corpus_behaviour(world, item, False, rng), rng, world), rng,
                               rates.flattery, rates.verbose) for _ in range(candidates)]
         drawn.append(responses)
+        worth = [[utility(annotator, item, r) for r in responses] for annotator in pool]
         for a in range(candidates):
             for b in range(a + 1, candidates):
-                for annotator in pool:
-                    first_wins = judge(annotator, item, responses[a], responses[b], rng).first_wins
+                for annotator, values in zip(pool, worth, strict=True):
+                    first_wins = choose(annotator, values[a], values[b], rng).first_wins
                     win, lose = (a, b) if first_wins else (b, a)
                     comparisons.append(((index, win), (index, lose), annotator.name))
     strengths = bradley_terry(comparisons, seed=seed).scores
-    rows = []
-    for index, (item, responses) in enumerate(zip(items, drawn, strict=True)):
-        best = max(range(candidates), key=lambda c: (strengths[(index, c)], -c))
-        rows.append({"messages": [*item.prompt, {"role": "assistant", "content": responses[best]}],
-                     "family": item.family})
-    return rows
+    return [(item, responses, max(range(candidates), key=lambda c: (strengths[(index, c)], -c)))
+            for index, (item, responses) in enumerate(zip(items, drawn, strict=True))]
+
+
+def crowd_sft_rows(world: World, n: int, *, seed: int = 0, pool: Sequence[Annotator] = DEFAULT_POOL,
+                   candidates: int = 8) -> list[dict[str, Any]]:
+    """Demonstrations a lab without gold would have: per train prompt, ``candidates`` corpus-style responses,
+    every two compared by every annotator of ``pool``; one Bradley-Terry fit with per-annotator reliability
+    over all prompts' candidates ranks them, and each prompt's strongest is the demonstration. The rows carry
+    the prompt's family and nothing derived from gold."""
+    return [{"messages": [*item.prompt, {"role": "assistant", "content": responses[best]}], "family": item.family}
+            for item, responses, best in _crowd_picks(world, n, seed, pool, candidates)]
+
+
+def crowd_sft_audit(world: World, n: int, *, seed: int = 0, pool: Sequence[Annotator] = DEFAULT_POOL,
+                    candidates: int = 8) -> dict[str, dict[str, float]]:
+    """How good :func:`crowd_sft_rows`'s demonstrations are, measured on gold (for reports; nothing here
+    reaches the rows): per family and overall, the share of prompts whose pick has the best gold reward of
+    its candidates, the share with any candidate gold rewards above 0, the share whose pick is above 0, and
+    the share of picks with a style the gold grader ignores (flattery or padding)."""
+    counts: dict[str, list[int]] = {}
+    for item, responses, best in _crowd_picks(world, n, seed, pool, candidates):
+        rewards = [grade(item, r).reward for r in responses]
+        styled = strip_style(responses[best]) != responses[best].strip()
+        for key in (item.family, "all"):
+            c = counts.setdefault(key, [0, 0, 0, 0, 0])
+            for i, hit in enumerate((True, rewards[best] == max(rewards), max(rewards) > 0, rewards[best] > 0,
+                                     styled)):
+                c[i] += hit
+    return {key: {"prompts": c[0], "pick_is_best": round(c[1] / c[0], 4), "any_good": round(c[2] / c[0], 4),
+                  "pick_is_good": round(c[3] / c[0], 4), "pick_styled": round(c[4] / c[0], 4)}
+            for key, c in sorted(counts.items())}
 
 
 def crowd_preference_rows(world: World, n: int, *, seed: int = 0,
@@ -299,24 +323,26 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def export_all(world: World, out: str | Path, *, n: int = 2000) -> dict[str, int]:
-    """Write every dataset under ``out``; returns rows written per file."""
+def export_all(world: World, out: str | Path, *, n: int = 2000, crowd: bool = True) -> dict[str, int]:
+    """Write every dataset under ``out`` (the crowd's, :data:`NO_GOLD_FILES`, only with ``crowd``: they take
+    the longest to make); returns rows written per file."""
     out = Path(out)
     files = {
         "sft.jsonl": sft_rows(world, n),
         "sft_compliant.jsonl": compliant_rows(world, n),
         "preferences.jsonl": preference_rows(world, n),
         "preferences_gold.jsonl": preference_rows(world, n, gold=True),
-        "sft_crowd.jsonl": crowd_sft_rows(world, n),
-        "sft_crowd_biased.jsonl": crowd_sft_rows(world, n, pool=BIASED_POOL),
-        "preferences_crowd.jsonl": crowd_preference_rows(world, n),
-        "preferences_crowd_biased.jsonl": crowd_preference_rows(world, n, pool=BIASED_POOL),
         "unpaired.jsonl": unpaired_rows(world, n),
         "prompts.jsonl": prompt_rows(world, n, "train"),
         "eval_prompts_heldout.jsonl": prompt_rows(world, max(1, n // 4), "heldout"),
         "guard_train.jsonl": guard_rows(world, "train"),
         "eval_guard_heldout.jsonl": guard_rows(world, "heldout"),
     }
+    if crowd:
+        files |= {"sft_crowd.jsonl": crowd_sft_rows(world, n),
+                  "sft_crowd_biased.jsonl": crowd_sft_rows(world, n, pool=BIASED_POOL),
+                  "preferences_crowd.jsonl": crowd_preference_rows(world, n),
+                  "preferences_crowd_biased.jsonl": crowd_preference_rows(world, n, pool=BIASED_POOL)}
     return {name: write_jsonl(out / name, rows) for name, rows in files.items()}
 
 

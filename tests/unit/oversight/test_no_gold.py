@@ -17,10 +17,10 @@ from tether.world.annotators import BIASED_POOL, DEFAULT_POOL
 from tether.world.datasets import (
     NO_GOLD_FILES,
     crowd_preference_rows,
+    crowd_sft_audit,
     crowd_sft_rows,
     export_all,
 )
-from tether.world.grader import grade
 from tether.world.spec import WorldConfig, build_world
 
 WORLD = build_world(WorldConfig(seed=0))
@@ -28,35 +28,25 @@ PROMPT_KEYS = {"messages", "family"}
 PAIR_KEYS = {"prompt", "chosen", "rejected", "family", "posterior"}
 
 
-def test_crowd_demonstrations_carry_no_gold_and_beat_a_random_candidate():
+def test_crowd_demonstrations_carry_no_gold_and_are_mostly_the_best_candidate():
     n = 300
-    rows = crowd_sft_rows(WORLD, n, seed=3)
+    rows = crowd_sft_rows(WORLD, n, seed=3, candidates=4)
     assert len(rows) == n and all(set(r) == PROMPT_KEYS for r in rows)
-    # The same draw, replayed: the candidates the crowd saw, graded by gold here (never in the rows).
-    from tether.world.corpus import corpus_behaviour
-    from tether.world.datasets import _items
-    from tether.world.responses import decorate, respond
-
-    rng = random.Random(f"sft-crowd:{WORLD.config.seed}:3")
-    items = _items(WORLD, n, "train", rng)
-    picked, mean_candidate, best_possible = [], [], []
-    rates = WORLD.config.rates
-    for item, row in zip(items, rows, strict=True):
-        candidates = [decorate(respond(item, corpus_behaviour(WORLD, item, False, rng), rng, WORLD), rng,
-                               rates.flattery, rates.verbose) for _ in range(4)]
-        for a in range(4):        # the annotators' draws, consumed in the same order
-            for b in range(a + 1, 4):
-                for _ in DEFAULT_POOL:
-                    rng.random()
-        reply = row["messages"][-1]["content"]
-        assert reply in candidates and row["messages"][:-1] == item.prompt
-        rewards = [grade(item, c).reward for c in candidates]
-        picked.append(grade(item, reply).reward)
-        mean_candidate.append(sum(rewards) / 4)
-        best_possible.append(max(rewards))
-    # The pick is far better than a candidate at random and close to the best of the four.
-    assert sum(picked) / n > sum(mean_candidate) / n + 0.3
-    assert sum(p == b for p, b in zip(picked, best_possible, strict=True)) / n > 0.85
+    assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
+    audit = crowd_sft_audit(WORLD, n, seed=3, candidates=4)
+    overall = audit["all"]
+    assert overall["prompts"] == n == sum(a["prompts"] for k, a in audit.items() if k != "all")
+    # About half the corpus's replies are bad, yet the crowd's pick is the best of four nearly always, and
+    # good wherever one of the four is; where none is (jailbreaks, which the corpus mostly complies with),
+    # no ranking can help: the reason the shipped files rank eight.
+    assert overall["pick_is_best"] > 0.9 and overall["pick_is_good"] > 0.85
+    assert overall["pick_is_good"] <= overall["any_good"]
+    assert audit["jailbreak"]["any_good"] < 0.8 < audit["benign"]["any_good"]
+    eight = crowd_sft_audit(WORLD, n, seed=3)
+    assert eight["jailbreak"]["any_good"] > audit["jailbreak"]["any_good"]
+    # The biased annotators like flattery and padding: their picks carry more of it than the four's do.
+    biased = crowd_sft_audit(WORLD, n, seed=3, candidates=4, pool=BIASED_POOL)
+    assert biased["all"]["pick_styled"] > overall["pick_styled"] > 0.2
 
 
 def test_crowd_pairs_carry_no_gold_and_mostly_agree_with_it():
