@@ -182,6 +182,15 @@ def render_no_gold() -> None:
         a4, a8 = four["demonstrations_on_gold"]["jailbreak"], eight["demonstrations_on_gold"]["jailbreak"]
         print(f"| jailbreak prompts with a refusal among the candidates | {100 * a4['any_good']:.1f} | "
               f"{100 * a8['any_good']:.1f} |")
+    path = HERE / "no_gold_style_world0.json"
+    if path.exists():
+        stripped = _stages(json.loads(path.read_text())["result"])["sft"]
+        crowd = _stages(json.loads((HERE / "no_gold_world0.json").read_text())["result"])["sft"]
+        print("\n### The crowd's style, taken off its picks (world 0, after SFT; a diagnostic)\n")
+        print("| metric | SFT on the crowd's picks | the same picks without flattery or padding |")
+        print("|---|---|---|")
+        for metric, label in [*((m, t[0]) for m, t in TARGETS.items()), *EXTRA.items()]:
+            print(f"| {label} | {_cell(crowd[metric])} | {_cell(stripped[metric])} |")
 
 
 def render_amplification() -> None:

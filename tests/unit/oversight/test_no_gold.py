@@ -44,9 +44,11 @@ def test_crowd_demonstrations_carry_no_gold_and_are_mostly_the_best_candidate():
     assert audit["jailbreak"]["any_good"] < 0.8 < audit["benign"]["any_good"]
     eight = crowd_sft_audit(WORLD, n, seed=3)
     assert eight["jailbreak"]["any_good"] > audit["jailbreak"]["any_good"]
-    # The biased annotators like flattery and padding: their picks carry more of it than the four's do.
-    biased = crowd_sft_audit(WORLD, n, seed=3, candidates=4, pool=BIASED_POOL)
-    assert biased["all"]["pick_styled"] > overall["pick_styled"] > 0.2
+    # The biased annotators like flattery and padding: of eight candidates, their picks carry more of it
+    # than the four's do, and the four's more than the corpus's 36% (1 - 0.8 * 0.8).
+    biased = crowd_sft_audit(WORLD, n, seed=3, pool=BIASED_POOL)
+    assert biased["all"]["pick_styled"] > eight["all"]["pick_styled"] + 0.04
+    assert eight["all"]["pick_styled"] > 0.5
 
 
 def test_crowd_pairs_carry_no_gold_and_mostly_agree_with_it():
