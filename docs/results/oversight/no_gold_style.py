@@ -23,6 +23,7 @@ ROOT = HERE.parents[2]
 
 
 def main() -> None:
+    """Write the stripped demonstrations, SFT and evaluate them (unless done), and save the summary here."""
     from tether.data.io import write_jsonl
     from tether.world.grader import strip_style
 

@@ -223,7 +223,7 @@ def _base(cfg: PipelineConfig, out: Path, values: dict[str, str]) -> tuple[str, 
 
         return resolve_model_path(cfg.model), {}
     from tether.world.build import WorldBuildConfig, build_base_model
-    from tether.world.datasets import export_all
+    from tether.world.datasets import NO_GOLD_FILES, export_all
     from tether.world.spec import WorldConfig, build_world
 
     world = WorldConfig(seed=cfg.world_seed)
@@ -231,7 +231,7 @@ def _base(cfg: PipelineConfig, out: Path, values: dict[str, str]) -> tuple[str, 
     data = out / "world-data"
     if not (data / "done").is_file():
         # The crowd's files (no gold in them) take the longest to make: only for a pipeline that reads them.
-        crowd = any("_crowd" in s for stage in cfg.stages for s in stage.set)
+        crowd = any(name in s for stage in cfg.stages for s in stage.set for name in NO_GOLD_FILES)
         export_all(build_world(world), data, n=cfg.world_data_rows, crowd=crowd)
         (data / "done").write_text("")
     values["world_data"] = str(data)
