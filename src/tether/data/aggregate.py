@@ -129,8 +129,10 @@ def bradley_terry(comparisons: Sequence[Comparison], *, reliability: bool = True
     winners = torch.tensor([index[w] for w, _, _ in comparisons])
     losers = torch.tensor([index[lose] for _, lose, _ in comparisons])
     judges = torch.tensor([who[a] for _, _, a in comparisons])
-    strength = torch.zeros(len(options), requires_grad=True)
-    trust = torch.full((len(annotators),), math.log(0.9 / 0.1), requires_grad=True)
+    # float64: the gradient's scatter-add runs in parallel in no fixed order; in double precision that
+    # order no longer decides between two near-tied options, so the same comparisons give the same ranking.
+    strength = torch.zeros(len(options), dtype=torch.float64, requires_grad=True)
+    trust = torch.full((len(annotators),), math.log(0.9 / 0.1), dtype=torch.float64, requires_grad=True)
     parameters = [strength, trust] if reliability else [strength]
     optimizer = torch.optim.LBFGS(parameters, lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 

@@ -141,7 +141,8 @@ def _crowd_picks(world: World, n: int, seed: int, pool: Sequence[Annotator], can
                     win, lose = (a, b) if first_wins else (b, a)
                     comparisons.append(((index, win), (index, lose), annotator.name))
     strengths = bradley_terry(comparisons, seed=seed).scores
-    return [(item, responses, max(range(candidates), key=lambda c: (strengths[(index, c)], -c)))
+    # Rounded: strengths that differ only in the last bits of the fit are a tie, broken by order.
+    return [(item, responses, max(range(candidates), key=lambda c: (round(strengths[(index, c)], 9), -c)))
             for index, (item, responses) in enumerate(zip(items, drawn, strict=True))]
 
 
