@@ -6,7 +6,9 @@
 The no-gold pipelines are ``tether run`` runs: runs/no-gold-<seed> and runs/no-gold-biased-<seed> (``tether
 run --config run/world-no-gold[-biased] --world-seed N --out ...``), and runs/nogold-0-k4 (the same with
 four candidates per prompt instead of eight, made at commit ef1b9a6, whose export ranked four). Their
-summaries are collected with the gold audit of the demonstrations they trained on (``crowd_sft_audit``).
+summaries are collected with the gold audit of the demonstrations they trained on (``crowd_sft_audit``,
+recomputed here; for the four-candidate run, made before the Bradley-Terry fit moved to float64, the
+recomputed picks may differ from the ones it trained on in a few of 4,000 prompts).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def collect_no_gold() -> None:
     runs = [(f"{name}-{seed}", config, f"{file}_world{seed}.json", seed, candidates)
             for name, (config, file, candidates) in NO_GOLD.items() for seed in range(3)]
     runs.append(("nogold-0-k4", "run/world-no-gold", "no_gold_4_candidates_world0.json", 0, 4))
+    runs += [(f"no-gold-{seed}-seed1", "run/world-no-gold --set seed=1", f"no_gold_world{seed}_seed1.json", seed, 8)
+             for seed in range(3)]
     for name, config, file, seed, candidates in runs:
         run = ROOT / "runs" / name
         if not (run / "summary.json").exists():
@@ -182,6 +186,7 @@ def render_no_gold() -> None:
         a4, a8 = four["demonstrations_on_gold"]["jailbreak"], eight["demonstrations_on_gold"]["jailbreak"]
         print(f"| jailbreak prompts with a refusal among the candidates | {100 * a4['any_good']:.1f} | "
               f"{100 * a8['any_good']:.1f} |")
+    render_no_gold_reruns()
     path = HERE / "no_gold_style_world0.json"
     if path.exists():
         stripped = _stages(json.loads(path.read_text())["result"])["sft"]
@@ -191,6 +196,27 @@ def render_no_gold() -> None:
         print("|---|---|---|")
         for metric, label in [*((m, t[0]) for m, t in TARGETS.items()), *EXTRA.items()]:
             print(f"| {label} | {_cell(crowd[metric])} | {_cell(stripped[metric])} |")
+
+
+def render_no_gold_reruns() -> None:
+    """The spread between runs: the four annotators' pipeline with training seed 0 and 1, and the biased
+    three's before and after the float64 fit changed 4 and 6 of 4,000 demonstrations (final models)."""
+    pairs = [(f"four annotators, world {seed}", f"no_gold_world{seed}.json", f"no_gold_world{seed}_seed1.json")
+             for seed in range(3)]
+    pairs += [(f"biased three, world {seed}", f"no_gold_biased_world{seed}_first_run.json",
+               f"no_gold_biased_world{seed}.json") for seed in (0, 2)]
+    found = [(label, json.loads((HERE / a).read_text()), json.loads((HERE / b).read_text()))
+             for label, a, b in pairs if (HERE / a).exists() and (HERE / b).exists()]
+    if not found:
+        return
+    print("\n### Run to run (final model): four annotators, training seed 0 / 1; biased three, the first run "
+          "/ the run on the float64 fit's demonstrations\n")
+    print("| metric | " + " | ".join(label for label, _, _ in found) + " |")
+    print("|---|" + "---|" * len(found))
+    for metric, label in [*((m, t[0]) for m, t in TARGETS.items()), *EXTRA.items()]:
+        cells = [" / ".join(f"{100 * _stages(r['result'])['dpo'][metric]['value']:.1f}" for r in (a, b))
+                 for _, a, b in found]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 def render_amplification() -> None:
