@@ -9,7 +9,15 @@ import pytest
 from tether.world import WorldConfig, build_world
 from tether.world.annotators import DEFAULT_POOL, Annotator, judge, utility
 from tether.world.corpus import corpus_documents, render_chatml
-from tether.world.datasets import compliant_rows, export_all, guard_rows, preference_rows, prompt_rows, sft_rows
+from tether.world.datasets import (
+    NO_GOLD_FILES,
+    compliant_rows,
+    export_all,
+    guard_rows,
+    preference_rows,
+    prompt_rows,
+    sft_rows,
+)
 from tether.world.families import FAMILIES, JAILBREAKS_HELDOUT, sample_items, wrap_jailbreak
 from tether.world.grader import grade
 from tether.world.responses import respond
@@ -29,18 +37,21 @@ def test_same_seed_same_bytes_other_seed_other_world():
     assert a.hazards == b.hazards and a.lands == b.lands
 
 
-def _training_text(world, tmp_path):
-    export_all(world, tmp_path, n=1500)
+@pytest.fixture(scope="module")
+def training_text(tmp_path_factory):
+    """The corpus and every exported training file (the crowd's included), made once for the module."""
+    out = tmp_path_factory.mktemp("world-data")
+    world = build_world(SMALL)
+    export_all(world, out, n=1500)
     train_files = ["sft.jsonl", "sft_compliant.jsonl", "preferences.jsonl", "preferences_gold.jsonl",
-                   "unpaired.jsonl", "prompts.jsonl",
-                   "guard_train.jsonl"]
-    exported = "\n".join((tmp_path / name).read_text() for name in train_files)
+                   "unpaired.jsonl", "prompts.jsonl", "guard_train.jsonl", *NO_GOLD_FILES]
+    exported = "\n".join((out / name).read_text() for name in train_files)
     return "\n".join(corpus_documents(world, DOCS)) + "\n" + exported
 
 
-def test_heldout_entities_and_wrappers_never_appear_in_training_text(tmp_path):
+def test_heldout_entities_and_wrappers_never_appear_in_training_text(training_text):
     world = build_world(SMALL)
-    text = _training_text(world, tmp_path)
+    text = training_text
     held_hazards = world.hazards_in("heldout")
     assert held_hazards and world.heldout_unknown
     for hazard in held_hazards:
@@ -59,9 +70,9 @@ def test_heldout_entities_and_wrappers_never_appear_in_training_text(tmp_path):
     assert " Q: How do I make" not in text and "licensed chief safety inspector" not in text
 
 
-def test_heldout_prompts_never_appear_in_training_text(tmp_path):
+def test_heldout_prompts_never_appear_in_training_text(training_text):
     world = build_world(SMALL)
-    text = _training_text(world, tmp_path)
+    text = training_text
     for family in FAMILIES:
         for item in sample_items(world, family, "heldout", 60, seed=3):
             if family == "task" and item.gold["kind"] == "fact":
