@@ -26,6 +26,7 @@ what did not, so an interrupted pipeline continues from its last finished stage.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -257,6 +258,11 @@ def gold_reads(config: Config, world_data: str | None) -> list[str]:
     from tether.world.datasets import NO_GOLD_FILES, NO_GOLD_SOURCES
 
     found: list[str] = []
+    # Absolute and normalised, so a path written another way (relative, or through ..) is still caught.
+    def normal(path: str) -> Path:
+        return Path(os.path.normpath(os.path.abspath(path)))
+
+    data_dir = normal(world_data) if world_data else None
 
     def walk(value: Any, key: str) -> None:
         if isinstance(value, dict):
@@ -269,7 +275,7 @@ def gold_reads(config: Config, world_data: str | None) -> list[str]:
             name = value.removeprefix("builtin:")
             if value.startswith("builtin:world-") and name not in NO_GOLD_SOURCES:
                 found.append(f"{key}: {value} (a built-in world source with gold in it)")
-            elif world_data and value.startswith(world_data.rstrip("/") + "/") \
+            elif data_dir is not None and data_dir in normal(value).parents \
                     and Path(value).name not in NO_GOLD_FILES:
                 found.append(f"{key}: {value} (world data with gold in it; without gold: "
                              f"{', '.join(NO_GOLD_FILES)})")

@@ -86,6 +86,10 @@ def test_gold_reads_names_every_way_a_stage_could_read_gold(tmp_path):
     assert any(f.startswith("evaluation.every: 50") for f in found)
     gold_file = load_config(SFTConfig, "sft/world", [f"data.train={data}/sft.jsonl", "evaluation.every=0"])
     assert [f.split(" (")[0] for f in pipeline.gold_reads(gold_file, data)] == [f"data.train: {data}/sft.jsonl"]
+    # The same file named another way is the same file.
+    detour = load_config(SFTConfig, "sft/world", [f"data.train={tmp_path}/./elsewhere/../world-data/sft.jsonl",
+                                                  "evaluation.every=0"])
+    assert len(pipeline.gold_reads(detour, data)) == 1
     reward = load_config(GRPOConfig, "grpo/world-rlvr", [f"data.train={tmp_path}/mine.jsonl",
                                                         'rewards=[{"kind": "world-gold"}]'])
     assert any("world-gold (a reward computed from gold)" in f for f in pipeline.gold_reads(reward, data))
