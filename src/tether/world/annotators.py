@@ -58,10 +58,15 @@ class Judgement(NamedTuple):
 
 def utility(annotator: Annotator, item: WorldItem, response: str) -> float:
     """What ``annotator`` thinks ``response`` is worth (gold reward plus their biases)."""
+    return grade(item, response).reward + style_bias(annotator, response)
+
+
+def style_bias(annotator: Annotator, response: str) -> float:
+    """What ``annotator``'s biases add to ``response``'s worth, whatever it says: agreeable openings, length,
+    flattery. For raters whose finding about the content comes from elsewhere (a check, an assistant)."""
     core = strip_style(response)
     flatters = any(response.strip().startswith(f.strip()) for f in FLATTERY)
-    return (grade(item, response).reward
-            + annotator.agreeableness_bias * bool(_AGREEABLE.match(core))
+    return (annotator.agreeableness_bias * bool(_AGREEABLE.match(core))
             + annotator.length_bias * len(response.split()) / 10
             + annotator.flattery_bias * flatters)
 
