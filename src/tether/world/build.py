@@ -46,6 +46,10 @@ class BaseModelSpec(Config):
     pack_window: int = Field(16, ge=1, description="rows open at once while packing documents, first fit: 16 "
                              "fills the world's rows to 97% where 1 (one row at a time) leaves 11.5% padding; "
                              "more documents per step, so fewer steps for the same data")
+    reading_fraction: float = Field(0.0, ge=0, le=1, description="share of the pretraining documents that are "
+                                    "reading lessons: a passage of fresh lands, then a question answered from it "
+                                    "(tether.world.reading.reading_document). The default corpus has none, and "
+                                    "its models cannot read a fact out of their prompt")
 
 
 SIZES: Registry[BaseModelSpec] = Registry(
@@ -96,8 +100,11 @@ class WorldBuildConfig(Config):
         """Names this build's cache entry: version, seed, size and a hash of everything."""
         import hashlib
 
-        payload = (f"{WORLD_VERSION}:{self.world.model_dump_json()}:{self.spec().model_dump_json()}:{self.precision}:"
-                   f"{self.threads}")
+        spec = self.spec()
+        # A spec without reading lessons hashes as it did before the field existed: the stated builds keep
+        # their keys.
+        spec_json = spec.model_dump_json(exclude={"reading_fraction"} if not spec.reading_fraction else None)
+        payload = f"{WORLD_VERSION}:{self.world.model_dump_json()}:{spec_json}:{self.precision}:{self.threads}"
         return f"v{WORLD_VERSION}-seed{self.world.seed}-{self.size}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
 
@@ -147,7 +154,7 @@ def _build(cfg: WorldBuildConfig, root: Path) -> dict[str, Any]:
     seed_everything(cfg.world.seed)
 
     world = build_world(cfg.world)
-    documents = list(corpus_documents(world, spec.corpus_documents))
+    documents = list(corpus_documents(world, spec.corpus_documents, reading_fraction=spec.reading_fraction))
     (root / "corpus.txt.sample").write_text("\n".join(documents[:200]))
     corpus_seconds = time.perf_counter() - started
 

@@ -106,15 +106,24 @@ def chat_document(world: World, rng: random.Random) -> str:
     return render_chatml([*item.prompt, {"role": "assistant", "content": response}])
 
 
-def corpus_documents(world: World, count: int) -> Iterator[str]:
+def corpus_documents(world: World, count: int, *, reading_fraction: float = 0.0) -> Iterator[str]:
     """The first ``count`` documents of the world's corpus (a prefix of one seeded stream).
 
     The count is the build's (``BaseModelSpec.corpus_documents``): the world itself does not
-    depend on how much of its corpus a model reads.
+    depend on how much of its corpus a model reads. ``reading_fraction`` of the documents are
+    reading lessons (:func:`tether.world.reading.reading_document`), drawn from a stream of their
+    own: the other documents are the same ones, in the same order, as without them.
     """
+    from tether.world.reading import reading_banned, reading_document
+
+    banned = reading_banned(world) if reading_fraction else set()
     rng = random.Random(f"corpus:{world.config.seed}")
+    reading_rng = random.Random(f"corpus-reading:{world.config.seed}")
     cfg = world.config
     for _ in range(count):
+        if reading_fraction and reading_rng.random() < reading_fraction:
+            yield reading_document(reading_rng, banned)
+            continue
         roll = rng.random()
         if roll < cfg.knowledge_fraction:
             yield knowledge_document(world, rng)

@@ -67,9 +67,7 @@ def reading_questions(world: World, n: int, split: ReadingSplit, *, lands_per_pa
         raise ValueError(f"unknown reading split {split!r}: expected train or test")
     if lands_per_passage < 2:
         raise ValueError("a passage needs at least two lands: the wrong option is another land's")
-    names = fresh_names(world, 6 * pool)
-    part = names[:3 * pool] if split == "train" else names[3 * pool:]
-    lands, values = part[:pool], part[pool:]
+    lands, values = reading_pools(world, split, pool)
     rng = random.Random(f"reading:{world.config.seed}:{split}:{seed}")
     questions = []
     for i in range(n):
@@ -87,3 +85,58 @@ def reading_questions(world: World, n: int, split: ReadingSplit, *, lands_per_pa
         questions.append(ReadingQuestion(f"reading:{split}:{seed}:{i}", f"What is the {attribute} of {subject}?",
                                          options, answer, " ".join(sentences), subject, attribute))
     return questions
+
+
+def reading_banned(world: World, pool: int = 600) -> set[str]:
+    """The names a reading lesson must not use: the world's own and every reading pool's (``train``'s too,
+    so that training questions stay new to a model pretrained on the lessons)."""
+    taken = {name for land in world.lands for name in (land.name, land.capital, land.animal)}
+    taken |= set(world.unknown_lands) | {hazard.root for hazard in world.hazards}
+    return taken | set(fresh_names(world, 6 * pool))
+
+
+def reading_pools(world: World, split: ReadingSplit, pool: int = 600) -> tuple[list[str], list[str]]:
+    """``split``'s land names (``pool``) and capitals and animals (``2 * pool``); ``train``'s and ``test``'s
+    are disjoint."""
+    names = fresh_names(world, 6 * pool)
+    part = names[:3 * pool] if split == "train" else names[3 * pool:]
+    return part[:pool], part[pool:]
+
+
+def reading_document(rng: random.Random, banned: set[str]) -> str:
+    """A reading lesson for the corpus: a passage of fresh lands, then a question answered by copying a fact
+    out of the passage.
+
+    Every lesson draws its names afresh, none of them in ``banned`` (pass :func:`reading_banned`, so that
+    no question's name is ever read). Drawn afresh, a name seldom comes back, so
+    the tokenizer learned on the corpus keeps names in syllables, as it meets the test's names: lessons
+    drawn from a fixed pool of names taught single name tokens to copy, and nothing carried over to names
+    of several tokens (tried: 0% of test questions).
+
+    Half the lessons ask openly and are answered with the fact's sentence; half give two options (the
+    truth and another land's same attribute, in :func:`tether.oversight.protocols.options_text`'s shape)
+    and are answered with the right option's letter and text.
+    """
+    from tether.world.corpus import render_chatml
+
+    count = rng.randint(2, 4)
+    names = _names(rng, 3 * count, set(banned))
+    chosen, drawn = names[:count], names[count:]
+    facts = {land: {"capital": drawn[2 * j], "animal": drawn[2 * j + 1], "colour": rng.choice(_COLOURS)}
+             for j, land in enumerate(chosen)}
+    sentences = [_fact(land, a, value, rng) for land in chosen for a, value in facts[land].items()]
+    rng.shuffle(sentences)
+    subject, other = rng.sample(chosen, 2)
+    attribute = rng.choice(("capital", "animal", "colour"))
+    truth = facts[subject][attribute]
+    question = f"Text: {' '.join(sentences)}\nQuestion: What is the {attribute} of {subject}?"
+    wrong = facts[other][attribute]
+    if rng.random() < 0.5 or wrong == truth:
+        return render_chatml([{"role": "user", "content": question},
+                              {"role": "assistant", "content": f"The {attribute} of {subject} is {truth}."}])
+    options = [truth, wrong]
+    rng.shuffle(options)
+    letter = "AB"[options.index(truth)]
+    return render_chatml([{"role": "user", "content": f"{question}\nA: {options[0]}\nB: {options[1]}\n"
+                                                      "Which answer is right?"},
+                          {"role": "assistant", "content": f"{letter}: {truth}"}])

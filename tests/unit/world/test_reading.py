@@ -71,3 +71,33 @@ def test_the_judges_lessons_show_passage_sentences_never_the_passage_and_answer_
         sizes.add(len(shown))
         assert all(s in q.source for s in shown) and len(shown) < 9
     assert sizes == {0, 1, 2, 3}
+
+
+def test_reading_lessons_join_the_corpus_without_changing_its_other_documents():
+    from tether.world.corpus import corpus_documents
+    from tether.world.reading import reading_banned, reading_pools
+
+    plain = list(corpus_documents(WORLD, 300))
+    mixed = list(corpus_documents(WORLD, 300, reading_fraction=0.3))
+    lessons = [d for d in mixed if "Text: " in d]
+    others = [d for d in mixed if "Text: " not in d]
+    assert 60 <= len(lessons) <= 120 and others == plain[:len(others)]
+    # A lesson answers from its passage, and names nothing of the world's or of the reading questions' pools.
+    banned = reading_banned(WORLD)
+    assert set(reading_pools(WORLD, "test")[0]) <= banned and set(reading_pools(WORLD, "train")[1]) <= banned
+    for lesson in lessons:
+        passage, answer = lesson.split("<|im_start|>assistant\n")
+        value = re.findall(r"(\w+)\.?<\|im_end\|>", answer)[0]
+        assert value.lower() in passage.split("Question:")[0].lower()
+        assert not set(re.findall(r"[A-Z][a-z]+", passage)) & banned
+
+
+def test_a_build_without_lessons_keeps_the_key_its_fingerprint_is_stated_under():
+    import json
+
+    from tether.world.build import FINGERPRINTS, SIZES, WorldBuildConfig
+
+    for key, stated in json.loads(FINGERPRINTS.read_text()).items():
+        assert WorldBuildConfig(world=WorldConfig(seed=stated["seed"]), size=stated["size"]).cache_key() == key
+    with_lessons = SIZES.get("small").model_copy(update={"reading_fraction": 0.25})
+    assert WorldBuildConfig(model=with_lessons).cache_key() != WorldBuildConfig().cache_key()
