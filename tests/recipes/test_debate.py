@@ -130,6 +130,25 @@ def test_oversee_protocols_judges_your_questions_with_your_models(tmp_path, caps
     assert all(len(r["turns"]) == 3 for r in rows_out if r["run"] == "debate-sequential" and r["id"] == "q3")
     assert "judge accuracy" in shown and (out / "transcripts.html").exists()
 
+    # Open roles: the arguer picks each question's side; critique follows each consultant with a critic.
+    out = tmp_path / "open"
+    code, _, err = run_cli(["oversee", "protocols", "--set", f"questions={questions}", "--set", "judge=world:tiny",
+                            "--set", "arguer=world:tiny", "--set", "max_new_tokens=6", "--set", "roles=open",
+                            "--set", "protocols=[consultancy,critique,debate-sequential]", "--out", str(out)], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "oversee.json").read_text())
+    assert {name: found["cases"] for name, found in summary["protocols"].items()} == {
+        "consultancy": 4, "critique": 4, "debate-sequential": 4}
+    chosen = summary["open_roles"]["chosen"]
+    assert len(chosen) == 4 and chosen[3] in (0, 1, 2)
+    rows_out = [json.loads(line) for line in (out / "transcripts.jsonl").read_text().splitlines()]
+    for r in rows_out:
+        side = chosen[int(r["id"][1:])]
+        assert r["assigned"] == side and r["turns"][0]["side"] == side and not r["turns"][0]["against"]
+        if r["run"] == "critique":
+            assert [(t["speaker"], t["side"], t["against"]) for t in r["turns"]] == [
+                ("Consultant", side, False), ("Critic", side, True)]
+
 
 @pytest.mark.parametrize(("row", "message"), [
     ({"question": "Q?", "options": ["a"], "source": "s"}, "qs.jsonl:1: field 'options'"),

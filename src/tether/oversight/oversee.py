@@ -24,7 +24,7 @@ from tether.core.config import Config
 from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 
-ProtocolName = Literal["direct", "consultancy", "debate", "debate-sequential"]
+ProtocolName = Literal["direct", "consultancy", "critique", "debate", "debate-sequential"]
 
 
 class QuestionRecord(BaseModel):
@@ -53,9 +53,16 @@ class OverseeConfig(Config):
     questions: str = Field(..., description="JSONL file: question, options, source (what arguers see), answer "
                            "(optional: index or option text)")
     protocols: list[ProtocolName] = Field(["direct", "consultancy", "debate"], min_length=1,
-                                          description="direct | consultancy | debate | debate-sequential")
+                                          description="direct | consultancy | critique (consultancy with a "
+                                          "critic after each turn) | debate | debate-sequential")
     judge: str = Field(..., description="the judge: model path, hub id, world:SIZE or endpoint URL")
     arguer: str = Field(..., description="consultants and debaters: model path, hub id, world:SIZE or endpoint URL")
+    critic: str | None = Field(None, description="critique's critic (default: the arguer): model path, hub id, "
+                               "world:SIZE or endpoint URL")
+    roles: Literal["assigned", "open"] = Field("assigned", description="assigned: a consultant (and a critic) for "
+                                               "every option, debaters in option order; open: the arguer, shown "
+                                               "the source, picks the option it believes, argued by the one "
+                                               "consultant and by the first debater")
     view: Literal["transcript", "evidence"] = Field("transcript", description="transcript: arguments with quotes "
                                                     "marked verified or not; evidence: verified quotes only")
     verify: bool = Field(True, description="check quotes against the source (off: every quote shown as verified)")
@@ -113,8 +120,11 @@ def load_questions(path: str) -> list[Any]:
     return questions
 
 
-def _participants(cfg: OverseeConfig) -> tuple[Any, Any]:
-    from tether.models.generation import GenerationSettings
+def _participants(cfg: OverseeConfig) -> tuple[Any, Any, Any, Any]:
+    """The judge, the arguer, the critic (the arguer unless another is named) and, for open roles, the
+    believer that picks each question's side: the arguer's own model shown the source (its label log-probs
+    in-process, the letter it writes at an endpoint)."""
+    from tether.models.generation import GenerationSettings, HFGenerator
     from tether.models.targets import is_endpoint, target_generator
     from tether.oversight.protocols import ChoiceJudge, GeneratorArguer, GeneratorJudge, MemoArguer, View
 
@@ -129,32 +139,48 @@ def _participants(cfg: OverseeConfig) -> tuple[Any, Any]:
         model.eval()
         judge = ChoiceJudge(model, tokenizer, view)
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
-    arguer = MemoArguer(GeneratorArguer(target_generator(cfg.arguer), settings, seed=cfg.seed), most=cfg.best_of)
-    return judge, arguer
+    generator = target_generator(cfg.arguer)
+    arguer = MemoArguer(GeneratorArguer(generator, settings, seed=cfg.seed), most=cfg.best_of)
+    critic = arguer if cfg.critic in (None, cfg.arguer) else MemoArguer(
+        GeneratorArguer(target_generator(cfg.critic), settings, seed=cfg.seed), most=cfg.best_of)
+    believer: Any = None
+    if cfg.roles == "open":
+        believer = (ChoiceJudge(generator.model, generator.tokenizer, View("source"))
+                    if isinstance(generator, HFGenerator) else
+                    GeneratorJudge(generator, GenerationSettings(max_new_tokens=8, temperature=0.0), View("source")))
+    return judge, arguer, critic, believer
 
 
 def _run(cfg: OverseeConfig, questions: list[Any], out: Path) -> dict[str, Any]:
     import torch
 
     from tether.core.stats import bootstrap_mean
-    from tether.oversight.protocols import run_consultancy, run_debate, run_direct
+    from tether.oversight.protocols import choose_sides, run_consultancy, run_critique, run_debate, run_direct
     from tether.oversight.report import per_question, transcripts_page
 
-    judge, arguer = _participants(cfg)
+    judge, arguer, critic, believer = _participants(cfg)
     runs: dict[str, list[Any]] = {}
     with torch.no_grad():
+        chosen = choose_sides(questions, believer) if believer is not None else None
+        shared = {"rounds": cfg.rounds, "best_of": cfg.best_of, "word_similarity": cfg.word_similarity,
+                  "chosen": chosen}
         for protocol in cfg.protocols:
             if protocol == "direct":
                 runs[protocol] = run_direct(questions, judge)
             elif protocol == "consultancy":
-                runs[protocol] = run_consultancy(questions, arguer, judge, rounds=cfg.rounds, best_of=cfg.best_of,
-                                                 word_similarity=cfg.word_similarity)
+                runs[protocol] = run_consultancy(questions, arguer, judge, **shared)
+            elif protocol == "critique":
+                runs[protocol] = run_critique(questions, arguer, critic, judge, **shared)
             else:
-                runs[protocol] = run_debate(questions, [arguer], judge, rounds=cfg.rounds, best_of=cfg.best_of,
-                                            sequential=protocol == "debate-sequential",
-                                            word_similarity=cfg.word_similarity)
+                runs[protocol] = run_debate(questions, [arguer], judge, sequential=protocol == "debate-sequential",
+                                            **shared)
     summary: dict[str, Any] = {"questions": len(questions), "judge": cfg.judge, "arguer": cfg.arguer,
-                               "protocols": {}}
+                               "critic": cfg.critic or cfg.arguer, "roles": cfg.roles, "protocols": {}}
+    if chosen is not None:
+        known = [q for q in questions if q.answer is not None]
+        summary["open_roles"] = {"chosen": chosen, "chose_right": round(
+            sum(c == q.answer for q, c in zip(questions, chosen, strict=True) if q.answer is not None)
+            / len(known), 4) if known else None}
     for name, transcripts in runs.items():
         found: dict[str, Any] = {"cases": len(transcripts)}
         scored = [t for t in transcripts if t.score is not None]
