@@ -162,8 +162,8 @@ def _run(cfg: OverseeConfig, questions: list[Any], out: Path) -> dict[str, Any]:
     runs: dict[str, list[Any]] = {}
     with torch.no_grad():
         chosen = choose_sides(questions, believer) if believer is not None else None
-        shared = {"rounds": cfg.rounds, "best_of": cfg.best_of, "word_similarity": cfg.word_similarity,
-                  "chosen": chosen}
+        shared: dict[str, Any] = {"rounds": cfg.rounds, "best_of": cfg.best_of,
+                                  "word_similarity": cfg.word_similarity, "chosen": chosen}
         for protocol in cfg.protocols:
             if protocol == "direct":
                 runs[protocol] = run_direct(questions, judge)
