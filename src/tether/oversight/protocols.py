@@ -392,16 +392,8 @@ def run_consultancy(questions: Sequence[Question], consultant: Arguer, judge: Ju
     """A consultant assigned to each option of each question in turn (so one transcript per option), arguing
     alone for ``rounds`` turns; ``selector`` (default: the judge) picks among ``best_of`` candidates. With
     ``chosen`` (open roles, :func:`choose_sides`): one consultant per question, for the option it chose."""
-    cases = _cases(questions, chosen)
-    turns: list[tuple[Turn, ...]] = [() for _ in cases]
-    for _ in range(rounds):
-        requests = [ArgueRequest(q, side, t, "Consultant") for (q, side), t in zip(cases, turns, strict=True)]
-        new = best_turns(consultant, selector or judge, requests, best_of, word_similarity=word_similarity)
-        turns = [(*t, n) for t, n in zip(turns, new, strict=True)]
-    probs = judge.judge([(q, list(t)) for (q, _), t in zip(cases, turns, strict=True)])
-    label = "consultancy-open" if chosen is not None else "consultancy"
-    return [Transcript(label, q, t, tuple(p), assigned=side)
-            for (q, side), t, p in zip(cases, turns, probs, strict=True)]
+    return _consulted("consultancy", questions, [("Consultant", consultant, False)], judge, rounds=rounds,
+                      best_of=best_of, selector=selector, word_similarity=word_similarity, chosen=chosen)
 
 
 def run_critique(questions: Sequence[Question], consultant: Arguer, critic: Arguer, judge: Judge, *,
@@ -411,15 +403,25 @@ def run_critique(questions: Sequence[Question], consultant: Arguer, critic: Argu
     turn is followed by a critic's, which sees the source and argues that the consultant's option is not
     the answer. One transcript per option of each question (per question with ``chosen``); ``best_of``
     applies to both, the critic keeping the candidate that leaves the judge least sure of the option."""
+    return _consulted("critique", questions, [("Consultant", consultant, False), ("Critic", critic, True)], judge,
+                      rounds=rounds, best_of=best_of, selector=selector, word_similarity=word_similarity,
+                      chosen=chosen)
+
+
+def _consulted(protocol: str, questions: Sequence[Question], speakers: Sequence[tuple[str, Arguer, bool]],
+               judge: Judge, *, rounds: int, best_of: int, selector: Judge | None, word_similarity: float,
+               chosen: Sequence[int] | None) -> list[Transcript]:
+    """One case per (question, option argued): each round, each of ``speakers`` (name, arguer, against)
+    speaks in turn about that option; then the judge."""
     cases = _cases(questions, chosen)
     turns: list[tuple[Turn, ...]] = [() for _ in cases]
     for _ in range(rounds):
-        for speaker, arguer, against in (("Consultant", consultant, False), ("Critic", critic, True)):
+        for speaker, arguer, against in speakers:
             requests = [ArgueRequest(q, side, t, speaker, against) for (q, side), t in zip(cases, turns, strict=True)]
             new = best_turns(arguer, selector or judge, requests, best_of, word_similarity=word_similarity)
             turns = [(*t, n) for t, n in zip(turns, new, strict=True)]
     probs = judge.judge([(q, list(t)) for (q, _), t in zip(cases, turns, strict=True)])
-    label = "critique-open" if chosen is not None else "critique"
+    label = protocol + ("-open" if chosen is not None else "")
     return [Transcript(label, q, t, tuple(p), assigned=side)
             for (q, side), t, p in zip(cases, turns, probs, strict=True)]
 
