@@ -159,24 +159,6 @@ def _item(numbers: Sequence[int]) -> Any:
                      tags={"kind": "list", "difficulty": len(numbers)})
 
 
-def _asker(model_dir: str, settings: Any) -> Any:
-    """A function from questions to the model's greedy replies."""
-    import torch
-
-    from tether.models.generation import HFGenerator
-    from tether.models.loading import ModelConfig, load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(path=model_dir))
-    generator = HFGenerator(model, tokenizer)
-
-    def ask(questions: list[str]) -> list[str]:
-        with torch.no_grad():
-            return [c.text for c in generator.generate([[{"role": "user", "content": q}] for q in questions],
-                                                       settings)]
-
-    return ask
-
-
 def _amplified_replies(lists: Sequence[Sequence[int]], ask: Any, size: int) -> tuple[list[str], list[Any]]:
     """The overseer's answers written as replies ("The largest is N.", or "I cannot tell." with none), and
     its calls."""
@@ -187,7 +169,7 @@ def _amplified_replies(lists: Sequence[Sequence[int]], ask: Any, size: int) -> t
 def _experiment(cfg: AmplificationConfig, out: Path) -> dict[str, Any]:
     from tether.core.stats import wilson_interval
     from tether.models.generation import GenerationSettings
-    from tether.pipelines.stages import sft_on_rows
+    from tether.pipelines.stages import asker, sft_on_rows
     from tether.world.grader import grade
 
     settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=cfg.seed)
@@ -207,7 +189,7 @@ def _experiment(cfg: AmplificationConfig, out: Path) -> dict[str, Any]:
         test_small, test, train = (list_questions(cfg.test_questions, size, rng),
                                    list_questions(cfg.test_questions, 2 * size, rng),
                                    list_questions(cfg.train_questions, 2 * size, rng))
-        ask = _asker(model_dir, settings)
+        ask = asker(model_dir, settings)
         direct_small, _ = accuracy(test_small, ask([max_question(x) for x in test_small]))
         direct_replies = ask([max_question(x) for x in test])
         direct, _ = accuracy(test, direct_replies)
@@ -219,7 +201,7 @@ def _experiment(cfg: AmplificationConfig, out: Path) -> dict[str, Any]:
         rows = [{"messages": [{"role": "user", "content": max_question(x)}, {"role": "assistant", "content": a}]}
                 for x, a in zip(train, train_amp, strict=True)]
         model_dir = sft_on_rows(cfg.sft, model_dir, rows, out / f"round{k}", steps=cfg.sft_steps, seed=cfg.seed)
-        distilled_replies = _asker(model_dir, settings)([max_question(x) for x in test])
+        distilled_replies = asker(model_dir, settings)([max_question(x) for x in test])
         distilled, _ = accuracy(test, distilled_replies)
         rounds.append({"round": k, "size": size, "direct_small": direct_small, "direct": direct,
                        "amplified": amplified, "distilled": distilled, "training_answers_right": label_acc,

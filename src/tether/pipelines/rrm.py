@@ -255,8 +255,9 @@ def _experiment(cfg: RRMConfig, out: Path) -> dict[str, Any]:
     from tether.core.config import load_config
     from tether.core.runs import run_stage
     from tether.core.stats import bootstrap_mean, paired_difference
+    from tether.models.generation import GenerationSettings
     from tether.models.reward import RewardEnsemble
-    from tether.pipelines.stages import sft_on_rows
+    from tether.pipelines.stages import asker, sft_on_rows
     from tether.train.rm import RMConfig
     from tether.train.rm import run as train_rm
     from tether.world.annotators import DEFAULT_POOL
@@ -291,7 +292,8 @@ def _experiment(cfg: RRMConfig, out: Path) -> dict[str, Any]:
     taken = {q.facts for q in train_q}
     tests["new questions, train lands"] = [q for q in tests["new questions, train lands"] if q.facts not in taken]
 
-    answers = assist([*train_q, *(q for qs in tests.values() for q in qs)], _asker(helper_dir, cfg.seed))
+    helper = asker(helper_dir, GenerationSettings(max_new_tokens=24, temperature=0.0, seed=cfg.seed))
+    answers = assist([*train_q, *(q for qs in tests.values() for q in qs)], helper)
     truth = {f: getattr(world.land_by_name[f[0]], f[1]) for f in answers}
     helper_right = {f: answers[f] is not None and str(answers[f]).lower() == truth[f].lower() for f in answers}
     with (out / "helper_answers.jsonl").open("w") as f:
@@ -377,26 +379,6 @@ def _experiment(cfg: RRMConfig, out: Path) -> dict[str, Any]:
     }
     (out / "rrm.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _asker(model_dir: str, seed: int) -> Callable[[list[str]], list[str]]:
-    """A function from questions to ``model_dir``'s greedy replies."""
-    import torch
-
-    from tether.models.generation import GenerationSettings, HFGenerator
-    from tether.models.loading import ModelConfig, load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(path=model_dir))
-    model.eval()
-    generator = HFGenerator(model, tokenizer)
-    settings = GenerationSettings(max_new_tokens=24, temperature=0.0, seed=seed)
-
-    def ask(questions: list[str]) -> list[str]:
-        with torch.no_grad():
-            return [c.text for c in generator.generate([[{"role": "user", "content": q}] for q in questions],
-                                                       settings)]
-
-    return ask
 
 
 def _share(right: Mapping[Fact, bool], keep: Callable[[Fact], bool]) -> dict[str, Any]:

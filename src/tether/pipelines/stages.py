@@ -1,11 +1,12 @@
 """What multi-stage pipelines share: a stage is a recipe's config (shipped name or file) plus overrides, run
 into its own directory with :func:`tether.core.runs.run_stage` (skipped when that directory already holds a
-finished run), an evaluation of a stage's model, and SFT of a model on rows the pipeline made."""
+finished run), an evaluation of a stage's model, SFT of a model on rows the pipeline made, and a model
+asked questions."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,23 @@ def sft_on_rows(sft_config: str, base: str, rows: Sequence[dict[str, Any]], out:
                                                 f"loop.max_steps={steps}", f"seed={seed}", f"out={out}"]),
             resume=out.exists())
     return str(out / "model")
+
+
+def asker(model_dir: str, settings: Any) -> Callable[[list[str]], list[str]]:
+    """A function from questions (each a lone user turn) to ``model_dir``'s replies under the generation
+    ``settings``."""
+    import torch
+
+    from tether.models.generation import HFGenerator
+    from tether.models.loading import ModelConfig, load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(path=model_dir))
+    model.eval()
+    generator = HFGenerator(model, tokenizer)
+
+    def ask(questions: list[str]) -> list[str]:
+        with torch.no_grad():
+            return [c.text for c in generator.generate([[{"role": "user", "content": q}] for q in questions],
+                                                       settings)]
+
+    return ask
