@@ -14,7 +14,8 @@ the built-in ones. Kinds here:
   ``fn(prompts=..., completions=..., **columns) -> list[float]``;
 - ``length``: ``-coef * tokens / max_tokens``, a length penalty.
 
-Elsewhere: ``attack`` (:mod:`tether.scoring.attack`: an attacker model's reward) and the world's
+Elsewhere: ``attack`` (:mod:`tether.scoring.attack`: an attacker model's reward), ``judge-verdict``
+(:mod:`tether.oversight.rewards`: an arguer's reward, the judge's verdict) and the world's
 ``world-gold`` and ``world-verifier`` (its gold grader; :mod:`tether.world.scoring`).
 """
 
