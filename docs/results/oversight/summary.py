@@ -21,7 +21,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 EXPERIMENTS = {"weak-to-strong": "weak_to_strong.json", "debate": "debate.json",
-               "amplification": "amplification.json"}
+               "amplification": "amplification.json", "rrm": "rrm.json"}
 
 
 def collect() -> None:
@@ -116,6 +116,7 @@ def render() -> None:
     render_debate()
     render_amplification()
     render_weak_to_strong()
+    render_rrm()
 
 
 # metric -> (label, target as shown, upper bound; None: at least the base model's)
@@ -283,6 +284,34 @@ def render_debate() -> None:
         print(f"| {seed} | {_diff(t['debate'])} | {_diff(t['consultancy'])} | {_diff(v['debate'])} | "
               f"{_diff(v['consultancy'])} |")
     print("\nmodels: " + "; ".join(f"world {s}: judge {r['judge']}, arguers {r['arguer']}" for s, r in runs.items()))
+
+
+def render_rrm() -> None:
+    """Gold agreement of the three reward models per test set and world, the crowd's labels and the helper."""
+    runs = _load("rrm")
+    if not runs:
+        return
+    print("\n### Recursive reward modelling\n")
+    print("| test questions | world | pairs | plain RM (unassisted labels) | recursive RM (assisted labels) | "
+          "RM on gold labels (ceiling) | recursive − plain | crowd unassisted | crowd assisted | "
+          "helper: facts right |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    sets = list(next(iter(runs.values()))["test"])
+    for name in sets:
+        for seed, r in runs.items():
+            t = r["test"][name]
+            rm, crowd = t["reward_models"], t["crowd_labels"]
+            print(f"| {name} | {seed} | {t['pairs']} | {_cell(rm['plain'])} | {_cell(rm['recursive'])} | "
+                  f"{_cell(rm['gold'])} | {_diff(t['recursive-plain'])} | {_cell(crowd['unassisted'])} | "
+                  f"{_cell(crowd['assisted'])} | {100 * t['helper_facts_right']:.1f} |")
+    print("\n| world | hard pairs trained on | their labels right: unassisted | assisted | helper demonstrations "
+          "right |")
+    print("|---|---|---|---|---|")
+    for seed, r in runs.items():
+        t = r["train"]
+        print(f"| {seed} | {t['pairs']} | {_cell(t['labels_right']['unassisted'])} | "
+              f"{_cell(t['labels_right']['assisted'])} | {100 * t['helper_demonstrations_right']:.1f} |")
+    print("\nmodels: " + "; ".join(f"world {s}: {r['model']}" for s, r in runs.items()))
 
 
 def render_weak_to_strong() -> None:

@@ -7,8 +7,8 @@ with help from an agent trained on easier tasks they can evaluate. On the world:
   the world's annotator biases and noise (:mod:`tether.world.annotators`): that is what they can do.
 - **Hard tasks**: ``facts`` facts at once ("What are the capital of Peyar, the animal of Zorn and the
   colour of Tesk?"), answered one sentence per fact. A reply is right only when every claim is. Unassisted,
-  a rater still checks one claim, the same one in both replies of a pair, drawn at random: a reply wrong
-  in another claim gets past them.
+  the raters still check one claim: one drawn at random per pair, checked by every rater in both replies.
+  A reply wrong in another claim gets past them.
 - **The helper**: the base model trained by SFT on the crowd's picks for the easy questions of ``train``
   lands (every annotator compares the true sentence with another land's, the picks aggregated by
   majority). It has never seen a hard question.
