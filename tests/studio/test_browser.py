@@ -127,7 +127,10 @@ def test_an_annotator_labels_20_pairs_with_the_keyboard_on_a_phone_and_the_expor
         page.on("pageerror", lambda e: errors.append(str(e)))
         _log_in(page, base, "ann")
         assert "secret" not in page.inner_text("main")
-        page.click("text=pairs")
+        # Wait for the project page to load: its key handlers run at the end of the page, and an Enter pressed
+        # before they do is lost (a race a person cannot lose, but a test can).
+        with page.expect_navigation():
+            page.click("text=pairs")
         with page.expect_navigation():
             page.keyboard.press("Enter")  # start labelling
         chosen = {}
