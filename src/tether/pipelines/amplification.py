@@ -56,8 +56,7 @@ class AmplificationConfig(Config):
 
 
 def _show(cfg: AmplificationConfig, summary: dict[str, Any]) -> list[str]:
-    def pct(r: dict[str, Any]) -> str:
-        return f"{100 * r['value']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
+    from tether.pipelines.stages import shown_rate as pct
 
     lines = []
     for r in summary["rounds"]:

@@ -68,8 +68,7 @@ class DebateConfig(Config):
 
 
 def _show(cfg: DebateConfig, summary: dict[str, Any]) -> list[str]:
-    def pct(r: dict[str, Any]) -> str:
-        return f"{100 * r['value']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
+    from tether.pipelines.stages import shown_rate as pct
 
     p = summary["protocols"]
     lines = [f"judge alone {pct(p['direct']['accuracy'])}; shown the whole passage {pct(p['passage']['accuracy'])}"]

@@ -70,8 +70,7 @@ class RRMConfig(Config):
 
 
 def _show(cfg: RRMConfig, summary: dict[str, Any]) -> list[str]:
-    def pct(r: dict[str, Any]) -> str:
-        return f"{100 * r['value']:.1f}% [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
+    from tether.pipelines.stages import shown_rate as pct
 
     lines = []
     for name, part in summary["test"].items():

@@ -1,7 +1,7 @@
 """What multi-stage pipelines share: a stage is a recipe's config (shipped name or file) plus overrides, run
 into its own directory with :func:`tether.core.runs.run_stage` (skipped when that directory already holds a
-finished run), an evaluation of a stage's model, SFT of a model on rows the pipeline made, and a model
-asked questions."""
+finished run), an evaluation of a stage's model, SFT of a model on rows the pipeline made, a model asked
+questions, and a rate shown on the terminal."""
 
 from __future__ import annotations
 
@@ -70,3 +70,8 @@ def asker(model_dir: str, settings: Any) -> Callable[[list[str]], list[str]]:
                                                        settings)]
 
     return ask
+
+
+def shown_rate(rate: dict[str, Any]) -> str:
+    """A rate with its interval as a run's closing lines show it: ``"12.5% [8.0, 18.1]"``."""
+    return f"{100 * rate['value']:.1f}% [{100 * rate['ci_low']:.1f}, {100 * rate['ci_high']:.1f}]"
