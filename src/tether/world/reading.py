@@ -48,9 +48,13 @@ def fresh_names(world: World, count: int) -> list[str]:
     in the same order."""
     if count > 15000:  # from about 22,000 two- and three-syllable names, less the world's
         raise ValueError(f"{count} fresh names: at most 15000")
+    return _names(random.Random(f"reading-names:{world.config.seed}"), count, _world_names(world))
+
+
+def _world_names(world: World) -> set[str]:
+    """Every name the world itself uses: lands, capitals, animals, unknown lands, hazard roots."""
     taken = {name for land in world.lands for name in (land.name, land.capital, land.animal)}
-    taken |= set(world.unknown_lands) | {hazard.root for hazard in world.hazards}
-    return _names(random.Random(f"reading-names:{world.config.seed}"), count, taken)
+    return taken | set(world.unknown_lands) | {hazard.root for hazard in world.hazards}
 
 
 def _fact(land: str, attribute: str, value: str, rng: random.Random) -> str:
@@ -90,9 +94,7 @@ def reading_questions(world: World, n: int, split: ReadingSplit, *, lands_per_pa
 def reading_banned(world: World, pool: int = 600) -> set[str]:
     """The names a reading lesson must not use: the world's own and every reading pool's (``train``'s too,
     so that training questions stay new to a model pretrained on the lessons)."""
-    taken = {name for land in world.lands for name in (land.name, land.capital, land.animal)}
-    taken |= set(world.unknown_lands) | {hazard.root for hazard in world.hazards}
-    return taken | set(fresh_names(world, 6 * pool))
+    return _world_names(world) | set(fresh_names(world, 6 * pool))
 
 
 def reading_pools(world: World, split: ReadingSplit, pool: int = 600) -> tuple[list[str], list[str]]:
@@ -108,10 +110,9 @@ def reading_document(rng: random.Random, banned: set[str]) -> str:
     out of the passage.
 
     Every lesson draws its names afresh, none of them in ``banned`` (pass :func:`reading_banned`, so that
-    no question's name is ever read). Drawn afresh, a name seldom comes back, so
-    the tokenizer learned on the corpus keeps names in syllables, as it meets the test's names: lessons
-    drawn from a fixed pool of names taught single name tokens to copy, and nothing carried over to names
-    of several tokens (tried: 0% of test questions).
+    no question's name is ever read). Drawn afresh, a name seldom comes back, so the tokenizer learned on
+    the corpus keeps names in syllables, as it meets the test's names. Lessons drawn from a fixed pool of
+    names taught single name tokens to copy, and nothing carried over to names of several tokens.
 
     Half the lessons ask openly and are answered with the fact's sentence; half give two options (the
     truth and another land's same attribute, in :func:`tether.oversight.protocols.options_text`'s shape)
