@@ -1,14 +1,16 @@
-"""``tether data``: check datasets before training on them."""
+"""``tether data``: check and curate datasets before training on them."""
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Any, Literal
 
 import typer
 
 from tether.core.errors import DataError
 
-app = typer.Typer(help="Validate datasets.", no_args_is_help=True)
+app = typer.Typer(help="Validate and curate datasets: near duplicates, contamination.", no_args_is_help=True)
 
 
 @app.command()
@@ -33,3 +35,90 @@ def validate(
     typer.echo(f"{path}: {len(loaded.records)} valid {kind} records, {len(loaded.skipped)} bad ({status})")
     if loaded.skipped:
         raise typer.Exit(2)
+
+
+def _rows(spec: str) -> list[dict[str, Any]]:
+    """Every row of a file, datasets directory or builtin:NAME, as it was written (any columns)."""
+    from pydantic import BaseModel, ConfigDict
+
+    from tether.data.sources import load_records
+
+    class Row(BaseModel):
+        model_config = ConfigDict(extra="allow")
+
+    return [row.model_dump() for row in load_records(spec, Row).records]
+
+
+def _outputs(out: str) -> tuple[Path, Path, Path]:
+    """The kept rows, the removed rows with their reasons, and the report; refused if any exists."""
+    kept = Path(out)
+    stem = kept.with_suffix("") if kept.suffix == ".jsonl" else kept
+    paths = (kept, stem.with_name(stem.name + ".removed.jsonl"), stem.with_name(stem.name + ".report.json"))
+    for path in paths:
+        if path.exists():
+            raise DataError(f"{path} already exists; choose another --out (nothing is overwritten)")
+    return paths
+
+
+def _write(path: str, out: str, rows: list[dict[str, Any]], removed: dict[int, dict[str, Any]],
+           report: dict[str, Any]) -> None:
+    from tether.data.io import write_jsonl
+
+    kept_path, removed_path, report_path = _outputs(out)
+    write_jsonl(removed_path, [{"row": i + 1, **why, "data": rows[i]} for i, why in sorted(removed.items())])
+    write_jsonl(kept_path, [row for i, row in enumerate(rows) if i not in removed])
+    report = {"input": path, "rows": len(rows), "kept": len(rows) - len(removed), "removed": len(removed),
+              **report, "outputs": {"kept": str(kept_path), "removed": str(removed_path)}}
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(f"{path}: {len(rows)} rows, {len(removed)} removed, {len(rows) - len(removed)} kept -> {kept_path} "
+               f"(removed rows and why: {removed_path}; report: {report_path})")
+
+
+@app.command()
+def dedup(
+    path: str = typer.Argument(help="JSONL file, .json list, datasets directory or builtin:NAME"),
+    out: str = typer.Option(..., "--out", help="JSONL of the rows kept (beside it: .removed.jsonl, .report.json)"),
+    threshold: float = typer.Option(0.8, help="Jaccard similarity of word shingles at which rows are duplicates"),
+    shingle: int = typer.Option(5, min=1, help="words per shingle"),
+) -> None:
+    """Remove near-duplicate rows (MinHash LSH candidates, exact Jaccard check); the first of a group is kept.
+
+    Example: tether data dedup sft.jsonl --out sft.dedup.jsonl --threshold 0.8
+    """
+    from tether.data.curation import near_duplicates, row_text
+
+    if not 0 < threshold <= 1:
+        raise DataError(f"--threshold {threshold}: expected a similarity in (0, 1]")
+    _outputs(out)  # refuse before the work, not after
+    rows = _rows(path)
+    found = near_duplicates([row_text(r) for r in rows], threshold=threshold, shingle=shingle)
+    removed = {i: {"reason": "near duplicate", "of_row": dup[0] + 1, "similarity": dup[1]}
+               for i, dup in enumerate(found) if dup is not None}
+    _write(path, out, rows, removed, {"method": "minhash-lsh", "threshold": threshold, "shingle": shingle,
+                                      "groups": len({why["of_row"] for why in removed.values()})})
+
+
+@app.command()
+def decontaminate(
+    path: str = typer.Argument(help="training data: JSONL file, .json list, datasets directory or builtin:NAME"),
+    against: list[str] = typer.Option(..., "--against", help="an evaluation set (file, directory or builtin:NAME; "
+                                      "any rows: their text is what is matched); repeat for several"),
+    out: str = typer.Option(..., "--out", help="JSONL of the rows kept (beside it: .removed.jsonl, .report.json)"),
+    n: int = typer.Option(13, min=1, help="words per n-gram; a shorter evaluation item must appear whole"),
+) -> None:
+    """Remove training rows that share a word n-gram with an evaluation set, and report per set.
+
+    Example: tether data decontaminate sft.jsonl --against builtin:world-prompts --out sft.clean.jsonl
+    """
+    from tether.data.curation import contamination, row_text
+
+    _outputs(out)
+    suites = {spec: [row_text(r) for r in _rows(spec)] for spec in against}
+    rows = _rows(path)
+    hits = contamination([row_text(r) for r in rows], suites, n=n)
+    removed = {i: {"reason": "contaminated", "matches": {s: [j + 1 for j in found] for s, found in hit.items()}}
+               for i, hit in enumerate(hits) if hit}
+    per_suite = {spec: {"items": len(items),
+                        "items_found": len({j for hit in hits for j in hit.get(spec, [])}),
+                        "rows_removed": sum(spec in hit for hit in hits)} for spec, items in suites.items()}
+    _write(path, out, rows, removed, {"method": "word n-gram overlap", "n": n, "suites": per_suite})
