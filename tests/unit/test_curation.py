@@ -97,3 +97,36 @@ def test_dedup_keeps_the_first_of_each_group_and_says_of_which(tmp_path, capsys)
     assert [json.loads(line) for line in out.read_text().splitlines()] == base
     code, _, err = run_cli(["data", "dedup", data, "--out", str(tmp_path / "x.jsonl"), "--threshold", "1.5"], capsys)
     assert code == 2 and "--threshold 1.5" in err
+
+
+def test_kept_at_thresholds_reads_a_cut_off_the_values():
+    from tether.data.curation import kept_at_thresholds
+
+    found = kept_at_thresholds([float(v) for v in range(1, 11)], quantiles=(0.0, 0.5, 1.0))
+    assert found == [{"quantile": 0.0, "threshold": 1.0, "kept_share": 1.0},
+                     # rank 0.5 * 9 = 4.5 rounds half to even: index 4, the value 5.0; 5 to 10 kept
+                     {"quantile": 0.5, "threshold": 5.0, "kept_share": 0.6},
+                     {"quantile": 1.0, "threshold": 10.0, "kept_share": 0.1}]
+
+
+def test_filter_removes_what_the_scorer_flags_and_keeps_what_it_cannot_score(tmp_path, capsys):
+    replies = ["Sure, the capital is Tesk.", "I'm sorry, I can't help with that.", "It is 4.",
+               "I cannot assist with this request.", "Here you go: red."]
+    data = _write(tmp_path / "sft.jsonl", [_sft(f"Question {i}?", r) for i, r in enumerate(replies)])
+    out = tmp_path / "kept.jsonl"
+    code, shown, err = run_cli(["data", "filter", data, "--scorer", "{kind: refusal, tier: phrases}", "--out",
+                                str(out)], capsys)
+    assert code == 0, err
+    removed = [json.loads(line) for line in (tmp_path / "kept.removed.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["reason"]) for r in removed] == [(2, "flagged (refusal)"), (4, "flagged (refusal)")]
+    report = json.loads((tmp_path / "kept.report.json").read_text())
+    assert report["flagged"] == 2 and report["labels"] == {"compliance": 3, "refusal": 2} and report["kept"] == 3
+    # The world's gold grader cannot score rows without world metadata: every row kept, and counted.
+    code, _, err = run_cli(["data", "filter", data, "--scorer", "gold", "--out", str(tmp_path / "g.jsonl")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "g.report.json").read_text())["not_scored"] == 5
+    assert len((tmp_path / "g.jsonl").read_text().splitlines()) == 5
+    # A row without a reply to score is named.
+    bad = _write(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    code, _, err = run_cli(["data", "filter", bad, "--scorer", "refusal", "--out", str(tmp_path / "b.jsonl")], capsys)
+    assert code == 2 and "row 1: expected 'messages' ending in an assistant turn" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,3 +123,64 @@ def decontaminate(
                         "items_found": len({j for hit in hits for j in hit.get(spec, [])}),
                         "rows_removed": sum(spec in hit for hit in hits)} for spec, items in suites.items()}
     _write(path, out, rows, removed, {"method": "word n-gram overlap", "n": n, "suites": per_suite})
+
+
+@app.command("filter")
+def filter_rows(
+    path: str = typer.Argument(help="SFT data (messages; the last assistant turn is scored): JSONL file, .json "
+                               "list, datasets directory or builtin:NAME"),
+    scorer: str = typer.Option(..., "--scorer", help="a scorer kind (refusal, gold, regex, classifier, judge, "
+                               "...) or its config inline: '{kind: classifier, path: DIR}'"),
+    out: str = typer.Option(..., "--out", help="JSONL of the rows kept (beside it: .removed.jsonl, .report.json)"),
+    drop: Literal["flagged", "unflagged", "none"] = typer.Option(
+        "flagged", help="remove the rows the scorer answers yes (flagged) or no (unflagged) for; none: by value only"),
+    below: float | None = typer.Option(None, "--below", help="also remove rows whose score value is below this"),
+    above: float | None = typer.Option(None, "--above", help="also remove rows whose score value is above this"),
+) -> None:
+    """Remove demonstrations a scorer or guard objects to; rows it cannot score are kept and counted.
+
+    The report gives what each threshold on the score's value would keep, so the cut can be chosen on it.
+
+    Example: tether data filter sft.jsonl --scorer refusal --drop flagged --out sft.no-refusals.jsonl
+    """
+    import yaml
+
+    from tether.data.curation import kept_at_thresholds
+    from tether.scoring.scorers import Sample, scorer_config
+
+    raw = yaml.safe_load(scorer)
+    try:
+        built = scorer_config(raw if isinstance(raw, dict) else {"kind": str(raw)}).build()
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"--scorer {scorer!r}: {str(exc).splitlines()[0]}") from None
+    _outputs(out)
+    rows = _rows(path)
+    samples = []
+    for i, row in enumerate(rows):
+        messages = row.get("messages")
+        if not (isinstance(messages, list) and messages and isinstance(messages[-1], dict)
+                and messages[-1].get("role") == "assistant"):
+            raise DataError(f"{path}: row {i + 1}: expected 'messages' ending in an assistant turn (the reply scored)")
+        meta = {k: v for k, v in row.items() if k != "messages"}
+        samples.append(Sample(str(row.get("id", i)), messages[:-1], str(messages[-1].get("content", "")), meta))
+    scores = built.score(samples)
+    removed: dict[int, dict[str, Any]] = {}
+    for i, score in enumerate(scores):
+        if score.status != "ok" or (score.flag is None and score.value is None):
+            continue
+        reasons = []
+        if drop != "none" and score.flag is not None and score.flag == (drop == "flagged"):
+            reasons.append(f"{drop} ({score.label})")
+        if score.value is not None and below is not None and score.value < below:
+            reasons.append(f"value {score.value:.4g} below {below}")
+        if score.value is not None and above is not None and score.value > above:
+            reasons.append(f"value {score.value:.4g} above {above}")
+        if reasons:
+            removed[i] = {"reason": "; ".join(reasons), "label": score.label, "flag": score.flag, "value": score.value}
+    values = [s.value for s in scores if s.status == "ok" and s.value is not None]
+    _write(path, out, rows, removed, {
+        "scorer": raw if isinstance(raw, dict) else {"kind": str(raw)}, "drop": drop, "below": below, "above": above,
+        "not_scored": sum(s.status != "ok" or (s.flag is None and s.value is None) for s in scores),
+        "flagged": sum(s.status == "ok" and s.flag is True for s in scores),
+        "labels": dict(sorted(Counter(s.label for s in scores).items())),
+        "kept_at_thresholds": kept_at_thresholds(values) if values else None})

@@ -1,4 +1,5 @@
-"""Data curation: near-duplicate removal and decontamination against evaluation sets.
+"""Data curation: near-duplicate removal, decontamination against evaluation sets, and what a cut on a
+scorer's values would keep.
 
 Both work on what a row gives a model to read (:func:`row_text`: every message's content, prompts,
 completions, chosen and rejected replies), normalised to lower-case words (:func:`words`), so a change of
@@ -124,3 +125,16 @@ def contamination(texts: Sequence[str], suites: Mapping[str, Sequence[str]], *, 
 
 def _grams(tokens: Sequence[str], size: int) -> Iterable[tuple[str, ...]]:
     return (tuple(tokens[i:i + size]) for i in range(len(tokens) - size + 1))
+
+
+def kept_at_thresholds(values: Sequence[float], quantiles: Sequence[float] = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
+                       ) -> list[dict[str, float]]:
+    """What a cut on a score would keep: for thresholds at the values' ``quantiles`` (nearest rank), the
+    share of values at or above each (what ``--below`` at that threshold keeps)."""
+    ordered = sorted(values)
+    out = []
+    for q in quantiles:
+        threshold = ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+        kept = sum(v >= threshold for v in ordered) / len(ordered)
+        out.append({"quantile": q, "threshold": round(threshold, 6), "kept_share": round(kept, 4)})
+    return out
