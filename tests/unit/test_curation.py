@@ -130,3 +130,13 @@ def test_filter_removes_what_the_scorer_flags_and_keeps_what_it_cannot_score(tmp
     bad = _write(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
     code, _, err = run_cli(["data", "filter", bad, "--scorer", "refusal", "--out", str(tmp_path / "b.jsonl")], capsys)
     assert code == 2 and "row 1: expected 'messages' ending in an assistant turn" in err
+
+
+@pytest.mark.parametrize(("scorer", "message"), [("{kind: ", "while parsing"),
+                                                 ("{kind: refusal, bogus: 1}", "bogus"),
+                                                 ("nosuch", "unknown scorer 'nosuch'")])
+def test_filter_names_a_bad_scorer_in_one_line(tmp_path, capsys, scorer, message):
+    data = _write(tmp_path / "sft.jsonl", [_sft("Q?", "A.")])
+    code, _, err = run_cli(["data", "filter", data, "--scorer", scorer, "--out", str(tmp_path / "k.jsonl")], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "k.jsonl").exists()

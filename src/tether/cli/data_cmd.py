@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import typer
 
-from tether.core.errors import DataError
+from tether.core.errors import ConfigError, DataError
 
 app = typer.Typer(help="Validate and curate datasets: near duplicates, contamination.", no_args_is_help=True)
 
@@ -148,12 +148,15 @@ def filter_rows(
     from tether.data.curation import kept_at_thresholds
     from tether.scoring.scorers import Sample, scorer_config
 
-    raw = yaml.safe_load(scorer)
+    _outputs(out)  # refuse before loading a scorer's model, not after
     try:
-        built = scorer_config(raw if isinstance(raw, dict) else {"kind": str(raw)}).build()
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"--scorer {scorer!r}: {str(exc).splitlines()[0]}") from None
-    _outputs(out)
+        raw = yaml.safe_load(scorer)
+        cfg = scorer_config(raw if isinstance(raw, dict) else {"kind": str(raw)})
+    except (yaml.YAMLError, ConfigError) as exc:
+        # One line: a YAML error's or a validation error's first line, and the field it names.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise DataError(f"--scorer {scorer!r}: {' '.join(lines[:3])}") from None
+    built = cfg.build()
     rows = _rows(path)
     samples = []
     for i, row in enumerate(rows):
