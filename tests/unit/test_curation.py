@@ -34,6 +34,7 @@ def test_near_duplicates_by_exact_jaccard_of_shingles():
     texts = [TEN, edited, TEN.upper() + "!!", "something else entirely, with other words in it"]
     assert near_duplicates(texts, threshold=0.8, shingle=3) == [None, (0, 0.8), (0, 1.0), None]
     assert near_duplicates(texts, threshold=0.85, shingle=3) == [None, None, (0, 1.0), None]
+    assert near_duplicates(texts, threshold=1.0, shingle=3) == [None, None, (0, 1.0), None]  # exact copies only
     with pytest.raises(ValueError, match="threshold 0"):
         near_duplicates(texts, threshold=0)
 

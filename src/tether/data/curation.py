@@ -78,7 +78,9 @@ def near_duplicates(texts: Sequence[str], *, threshold: float = 0.8, shingle: in
 
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold {threshold}: expected a similarity in (0, 1]")
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    # The sketch only proposes candidates and the exact similarity decides, so proposing at a lower threshold
+    # costs checks, never correctness; datasketch cannot band for thresholds near 1.
+    lsh = MinHashLSH(threshold=min(threshold, 0.9), num_perm=num_perm)
     grams = [ngrams(words(t), shingle) for t in texts]
     found: list[tuple[int, float] | None] = []
     for index, shingles in enumerate(grams):
