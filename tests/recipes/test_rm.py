@@ -86,3 +86,26 @@ def test_padding_free_reward_model_trains_exactly_like_padding(tmp_path, data):
     for x, y in zip(a, b, strict=True):  # fp32 summation order differs between the two attention layouts
         assert abs(x["loss"] - y["loss"]) < 1e-5 and abs(x["grad_norm"] - y["grad_norm"]) < 1e-4 * x["grad_norm"]
     assert packed["eval_accuracy"] == padded["eval_accuracy"]
+
+
+def test_a_reward_model_filters_demonstrations_by_its_score(tmp_path, data, capsys):
+    from tests.conftest import run_cli
+
+    from tether.world.datasets import sft_rows
+
+    rm.run(_cfg(tmp_path, data, "filter-rm", "loop.max_steps=5"))
+    rows = sft_rows(build_world(WorldConfig()), 12, seed=1)
+    write_jsonl(tmp_path / "sft.jsonl", rows)
+    scores = RewardEnsemble.from_run(tmp_path / "filter-rm").score(
+        [r["messages"][:-1] for r in rows], [r["messages"][-1]["content"] for r in rows]).mean.tolist()
+    cut = sorted(scores)[6]   # the seventh lowest: six rows fall below it
+    out = tmp_path / "kept.jsonl"
+    code, _, err = run_cli(["data", "filter", str(tmp_path / "sft.jsonl"), "--scorer",
+                            f"{{kind: reward-model, path: [{tmp_path / 'filter-rm'}]}}", "--drop", "none",
+                            "--below", str(cut), "--out", str(out)], capsys)
+    assert code == 0, err
+    removed = [json.loads(line) for line in (tmp_path / "kept.removed.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in removed] == [i + 1 for i, s in enumerate(scores) if s < cut] and len(removed) == 6
+    assert [r["value"] for r in removed] == pytest.approx([s for s in scores if s < cut], abs=1e-5)
+    report = json.loads((tmp_path / "kept.report.json").read_text())
+    assert report["labels"] == {"scored": 12} and report["not_scored"] == 0 and len(report["kept_at_thresholds"]) == 7

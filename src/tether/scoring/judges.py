@@ -1,4 +1,5 @@
-"""Model-backed scorers: any HF sequence classifier, and LLM-as-judge with a rubric.
+"""Model-backed scorers: any HF sequence classifier, a trained reward model's score, and LLM-as-judge with a
+rubric.
 
 Judge backends: an in-process HF causal LM (through the :class:`Generator` protocol), or any
 OpenAI-compatible ``/chat/completions`` endpoint (vLLM, TGI, llama.cpp server, hosted APIs).
@@ -114,6 +115,41 @@ class ClassifierScorer:
         return out
 
 
+
+
+# --- reward model -----------------------------------------------------------------------------
+
+@SCORERS.register("reward-model")
+class RewardModelScorerConfig(ScorerConfig):
+    """A trained reward model's score of each reply (value only; no yes or no): for ranking and filtering by
+    value (``tether data filter --below X``) and for reports."""
+
+    kind: Literal["reward-model"] = "reward-model"
+    path: list[str] = Field(min_length=1, description="a tether train rm run directory, or model directories")
+
+    def build(self) -> Scorer:
+        """Loads the ensemble."""
+        return RewardModelScorer(self)
+
+
+class RewardModelScorer:
+    """``value``: the ensemble's mean score; ``label``: "scored"; ``flag``: None (a score, not a verdict)."""
+
+    question = "reward"
+
+    def __init__(self, cfg: RewardModelScorerConfig) -> None:
+        from pathlib import Path
+
+        from tether.models.reward import RewardEnsemble
+
+        self.name = cfg.label
+        single_run = len(cfg.path) == 1 and Path(cfg.path[0], "record.json").is_file()
+        self.ensemble = RewardEnsemble.from_run(cfg.path[0]) if single_run else RewardEnsemble(cfg.path)
+
+    def score(self, samples: Sequence[Sample]) -> list[Score]:
+        """The mean score of every member for each sample's prompt and response."""
+        scores = self.ensemble.score([s.prompt for s in samples], [s.response for s in samples]).mean.tolist()
+        return [Score("scored", None, value=float(v)) for v in scores]
 
 
 # --- LLM-as-judge ----------------------------------------------------------------------------
