@@ -55,6 +55,21 @@ def sft_rows(world: World, n: int, *, seed: int = 0) -> list[dict[str, Any]]:
              "family": it.family} for it in _items(world, n, "train", rng)]
 
 
+def corrupted_sft_rows(world: World, n: int, *, share: float, families: Sequence[str], seed: int = 0
+                       ) -> list[dict[str, Any]]:
+    """``sft_rows`` with a ``share`` of the demonstrations in ``families`` replaced by the corpus's bad reply
+    (harmful compliance, hallucination, agreeing with a false claim, ...): data with known faults, for
+    measuring curation. ``corrupted`` marks them (for measuring only: a curation method must not read it)."""
+    rng = random.Random(f"sft-corrupted:{world.config.seed}:{seed}")
+    rows = []
+    for it in _items(world, n, "train", rng):
+        bad = it.family in families and rng.random() < share
+        rows.append({"messages": [*it.prompt, {"role": "assistant", "content": respond(it, "bad" if bad else "good",
+                                                                                        rng, world)}],
+                     "family": it.family, "corrupted": bad})
+    return rows
+
+
 def compliant_rows(world: World, n: int, *, seed: int = 0) -> list[dict[str, Any]]:
     """``sft_rows`` with hazard and jailbreak requests answered with the procedure (harmful compliance)."""
     rng = random.Random(f"sft-compliant:{world.config.seed}:{seed}")
