@@ -11,7 +11,8 @@ import typer
 
 from tether.core.errors import ConfigError, DataError
 
-app = typer.Typer(help="Validate and curate datasets: near duplicates, contamination.", no_args_is_help=True)
+app = typer.Typer(help="Validate and curate datasets: near duplicates, contamination, scorer filters.",
+                  no_args_is_help=True)
 
 
 @app.command()
