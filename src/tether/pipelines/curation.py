@@ -95,8 +95,8 @@ def _experiment(cfg: CurationConfig, out: Path) -> dict[str, Any]:
     from tether.core.runs import run_stage
     from tether.data.io import write_jsonl
     from tether.evals.compare import compare
-    from tether.models.reward import RewardEnsemble
     from tether.pipelines.stages import evaluated, sft_on_rows
+    from tether.scoring.scorers import Sample, scorer_config
     from tether.train.rm import RMConfig
     from tether.train.rm import run as train_rm
     from tether.world.datasets import corrupted_sft_rows, preference_rows, sft_rows
@@ -114,8 +114,10 @@ def _experiment(cfg: CurationConfig, out: Path) -> dict[str, Any]:
     run_stage(load_config(RMConfig, cfg.rm, [f"model.path={base}", f"data.train={pairs}", "data.eval=null",
                                              f"loop.max_steps={cfg.rm_steps}", f"seed={cfg.seed}", f"out={rm_dir}"]),
               train_rm)
-    scores = RewardEnsemble.from_run(rm_dir).score([r["messages"][:-1] for r in rows],
-                                                   [r["messages"][-1]["content"] for r in rows]).mean.tolist()
+    # The same scorer tether data filter uses: the ensemble's mean score of each reply after its prompt.
+    scorer = scorer_config({"kind": "reward-model", "path": [str(rm_dir)]}).build()
+    scores = [float(x.value) for x in scorer.score([Sample(str(i), r["messages"][:-1], r["messages"][-1]["content"])
+                                                    for i, r in enumerate(rows)]) if x.value is not None]
     dropped = lowest(scores, cfg.drop_share)
 
     def training(keep: set[int] | None, source: list[dict[str, Any]]) -> list[dict[str, Any]]:
