@@ -44,6 +44,7 @@ RECIPE_GROUPS = {
     "align": "Shape a model with its own outputs: constitutional AI (critique -> revise, AI feedback), context "
              "distillation, the character-first recipe.",
     "experiment": "Run a measured experiment end to end (--resume skips the stages that finished).",
+    "edit": "Edit a model's weights directly: rewrite facts or remove a behaviour with ROME, MEMIT or AlphaEdit.",
     "oversee": "Scalable oversight: a weak judge overseeing stronger models through debate, consultancy or alone.",
 }
 app.add_typer(world_cmd.app, name="world")
