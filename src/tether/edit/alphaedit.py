@@ -13,12 +13,12 @@ from torch import Tensor
 
 from tether.core.recipes import output, recipe
 from tether.edit.bench import Workbench, run_edits
-from tether.edit.memit import MemitConfig, MultiLayer, check_reach, projections
+from tether.edit.memit import MultiLayer, MultiLayerConfig, check_reach, projections
 from tether.edit.model import Projection
 from tether.edit.updates import alphaedit_update, null_space_projector
 
 
-class AlphaEditConfig(MemitConfig):
+class AlphaEditConfig(MultiLayerConfig):
     """``tether edit alphaedit``."""
 
     null_threshold: float = Field(1e-2, ge=0, lt=1, description="key directions whose second-moment eigenvalue is "

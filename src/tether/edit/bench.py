@@ -236,10 +236,11 @@ def _edit(cfg: EditConfig, build: Callable[[Workbench], Method], rd: RunDir) -> 
                     p.module.weight.copy_(w)
         restored = all(torch.equal(p.module.weight, w) for p, w in zip(method.projections, originals, strict=True))
     else:
+        baseline = all_neighbours(model, tokenizer, requests, cfg.slack)
         for start in range(0, len(requests), cfg.batch):
             losses.extend(method.apply(requests[start: start + cfg.batch]))
             done = start + len(requests[start: start + cfg.batch])
-            checks.append(_check(model, tokenizer, requests, expected, done, held, cfg))
+            checks.append(_check(model, tokenizer, requests, baseline, done, held, cfg))
             rd.log_metrics({"step": done, **{k: v for k, v in checks[-1].items() if k != "edits"}})
         after = judged()
         save_model(model, tokenizer, Path(cfg.out) / "model")
@@ -262,23 +263,31 @@ def _edit(cfg: EditConfig, build: Callable[[Workbench], Method], rd: RunDir) -> 
     return summary
 
 
-def _check(model: Any, tokenizer: Any, requests: Sequence[EditRequest], expected: Sequence[Sequence[Sequence[int]]],
+def _check(model: Any, tokenizer: Any, requests: Sequence[EditRequest], expected: Sequence[Sequence[int]],
            done: int, held: Sequence[str], cfg: EditConfig) -> dict[str, Any]:
     """Capability and retention after ``done`` sequential edits: held-text NLL, how many of the edits made so
-    far still hold, and how many neighbours of every request keep the original continuation."""
-    from tether.edit.evaluate import budget, continuation_ids, continuations, kept, starts_with
+    far still hold, and how many neighbours of every request keep the original continuation (``expected``:
+    :func:`all_neighbours` on the original model)."""
+    from tether.edit.evaluate import budget, continuations, kept, starts_with
 
     made = requests[:done]
-    said = [continuations(model, tokenizer, [r.prompt.format(r.subject)], budget(tokenizer, r, cfg.slack))[0]
-            for r in made]
-    held_neighbours = total = 0
-    for r, exp in zip(requests, expected, strict=True):
-        if r.neighbours:
-            now = continuation_ids(model, tokenizer, r.neighbours, budget(tokenizer, r, cfg.slack))
-            span = budget(tokenizer, r, 1)
-            held_neighbours += sum(kept(a, b, span) for a, b in zip(now, exp, strict=True))
-            total += len(now)
+    said = continuations(model, tokenizer, [r.prompt.format(r.subject) for r in made],
+                         max(budget(tokenizer, r, cfg.slack) for r in made))
+    now = all_neighbours(model, tokenizer, requests, cfg.slack)
+    spans = [budget(tokenizer, r, 1) for r in requests for _ in r.neighbours]
     holding = sum(starts_with(s, r.target) for s, r in zip(said, made, strict=True))
+    held_neighbours = sum(kept(a, b, span) for a, b, span in zip(now, expected, spans, strict=True))
     return {"edits": done, "efficacy_so_far": round(holding / done, 4),
-            "neighbourhood_kept": round(held_neighbours / total, 4) if total else None,
+            "neighbourhood_kept": round(held_neighbours / len(spans), 4) if spans else None,
             "token_nll": round(token_nll(model, tokenizer, held, cfg.statistics.max_tokens), 4)}
+
+
+def all_neighbours(model: Any, tokenizer: Any, requests: Sequence[EditRequest], slack: int) -> list[list[int]]:
+    """Every request's neighbours continued in one pass (the longest request's budget): the same batches on
+    the original and the edited model, so their continuations compare token for token."""
+    from tether.edit.evaluate import budget, continuation_ids
+
+    prompts = [n for r in requests for n in r.neighbours]
+    if not prompts:
+        return []
+    return continuation_ids(model, tokenizer, prompts, max(budget(tokenizer, r, slack) for r in requests))

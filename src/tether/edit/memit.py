@@ -27,12 +27,18 @@ from tether.interp.sites import decoder_layers
 Solver = Callable[[Projection, Tensor, Tensor], Tensor]
 
 
-class MemitConfig(EditConfig):
-    """``tether edit memit``."""
+class MultiLayerConfig(EditConfig):
+    """What MEMIT and AlphaEdit share."""
 
     layers: list[int] = Field([0, 1], min_length=1, description="decoder layers sharing each edit, in order")
-    preserve: float = Field(1e3, gt=0, description="λ: how much the keys of ordinary text weigh against the "
-                            "edits in the least squares")
+
+
+class MemitConfig(MultiLayerConfig):
+    """``tether edit memit``."""
+
+    preserve: float = Field(1.5e4, gt=0, description="λ: how much the keys of ordinary text weigh against the "
+                            "edits in the least squares (1.5e4: MEMIT's GPT-J setting; the world's small model, whose "
+                            "keys for a fact prompt all look alike, needs 100)")
 
 
 @dataclass
