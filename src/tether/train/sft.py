@@ -7,6 +7,7 @@ load -> data -> loop (batch -> loss -> step -> log -> eval -> checkpoint) -> sav
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,7 +90,13 @@ def run(cfg: SFTConfig, *, resume: bool = False) -> dict[str, Any]:
     return run_dir.execute(lambda rd: _train(cfg, rd, resume))
 
 
-def _train(cfg: SFTConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
+# (model, one collated micro-batch) -> the loss summed over its scored tokens
+Objective = Callable[[Any, Grouped], torch.Tensor]
+
+
+def _train(cfg: SFTConfig, run_dir: RunDir, resume: bool, objective: Objective | None = None) -> dict[str, Any]:
+    """The SFT loop; ``objective`` replaces the NLL (``tether train irl`` trains the same way on another
+    loss)."""
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     train_set = _load(cfg.data.train, cfg, tokenizer, run_dir)
     eval_set = _load(cfg.data.eval, cfg, tokenizer, run_dir) if cfg.data.eval else []
@@ -106,6 +113,8 @@ def _train(cfg: SFTConfig, run_dir: RunDir, resume: bool) -> dict[str, Any]:
                                packing=cfg.data.packing)
 
     def loss_sum(batch: Grouped) -> torch.Tensor:
+        if objective is not None:
+            return objective(loop.model, batch)
         outs = grouped_completion_logps(loop.model, batch.batches)
         return sum((sft_loss(o.token_logps, b.loss_mask).loss_sum for o, b in zip(outs, batch.batches, strict=True)),
                    torch.zeros((), device=device))
