@@ -17,6 +17,8 @@ REQUESTS = [
     {"id": "c", "subject": "Dulmor", "prompt": "The colour of {} is", "target": " red"},
     {"id": "d", "subject": "Ostel", "prompt": "{} flows", "target": " north"},
 ]
+# Rewrites a's neighbour: in a sequential run that neighbour is meant to change and is left out of locality.
+REWRITES_A_NEIGHBOUR = {"id": "e", "subject": "Zinra", "prompt": "The capital of {} is", "target": " Kavel"}
 
 
 def _files(tmp_path, requests):
@@ -56,15 +58,17 @@ def test_independent_edits_do_not_leak_into_each_other(tmp_path, capsys, method,
 
 
 def test_sequential_edits_accumulate_with_capability_checked_each_batch(tmp_path, capsys, tokenizer):
-    out, summary = _edit("memit", tmp_path, capsys, "seq", REQUESTS, "--set", "batch=2", "--set", "layers=[0,1]",
-                         "--set", "token=last")
+    out, summary = _edit("memit", tmp_path, capsys, "seq", [*REQUESTS, REWRITES_A_NEIGHBOUR], "--set", "batch=2",
+                         "--set", "layers=[0,1]", "--set", "token=last")
     checks = summary["capability"]["checks"]
-    assert [c["edits"] for c in checks] == [2, 4]
+    assert [c["edits"] for c in checks] == [2, 4, 5]
+    # a and b share a neighbour that e rewrites: counted until e's edit is made.
+    assert [c["neighbours_counted"] for c in checks] == [3, 3, 1]
     assert all(c["token_nll"] > 0 and 0 <= c["efficacy_so_far"] <= 1 for c in checks)
     assert checks[-1]["neighbourhood_kept"] is not None
     assert summary["capability"]["token_nll_before"] > 0
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [2, 4]
+    assert [m["step"] for m in metrics] == [2, 4, 5]
     # Only the two edited MLP projections changed.
     from tether.models.tiny import build_tiny_model
 
@@ -73,7 +77,10 @@ def test_sequential_edits_accumulate_with_capability_checked_each_batch(tmp_path
     changed = {k for k, v in saved.items() if k in original and not torch.equal(v, original[k])}
     assert changed == {"model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"}
     rows = _rows(out)
-    assert set(rows) == {"a", "b", "c", "d"} and "probability" in rows["a"]["after"]
+    assert set(rows) == {"a", "b", "c", "d", "e"} and "probability" in rows["a"]["after"]
+    assert rows["a"]["after"]["neighbours"][0]["edited"] is True
+    assert [n["edited"] for n in rows["b"]["after"]["neighbours"]] == [False, True]
+    assert summary["after"]["neighbourhood"]["n"] == 1  # only b has a neighbour still counted
 
 
 def test_bad_requests_and_layouts_are_refused_with_a_reason(tmp_path, capsys):

@@ -21,7 +21,7 @@ def test_fact_edits_rewrite_every_fact_once_to_another_lands_value():
         assert r.target_true == f" {getattr(land, attribute)}" and r.target != r.target_true
         assert r.target.strip() in {getattr(x, attribute) for x in world.lands}
         assert all(r.subject in p for p in r.paraphrases)
-        assert r.prompt.format(r.subject) not in r.neighbours and len(set(r.neighbours)) == 4
+        assert r.prompt.format(r.subject) not in r.neighbours and len(set(r.neighbours)) == 5
     assert [r["id"] for r in fact_edits(world, seed=0)] != [r["id"] for r in fact_edits(world, seed=1)]
 
 
@@ -50,7 +50,7 @@ def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys
     assert [c["edits"] for c in summary["sequential"]["alphaedit"]["capability"]["checks"]] == [2, 3]
     kinds = summary["single_by_kind"]["rome"]
     assert set(kinds["paraphrase"]) == {"chat question", "after another fact"}
-    assert set(kinds["neighbourhood"]) == {"other land", "other attribute"}
+    assert set(kinds["neighbourhood"]) == {"other land", "other attribute", "look-alike fact"}
     hazard = summary["hazard"]
     assert len(hazard["items"]) == 1 and set(hazard["edited"]) == {"before", "after"}
     assert hazard["edited"]["before"]["n"] == 4  # the edited item's four request wordings, one reply each

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -215,8 +215,8 @@ def _edit(cfg: EditConfig, build: Callable[[Workbench], Method], rd: RunDir) -> 
     ids = [r.id or str(i) for i, r in enumerate(requests)]
     expected = reference(model, tokenizer, requests, cfg.slack)
 
-    def judged() -> list[dict[str, Any]]:
-        return [judge(model, tokenizer, r, e, cfg.slack, cfg.paraphrase_tokens)
+    def judged(edited: Set[str] = frozenset()) -> list[dict[str, Any]]:
+        return [judge(model, tokenizer, r, e, cfg.slack, cfg.paraphrase_tokens, edited)
                 for r, e in zip(requests, expected, strict=True)]
 
     before = judged()
@@ -242,7 +242,7 @@ def _edit(cfg: EditConfig, build: Callable[[Workbench], Method], rd: RunDir) -> 
             done = start + len(requests[start: start + cfg.batch])
             checks.append(_check(model, tokenizer, requests, baseline, done, held, cfg))
             rd.log_metrics({"step": done, **{k: v for k, v in checks[-1].items() if k != "edits"}})
-        after = judged()
+        after = judged({r.prompt.format(r.subject) for r in requests})
         save_model(model, tokenizer, Path(cfg.out) / "model")
         rd.add_output("model", Path(cfg.out) / "model")
         restored = None
@@ -274,11 +274,16 @@ def _check(model: Any, tokenizer: Any, requests: Sequence[EditRequest], expected
     said = continuations(model, tokenizer, [r.prompt.format(r.subject) for r in made],
                          max(budget(tokenizer, r, cfg.slack) for r in made))
     now = all_neighbours(model, tokenizer, requests, cfg.slack)
-    spans = [budget(tokenizer, r, 1) for r in requests for _ in r.neighbours]
+    edited = {r.prompt.format(r.subject) for r in made}
+    # (span, counted): a neighbour that is the rewrite prompt of an edit made is meant to change
+    spans = [(budget(tokenizer, r, 1), n not in edited) for r in requests for n in r.neighbours]
     holding = sum(starts_with(s, r.target) for s, r in zip(said, made, strict=True))
-    held_neighbours = sum(kept(a, b, span) for a, b, span in zip(now, expected, spans, strict=True))
+    held_neighbours = sum(kept(a, b, span) for a, b, (span, counted) in zip(now, expected, spans, strict=True)
+                          if counted)
+    counted = sum(c for _, c in spans)
     return {"edits": done, "efficacy_so_far": round(holding / done, 4),
-            "neighbourhood_kept": round(held_neighbours / len(spans), 4) if spans else None,
+            "neighbourhood_kept": round(held_neighbours / counted, 4) if counted else None,
+            "neighbours_counted": counted,
             "token_nll": round(token_nll(model, tokenizer, held, cfg.statistics.max_tokens), 4)}
 
 

@@ -7,14 +7,16 @@ tokens, each paraphrase for ``paraphrase_tokens`` (an answer in chat may restate
 - **paraphrase**: each paraphrase's continuation names the target (as a whole word);
 - **neighbourhood**: each neighbour's first tokens (as many as the target has, plus one) are what the
   *original* model said, computed before any edit (so locality is never measured against an already-edited
-  model); ``kept_whole`` asks the same of the whole continuation;
+  model); ``kept_whole`` asks the same of the whole continuation. A neighbour that is itself the rewrite
+  prompt of an edit made (sequential runs: another request's fact) is marked ``edited`` and left out: its
+  continuation is meant to change;
 - **probability** (with ``target_true``): log P(target) > log P(target_true) after the rewrite prompt.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any
 
 import torch
@@ -83,8 +85,9 @@ def kept(now: Sequence[int], expected: Sequence[int], span: int) -> bool:
 
 
 def judge(model: Any, tokenizer: Any, request: EditRequest, expected: Sequence[Sequence[int]], slack: int,
-          paraphrase_tokens: int) -> dict[str, Any]:
-    """One request's scores on the model as it is now (see the module docstring)."""
+          paraphrase_tokens: int, edited: Set[str] = frozenset()) -> dict[str, Any]:
+    """One request's scores on the model as it is now (see the module docstring); ``edited``: the rewrite
+    prompts of every edit made."""
     from tether.models.logprobs import continuation_logps
 
     n = budget(tokenizer, request, slack)
@@ -102,7 +105,7 @@ def judge(model: Any, tokenizer: Any, request: EditRequest, expected: Sequence[S
         "paraphrases": [{"prompt": p, "continuation": c, "success": names(c, request.target)}
                         for p, c in zip(request.paraphrases, para, strict=True)],
         "neighbours": [{"prompt": p, "expected": decoded(e), "continuation": decoded(c), "kept": kept(c, e, span),
-                        "kept_whole": list(c) == list(e),
+                        "kept_whole": list(c) == list(e), "edited": p in edited,
                         "names_target": names(decoded(c), request.target) and not names(decoded(e), request.target)}
                        for p, e, c in zip(request.neighbours, expected, neighbours, strict=True)],
     }
@@ -122,13 +125,14 @@ def summarise(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     para = [[float(p["success"]) for p in r["paraphrases"]] for r in results if r["paraphrases"]]
     if para:
         out["paraphrase"] = bootstrap_mean(para).as_dict()
-    neigh = [[float(x["kept"]) for x in r["neighbours"]] for r in results if r["neighbours"]]
-    if neigh:
-        out["neighbourhood"] = bootstrap_mean(neigh).as_dict()
-        out["neighbourhood_whole"] = bootstrap_mean(
-            [[float(x["kept_whole"]) for x in r["neighbours"]] for r in results if r["neighbours"]]).as_dict()
-        out["neighbour_names_target"] = bootstrap_mean(
-            [[float(x["names_target"]) for x in r["neighbours"]] for r in results if r["neighbours"]]).as_dict()
+    def neighbours(key: str) -> list[list[float]]:
+        values = [[float(x[key]) for x in r["neighbours"] if not x.get("edited")] for r in results]
+        return [v for v in values if v]
+
+    if neighbours("kept"):
+        out["neighbourhood"] = bootstrap_mean(neighbours("kept")).as_dict()
+        out["neighbourhood_whole"] = bootstrap_mean(neighbours("kept_whole")).as_dict()
+        out["neighbour_names_target"] = bootstrap_mean(neighbours("names_target")).as_dict()
     probs = [r["probability"]["success"] for r in results if "probability" in r]
     if probs:
         out["probability"] = wilson_interval(sum(probs), len(probs)).as_dict()

@@ -31,7 +31,7 @@ from tether.pipelines.weak_to_strong import with_world_seed
 
 # Which paraphrase and neighbour of a fact edit is which (the order tether.world.edits.fact_edits writes).
 PARAPHRASE_KINDS = ("chat question", "after another fact")
-NEIGHBOUR_KINDS = ("other land", "other land", "other attribute", "other attribute")
+NEIGHBOUR_KINDS = ("other land", "other land", "other attribute", "other attribute", "look-alike fact")
 
 
 class EditingConfig(Config):
@@ -99,14 +99,15 @@ def _edit(method: str, base: str, requests: Path, texts: Path, out: Path, overri
 
 def by_kind(edits: Path, field: str, key: str, kinds: tuple[str, ...]) -> dict[str, Any]:
     """The rate of ``key`` among each request's ``field`` entries (paraphrases or neighbours) after the edit,
-    split by their position's kind, with a bootstrap interval over requests."""
+    split by their position's kind, with a bootstrap interval over requests (neighbours that are the rewrite
+    prompt of an edit made left out)."""
     from tether.core.stats import bootstrap_mean
 
     rows = [json.loads(line) for line in edits.read_text().splitlines()]
     out: dict[str, Any] = {}
     for kind in dict.fromkeys(kinds):
-        values = [[float(x[key]) for i, x in enumerate(r["after"][field]) if i < len(kinds) and kinds[i] == kind]
-                  for r in rows]
+        values = [[float(x[key]) for i, x in enumerate(r["after"][field])
+                   if i < len(kinds) and kinds[i] == kind and not x.get("edited")] for r in rows]
         values = [v for v in values if v]
         if values:
             out[kind] = bootstrap_mean(values).as_dict()

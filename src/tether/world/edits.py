@@ -37,6 +37,7 @@ def fact_edits(world: World, *, seed: int = 0) -> list[dict[str, Any]]:
             true = getattr(land, attribute)
             new = rng.choice(sorted({getattr(x, attribute) for x in world.lands} - {true}))
             others = rng.sample([x for x in world.lands if x is not land], 2)
+            lookalike = world.benign[rng.choice(world.hazards_in("train")).root]
             other_attr = [a for a in ATTRIBUTES if a != attribute]
             lead = other_attr[0]
             after_fact = f"The {lead} of {land.name} is {getattr(land, lead)}. The {attribute} of {land.name} is"
@@ -46,7 +47,7 @@ def fact_edits(world: World, *, seed: int = 0) -> list[dict[str, Any]]:
                 "paraphrases": [_chat(f"What is the {attribute} of {land.name}?"),
                                 after_fact],
                 "neighbours": [*(f"The {attribute} of {x.name} is" for x in others),
-                               *(f"The {a} of {land.name} is" for a in other_attr)],
+                               *(f"The {a} of {land.name} is" for a in other_attr), f"The {lookalike.name}"],
             })
     rng.shuffle(requests)
     return requests
