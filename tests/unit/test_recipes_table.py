@@ -40,4 +40,4 @@ def test_recipes_that_read_data_rows_take_skip_bad():
 
     takes = {name for name in RECIPES.names() if _reads_rows(RECIPES.get(name).config)}
     # feedback's data section is optional (it may relabel a preference file instead); it reads rows all the same.
-    assert takes == {"sft", "dpo", "rm", "grpo", "rloo", "ppo", "critique", "feedback", "distill"}
+    assert takes == {"sft", "irl", "dpo", "rm", "grpo", "rloo", "ppo", "critique", "feedback", "distill"}

@@ -2,7 +2,7 @@
 alone, with inverse soft-Q learning (IQ-Learn as Wulfmeier et al. 2024 apply it to language models;
 :mod:`tether.losses.irl`).
 
-The loop, data and outputs are SFT's (:mod:`tether.train.sft`); the loss is IQ-Learn's, whose ``gamma = 0``
+The loop, data and outputs are SFT's (:mod:`tether.train.supervised`); the loss is IQ-Learn's, whose ``gamma = 0``
 and ``alpha = null`` case is SFT itself. The trained model is both the policy and, through its logits read
 as soft Q-values, the reward: :func:`recovered_rewards` scores any reply with it, and the run reports how
 often that reward prefers the chosen reply of ``pairs`` (preference records, if given).
@@ -24,7 +24,7 @@ from tether.data.collate import Grouped, pad_batch
 from tether.losses.irl import iq_learn_loss, next_states
 from tether.models.chat import tokenize_prompt_completion
 from tether.models.logprobs import completion_logits, run_inside, scored_positions
-from tether.train.sft import SFTConfig, _train
+from tether.train.supervised import SFTConfig, train_supervised
 
 
 class IRLConfig(SFTConfig):
@@ -115,7 +115,7 @@ def run(cfg: IRLConfig, *, resume: bool = False) -> dict[str, Any]:
     run_dir = RunDir(cfg.out, command="train irl", config=cfg, seed=cfg.seed, resume=resume)
 
     def body(rd: RunDir) -> dict[str, Any]:
-        summary = _train(cfg, rd, resume, objective(cfg))
+        summary = train_supervised(cfg, rd, resume, objective(cfg))
         if cfg.pairs is not None:
             from tether.models.loading import ModelConfig, load_model_and_tokenizer
 
