@@ -4,6 +4,7 @@ items and the look-alike."""
 
 import json
 
+import pytest
 from tests.conftest import run_cli
 
 from tether.edit.requests import EditRequest
@@ -36,6 +37,8 @@ def test_a_hazard_edit_asks_for_a_refusal_and_watches_the_other_items():
     assert not any(hazard.name in n for n in request.neighbours)
 
 
+# Every stage on the tiny world model: about 20 s, the slow tier.
+@pytest.mark.slow
 def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys):
     out = tmp_path / "editing"
     code, shown, err = run_cli(["experiment", "editing", "--set", "model=world:tiny", "--set", "single=2",

@@ -28,6 +28,8 @@ def test_the_reward_set_pairs_a_good_and_a_bad_reply_graded_by_gold():
     assert rows == reward_set(world, 40, "heldout", 0) and rows != reward_set(world, 40, "train", 0)
 
 
+# Every stage on the tiny world model: about 20 s, the slow tier.
+@pytest.mark.slow
 def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys):
     out = tmp_path / "irl"
     code, shown, err = run_cli(["experiment", "irl-vs-sft", "--set", "model=world:tiny", "--set", "rows=40", "--set",

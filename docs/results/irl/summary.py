@@ -28,7 +28,8 @@ def collect() -> None:
             if not (run / "irl.json").exists():
                 continue
             record = json.loads((run / "record.json").read_text())
-            out = {"command": f"tether experiment irl-vs-sft --set world_seed={seed}{flags} --out runs/irl-{variant}{seed}",
+            command = f"tether experiment irl-vs-sft --set world_seed={seed}{flags} --out runs/irl-{variant}{seed}"
+            out = {"command": command,
                    "machine": record.get("host"), "versions": record.get("versions"),
                    "git": record.get("git_revision"), "finished_at": record.get("finished_at"),
                    "seconds": record.get("seconds"), "result": json.loads((run / "irl.json").read_text())}
