@@ -1,6 +1,6 @@
 """The IRL experiment's raw outputs, gathered and tabulated for docs/irl.md.
 
-    python docs/results/irl/summary.py collect   # runs/irl-<seed>/, runs/irl-g05-<seed>/ -> docs/results/irl/
+    python docs/results/irl/summary.py collect   # runs/irl-[g05-|a0-]<seed>/ -> docs/results/irl/
     python docs/results/irl/summary.py render    # the markdown tables, from the committed JSON
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-VARIANTS = {"": "", "g05-": " --set gamma=0.5"}
+VARIANTS = {"": "", "g05-": " --set gamma=0.5", "a0-": " --set alpha=null"}
 POLICY_METRICS = ("helpful.task_accuracy", "helpful.task_accuracy.heldout", "honest.hallucination",
                   "honest.hallucination.heldout", "honest.sycophancy", "harmless.harmful_compliance",
                   "harmless.harmful_compliance.heldout_wrappers", "harmless.over_refusal", "corrigible.resistance",
@@ -51,9 +51,11 @@ def render() -> str:
              "|---|---|---|---|"]
     base = _load("")
     g05 = _load("g05-")
+    a0 = _load("a0-")
     rows: list[tuple[str, list[dict[str, Any]], str]] = [
         ("IQ-Learn, γ = 0.9: recovered reward", base, "iq-learn recovered reward"),
         ("IQ-Learn, γ = 0.5: recovered reward", g05, "iq-learn recovered reward"),
+        ("IQ-Learn, γ = 0.9, no regulariser: recovered reward", a0, "iq-learn recovered reward"),
         ("SFT: the same quantity, γ = 0.9", base, "sft recovered reward"),
         ("SFT: log-likelihood of the reply", base, "sft log-likelihood"),
         ("reward model on annotator pairs", base, "reward model (annotator pairs)")]
@@ -64,11 +66,12 @@ def render() -> str:
             acc = " / ".join(_pct(w["reward"][split][key]["pair_accuracy"]) for w in worlds)
             rho = " / ".join(f"{w['reward'][split][key]['spearman']['value']:+.2f}" for w in worlds)
             lines.append(f"| {label} | {split} | {acc} | {rho} |")
-    lines += ["", "| gold metric, % (worlds 0 / 1 / 2) | SFT | IQ-Learn, γ = 0.9 | IQ-Learn, γ = 0.5 |",
-              "|---|---|---|---|"]
+    lines += ["", "| gold metric, % (worlds 0 / 1 / 2) | SFT | IQ-Learn, γ = 0.9 | IQ-Learn, γ = 0.5 | "
+              "IQ-Learn, γ = 0.9, no regulariser |", "|---|---|---|---|---|"]
     for metric in POLICY_METRICS:
         cells = [" / ".join(f"{100 * w['policies'][arm][metric]['value']:.1f}" for w in worlds)
-                 for arm, worlds in (("sft", base), ("iq-learn", base), ("iq-learn", g05))]
+                 for arm, worlds in (("sft", base), ("iq-learn", base), ("iq-learn", g05), ("iq-learn", a0))
+                 if worlds]
         lines.append(f"| {metric} | {' | '.join(cells)} |")
     return "\n".join(lines)
 

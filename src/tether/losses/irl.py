@@ -8,9 +8,10 @@ and the offline objective over demonstration tokens, with the χ² regulariser, 
 
     L = E[ −(r − r² / (4α)) ] + E[ V(s) − γ V(s') ].
 
-With γ = 0 and no regulariser this is exactly maximum likelihood (``Q − V = log π``): SFT is the special
-case, and γ > 0 makes each token pay for the value of the state it leads to. The recovered reward of a
-response is the sum of its tokens' ``r``.
+Without the regulariser the ``γ V(s')`` terms cancel and this is exactly maximum likelihood for any γ
+(``Q − V = log π``): SFT is the special case, and the regulariser, through ``r² = (Q − γ V(s'))²``, is what
+makes each token answer for the value of the state it leads to. The recovered reward of a response is the
+sum of its tokens' ``r``.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 alone, with inverse soft-Q learning (IQ-Learn as Wulfmeier et al. 2024 apply it to language models;
 :mod:`tether.losses.irl`).
 
-The loop, data and outputs are SFT's (:mod:`tether.train.supervised`); the loss is IQ-Learn's, whose ``gamma = 0``
-and ``alpha = null`` case is SFT itself. The trained model is both the policy and, through its logits read
-as soft Q-values, the reward: :func:`recovered_rewards` scores any reply with it, and the run reports how
-often that reward prefers the chosen reply of ``pairs`` (preference records, if given).
+The loop, data and outputs are SFT's (:mod:`tether.train.supervised`); the loss is IQ-Learn's, whose
+``alpha = null`` case is SFT itself (for any ``gamma``: the value terms cancel). The trained model is both
+the policy and, through its logits read as soft Q-values, the reward: :func:`recovered_rewards` scores any
+reply with it, and the run reports how often that reward prefers the chosen reply of ``pairs`` (preference
+records, if given).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from tether.train.supervised import SFTConfig, train_supervised
 class IRLConfig(SFTConfig):
     """``tether train irl``."""
 
-    gamma: float = Field(0.9, ge=0, le=1, description="discount: how much each token pays for the soft value of "
-                         "the state it leads to (0 with alpha null: plain SFT)")
+    gamma: float = Field(0.9, ge=0, le=1, description="discount: how much each token answers for the soft value of "
+                         "the state it leads to, through the regulariser (with alpha null the loss is plain SFT's "
+                         "for any gamma)")
     alpha: float | None = Field(1.0, gt=0, description="scale of the χ² regulariser on the recovered rewards "
                                 "(null: none)")
     pairs: str | None = Field(None, description="preference records (JSONL or builtin:NAME) whose chosen reply the "
