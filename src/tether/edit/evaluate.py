@@ -34,7 +34,13 @@ def continuations(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_to
 
 def continuation_ids(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, *,
                      batch_size: int = 32) -> list[list[int]]:
-    """Greedy continuations of ``prompts`` as token ids (up to and including an end-of-sequence token)."""
+    """Greedy continuations of ``prompts`` as token ids (up to and including an end-of-sequence token).
+
+    Not :class:`tether.models.generation.HFGenerator`: that encodes plain text with the tokenizer's special
+    tokens always, and a rendered chat prompt that opens with its BOS would get a second one here but not
+    in the rows the edit is computed on (:func:`tether.edit.model.encode`). On the world's model, where no
+    BOS is added, the two give the same tokens for all 960 rewrite, neighbour and paraphrase prompts of
+    world 0's fact edits."""
     out: list[list[int]] = []
     pad = _pad_id(tokenizer)
     device = next(model.parameters()).device
