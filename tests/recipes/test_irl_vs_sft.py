@@ -38,7 +38,9 @@ def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys
     assert code == 0, err
     summary = json.loads((out / "irl.json").read_text())
     assert set(summary["reward"]) == {"train", "heldout"}
-    assert set(summary["reward"]["heldout"]) == {"iq-learn recovered reward", "sft recovered reward",
-                                                 "sft log-likelihood", "reward model (annotator pairs)"}
-    assert set(summary["policies"]) == {"sft", "iq-learn"}
+    assert set(summary["reward"]["heldout"]) == {"iq-learn recovered reward", "irft recovered reward",
+                                                 "sft recovered reward", "sft log-likelihood",
+                                                 "reward model (annotator pairs)"}
+    assert set(summary["policies"]) == {"sft", "iq-learn", "irft"}
+    assert set(summary["versus_sft"]) == {"iq-learn", "irft"}
     assert "heldout iq-learn recovered reward: pair accuracy" in shown

@@ -45,3 +45,27 @@ def test_without_the_regulariser_it_is_sft_for_any_discount():
         iq = iq_learn_loss(logits, actions, following, gamma=gamma, alpha=None).loss_sum
         assert torch.allclose(iq, nll, atol=1e-5)
     assert not torch.allclose(iq_learn_loss(logits, actions, following, gamma=0.9, alpha=1.0).loss_sum, nll)
+
+
+def test_irft_splits_steps_over_rounds_and_cycles_demonstrations():
+    from tether.train.irl import round_indices, round_steps
+
+    assert round_steps(10, 3) == [4, 3, 3]
+    assert round_steps(2, 2) == [1, 1]
+    picked = round_indices(4, 10, seed=0, round_=1)
+    assert len(picked) == 10 and sorted(picked[:4]) == [0, 1, 2, 3] and sorted(picked[4:8]) == [0, 1, 2, 3]
+    assert picked != round_indices(4, 10, seed=0, round_=2)  # each round draws its own order
+    assert picked == round_indices(4, 10, seed=0, round_=1)  # and a resumed round the same one
+
+
+def test_demonstration_pairs_contrast_the_last_assistant_turn():
+    from tether.data.records import SFTRecord
+    from tether.train.irl import demonstration_pairs
+
+    chat = SFTRecord.model_validate({"messages": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4."}]})
+    plain = SFTRecord.model_validate({"prompt": "Q: 1 + 1 =", "completion": " 2"})
+    (prompt, reply), (p2, r2) = demonstration_pairs([chat, plain])
+    assert [m["content"] for m in prompt] == ["Hi", "Hello.", "2 + 2?"] and reply == "4."
+    assert (p2, r2) == ("Q: 1 + 1 =", " 2")

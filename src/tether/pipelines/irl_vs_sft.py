@@ -4,6 +4,8 @@ On one world, from the same gold demonstrations (the world's SFT rows) and the s
 
 - **SFT** (``sft/world``);
 - **IQ-Learn** (``tether train irl``: the same loop and data, IQ-Learn's loss with ``gamma`` and ``alpha``);
+- **IRFT** (``tether train irl --set method=irft``: the same data and optimizer steps, in ``irft_rounds``
+  rounds of the policy's own samples against the demonstrations, DPO's loss with ``irft_beta``);
 - for comparison, a **reward model** trained on annotator-labelled preference pairs (``rm/world``'s data for
   this world: a different signal, pairs instead of demonstrations).
 
@@ -13,10 +15,10 @@ Measured:
   (held-out families, templates and entities), each with a good and a bad reply (the world's own, in the
   corpus's style, flattery and padding included); every reply's gold reward from the grader. Per scorer:
   pairwise accuracy (the good reply scored higher), and the Spearman correlation of its scores with the gold
-  rewards. Scorers: IQ-Learn's recovered reward, the same quantity read off the SFT model (what SFT
+  rewards. Scorers: each IRL method's recovered reward, IQ-Learn's quantity read off the SFT model (what SFT
   "recovers" without trying), the SFT model's log-likelihood of the reply, and the reward model;
-- **the policies on gold**: ``eval/world-hhh`` for SFT and IQ-Learn on the same prompts, paired differences
-  (``tether eval compare``).
+- **the policies on gold**: ``eval/world-hhh`` for SFT and each IRL policy on the same prompts, paired
+  differences against SFT (``tether eval compare``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -42,8 +44,12 @@ class IRLExperimentConfig(Config):
     rows: int = Field(4000, ge=10, description="gold demonstrations")
     steps: int = Field(200, ge=1, description="optimizer steps of SFT and of IQ-Learn")
     sft: str = Field("sft/world", description="the training config both use")
+    methods: list[Literal["iq-learn", "irft"]] = Field(default_factory=lambda: ["iq-learn", "irft"], min_length=1,
+                                                       description="the IRL methods run beside SFT")
     gamma: float = Field(0.9, ge=0, le=1, description="IQ-Learn's discount")
     alpha: float | None = Field(1.0, gt=0, description="IQ-Learn's χ² regulariser (null: none)")
+    irft_rounds: int = Field(2, ge=1, description="IRFT's sample -> train rounds (the steps split among them)")
+    irft_beta: float = Field(0.1, gt=0, description="IRFT's DPO beta (the scale of its recovered reward)")
     rm: str | None = Field("rm/world", description="reward-model config trained on annotator pairs for comparison "
                            "(null: none)")
     rm_pairs: int = Field(4000, ge=10)
@@ -68,7 +74,7 @@ def _show(cfg: IRLExperimentConfig, summary: dict[str, Any]) -> list[str]:
 
 
 @recipe("irl-vs-sft", group="experiment", config=IRLExperimentConfig,
-        summary="Inverse RL on gold: IQ-Learn against SFT on the same demonstrations (the recovered reward against "
+        summary="Inverse RL on gold: IQ-Learn and IRFT against SFT on the same demonstrations (the recovered reward against "
         "the gold reward, both policies on the gold suite), a reward model on preference pairs beside them.",
         example="tether experiment irl-vs-sft --set world_seed=1 --out runs/irl-1",
         produces={"irl": output("irl.json")}, show=_show)
@@ -133,7 +139,7 @@ def _experiment(cfg: IRLExperimentConfig, out: Path) -> dict[str, Any]:
     from tether.models.logprobs import continuation_logps
     from tether.pipelines.stages import evaluated
     from tether.scoring.scorers import Sample, scorer_config
-    from tether.train.irl import IRLConfig, recovered_rewards
+    from tether.train.irl import IRLConfig, RecoveredReward, soft_q_rewards
     from tether.train.irl import run as train_irl
     from tether.train.sft import SFTConfig
     from tether.train.sft import run as train_sft
@@ -148,9 +154,11 @@ def _experiment(cfg: IRLExperimentConfig, out: Path) -> dict[str, Any]:
     common = [f"model.path={base}", f"data.train={demos}", "evaluation.every=0", f"loop.max_steps={cfg.steps}",
               f"seed={cfg.seed}"]
     run_stage(load_config(SFTConfig, cfg.sft, [*common, f"out={out / 'sft'}"]), train_sft)
-    run_stage(load_config(IRLConfig, cfg.sft, [*common, f"gamma={cfg.gamma}",
-                                               f"alpha={'null' if cfg.alpha is None else cfg.alpha}",
-                                               f"out={out / 'iq-learn'}"]), train_irl)
+    method_set = {"iq-learn": [f"gamma={cfg.gamma}", f"alpha={'null' if cfg.alpha is None else cfg.alpha}"],
+                  "irft": ["method=irft", f"irft.rounds={cfg.irft_rounds}",
+                           f'irft.loss={{"variant": "sigmoid", "beta": {cfg.irft_beta}}}']}
+    for method in cfg.methods:
+        run_stage(load_config(IRLConfig, cfg.sft, [*common, *method_set[method], f"out={out / method}"]), train_irl)
     rm_dir = None
     if cfg.rm is not None:
         from tether.train.rm import RMConfig
@@ -169,17 +177,18 @@ def _experiment(cfg: IRLExperimentConfig, out: Path) -> dict[str, Any]:
         prompts = [r["prompt"] for r in rows for _ in r["replies"]]
         replies = [x for r in rows for x in r["replies"]]
         results: dict[str, Any] = {}
-        for name in ("iq-learn", "sft"):
-            model, tokenizer = load_model_and_tokenizer(ModelConfig(path=str(out / name / "model")))
+        for method in cfg.methods:
             with torch.no_grad():
-                results[f"{name} recovered reward"] = scored(rows, recovered_rewards(
-                    model, tokenizer, prompts, replies, gamma=cfg.gamma))
-            if name == "sft":
-                from tether.models.chat import completion_text, prompt_text
+                results[f"{method} recovered reward"] = scored(rows, RecoveredReward(out / method)(prompts, replies))
+        model, tokenizer = load_model_and_tokenizer(ModelConfig(path=str(out / "sft" / "model")))
+        with torch.no_grad():
+            results["sft recovered reward"] = scored(rows, soft_q_rewards(model, tokenizer, prompts, replies,
+                                                                          gamma=cfg.gamma))
+        from tether.models.chat import completion_text, prompt_text
 
-                contexts = [prompt_text(tokenizer, p) for p in prompts]
-                conts = [completion_text(tokenizer, p, r) for p, r in zip(prompts, replies, strict=True)]
-                results["sft log-likelihood"] = scored(rows, continuation_logps(model, tokenizer, contexts, conts))
+        contexts = [prompt_text(tokenizer, p) for p in prompts]
+        conts = [completion_text(tokenizer, p, r) for p, r in zip(prompts, replies, strict=True)]
+        results["sft log-likelihood"] = scored(rows, continuation_logps(model, tokenizer, contexts, conts))
         if rm_dir is not None:
             scorer = scorer_config({"kind": "reward-model", "path": [str(rm_dir)]}).build()
             values = scorer.score([Sample(str(i), p, r) for i, (p, r) in enumerate(zip(prompts, replies, strict=True))])
@@ -187,16 +196,18 @@ def _experiment(cfg: IRLExperimentConfig, out: Path) -> dict[str, Any]:
         reward[split] = results
 
     evals = {}
-    for name in ("sft", "iq-learn"):
+    for name in ("sft", *cfg.methods):
         evaluated(cfg.eval, [f"model.path={out / name / 'model'}", f"suite.world.seed={cfg.world_seed}",
                              f"suite.n={cfg.eval_n}", f"suite.heldout_n={max(1, cfg.eval_n // 3)}"],
                   out / f"eval-{name}")
         evals[name] = out / f"eval-{name}"
-    compared = compare([evals["sft"], evals["iq-learn"]], labels=["sft", "iq-learn"])
+    labels = ["sft", *cfg.methods]
+    compared = compare([evals[name] for name in labels], labels=labels)
     (out / "compare.json").write_text(json.dumps(compared, indent=2) + "\n")
     summary = {"world_seed": cfg.world_seed, "model": base, "rows": cfg.rows, "steps": cfg.steps,
-               "gamma": cfg.gamma, "alpha": cfg.alpha, "reward": reward,
+               "gamma": cfg.gamma, "alpha": cfg.alpha, "methods": cfg.methods, "irft_rounds": cfg.irft_rounds,
+               "irft_beta": cfg.irft_beta, "reward": reward,
                "policies": {run["label"]: run["metrics"] for run in compared["runs"]},
-               "iq_learn_versus_sft": compared["runs"][1]["tests"]}
+               "versus_sft": {run["label"]: run["tests"] for run in compared["runs"][1:]}}
     (out / "irl.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
