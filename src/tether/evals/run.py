@@ -35,6 +35,7 @@ from tether.engine.evaluation import DEFAULT_EVALUATOR, EVALUATORS, Evaluator
 from tether.evals.suites import HHH_HEADLINE, Answers, SuiteField
 from tether.models.generation import GenerationSettings, Generator
 from tether.models.loading import ModelConfig
+from tether.models.reasoning import ReasoningFormat, split_reasoning
 from tether.scoring.scorers import Sample, Score, ScorerList
 
 
@@ -62,6 +63,9 @@ class EvalConfig(Config):
     context: ContextConfig | None = Field(None, description="put one of these texts in front of every prompt "
                                           "(a system prompt the model is deployed with); ids are kept, so runs "
                                           "with and without it pair up in eval compare")
+    reasoning: ReasoningFormat | None = Field(
+        None, description="the model reasons in a block before it answers (<think>...</think>): only the answer "
+        "is scored, the reasoning kept beside it; a reply whose block never closes is scored as empty")
     scorers: ScorerList = Field(
         default_factory=list, description="scorers in order ({kind: ..., ...}); empty: the suite's defaults")
     chunk_prompts: int = Field(256, ge=1, description="prompts generated between appends to generations.jsonl")
@@ -153,7 +157,10 @@ def evaluate(cfg: EvalConfig, out: Path, *, generator: Generator | None = None, 
     timings["generate_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    samples = [Sample(prompts[i].id, prompts[i].prompt, text, prompts[i].meta) for (i, _), text in responses.items()]
+    splits = {key: split_reasoning(text, cfg.reasoning) if cfg.reasoning is not None else None
+              for key, text in responses.items()}
+    samples = [Sample(prompts[i].id, prompts[i].prompt, text if (split := splits[(i, j)]) is None else split.answer,
+                      prompts[i].meta) for (i, j), text in responses.items()]
     keys = list(responses)
     per_scorer: dict[str, list[Score]] = {}
     for scorer in scorers:
@@ -174,11 +181,15 @@ def evaluate(cfg: EvalConfig, out: Path, *, generator: Generator | None = None, 
         result["format.empty"] = float(empty)
         # Cut by max_new_tokens: reported, not excluded (a cut reply can still be compliance or a refusal).
         result["format.truncated"] = float(finishes.get(key) == "length")
+        split = splits[key]
+        if split is not None:
+            result["format.reasoning_unclosed"] = float(not split.closed)
         truth = suite.gold_labels(sample, scores)
         outcomes.append(result)
         truths.append((scores, truth))
         rows.append({"key": f"{key[0]}:{key[1]}", "prompt_index": key[0], "sample_index": key[1], "id": sample.id,
                      "prompt": sample.prompt, "response": sample.response,
+                     **({"reasoning": split.reasoning} if split is not None else {}),
                      "meta": {k: v for k, v in sample.meta.items() if k != "response"},
                      "scores": {name: s.as_dict() for name, s in scores.items()}, "outcomes": result})
     metrics = aggregate([k[0] for k in keys], outcomes, cfg.samples_per_prompt)

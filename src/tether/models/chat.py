@@ -41,9 +41,16 @@ def render(tokenizer: PreTrainedTokenizerBase, messages: Messages, *, add_genera
 
 
 def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
-    """A prompt ready for generation: plain text as is, messages rendered with the assistant turn opened."""
+    """A prompt ready for generation: plain text as is, messages rendered with the assistant turn opened.
+
+    Messages that end with an assistant turn are a reply begun for the model (a prefill): the template
+    renders that turn left open, and the model continues it (``continue_final_message``, as in transformers).
+    """
     if isinstance(prompt, str):
         return prompt
+    if prompt and prompt[-1]["role"] == "assistant":
+        return str(tokenizer.apply_chat_template([dict(m) for m in prompt], tokenize=False,
+                                                 continue_final_message=True))
     return render(tokenizer, prompt, add_generation_prompt=True)
 
 

@@ -35,6 +35,8 @@ from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 from tether.pipelines.weak_to_strong import with_world_seed
 
+IRLMethod = Literal["iq-learn", "irft"]
+
 
 class IRLExperimentConfig(Config):
     """``tether experiment irl-vs-sft``."""
@@ -44,7 +46,8 @@ class IRLExperimentConfig(Config):
     rows: int = Field(4000, ge=10, description="gold demonstrations")
     steps: int = Field(200, ge=1, description="optimizer steps of SFT and of IQ-Learn")
     sft: str = Field("sft/world", description="the training config both use")
-    methods: list[Literal["iq-learn", "irft"]] = Field(default_factory=lambda: ["iq-learn", "irft"], min_length=1,
+    methods: list[IRLMethod] = Field(default_factory=lambda: list[IRLMethod](["iq-learn", "irft"]),
+                                     min_length=1,
                                                        description="the IRL methods run beside SFT")
     gamma: float = Field(0.9, ge=0, le=1, description="IQ-Learn's discount")
     alpha: float | None = Field(1.0, gt=0, description="IQ-Learn's χ² regulariser (null: none)")
@@ -74,8 +77,8 @@ def _show(cfg: IRLExperimentConfig, summary: dict[str, Any]) -> list[str]:
 
 
 @recipe("irl-vs-sft", group="experiment", config=IRLExperimentConfig,
-        summary="Inverse RL on gold: IQ-Learn and IRFT against SFT on the same demonstrations (the recovered reward against "
-        "the gold reward, both policies on the gold suite), a reward model on preference pairs beside them.",
+        summary="Inverse RL on gold: IQ-Learn and IRFT against SFT on the same demonstrations (the recovered reward "
+        "against the gold reward, the policies on the gold suite), a reward model on preference pairs beside them.",
         example="tether experiment irl-vs-sft --set world_seed=1 --out runs/irl-1",
         produces={"irl": output("irl.json")}, show=_show)
 def run(cfg: IRLExperimentConfig, *, resume: bool = False) -> dict[str, Any]:

@@ -35,10 +35,10 @@ from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 from tether.core.seeding import seed_everything
 from tether.data.collate import Grouped, pad_batch
+from tether.data.records import SFTRecord
 from tether.losses.irl import iq_learn_loss, next_states
 from tether.models.chat import tokenize_prompt_completion
 from tether.models.generation import GenerationSettings
-from tether.data.records import SFTRecord
 from tether.models.logprobs import completion_logits, completion_logps, run_inside, scored_positions
 from tether.train.supervised import SFTConfig, train_supervised
 
@@ -64,9 +64,9 @@ class IRLConfig(SFTConfig):
     method: Literal["iq-learn", "irft"] = Field("iq-learn", description="iq-learn (inverse soft-Q on SFT's loop) "
                                                 "or irft (demonstrations against the policy's samples, in rounds)")
     irft: IRFTSettings = Field(default_factory=IRFTSettings, description="method irft: its rounds")
-    gamma: float = Field(0.9, ge=0, le=1, description="iq-learn's discount: how much each token answers for the soft value of "
-                         "the state it leads to, through the regulariser (with alpha null the loss is plain SFT's "
-                         "for any gamma)")
+    gamma: float = Field(0.9, ge=0, le=1, description="iq-learn's discount: how much each token answers for the "
+                         "soft value of the state it leads to, through the regulariser (with alpha null the loss is "
+                         "plain SFT's for any gamma)")
     alpha: float | None = Field(1.0, gt=0, description="iq-learn: scale of the χ² regulariser on the recovered rewards "
                                 "(null: none)")
     pairs: str | None = Field(None, description="preference records (JSONL or builtin:NAME) whose chosen reply the "

@@ -41,7 +41,7 @@ def watched_gold(watch: WatchConfig, prompts: Sequence[dict[str, Any]], max_toke
     metadata."""
     if watch.gold is not None:
         return Rewards([watch.gold], max_tokens=max_tokens)
-    if all("family" in p for p in prompts):
+    if all("family" in p and "gold" in p for p in prompts):
         return Rewards([reward_config({"kind": "world-gold"})], max_tokens=max_tokens)
     return None
 

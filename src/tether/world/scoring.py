@@ -25,8 +25,9 @@ from tether.world.grader import Grade, grade
 
 
 def grade_with_metadata(prompt: Prompt, response: str, meta: dict[str, Any]) -> Grade | None:
-    """The gold grade of ``response`` to a world prompt; None when ``meta`` is not a world item's."""
-    if "family" not in meta:
+    """The gold grade of ``response`` to a world prompt; None when ``meta`` is not a world item's (a user's rows
+    may carry a ``family`` column without the world's gold)."""
+    if "family" not in meta or "gold" not in meta:
         return None
     return grade(WorldItem.from_metadata(prompt, meta), response)
 
