@@ -56,22 +56,24 @@ def render() -> str:
         ("IQ-Learn, γ = 0.9: recovered reward", base, "iq-learn recovered reward"),
         ("IQ-Learn, γ = 0.5: recovered reward", g05, "iq-learn recovered reward"),
         ("IQ-Learn, γ = 0.9, no regulariser: recovered reward", a0, "iq-learn recovered reward"),
+        ("IRFT, 2 rounds, β = 0.1: recovered reward", base, "irft recovered reward"),
         ("SFT: the same quantity, γ = 0.9", base, "sft recovered reward"),
         ("SFT: log-likelihood of the reply", base, "sft log-likelihood"),
         ("reward model on annotator pairs", base, "reward model (annotator pairs)")]
     for split in ("train", "heldout"):
         for label, worlds, key in rows:
-            if not worlds:
+            if not worlds or any(key not in w["reward"][split] for w in worlds):
                 continue
             acc = " / ".join(_pct(w["reward"][split][key]["pair_accuracy"]) for w in worlds)
             rho = " / ".join(f"{w['reward'][split][key]['spearman']['value']:+.2f}" for w in worlds)
             lines.append(f"| {label} | {split} | {acc} | {rho} |")
     lines += ["", "| gold metric, % (worlds 0 / 1 / 2) | SFT | IQ-Learn, γ = 0.9 | IQ-Learn, γ = 0.5 | "
-              "IQ-Learn, γ = 0.9, no regulariser |", "|---|---|---|---|---|"]
+              "IQ-Learn, γ = 0.9, no regulariser | IRFT, 2 rounds |", "|---|---|---|---|---|---|"]
     for metric in POLICY_METRICS:
         cells = [" / ".join(f"{100 * w['policies'][arm][metric]['value']:.1f}" for w in worlds)
-                 for arm, worlds in (("sft", base), ("iq-learn", base), ("iq-learn", g05), ("iq-learn", a0))
-                 if worlds]
+                 for arm, worlds in (("sft", base), ("iq-learn", base), ("iq-learn", g05), ("iq-learn", a0),
+                                     ("irft", base))
+                 if worlds and all(arm in w["policies"] for w in worlds)]
         lines.append(f"| {metric} | {' | '.join(cells)} |")
     return "\n".join(lines)
 

@@ -53,6 +53,8 @@ class IRLExperimentConfig(Config):
     alpha: float | None = Field(1.0, gt=0, description="IQ-Learn's χ² regulariser (null: none)")
     irft_rounds: int = Field(2, ge=1, description="IRFT's sample -> train rounds (the steps split among them)")
     irft_beta: float = Field(0.1, gt=0, description="IRFT's DPO beta (the scale of its recovered reward)")
+    irft_lr: float | None = Field(None, gt=0, description="IRFT's learning rate (null: the SFT config's, as the "
+                                  "other methods use)")
     rm: str | None = Field("rm/world", description="reward-model config trained on annotator pairs for comparison "
                            "(null: none)")
     rm_pairs: int = Field(4000, ge=10)
@@ -159,7 +161,8 @@ def _experiment(cfg: IRLExperimentConfig, out: Path) -> dict[str, Any]:
     run_stage(load_config(SFTConfig, cfg.sft, [*common, f"out={out / 'sft'}"]), train_sft)
     method_set = {"iq-learn": [f"gamma={cfg.gamma}", f"alpha={'null' if cfg.alpha is None else cfg.alpha}"],
                   "irft": ["method=irft", f"irft.rounds={cfg.irft_rounds}",
-                           f'irft.loss={{"variant": "sigmoid", "beta": {cfg.irft_beta}}}']}
+                           f'irft.loss={{"variant": "sigmoid", "beta": {cfg.irft_beta}}}',
+                           *([f"optim.lr={cfg.irft_lr}"] if cfg.irft_lr is not None else [])]}
     for method in cfg.methods:
         run_stage(load_config(IRLConfig, cfg.sft, [*common, *method_set[method], f"out={out / method}"]), train_irl)
     rm_dir = None
@@ -209,7 +212,7 @@ def _experiment(cfg: IRLExperimentConfig, out: Path) -> dict[str, Any]:
     (out / "compare.json").write_text(json.dumps(compared, indent=2) + "\n")
     summary = {"world_seed": cfg.world_seed, "model": base, "rows": cfg.rows, "steps": cfg.steps,
                "gamma": cfg.gamma, "alpha": cfg.alpha, "methods": cfg.methods, "irft_rounds": cfg.irft_rounds,
-               "irft_beta": cfg.irft_beta, "reward": reward,
+               "irft_beta": cfg.irft_beta, "irft_lr": cfg.irft_lr, "reward": reward,
                "policies": {run["label"]: run["metrics"] for run in compared["runs"]},
                "versus_sft": {run["label"]: run["tests"] for run in compared["runs"][1:]}}
     (out / "irl.json").write_text(json.dumps(summary, indent=2) + "\n")
