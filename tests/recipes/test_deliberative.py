@@ -103,4 +103,8 @@ def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys
     # The deliberative models are graded on their answers, their reasoning cut off (and counted when unclosed).
     assert "format.reasoning_unclosed" in summary["policies"]["deliberative"]
     assert "format.reasoning_unclosed" not in summary["policies"]["standard"]
+    # ... and get tokens for their reasoning on top of the answer's budget.
+    budgets = {arm: json.loads((out / f"eval-{arm}" / "metrics.json").read_text())["generation"]["max_new_tokens"]
+               for arm in ("standard", "deliberative")}
+    assert budgets == {"standard": 48, "deliberative": 96}
     assert "table:" in shown

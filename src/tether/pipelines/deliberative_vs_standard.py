@@ -10,9 +10,9 @@ On one world, from its base model, at one optimizer-step budget (``budget``):
   separates the method (recalling the spec, then RL with its judge) from the small model's poor answers.
 
 Sampling for the deliberation data and RL rollouts is not counted in the budget; each arm's wall time is
-reported. Every model is evaluated with ``eval/world-hhh`` (the deliberative ones with their reasoning block cut
-off), paired tests against the first arm. A free-mode probe asks the base model to write its own reasoning over
-the spec, to show why the world runs cite mode.
+reported. Every model is evaluated with ``eval/world-hhh``, paired tests against the first arm; the deliberative
+ones with their reasoning block cut off, and ``reasoning_tokens`` more to write it in. A free-mode probe asks
+the base model to write its own reasoning over the spec, to show why the world runs cite mode.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ class DeliberativeExperimentConfig(Config):
     free_probe: int = Field(100, ge=0, description="prompts on which the base model is asked, in free mode, to "
                             "write its own reasoning (how many replies hold a reasoning block); 0: skip")
     eval: str = Field("eval/world-hhh", description="the gold evaluation")
+    reasoning_tokens: int = Field(48, ge=0, description="tokens the deliberative models get for their reasoning on "
+                                  "top of the evaluation's budget for the answer")
     eval_n: int = Field(300, ge=1, description="train-split prompts per family (held out: a third as many)")
     seed: int = 0
     out: str = Field("runs/deliberative-experiment", description="experiment directory")
@@ -128,8 +130,14 @@ def _experiment(cfg: DeliberativeExperimentConfig, out: Path) -> dict[str, Any]:
 
     probe = free_probe(cfg, base, files["prompts"], out / "free-probe") if cfg.free_probe else None
     reasoning = '{"open": "<think>", "close": "</think>"}'
+    from tether.evals.run import EvalConfig
+
+    answer_tokens = load_config(EvalConfig, cfg.eval).generation.max_new_tokens
     for label, model in models.items():
-        extra = [] if label == "standard" else [f"reasoning={reasoning}"]
+        # The deliberative models write their reasoning first: they get its length on top of the answer's
+        # budget, so their answers are cut no sooner than the standard model's.
+        extra = [] if label == "standard" else [f"reasoning={reasoning}",
+                                                f"generation.max_new_tokens={answer_tokens + cfg.reasoning_tokens}"]
         evaluated(cfg.eval, [f"model.path={model}", f"suite.world.seed={cfg.world_seed}", f"suite.n={cfg.eval_n}",
                              f"suite.heldout_n={max(1, cfg.eval_n // 3)}", f"seed={cfg.seed}", *extra],
                   out / f"eval-{label}")
