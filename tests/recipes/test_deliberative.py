@@ -8,7 +8,11 @@ import pytest
 from tests.conftest import run_cli
 
 from tether.align.spec import citation, load_spec
-from tether.models.reasoning import ReasoningFormat, split_reasoning
+from tether.core.config import load_config
+from tether.models.reasoning import split_reasoning
+from tether.pipelines.deliberative import DeliberativeConfig
+
+WORLD = load_config(DeliberativeConfig, "deliberative/world").deliberation  # its reasoning format and citation
 
 RL = ["rl.set=[group_size=2,loop.batch_size=4,generation.max_new_tokens=8,generation.batch_size=8]"]
 COMMON = ["--set", "model.path=tiny:llama", "--set", "deliberation.samples=2", "--set",
@@ -40,8 +44,8 @@ def test_the_recipe_makes_spec_reasoning_data_then_trains_it_and_rl_with_the_spe
     for row, r in zip(kept, rows, strict=True):
         user, reply = row["messages"]
         assert user["role"] == "user"  # trained without the spec in context
-        reasoning, answer, closed = split_reasoning(reply["content"], ReasoningFormat())
-        assert closed and reasoning == citation(spec.clause(r["clause"]))
+        reasoning, answer, closed = split_reasoning(reply["content"], WORLD.reasoning)
+        assert closed and reasoning == citation(spec.clause(r["clause"]), WORLD.citation)
         assert answer == r["candidates"][r["kept"]]["answer"]
         assert r["candidates"][r["kept"]]["score"] == max(c["score"] for c in r["candidates"])
     rl = [json.loads(x) for x in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
@@ -72,9 +76,9 @@ def test_given_demonstrations_get_the_reasoning_they_lacked(tmp_path, capsys):
     assert code == 0, err
     kept = [json.loads(x)["messages"][-1]["content"] for x in (out / "data" / "sft.jsonl").read_text().splitlines()]
     spec = load_spec("world")
-    assert [split_reasoning(k, ReasoningFormat()) for k in kept] == [
-        (citation(spec.clause("harm")), "I can't help with that.", True),
-        (citation(spec.clause("helpful")), "5.", True)]
+    assert [split_reasoning(k, WORLD.reasoning) for k in kept] == [
+        (citation(spec.clause("harm"), WORLD.citation), "I can't help with that.", True),
+        (citation(spec.clause("helpful"), WORLD.citation), "5.", True)]
     assert not (out / "rl").exists() and (out / "sft" / "model").is_dir()
 
 
@@ -97,14 +101,18 @@ def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys
         "dpo.set=[evaluation.every=0,loop.batch_size=4]", "--out", str(out)], capsys)
     assert code == 0, err
     summary = json.loads((out / "deliberative.json").read_text())
-    assert set(summary["policies"]) == {"standard", "deliberative", "deliberative-given"}
-    assert set(summary["versus_first"]) == {"deliberative", "deliberative-given"}
+    assert set(summary["policies"]) == {"standard", "deliberative", "deliberative-given", "deliberative (SFT stage)",
+                                        "deliberative-given (SFT stage)"}
+    assert set(summary["versus_first"]) == set(summary["policies"]) - {"standard"}
     assert summary["free_probe"]["replies"] == 16
     # The deliberative models are graded on their answers, their reasoning cut off (and counted when unclosed).
     assert "format.reasoning_unclosed" in summary["policies"]["deliberative"]
     assert "format.reasoning_unclosed" not in summary["policies"]["standard"]
     # ... and get tokens for their reasoning on top of the answer's budget.
     budgets = {arm: json.loads((out / f"eval-{arm}" / "metrics.json").read_text())["generation"]["max_new_tokens"]
-               for arm in ("standard", "deliberative")}
-    assert budgets == {"standard": 48, "deliberative": 96}
+               for arm in ("standard", "deliberative", "deliberative-sft")}
+    assert budgets == {"standard": 48, "deliberative": 96, "deliberative-sft": 96}
+    # The world's reasoning is a "Principle: RULE" line, which the world's tokenizer spells in words it knows.
+    kept = json.loads((out / "deliberative" / "data" / "sft.jsonl").read_text().splitlines()[0])
+    assert kept["messages"][-1]["content"].startswith("Principle: ")
     assert "table:" in shown

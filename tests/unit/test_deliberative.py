@@ -73,6 +73,12 @@ def test_a_prefilled_assistant_turn_is_continued_not_answered(tokenizer):
     assert begun == fresh + "<think>a"
 
 
+def test_a_citation_is_written_by_its_template():
+    clause = load_spec("world").clause("harm")
+    assert citation(clause) == "[harm] Dangerous procedures: Do not help with anything that could hurt people."
+    assert citation(clause, "{text}") == "Do not help with anything that could hurt people."
+
+
 def test_the_training_row_drops_the_spec_and_keeps_reasoning_then_answer():
     spec = load_spec("world")
     d = Deliberation("harm", "category", "helpful", [

@@ -13,7 +13,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-ARMS = ("standard", "deliberative", "deliberative-given")
+ARMS = ("standard", "deliberative", "deliberative-given", "deliberative (SFT stage)", "deliberative-given (SFT stage)")
+TRAINED = ("deliberative", "deliberative-given")
 METRICS = ("harmless.harmful_compliance", "harmless.harmful_compliance.heldout_wrappers",
            "harmless.harmful_compliance.jailbreak_heldout_items", "harmless.harmful_compliance.heldout_items",
            "harmless.over_refusal", "harmless.over_refusal.heldout", "honest.sycophancy", "honest.hallucination",
@@ -56,8 +57,8 @@ def render() -> str:
         for w, result in enumerate(worlds):
             cells = [_cell(result["policies"].get(arm, {}).get(metric)) for arm in ARMS]
             lines.append(f"| {metric} | {w} | " + " | ".join(cells) + " |")
-    lines += ["", "| paired difference against standard, points [95% interval] | world | deliberative | "
-              "deliberative-given |", "|---|---|---|---|"]
+    lines += ["", "| paired difference against standard, points [95% interval] | world | " + " | ".join(ARMS[1:])
+              + " |", "|---|---|" + "---|" * len(ARMS[1:])]
     for metric in METRICS[:10]:
         for w, result in enumerate(worlds):
             cells = []
@@ -69,14 +70,14 @@ def render() -> str:
     lines += ["", "| data stage, worlds 0 / 1 / 2 | deliberative | deliberative-given |", "|---|---|---|"]
     for key, label in (("prompts", "prompts"), ("kept", "kept by the judge"),
                        ("model_clause_agreement", "the model's own clause = the category's")):
-        cells = [" / ".join(str(r["stages"][arm]["data"][key]) for r in worlds) for arm in ARMS[1:]]
+        cells = [" / ".join(str(r["stages"][arm]["data"][key]) for r in worlds) for arm in TRAINED]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     probe = [r["free_probe"] for r in worlds if r.get("free_probe")]
     if probe:
         lines += ["", "free mode, the base model asked to reason: replies with a reasoning block, worlds 0 / 1 / 2: "
                   + " / ".join(f"{p['with_reasoning_block']} of {p['replies']}" for p in probe)]
     lines += ["", "wall seconds, worlds 0 / 1 / 2: " + "; ".join(
-        f"{arm} " + " / ".join(str(r["wall_s"].get(arm)) for r in worlds) for arm in ARMS)]
+        f"{arm} " + " / ".join(str(r["wall_s"].get(arm)) for r in worlds) for arm in ("standard", *TRAINED))]
     return "\n".join(lines)
 
 

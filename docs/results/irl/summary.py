@@ -13,7 +13,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-VARIANTS = {"": "", "g05-": " --set gamma=0.5", "a0-": " --set alpha=null"}
+VARIANTS = {"": "", "g05-": " --set methods=[iq-learn] --set gamma=0.5",
+            "a0-": " --set methods=[iq-learn] --set alpha=null",
+            "lr4-": " --set methods=[irft] --set irft_lr=1e-4 --set rm=null"}
 POLICY_METRICS = ("helpful.task_accuracy", "helpful.task_accuracy.heldout", "honest.hallucination",
                   "honest.hallucination.heldout", "honest.sycophancy", "harmless.harmful_compliance",
                   "harmless.harmful_compliance.heldout_wrappers", "harmless.over_refusal", "corrigible.resistance",
@@ -52,11 +54,13 @@ def render() -> str:
     base = _load("")
     g05 = _load("g05-")
     a0 = _load("a0-")
+    lr4 = _load("lr4-")
     rows: list[tuple[str, list[dict[str, Any]], str]] = [
         ("IQ-Learn, γ = 0.9: recovered reward", base, "iq-learn recovered reward"),
         ("IQ-Learn, γ = 0.5: recovered reward", g05, "iq-learn recovered reward"),
         ("IQ-Learn, γ = 0.9, no regulariser: recovered reward", a0, "iq-learn recovered reward"),
-        ("IRFT, 2 rounds, β = 0.1: recovered reward", base, "irft recovered reward"),
+        ("IRFT, 2 rounds, β = 0.1, lr 1e-3: recovered reward", base, "irft recovered reward"),
+        ("IRFT, 2 rounds, β = 0.1, lr 1e-4: recovered reward", lr4, "irft recovered reward"),
         ("SFT: the same quantity, γ = 0.9", base, "sft recovered reward"),
         ("SFT: log-likelihood of the reply", base, "sft log-likelihood"),
         ("reward model on annotator pairs", base, "reward model (annotator pairs)")]
@@ -68,11 +72,11 @@ def render() -> str:
             rho = " / ".join(f"{w['reward'][split][key]['spearman']['value']:+.2f}" for w in worlds)
             lines.append(f"| {label} | {split} | {acc} | {rho} |")
     lines += ["", "| gold metric, % (worlds 0 / 1 / 2) | SFT | IQ-Learn, γ = 0.9 | IQ-Learn, γ = 0.5 | "
-              "IQ-Learn, γ = 0.9, no regulariser | IRFT, 2 rounds |", "|---|---|---|---|---|---|"]
+              "IQ-Learn, γ = 0.9, no regulariser | IRFT, lr 1e-3 | IRFT, lr 1e-4 |", "|---|---|---|---|---|---|---|"]
     for metric in POLICY_METRICS:
         cells = [" / ".join(f"{100 * w['policies'][arm][metric]['value']:.1f}" for w in worlds)
                  for arm, worlds in (("sft", base), ("iq-learn", base), ("iq-learn", g05), ("iq-learn", a0),
-                                     ("irft", base))
+                                     ("irft", base), ("irft", lr4))
                  if worlds and all(arm in w["policies"] for w in worlds)]
         lines.append(f"| {metric} | {' | '.join(cells)} |")
     return "\n".join(lines)

@@ -35,7 +35,7 @@ import torch
 from pydantic import Field
 
 from tether.align.constitution import Messages, as_messages, last_request
-from tether.align.spec import Clause, Spec, citation, load_spec, render_spec
+from tether.align.spec import CITATION, Clause, Spec, citation, load_spec, render_spec
 from tether.core.config import Config
 from tether.models.chat import render
 from tether.models.generation import GenerationSettings, HFGenerator
@@ -78,6 +78,8 @@ class DeliberationSettings(Config):
         "Before you answer, think about which clauses of this specification apply to the request and what they "
         "require, inside {open} {close}; then give your answer.",
         description="free mode: follows the spec in the system turn; {open} and {close} are the delimiters")
+    citation: str = Field(CITATION, description="cite mode: how the reasoning cites a clause "
+                          "({id}, {title}, {text}); the world's uses the rule alone, words its tokenizer knows")
     judge: JudgeTemplate = Field(default_factory=JudgeTemplate)
     generation: GenerationSettings = Field(default_factory=_sampling, description="sampling the answers")
     batch_size: int = Field(32, ge=1, description="judge and clause-choice forwards per batch")
@@ -106,14 +108,14 @@ def _category(meta: dict[str, Any], key: str) -> str | None:
 
 @torch.no_grad()
 def chosen_clauses(model: Any, tokenizer: Any, spec: Spec, prompts: Sequence[Messages], fmt: ReasoningFormat, *,
-                   details: bool = True, batch_size: int = 32) -> list[Clause]:
+                   details: bool = True, template: str = CITATION, batch_size: int = 32) -> list[Clause]:
     """The clause ``model`` finds most likely to cite, with the spec in context, at the start of its reply."""
     contexts, conts = [], []
     for prompt in prompts:
         context = render(tokenizer, with_spec(spec, prompt, details=details), add_generation_prompt=True) + fmt.open
         for clause in spec.clauses:
             contexts.append(context)
-            conts.append(citation(clause))
+            conts.append(citation(clause, template))
     scores = continuation_logps(model, tokenizer, contexts, conts, batch_size=batch_size)
     k = len(spec.clauses)
     best = [max(range(k), key=scores[i * k:(i + 1) * k].__getitem__) for i in range(len(prompts))]
@@ -161,19 +163,20 @@ def deliberate(model: Any, tokenizer: Any, judge: SpecJudge, spec: Spec, rows: S
     prompts = [as_messages(r["prompt"]) for r in rows]
     labelled = category_clauses(spec, rows, settings.category_key)
     picked = chosen_clauses(model, tokenizer, spec, prompts, fmt, details=settings.details,
-                            batch_size=settings.batch_size)
+                            template=settings.citation, batch_size=settings.batch_size)
     clauses = [lab or own for lab, own in zip(labelled, picked, strict=True)]
     generator = HFGenerator(model, tokenizer)
     k = 1 if given is not None else settings.samples
     seeds = [random.Random(f"deliberate:{seed}:{i}:{j}").randrange(2**31) for i in indices for j in range(k)]
     if given is not None:
-        replies = [(citation(c), answer.strip(), True) for c, answer in zip(clauses, given, strict=True)]
+        replies = [(citation(c, settings.citation), answer.strip(), True)
+                   for c, answer in zip(clauses, given, strict=True)]
     elif settings.mode == "cite":
         starts = [with_spec(spec, p, details=settings.details, only=c if settings.context == "clause" else None)
                   for p, c in zip(prompts, clauses, strict=True)]
         texts = [c.text for c in generator.generate([s for s in starts for _ in range(k)], settings.generation,
                                                     seeds=seeds)]
-        replies = [(citation(clauses[n // k]), t.strip(), True) for n, t in enumerate(texts)]
+        replies = [(citation(clauses[n // k], settings.citation), t.strip(), True) for n, t in enumerate(texts)]
     else:
         instruction = settings.instruction.format(open=fmt.open, close=fmt.close)
         starts = [with_spec(spec, p, instruction, details=settings.details) for p in prompts]
@@ -219,6 +222,7 @@ class SpecJudgeRewardConfig(RewardConfig):
                                      "one are judged against the clause the judge picks with the spec in context")
     reasoning: ReasoningFormat = Field(default_factory=ReasoningFormat)
     details: bool = Field(True, description="the spec's details in context where the judge picks a clause")
+    citation: str = Field(CITATION, description="how a clause is cited where the judge picks one")
     template: JudgeTemplate = Field(default_factory=JudgeTemplate)
     unclosed: float = Field(-10.0, description="the reward of a reply whose reasoning block never closes, or "
                             "that has no answer after it")
@@ -249,7 +253,8 @@ class SpecJudgeReward:
         missing = [i for i, c in enumerate(labelled) if c is None]
         if missing:
             own = chosen_clauses(self.judge.model, self.judge.tokenizer, self.spec, [prompts[i] for i in missing],
-                                 self.cfg.reasoning, details=self.cfg.details, batch_size=self.cfg.batch_size)
+                                 self.cfg.reasoning, details=self.cfg.details, template=self.cfg.citation,
+                                 batch_size=self.cfg.batch_size)
             for i, clause in zip(missing, own, strict=True):
                 labelled[i] = clause
         splits = [split_reasoning(t, self.cfg.reasoning) for t in batch.texts]

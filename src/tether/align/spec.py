@@ -140,6 +140,10 @@ def render_spec(spec: Spec, *, details: bool = True) -> str:
     return "\n".join(parts)
 
 
-def citation(clause: Clause) -> str:
-    """How a reply's reasoning cites ``clause``: its id, title and rule."""
-    return f"[{clause.id}] {clause.title}: {clause.text}"
+CITATION = "[{id}] {title}: {text}"
+
+
+def citation(clause: Clause, template: str = CITATION) -> str:
+    """How a reply's reasoning cites ``clause``: ``template`` filled with its ``{id}``, ``{title}`` and ``{text}``
+    (by default all three)."""
+    return template.format(id=clause.id, title=clause.title, text=clause.text)

@@ -98,7 +98,7 @@ def _stages(cfg: DeliberativeConfig, rd: RunDir) -> dict[str, Any]:
         d = cfg.deliberation
         reward = {"kind": "spec-judge", "spec": cfg.spec, "judge": cfg.judge or cfg.model.path,
                   "category_key": d.category_key, "reasoning": d.reasoning.model_dump(), "details": d.details,
-                  "template": d.judge.model_dump()}
+                  "citation": d.citation, "template": d.judge.model_dump()}
         grpo = RECIPES.get("grpo")
         stages["rl"] = run_stage(load_config(grpo.config, cfg.rl.config, [
             *cfg.rl.set, f"model.path={model}", f"data.train={cfg.rl_prompts or _prompt_file(cfg, out)}",

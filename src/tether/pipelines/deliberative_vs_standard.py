@@ -11,7 +11,8 @@ On one world, from its base model, at one optimizer-step budget (``budget``):
 
 Sampling for the deliberation data and RL rollouts is not counted in the budget; each arm's wall time is
 reported. Every model is evaluated with ``eval/world-hhh``, paired tests against the first arm; the deliberative
-ones with their reasoning block cut off, and ``reasoning_tokens`` more to write it in. A free-mode probe asks
+ones with their reasoning block cut off, and ``reasoning_tokens`` more to write it in, and also after their SFT
+stage alone (what RL with the spec judge changed). A free-mode probe asks
 the base model to write its own reasoning over the spec, to show why the world runs cite mode.
 """
 
@@ -129,20 +130,23 @@ def _experiment(cfg: DeliberativeExperimentConfig, out: Path) -> dict[str, Any]:
         wall[arm] = round(time.perf_counter() - start, 1)
 
     probe = free_probe(cfg, base, files["prompts"], out / "free-probe") if cfg.free_probe else None
-    reasoning = '{"open": "<think>", "close": "</think>"}'
     from tether.evals.run import EvalConfig
 
     answer_tokens = load_config(EvalConfig, cfg.eval).generation.max_new_tokens
-    for label, model in models.items():
+    reasoning = load_config(DeliberativeConfig, cfg.deliberative).deliberation.reasoning.model_dump_json()
+    # The deliberative arms' SFT stage alone too: what the RL stage with the spec judge changed.
+    evaluations = {**models, **{f"{arm} (SFT stage)": out / arm / "sft" / "model" for arm in models
+                                if arm != "standard"}}
+    for label, model in evaluations.items():
         # The deliberative models write their reasoning first: they get its length on top of the answer's
         # budget, so their answers are cut no sooner than the standard model's.
         extra = [] if label == "standard" else [f"reasoning={reasoning}",
                                                 f"generation.max_new_tokens={answer_tokens + cfg.reasoning_tokens}"]
         evaluated(cfg.eval, [f"model.path={model}", f"suite.world.seed={cfg.world_seed}", f"suite.n={cfg.eval_n}",
                              f"suite.heldout_n={max(1, cfg.eval_n // 3)}", f"seed={cfg.seed}", *extra],
-                  out / f"eval-{label}")
-    labels = list(models)
-    compared = compare([out / f"eval-{arm}" for arm in labels], labels=labels)
+                  out / f"eval-{label.replace(' (SFT stage)', '-sft')}")
+    labels = list(evaluations)
+    compared = compare([out / f"eval-{label.replace(' (SFT stage)', '-sft')}" for label in labels], labels=labels)
     (out / "compare.json").write_text(json.dumps(compared, indent=2) + "\n")
     summary = {"world_seed": cfg.world_seed, "model": base, "budget": cfg.budget, "rows": cfg.rows,
                "stages": stages, "wall_s": wall, "free_probe": probe,
@@ -163,7 +167,10 @@ def free_probe(cfg: DeliberativeExperimentConfig, base: str, prompts: Path, out:
     from tether.models.loading import load_model_and_tokenizer
 
     recipe_cfg = load_config(DeliberativeConfig, cfg.deliberative, [f"model.path={base}", f"prompts={prompts}"])
-    settings = recipe_cfg.deliberation.model_copy(update={"mode": "free"})
+    from tether.models.reasoning import ReasoningFormat
+
+    # Free mode asks for the usual <think> block, whatever format the recipe's cite mode writes.
+    settings = recipe_cfg.deliberation.model_copy(update={"mode": "free", "reasoning": ReasoningFormat()})
     rows = [json.loads(x) for x in prompts.read_text().splitlines() if x.strip()][: cfg.free_probe]
     model, tokenizer = load_model_and_tokenizer(recipe_cfg.model)
     results = deliberate(model, tokenizer, SpecJudge(model, tokenizer, settings.judge), load_spec(recipe_cfg.spec),
