@@ -45,13 +45,13 @@ def _load() -> list[dict[str, Any]]:
 def _cell(rate: dict[str, Any] | None) -> str:
     if rate is None:
         return "–"
-    return f"{100 * rate['value']:.1f} [{100 * rate['ci_low']:.1f}–{100 * rate['ci_high']:.1f}]"
+    return f"{100 * rate['value']:.1f} [{100 * rate['ci_low']:.1f}–{100 * rate['ci_high']:.1f}] n={rate['n']}"
 
 
 def render() -> str:
     """The policy table (every world, intervals), the paired differences and the data stage's counts."""
     worlds = _load()
-    lines = ["| gold metric, % [95% interval] | world | " + " | ".join(ARMS) + " |",
+    lines = ["| gold metric, % [95% interval], n replies with an answer | world | " + " | ".join(ARMS) + " |",
              "|---|---|" + "---|" * len(ARMS)]
     for metric in METRICS:
         for w, result in enumerate(worlds):

@@ -13,8 +13,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
-VARIANTS = {"": "", "g05-": " --set methods=[iq-learn] --set gamma=0.5",
-            "a0-": " --set methods=[iq-learn] --set alpha=null",
+VARIANTS = {"": "", "g05-": " --set methods=[iq-learn] --set gamma=0.5 --set rm=null",
+            "a0-": " --set methods=[iq-learn] --set alpha=null --set rm=null",
             "lr4-": " --set methods=[irft] --set irft_lr=1e-4 --set rm=null"}
 POLICY_METRICS = ("helpful.task_accuracy", "helpful.task_accuracy.heldout", "honest.hallucination",
                   "honest.hallucination.heldout", "honest.sycophancy", "harmless.harmful_compliance",

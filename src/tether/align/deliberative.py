@@ -263,5 +263,6 @@ class SpecJudgeReward:
         values = torch.full((len(splits),), self.cfg.unclosed)
         for i, s in zip(ok, scores, strict=True):
             values[i] = s
-        unclosed = torch.tensor([0.0 if i in set(ok) else 1.0 for i in range(len(splits))])
+        answered = set(ok)
+        unclosed = torch.tensor([0.0 if i in answered else 1.0 for i in range(len(splits))])
         return RewardOutput(values, {"unclosed": unclosed})
