@@ -40,6 +40,9 @@ def _cfg(tmp_path, **overrides):
         "out": str(tmp_path / "adv"), **overrides})
 
 
+# An end-to-end pipeline run (3-4 s on a 2-core machine): the slow tier, keeping the default run under
+# its 5-minute budget; its parts are tested in the default tier.
+@pytest.mark.slow
 def test_rounds_train_on_what_got_through_and_never_on_held_out_kinds(tmp_path):
     cfg = _cfg(tmp_path)
     results = adversarial.run(cfg)

@@ -5,6 +5,7 @@ lowest scores, and every arm is evaluated on the same prompts."""
 import json
 import random
 
+import pytest
 from tests.conftest import run_cli
 
 from tether.pipelines.curation import lowest
@@ -34,6 +35,9 @@ def test_corrupted_rows_are_bad_on_gold_exactly_where_marked():
         assert (grade(item, row["messages"][-1]["content"]).label in failures) == row["corrupted"], item.id
 
 
+# An end-to-end pipeline run (3-4 s on a 2-core machine): the slow tier, keeping the default run under
+# its 5-minute budget; its parts are tested in the default tier.
+@pytest.mark.slow
 def test_the_experiment_runs_end_to_end_and_trains_no_arm_on_the_marks(tmp_path, capsys):
     out = tmp_path / "cur"
     code, shown, err = run_cli(["experiment", "curation", "--set", "model=world:tiny", "--set", "rows=60", "--set",

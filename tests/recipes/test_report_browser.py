@@ -93,6 +93,9 @@ def test_the_guard_eval_report_renders_its_tables_with_no_errors(tmp_path):
     assert headings == ["injection by category", "layered by category"]
 
 
+# An end-to-end pipeline run (3-4 s on a 2-core machine): the slow tier, keeping the default run under
+# its 5-minute budget; its parts are tested in the default tier.
+@pytest.mark.slow
 def test_the_interp_reports_render_heatmaps_tokens_and_feature_cards(tmp_path, capsys):
     from tests.conftest import run_cli
 

@@ -5,6 +5,7 @@ lands, and the reported label figures are what the written files hold."""
 import json
 import re
 
+import pytest
 from tests.conftest import run_cli
 
 from tether.world.spec import WorldConfig, build_world
@@ -17,6 +18,9 @@ def _rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+# An end-to-end pipeline run (3-4 s on a 2-core machine): the slow tier, keeping the default run under
+# its 5-minute budget; its parts are tested in the default tier.
+@pytest.mark.slow
 def test_rrm_runs_end_to_end_and_reports_what_its_files_hold(tmp_path, capsys):
     out = tmp_path / "rrm"
     code, shown, err = run_cli(["oversee", "rrm", *TINY, "--out", str(out)], capsys)

