@@ -79,6 +79,25 @@ def test_a_users_pipeline_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert "<h3>grpo (grpo)</h3>" in report and "KL to reference" in report   # RL stages show their signals
     assert "harmless.harmful_compliance" in stdout and "report:" in stdout and "[4/6] dpo (dpo)" in stdout
 
+    # The cards: a model card huggingface_hub reads, its model-index every metric of the final model's
+    # evaluation and red-team, each number exactly summary.json's; a system card with the data's hashes.
+    from huggingface_hub import ModelCard
+
+    from tether.pipelines.card import sha256
+
+    code, shown, err = _cli(["card", str(out)], capsys)
+    assert code in (0, None), err
+    card = ModelCard((out / "card" / "README.md").read_text())
+    numbers = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert numbers == {**{("tether/world-hhh", k): v["value"] for k, v in grpo["metrics"].items()},
+                       **{("tether/tether-red-team", k): v["value"] for k, v in redteam["metrics"].items()}}
+    assert f"{len(numbers)} metrics, checked" in shown
+    system = (out / "card" / "SYSTEM_CARD.md").read_text()
+    sft_data = yaml.safe_load((out / "sft" / "config.yaml").read_text())["data"]["train"]
+    assert f"| sft | `{sft_data}` | `{sha256(sft_data)}` |" in system
+    assert "### grpo (grpo)" in system and "## Red-team results by attack kind" in system
+    assert "## What was not tested" in system
+
     # A rerun without --resume refuses the directory; with it, every stage is skipped.
     code, _, err = _cli(["run", "--config", str(config), "--out", str(out)], capsys)
     assert code == 2 and "--resume" in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -86,6 +87,27 @@ def run_cmd(
         echo_main(line)
     echo_main(f"{summary['total_seconds'] / 60:.1f} min   summary: {cfg.out}/summary.json   "
               f"report: {cfg.out}/report.html")
+
+
+@app.command("card")
+def card_cmd(
+    run: Annotated[Path, typer.Argument(help="a finished tether run directory (it holds summary.json)")],
+    out: Annotated[Path | None, typer.Option("--out", help="where the cards go; default RUN/card")] = None,
+) -> None:
+    """Model and system cards from a tether run directory: a Hugging Face model card (README.md, its
+    model-index every metric of the final model, checked against summary.json) and SYSTEM_CARD.md (data
+    hashes, stages and configs, every evaluation with intervals, red-team by attack kind, known failures,
+    what was not tested).
+
+    Example: tether card runs/tether
+    """
+    from tether.cli.common import echo_main
+    from tether.pipelines.card import write_cards
+
+    written = write_cards(run, out)
+    echo_main(f"model card: {written['model_card']}  ({written['metrics_checked']} metrics, checked against "
+              f"{run / 'summary.json'})")
+    echo_main(f"system card: {written['system_card']}")
 
 
 def _version(value: bool) -> None:
