@@ -172,7 +172,7 @@ def system_card_text(run: str | Path) -> str:
     configs: dict[str, Any] = {}
     for stage in summary["stages"]:
         config = run_dir / stage["name"] / "config.yaml"
-        if stage.get("recipe") in ("base",) or not config.is_file():
+        if stage.get("recipe") == "base" or not config.is_file():
             continue
         configs[stage["name"]] = yaml.safe_load(config.read_text())
         for path in sorted(set(_files_in(configs[stage["name"]]))):
