@@ -58,14 +58,13 @@ def test_irft_splits_steps_over_rounds_and_cycles_demonstrations():
     assert picked == round_indices(4, 10, seed=0, round_=1)  # and a resumed round the same one
 
 
-def test_demonstration_pairs_contrast_the_last_assistant_turn():
+def test_a_demonstration_splits_into_its_prompt_and_last_assistant_turn():
     from tether.data.records import SFTRecord
-    from tether.train.irl import demonstration_pairs
 
     chat = SFTRecord.model_validate({"messages": [
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
         {"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4."}]})
     plain = SFTRecord.model_validate({"prompt": "Q: 1 + 1 =", "completion": " 2"})
-    (prompt, reply), (p2, r2) = demonstration_pairs([chat, plain])
+    (prompt, reply), (p2, r2) = chat.prompt_and_reply(), plain.prompt_and_reply()
     assert [m["content"] for m in prompt] == ["Hi", "Hello.", "2 + 2?"] and reply == "4."
     assert (p2, r2) == ("Q: 1 + 1 =", " 2")

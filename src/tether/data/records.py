@@ -63,6 +63,18 @@ class SFTRecord(_Record):
             raise ValueError("'messages' has no assistant turn to train on")
         return self
 
+    def prompt_and_reply(self) -> tuple[Any, Any]:
+        """(prompt, demonstrated reply): a conversation's turns before its last assistant turn and that turn's
+        text; a prompt-completion record as it is (as plain data: strings or message dicts)."""
+        if self.messages is not None:
+            messages = [m.model_dump() for m in self.messages]
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            return messages[:last], messages[last]["content"]
+        prompt = self.prompt if isinstance(self.prompt, str) else [m.model_dump() for m in self.prompt or []]
+        completion = (self.completion if isinstance(self.completion, str)
+                      else [m.model_dump() for m in self.completion or []])
+        return prompt, completion
+
 
 class PreferenceRecord(_Record):
     """A preference pair: ``chosen`` is preferred to ``rejected`` as a reply to ``prompt``."""

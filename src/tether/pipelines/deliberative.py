@@ -131,12 +131,11 @@ def _rows(cfg: DeliberativeConfig, rd: RunDir) -> list[dict[str, Any]]:
         rows = [r.model_dump(mode="json") for r in prompts.records]
         skipped = prompts.skipped
     else:
-        from tether.train.irl import demonstration_pairs
-
         demos = load_records(cfg.prompts, SFTRecord, seed=cfg.seed)
         skipped = demos.skipped
         rows = []
-        for record, (prompt, reply) in zip(demos.records, demonstration_pairs(demos.records), strict=True):
+        for record in demos.records:
+            prompt, reply = record.prompt_and_reply()
             if not isinstance(reply, str):
                 raise DataError(f"{cfg.prompts}: answers: given needs single-reply demonstrations, got a multi-turn "
                                 "completion")

@@ -189,23 +189,6 @@ def pair_accuracy(reward: Any, pairs: str, *, seed: int) -> dict[str, Any]:
 
 # --- IRFT ----------------------------------------------------------------------------------------
 
-def demonstration_pairs(records: Sequence[SFTRecord]) -> list[tuple[Any, Any]]:
-    """(prompt, demonstrated reply) of each demonstration: a conversation's turns before its last assistant
-    turn, and that turn's text; a prompt-completion record as it is."""
-    out: list[tuple[Any, Any]] = []
-    for r in records:
-        if r.messages is not None:
-            messages = [m.model_dump() for m in r.messages]
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            out.append((messages[:last], messages[last]["content"]))
-        else:
-            prompt = r.prompt if isinstance(r.prompt, str) else [m.model_dump() for m in r.prompt or []]
-            completion = (r.completion if isinstance(r.completion, str)
-                          else [m.model_dump() for m in r.completion or []])
-            out.append((prompt, completion))
-    return out
-
-
 def round_steps(total: int, rounds: int) -> list[int]:
     """``total`` optimizer steps split over ``rounds`` as evenly as possible (earlier rounds take the
     remainder). Example: 10 over 3 -> [4, 3, 3]."""
@@ -238,7 +221,7 @@ def _irft(cfg: IRLConfig, rd: RunDir) -> dict[str, Any]:
     rd.record_skipped(loaded.skipped)
     if not loaded.records:
         raise DataError(f"{cfg.data.train}: no usable records")
-    demos = demonstration_pairs(loaded.records)
+    demos = [r.prompt_and_reply() for r in loaded.records]
     out, start, rounds = Path(cfg.out), cfg.model.path, []
     for r, steps in enumerate(round_steps(cfg.loop.max_steps, cfg.irft.rounds)):
         round_dir = out / f"round-{r}"
