@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from tests.serve.test_gateway import _serving
+from tests.serve.test_gateway import _serving, request_rows
 
 from tether.guard.patterns import RegexGuardConfig, longest_match
 from tether.models.generation import Completion
@@ -133,7 +133,7 @@ def test_a_stream_arrives_while_the_model_generates_and_the_guard_cuts_before_th
         assert len(chunks) > 5  # piece by piece, not one block
         # The guard ended the stream while the model generated: its closing row follows once the model is done.
         deadline = time.time() + 10
-        while len(rows := [json.loads(r) for _, r, _, _ in gateway.audit.rows()]) < 2 and time.time() < deadline:
+        while len(rows := request_rows(gateway)) < 2 and time.time() < deadline:
             time.sleep(0.02)
         opened, ended = rows
         assert opened["decision"] == "streaming" and ended["request_id"] == opened["request_id"]
@@ -150,7 +150,7 @@ def test_text_completions_stream_through_a_guard_that_passes(tmp_path):
         stream = server.client(secret).completions.create(model="plain", prompt="count", max_tokens=50, stream=True)
         pieces = [(c.choices[0].text, c.choices[0].finish_reason) for c in stream]
         assert "".join(p for p, _ in pieces) == reply and pieces[-1][1] == "stop"
-        rows = [json.loads(r) for _, r, _, _ in gateway.audit.rows()]
+        rows = request_rows(gateway)
         assert [r["decision"] for r in rows] == ["streaming", "answered"]
         assert rows[1]["guards"][0]["allowed"] is True and rows[1]["diverged"] is False
 
@@ -196,7 +196,7 @@ def test_a_switch_pulled_mid_stream_ends_it_within_a_second_even_while_the_model
         assert 0 < len(received) <= 40
         model.gate.set()
         deadline = time.time() + 10
-        while len(rows := [json.loads(r) for _, r, _, _ in gateway.audit.rows()]) < 2 and time.time() < deadline:
+        while len(rows := request_rows(gateway)) < 2 and time.time() < deadline:
             time.sleep(0.02)
         assert [r["decision"] for r in rows] == ["streaming", "killed"]
         assert rows[1]["completion_tokens"] == 40  # the switch stopped the model too: its 40 tokens are counted
@@ -240,7 +240,7 @@ def _stream(server, secret, model):
 
 def _closing_row(gateway):
     deadline = time.time() + 10
-    while len(rows := [json.loads(r) for _, r, _, _ in gateway.audit.rows()]) < 2 and time.time() < deadline:
+    while len(rows := request_rows(gateway)) < 2 and time.time() < deadline:
         time.sleep(0.02)
     return rows[-1]
 

@@ -64,6 +64,7 @@ app.add_typer(guard_cmd.app, name="guard")
 app.add_typer(monitor_cmd.app, name="monitor")
 app.add_typer(interp_cmd.app, name="interp")
 app.add_typer(serve_cmd.audit_app, name="audit")
+app.add_typer(serve_cmd.rollout_app, name="rollout")
 
 
 @app.command("run")

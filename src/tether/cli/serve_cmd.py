@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,7 +17,10 @@ DbOpt = Annotated[str, typer.Option("--db", help="the gateway's store (keys, aud
 keys_app = typer.Typer(help="API keys of tether serve: created with scopes, shown once, stored hashed.",
                        no_args_is_help=True)
 serve_app = typer.Typer(invoke_without_command=True)
-audit_app = typer.Typer(help="The gateway's audit trail: verify its hash chain, export it as JSONL.",
+rollout_app = typer.Typer(help="Staged rollouts of a new model version behind tether serve: a canary on a share of "
+                          "the traffic, promoted step by step while its offline and online gates pass, rolled back "
+                          "when one fails.", no_args_is_help=True)
+audit_app = typer.Typer(help="The gateway's audit trail: verify its hash chain, export it as JSONL, report a period.",
                         no_args_is_help=True)
 
 
@@ -224,6 +227,8 @@ def update_key(key_id: Annotated[str, typer.Argument(help="the key's id (tether 
     try:
         with write_transaction(store.engine) as conn:  # read and written under the store's write lock
             scopes = update_scopes_in(conn, key_id, lambda _: changes)
+            if scopes is not None:  # the change and its audit row commit together
+                store.audit.append_in(conn, {"decision": "key_updated", "key": key_id, "changes": changes})
     except ValidationError as exc:
         raise UserError(f"--set: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
     if scopes is None:
@@ -251,11 +256,16 @@ def kill(
 
     Example: tether serve kill --model world:base --reason "under review"
     """
-    from tether.serve.kill import KillSwitches
-    from tether.serve.store import connect
+    from tether.serve.audit import AuditLog
+    from tether.serve.kill import kill_in
+    from tether.serve.store import connect, write_transaction
 
     target = _target(model, key)
-    KillSwitches(connect(db)).kill(target, reason)
+    engine = connect(db)
+    log = AuditLog(engine)
+    with write_transaction(engine) as conn:  # the switch and its audit row commit together
+        kill_in(conn, target, reason)
+        log.append_in(conn, {"decision": "killed", "target": target, "reason": reason, "by": "cli"})
     typer.echo(f"killed: {target} ({reason})")
 
 
@@ -281,11 +291,17 @@ def revive(
 
     Example: tether serve revive --model world:base
     """
-    from tether.serve.kill import KillSwitches
-    from tether.serve.store import connect
+    from tether.serve.audit import AuditLog
+    from tether.serve.kill import revive_in
+    from tether.serve.store import connect, write_transaction
 
     target = _target(model, key)
-    was = KillSwitches(connect(db)).revive(target)
+    engine = connect(db)
+    log = AuditLog(engine)
+    with write_transaction(engine) as conn:
+        was = revive_in(conn, target)
+        if was:
+            log.append_in(conn, {"decision": "revived", "target": target, "by": "cli"})
     typer.echo(f"revived: {target}" if was else f"{target} was not killed")
 
 
@@ -330,3 +346,124 @@ def export_audit(out: Annotated[str, typer.Option("--out", help="JSONL file to w
                      + "\n")
             n += 1
     typer.echo(f"{n} rows -> {path}")
+
+
+@audit_app.command("report")
+def report_audit(
+    since: Annotated[str | None, typer.Option("--since", help="the period's start: an ISO 8601 date or time (UTC "
+                                              "unless it says) or seconds since the epoch (default: the first row)")
+                     ] = None,
+    until: Annotated[str | None, typer.Option("--until", help="the period's end, not included (default: now)")
+                     ] = None,
+    out: Annotated[str | None, typer.Option("--out", help="a new directory for the auditor's bundle: report.json, "
+                                            "report.md, the period's rows with their hashes, a standalone "
+                                            "verify.py and a manifest of hashes")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON (default: Markdown)")] = False,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """What the gateway served, blocked and escalated in a period, how reviewers decided, what the monitor raised
+    and what changed (keys, kill switches, rollouts): counted from the audit chain after the whole chain
+    verified. A broken chain gives no report and exits 1, naming the first bad row.
+
+    Example: tether audit report --since 2026-11-01 --until 2026-12-01 --out audit-2026-11
+    """
+    from tether.serve.audit import AuditLog
+    from tether.serve.audit_report import TamperedLogError, parse_time, render_markdown, report, write_bundle
+    from tether.serve.store import connect
+
+    start, end = parse_time(since, option="--since"), parse_time(until, option="--until")
+    if start is not None and end is not None and end <= start:
+        from tether.core.errors import UserError
+
+        raise UserError(f"--until {until} is not after --since {since}")
+    try:
+        doc, rows = report(AuditLog(connect(db)), since=start, until=end)
+    except TamperedLogError as exc:
+        typer.echo(f"tampered: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if out is not None:
+        path = write_bundle(out, doc, rows)
+        typer.echo(f"{doc['requests']['total']} requests in {len(rows)} audit rows -> {path} "
+                   f"(check it anywhere: python {path}/verify.py)")
+        return
+    typer.echo(json.dumps(doc, indent=2) if as_json else render_markdown(doc))
+
+
+def _show_rollout(rollout: Any) -> str:
+    steps = [s.share for s in rollout.config.steps]
+    where = f"step {rollout.step + 1}/{len(steps)} at share {rollout.share}" if rollout.state == "running" else ""
+    return (f"{rollout.id}  {rollout.model}  canary {rollout.canary}  {rollout.state}  {where}".rstrip()
+            + (f"\n  {rollout.reason}" if rollout.reason else ""))
+
+
+@rollout_app.command("start")
+def start_rollout(
+    config: Annotated[str, typer.Argument(help="YAML: model, canary, steps [{share, min_requests, min_seconds}], "
+                                          "offline {baseline, candidate, max_increase, max_decrease, redteam, "
+                                          "max_asr}, online {max_error_rate, max_flag_rate, max_refusal_increase, "
+                                          "max_alarms}, capabilities [{metric, above, safeguards}]")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config field: KEY=VALUE")] = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Check a canary's offline gate, then start its rollout on every gateway sharing --db: exit 0 when it
+    started, 1 when the gate rolled it back before it served anything (the failed checks printed).
+
+    Example: tether rollout start rollout.yaml --db sqlite:///tether-serve.db
+    """
+    from tether.core.config import load_config
+    from tether.pipelines.rollout_gate import offline_gate
+    from tether.serve.rollout import RolloutConfig, Rollouts
+    from tether.serve.store import connect
+
+    cfg = load_config(RolloutConfig, config, set_ or [])
+    gate, safeguards = offline_gate(cfg)
+    for check in gate.checks:
+        typer.echo(f"  {'pass' if check.passed else 'FAIL'}  {check.name}: {check.value} (limit {check.limit})"
+                   + (f"  {check.detail}" if check.detail else ""))
+    rollout = Rollouts(connect(db)).start(cfg, gate, safeguards)
+    typer.echo(_show_rollout(rollout))
+    if rollout.state != "running":
+        raise typer.Exit(1)
+
+
+@rollout_app.command("status")
+def rollout_status(
+    rollout_id: Annotated[str | None, typer.Argument(help="a rollout's id (default: every rollout)")] = None,
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Rollouts with their state, step and share; with an id, also the current step's counts by version.
+
+    Example: tether rollout status ro_3f2a9c1b7d4e
+    """
+    from tether.core.errors import UserError
+    from tether.serve.rollout import Rollouts
+    from tether.serve.store import connect
+
+    rollouts = Rollouts(connect(db))
+    if rollout_id is None:
+        for rollout in rollouts.history():
+            typer.echo(_show_rollout(rollout))
+        return
+    found = rollouts.get(rollout_id)
+    if found is None:
+        raise UserError(f"no rollout {rollout_id!r} (tether rollout status lists them)")
+    typer.echo(_show_rollout(found))
+    for version, counts in sorted(rollouts.counts(found.id, found.step).items()):
+        typer.echo(f"  {version}: {counts.requests} requests, {counts.errors} errors, {counts.flagged} flagged, "
+                   f"{counts.refusals} refusals")
+
+
+@rollout_app.command("abort")
+def abort_rollout(
+    rollout_id: Annotated[str, typer.Argument(help="the running rollout's id")],
+    reason: Annotated[str, typer.Option("--reason", help="why, for the audit trail")] = "no reason given",
+    db: DbOpt = DEFAULT_DB,
+) -> None:
+    """Roll a running rollout back now: every gateway sends its traffic to the current version again.
+
+    Example: tether rollout abort ro_3f2a9c1b7d4e --reason "customer reports"
+    """
+    from tether.serve.rollout import Rollouts
+    from tether.serve.store import connect
+
+    typer.echo(_show_rollout(Rollouts(connect(db)).abort(rollout_id, reason)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -35,6 +36,7 @@ from tether.core.errors import UserError
 from tether.core.sandbox import Sandbox, SandboxUnavailableError
 from tether.guard.base import Guard, Verdict
 from tether.models.generation import Completion, GenerationSettings
+from tether.scoring.refusal import PhraseDetector
 from tether.serve.audit import AuditLog
 from tether.serve.batching import Backend, Served
 from tether.serve.commits import GroupCommit
@@ -43,8 +45,13 @@ from tether.serve.keys import ApiKey, KeyStore
 from tether.serve.kill import KillSwitches
 from tether.serve.limits import Admission, CounterStoreError, Limiter, RedisWindows, Refusal
 from tether.serve.review import ReviewItem, ReviewQueue
+from tether.serve.rollout import Router
 from tether.serve.store import connect
 from tether.serve.watch import Watch, WatchProcess
+
+logger = logging.getLogger(__name__)
+# Decisions after which a routed request counts toward its rollout step: the model was asked.
+_ROUTED_OUTCOMES = ("answered", "content_filter", "model_error", "upstream_error")
 
 
 @dataclass
@@ -152,7 +159,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                max_tokens_limit: int = 4096, guards: Sequence[Guard] = (), sandbox: Sandbox | None = None,
                sandbox_slots: int = 2, review_timeout_s: float = 300.0,
                review_default: Literal["reject", "approve"] = "reject", review_poll_s: float = 0.2,
-               watch: Watch | WatchProcess | None = None) -> FastAPI:
+               watch: Watch | WatchProcess | None = None, rollouts: Router | None = None,
+               rollout_check_s: float = 1.0) -> FastAPI:
     """The application serving ``generator`` as ``model``: ``default_max_tokens`` for a request that names
     none, ``max_tokens_limit`` the most any request may ask for, whatever its key allows; ``guards`` check
     every conversation before the model and every reply before it is sent (:mod:`tether.serve.hooks`);
@@ -160,13 +168,37 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
     programs at once (None: the tool is off). What a guard in ``escalate`` mode objects to is held in the
     review queue (:mod:`tether.serve.review`) for at most ``review_timeout_s``, then ``review_default``
     applies; a held request looks for its decision every ``review_poll_s``. ``watch`` is given every
-    request's record once it is audited (:mod:`tether.serve.watch`: a queue put, never a wait)."""
+    request's record once it is audited (:mod:`tether.serve.watch`: a queue put, never a wait). ``rollouts``
+    routes each request to the current version or a canary (:mod:`tether.serve.rollout`), and its step is
+    judged every ``rollout_check_s``."""
     app = FastAPI(title="tether serve", version="1")
+    if rollouts is not None:
+        controller: list[asyncio.Task[None]] = []
+
+        async def judge_steps() -> None:
+            while True:
+                await asyncio.sleep(rollout_check_s)
+                try:
+                    await run_in_threadpool(rollouts.tick)
+                except Exception:  # the store or a canary's load failed: tried again at the next tick
+                    logger.exception("rollout tick failed")
+
+        async def start_controller() -> None:
+            controller.append(asyncio.get_running_loop().create_task(judge_steps()))
+
+        async def stop_controller() -> None:
+            for task in controller:
+                task.cancel()
+            await run_in_threadpool(rollouts.close)
+
+        app.router.on_startup.append(start_controller)
+        app.router.on_shutdown.append(stop_controller)
     if watch is not None:
         app.router.on_startup.append(watch.start)
         app.router.on_shutdown.append(watch.stop)  # before the commits close: its last writes go through them
     app.router.on_shutdown.append(gateway.commits.close)  # the writes already queued are committed first
     slots = asyncio.Semaphore(sandbox_slots)
+    refusals = PhraseDetector()
     created = int(time.time())
     metrics = _Metrics()
 
@@ -246,6 +278,12 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
             if admitted is not None:
                 gateway.limiter.release_in(conn, admitted)
                 gateway.limiter.settle_in(conn, admitted, used, budget=budget)
+            if rollouts is not None and record.get("version") and record.get("decision") in _ROUTED_OUTCOMES:
+                flagged = any(g.get("on") == "output" and not g.get("allowed", True) and not g.get("shadow")
+                              for g in record.get("guards") or [])
+                rollouts.rollouts.count_in(conn, record["rollout"], record["step"], record["version"],
+                                           error=record["decision"] in ("model_error", "upstream_error"),
+                                           flagged=flagged, refused=bool(record.get("refused")))
             return gateway.audit.append_in(conn, record)
 
         return await gateway.commits.run(write)
@@ -312,7 +350,9 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                 return response
             # Reserve the most the request can use: the reply's max_tokens and the prompt's length, counted with
             # the model's tokenizer (estimated at 1 token a character where the model has none). Settled after.
-            counted = await run_in_threadpool(generator.count_tokens, prompt)
+            backend, routed = rollouts.route() if rollouts is not None else (generator, {})
+            record |= routed
+            counted = await run_in_threadpool(backend.count_tokens, prompt)
             reserve = settings.max_new_tokens + (counted if counted is not None
                                                  else len("".join(m["content"] for m in messages)))
             admission = await admit(key, reserve)
@@ -321,11 +361,12 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                                headers={"Retry-After": str(max(1, round(admission.retry_after))), **admission.headers})
             admitted, budget = admission, key.scopes.budget_tokens is not None
             if body.stream:
-                response = await stream(key, settings, prompt, messages, mine, admitted, record, start, frames)
+                response = await stream(backend, key, settings, prompt, messages, mine, admitted, record, start,
+                                        frames)
                 admitted = None  # the stream settles and releases it when it ends
                 return response
             model_start = time.perf_counter()
-            served = await complete(prompt, settings)
+            served = await complete(backend, prompt, settings)
             model_s = time.perf_counter() - model_start
             used = served.prompt_tokens + served.completion_tokens
             text, reason = served.completion.text, _finish(served.completion)
@@ -348,6 +389,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                 text, reason = text[:cut], "content_filter"
                 break
             await run_in_threadpool(check_kill, key)  # killed while generating: the reply is not sent
+            if "version" in record:  # a rollout's online gate compares the versions' refusal rates
+                record["refused"] = refusals.refuses(text)
         except APIError as error:
             record |= {"status": error.status, "decision": error.code,
                        "latency_ms": round(1000 * (time.perf_counter() - start), 3)}
@@ -417,12 +460,12 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
-    async def stream(key: ApiKey, settings: GenerationSettings, prompt: Any, messages: list[dict[str, str]],
-                     mine: list[Guard], admitted: Admission, record: dict[str, Any], start: float, frames: _Frames
-                     ) -> StreamingResponse:
+    async def stream(backend: Backend, key: ApiKey, settings: GenerationSettings, prompt: Any,
+                     messages: list[dict[str, str]], mine: list[Guard], admitted: Admission, record: dict[str, Any],
+                     start: float, frames: _Frames) -> StreamingResponse:
         """A streamed reply: sent as the model produces it, through the output guards (OutputStream)."""
         budget = key.scopes.budget_tokens is not None
-        source = generator.stream(prompt, settings)
+        source = backend.stream(prompt, settings)
         model_start = time.perf_counter()
         try:
             first = await anext(source)  # a model that fails at once gets an HTTP error, not a broken stream
@@ -436,7 +479,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
         seq = await audit(record)
         checker = OutputStream(mine, holdback=max((len(s) for s in settings.stop), default=1) - 1)
         end: dict[str, Any] = {"endpoint": record["endpoint"], "model": record["model"], "key": key.id,
-                               "request_id": request_id, "status": 200, "decision": "client_closed"}
+                               "request_id": request_id, "status": 200, "decision": "client_closed",
+                               **{k: record[k] for k in ("rollout", "step", "version", "served_by") if k in record}}
 
         pump = _Pump(first, source)
 
@@ -510,6 +554,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                 "stream_checks": checker.checks, "exposed_chars": checker.exposed, "diverged": checker.diverged}
         if served is not None:
             end |= {"prompt_tokens": served.prompt_tokens, "completion_tokens": served.completion_tokens}
+        if "version" in end:
+            end["refused"] = refusals.refuses(checker.sent)
         await finish(admitted, used, budget, end)
         metrics.observe(end["endpoint"], 200, end["decision"], time.perf_counter() - start,
                         model_start - start, end.get("prompt_tokens", 0), end.get("completion_tokens", 0))
@@ -517,9 +563,9 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
 
     closing: set[asyncio.Task[None]] = set()  # streams' closing work in progress (kept from garbage collection)
 
-    async def complete(prompt: Any, settings: GenerationSettings) -> Served:
+    async def complete(backend: Backend, prompt: Any, settings: GenerationSettings) -> Served:
         try:
-            served = await generator.complete(prompt, settings)
+            served = await backend.complete(prompt, settings)
         except Exception as exc:  # the model raised: the client gets why, in OpenAI's shape, not a bare 500
             raise _model_error(exc) from None
         if served.completion.finish_reason == "error":

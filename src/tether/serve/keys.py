@@ -19,7 +19,8 @@ from pydantic import Field
 
 from tether.core.config import Config
 from tether.core.errors import UserError
-from tether.serve.store import DEFAULT_DB, KEYS, connect
+from tether.serve.audit import AuditLog
+from tether.serve.store import DEFAULT_DB, KEYS, connect, write_transaction
 
 
 class Scopes(Config):
@@ -107,6 +108,7 @@ class KeyStore:
 
     def __init__(self, store: str | sa.Engine = DEFAULT_DB) -> None:
         self.engine = connect(store) if isinstance(store, str) else store
+        self.audit = AuditLog(self.engine)  # creating, revoking and changing keys are audited
 
     def create(self, name: str, scopes: Scopes | None = None, *, expires_in: float | None = None,
                ) -> tuple[ApiKey, str]:
@@ -115,10 +117,13 @@ class KeyStore:
         now = time.time()
         key = ApiKey("key_" + secrets.token_hex(6), name, scopes or Scopes(), now,
                      None if expires_in is None else now + expires_in, None)
-        with self.engine.begin() as conn:
+        with write_transaction(self.engine) as conn:  # the key and its audit row commit together
             conn.execute(KEYS.insert().values(id=key.id, name=name, key_hash=hash_key(secret),
                                               scopes=key.scopes.model_dump(), created_at=now,
                                               expires_at=key.expires_at))
+            self.audit.append_in(conn, {"decision": "key_created", "key": key.id, "name": name,
+                                           "scopes": key.scopes.model_dump(exclude_defaults=True),
+                                           "expires_at": key.expires_at})
         return key, secret
 
     def authenticate(self, secret: str) -> ApiKey | None:
@@ -138,10 +143,12 @@ class KeyStore:
         Raises:
             UserError: no key has that id.
         """
-        with self.engine.begin() as conn:
-            conn.execute(KEYS.update().where(KEYS.c.id == key_id, KEYS.c.revoked_at.is_(None))
-                                .values(revoked_at=time.time()))
+        with write_transaction(self.engine) as conn:
+            revoked = conn.execute(KEYS.update().where(KEYS.c.id == key_id, KEYS.c.revoked_at.is_(None))
+                                   .values(revoked_at=time.time())).rowcount
             row = conn.execute(sa.select(KEYS).where(KEYS.c.id == key_id)).first()
+            if revoked:
+                self.audit.append_in(conn, {"decision": "key_revoked", "key": key_id})
         if row is None:
             raise UserError(f"no key {key_id!r} (tether keys list shows them)")
         return _key(row._mapping)

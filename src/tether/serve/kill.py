@@ -35,7 +35,7 @@ class KillSwitches:
     def revive(self, target: str) -> bool:
         """Clear the switch ``target``; whether it was set."""
         with self.engine.begin() as conn:
-            return conn.execute(KILL_SWITCHES.delete().where(KILL_SWITCHES.c.target == target)).rowcount > 0
+            return revive_in(conn, target)
 
     def active(self) -> dict[str, str] | None:
         """``{target: reason}`` as read at most ``refresh_s`` ago; None when the store could not be read."""
@@ -65,3 +65,8 @@ def kill_in(conn: sa.Connection, target: str, reason: str = "") -> None:
     """Set the switch ``target`` inside the caller's transaction."""
     conn.execute(KILL_SWITCHES.delete().where(KILL_SWITCHES.c.target == target))
     conn.execute(KILL_SWITCHES.insert().values(target=target, reason=reason or "killed", at=time.time()))
+
+
+def revive_in(conn: sa.Connection, target: str) -> bool:
+    """Clear the switch ``target`` inside the caller's transaction; whether it was set."""
+    return bool(conn.execute(KILL_SWITCHES.delete().where(KILL_SWITCHES.c.target == target)).rowcount > 0)

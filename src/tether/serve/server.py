@@ -45,6 +45,7 @@ class ServeConfig(Config):
                                 "watch the traffic beside the server")
     monitor_config: str | None = Field(None, description="YAML file: what the monitor's alarms do (actions, webhook; "
                                        "tether.serve.watch.WatchConfig)")
+    rollout_check_s: float = Field(1.0, gt=0, description="how often a rollout's step is judged (tether rollout)")
 
 
 def build(cfg: ServeConfig) -> tuple[Any, Any]:
@@ -53,6 +54,7 @@ def build(cfg: ServeConfig) -> tuple[Any, Any]:
     from tether.models.targets import is_endpoint, target_generator
     from tether.serve.app import Gateway, create_app
     from tether.serve.batching import Backend, BatchingGenerator
+    from tether.serve.rollout import Rollouts, Router
     from tether.serve.upstream import UpstreamBackend
 
     guards = load_guards(cfg.guards, cfg.block_input, cfg.block_output)
@@ -65,10 +67,19 @@ def build(cfg: ServeConfig) -> tuple[Any, Any]:
         generator = UpstreamBackend(cfg.model, cfg.upstream_model)
     else:
         generator = BatchingGenerator(target_generator(cfg.model), max_batch=cfg.max_batch)
-    app = create_app(generator, gateway, cfg.name or cfg.model, default_max_tokens=cfg.max_tokens,
+
+    def load(source: str) -> Backend:  # a rollout's canary, loaded as the model was
+        if is_endpoint(source):
+            return UpstreamBackend(source, cfg.upstream_model)
+        return BatchingGenerator(target_generator(source), max_batch=cfg.max_batch)
+
+    name = cfg.name or cfg.model
+    router = Router(Rollouts(gateway.engine), name, generator, load, guards_on={g.name for g in guards})
+    app = create_app(generator, gateway, name, default_max_tokens=cfg.max_tokens,
                      max_tokens_limit=cfg.max_tokens_limit, guards=guards, sandbox=sandbox,
                      sandbox_slots=cfg.sandbox_slots, review_timeout_s=cfg.review_timeout_s,
-                     review_default=cfg.review_default, watch=build_watch(cfg, gateway))
+                     review_default=cfg.review_default, watch=build_watch(cfg, gateway), rollouts=router,
+                     rollout_check_s=cfg.rollout_check_s)
     app.state.gateway = gateway  # for what is mounted beside the API (the studio, on the same store)
     app.router.on_shutdown.append(generator.close)
     # Everything built so far (torch, transformers, the model, the app) lives as long as the server. A full

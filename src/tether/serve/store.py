@@ -192,6 +192,34 @@ MONITOR_ALARMS = sa.Table(
     sa.Column("examples", sa.JSON, nullable=False),
 )
 
+# Staged rollouts (tether.serve.rollout): one row per rollout (its config, state, step and traffic share), and
+# per step and version the counts its online gate judges, incremented in each request's own transaction.
+ROLLOUTS = sa.Table(
+    "rollouts", METADATA,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("model", sa.String(300), nullable=False, index=True),  # the name clients call
+    sa.Column("canary", sa.String(1000), nullable=False),  # the new version's source (directory, hub id, URL)
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, index=True),  # running promoted rolled_back
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("share", sa.Float, nullable=False),  # the canary's share of the model's traffic now
+    sa.Column("safeguards", sa.JSON, nullable=False),  # guards a crossed capability threshold requires
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("step_started_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+)
+ROLLOUT_COUNTS = sa.Table(
+    "rollout_counts", METADATA,
+    sa.Column("rollout_id", sa.String(32), primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True),
+    sa.Column("version", sa.String(16), primary_key=True),  # canary or stable
+    sa.Column("requests", sa.BigInteger, nullable=False),
+    sa.Column("errors", sa.BigInteger, nullable=False),  # the model failed (5xx)
+    sa.Column("flagged", sa.BigInteger, nullable=False),  # a guard blocked, cut or redacted the reply
+    sa.Column("refusals", sa.BigInteger, nullable=False),  # the reply refused (the phrase detector)
+)
+
 
 def connect(url: str = DEFAULT_DB) -> sa.Engine:
     """An engine on ``url`` with every table created (a one-line error for a URL that does not work)."""
