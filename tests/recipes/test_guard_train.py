@@ -147,3 +147,32 @@ def test_an_llm_guard_runs_on_a_tiny_hf_model_and_on_an_endpoint_stub(tiny_dir, 
     assert not blocked.allowed and blocked.categories == ("S1",)
     assert stub.check_output("a cake recipe").allowed and stub.parse_failures == 0
     assert "S14: Code Interpreter Abuse." in chat_endpoint.requests[0]["messages"][-1]["content"]
+
+
+def test_certified_training_and_tether_verify_on_a_static_guard_head(tmp_path, capsys, tiny_dir):
+    data, held = _labelled(tmp_path / "train.jsonl", WORDS[:8]), _labelled(tmp_path / "held.jsonl", WORDS[8:])
+    certified = {}
+    for name, extra in (("normal", []), ("ibp", ["--set", "certify=ibp", "--set", "epsilon=0.05"])):
+        out = tmp_path / name
+        code, _, err = _run(["guard", "train", "--set", "model=static", "--set", f"base={tiny_dir}", "--set",
+                             f"data=[{data}]", "--set", "heldout=[]", "--set", "max_tokens=128", "--set", "hidden=16",
+                             *extra, "--out", str(out)], capsys)
+        assert code == 0, err
+        code, stdout, err = _run(["verify", "guard", str(out), "--set", f"data=[{held}]", "--set", "n=null",
+                                  "--set", "epsilons=[0,0.05]", "--set", "budgets=[0,1]", "--set", "export=3",
+                                  "--out", str(tmp_path / f"verify-{name}")], capsys)
+        assert code == 0, err
+        doc = json.loads((tmp_path / f"verify-{name}" / "certify.json").read_text())
+        assert doc["rows"] == 24 and doc["hidden"] == 16 and "CROWN" in stdout
+        for point in doc["feature"]:  # a certificate is a lower bound, the attack an upper one
+            for bound in ("certified_ibp", "certified_crown"):
+                assert point[bound]["value"] <= point["empirical"]["value"] <= point["clean"]["value"]
+        for point in doc["substitution"]:
+            assert point["method"] == "box+crown" and point["certified"]["value"] <= point["empirical"]["value"]
+        assert doc["exported"]["n"] == 3 and doc["exported"]["agree"] == 3
+        assert (tmp_path / f"verify-{name}" / "properties" / "head.onnx").is_file()
+        certified[name] = doc["feature"][1]["certified_crown"]["value"]
+        prop = tmp_path / f"verify-{name}" / "properties" / "prop_0.vnnlib"
+        code, stdout, _ = _run(["verify", "check", str(prop.parent / "head.onnx"), str(prop)], capsys)
+        assert code in (0, 1) and json.loads(stdout)["status"] == ("unsat" if code == 0 else "sat")
+    assert certified["ibp"] > certified["normal"], certified  # trained for the ball, it is certified in it

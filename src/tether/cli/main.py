@@ -27,6 +27,7 @@ from tether.cli import (
     redteam_cmd,
     serve_cmd,
     studio_cmd,
+    verify_cmd,
     world_cmd,
 )
 from tether.cli.common import ConfigOpt, OutOpt, ResumeOpt, SetOpt
@@ -65,6 +66,7 @@ app.add_typer(monitor_cmd.app, name="monitor")
 app.add_typer(interp_cmd.app, name="interp")
 app.add_typer(serve_cmd.audit_app, name="audit")
 app.add_typer(serve_cmd.rollout_app, name="rollout")
+app.add_typer(verify_cmd.app, name="verify")
 
 
 @app.command("run")

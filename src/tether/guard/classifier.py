@@ -199,13 +199,31 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
+def make_head(features: int, hidden: int = 0) -> torch.nn.Module:
+    """A guard's head over ``features``: logistic (``hidden`` 0), or one ReLU layer of ``hidden`` units and a
+    logit (what :mod:`tether.verify` certifies beyond the linear case)."""
+    if hidden <= 0:
+        return torch.nn.Linear(features, 1)
+    return torch.nn.Sequential(torch.nn.Linear(features, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+
+
+def head_layers(head: torch.nn.Module) -> list[torch.nn.Module]:
+    """The head as a list of layers (Linear and ReLU), as the bounds read it."""
+    return list(head) if isinstance(head, torch.nn.Sequential) else [head]
+
+
+def head_hidden(head: torch.nn.Module) -> int:
+    """The hidden width of a head :func:`make_head` made (0: logistic)."""
+    return int(head[0].out_features) if isinstance(head, torch.nn.Sequential) else 0
+
+
 class StaticModel:
     """Static token vectors, IDF-weighted mean per window, logistic head (see the module)."""
 
     kind: ModelKind = "static"
 
     def __init__(self, encoder: str, vectors: torch.Tensor, idf: torch.Tensor, max_tokens: int,
-                 head: torch.nn.Linear | None = None, *, tokenizer: Any = None) -> None:
+                 head: torch.nn.Module | None = None, *, tokenizer: Any = None, hidden: int = 0) -> None:
         from transformers import AutoTokenizer
 
         from tether.scoring.refusal import embedder_location
@@ -213,7 +231,7 @@ class StaticModel:
         self.encoder_name, self.max_tokens = encoder, max_tokens
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(embedder_location(encoder))
         self.vectors, self.idf = vectors.float(), idf.float()
-        self.head = head or torch.nn.Linear(vectors.shape[1], 1)
+        self.head = head or make_head(vectors.shape[1], hidden)
 
     @classmethod
     def distil(cls, encoder: str, max_tokens: int, *, batch_size: int = 1024) -> StaticModel:
@@ -283,7 +301,8 @@ class StaticModel:
         save_file({"vectors": self.vectors.half().contiguous(), "idf": self.idf.contiguous(),
                    **{f"head.{k}": v.detach().contiguous() for k, v in self.head.state_dict().items()}},
                   str(directory / "static.safetensors"))
-        return {"encoder": self.encoder_name, "max_tokens": self.max_tokens, "file": "static.safetensors"}
+        return {"encoder": self.encoder_name, "max_tokens": self.max_tokens, "file": "static.safetensors",
+                "hidden": head_hidden(self.head)}
 
     @classmethod
     def load(cls, directory: Path, meta: dict[str, Any]) -> StaticModel:
@@ -291,7 +310,8 @@ class StaticModel:
         from safetensors.torch import load_file
 
         tensors = load_file(str(directory / meta["file"]))
-        model = cls(meta["encoder"], tensors["vectors"], tensors["idf"], meta["max_tokens"])
+        model = cls(meta["encoder"], tensors["vectors"], tensors["idf"], meta["max_tokens"],
+                    hidden=meta.get("hidden", 0))
         model.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
         return model
 
@@ -301,7 +321,8 @@ class EmbeddingModel:
 
     kind: ModelKind = "embedding"
 
-    def __init__(self, encoder: str, max_tokens: int, head: torch.nn.Linear | None = None) -> None:
+    def __init__(self, encoder: str, max_tokens: int, head: torch.nn.Module | None = None, *, hidden: int = 0
+                 ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         from tether.scoring.refusal import embedder_location
@@ -310,7 +331,7 @@ class EmbeddingModel:
         self.encoder_name, self.max_tokens = encoder, max_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(location)
         self.encoder = AutoModel.from_pretrained(location).eval()
-        self.head = head or torch.nn.Linear(self.encoder.config.hidden_size, 1)
+        self.head = head or make_head(self.encoder.config.hidden_size, hidden)
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> tuple[torch.Tensor, list[int]]:
@@ -340,14 +361,15 @@ class EmbeddingModel:
 
         save_file({k: v.detach().contiguous() for k, v in self.head.state_dict().items()},
                   str(directory / "head.safetensors"))
-        return {"encoder": self.encoder_name, "max_tokens": self.max_tokens, "file": "head.safetensors"}
+        return {"encoder": self.encoder_name, "max_tokens": self.max_tokens, "file": "head.safetensors",
+                "hidden": head_hidden(self.head)}
 
     @classmethod
     def load(cls, directory: Path, meta: dict[str, Any]) -> EmbeddingModel:
         """The model :meth:`save` wrote (its encoder loaded from where it was named)."""
         from safetensors.torch import load_file
 
-        model = cls(meta["encoder"], meta["max_tokens"])
+        model = cls(meta["encoder"], meta["max_tokens"], hidden=meta.get("hidden", 0))
         model.head.load_state_dict(load_file(str(directory / meta["file"])))
         return model
 

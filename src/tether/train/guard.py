@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -39,9 +39,12 @@ from tether.guard.classifier import (
     Thresholds,
     TrainedGuard,
     calibrate,
+    head_layers,
+    make_head,
 )
 from tether.guard.evaluate import GuardRow, auroc, rates, read_guard_rows, tpr_at_fpr
 from tether.scoring.refusal import balanced_bce
+from tether.verify.bounds import crown_ibp, linf_box, worst_logit
 
 WORLD = "world"
 
@@ -89,6 +92,14 @@ class GuardTrainConfig(Config):
     weight_decay: float = Field(1e-4, ge=0.0)
     batch_size: int = Field(32, ge=1, description="sequence: windows per step")
     lora_rank: int = Field(0, ge=0, description="sequence: LoRA rank (0: fine-tune every weight)")
+    hidden: int = Field(0, ge=0, description="static / embedding: hidden ReLU units in the head (0: logistic)")
+    certify: Literal["none", "ibp", "crown-ibp"] = Field(
+        "none", description="static / embedding: certified training of the head against every feature within "
+        "epsilon (L-infinity) of each training vector: its worst-case logit by IBP or by CROWN-IBP (tether verify)")
+    epsilon: float = Field(0.01, ge=0.0, description="with certify: the L-infinity radius in feature space (unit "
+                           "vectors), ramped up from 0 over the first half of the steps")
+    robust_weight: float = Field(0.5, ge=0.0, le=1.0, description="with certify: the robust loss's share of the "
+                                 "loss (the rest is the plain loss)")
     seed: int = 0
     out: str = Field("runs/guard", description="run directory; the guard goes to OUT/guard")
 
@@ -204,31 +215,52 @@ def _fit_ngram(cfg: GuardTrainConfig, texts: list[str], y: torch.Tensor, share: 
 
 def _fit_static(cfg: GuardTrainConfig, texts: list[str], y: torch.Tensor, share: float) -> StaticModel:
     model = StaticModel.distil(cfg.base or "minilm", cfg.max_tokens)
+    model.head = make_head(model.vectors.shape[1], cfg.hidden)
     model.fit_idf(texts)
     pooled, owner = model.pooled(texts)
     _fit_head(model.head, pooled, y[torch.tensor(owner)], share, cfg, "static head")
     return model
 
 
-def _fit_head(head: torch.nn.Linear, embeddings: torch.Tensor, targets: torch.Tensor, share: float,
+def _fit_head(head: torch.nn.Module, embeddings: torch.Tensor, targets: torch.Tensor, share: float,
               cfg: GuardTrainConfig, label: str) -> None:
-    """A logistic head on unit-length vectors, full batch; the scale that speeds training folded in after."""
+    """A head on unit-length vectors, full batch, certified when ``cfg.certify`` says (:func:`robust_loss`); the
+    scale that speeds training folded into its first layer after."""
     optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr or 0.05, weight_decay=cfg.weight_decay)
     steps = cfg.steps or 500
+    layers = head_layers(head)
     with progress_bar(label, steps) as bar:
-        for _ in range(steps):
+        for step in range(steps):
             # Unit-length vectors: scaled so the head's logits reach a useful size in few steps.
-            loss = balanced_bce(head(8.0 * embeddings).squeeze(-1), targets, share)
+            loss = balanced_bce(head(SCALE * embeddings).squeeze(-1), targets, share)
+            if cfg.certify != "none" and cfg.epsilon > 0:
+                ramp = min(1.0, step / max(1, steps // 2))  # epsilon from 0 to its value over the first half
+                robust = robust_loss(layers, SCALE * embeddings, targets, share, SCALE * cfg.epsilon * ramp,
+                                     beta=1.0 - ramp if cfg.certify == "crown-ibp" else 0.0)
+                loss = (1 - cfg.robust_weight) * loss + cfg.robust_weight * robust
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             bar.advance()
+    first = layers[0]
+    assert isinstance(first, torch.nn.Linear)
     with torch.no_grad():  # fold the scale into the head, so scoring reads plain vectors
-        head.weight.mul_(8.0)
+        first.weight.mul_(SCALE)
+
+
+SCALE = 8.0  # unit-length vectors times this while a head trains (folded into its first layer after)
+
+
+def robust_loss(layers: list[torch.nn.Module], x: torch.Tensor, targets: torch.Tensor, share: float, epsilon: float,
+                *, beta: float = 0.0) -> torch.Tensor:
+    """Certified training's loss: the class-balanced cross-entropy of each row's worst-case logit anywhere within
+    ``epsilon`` (L-infinity) of it, bounded by CROWN-IBP with ``beta`` (0: IBP alone)."""
+    lo, hi = crown_ibp(layers, *linf_box(x, epsilon), beta)
+    return balanced_bce(worst_logit(lo, hi, targets), targets, share)
 
 
 def _fit_embedding(cfg: GuardTrainConfig, texts: list[str], y: torch.Tensor, share: float) -> EmbeddingModel:
-    model = EmbeddingModel(cfg.base or "minilm", cfg.max_tokens)
+    model = EmbeddingModel(cfg.base or "minilm", cfg.max_tokens, hidden=cfg.hidden)
     embeddings, owner = model.embed(texts)  # frozen encoder: embedded once
     _fit_head(model.head, embeddings, y[torch.tensor(owner)], share, cfg, "embedding head")
     return model
