@@ -176,3 +176,21 @@ def test_certified_training_and_tether_verify_on_a_static_guard_head(tmp_path, c
         code, stdout, _ = _run(["verify", "check", str(prop.parent / "head.onnx"), str(prop)], capsys)
         assert code in (0, 1) and json.loads(stdout)["status"] == ("unsat" if code == 0 else "sat")
     assert certified["ibp"] > certified["normal"], certified  # trained for the ball, it is certified in it
+
+
+def test_a_static_head_trained_against_word_swaps_is_certified_over_them(tmp_path, capsys, tiny_dir):
+    data = _labelled(tmp_path / "train.jsonl", WORDS[:8])
+    common = ["--set", "model=static", "--set", f"base={tiny_dir}", "--set", f"data=[{data}]", "--set", "heldout=[]",
+              "--set", "max_tokens=128", "--set", "hidden=16"]
+    code, _, err = _run(["guard", "train", *common, "--set", "certify_swaps=1", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "certify_swaps" in err  # swaps need certified training
+    out = tmp_path / "swaps"
+    code, _, err = _run(["guard", "train", *common, "--set", "certify=ibp", "--set", "certify_swaps=1", "--out",
+                         str(out)], capsys)
+    assert code == 0, err
+    code, _, err = _run(["verify", "guard", str(out), "--set", f"data=[{data}]", "--set", "n=null", "--set",
+                         "epsilons=[0]", "--set", "budgets=[0,1]", "--set", "export=0", "--out",
+                         str(tmp_path / "v")], capsys)
+    assert code == 0, err
+    (none, one) = json.loads((tmp_path / "v" / "certify.json").read_text())["substitution"]
+    assert one["certified"]["value"] <= one["empirical"]["value"] and one["certified"]["value"] > 0

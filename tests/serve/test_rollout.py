@@ -207,6 +207,18 @@ def test_a_crossed_capability_threshold_needs_its_safeguards_on_the_gateway(tmp_
     assert "rolled back" in decided and "harm-classifier" in rollouts.history(NAME)[-1].reason
 
 
+def test_a_canary_that_cannot_be_loaded_is_rolled_back(tmp_path):
+    served = _Gateway(tmp_path / "g.db")
+    try:
+        _, key = served.gateway.keys.create("client")
+        assert _start(tmp_path, str(served.gateway.engine.url), canary="missing") == 0
+        rolled = _wait_for(served.router.rollouts, lambda r: r.state == "rolled_back")
+        assert "could not be loaded: KeyError" in rolled.reason
+        assert served.ask(key, 3) == ["Sure, version one."] * 3
+    finally:
+        served.stop()
+
+
 def test_gate_arithmetic_by_hand():
     gate = OnlineGate(max_error_rate=0.1, max_flag_rate=0.2, max_refusal_increase=0.1, max_alarms=0)
     ok = judge_online(gate, Counts(20, 2, 4, 5), Counts(20, 0, 0, 3), alarms=0)

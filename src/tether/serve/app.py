@@ -184,6 +184,7 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                     logger.exception("rollout tick failed")
 
         async def start_controller() -> None:
+            await run_in_threadpool(rollouts.prepare)  # a promoted or running canary is loaded before serving
             controller.append(asyncio.get_running_loop().create_task(judge_steps()))
 
         async def stop_controller() -> None:

@@ -298,6 +298,13 @@ class Rollouts:
         assert found is not None
         return found
 
+    def fail(self, rollout_id: str, why: str) -> None:
+        """Roll a running rollout back for ``why`` (a gateway could not load its canary); nothing if it has ended."""
+        with write_transaction(self.engine) as conn:
+            row = conn.execute(sa.select(ROLLOUTS).where(ROLLOUTS.c.id == rollout_id)).first()
+            if row is not None and row.state == "running":
+                self._end(conn, rollout_id, row.model, "rolled_back", why)
+
     # --- reading ---
 
     def get(self, rollout_id: str) -> Rollout | None:
@@ -463,13 +470,28 @@ class Router:
         with self._loading:
             return self._backends.get(source)
 
+    def prepare(self) -> list[str]:
+        """Load the backends the model's rollouts need (before serving: a promoted version answers from the
+        first request). A canary that cannot be loaded is rolled back, audited; what was rolled back, in words."""
+        running, promoted = self.rollouts.routing(self.model)
+        failed = []
+        for rollout in (promoted, running):
+            if rollout is None:
+                continue
+            try:
+                self.backend_for(rollout.canary)
+            except Exception as exc:  # a missing directory, a model that does not load, an unreachable URL
+                if rollout.state == "running":
+                    why = f"the canary {rollout.canary} could not be loaded: {type(exc).__name__}: {str(exc)[:200]}"
+                    self.rollouts.fail(rollout.id, why)
+                    failed.append(f"{rollout.id} rolled back: {why}")
+                else:
+                    raise
+        return failed
+
     def tick(self) -> list[str]:
         """Load what rollouts need, then judge the running one's step."""
-        running, promoted = self.rollouts.routing(self.model)
-        for rollout in (promoted, running):
-            if rollout is not None:
-                self.backend_for(rollout.canary)
-        return self.rollouts.tick(self.model, self.guards_on)
+        return self.prepare() + self.rollouts.tick(self.model, self.guards_on)
 
     def close(self) -> None:
         """Close the canaries' backends."""

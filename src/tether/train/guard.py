@@ -45,6 +45,8 @@ from tether.guard.classifier import (
 from tether.guard.evaluate import GuardRow, auroc, rates, read_guard_rows, tpr_at_fpr
 from tether.scoring.refusal import balanced_bce
 from tether.verify.bounds import crown_ibp, linf_box, worst_logit
+from tether.verify.certify import static_box
+from tether.verify.substitutions import Slots
 
 WORLD = "world"
 
@@ -100,6 +102,9 @@ class GuardTrainConfig(Config):
                            "vectors), ramped up from 0 over the first half of the steps")
     robust_weight: float = Field(0.5, ge=0.0, le=1.0, description="with certify: the robust loss's share of the "
                                  "loss (the rest is the plain loss)")
+    certify_swaps: int = Field(0, ge=0, description="static, with certify: train against every text within this "
+                               "many word swaps (look-alikes, leetspeak, typos, case: the box tether verify "
+                               "certifies, Jia et al. 2019) instead of the epsilon ball")
     seed: int = 0
     out: str = Field("runs/guard", description="run directory; the guard goes to OUT/guard")
 
@@ -107,6 +112,10 @@ class GuardTrainConfig(Config):
     def _world_only_in_data(self) -> GuardTrainConfig:
         if WORLD in self.validation:
             raise ValueError("validation: 'world' is not a file (world validation rows come from the training draw)")
+        if self.certify != "none" and self.model not in ("static", "embedding"):
+            raise ValueError(f"certify: certified training is for static and embedding heads, not {self.model}")
+        if self.certify_swaps and (self.certify == "none" or self.model != "static"):
+            raise ValueError("certify_swaps: needs certify=ibp|crown-ibp and model=static")
         return self
 
 
@@ -218,14 +227,31 @@ def _fit_static(cfg: GuardTrainConfig, texts: list[str], y: torch.Tensor, share:
     model.head = make_head(model.vectors.shape[1], cfg.hidden)
     model.fit_idf(texts)
     pooled, owner = model.pooled(texts)
-    _fit_head(model.head, pooled, y[torch.tensor(owner)], share, cfg, "static head")
+    boxes = swap_boxes(model, texts, owner, pooled, cfg.certify_swaps) if cfg.certify_swaps else None
+    _fit_head(model.head, pooled, y[torch.tensor(owner)], share, cfg, "static head", boxes=boxes)
     return model
 
 
+def swap_boxes(model: StaticModel, texts: list[str], owner: list[int], pooled: torch.Tensor, budget: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pooled row, the box holding it under every text within ``budget`` word swaps
+    (:func:`tether.verify.certify.static_box`); the point itself where no box is made (several windows)."""
+    lower, upper = pooled.clone(), pooled.clone()
+    windows = {o: owner.count(o) for o in set(owner)}
+    with progress_bar("swap boxes", len(owner)) as bar:
+        for row, o in enumerate(owner):
+            box = static_box(model, Slots.of(texts[o]), budget) if windows[o] == 1 else None
+            if box is not None:
+                lower[row], upper[row] = box
+            bar.advance()
+    return lower, upper
+
+
 def _fit_head(head: torch.nn.Module, embeddings: torch.Tensor, targets: torch.Tensor, share: float,
-              cfg: GuardTrainConfig, label: str) -> None:
+              cfg: GuardTrainConfig, label: str, *, boxes: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """A head on unit-length vectors, full batch, certified when ``cfg.certify`` says (:func:`robust_loss`); the
-    scale that speeds training folded into its first layer after."""
+    scale that speeds training folded into its first layer after. ``boxes``: per row, the set to be robust in
+    (word swaps' boxes) instead of the epsilon ball; either is grown from the point over the first half."""
     optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr or 0.05, weight_decay=cfg.weight_decay)
     steps = cfg.steps or 500
     layers = head_layers(head)
@@ -233,10 +259,16 @@ def _fit_head(head: torch.nn.Module, embeddings: torch.Tensor, targets: torch.Te
         for step in range(steps):
             # Unit-length vectors: scaled so the head's logits reach a useful size in few steps.
             loss = balanced_bce(head(SCALE * embeddings).squeeze(-1), targets, share)
-            if cfg.certify != "none" and cfg.epsilon > 0:
+            if cfg.certify != "none" and (cfg.epsilon > 0 or boxes is not None):
                 ramp = min(1.0, step / max(1, steps // 2))  # epsilon from 0 to its value over the first half
-                robust = robust_loss(layers, SCALE * embeddings, targets, share, SCALE * cfg.epsilon * ramp,
-                                     beta=1.0 - ramp if cfg.certify == "crown-ibp" else 0.0)
+                beta = 1.0 - ramp if cfg.certify == "crown-ibp" else 0.0
+                if boxes is not None:
+                    box = (embeddings - ramp * (embeddings - boxes[0]), embeddings + ramp * (boxes[1] - embeddings))
+                    lo, hi = crown_ibp(layers, SCALE * box[0], SCALE * box[1], beta)
+                    robust = balanced_bce(worst_logit(lo, hi, targets), targets, share)
+                else:
+                    robust = robust_loss(layers, SCALE * embeddings, targets, share, SCALE * cfg.epsilon * ramp,
+                                         beta=beta)
                 loss = (1 - cfg.robust_weight) * loss + cfg.robust_weight * robust
             optimizer.zero_grad()
             loss.backward()

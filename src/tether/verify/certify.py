@@ -63,16 +63,12 @@ def feature_curve(layers: Sequence[torch.nn.Module], features: torch.Tensor, lab
 
 def static_box(model: Any, slots: Slots, budget: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """A box holding the ``static`` model's pooled, normalised vector of every text within ``budget`` swaps of
-    ``slots`` (see the module); None where it cannot be bounded here: the text's tokens are not its words' tokens
-    laid end to end, or a swapped text could be read in more than one window."""
+    ``slots`` (see the module); None where it cannot be bounded here: a swap changes tokens outside its own word
+    (so swaps would not add up), or a swapped text could be read in more than one window."""
     tokenizer, vectors, idf = model.tokenizer, model.vectors, model.idf
 
     def ids(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    words = [ids(w) for w in slots.words]
-    if [t for w in words for t in w] != ids(slots.text()):
-        return None
 
     def mass(tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.tensor(tokens, dtype=torch.long)
@@ -80,22 +76,40 @@ def static_box(model: Any, slots: Slots, budget: int) -> tuple[torch.Tensor, tor
             return torch.zeros(vectors.shape[1]), torch.zeros(())
         return (vectors[index] * idf[index][:, None]).sum(0), idf[index].sum()
 
-    total = sum(len(w) for w in words)
-    num, den = mass([t for w in words for t in w])
+    base = ids(slots.text())
+    total = len(base)
+    num, den = mass(base)
+    claimed: list[tuple[int, int]] = []  # the base tokens each word's swaps change: they must not overlap
     d_num_lo, d_num_hi, d_den_lo, d_den_hi, extra = [], [], [], [], []
-    for word, options in zip(words, slots.options, strict=True):
+    for position, options in enumerate(slots.options):
         if not options:
             continue
-        base_num, base_den = mass(word)
-        swapped = [ids(s) for s in options]
-        changes = [mass(s) for s in swapped]
-        n = torch.stack([c[0] - base_num for c in changes])
-        d = torch.stack([c[1] - base_den for c in changes])
+        changes, lo_tok, hi_tok, longest = [], len(base), 0, 0
+        for option in options:
+            new = ids(slots.text({position: option}))
+            p = 0
+            while p < min(len(base), len(new)) and base[p] == new[p]:
+                p += 1
+            q = 0
+            while q < min(len(base), len(new)) - p and base[-1 - q] == new[-1 - q]:
+                q += 1
+            old_part, new_part = base[p:len(base) - q], new[p:len(new) - q]
+            before, after = mass(old_part), mass(new_part)
+            changes.append((after[0] - before[0], after[1] - before[1]))
+            if old_part or new_part:  # a swap the tokenizer does not see (case, for an uncased one) claims nothing
+                lo_tok, hi_tok = min(lo_tok, p), max(hi_tok, len(base) - q)
+            longest = max(longest, len(new_part) - len(old_part))
+        if lo_tok < hi_tok and any(lo_tok < b and a < hi_tok for a, b in claimed):
+            return None  # two words' swaps touch the same token: their changes would not add up
+        if lo_tok < hi_tok:
+            claimed.append((lo_tok, hi_tok))
+        n = torch.stack([c[0] for c in changes])
+        d = torch.stack([c[1] for c in changes])
         d_num_lo.append(n.min(0).values.clamp(max=0))
         d_num_hi.append(n.max(0).values.clamp(min=0))
         d_den_lo.append(d.min().clamp(max=0))
         d_den_hi.append(d.max().clamp(min=0))
-        extra.append(max(0, max(len(s) for s in swapped) - len(word)))
+        extra.append(max(0, longest))
     k = min(budget, len(d_num_lo))
     if total + sum(sorted(extra, reverse=True)[:k]) > model.max_tokens:
         return None
@@ -111,13 +125,28 @@ def static_box(model: Any, slots: Slots, budget: int) -> tuple[torch.Tensor, tor
         return None
     corners = torch.stack([num_lo / den_lo, num_lo / den_hi, num_hi / den_lo, num_hi / den_hi])
     mean_lo, mean_hi = corners.min(0).values, corners.max(0).values
-    straddle = (mean_lo <= 0) & (mean_hi >= 0)
-    norm_lo = torch.where(straddle, torch.zeros_like(mean_lo), torch.minimum(mean_lo.abs(), mean_hi.abs())).norm()
-    norm_hi = torch.maximum(mean_lo.abs(), mean_hi.abs()).norm()
-    if norm_lo <= 0:
+    return unit_box(mean_lo, mean_hi)
+
+
+def unit_box(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A box holding ``m / |m|`` for every ``m`` in ``[lower, upper]`` (None when ``m`` may be 0). Coordinate
+    i is ``m_i / sqrt(m_i^2 + R)`` with ``R`` the other coordinates' squared sum: increasing in ``m_i``, and in
+    ``R`` decreasing where ``m_i > 0``, increasing where ``m_i < 0``; so its extremes are at ``m_i``'s ends with
+    ``R`` at whichever of its own ends the sign of ``m_i`` says."""
+    straddle = (lower <= 0) & (upper >= 0)
+    sq_lo = torch.where(straddle, torch.zeros_like(lower), torch.minimum(lower.square(), upper.square()))
+    sq_hi = torch.maximum(lower.square(), upper.square())
+    if sq_lo.sum() <= 0:
         return None
-    parts = torch.stack([mean_lo / norm_lo, mean_lo / norm_hi, mean_hi / norm_lo, mean_hi / norm_hi])
-    return parts.min(0).values.clamp(-1, 1), parts.max(0).values.clamp(-1, 1)
+    r_lo, r_hi = sq_lo.sum() - sq_lo, sq_hi.sum() - sq_hi
+
+    def ratio(m: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        denominator = (m.square() + r).sqrt()
+        return torch.where(denominator > 0, m / denominator.clamp(min=1e-30), torch.sign(m))
+
+    high = torch.where(upper > 0, ratio(upper, r_lo), ratio(upper, r_hi))
+    low = torch.where(lower < 0, ratio(lower, r_lo), ratio(lower, r_hi))
+    return low.clamp(-1, 1), high.clamp(-1, 1)
 
 
 def substitution_curve(rows: Sequence[tuple[str, bool]], logit: Callable[[list[str]], list[float]],
