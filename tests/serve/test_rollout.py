@@ -115,6 +115,9 @@ def test_an_over_refusing_canary_is_rolled_back_by_its_online_gate(tmp_path):
         assert steps == ["rollout_started", "rollout_gate", "rollout_step", "rollout_gate", "rollout_rolled_back"]
         online = next(r for r in rows if r["decision"] == "rollout_gate" and r["stage"] == "online")
         assert not online["passed"] and online["checks"][-1]["name"] == "refusal rate increase"
+        reply = served.server.client(key).chat.completions.with_raw_response.create(
+            model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert "x-tether-version" not in reply.headers  # no rollout running: nothing routed
         routed = [r for r in rows if r.get("version") == "canary" and r.get("decision") == "answered"]
         assert routed and all(r["refused"] for r in routed)
         assert verify(served.gateway.audit).ok
@@ -145,7 +148,7 @@ def test_a_good_canary_is_promoted_step_by_step_across_a_gateway_restart(tmp_pat
         while again.router.rollouts.history(NAME)[-1].state == "running" and len(replies) < 200:
             replies += again.ask(key, 2)
         promoted = _wait_for(again.router.rollouts, lambda r: r.state == "promoted")
-        assert promoted.step == 1 and set(replies) == {"Sure, version two."}  # share 1.0 at step 2
+        assert promoted.step == 1 and set(replies) == {"Sure, version two."}  # share 1.0 at step 2, from the start
         assert again.ask(key, 5) == ["Sure, version two."] * 5  # promoted: the canary is the current version
         rows = _decisions(again.gateway)
         steps = [(r["decision"], r.get("step"), r.get("passed")) for r in rows if r["decision"].startswith("rollout_")]

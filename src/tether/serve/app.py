@@ -351,7 +351,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                 return response
             # Reserve the most the request can use: the reply's max_tokens and the prompt's length, counted with
             # the model's tokenizer (estimated at 1 token a character where the model has none). Settled after.
-            backend, routed = rollouts.route() if rollouts is not None else (generator, {})
+            # Off the event loop: the rollout's state is read from the store when its cached copy is stale.
+            backend, routed = await run_in_threadpool(rollouts.route) if rollouts is not None else (generator, {})
             record |= routed
             counted = await run_in_threadpool(backend.count_tokens, prompt)
             reserve = settings.max_new_tokens + (counted if counted is not None
@@ -409,7 +410,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
                         served.completion_tokens)
         watched(record, messages, text)
         headers = {**admission.headers, "x-tether-overhead-ms": f"{1000 * (total - model_s):.2f}",
-                   "x-tether-audit-seq": str(record["audit_seq"])}
+                   "x-tether-audit-seq": str(record["audit_seq"]),
+                   **({"x-tether-version": record["version"]} if "version" in record else {})}
         return JSONResponse(frames.whole(text, reason, usage(served)), headers=headers)
 
     async def hold(stage: Literal["input", "output"], verdict: Verdict, messages: list[dict[str, str]],
@@ -543,7 +545,8 @@ def create_app(generator: Backend, gateway: Gateway, model: str, *, default_max_
 
         response = StreamingResponse(events(), media_type="text/event-stream")
         response.headers.update({**admitted.headers, "x-tether-audit-seq": str(seq),
-                                 "x-tether-overhead-ms": f"{1000 * (model_start - start):.2f}"})
+                                 "x-tether-overhead-ms": f"{1000 * (model_start - start):.2f}",
+                                 **({"x-tether-version": record["version"]} if "version" in record else {})})
         return response
 
     async def close(pump: _Pump, checker: OutputStream, admitted: Admission, budget: bool, end: dict[str, Any],

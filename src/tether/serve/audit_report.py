@@ -150,7 +150,7 @@ def summarise(rows: list[Row], *, since: float | None = None, until: float | Non
         },
         "blocked": {"requests": len(input_blocked), "replies_cut": len(cut),
                     "flagged_by_guard": dict(sorted(by_guard.items()))},
-        "refused": {name: decisions[name] for name in sorted(decisions)
+        "not_served": {name: decisions[name] for name in sorted(decisions)
                     if name not in ("answered", "answered_by_reviewer", "content_filter", "streaming")},
         "escalated": {"total": len(escalations), "by_stage": tally("stage", escalations),
                       "by_guard": tally("guard", escalations)},
