@@ -52,6 +52,9 @@ def test_vnnlib_beyond_the_subset_is_refused_with_its_line(tmp_path):
     path.write_text("(declare-const X_0 Real)\n(assert (or (<= X_0 1) (>= X_0 2)))\n")
     with pytest.raises(UserError, match=r"p.vnnlib:2"):
         read_vnnlib(path)
+    (tmp_path / "not.onnx").write_text("hello")
+    with pytest.raises(UserError, match="not an ONNX model"):
+        check(tmp_path / "not.onnx", path)
     write_vnnlib(path, [0.0, -1.0], [1.0, 1.0], label=False, threshold=0.25)
     prop = read_vnnlib(path)
     assert prop.sense == ">=" and prop.bound == 0.25 and prop.lower.tolist() == [0.0, -1.0]

@@ -58,8 +58,14 @@ def check_property(
 
     Example: tether verify check runs/verify/properties/head.onnx runs/verify/properties/prop_0.vnnlib
     """
+    from pathlib import Path
+
+    from tether.core.errors import UserError
     from tether.verify.export import check
 
+    for path in (onnx_path, vnnlib):
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file")
     result = check(onnx_path, vnnlib)
     typer.echo(json.dumps(result.as_dict()))
     if result.status == "sat":

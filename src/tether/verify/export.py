@@ -131,7 +131,10 @@ def read_onnx_layers(path: str | Path) -> list[tuple[str, np.ndarray | None, np.
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # not a protobuf, or not a model
+        raise UserError(f"{path}: not an ONNX model ({type(exc).__name__}: {str(exc)[:120]})") from None
     inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
     steps: list[tuple[str, np.ndarray | None, np.ndarray | None]] = []
     for node in model.graph.node:
@@ -176,8 +179,12 @@ def check(onnx_path: str | Path, vnnlib_path: str | Path) -> CheckResult:
     """Decide the property exactly (see the module)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
-    prop = read_vnnlib(vnnlib_path)
     steps = read_onnx_layers(onnx_path)
+    prop = read_vnnlib(vnnlib_path)
+    first = next((w for kind, w, _ in steps if kind == "linear"), None)
+    if first is None or first.shape[1] != len(prop.lower):
+        raise UserError(f"{vnnlib_path}: {len(prop.lower)} inputs, but {onnx_path} takes "
+                        f"{None if first is None else first.shape[1]}")
     # Variables: the inputs, then per linear step its outputs, per ReLU step its outputs and one binary each.
     lo_box, hi_box = prop.lower.copy(), prop.upper.copy()
     var_lo, var_hi, integrality = list(lo_box), list(hi_box), [0] * len(lo_box)
