@@ -73,7 +73,8 @@ def main() -> None:
     for prefix in ("embedding", "static"):
         if not _load(prefix):
             continue
-        print(f"### {prefix} guard ({', '.join(f'{len(v)} worlds' for v in _load(prefix).values())})\n")
+        counts = ", ".join(f"{variant}: {len(docs)}" for variant, docs in _load(prefix).items())
+        print(f"### {prefix} guard (worlds per head: {counts})\n")
         print(feature_table(prefix) + "\n")
         print(substitution_table(prefix) + "\n")
         print(exported_line(prefix) + "\n")
