@@ -108,6 +108,7 @@ def test_an_over_refusing_canary_is_rolled_back_by_its_online_gate(tmp_path):
         rolled = _wait_for(rollouts, lambda r: r.state == "rolled_back")
         assert "refusal rate increase" in rolled.reason and "online gate failed at step 1" in rolled.reason
         assert any("sorry" in r for r in replies)  # the canary did serve its share first
+        time.sleep(0.2)  # every process's routing reads the store at most refresh_s (here 0.05 s) apart
         after = served.ask(key, 20)
         assert after == ["Sure, version one."] * 20  # rolled back: everything to the current version
         rows = _decisions(served.gateway)
@@ -236,3 +237,38 @@ def test_gate_arithmetic_by_hand():
     assert needed == ["a", "c"]  # x crossed, y not, z missing: required rather than assumed unneeded
     with pytest.raises(ValueError, match="must not decrease"):
         RolloutConfig(model="m", canary="c", steps=[{"share": 0.5}, {"share": 0.1}])
+
+
+def test_gateways_ticking_at_once_on_postgresql_judge_each_step_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.serve.conftest import postgres_database
+
+    from tether.serve.rollout import GateResult
+    from tether.serve.store import connect, write_transaction
+
+    with postgres_database("rollout") as url:
+        engines = [connect(url) for _ in range(4)]  # four gateways' connections to one store
+        try:
+            cfg = RolloutConfig(model=NAME, canary="v2", steps=[{"share": 0.5, "min_requests": 3},
+                                                                 {"share": 1.0, "min_requests": 3}])
+            first = Rollouts(engines[0])
+            rollout = first.start(cfg, GateResult([]), [])
+            with pytest.raises(Exception, match="is running"):
+                first.start(cfg, GateResult([]), [])
+            for step in (0, 1):
+                with write_transaction(engines[0]) as conn:
+                    for _ in range(3):
+                        first.count_in(conn, rollout.id, step, "canary", error=False, flagged=False, refused=False)
+                        first.count_in(conn, rollout.id, step, "stable", error=False, flagged=False, refused=False)
+                with ThreadPoolExecutor(4) as pool:
+                    decided = [d for ds in pool.map(lambda e: Rollouts(e).tick(NAME, set()), engines) for d in ds]
+                assert len(decided) == 1  # one gateway judged the step; the others found it moved on
+            assert first.get(rollout.id).state == "promoted"
+            rows = [json.loads(r) for _, r, _, _ in first.audit.rows()]
+            gates = [(r["stage"], r.get("step")) for r in rows if r["decision"] == "rollout_gate"]
+            assert gates == [("offline", None), ("online", 0), ("online", 1)]
+            assert verify(first.audit).ok
+        finally:
+            for engine in engines:
+                engine.dispose()

@@ -257,6 +257,8 @@ class Rollouts:
         """
         now, rollout_id = time.time(), "ro_" + secrets.token_hex(6)
         with write_transaction(self.engine) as conn:
+            if conn.dialect.name == "postgresql":  # two starts at once: one finds the other's row
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7310454)"))
             running = conn.execute(sa.select(ROLLOUTS.c.id).where(ROLLOUTS.c.model == cfg.model,
                                                                   ROLLOUTS.c.state == "running")).first()
             if running is not None:
@@ -288,9 +290,9 @@ class Rollouts:
             UserError: no such rollout, or it is not running.
         """
         with write_transaction(self.engine) as conn:
-            row = conn.execute(sa.select(ROLLOUTS).where(ROLLOUTS.c.id == rollout_id)).first()
+            row = conn.execute(_locked(conn, sa.select(ROLLOUTS).where(ROLLOUTS.c.id == rollout_id))).first()
             if row is None:
-                raise UserError(f"no rollout {rollout_id!r} (tether rollout list shows them)")
+                raise UserError(f"no rollout {rollout_id!r} (tether rollout status lists them)")
             if row.state != "running":
                 raise UserError(f"rollout {rollout_id} is {row.state}, not running")
             self._end(conn, rollout_id, row.model, "rolled_back", f"aborted by an operator: {reason}")
@@ -301,7 +303,7 @@ class Rollouts:
     def fail(self, rollout_id: str, why: str) -> None:
         """Roll a running rollout back for ``why`` (a gateway could not load its canary); nothing if it has ended."""
         with write_transaction(self.engine) as conn:
-            row = conn.execute(sa.select(ROLLOUTS).where(ROLLOUTS.c.id == rollout_id)).first()
+            row = conn.execute(_locked(conn, sa.select(ROLLOUTS).where(ROLLOUTS.c.id == rollout_id))).first()
             if row is not None and row.state == "running":
                 self._end(conn, rollout_id, row.model, "rolled_back", why)
 
@@ -361,7 +363,7 @@ class Rollouts:
         with write_transaction(self.engine) as conn:
             query = sa.select(ROLLOUTS).where(ROLLOUTS.c.model == model, ROLLOUTS.c.state == "running")
             # Locked: of the processes ticking at once, one judges the step; the others then see it moved on.
-            row = conn.execute(query.with_for_update() if conn.dialect.name != "sqlite" else query).first()
+            row = conn.execute(_locked(conn, query)).first()
             if row is None:
                 return []
             rollout = _rollout(row._mapping)
@@ -413,6 +415,11 @@ class Rollouts:
     def _forget(self) -> None:
         with self._lock:
             self._cache.clear()
+
+
+def _locked(conn: sa.Connection, query: sa.Select[Any]) -> sa.Select[Any]:
+    """``query`` taking its rows' locks on PostgreSQL (SQLite's write transaction already holds the database's)."""
+    return query.with_for_update() if conn.dialect.name != "sqlite" else query
 
 
 def _counts(conn: sa.Connection, rollout_id: str, step: int) -> dict[str, Counts]:
