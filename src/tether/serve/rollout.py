@@ -335,7 +335,10 @@ class Rollouts:
             cached = self._cache.get(model)
             if cached is not None and time.monotonic() - cached[0] < self.refresh_s:
                 return cached[1], cached[2]
-        rollouts = self.history(model)
+        try:
+            rollouts = self.history(model)
+        except sa.exc.DBAPIError:  # the store cannot be read: the last state read stands (fail-open serving)
+            return (cached[1], cached[2]) if cached is not None else (None, None)
         running = next((r for r in reversed(rollouts) if r.state == "running"), None)
         promoted = next((r for r in reversed(rollouts) if r.state == "promoted"), None)
         with self._lock:

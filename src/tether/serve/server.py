@@ -62,17 +62,13 @@ def build(cfg: ServeConfig) -> tuple[Any, Any]:
     if sandbox is not None:
         sandbox.check()  # at start-up: a server that offers the tool must be able to isolate it
     gateway = Gateway.open(cfg.db, fail_closed=not cfg.fail_open, redis=cfg.redis)
-    generator: Backend
-    if is_endpoint(cfg.model):
-        generator = UpstreamBackend(cfg.model, cfg.upstream_model)
-    else:
-        generator = BatchingGenerator(target_generator(cfg.model), max_batch=cfg.max_batch)
 
-    def load(source: str) -> Backend:  # a rollout's canary, loaded as the model was
+    def load(source: str) -> Backend:  # the model, and a rollout's canary the same way
         if is_endpoint(source):
             return UpstreamBackend(source, cfg.upstream_model)
         return BatchingGenerator(target_generator(source), max_batch=cfg.max_batch)
 
+    generator = load(cfg.model)
     name = cfg.name or cfg.model
     router = Router(Rollouts(gateway.engine), name, generator, load, guards_on={g.name for g in guards})
     app = create_app(generator, gateway, name, default_max_tokens=cfg.max_tokens,
