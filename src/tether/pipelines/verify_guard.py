@@ -106,7 +106,8 @@ def _verify(cfg: VerifyGuardConfig, guard_dir: Path, run_dir: RunDir) -> dict[st
         raise UserError(f"{guard_dir}: a {model.kind} guard; tether verify certifies static and embedding heads "
                         "(the networks over frozen features)")
     layers = head_layers(model.head)
-    threshold = math.log(trained.thresholds.decision / (1 - trained.thresholds.decision))  # on the logit
+    decision = min(max(trained.thresholds.decision, 1e-12), 1 - 1e-12)  # a threshold of 0 or 1 has no logit
+    threshold = math.log(decision / (1 - decision))  # the decision on the logit
     rows = _rows(cfg)
     texts = [t for t, _ in rows]
     with torch.no_grad():
