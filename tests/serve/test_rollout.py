@@ -244,7 +244,7 @@ def test_gateways_ticking_at_once_on_postgresql_judge_each_step_once():
 
     from tests.serve.conftest import postgres_database
 
-    from tether.serve.rollout import GateResult
+    from tether.serve.rollout import GateChecks
     from tether.serve.store import connect, write_transaction
 
     with postgres_database("rollout") as url:
@@ -253,9 +253,9 @@ def test_gateways_ticking_at_once_on_postgresql_judge_each_step_once():
             cfg = RolloutConfig(model=NAME, canary="v2", steps=[{"share": 0.5, "min_requests": 3},
                                                                  {"share": 1.0, "min_requests": 3}])
             first = Rollouts(engines[0])
-            rollout = first.start(cfg, GateResult([]), [])
+            rollout = first.start(cfg, GateChecks([]), [])
             with pytest.raises(Exception, match="is running"):
-                first.start(cfg, GateResult([]), [])
+                first.start(cfg, GateChecks([]), [])
             for step in (0, 1):
                 with write_transaction(engines[0]) as conn:
                     for _ in range(3):

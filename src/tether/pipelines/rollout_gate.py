@@ -11,10 +11,10 @@ from typing import Any
 
 from tether.core.errors import UserError
 from tether.evals.compare import compare, load_run
-from tether.serve.rollout import Check, GateResult, RolloutConfig, capability_safeguards, judge_offline
+from tether.serve.rollout import Check, GateChecks, RolloutConfig, capability_safeguards, judge_offline
 
 
-def offline_gate(cfg: RolloutConfig) -> tuple[GateResult, list[str]]:
+def offline_gate(cfg: RolloutConfig) -> tuple[GateChecks, list[str]]:
     """The offline gate and capability rules for ``cfg``, read from its eval (and red-team) run directories;
     the checks, and the safeguards required.
 
@@ -23,7 +23,7 @@ def offline_gate(cfg: RolloutConfig) -> tuple[GateResult, list[str]]:
     """
     checks: list[Check] = []
     metrics: dict[str, Any] = {}
-    result = GateResult([])
+    result = GateChecks([])
     if cfg.offline is not None:
         redteam = _read_json(Path(cfg.offline.redteam) / "metrics.json") if cfg.offline.redteam else None
         comparison = compare([cfg.offline.baseline, cfg.offline.candidate], labels=["current", "canary"])
@@ -34,7 +34,7 @@ def offline_gate(cfg: RolloutConfig) -> tuple[GateResult, list[str]]:
     elif cfg.capabilities:
         raise UserError("capabilities: the rules read the canary's evaluation; give offline.candidate")
     checks, needed = capability_safeguards(cfg.capabilities, metrics)
-    return GateResult(result.checks + checks), needed
+    return GateChecks(result.checks + checks), needed
 
 
 def _read_json(path: Path) -> dict[str, Any]:

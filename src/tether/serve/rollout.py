@@ -121,7 +121,7 @@ class Check:
 
 
 @dataclass(frozen=True)
-class GateResult:
+class GateChecks:
     """A gate's checks; it passes when every check does. ``safeguards``: guards a crossed capability requires."""
 
     checks: list[Check]
@@ -138,7 +138,7 @@ class GateResult:
                          for c in self.checks if not c.passed)
 
 
-def judge_offline(gate: OfflineGate, comparison: dict[str, Any], redteam: dict[str, Any] | None) -> GateResult:
+def judge_offline(gate: OfflineGate, comparison: dict[str, Any], redteam: dict[str, Any] | None) -> GateChecks:
     """The offline gate on a paired comparison (baseline first, canary second) and the canary's red-team metrics.
 
     A metric the gate names but the comparison lacks fails (a gate is never passed by a missing figure).
@@ -165,7 +165,7 @@ def judge_offline(gate: OfflineGate, comparison: dict[str, Any], redteam: dict[s
         asr = None if redteam is None else (redteam.get("metrics", {}).get("asr.all") or {}).get("value")
         checks.append(Check("redteam asr.all", asr, gate.max_asr, asr is not None and asr <= gate.max_asr,
                             "" if asr is not None else "no red-team run of the canary"))
-    return GateResult(checks)
+    return GateChecks(checks)
 
 
 def capability_safeguards(rules: list[CapabilityRule], metrics: dict[str, Any]) -> tuple[list[Check], list[str]]:
@@ -198,7 +198,7 @@ class Counts:
         return getattr(self, what) / self.requests if self.requests else None
 
 
-def judge_online(gate: OnlineGate, canary: Counts, stable: Counts, alarms: int) -> GateResult:
+def judge_online(gate: OnlineGate, canary: Counts, stable: Counts, alarms: int) -> GateChecks:
     """The online gate on a step's counts. The refusal comparison needs requests of both versions; with none of
     the current version's (a step at share 1.0), the canary's rate is compared with 0."""
     checks: list[Check] = []
@@ -217,7 +217,7 @@ def judge_online(gate: OnlineGate, canary: Counts, stable: Counts, alarms: int) 
                             f"canary {canary.refusals}/{canary.requests}, current {stable.refusals}/{stable.requests}"))
     if gate.max_alarms is not None:
         checks.append(Check("monitor alarms", alarms, gate.max_alarms, alarms <= gate.max_alarms))
-    return GateResult(checks)
+    return GateChecks(checks)
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ class Rollouts:
 
     # --- starting and ending (the CLI) ---
 
-    def start(self, cfg: RolloutConfig, gate: GateResult, safeguards: list[str]) -> Rollout:
+    def start(self, cfg: RolloutConfig, gate: GateChecks, safeguards: list[str]) -> Rollout:
         """Record a rollout whose offline gate gave ``gate``: running at its first step when it passed, rolled back
         (the canary never served) when it did not.
 
