@@ -1,6 +1,7 @@
 """Load any Hugging Face causal LM and tokenizer, with dtype, device, LoRA and checkpointing.
 
-``ModelConfig.path`` is a local model directory, a hub id (where the network allows), or
+``ModelConfig.path`` is a local model directory, a hub id (where the network allows), a ``.gguf`` file
+(llama.cpp's format: transformers dequantises it to the dtype asked; needs the ``gguf`` package), or
 ``tiny:ARCH`` for a tiny random-init model of a supported architecture (tests, demos).
 """
 
@@ -45,8 +46,9 @@ class LoraSettings(Config):
 class ModelConfig(Config):
     """Which model to load and how."""
 
-    path: str = Field(description="local HF model directory, hub id, or tiny:ARCH (random init, for tests)")
-    tokenizer: str | None = Field(None, description="tokenizer directory or id, if not the model's")
+    path: str = Field(description="local HF model directory, hub id, a .gguf file, or tiny:ARCH (random init, "
+                      "for tests)")
+    tokenizer: str | None = Field(None, description="tokenizer directory, id or .gguf file, if not the model's")
     dtype: Dtype = Field("float32", description="weights dtype; 'auto' picks bfloat16 on a GPU that has it")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
     lora: LoraSettings | None = Field(None, description="train LoRA adapters instead of all weights")
@@ -102,8 +104,9 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False) -> PreTrainedT
     from transformers import AutoTokenizer
 
     _check_local(path)
+    source, extra = _pretrained_source(path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
     except OSError as exc:
         raise UserError(f"cannot load a tokenizer from {path!r}: {_first_line(exc)}") from None
     if tokenizer.pad_token is None:
@@ -132,9 +135,10 @@ def load_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase | None = Non
         from transformers import AutoModelForCausalLM
 
         _check_local(cfg.path)
+        source, extra = _pretrained_source(cfg.path)
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                cfg.path, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+                source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra
             )
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot load a causal LM from {cfg.path!r}: {_first_line(exc)}") from None
@@ -179,6 +183,21 @@ def _check_local(path: str) -> None:
     looks_local = path.startswith((".", "/", "~")) or p.suffix or len(p.parts) > 2
     if looks_local and not p.expanduser().exists():
         raise UserError(f"model path {path!r} does not exist")
+
+
+def _pretrained_source(path: str) -> tuple[str, dict[str, str]]:
+    """Where ``from_pretrained`` reads ``path`` from: a ``.gguf`` file is read from its directory with
+    transformers' ``gguf_file`` (its weights dequantised, its tokenizer converted); anything else as it is."""
+    file = Path(path).expanduser()
+    if file.suffix.lower() != ".gguf":
+        return path, {}
+    if not file.is_file():
+        raise UserError(f"{path}: not a GGUF file (a directory, or not a file)")
+    try:
+        import gguf  # noqa: F401 - transformers reads GGUF through it
+    except ImportError:
+        raise UserError(f"{path}: reading a GGUF file needs the gguf package (pip install gguf)") from None
+    return str(file.parent), {"gguf_file": file.name}
 
 
 def _first_line(exc: BaseException) -> str:
