@@ -9,8 +9,10 @@ image of a box, exactly: centre through the weights, radius through their absolu
 output by a linear function of the input, taken backward through the network, each unstable ReLU
 (pre-activation bounds ``l < 0 < u``) relaxed to the line through ``(l, 0)`` and ``(u, u)`` from above and a
 line through the origin (slope 1 when ``u > -l``, else 0: CROWN-Ada) from below; the pre-activation bounds of
-each ReLU come from CROWN run backward from that layer. CROWN is never looser than IBP on a network with one
-hidden layer, and often much tighter deeper.
+each ReLU come from CROWN run backward from that layer. CROWN's linear bound alone is not always tighter than
+IBP's: where the adaptive lower line dips below zero, IBP's bound at that end can be the better one (auto_LiRPA's
+CROWN shows the same on the world's exported heads), so :func:`crown` returns the tighter of the two at each
+end, which is as sound as either.
 """
 
 from __future__ import annotations
