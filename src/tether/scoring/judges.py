@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -189,6 +189,11 @@ class JudgeConfig(ScorerConfig):
     api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the key, if any")
     verdict_pattern: str = Field(r"VERDICT:\s*\**\s*(YES|NO)\b", description="regex; group 1 is the verdict")
     yes: list[str] = Field(["yes"], description="verdicts that answer yes (case-insensitive); others answer no")
+    answer: Literal["generate", "logprob"] = Field(
+        "generate", description="generate: the judge writes a reply and the verdict is parsed from it; logprob "
+        "(hf only): the judge's next-token probabilities of the yes and no words right after the rubric decide, "
+        "so there is no parse failure (for small local judges; give a rubric that asks for one word)")
+    no: list[str] = Field(["no"], description="logprob: the words that answer no (yes: the yes field)")
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1, description="hf: prompts per batch; openai: concurrent requests")
     timeout_s: float = Field(60.0, gt=0, description="openai: per request")
@@ -212,6 +217,9 @@ class JudgeScorer:
         self._verdict = re.compile(cfg.verdict_pattern, re.IGNORECASE)
         self._refusal = re.compile(r"^\W*(?:" + "|".join(re.escape(p) for p in REFUSAL_PHRASES) + r")\b",
                                    re.IGNORECASE)
+        if cfg.answer == "logprob" and cfg.backend != "hf":
+            raise UserError(f"judge {cfg.label!r}: answer: logprob reads the model's probabilities; it needs "
+                            "backend: hf")
         self._ask = _HFJudge(cfg) if cfg.backend == "hf" else _OpenAIJudge(cfg)
 
     def render(self, sample: Sample) -> str:
@@ -237,8 +245,12 @@ class JudgeScorer:
 
     def score(self, samples: Sequence[Sample]) -> list[Score]:
         """Score ``samples``."""
-        replies = self._ask([self.render(s) for s in samples])
-        return [self.parse(reply, error) for reply, error in replies]
+        texts = [self.render(s) for s in samples]
+        if self._cfg.answer == "logprob":
+            assert isinstance(self._ask, _HFJudge)
+            return [Score("yes" if p > 0.5 else "no", p > 0.5, value=p, explanation=f"P(yes) = {p:.4f}")
+                    for p in self._ask.p_yes(texts)]
+        return [self.parse(reply, error) for reply, error in self._ask(texts)]
 
 
 class _HFJudge:
@@ -247,13 +259,41 @@ class _HFJudge:
         from tether.models.loading import ModelConfig, load_model_and_tokenizer
 
         model, tokenizer = load_model_and_tokenizer(ModelConfig(path=cfg.model))
+        self._model, self._tokenizer, self._batch = model, tokenizer, cfg.batch_size
         self._generator = HFGenerator(model, tokenizer)
         self._settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0,
                                             batch_size=cfg.batch_size)
+        yes, no = _first_tokens(tokenizer, cfg.yes), _first_tokens(tokenizer, cfg.no)
+        shared = yes & no  # e.g. a lone leading space, where a tokenizer has no " yes" token: says neither
+        if not yes - shared or not no - shared:
+            raise UserError(f"judge {cfg.label!r}: the yes words {cfg.yes} and the no words {cfg.no} begin "
+                            "with the same tokens; answer: logprob cannot tell them apart")
+        self._words = (sorted(yes - shared), sorted(no - shared))
 
     def __call__(self, texts: list[str]) -> list[tuple[str | None, str]]:
         prompts = [[{"role": "user", "content": t}] for t in texts]
         return [(c.text, "") for c in self._generator.generate(prompts, self._settings)]
+
+    def p_yes(self, texts: list[str]) -> list[float]:
+        """P(a yes word | a yes or a no word) as the judge's reply begins, for each rubric text."""
+        import torch
+
+        from tether.models.chat import prompt_text
+        from tether.models.logprobs import next_token_logps
+
+        yes, no = self._words
+        contexts = [prompt_text(self._tokenizer, [{"role": "user", "content": t}]) for t in texts]
+        logps = torch.tensor(next_token_logps(self._model, self._tokenizer, contexts, yes + no,
+                                              batch_size=self._batch))
+        log_yes, log_no = logps[:, :len(yes)].logsumexp(-1), logps[:, len(yes):].logsumexp(-1)
+        return torch.sigmoid(log_yes - log_no).tolist()
+
+
+def _first_tokens(tokenizer: Any, words: Sequence[str]) -> set[int]:
+    """The first token of each word as a reply may begin with it: as given, upper, lower and capitalised, with
+    and without a leading space."""
+    variants = {v for w in words for form in (w, w.upper(), w.lower(), w.capitalize()) for v in (form, " " + form)}
+    return {tokenizer(v, add_special_tokens=False)["input_ids"][0] for v in variants if v.strip()}
 
 
 class _OpenAIJudge:
