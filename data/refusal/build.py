@@ -3,8 +3,8 @@
 The raw files hold, per sampled chunk of a public file, one record per reply: a header
 ``@@ PROMPT_ID|FINAL_LABEL[|cut]`` and the reply's opening. This script turns them into the JSONL
 files the detector is trained and measured on (src/tether/assets/refusal/), applying the rules in
-data/refusal/README.md: at most 300 characters per opening; training rows (train, dev and the
-project's own) whose prompt id occurs in the test set are dropped, so no prompt is in both.
+data/refusal/README.md: at most 300 characters per opening; training rows (train, dev, dev2, dev3 and
+the project's own) whose prompt id occurs in the test set are dropped, so no prompt is in both.
 
     python data/refusal/build.py
 """
@@ -61,7 +61,7 @@ def main() -> None:
     test = parse(HERE / "raw" / "test.txt")
     test_prompts = {r["prompt_id"] for r in test}
     splits = {"test-xstest": test}
-    for name in ("train", "dev", "dev2"):
+    for name in ("train", "dev", "dev2", "dev3"):
         rows = parse(HERE / "raw" / f"{name}.txt")
         splits[f"{name}-xstest"] = [r for r in rows if r["prompt_id"] not in test_prompts]
     splits["train-project"] = parse(HERE / "raw" / "project.txt")

