@@ -177,6 +177,27 @@ def test_certified_training_and_tether_verify_on_a_static_guard_head(tmp_path, c
         assert code in (0, 1) and json.loads(stdout)["status"] == ("unsat" if code == 0 else "sat")
     assert certified["ibp"] > certified["normal"], certified  # trained for the ball, it is certified in it
 
+    # The system card of a run deployed with these guards carries their records' figures.
+    run = tmp_path / "run"
+    run.mkdir()
+    rate = {"value": 0.1, "ci_low": 0.05, "ci_high": 0.2, "n": 50}
+    (run / "summary.json").write_text(json.dumps({"base_model": "tiny:llama", "final_model": "m", "stages": [
+        {"name": "base", "recipe": "base", "model": "m", "metrics": {"harmless.harmful_compliance": rate}}]}))
+    code, _, err = _run(["card", str(run), "--guard", str(tmp_path / "ibp" / "guard"), "--verify",
+                         str(tmp_path / "verify-ibp")], capsys)
+    assert code == 0, err
+    system = (run / "card" / "SYSTEM_CARD.md").read_text()
+    guard_summary = json.loads((tmp_path / "ibp" / "summary.json").read_text())
+    doc = json.loads((tmp_path / "verify-ibp" / "certify.json").read_text())
+    assert f"decision threshold: {guard_summary['thresholds']['decision']:.4f}" in system
+    assert f"| validation (calibrated on) | {guard_summary['validation']['n']} |" in system
+    assert "Not measured on held-out data" in system  # heldout=[] above
+    point = doc["feature"][1]
+    assert (f"| {point['epsilon']} | {point['clean']['value']:.4f} | {point['certified_ibp']['value']:.4f} | "
+            f"{point['certified_crown']['value']:.4f} | {point['empirical']['value']:.4f} |") in system
+    assert "the exact check agrees with CROWN on 3 of them" in system
+    assert "no guards in front of the model" not in system and "not in front of this model" in system
+
 
 def test_a_static_head_trained_against_word_swaps_is_certified_over_them(tmp_path, capsys, tiny_dir):
     data = _labelled(tmp_path / "train.jsonl", WORDS[:8])

@@ -78,3 +78,17 @@ def test_a_directory_that_is_not_a_run_is_refused_in_one_line(tmp_path, capsys):
         main(["card", str(tmp_path)])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "no summary.json" in err and err.strip().count("\n") == 0
+
+
+def test_a_guard_or_certificate_that_is_not_one_is_refused_before_anything_is_written(tmp_path, capsys):
+    from tether.cli.main import main
+
+    run, _ = _run(tmp_path)
+    for option in ("--guard", "--verify"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["card", str(run), option, str(tmp_path)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and str(tmp_path) in err and err.strip().count("\n") == 0
+    assert not (run / "card").exists()
+    system = (write_cards(run) and (run / "card" / "SYSTEM_CARD.md").read_text())
+    assert "No guards were part of this run" in system and "no guards in front of the model" in system

@@ -96,18 +96,22 @@ def run_cmd(
 def card_cmd(
     run: Annotated[Path, typer.Argument(help="a finished tether run directory (it holds summary.json)")],
     out: Annotated[Path | None, typer.Option("--out", help="where the cards go; default RUN/card")] = None,
+    guard: Annotated[list[Path] | None, typer.Option(
+        "--guard", help="a tether guard train run (or its OUT/guard) deployed with the model; repeatable")] = None,
+    verify: Annotated[list[Path] | None, typer.Option(
+        "--verify", help="a tether verify guard output (its certify.json); repeatable")] = None,
 ) -> None:
     """Model and system cards from a tether run directory: a Hugging Face model card (README.md, its
     model-index every metric of the final model, checked against summary.json) and SYSTEM_CARD.md (data
-    hashes, stages and configs, every evaluation with intervals, red-team by attack kind, known failures,
-    what was not tested).
+    hashes, stages and configs, every evaluation with intervals, red-team by attack kind, the guards named
+    with their thresholds, measured and certified figures, known failures, what was not tested).
 
-    Example: tether card runs/tether
+    Example: tether card runs/tether --guard runs/guard-world --verify runs/verify
     """
     from tether.cli.common import echo_main
     from tether.pipelines.card import write_cards
 
-    written = write_cards(run, out)
+    written = write_cards(run, out, guard or [], verify or [])
     echo_main(f"model card: {written['model_card']}  ({written['metrics_checked']} metrics, checked against "
               f"{run / 'summary.json'})")
     echo_main(f"system card: {written['system_card']}")

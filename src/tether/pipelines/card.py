@@ -7,9 +7,11 @@ never typed by hand.
   and sample count.
 - **System card** (``CARD/SYSTEM_CARD.md``): the safety sections. Training-data provenance (every file a
   stage's config names, with its SHA-256), every stage with its recipe and resolved config, every model's
-  evaluation with intervals, red-team results by attack kind, guards, known failures (failure rates the
-  final model shows, and metrics it is worse on than the base model with intervals that do not overlap),
-  and what the run did not test.
+  evaluation with intervals, red-team results by attack kind, the guards named with ``--guard`` (each with
+  its calibrated threshold and its held-out figures from ``tether guard train``'s records) and their
+  certified figures named with ``--verify`` (``tether verify guard``'s ``certify.json``), known failures
+  (failure rates the final model shows, and metrics it is worse on than the base model with intervals that
+  do not overlap), and what the run did not test.
 
 :func:`check_card` reads the model card back through ``huggingface_hub`` (which rejects a malformed
 ``model-index``) and checks that every number equals the summary's.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +161,102 @@ def regressions(summary: dict[str, Any]) -> list[str]:
     return out
 
 
-def system_card_text(run: str | Path) -> str:
-    """The system card's text for the run in ``run``."""
+def load_guard(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A ``tether guard train`` run (its directory, or its ``OUT/guard``) and its ``summary.json``, refused in
+    one line when ``path`` is neither."""
+    for run in (Path(path), Path(path).parent):
+        summary = run / "summary.json"
+        if summary.is_file() and (run / "guard").is_dir():
+            try:
+                doc: dict[str, Any] = json.loads(summary.read_text())
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{summary}:{exc.lineno}: not JSON ({exc.msg})") from exc
+            if "thresholds" in doc and "heldout" in doc:
+                return run, doc
+    raise UserError(f"{path}: not a tether guard train run (no summary.json with thresholds beside a guard/)")
+
+
+def load_certificate(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``tether verify guard``'s ``certify.json`` (the file, or the directory holding it), refused in one line
+    when ``path`` is neither."""
+    file = Path(path) / "certify.json" if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise UserError(f"{path}: no certify.json; --verify takes a tether verify guard output directory")
+    try:
+        doc: dict[str, Any] = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{file}:{exc.lineno}: not JSON ({exc.msg})") from exc
+    if not isinstance(doc.get("feature"), list) or "guard" not in doc:
+        raise UserError(f"{file}: not a tether verify guard document (no guard, no feature curve)")
+    return file, doc
+
+
+def _pct(rate: dict[str, Any] | None) -> str:
+    if not rate:
+        return "-"
+    return f"{100 * rate['value']:.2f}% [{100 * rate['ci_low']:.2f}, {100 * rate['ci_high']:.2f}]"
+
+
+def _guard_lines(run: Path, doc: dict[str, Any]) -> list[str]:
+    config = run / "config.yaml"
+    target = (yaml.safe_load(config.read_text()) or {}).get("target_fpr") if config.is_file() else None
+    lines = [f"### `{run / 'guard'}` ({doc.get('model')})", "",
+             f"- trained on: {', '.join(map(str, doc.get('trained_on', []))) or '-'} ({doc.get('train_rows')} rows; "
+             f"thresholds calibrated on {doc.get('validation_rows')} validation rows)",
+             f"- decision threshold: {doc['thresholds']['decision']:.4f}"
+             + (f" (validation FPR target {target})" if target is not None else ""), "",
+             "| measured on | n | TPR [95% interval] | FPR [95% interval] | AUROC | TPR at 1% FPR |",
+             "|---|---|---|---|---|---|"]
+    for name, result in [("validation (calibrated on)", doc.get("validation")), *doc["heldout"].items()]:
+        if result:
+            lines.append(f"| {name} | {result['n']} | {_pct(result.get('tpr'))} | {_pct(result.get('fpr'))} | "
+                         f"{result.get('auroc', '-')} | {result.get('tpr_at_1pct_fpr', '-')} |")
+    if not doc["heldout"]:
+        lines += ["", "Not measured on held-out data: the validation rows set its thresholds."]
+    return lines + [""]
+
+
+def _certificate_lines(file: Path, doc: dict[str, Any]) -> list[str]:
+    def value(rate: dict[str, Any] | None) -> str:
+        return "-" if rate is None else f"{rate['value']:.4f}"
+
+    lines = [f"### Certified: `{doc['guard']}` (`{file}`)", "",
+             f"{doc.get('rows')} rows ({doc.get('positives')} unsafe) of {', '.join(map(str, doc.get('data', [])))}; "
+             "a certified accuracy is a lower bound, the attack's accuracy an upper one.", "",
+             "| epsilon (L-inf, feature space) | clean | certified IBP | certified CROWN | under attack (PGD) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {p['epsilon']} | {value(p['clean'])} | {value(p['certified_ibp'])} | {value(p['certified_crown'])} "
+              f"| {value(p['empirical'])} |" for p in doc["feature"]]
+    if doc.get("substitution"):
+        lines += ["", "| word swaps | certified | method | under attack |", "|---|---|---|---|"]
+        lines += [f"| {p['budget']} | {value(p.get('certified'))} | {p.get('method') or 'not tractable'} | "
+                  f"{value(p['empirical'])} |" for p in doc["substitution"]]
+    exported = doc.get("exported") or {}
+    if exported.get("n"):
+        lines += ["", f"{exported['n']} properties exported as ONNX + VNN-LIB at epsilon {exported['epsilon']}; "
+                  f"the exact check agrees with CROWN on {exported['agree']} of them."]
+    return lines + [""]
+
+
+def guard_section(guards: Sequence[str | Path] = (), verifications: Sequence[str | Path] = ()) -> list[str]:
+    """The system card's Guards section: each guard run's threshold and measured figures, each certificate's
+    curves, as their records have them."""
+    lines = ["## Guards", ""]
+    if not guards and not verifications:
+        return [*lines, "No guards were part of this run: every figure is the model's own, unguarded.", ""]
+    lines += ["Each guard as its own records measured it, on its own validation and held-out data (not on this "
+              "model's traffic); `tether card --guard` and `--verify` named them.", ""]
+    for path in guards:
+        lines += _guard_lines(*load_guard(path))
+    for path in verifications:
+        lines += _certificate_lines(*load_certificate(path))
+    return lines
+
+
+def system_card_text(run: str | Path, guards: Sequence[str | Path] = (),
+                     verifications: Sequence[str | Path] = ()) -> str:
+    """The system card's text for the run in ``run``, with the guards and certificates named (paths of ``tether
+    guard train`` runs and of ``tether verify guard`` outputs)."""
     summary = load_summary(run)
     run_dir = Path(run)
     lines = [f"# System card: `{run_dir.name}`", "",
@@ -197,7 +294,7 @@ def system_card_text(run: str | Path) -> str:
     lines += ["## Red-team results by attack kind", ""]
     lines += (_metrics_table(redteam["metrics"]) if redteam is not None
               else ["The final model was not red-teamed in this run."])
-    lines += ["", "## Guards", "", "No guards were part of this run: every figure is the model's own, unguarded.", ""]
+    lines += ["", *guard_section(guards, verifications)]
 
     evaluation, _ = final_stages(summary)
     lines += ["## Known limitations and failures", ""]
@@ -220,7 +317,8 @@ def system_card_text(run: str | Path) -> str:
         untested.append("no held-out prompts: every figure is on the distribution the evaluation was drawn from")
     if redteam is None:
         untested.append("no red-team of the final model")
-    untested.append("no guards in front of the model (see Guards)")
+    untested.append("guards measured on their own data, not in front of this model on its traffic (see Guards)"
+                    if guards or verifications else "no guards in front of the model (see Guards)")
     if summary.get("world_seed") is not None:
         untested.append("the evaluation and red-team use the embedded world's prompts and gold grader, not real "
                         "users' traffic")
@@ -252,13 +350,17 @@ def check_card(card: str | Path, run: str | Path) -> int:
     return len(found)
 
 
-def write_cards(run: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+def write_cards(run: str | Path, out: str | Path | None = None, guards: Sequence[str | Path] = (),
+                verifications: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Write ``README.md`` (model card) and ``SYSTEM_CARD.md`` into ``out`` (default ``RUN/card``), check the model
-    card, and return the paths and the number of metrics checked."""
+    card, and return the paths and the number of metrics checked. ``guards`` and ``verifications`` (``tether guard
+    train`` runs, ``tether verify guard`` outputs) go into the system card's Guards section."""
     target = Path(out) if out is not None else Path(run) / "card"
+    # Both texts first: a bad --guard or --verify is refused before anything is written.
+    model, system = model_card_text(run), system_card_text(run, guards, verifications)
     target.mkdir(parents=True, exist_ok=True)
-    (target / "README.md").write_text(model_card_text(run))
-    (target / "SYSTEM_CARD.md").write_text(system_card_text(run))
+    (target / "README.md").write_text(model)
+    (target / "SYSTEM_CARD.md").write_text(system)
     checked = check_card(target / "README.md", run)
     return {"model_card": str(target / "README.md"), "system_card": str(target / "SYSTEM_CARD.md"),
             "metrics_checked": checked}
