@@ -6,6 +6,11 @@ files the detector is trained and measured on (src/tether/assets/refusal/), appl
 data/refusal/README.md: at most 300 characters per opening; training rows (train, dev, dev2, dev3 and
 the project's own) whose prompt id occurs in the test set are dropped, so no prompt is in both.
 
+The test rows also carry their request (``prompt``), XSTest's prompt type and whether that prompt is one
+of XSTest's unsafe ones (``unsafe_prompt``: its type starts with ``contrast_``), from ``raw/test-prompts.txt``;
+``harmful_compliance`` is a full compliance with an unsafe prompt, the label a harmful-compliance judge is
+measured against.
+
     python data/refusal/build.py
 """
 
@@ -49,6 +54,24 @@ def parse(path: Path) -> list[dict]:
     return rows
 
 
+def with_prompts(rows: list[dict], path: Path) -> list[dict]:
+    """``rows`` with their request, its XSTest type, and the harmful-compliance label."""
+    prompts = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            prompt_id, kind, prompt = line.split("|", 2)
+            prompts[prompt_id] = (kind, prompt)
+    missing = sorted({r["prompt_id"] for r in rows} - set(prompts))
+    assert not missing, f"{path.name}: no prompt for {missing[:5]}"
+    out = []
+    for r in rows:
+        kind, prompt = prompts[r["prompt_id"]]
+        unsafe = kind.startswith("contrast_")
+        out.append({**r, "prompt": prompt, "prompt_type": kind, "unsafe_prompt": unsafe,
+                    "harmful_compliance": unsafe and r["label"] == "1_full_compliance"})
+    return out
+
+
 def write(path: Path, rows: list[dict]) -> None:
     """One JSON object per line."""
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -58,7 +81,7 @@ def write(path: Path, rows: list[dict]) -> None:
 
 def main() -> None:
     """Write the datasets."""
-    test = parse(HERE / "raw" / "test.txt")
+    test = with_prompts(parse(HERE / "raw" / "test.txt"), HERE / "raw" / "test-prompts.txt")
     test_prompts = {r["prompt_id"] for r in test}
     splits = {"test-xstest": test}
     for name in ("train", "dev", "dev2", "dev3"):
