@@ -33,15 +33,21 @@ from tether.core.errors import UserError
 HIGHER_IS_BETTER = ("helpful.task_accuracy",)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON document, refused in one line naming the file and line when it is not JSON."""
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from exc
+    return doc
+
+
 def load_summary(run: str | Path) -> dict[str, Any]:
     """``RUN/summary.json``, refused in one line when ``run`` is not a finished ``tether run`` directory."""
     path = Path(run) / "summary.json"
     if not path.is_file():
         raise UserError(f"{run}: no summary.json; tether card reads a finished tether run directory")
-    try:
-        summary: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: not JSON ({exc.msg})") from exc
+    summary = _read_json(path)
     if not isinstance(summary.get("stages"), list) or not summary["stages"]:
         raise UserError(f"{path}: has no stages")
     return summary
@@ -167,10 +173,7 @@ def load_guard(path: str | Path) -> tuple[Path, dict[str, Any]]:
     for run in (Path(path), Path(path).parent):
         summary = run / "summary.json"
         if summary.is_file() and (run / "guard").is_dir():
-            try:
-                doc: dict[str, Any] = json.loads(summary.read_text())
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{summary}:{exc.lineno}: not JSON ({exc.msg})") from exc
+            doc = _read_json(summary)
             if "thresholds" in doc and "heldout" in doc:
                 return run, doc
     raise UserError(f"{path}: not a tether guard train run (no summary.json with thresholds beside a guard/)")
@@ -182,10 +185,7 @@ def load_certificate(path: str | Path) -> tuple[Path, dict[str, Any]]:
     file = Path(path) / "certify.json" if Path(path).is_dir() else Path(path)
     if not file.is_file():
         raise UserError(f"{path}: no certify.json; --verify takes a tether verify guard output directory")
-    try:
-        doc: dict[str, Any] = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{file}:{exc.lineno}: not JSON ({exc.msg})") from exc
+    doc = _read_json(file)
     if not isinstance(doc.get("feature"), list) or "guard" not in doc:
         raise UserError(f"{file}: not a tether verify guard document (no guard, no feature curve)")
     return file, doc
