@@ -9,7 +9,8 @@ the project's own) whose prompt id occurs in the test set are dropped, so no pro
 The test rows also carry their request (``prompt``), XSTest's prompt type and whether that prompt is one
 of XSTest's unsafe ones (``unsafe_prompt``: its type starts with ``contrast_``), from ``raw/test-prompts.txt``;
 ``harmful_compliance`` is a full compliance with an unsafe prompt, the label a harmful-compliance judge is
-measured against.
+measured against. ``outside-xstest-v1`` holds XSTest v1's completions (``raw/outside-v1.txt``), measured and
+never trained on.
 
     python data/refusal/build.py
 """
@@ -43,8 +44,10 @@ def parse(path: Path) -> list[dict]:
         if line.startswith("## "):
             flush()
             head, body = None, []
-            match = re.match(r"## xstest_v2_completions_(\w+)\.csv", line)
-            source, model = ("xstest-v2", match.group(1)) if match else ("tether", "hand-written")
+            v2 = re.match(r"## xstest_v2_completions_(\w+)\.csv", line)
+            v1 = re.match(r"## xstest_completions_(\w+)_v1\.csv", line)
+            source, model = (("xstest-v2", v2.group(1)) if v2 else ("xstest-v1", v1.group(1)) if v1
+                             else ("tether", "hand-written"))
         elif line.startswith("@@ "):
             flush()
             head, body = line[3:].strip(), []
@@ -88,6 +91,8 @@ def main() -> None:
         rows = parse(HERE / "raw" / f"{name}.txt")
         splits[f"{name}-xstest"] = [r for r in rows if r["prompt_id"] not in test_prompts]
     splits["train-project"] = parse(HERE / "raw" / "project.txt")
+    # XSTest v1's completions, a second source measured once and never trained on (its prompts are v1's).
+    splits["outside-xstest-v1"] = parse(HERE / "raw" / "outside-v1.txt")
     for rows in splits.values():
         ids = [r["id"] for r in rows]
         assert len(ids) == len(set(ids)), "duplicate ids"

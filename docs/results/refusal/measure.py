@@ -1,0 +1,55 @@
+"""A refusal detector, as it is (no training), measured on a labelled JSONL file: accuracy, precision and recall
+(95% Wilson intervals) of the learned tier and of the phrase tier, overall and by the model that wrote the
+replies where rows name one; every prediction goes to --predictions.
+
+    python docs/results/refusal/measure.py src/tether/assets/refusal/outside-xstest-v1.jsonl
+    python docs/results/refusal/measure.py FILE --detector runs/refusal-1/detector
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tether.scoring.refusal import PhraseDetector, RefusalDetector, binary_metrics, read_labelled
+
+
+def line(name: str, predicted: list[bool], truth: list[bool]) -> str:
+    """One tier's figures."""
+    m = binary_metrics(predicted, truth).as_dict()
+    parts = [f"{k} {100 * m[k]['value']:.1f}% [{100 * m[k]['ci_low']:.1f}-{100 * m[k]['ci_high']:.1f}]" if m[k]
+             else f"{k} -" for k in ("accuracy", "precision", "recall")]
+    return f"{name:28s} n={m['n']:<4d} " + "  ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the figures, write the predictions."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--detector", help="a detector directory (default: the one tether ships)")
+    parser.add_argument("--predictions", type=Path)
+    args = parser.parse_args(argv)
+    rows = read_labelled(str(args.file))
+    models = [json.loads(x).get("model") for x in args.file.read_text(encoding="utf-8").splitlines() if x.strip()]
+    responses, truth = [r for r, _ in rows], [t for _, t in rows]
+    detector = RefusalDetector.load(args.detector)
+    probabilities = detector.probabilities(responses)
+    learned = [p >= detector.threshold for p in probabilities]
+    phrases = [PhraseDetector().refuses(r) for r in responses]
+    print(f"{args.file.name}: {len(rows)} rows, {sum(truth)} refusals; detector {args.detector or 'shipped'}")
+    for tier, verdicts in (("learned", learned), ("phrases", phrases)):
+        print(line(tier, verdicts, truth))
+        for model in sorted({m for m in models if m}):
+            keep = [i for i, m in enumerate(models) if m == model]
+            print(line(f"  {tier}, {model}", [verdicts[i] for i in keep], [truth[i] for i in keep]))
+    if args.predictions:
+        args.predictions.write_text("".join(
+            json.dumps({"model": m, "response": r, "refusal": t, "p_refusal": round(p, 4), "learned": v,
+                        "phrases": f}, ensure_ascii=False) + "\n"
+            for m, r, t, p, v, f in zip(models, responses, truth, probabilities, learned, phrases, strict=True)),
+            encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
