@@ -149,7 +149,7 @@ def read_texts(spec: str, count: int, tokenizer: Any, *, seed: int) -> list[str]
 def context_prefixes(model: Any, tokenizer: Any, count: int, tokens: int, seed: int) -> list[str]:
     """``""`` and ``count`` short texts the model writes itself from common openings (ROME's context
     templates), each ending ``". "``."""
-    from tether.edit.model import encode
+    from tether.models.chat import encode_text
 
     openings = ("The", "Therefore", "Because", "I", "You")
     prefixes = [""]
@@ -157,7 +157,7 @@ def context_prefixes(model: Any, tokenizer: Any, count: int, tokens: int, seed: 
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         for i in range(count):
-            ids = torch.tensor([encode(tokenizer, openings[i % len(openings)])], device=device)
+            ids = torch.tensor([encode_text(tokenizer, openings[i % len(openings)])], device=device)
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=5,
                                  max_new_tokens=tokens, pad_token_id=tokenizer.pad_token_id
                                  if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
@@ -168,13 +168,13 @@ def context_prefixes(model: Any, tokenizer: Any, count: int, tokens: int, seed: 
 
 def token_nll(model: Any, tokenizer: Any, texts: Sequence[str], max_tokens: int) -> float:
     """Mean next-token NLL over every token of ``texts`` (nan without texts): the capability check."""
-    from tether.edit.model import encode
+    from tether.models.chat import encode_text
 
     total, count = 0.0, 0
     device = next(model.parameters()).device
     with torch.no_grad():
         for text in texts:
-            ids = encode(tokenizer, text)[:max_tokens]
+            ids = encode_text(tokenizer, text)[:max_tokens]
             if len(ids) < 2:
                 continue
             logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0, :-1].float()

@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from tether.edit.model import _pad_id, encode
+from tether.edit.model import _pad_id
 from tether.edit.requests import EditRequest
+from tether.models.chat import encode_text
 
 
 def continuations(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, *,
@@ -34,18 +35,14 @@ def continuations(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_to
 
 def continuation_ids(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, *,
                      batch_size: int = 32) -> list[list[int]]:
-    """Greedy continuations of ``prompts`` as token ids (up to and including an end-of-sequence token).
-
-    Not :class:`tether.models.generation.HFGenerator`: that encodes plain text with the tokenizer's special
-    tokens always, and a rendered chat prompt that opens with its BOS would get a second one here but not
-    in the rows the edit is computed on (:func:`tether.edit.model.encode`). On the world's model, where no
-    BOS is added, the two give the same tokens for all 960 rewrite, neighbour and paraphrase prompts of
-    world 0's fact edits."""
+    """Greedy continuations of ``prompts`` as token ids (up to and including an end-of-sequence token), each
+    prompt encoded as the rows the edit is computed on are (:func:`tether.models.chat.encode_text`: one BOS,
+    where the tokenizer adds one)."""
     out: list[list[int]] = []
     pad = _pad_id(tokenizer)
     device = next(model.parameters()).device
     for start in range(0, len(prompts), batch_size):
-        chunk = [encode(tokenizer, p) for p in prompts[start: start + batch_size]]
+        chunk = [encode_text(tokenizer, p) for p in prompts[start: start + batch_size]]
         width = max(len(ids) for ids in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -75,7 +72,7 @@ def names(text: str, target: str) -> bool:
 
 def budget(tokenizer: Any, request: EditRequest, slack: int) -> int:
     """Tokens to generate for ``request``: the target's length plus ``slack``."""
-    return len(encode(tokenizer, request.target, special=False)) + slack
+    return len(encode_text(tokenizer, request.target, special=False)) + slack
 
 
 def reference(model: Any, tokenizer: Any, requests: Sequence[EditRequest], slack: int) -> list[list[list[int]]]:
@@ -116,7 +113,8 @@ def judge(model: Any, tokenizer: Any, request: EditRequest, expected: Sequence[S
                        for p, e, c in zip(request.neighbours, expected, neighbours, strict=True)],
     }
     if request.target_true is not None:
-        new, old = continuation_logps(model, tokenizer, [rewrite, rewrite], [request.target, request.target_true])
+        new, old = continuation_logps(model, tokenizer, [rewrite, rewrite], [request.target, request.target_true],
+                                      special=True)
         result["probability"] = {"new": round(new, 4), "old": round(old, 4), "success": new > old}
     return result
 

@@ -22,6 +22,7 @@ from torch import Tensor
 from tether.core.config import Config
 from tether.core.errors import UserError
 from tether.interp.sites import MLP, base_model, decoder_layers
+from tether.models.chat import encode_text
 
 # The MLP output projection's name in each family (down_proj: Llama, Mistral, Qwen, Gemma, Phi-3, OLMo;
 # c_proj: GPT-2, StarCoder; dense_4h_to_h: GPT-NeoX, Falcon, BLOOM; fc2: OPT, Phi; fc_out: GPT-J).
@@ -101,14 +102,6 @@ class Row:
     target_start: int | None = None
 
 
-def encode(tokenizer: Any, text: str, *, special: bool = True) -> list[int]:
-    """``text``'s token ids, with the tokenizer's special tokens (a BOS) where ``special`` is on and the text
-    does not already open with the BOS (a chat template's rendering brings its own)."""
-    bos = getattr(tokenizer, "bos_token", None)
-    special = special and not (isinstance(bos, str) and bos and text.startswith(bos))
-    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
-
-
 def subject_row(tokenizer: Any, template: str, subject: str, *, prefix: str = "", target: str | None = None,
                 token: Token = "subject") -> Row:
     """The row for ``prefix + template.format(subject)`` (then ``target``'s tokens, if given), edited at the
@@ -120,15 +113,15 @@ def subject_row(tokenizer: Any, template: str, subject: str, *, prefix: str = ""
     if template.count("{}") != 1:
         raise UserError(f"edit prompt {template!r}: needs exactly one {{}} where the subject goes")
     head = prefix + template[: template.index("{}")] + subject
-    ids = encode(tokenizer, prefix + template.format(subject))
-    last = len(encode(tokenizer, head)) - 1
+    ids = encode_text(tokenizer, prefix + template.format(subject))
+    last = len(encode_text(tokenizer, head)) - 1
     if not 0 <= last < len(ids):
         raise UserError(f"edit prompt {template!r}: the subject {subject!r} was not found in its tokens")
     if token == "last":
         last = len(ids) - 1
     if target is None:
         return Row(ids, last)
-    return Row(ids + encode(tokenizer, target, special=False), last, len(ids))
+    return Row(ids + encode_text(tokenizer, target, special=False), last, len(ids))
 
 
 def _batch(rows: Sequence[Row], pad: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -218,7 +211,7 @@ def second_moment(model: Any, tokenizer: Any, projections: Sequence[Projection],
     Raises:
         UserError: no text with a token.
     """
-    rows = [Row(ids[:max_tokens], 0) for ids in (encode(tokenizer, t) for t in texts) if ids]
+    rows = [Row(ids[:max_tokens], 0) for ids in (encode_text(tokenizer, t) for t in texts) if ids]
     if not rows:
         raise UserError("edit statistics: no text to measure the keys on")
     sums = {p.layer: torch.zeros(0) for p in projections}

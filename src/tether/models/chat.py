@@ -54,11 +54,19 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
     return render(tokenizer, prompt, add_generation_prompt=True)
 
 
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, *, special: bool = True) -> list[int]:
+    """``text``'s token ids as a model reads it from its start: with the tokenizer's special tokens (its BOS,
+    where it adds one) when ``special`` is on, unless the text already opens with the BOS text (a chat template
+    rendered to text brings its own; a second BOS is a sequence the model never saw)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    special = special and not (isinstance(bos, str) and bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt]) -> list[list[int]]:
-    """Token ids a generator starts from, per prompt: plain text gets the tokenizer's special tokens,
+    """Token ids a generator starts from, per prompt: plain text gets the tokenizer's special tokens (once),
     chat templates bring their own."""
-    return [list(tokenizer(prompt_text(tokenizer, p), add_special_tokens=isinstance(p, str))["input_ids"])
-            for p in prompts]
+    return [encode_text(tokenizer, prompt_text(tokenizer, p), special=isinstance(p, str)) for p in prompts]
 
 
 def completion_text(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, completion: str | Messages) -> str:
@@ -83,7 +91,7 @@ def tokenize_prompt_completion(
     p_text = prompt_text(tokenizer, prompt)
     c_text = completion_text(tokenizer, prompt, completion)
     # Plain-text prompts get the tokenizer's BOS (if it adds one); templates write their own.
-    p_ids = tokenizer(p_text, add_special_tokens=isinstance(prompt, str))["input_ids"]
+    p_ids = encode_text(tokenizer, p_text, special=isinstance(prompt, str))
     c_ids = tokenizer(c_text, add_special_tokens=False)["input_ids"]
     return TokenizedExample(list(p_ids) + list(c_ids), [False] * len(p_ids) + [True] * len(c_ids))
 

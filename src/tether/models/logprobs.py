@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tether.data.collate import PrefixBatch, pad_batch
 from tether.data.records import TokenizedExample
+from tether.models.chat import encode_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -342,11 +343,16 @@ def _prefix_logps(model: Any, *, batch: PrefixBatch, temperature: float = 1.0) -
 
 @torch.no_grad()
 def continuation_logps(model: Any, tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str], *,
-                       batch_size: int = 32) -> list[float]:
-    """Summed log p(continuation | context) for each pair; contexts are rendered text (templates included)."""
+                       special: bool | Sequence[bool] = False, batch_size: int = 32) -> list[float]:
+    """Summed log p(continuation | context) for each pair. Contexts are text read from its start: a chat
+    template rendered to text, encoded as it is; or, where ``special`` is on (one flag, or one per context),
+    plain text, which gets the tokenizer's BOS as generation and training give a plain-text prompt one."""
+    flags = [special] * len(contexts) if isinstance(special, bool) else list(special)
+    if len(flags) != len(contexts):
+        raise ValueError(f"{len(flags)} special flags for {len(contexts)} contexts")
     examples = []
-    for context, continuation in zip(contexts, continuations, strict=True):
-        ctx = list(tokenizer(context, add_special_tokens=False)["input_ids"])
+    for context, continuation, plain in zip(contexts, continuations, flags, strict=True):
+        ctx = encode_text(tokenizer, context, special=plain)
         cont = list(tokenizer(continuation, add_special_tokens=False)["input_ids"])
         if not cont:
             raise ValueError(f"continuation {continuation!r} has no tokens")

@@ -194,7 +194,8 @@ def _experiment(cfg: IRLExperimentConfig, out: Path) -> dict[str, Any]:
 
         contexts = [prompt_text(tokenizer, p) for p in prompts]
         conts = [completion_text(tokenizer, p, r) for p, r in zip(prompts, replies, strict=True)]
-        results["sft log-likelihood"] = scored(rows, continuation_logps(model, tokenizer, contexts, conts))
+        results["sft log-likelihood"] = scored(rows, continuation_logps(
+            model, tokenizer, contexts, conts, special=[isinstance(p, str) for p in prompts]))
         if rm_dir is not None:
             scorer = scorer_config({"kind": "reward-model", "path": [str(rm_dir)]}).build()
             values = scorer.score([Sample(str(i), p, r) for i, (p, r) in enumerate(zip(prompts, replies, strict=True))])
