@@ -116,3 +116,28 @@ def test_a_functions_keyword_only_parameters_become_its_config():
 
     with pytest.raises(TypeError, match="needs a default"):
         signature_config(no_default, key="variant", name="x")
+
+
+class Step(Config):
+    config: str
+    set: list[str] = []
+
+
+class Pipeline(Config):
+    train: Step = Field(default_factory=lambda: Step(config="sft/world", set=["a=1"]))
+    inner: Job = Field(default_factory=lambda: Job(name="inner", optim=Optim(lr=0.5)))
+    maybe: Step | None = None
+
+
+def test_an_override_of_one_key_keeps_the_rest_of_a_default_table(tmp_path: Path):
+    cfg = load_config(Pipeline, None, ["train.set=[b=2]", "inner.optim.schedule=constant"])
+    assert cfg.train == Step(config="sft/world", set=["b=2"])  # config kept: before, "train.config is required"
+    assert cfg.inner.name == "inner" and cfg.inner.optim.lr == 0.5 and cfg.inner.optim.schedule == "constant"
+    # A table the file gives is not filled from defaults: the file's keys are the table.
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  set: [c=3]\n")
+    with pytest.raises(ConfigError, match="train.config' is required"):
+        load_config(Pipeline, path, ["train.set=[b=2]"])
+    # A default of None, or a union's default, is no base: the override's table is the table.
+    with pytest.raises(ConfigError, match="maybe.config' is required"):
+        load_config(Pipeline, None, ["maybe.set=[x=1]"])

@@ -111,9 +111,39 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(loaded).__name__}")
         data = loaded
+    for text in overrides:
+        data = with_defaults_along(cls, data, parse_override(text)[0][:-1])
     data = apply_overrides(data, overrides)
     overridden = {".".join(parse_override(o)[0]) for o in overrides}
     return validate_config(cls, data, where=where, overridden=overridden)
+
+
+def with_defaults_along(cls: type[BaseModel], data: dict[str, Any], path: Sequence[str]) -> dict[str, Any]:
+    """``data`` with each nested model table along ``path`` that ``data`` lacks filled in from the field's
+    default, so that ``stage.set=[...]`` changes one key of a default ``stage`` instead of replacing the whole
+    table (which would then miss its required keys). A copy where anything is added; ``data`` otherwise."""
+    model: type[BaseModel] | None = cls
+    node, result = data, data
+    for depth, key in enumerate(path):
+        field = model.model_fields.get(key) if model is not None else None
+        if field is None or not isinstance(node, dict):
+            break
+        if key not in node:
+            # Only a table of one model type: a union's or a registry kind's default (a loss of one kind) is no
+            # base for the keys of another kind the override may be choosing.
+            plain = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+            default = field.get_default(call_default_factory=True) if plain else None
+            if not isinstance(default, BaseModel) or type(default) is not field.annotation:
+                break
+            if result is data:  # copy once, then fill in the copy
+                result = _deep_copy(data)
+                node = result
+                for step in path[:depth]:
+                    node = node[step]
+            node[key] = default.model_dump()
+        node = node[key]
+        model = model_in(field.annotation)
+    return result
 
 
 def validate_config(cls: type[C], data: dict[str, Any], *, where: str = "config",
