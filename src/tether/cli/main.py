@@ -97,9 +97,10 @@ def card_cmd(
     run: Annotated[Path, typer.Argument(help="a finished tether run directory (it holds summary.json)")],
     out: Annotated[Path | None, typer.Option("--out", help="where the cards go; default RUN/card")] = None,
     guard: Annotated[list[Path] | None, typer.Option(
-        "--guard", help="a tether guard train run (or its OUT/guard) deployed with the model; repeatable")] = None,
+        "--guard", metavar="DIR",
+        help="a tether guard train run (or its OUT/guard) deployed with the model; repeatable")] = None,
     verify: Annotated[list[Path] | None, typer.Option(
-        "--verify", help="a tether verify guard output (its certify.json); repeatable")] = None,
+        "--verify", metavar="DIR", help="a tether verify guard output (its certify.json); repeatable")] = None,
 ) -> None:
     """Model and system cards from a tether run directory: a Hugging Face model card (README.md, its
     model-index every metric of the final model, checked against summary.json) and SYSTEM_CARD.md (data
