@@ -9,8 +9,10 @@ the project's own) whose prompt id occurs in the test set are dropped, so no pro
 The test rows also carry their request (``prompt``), XSTest's prompt type and whether that prompt is one
 of XSTest's unsafe ones (``unsafe_prompt``: its type starts with ``contrast_``), from ``raw/test-prompts.txt``;
 ``harmful_compliance`` is a full compliance with an unsafe prompt, the label a harmful-compliance judge is
-measured against. ``outside-xstest-v1`` holds XSTest v1's completions (``raw/outside-v1.txt``), measured and
-never trained on.
+measured against. The training rows carry the same fields from XSTest v2's prompt list
+(``raw/prompts-v2.txt``), so a detector can be trained to read the request too. ``outside-xstest-v1`` holds
+XSTest v1's completions (``raw/outside-v1.txt``) with v1's prompts (``raw/prompts-v1.txt``), measured and never
+trained on.
 
     python data/refusal/build.py
 """
@@ -57,15 +59,27 @@ def parse(path: Path) -> list[dict]:
     return rows
 
 
-def with_prompts(rows: list[dict], path: Path) -> list[dict]:
-    """``rows`` with their request, its XSTest type, and the harmful-compliance label."""
-    prompts = {}
+def read_prompts(path: Path) -> dict[str, tuple[str, str]]:
+    """``{prompt id: (XSTest type, prompt)}`` from a prompts file: ``ID|TYPE|PROMPT`` rows, or (``prompts-v2.txt``)
+    ``V2|V1|PROMPT`` rows under ``# TYPE`` lines."""
+    prompts, kind = {}, ""
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            prompt_id, kind, prompt = line.split("|", 2)
-            prompts[prompt_id] = (kind, prompt)
+        section = re.fullmatch(r"# (\w+)", line)
+        if section:
+            kind = section.group(1)
+        elif line.strip() and not line.startswith("#"):
+            first, second, prompt = line.split("|", 2)
+            if first.startswith("v"):
+                prompts[first] = (second, prompt)
+            else:
+                prompts[f"v2-{first}"] = (kind, prompt)
+    return prompts
+
+
+def with_prompts(rows: list[dict], prompts: dict[str, tuple[str, str]], source: str) -> list[dict]:
+    """``rows`` with their request, its XSTest type, and the harmful-compliance label."""
     missing = sorted({r["prompt_id"] for r in rows} - set(prompts))
-    assert not missing, f"{path.name}: no prompt for {missing[:5]}"
+    assert not missing, f"{source}: no prompt for {missing[:5]}"
     out = []
     for r in rows:
         kind, prompt = prompts[r["prompt_id"]]
@@ -84,15 +98,20 @@ def write(path: Path, rows: list[dict]) -> None:
 
 def main() -> None:
     """Write the datasets."""
-    test = with_prompts(parse(HERE / "raw" / "test.txt"), HERE / "raw" / "test-prompts.txt")
+    raw = HERE / "raw"
+    # The test rows' requests come from the completion files themselves (test-prompts.txt); the others' from
+    # the prompt lists, which word one test prompt differently (v2-195).
+    test = with_prompts(parse(raw / "test.txt"), read_prompts(raw / "test-prompts.txt"), "test-prompts.txt")
     test_prompts = {r["prompt_id"] for r in test}
     splits = {"test-xstest": test}
+    v2 = read_prompts(raw / "prompts-v2.txt")
     for name in ("train", "dev", "dev2", "dev3"):
-        rows = parse(HERE / "raw" / f"{name}.txt")
-        splits[f"{name}-xstest"] = [r for r in rows if r["prompt_id"] not in test_prompts]
-    splits["train-project"] = parse(HERE / "raw" / "project.txt")
+        rows = [r for r in parse(raw / f"{name}.txt") if r["prompt_id"] not in test_prompts]
+        splits[f"{name}-xstest"] = with_prompts(rows, v2, "prompts-v2.txt")
+    splits["train-project"] = parse(raw / "project.txt")
     # XSTest v1's completions, a second source measured once and never trained on (its prompts are v1's).
-    splits["outside-xstest-v1"] = parse(HERE / "raw" / "outside-v1.txt")
+    splits["outside-xstest-v1"] = with_prompts(parse(raw / "outside-v1.txt"), read_prompts(raw / "prompts-v1.txt"),
+                                               "prompts-v1.txt")
     for rows in splits.values():
         ids = [r["id"] for r in rows]
         assert len(ids) == len(set(ids)), "duplicate ids"
