@@ -12,7 +12,7 @@ of XSTest's unsafe ones (``unsafe_prompt``: its type starts with ``contrast_``),
 measured against. The training rows carry the same fields from XSTest v2's prompt list
 (``raw/prompts-v2.txt``), so a detector can be trained to read the request too. ``outside-xstest-v1`` holds
 XSTest v1's completions (``raw/outside-v1.txt``) with v1's prompts (``raw/prompts-v1.txt``), measured and never
-trained on.
+trained on; ``outside2-xstest-v1`` a second sample of them (``raw/outside2-v1.txt``), the same.
 
     python data/refusal/build.py
 """
@@ -110,8 +110,12 @@ def main() -> None:
         splits[f"{name}-xstest"] = with_prompts(rows, v2, "prompts-v2.txt")
     splits["train-project"] = parse(raw / "project.txt")
     # XSTest v1's completions, a second source measured once and never trained on (its prompts are v1's).
-    splits["outside-xstest-v1"] = with_prompts(parse(raw / "outside-v1.txt"), read_prompts(raw / "prompts-v1.txt"),
-                                               "prompts-v1.txt")
+    v1 = read_prompts(raw / "prompts-v1.txt")
+    splits["outside-xstest-v1"] = with_prompts(parse(raw / "outside-v1.txt"), v1, "prompts-v1.txt")
+    # A second sample of the same files, from chunks no split and no look had read (README: a second look).
+    splits["outside2-xstest-v1"] = with_prompts(parse(raw / "outside2-v1.txt"), v1, "prompts-v1.txt")
+    seen = {r["id"] for r in splits["outside-xstest-v1"]}
+    assert not seen & {r["id"] for r in splits["outside2-xstest-v1"]}, "a reply in both outside samples"
     for rows in splits.values():
         ids = [r["id"] for r in rows]
         assert len(ids) == len(set(ids)), "duplicate ids"
