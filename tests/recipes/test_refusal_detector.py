@@ -86,3 +86,29 @@ def test_bad_training_data_is_one_line_and_exit_2(tmp_path, capsys):
     code, _, err = _run(["eval", "--model", "none", "--data", str(prompts), "--set",
                          f"scorers=[{{kind: refusal, detector: {tmp_path}}}]", "--out", str(tmp_path / "q")], capsys)
     assert code == 2 and "not a refusal detector" in err
+
+
+def test_a_detector_that_reads_the_request(tmp_path, capsys):
+    data = _labelled(tmp_path / "labelled.jsonl", 20)
+    rows = [json.loads(x) for x in data.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        if i % 4:  # a quarter of the rows come without their request
+            row["prompt"] = f"Question number {i}?"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    code, stdout, err = _run(["train", "refusal-detector", "--set", f"data=[{data}]", "--set", f"heldout=[{data}]",
+                              "--set", "request=true", "--set", "folds=2", "--set", "epochs=1", "--out", str(out)],
+                             capsys)
+    assert code == 0, err
+    assert "the same, requests withheld:" in stdout and "learned, requests withheld" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["with_request"] == 15 and summary["cross_validation_without_request"]["n"] == 20
+    assert summary["heldout"]["labelled.jsonl"]["learned_without_request"]["n"] == 20
+    predictions = [json.loads(x) for x in (out / "heldout-predictions.jsonl").read_text().splitlines()]
+    assert all(0.0 <= p["p_refusal_without_request"] <= 1.0 for p in predictions)
+    assert json.loads((out / "detector" / "detector.json").read_text())["spec"]["request"] is True
+
+    plain = _labelled(tmp_path / "plain.jsonl", 20)
+    code, _, err = _run(["train", "refusal-detector", "--set", f"data=[{plain}]", "--set", "request=true",
+                         "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "no training row gives its request" in err and err.strip().count("\n") == 0

@@ -1,6 +1,7 @@
 """A refusal detector, as it is (no training), measured on a labelled JSONL file: accuracy, precision and recall
 (95% Wilson intervals) of the learned tier and of the phrase tier, overall and by the model that wrote the
-replies where rows name one; every prediction goes to --predictions.
+replies where rows name one; every prediction goes to --predictions. A detector trained to read requests reads
+the rows' ``prompt``s, and is measured without them too.
 
     python docs/results/refusal/measure.py src/tether/assets/refusal/outside-xstest-v1.jsonl
     python docs/results/refusal/measure.py FILE --detector runs/refusal-1/detector
@@ -32,13 +33,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = read_labelled(str(args.file))
     models = [json.loads(x).get("model") for x in args.file.read_text(encoding="utf-8").splitlines() if x.strip()]
-    responses, truth = [r for r, _ in rows], [t for _, t in rows]
+    responses, truth = [r.response for r in rows], [r.refusal for r in rows]
     detector = RefusalDetector.load(args.detector)
-    probabilities = detector.probabilities(responses)
+    probabilities = detector.probabilities(responses, [r.request for r in rows])
     learned = [p >= detector.threshold for p in probabilities]
+    tiers = [("learned", learned)]
+    if detector.reads_requests:
+        blind = [p >= detector.threshold for p in detector.probabilities(responses)]
+        tiers.append(("learned, requests withheld", blind))
     phrases = [PhraseDetector().refuses(r) for r in responses]
-    print(f"{args.file.name}: {len(rows)} rows, {sum(truth)} refusals; detector {args.detector or 'shipped'}")
-    for tier, verdicts in (("learned", learned), ("phrases", phrases)):
+    tiers.append(("phrases", phrases))
+    print(f"{args.file.name}: {len(rows)} rows, {sum(truth)} refusals, {sum(bool(r.request) for r in rows)} with "
+          f"their request; detector {args.detector or 'shipped'}")
+    for tier, verdicts in tiers:
         print(line(tier, verdicts, truth))
         for model in sorted({m for m in models if m}):
             keep = [i for i, m in enumerate(models) if m == model]

