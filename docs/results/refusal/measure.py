@@ -5,6 +5,7 @@ the rows' ``prompt``s, and is measured without them too.
 
     python docs/results/refusal/measure.py src/tether/assets/refusal/outside-xstest-v1.jsonl
     python docs/results/refusal/measure.py FILE --detector runs/refusal-1/detector
+    python docs/results/refusal/measure.py FILE1 FILE2   # the files' rows measured together
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ def line(name: str, predicted: list[bool], truth: list[bool]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Print the figures, write the predictions."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("file", type=Path)
+    parser.add_argument("files", type=Path, nargs="+", help="labelled JSONL files, measured together")
     parser.add_argument("--detector", help="a detector directory (default: the one tether ships)")
     parser.add_argument("--predictions", type=Path)
     args = parser.parse_args(argv)
-    rows = read_labelled(str(args.file))
-    models = [json.loads(x).get("model") for x in args.file.read_text(encoding="utf-8").splitlines() if x.strip()]
+    rows = [row for file in args.files for row in read_labelled(str(file))]
+    models = [json.loads(x).get("model") for file in args.files
+              for x in file.read_text(encoding="utf-8").splitlines() if x.strip()]
     responses, truth = [r.response for r in rows], [r.refusal for r in rows]
     detector = RefusalDetector.load(args.detector)
     probabilities = detector.probabilities(responses, [r.request for r in rows])
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         tiers.append(("learned, requests withheld", blind))
     phrases = [PhraseDetector().refuses(r) for r in responses]
     tiers.append(("phrases", phrases))
-    print(f"{args.file.name}: {len(rows)} rows, {sum(truth)} refusals, {sum(bool(r.request) for r in rows)} with "
+    names = " + ".join(f.name for f in args.files)
+    print(f"{names}: {len(rows)} rows, {sum(truth)} refusals, {sum(bool(r.request) for r in rows)} with "
           f"their request; detector {args.detector or 'shipped'}")
     for tier, verdicts in tiers:
         print(line(tier, verdicts, truth))
