@@ -205,6 +205,26 @@ def _render_rest() -> None:
             print("\nhazard positives / negatives: " + "; ".join(
                 f"world {s}: {r['probe']['hazard_positives']} / {r['probe']['hazard_negatives']}"
                 for s, r in hazards_only.items()))
+        both = {s: r for s, r in runs.items() if "conjunction" in r["probe"]}
+        if both:
+            print("\nBoth high: the hazard-request probe and a comply probe, the smaller standardised score, over "
+                  "every request (and among hazard requests only):\n")
+            print("| world | hazard probe site (held-out AUROC dm / log) | contrast pairs | comply probe | "
+                  "AUROC dm | AUROC logistic | recall at 1% FPR (dm / log) | among hazards: AUROC dm / log |")
+            print("|---|---|---|---|---|---|---|---|")
+            for seed, r in both.items():
+                c = r["probe"]["conjunction"]
+                check = c["hazard_check_auroc"]
+                for contrast, readings in c["by_contrast"].items():
+                    for reading, views in readings.items():
+                        dm, lg = views["defection"]["difference-of-means"], views["defection"]["logistic"]
+                        hz = views.get("defection_hazards", {})
+                        among = " / ".join(f"{hz[k]['auroc']:.4f}" if k in hz else "–"
+                                           for k in ("difference-of-means", "logistic"))
+                        site = r["probe"]["contrasts"][contrast]["site"] if reading == "selected" else "every layer"
+                        print(f"| {seed} | {c['hazard_site']} ({check['difference-of-means']:.3f} / "
+                              f"{check['logistic']:.3f}) | {contrast} | {site} | {_auroc(dm)} | {_auroc(lg)} | "
+                              f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} | {among} |")
     runs = _load("hallucination_probe")
     if runs:
         print("\n### Hallucination probe\n")
