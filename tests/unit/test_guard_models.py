@@ -4,6 +4,9 @@ de-obfuscation, windows over long texts, tiers that allow, block or pass on, bud
 parsed and unparsed LLM answers, a guarded generator."""
 
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -118,6 +121,23 @@ def test_a_saved_ngram_guard_scores_as_hand_worked_and_flags_at_its_threshold(tm
     assert not verdict.allowed and verdict.action == "block" and verdict.categories == ("unsafe",)
     assert guard.thresholds == Thresholds(0.9, 0.5, 0.99)
     assert TrainedGuard.load(tmp_path / "toy").meta["trained_on"] == ["hand"]
+
+
+def test_the_ngram_vocabulary_ranks_by_texts_then_alphabetically_whatever_the_process_hashing():
+    texts = ["zeta alpha", "alpha beta", "beta zeta gamma"]
+    # Counts: alpha 2, beta 2, zeta 2, then every other word and pair once; ties alphabetical.
+    assert list(NgramModel.vocabulary_of(texts, 4)) == ["alpha", "beta", "zeta", "alpha beta"]
+    assert list(NgramModel.vocabulary_of(texts, 10, min_count=2)) == ["alpha", "beta", "zeta"]
+    # A text's features are a set, iterated in an order that changes with PYTHONHASHSEED: the same data must
+    # give the same vocabulary (and so the same guard) in every process.
+    code = ("import json; from tether.guard.classifier import NgramModel; "
+            "print(json.dumps(list(NgramModel.vocabulary_of([f'w{i} w{i % 7} w{i % 3} and w{i % 5}' "
+            "for i in range(60)], 500))))")
+    seen = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(h)},
+                           capture_output=True, text=True, check=True).stdout for h in (1, 2, 3)}
+    assert len(seen) == 1
+    model = NgramModel({"b": 0, "a": 1, "c": 2}, [1.0, 2.0, 3.0], 0.0)
+    assert model.indices("c a b") == [0, 1, 2]  # one summation order, whatever the set's
 
 
 def test_a_streaming_classifier_reads_its_window_and_context_and_cuts_there(tmp_path):

@@ -164,14 +164,17 @@ class NgramModel:
 
     @staticmethod
     def vocabulary_of(texts: Iterable[str], max_features: int, min_count: int = 1) -> dict[str, int]:
-        """The ``max_features`` features found in most texts (at least ``min_count``), ties in order seen."""
+        """The ``max_features`` features found in most texts (at least ``min_count``), ties in alphabetical order:
+        a text's features are a set, whose order changes with each process's string hashing, so "order seen"
+        would give another vocabulary (and another guard) from the same data in every process."""
         counts = Counter(f for text in texts for f in ngram_features(text))
-        kept = [f for f, c in counts.most_common(max_features) if c >= min_count]
-        return {f: i for i, f in enumerate(kept)}
+        kept = sorted((f for f, c in counts.items() if c >= min_count), key=lambda f: (-counts[f], f))
+        return {f: i for i, f in enumerate(kept[:max_features])}
 
     def indices(self, text: str) -> list[int]:
-        """The vocabulary indices of the text's features (unknown features have no weight)."""
-        return [i for i in map(self.vocabulary.get, ngram_features(text)) if i is not None]
+        """The vocabulary indices of the text's features (unknown features have no weight), in ascending order
+        (so that their weights are summed in one order in every process)."""
+        return sorted(i for i in map(self.vocabulary.get, ngram_features(text)) if i is not None)
 
     def logit(self, text: str) -> float:
         """The model's logit for one text."""
