@@ -143,6 +143,19 @@ def recall_at_fpr(positive_scores: Any, control_scores: Any, fpr: float = 0.01) 
     return float((np.asarray(positive_scores) > threshold).mean()), float(threshold)
 
 
+def auroc_rows(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The AUROC of each row of ``scores`` against the same row of boolean ``labels`` (both 2-D, every row
+    holding both classes): the Mann-Whitney U over average ranks, which equals the trapezoidal area under
+    the ROC curve, a tie between a positive and a negative counting half."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, axis=-1)
+    positives = labels.sum(axis=-1)
+    negatives = labels.shape[-1] - positives
+    u = np.where(labels, ranks, 0.0).sum(axis=-1) - positives * (positives + 1) / 2
+    return np.asarray(u / (positives * negatives), dtype=np.float64)
+
+
 def probe_metrics(scores: Any, labels: Any, *, control: Any | None = None, fpr: float = 0.01,
                   resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """AUROC with a 95% bootstrap interval on ``scores`` against ``labels``; recall at ``fpr`` on the control
@@ -152,13 +165,12 @@ def probe_metrics(scores: Any, labels: Any, *, control: Any | None = None, fpr: 
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
     auroc = float(roc_auc_score(y, s))
     rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        pick = rng.integers(0, len(s), len(s))
-        if y[pick].all() or not y[pick].any():
-            continue
-        draws.append(roc_auc_score(y[pick], s[pick]))
-    low, high = (np.quantile(draws, [0.025, 0.975]) if draws else (auroc, auroc))
+    picks = [pick for pick in (rng.integers(0, len(s), len(s)) for _ in range(resamples))
+             if y[pick].any() and not y[pick].all()]
+    # The resamples' AUROCs by ranks, a block at a time (a thousand calls to roc_auc_score cost a second).
+    blocks = np.array_split(np.array(picks), max(1, len(picks) // 128)) if picks else []
+    draws = np.concatenate([auroc_rows(s[block], y[block]) for block in blocks]) if picks else np.empty(0)
+    low, high = (np.quantile(draws, [0.025, 0.975]) if len(draws) else (auroc, auroc))
     negatives = s[~y] if control is None else np.asarray(control, dtype=np.float64)
     recall, threshold = recall_at_fpr(s[y], negatives, fpr)
     return {"auroc": round(auroc, 4), "auroc_low": round(float(low), 4), "auroc_high": round(float(high), 4),

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from tether.interp.capture import capture
-from tether.interp.probes import Probe, ProbeEnsemble, difference_of_means, logistic_probe, probe_metrics, recall_at_fpr
+from tether.interp.probes import (
+    Probe,
+    ProbeEnsemble,
+    auroc_rows,
+    difference_of_means,
+    logistic_probe,
+    probe_metrics,
+    recall_at_fpr,
+)
 from tether.models.tiny import TINY_ARCHITECTURES, build_tiny_model
 
 # Every architecture runs in the slow tier; these, one of each way a layer is built (sequential and parallel
@@ -81,3 +89,18 @@ def test_one_site_name_and_one_probe_recipe_work_unchanged_on_every_architecture
     difference_of_means("resid_post.-1", acts[fit], labels[fit]).save(tmp_path / "probe.json")
     probe = Probe.load(tmp_path / "probe.json")
     assert probe_metrics(probe.scores(acts[held]), labels[held], resamples=10)["auroc"] > 0.9, arch
+
+
+def test_auroc_rows_is_the_roc_area_row_by_row_with_ties_counting_half():
+    from sklearn.metrics import roc_auc_score
+
+    # Row 0: positives 0.9 and 0.5 against negatives 0.5 and 0.1: 0.9 beats both, 0.5 ties one (half) and
+    # beats one: 3.5 of 4. Row 1: perfectly reversed: 0.
+    scores = np.array([[0.9, 0.5, 0.5, 0.1], [0.1, 0.2, 0.8, 0.9]])
+    labels = np.array([[True, True, False, False], [True, True, False, False]])
+    assert auroc_rows(scores, labels).tolist() == [0.875, 0.0]
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=(20, 50)), 1)  # many ties
+    labels = rng.random((20, 50)) < 0.3
+    expected = [roc_auc_score(y, s) for s, y in zip(scores, labels, strict=True)]
+    assert auroc_rows(scores, labels) == pytest.approx(expected)
