@@ -164,6 +164,22 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+def auroc_rows(scores: Any, labels: Any) -> Any:
+    """The AUROC of each row of ``scores`` against the same row of boolean ``labels`` (both 2-D, every row
+    holding both classes; 1-D for one): the Mann-Whitney U over average ranks, which equals the trapezoidal
+    area under the ROC curve, a tie between a positive and a negative counting half. Rows at once, so that a
+    thousand bootstrap resamples cost one call."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels, dtype=bool)
+    ranks = rankdata(np.asarray(scores, dtype=np.float64), axis=-1)
+    positives = labels.sum(axis=-1)
+    negatives = labels.shape[-1] - positives
+    u = np.where(labels, ranks, 0.0).sum(axis=-1) - positives * (positives + 1) / 2
+    return np.asarray(u / (positives * negatives), dtype=np.float64)
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from ``n`` samples with ``c`` correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
     if k > n:

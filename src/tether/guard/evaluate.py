@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.core.errors import DataError
-from tether.core.stats import wilson_interval
+from tether.core.stats import auroc_rows, wilson_interval
 from tether.guard.base import Guard
 
 POSITIVE = {"true", "1", "unsafe", "harmful", "yes"}
@@ -67,17 +67,7 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
     """The chance a random positive scores above a random negative, ties counting half (Mann-Whitney U / n1 n2)."""
     if not positive or not negative:
         return float("nan")
-    ordered = sorted([(s, 1) for s in positive] + [(s, 0) for s in negative])
-    rank_sum, i = 0.0, 0
-    while i < len(ordered):  # average ranks over ties
-        j = i
-        while j < len(ordered) and ordered[j][0] == ordered[i][0]:
-            j += 1
-        mean_rank = (i + 1 + j) / 2
-        rank_sum += mean_rank * sum(1 for k in range(i, j) if ordered[k][1] == 1)
-        i = j
-    n1, n0 = len(positive), len(negative)
-    return (rank_sum - n1 * (n1 + 1) / 2) / (n1 * n0)
+    return float(auroc_rows([*positive, *negative], [True] * len(positive) + [False] * len(negative)))
 
 
 def rates(flags: Sequence[bool], labels: Sequence[bool]) -> dict[str, Any]:

@@ -143,24 +143,13 @@ def recall_at_fpr(positive_scores: Any, control_scores: Any, fpr: float = 0.01) 
     return float((np.asarray(positive_scores) > threshold).mean()), float(threshold)
 
 
-def auroc_rows(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The AUROC of each row of ``scores`` against the same row of boolean ``labels`` (both 2-D, every row
-    holding both classes): the Mann-Whitney U over average ranks, which equals the trapezoidal area under
-    the ROC curve, a tie between a positive and a negative counting half."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(scores, axis=-1)
-    positives = labels.sum(axis=-1)
-    negatives = labels.shape[-1] - positives
-    u = np.where(labels, ranks, 0.0).sum(axis=-1) - positives * (positives + 1) / 2
-    return np.asarray(u / (positives * negatives), dtype=np.float64)
-
-
 def probe_metrics(scores: Any, labels: Any, *, control: Any | None = None, fpr: float = 0.01,
                   resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
     """AUROC with a 95% bootstrap interval on ``scores`` against ``labels``; recall at ``fpr`` on the control
     set's scores (``control``, default: the negatives among ``scores``)."""
     from sklearn.metrics import roc_auc_score
+
+    from tether.core.stats import auroc_rows
 
     s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
     auroc = float(roc_auc_score(y, s))

@@ -5,11 +5,11 @@ applied the same way on every architecture."""
 import numpy as np
 import pytest
 
+from tether.core.stats import auroc_rows
 from tether.interp.capture import capture
 from tether.interp.probes import (
     Probe,
     ProbeEnsemble,
-    auroc_rows,
     difference_of_means,
     logistic_probe,
     probe_metrics,
