@@ -113,6 +113,12 @@ def test_the_same_seed_builds_the_same_world_whatever_the_threads(first_build, t
     finally:
         torch.set_num_threads(before)
     assert prints[0] == prints[1]
+    # Each build names the CPU and kernels that made it (what its weights depend on), as built and as cached.
+    from tether.core.runs import machine
+
+    here_now = machine()
+    assert first_build[1]["built_on"] == {k: here_now[k] for k in ("cpu", "cores", "cpu_capability")}
+    assert build_base_model(cfg)["built_on"] == first_build[1]["built_on"]
     # The fingerprint the docs state: corpus and tokenizer on any machine, the weights on the same CPU
     # and kernels (elsewhere the weights are allowed to differ, and the message says why).
     problems = check_fingerprint(cfg, {"fingerprint": prints[0]})

@@ -58,16 +58,17 @@ def collect() -> None:
 
 def _build(run: Path) -> dict[str, Any]:
     """Which build of the world the run's pipeline started from (its base model's fingerprint) and the CPU and
-    kernels of the machine collecting it (collect on the machine that ran it), where the run has a pipeline."""
+    kernels that built it: as the build recorded them, else (a build made before builds recorded it) those
+    of the machine collecting it — then collect on the machine, and with the kernels, that ran it."""
     summary = run / "run" / "summary.json"
     if not summary.exists():
         return {}
     from tether.core.runs import machine
 
     stages = json.loads(summary.read_text())["stages"]
-    base = next((s.get("fingerprint") for s in stages if s["name"] == "base"), None)
-    found = machine()
-    return {"base_fingerprint": base, "cpu": found["cpu"], "cpu_capability": found["cpu_capability"]}
+    base = next((s for s in stages if s["name"] == "base"), {})
+    found = base.get("built_on") or machine()
+    return {"base_fingerprint": base.get("fingerprint"), "cpu": found["cpu"], "cpu_capability": found["cpu_capability"]}
 
 
 def _overrides(run: Path, experiment: str) -> dict[str, Any]:

@@ -239,7 +239,7 @@ def _base(cfg: PipelineConfig, out: Path, values: dict[str, str]) -> tuple[str, 
     # What the build took when it ran (a cached build reports its original times) and what it made.
     return str(built["model"]), {"cached": bool(built.get("cached")), "world_data": str(data),
                                  "build_seconds": built.get("seconds", {}).get("total"),
-                                 "fingerprint": built.get("fingerprint")}
+                                 "fingerprint": built.get("fingerprint"), "built_on": built.get("built_on")}
 
 
 def _stage_config(stage: PipelineStage, values: dict[str, str], model: str, out: Path, seed: int) -> Config:

@@ -205,6 +205,11 @@ def _build(cfg: WorldBuildConfig, root: Path) -> dict[str, Any]:
                     "train": round(train_seconds, 1), "total": round(time.perf_counter() - started, 1)},
     }
     summary["fingerprint"] = fingerprint(documents, root / "model")
+    # The weights depend on the CPU and kernels that built them: recorded here, where they were made, so a
+    # result collected on another machine (or with other kernels) still names its build's.
+    from tether.core.runs import machine
+
+    summary["built_on"] = {k: v for k, v in machine().items() if k in ("cpu", "cores", "cpu_capability")}
     run.add_output("model", root / "model")
     run.finish(summary=summary)
     (root / "world.json").write_text(json.dumps(summary, indent=2))
