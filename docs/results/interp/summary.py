@@ -191,7 +191,8 @@ def _render_rest() -> None:
     _render_hallucination()
 
 
-# The readings named in advance, each with where it was named: (label, contrast, where it is read, how).
+# The readings named in advance (each in a commit before the build it was first read on ran): (label, contrast
+# pairs, where it is read: among hazard requests or behind which gate, how: as it is or two-sided).
 NAMED = [("precedent pairs, every layer, among hazard requests", "precedent", "hazards", "gated"),
          ("opening pairs, every layer, two-sided behind the text gate", "opening", "text_gate", "deviation"),
          ("self-report pairs, every layer, among hazard requests", "self-report", "hazards", "gated"),
