@@ -191,7 +191,7 @@ def _render_rest() -> None:
     _render_hallucination()
 
 
-# The readings named in advance (each in a commit before the build it was first read on ran): (label, contrast
+# The readings named in advance (each in a commit before at least one build it is read on ran): (label, contrast
 # pairs, where it is read: among hazard requests or behind which gate, how: as it is or two-sided).
 NAMED = [("precedent pairs, every layer, among hazard requests", "precedent", "hazards", "gated"),
          ("opening pairs, every layer, two-sided behind the text gate", "opening", "text_gate", "deviation"),
