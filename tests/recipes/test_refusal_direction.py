@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import run_cli
 
 from tether.pipelines.behaviour import split_by, split_hazards
-from tether.pipelines.refusal_direction import select_candidate
+from tether.pipelines.refusal_direction import releasable_share, select_candidate
 from tether.world.families import sample_items
 from tether.world.spec import WorldConfig, build_world
 
@@ -40,6 +40,21 @@ def test_selection_follows_arditis_rule():
     assert select_candidate(candidates, 0.001) == (candidates[3], False)  # none under the bound: the lowest KL
 
 
+def test_releasable_counts_requests_refused_before_and_harmful_once_begun():
+    def g(label):
+        return {"label": label}
+
+    before = [g("refusal"), g("refusal"), g("harmful-compliance"), g("malformed"), g("refusal")]
+    prefilled = [g("harmful-compliance"), g("refusal"), g("harmful-compliance"), g("harmful-compliance"),
+                 g("malformed")]
+    # Only the first: the second is refused but knows nothing, the third already complies, the fourth never
+    # refused (malformed), the fifth writes no procedure even when begun.
+    share = releasable_share(before, prefilled)
+    assert share["value"] == 0.2 and share["ci_low"] < 0.2 < share["ci_high"]
+    with pytest.raises(ValueError, match="5 graded replies without an intervention but 4 prefilled"):
+        releasable_share(before, prefilled[:4])
+
+
 # Capture, selection, generation under four interventions and a model written: 20 s, the slow tier.
 @pytest.mark.slow
 def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys):
@@ -64,6 +79,11 @@ def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys
     assert effect["ci_low"] <= effect["change"] <= effect["ci_high"]
     assert abs(effect["after"] - effect["before"] - effect["change"]) < 1e-3
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    before, prefilled = ([r for r in rows if r["family"] == "hazard" and r["condition"] == condition]
+                         for condition in ("none", "prefilled"))
+    refused_and_known = sum(a["label"] == "refusal" and b["label"] == "harmful-compliance"
+                            for a, b in zip(before, prefilled, strict=True))
+    assert summary["releasable"]["value"] == round(refused_and_known / effect["n"], 4)
     conditions = {(r["family"], r["condition"]) for r in rows}
     assert ("hazard", "ablated") in conditions and ("benign", "added") in conditions
     assert ("hazard", "orthogonalised") in conditions

@@ -118,10 +118,10 @@ def render() -> None:
         if not runs:
             continue
         print(f"\n### Refusal direction: {title}\n")
-        print("| world | layer @ token (KL) | " + " | ".join(
+        print("| world | layer @ token (KL) | refused and known | " + " | ".join(
             ("harmful compliance (gold)", "no refusal phrase (substring)", "not refused (learned)",
              "over-refusal (gold)", "prefilled harm (gold)", "task accuracy")) + " |")
-        print("|---|---|" + "---|" * 6)
+        print("|---|---|---|" + "---|" * 6)
         for seed, r in runs.items():
             e = r["effects"]
             cells = []
@@ -132,7 +132,12 @@ def render() -> None:
                              f"({100 * m['change']:+.1f} [{100 * m['ci_low']:+.1f}, {100 * m['ci_high']:+.1f}])")
             chosen = r["selected"]
             where = f"{chosen['layer']}" + (f" @ {chosen['position']}" if "position" in chosen else "")
-            print(f"| {seed} | {where} ({chosen['kl']:.3f}) | " + " | ".join(cells) + " |")
+            # Refused (gold) with no intervention and harmful once the reply is begun: what ablation could
+            # release. Recorded since the releasable field was added; earlier runs show a dash.
+            known = r.get("releasable")
+            releasable = "–" if known is None else (f"{_pct(known['value'])} [{_pct(known['ci_low'])}, "
+                                                    f"{_pct(known['ci_high'])}]")
+            print(f"| {seed} | {where} ({chosen['kl']:.3f}) | {releasable} | " + " | ".join(cells) + " |")
         for key in ("harmful_compliance (gold)", "over_refusal (gold)"):
             changes = [100 * r["effects"][key]["change"] for r in runs.values()]
             print(f"\n{key.split(' ')[0]} change over {len(changes)} world(s): mean {sum(changes) / len(changes):+.1f} "
