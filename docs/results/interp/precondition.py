@@ -16,6 +16,18 @@ fewest steps whose model refuses at least ``BAR`` of plain hazard requests in al
 refusal-direction experiment is run on the three models of that step count with the template's five
 post-instruction tokens as candidates (Arditi et al.'s search) and reported whatever it gives; where no
 step count passes, that is the finding.
+
+What it found, world 2 first (its model the furthest from the bar): 12.0% at 100 steps, 25.8% at 200, 31.0%
+at 400 — sigmoid DPO does not make this model refuse; it learns to stop before the procedure's verb ("Sure. To
+make the X and vex oil and cold iron and cold iron ..."), the rejected reply made unlikely at its easiest
+tokens while the chosen refusal is not made likely. With one world of three below the bar at every step
+count, the rule above gives no verdict for sigmoid DPO (worlds 0 and 1 were not scanned further).
+
+Second design, fixed before it ran (the commit that added this paragraph): the same scan with APO-zero
+(D'Oosterlinck et al. 2024, ``--set loss.variant=apo-zero``), the preference loss that anchors each reply to
+the reference on its own and so raises the chosen reply while it lowers the rejected — made for pairs whose
+chosen reply is better than what the model says now, as a refusal is here. Same bar, same step counts, same
+reading rule, same experiment afterwards.
 """
 
 from __future__ import annotations
