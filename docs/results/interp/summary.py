@@ -23,6 +23,10 @@ EXPERIMENTS = {"refusal-direction": ("refusal-direction", "refusal_direction.jso
                "refusal-direction-compliant": ("refusal-direction", "refusal_direction.json"),
                "refusal-direction-compliant5": ("refusal-direction", "refusal_direction.json"),
                "refusal-direction-refusalsft5": ("refusal-direction", "refusal_direction.json"),
+               # The compliant-first models trained with APO-zero (run/world-compliant-first since it
+               # replaced sigmoid DPO; precondition.py), the paper's five tokens and the last token only.
+               "refusal-direction-apo5": ("refusal-direction", "refusal_direction.json"),
+               "refusal-direction-apo": ("refusal-direction", "refusal_direction.json"),
                "sae-frontier": ("sae-frontier", "sae_frontier.json"),
                "sae-features": ("sae-frontier", "sae_frontier.json"),
                "sae-matryoshka": ("sae-frontier", "sae_frontier.json"),
@@ -106,8 +110,13 @@ def _pct(x: float | None) -> str:
 def render() -> None:
     """Print the tables."""
     for name, title in (("refusal_direction", "aligned model (SFT → DPO)"),
-                        ("refusal_direction_compliant", "refusal trained on a compliant model "
-                         "(run/world-compliant-first: SFT that complies with anything → DPO), last token"),
+                        ("refusal_direction_apo5", "refusal trained on a compliant model "
+                         "(run/world-compliant-first: SFT that complies with anything → APO-zero, 400 steps), "
+                         "candidates at the template's 5 post-instruction tokens"),
+                        ("refusal_direction_apo", "the same models, last token"),
+                        ("refusal_direction_compliant", "refusal trained on a compliant model by sigmoid DPO "
+                         "(compliant_first_sigmoid.yaml: SFT that complies with anything → DPO, 100 steps), "
+                         "last token"),
                         ("refusal_direction_compliant5", "the same models, candidates at the template's 5 "
                          "post-instruction tokens"),
                         ("refusal_direction_refusalsft5", "refusal taught by SFT on a compliant model "
