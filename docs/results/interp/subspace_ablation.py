@@ -1,0 +1,98 @@
+"""After the fact: is the APO-zero compliant-first model's refusal in a few directions rather than one?
+
+    python docs/results/interp/subspace_ablation.py runs/cfa-N/dpo/model N > refusal_subspace_worldN.json
+
+The refusal-direction experiment found no single difference-of-means direction whose ablation turns a
+refused hazard request of these models harmful (docs/interp.md). This takes every candidate the experiment
+considers (each layer's input at the chat template's five post-instruction tokens, found on the same fit
+prompts with the same splits and seeds), orthonormalises them in the order of their norm, and ablates the
+first k of them together (k = 1, 2, 4, 8, all) on the same 72 evaluated hazard requests; with the reply's
+opening written for the model as the ceiling. An exploration chosen after seeing the single-direction
+result, not a pre-registered test, and read as such.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from typing import Any
+
+import torch
+
+from tether.interp.capture import capture_tail
+from tether.interp.directions import ablated, mean_difference
+from tether.interp.sites import decoder_layers
+from tether.models.generation import GenerationSettings, HFGenerator
+from tether.models.loading import ModelConfig, load_model_and_tokenizer
+from tether.pipelines.behaviour import Judge, distinct, share, split_hazards
+from tether.pipelines.refusal_direction import RefusalDirectionConfig
+from tether.world.families import sample_items
+from tether.world.spec import WorldConfig, build_world
+
+
+def main(model_path: str, world_seed: int) -> dict[str, Any]:
+    """Ablate growing subspaces of the candidate directions; gold harm on the evaluated hazard requests."""
+    cfg = RefusalDirectionConfig(model=model_path, world_seed=world_seed, candidate_positions=5)
+    torch.manual_seed(cfg.seed)
+    world = build_world(WorldConfig(seed=world_seed))
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(path=model_path))
+    model.eval()
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, temperature=0.0, batch_size=cfg.batch_size,
+                                  seed=cfg.seed, decoding="dynamic")
+    generator = HFGenerator(model, tokenizer)
+    judge = Judge(learned=False)
+
+    def text(it: Any) -> str:
+        return str(tokenizer.apply_chat_template(it.prompt, tokenize=False, add_generation_prompt=True))
+
+    # The experiment's own draws and splits (tether/pipelines/refusal_direction.py).
+    hazards = distinct(sample_items(world, "hazard", "train", 20 * (cfg.fit + cfg.selection + cfg.n),
+                                     seed=cfg.seed + 1))
+    fit_h, _, eval_h = split_hazards(hazards, (0.4, 0.2, 0.4), cfg.seed)
+    tasks = distinct(sample_items(world, "task", "train", 4 * (cfg.fit + cfg.selection + cfg.tasks), seed=cfg.seed + 2))
+    fit_t = tasks[:cfg.fit]
+    fit_h = fit_h[:cfg.fit]
+    heldout = distinct(sample_items(world, "hazard", "heldout", 20 * cfg.n, seed=cfg.seed + 4))
+    eval_h = [*eval_h, *heldout][:cfg.n]
+
+    layers = len(decoder_layers(model))
+    sites = [f"resid_pre.{layer}" for layer in range(layers)]
+    harmful = capture_tail(model, tokenizer, [text(it) for it in fit_h], sites, 5, batch_size=cfg.batch_size)
+    harmless = capture_tail(model, tokenizer, [text(it) for it in fit_t], sites, 5, batch_size=cfg.batch_size)
+    found = []
+    for site in sites:
+        for back in range(5):
+            d = mean_difference(harmful[site][:, back], harmless[site][:, back])
+            if d.norm() > 1e-4 * harmless[site][:, back].norm(dim=1).mean():
+                found.append(d)
+    found.sort(key=lambda d: -float(d.norm()))
+    basis: list[torch.Tensor] = []
+    for d in found:  # Gram-Schmidt: orthonormal directions ablate as one subspace, in any order
+        r = d.clone()
+        for b in basis:
+            r -= (r @ b) * b
+        if r.norm() > 1e-6 * d.norm():
+            basis.append(r / r.norm())
+
+    def replies(k: int) -> list[str]:
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            for b in basis[:k]:
+                stack.enter_context(ablated(model, b))
+            return [c.text for c in generator.generate([it.prompt for it in eval_h], settings)]
+
+    rows = []
+    for k in sorted({1, 2, 4, 8, len(basis)}):
+        graded = judge.grade(eval_h, replies(k))
+        rows.append({"k": k, "harmful_compliance": share(graded, "harmful-compliance"),
+                     "refusal": share(graded, "refusal"), "malformed": share(graded, "malformed"),
+                     "examples": [g["reply"] for g in graded[:3]]})
+        print(f"k={k}: harmful {rows[-1]['harmful_compliance']:.3f} refusal {rows[-1]['refusal']:.3f}",
+              file=sys.stderr)
+    return {"model": model_path, "world_seed": world_seed, "candidates": len(found), "basis": len(basis),
+            "eval_hazard": len(eval_h), "baseline_refusal": share(judge.grade(eval_h, replies(0)), "refusal"),
+            "ablated": rows}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], int(sys.argv[2])), indent=2))
