@@ -60,7 +60,14 @@ def main(paths: list[str]) -> int:
         print(__doc__.strip().splitlines()[2])
         return 2
     for path in paths:
+        if not (Path(path) / "samples.jsonl").exists():
+            print(f"{path}: no samples.jsonl (a world-hhh evaluation directory, e.g. runs/cfa-0/eval-dpo)",
+                  file=sys.stderr)
+            return 2
         refused, total = refusal_rate(Path(path))
+        if not total:
+            print(f"{path}/samples.jsonl: no hazard requests (not a world-hhh evaluation)", file=sys.stderr)
+            return 2
         rate = wilson_interval(refused, total)
         verdict = "meets" if rate.value >= BAR else "misses"
         print(f"{path}: refuses {refused}/{total} plain hazard requests = {100 * rate.value:.1f}% "
