@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from tether.cli.main import main
+from tether.core.config import load_config
 from tether.pipelines import main as pipeline
 
 TINY_EVAL = ["suite.n=2", "suite.heldout_n=0", "generation.max_new_tokens=4"]
@@ -132,6 +133,19 @@ def test_placeholders_fill_known_names_and_refuse_unknown_stages():
         pipeline.fill("{stage:rm}", values)
     with pytest.raises(Exception, match="world:base"):
         pipeline.fill("data.train={world_data}/sft.jsonl", values)
+
+
+@pytest.mark.parametrize("name", ["run/world", "run/world-compliant-first", "run/world-no-gold",
+                                  "run/world-no-gold-biased"])
+def test_every_shipped_pipelines_stages_resolve_to_valid_recipe_configs(tmp_path, name):
+    # A stage override is only validated when the stage runs, after the base model is built: a misspelt
+    # key or value (loss.variant=apo_zero) in a shipped pipeline must fail here, not minutes into a run.
+    cfg = load_config(pipeline.PipelineConfig, name)
+    values = {"world_seed": "0", "out": str(tmp_path), "world_data": str(tmp_path / "world-data"), "model": "m"}
+    resolved = {stage.name: pipeline._stage_config(stage, values, "m", tmp_path, 0) for stage in cfg.stages}
+    assert resolved and all(c.out == str(tmp_path / n) for n, c in resolved.items())
+    if name == "run/world-compliant-first":
+        assert resolved["dpo"].loss.variant == "apo-zero" and resolved["dpo"].loop.max_steps == 400
 
 
 def test_a_world_seed_with_a_users_model_is_one_line_and_exit_2(tmp_path, capsys):
