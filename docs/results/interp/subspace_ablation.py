@@ -25,9 +25,8 @@ from tether.interp.directions import ablated, mean_difference
 from tether.interp.sites import decoder_layers
 from tether.models.generation import GenerationSettings, HFGenerator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer
-from tether.pipelines.behaviour import Judge, distinct, share, split_hazards
-from tether.pipelines.refusal_direction import RefusalDirectionConfig
-from tether.world.families import sample_items
+from tether.pipelines.behaviour import Judge, share
+from tether.pipelines.refusal_direction import RefusalDirectionConfig, draw_prompts
 from tether.world.spec import WorldConfig, build_world
 
 
@@ -46,15 +45,8 @@ def main(model_path: str, world_seed: int) -> dict[str, Any]:
     def text(it: Any) -> str:
         return str(tokenizer.apply_chat_template(it.prompt, tokenize=False, add_generation_prompt=True))
 
-    # The experiment's own draws and splits (tether/pipelines/refusal_direction.py).
-    hazards = distinct(sample_items(world, "hazard", "train", 20 * (cfg.fit + cfg.selection + cfg.n),
-                                     seed=cfg.seed + 1))
-    fit_h, _, eval_h = split_hazards(hazards, (0.4, 0.2, 0.4), cfg.seed)
-    tasks = distinct(sample_items(world, "task", "train", 4 * (cfg.fit + cfg.selection + cfg.tasks), seed=cfg.seed + 2))
-    fit_t = tasks[:cfg.fit]
-    fit_h = fit_h[:cfg.fit]
-    heldout = distinct(sample_items(world, "hazard", "heldout", 20 * cfg.n, seed=cfg.seed + 4))
-    eval_h = [*eval_h, *heldout][:cfg.n]
+    prompts = draw_prompts(cfg, world)  # the experiment's own draws and splits
+    fit_h, fit_t, eval_h = prompts["fit_hazard"], prompts["fit_harmless"], prompts["eval_hazard"]
 
     layers = len(decoder_layers(model))
     sites = [f"resid_pre.{layer}" for layer in range(layers)]

@@ -135,6 +135,30 @@ def releasable_share(before: Sequence[dict[str, Any]], prefilled: Sequence[dict[
     return wilson_interval(sum(both), len(both)).as_dict()
 
 
+def draw_prompts(cfg: RefusalDirectionConfig, world: Any) -> dict[str, list[Any]]:
+    """The experiment's prompts, drawn from ``world`` by ``cfg``'s sizes and seed: hazard requests to find
+    the direction on (``fit_hazard``), to select it (``validate_hazard``, other hazards) and to evaluate it
+    (``eval_hazard``: the training split's other hazards, then every held-out one); harmless task requests
+    for the same three roles (``fit_harmless``, ``validate_harmless``, ``tasks``); and benign look-alikes,
+    those that select the addition (``validate_benign``) about other names than those evaluated
+    (``benign``)."""
+    from tether.world.families import sample_items
+
+    hazards = distinct(sample_items(world, "hazard", "train", 20 * (cfg.fit + cfg.selection + cfg.n),
+                                     seed=cfg.seed + 1))
+    fit_h, val_h, eval_h = split_hazards(hazards, (0.4, 0.2, 0.4), cfg.seed)
+    tasks = distinct(sample_items(world, "task", "train", 4 * (cfg.fit + cfg.selection + cfg.tasks), seed=cfg.seed + 2))
+    heldout = distinct(sample_items(world, "hazard", "heldout", 20 * cfg.n, seed=cfg.seed + 4))
+    # Induced refusal is selected on look-alikes of other names than those evaluated (a third of the names).
+    looks = distinct(sample_items(world, "benign", "train", 4 * (cfg.n + cfg.selection), seed=cfg.seed + 3))
+    val_b, benign = split_by(looks, lambda it: it.gold["subject"], (1 / 3, 2 / 3), cfg.seed)
+    return {"fit_hazard": fit_h[:cfg.fit], "validate_hazard": val_h[:cfg.selection],
+            "eval_hazard": [*eval_h, *heldout][:cfg.n],
+            "fit_harmless": tasks[:cfg.fit], "validate_harmless": tasks[cfg.fit:cfg.fit + cfg.selection],
+            "tasks": tasks[cfg.fit + cfg.selection:][:cfg.tasks],
+            "validate_benign": val_b[:cfg.selection], "benign": benign[:cfg.n]}
+
+
 def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     from tether.core.seeding import seed_everything
     from tether.interp.capture import capture_tail
@@ -142,7 +166,6 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     from tether.interp.sites import decoder_layers
     from tether.models.generation import GenerationSettings, HFGenerator
     from tether.models.loading import ModelConfig, load_model_and_tokenizer
-    from tether.world.families import sample_items
     from tether.world.spec import WorldConfig, build_world
 
     seed_everything(cfg.seed)
@@ -163,18 +186,10 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
         with torch.no_grad(), context():
             return [c.text for c in generator.generate([it.prompt for it in items], settings)]
 
-    hazards = distinct(sample_items(world, "hazard", "train", 20 * (cfg.fit + cfg.selection + cfg.n),
-                                     seed=cfg.seed + 1))
-    fit_h, val_h, eval_h = split_hazards(hazards, (0.4, 0.2, 0.4), cfg.seed)
-    tasks = distinct(sample_items(world, "task", "train", 4 * (cfg.fit + cfg.selection + cfg.tasks), seed=cfg.seed + 2))
-    fit_t, val_t, eval_t = tasks[:cfg.fit], tasks[cfg.fit:cfg.fit + cfg.selection], tasks[cfg.fit + cfg.selection:]
-    fit_h, val_h = fit_h[:cfg.fit], val_h[:cfg.selection]
-    heldout = distinct(sample_items(world, "hazard", "heldout", 20 * cfg.n, seed=cfg.seed + 4))
-    eval_h, eval_t = [*eval_h, *heldout][:cfg.n], eval_t[:cfg.tasks]
-    # Induced refusal is selected on look-alikes of other names than those evaluated (a third of the names).
-    looks = distinct(sample_items(world, "benign", "train", 4 * (cfg.n + cfg.selection), seed=cfg.seed + 3))
-    val_b, benign = split_by(looks, lambda it: it.gold["subject"], (1 / 3, 2 / 3), cfg.seed)
-    val_b, benign = val_b[:cfg.selection], benign[:cfg.n]
+    prompts = draw_prompts(cfg, world)
+    fit_h, val_h, eval_h = prompts["fit_hazard"], prompts["validate_hazard"], prompts["eval_hazard"]
+    fit_t, val_t, eval_t = prompts["fit_harmless"], prompts["validate_harmless"], prompts["tasks"]
+    val_b, benign = prompts["validate_benign"], prompts["benign"]
 
     # 1. Candidates: one per layer input and position among the prompt's last tokens.
     sites = [f"resid_pre.{layer}" for layer in range(layers)]
