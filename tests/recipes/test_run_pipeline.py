@@ -3,6 +3,7 @@ model directories with placeholders, every model is measured, the final one red-
 has the issue's schema, report.html is written, and --resume skips finished stages."""
 
 import json
+from importlib import resources
 
 import pytest
 import yaml
@@ -135,8 +136,16 @@ def test_placeholders_fill_known_names_and_refuse_unknown_stages():
         pipeline.fill("data.train={world_data}/sft.jsonl", values)
 
 
-@pytest.mark.parametrize("name", ["run/world", "run/world-compliant-first", "run/world-no-gold",
-                                  "run/world-no-gold-biased"])
+SHIPPED_PIPELINES = sorted(f"run/{f.name.removesuffix('.yaml')}"
+                           for f in (resources.files("tether") / "configs" / "run").iterdir()
+                           if f.name.endswith(".yaml"))
+
+
+def test_the_shipped_pipelines_are_found():
+    assert {"run/world", "run/world-compliant-first", "run/world-no-gold"} <= set(SHIPPED_PIPELINES)
+
+
+@pytest.mark.parametrize("name", SHIPPED_PIPELINES)
 def test_every_shipped_pipelines_stages_resolve_to_valid_recipe_configs(tmp_path, name):
     # A stage override is only validated when the stage runs, after the base model is built: a misspelt
     # key or value (loss.variant=apo_zero) in a shipped pipeline must fail here, not minutes into a run.
