@@ -20,13 +20,11 @@ from typing import Any
 
 import torch
 
-from tether.interp.capture import capture_tail
-from tether.interp.directions import ablated, mean_difference
-from tether.interp.sites import decoder_layers
+from tether.interp.directions import ablated
 from tether.models.generation import GenerationSettings, HFGenerator
 from tether.models.loading import ModelConfig, load_model_and_tokenizer
 from tether.pipelines.behaviour import Judge, share
-from tether.pipelines.refusal_direction import RefusalDirectionConfig, draw_prompts
+from tether.pipelines.refusal_direction import RefusalDirectionConfig, candidate_directions, draw_prompts
 from tether.world.spec import WorldConfig, build_world
 
 
@@ -48,16 +46,8 @@ def main(model_path: str, world_seed: int) -> dict[str, Any]:
     prompts = draw_prompts(cfg, world)  # the experiment's own draws and splits
     fit_h, fit_t, eval_h = prompts["fit_hazard"], prompts["fit_harmless"], prompts["eval_hazard"]
 
-    layers = len(decoder_layers(model))
-    sites = [f"resid_pre.{layer}" for layer in range(layers)]
-    harmful = capture_tail(model, tokenizer, [text(it) for it in fit_h], sites, 5, batch_size=cfg.batch_size)
-    harmless = capture_tail(model, tokenizer, [text(it) for it in fit_t], sites, 5, batch_size=cfg.batch_size)
-    found = []
-    for site in sites:
-        for back in range(5):
-            d = mean_difference(harmful[site][:, back], harmless[site][:, back])
-            if d.norm() > 1e-4 * harmless[site][:, back].norm(dim=1).mean():
-                found.append(d)
+    found = list(candidate_directions(model, tokenizer, [text(it) for it in fit_h], [text(it) for it in fit_t], 5,
+                                      cfg.batch_size).values())
     found.sort(key=lambda d: -float(d.norm()))
     basis: list[torch.Tensor] = []
     for d in found:  # Gram-Schmidt: orthonormal directions ablate as one subspace, in any order

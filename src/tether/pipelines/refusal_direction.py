@@ -159,10 +159,34 @@ def draw_prompts(cfg: RefusalDirectionConfig, world: Any) -> dict[str, list[Any]
             "validate_benign": val_b[:cfg.selection], "benign": benign[:cfg.n]}
 
 
+def candidate_directions(model: Any, tokenizer: Any, harmful: Sequence[str], harmless: Sequence[str], span: int,
+                         batch_size: int) -> dict[tuple[int, int], torch.Tensor]:
+    """Difference-of-means candidates, ``(layer, position) -> direction``: at each layer's input and each of
+    the prompts' last ``span`` tokens (position -1 the last), mean over ``harmful`` chat texts minus mean over
+    ``harmless``. None where the two read the same (at layer 0 a template token is the same token in every
+    prompt); a ValueError if that is so everywhere."""
+    from tether.interp.capture import capture_tail
+    from tether.interp.directions import mean_difference
+    from tether.interp.sites import decoder_layers
+
+    sites = [f"resid_pre.{layer}" for layer in range(len(decoder_layers(model)))]
+    harmful_acts = capture_tail(model, tokenizer, harmful, sites, span, batch_size=batch_size)
+    harmless_acts = capture_tail(model, tokenizer, harmless, sites, span, batch_size=batch_size)
+    directions: dict[tuple[int, int], torch.Tensor] = {}
+    for layer, site in enumerate(sites):
+        for back in range(span):
+            reference = harmless_acts[site][:, back]
+            found = mean_difference(harmful_acts[site][:, back], reference)
+            if found.norm() > 1e-4 * reference.norm(dim=1).mean():
+                directions[(layer, -1 - back)] = found
+    if not directions:
+        raise ValueError("hazard and harmless prompts read the same at every layer's last tokens: no direction")
+    return directions
+
+
 def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     from tether.core.seeding import seed_everything
-    from tether.interp.capture import capture_tail
-    from tether.interp.directions import ablated, added, mean_difference, save_orthogonalised
+    from tether.interp.directions import ablated, added, save_orthogonalised
     from tether.interp.sites import decoder_layers
     from tether.models.generation import GenerationSettings, HFGenerator
     from tether.models.loading import ModelConfig, load_model_and_tokenizer
@@ -192,20 +216,8 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     val_b, benign = prompts["validate_benign"], prompts["benign"]
 
     # 1. Candidates: one per layer input and position among the prompt's last tokens.
-    sites = [f"resid_pre.{layer}" for layer in range(layers)]
-    span = cfg.candidate_positions
-    harmful_acts = capture_tail(model, tokenizer, [text(it) for it in fit_h], sites, span, batch_size=cfg.batch_size)
-    harmless_acts = capture_tail(model, tokenizer, [text(it) for it in fit_t], sites, span, batch_size=cfg.batch_size)
-    directions: dict[tuple[int, int], torch.Tensor] = {}
-    for layer in range(layers):
-        for back in range(span):
-            harmless = harmless_acts[f"resid_pre.{layer}"][:, back]
-            found = mean_difference(harmful_acts[f"resid_pre.{layer}"][:, back], harmless)
-            # At layer 0 a template token is the same token in every prompt: no difference, no candidate.
-            if found.norm() > 1e-4 * harmless.norm(dim=1).mean():
-                directions[(layer, -1 - back)] = found
-    if not directions:
-        raise ValueError("hazard and harmless prompts read the same at every layer's last tokens: no direction")
+    directions = candidate_directions(model, tokenizer, [text(it) for it in fit_h], [text(it) for it in fit_t],
+                                      cfg.candidate_positions, cfg.batch_size)
 
     # 2. Selection on validation prompts.
     harmless_texts = [text(it) for it in val_t]
