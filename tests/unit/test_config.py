@@ -78,11 +78,16 @@ def test_missing_config_file_is_a_clear_error():
 
 
 @pytest.mark.parametrize("name", packaged_configs())
-def test_every_shipped_config_validates(name: str):
+def test_every_shipped_config_validates_and_its_dump_reloads(name: str, tmp_path: Path):
     kind = name.split("/")[0]
     assert kind in CONFIG_KINDS, f"shipped config {name} has no config kind registered"
     cfg = load_config(CONFIG_KINDS.get(kind), name)
     assert isinstance(cfg, Config)
+    # A run writes its resolved config, every field out, to DIR/config.yaml; --config DIR/config.yaml must
+    # give the same config back (defaults written out are not settings of the other tier, kind, ...).
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(CONFIG_KINDS.get(kind), path) == cfg
 
 
 def test_there_are_shipped_configs():

@@ -137,9 +137,12 @@ class RefusalConfig(ScorerConfig):
     @model_validator(mode="after")
     def _one_tiers_settings(self) -> RefusalConfig:
         # A setting of the other tier would be silently ignored: a learned detector reads the phrases, window
-        # and match it was trained with (train one with --set phrases=[...] to change them).
+        # and match it was trained with (train one with --set phrases=[...] to change them). A default written
+        # out is not a setting: a run's config.yaml writes every field, and must load back.
         other = {"learned": ("phrases", "match", "window"), "phrases": ("detector", "threshold")}[self.tier]
-        given = sorted(set(other) & self.model_fields_set)
+        fields = type(self).model_fields
+        given = sorted(k for k in set(other) & self.model_fields_set
+                       if getattr(self, k) != fields[k].get_default(call_default_factory=True))
         if given:
             raise ValueError(f"{', '.join(given)} apply to the other tier than tier: {self.tier}; set tier: "
                              f"{'phrases' if self.tier == 'learned' else 'learned'}, or leave them out")
