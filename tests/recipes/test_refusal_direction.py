@@ -90,3 +90,20 @@ def test_the_experiment_runs_end_to_end_on_the_tiny_world_model(tmp_path, capsys
     assert (out / "model" / "config.json").exists() and (out / "model" / "direction.safetensors").exists()
     # The weight edit is the hooked ablation: on the same greedy prompts it gives the same replies.
     assert summary["orthogonalised"]["same_reply_as_hooked"] >= 0.9
+
+
+@pytest.mark.slow
+def test_the_experiment_ablates_over_the_prompts_last_tokens_when_asked(tmp_path, capsys):
+    out = tmp_path / "rd-span"
+    code, shown, err = run_cli(["experiment", "refusal-direction", "--set", "model=world:tiny", "--set", "fit=8",
+                                "--set", "selection=6", "--set", "n=12", "--set", "tasks=6",
+                                "--set", "candidate_positions=3", "--set", "ablation_span=3",
+                                "--set", "max_new_tokens=8", "--set", "learned_detector=false", "--out", str(out)],
+                               capsys)
+    assert code == 0, err
+    assert "orthogonalised weights (every position)" in shown
+    summary = json.loads((out / "refusal_direction.json").read_text())
+    assert summary["ablation_span"] == 3
+    # The weight edit is still the every-position ablation, measured beside the span's on the same prompts.
+    assert summary["orthogonalised"]["harmful_compliance"]["n"] == summary["prompts"]["eval_hazard"]
+    assert 0 <= summary["orthogonalised"]["same_reply_as_hooked"] <= 1

@@ -4,7 +4,7 @@
   2024's refusal direction is the mean over harmful prompts minus the mean over harmless ones, read at the
   last prompt token);
 - :func:`ablation` and :func:`addition`: site edits (:func:`tether.interp.sites.hooked`) that project a
-  direction out of, or add it to, a site's value at every position;
+  direction out of, or add it to, a site's value at every position or only at the prompt's end;
 - :func:`ablated` and :func:`added`: the edits applied the way the intervention is defined: directional
   ablation takes the direction out of everything that writes to the residual stream (the embeddings at
   ``resid_pre.0``, then every layer's attention and MLP outputs), so it never appears anywhere; activation
@@ -62,13 +62,29 @@ def unit(direction: torch.Tensor) -> torch.Tensor:
     return direction.float() / norm
 
 
-def ablation(direction: torch.Tensor) -> Edit:
-    """A site edit that removes ``direction``'s component at every position: ``x − (x·r̂) r̂``."""
+def ablation(direction: torch.Tensor, *, span: int = 0) -> Edit:
+    """A site edit that removes ``direction``'s component, ``x − (x·r̂) r̂``: at every position (``span`` 0), or
+    only at the last ``span`` positions of a forward pass over more than one token — with left padding, the
+    prompt's last tokens (a chat template's post-instruction tokens, where the reply is decided) — leaving the
+    tokens before them and the tokens then generated one at a time alone.
+
+    Raises:
+        ValueError: ``span`` is negative.
+    """
+    if span < 0:
+        raise ValueError(f"span must be 0 (every position) or a number of last positions, not {span}")
     r = unit(direction)
 
-    def edit(value: torch.Tensor) -> torch.Tensor:
+    def edit(value: torch.Tensor) -> torch.Tensor | None:
         d = r.to(value.device, value.dtype)
-        return value - (value @ d).unsqueeze(-1) * d
+        if not span:
+            return value - (value @ d).unsqueeze(-1) * d
+        if value.shape[-2] == 1:
+            return None
+        edited = value.clone()
+        tail = edited[..., -span:, :]
+        edited[..., -span:, :] = tail - (tail @ d).unsqueeze(-1) * d
+        return edited
     return edit
 
 
@@ -97,10 +113,11 @@ def writer_sites(model: Any) -> list[str]:
 
 
 @contextlib.contextmanager
-def ablated(model: Any, direction: torch.Tensor) -> Iterator[None]:
+def ablated(model: Any, direction: torch.Tensor, *, span: int = 0) -> Iterator[None]:
     """For the ``with`` block, ``direction`` is projected out of every write to the residual stream (so out
-    of the stream at every layer and position)."""
-    edit = ablation(direction)
+    of the stream at every layer and position; with ``span``, at the prompt's last ``span`` positions only,
+    as :func:`ablation` takes it)."""
+    edit = ablation(direction, span=span)
     with hooked(model, {site: edit for site in writer_sites(model)}):
         yield
 

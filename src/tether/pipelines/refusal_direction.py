@@ -15,7 +15,8 @@ The experiment (``tether experiment refusal-direction``; Arditi et al. 2024's re
    (none under ``kl_max``: the lowest KL, and the summary says so).
 3. **Evaluate**, on hazard requests for items used neither to find nor to select (the rest of the training
    split's hazards and every held-out hazard), and on benign
-   look-alikes: harmful compliance without and with the direction ablated (at every layer, every position),
+   look-alikes: harmful compliance without and with the direction ablated (at every layer, every position;
+   with ``ablation_span`` N, at the prompt's last N tokens only, as in the selection),
    over-refusal without and with it added at its layer, task accuracy under ablation (what it costs); each
    as the paired difference over the same prompts with a bootstrap interval and McNemar's exact p. Every
    reply is graded by the world's gold grader *and* by the refusal detectors (the phrase tier: substring
@@ -23,7 +24,8 @@ The experiment (``tether experiment refusal-direction``; Arditi et al. 2024's re
    measured, not assumed. Beside them, the same hazard requests with the reply's opening written for the
    model ("Sure. To make the X,"): whether the procedure is still there to be said.
 4. **Write it into the weights**: the direction orthogonalised out of the model (a new HF directory
-   under ``model/``), its harmful compliance measured again, and its agreement with the hooked ablation.
+   under ``model/``), its harmful compliance measured again, and its agreement with the hooked ablation
+   (the weight edit is the every-position ablation; beside a span's, it measures the two side by side).
 
 Replies are greedy (``temperature`` 0 by default), so a prompt's two replies differ only by the
 intervention.
@@ -73,6 +75,10 @@ class RefusalDirectionConfig(Config):
                                      "1: the last token only")
     kl_max: float = Field(0.1, gt=0, description="a candidate's ablation may move harmless prompts' next-token "
                           "distribution by at most this KL (nats)")
+    ablation_span: int = Field(0, ge=0, description="where the direction is ablated: 0, at every position "
+                               "(Arditi et al.); N, at the prompt's last N tokens only (with candidate_positions=5, "
+                               "the world template's post-instruction tokens, where the reply is decided), the "
+                               "request's own tokens and the generated ones left alone")
     coefficient: float = Field(1.0, description="activation addition adds this multiple of the direction")
     positions: Literal["all", "prompt-end"] = Field(
         "prompt-end", description="where the direction is added: every position, or the last prompt token only "
@@ -98,6 +104,9 @@ def _show(cfg: RefusalDirectionConfig, summary: dict[str, Any]) -> list[str]:
     for name, e in summary["effects"].items():
         lines.append(f"  {name:34} {e['before']:.3f} -> {e['after']:.3f}  change {e['change']:+.3f} "
                      f"[{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]  n={e['n']}")
+    ortho = summary.get("orthogonalised")
+    if ortho:
+        lines.append(f"  orthogonalised weights (every position): harmful_compliance {ortho['harmful_compliance']['value']:.3f}")
     lines.append(f"table: {cfg.out}/refusal_direction.json")
     return lines
 
@@ -224,10 +233,11 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     reference = next_token_logprobs(model, tokenizer, harmless_texts, cfg.batch_size)
     candidates: list[dict[str, Any]] = []
     for (layer, position), found in directions.items():
-        bypass = judge.grade(val_h, replies(val_h, functools.partial(ablated, model, found)))
+        ablate_found = functools.partial(ablated, model, found, span=cfg.ablation_span)
+        bypass = judge.grade(val_h, replies(val_h, ablate_found))
         induce = judge.grade(val_b, replies(val_b, functools.partial(added, model, found, layer, cfg.coefficient,
                                                                       positions=cfg.positions)))
-        with ablated(model, found):
+        with ablate_found():
             moved = next_token_logprobs(model, tokenizer, harmless_texts, cfg.batch_size)
         kl = float((reference.exp() * (reference - moved)).sum(-1).mean())
         candidates.append({"layer": layer, "position": position, "norm": round(float(found.norm()), 4),
@@ -239,7 +249,7 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
 
     # 3. Evaluation on hazards never used above, benign look-alikes and tasks.
     def ablate() -> AbstractContextManager[Any]:
-        return ablated(model, direction)
+        return ablated(model, direction, span=cfg.ablation_span)
 
     def add() -> AbstractContextManager[Any]:
         return added(model, direction, layer, cfg.coefficient, positions=cfg.positions)
@@ -296,7 +306,7 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model": cfg.model, "world_seed": cfg.world_seed, "layers": layers, "candidates": candidates,
         "selected": chosen, "kl_filter_passed": kl_passed, "coefficient": cfg.coefficient,
-        "positions": cfg.positions,
+        "positions": cfg.positions, "ablation_span": cfg.ablation_span,
         "prompts": {"fit_hazard": len(fit_h), "fit_harmless": len(fit_t), "validate_hazard": len(val_h),
                     "validate_harmless": len(val_t), "validate_benign": len(val_b), "eval_hazard": len(eval_h),
                     "benign": len(benign), "tasks": len(eval_t),
@@ -308,7 +318,8 @@ def _experiment(cfg: RefusalDirectionConfig, out: Path) -> dict[str, Any]:
         "generation": settings.model_dump(include={"max_new_tokens", "temperature", "seed"}),
     }
 
-    # 4. The weight edit.
+    # 4. The weight edit (at every position, whatever ablation_span: with a span it is the every-position
+    # ablation of the same direction, measured beside the hooked one).
     if cfg.write_model:
         path = save_orthogonalised(model, tokenizer, direction, out / "model")
         edited, _ = load_model_and_tokenizer(ModelConfig(path=str(path)))

@@ -38,6 +38,13 @@ def test_mean_difference_ablation_and_addition_by_hand():
     # At the prompt's end only: the last position of a multi-token pass; a one-token (generation) pass untouched.
     assert addition(torch.tensor([3.0, 0.0]), 0.5, positions="prompt-end")(x).tolist() == [[[1.0, 2.0], [4.5, -1.0]]]
     assert addition(torch.tensor([3.0, 0.0]), positions="prompt-end")(x[:, :1]) is None
+    # Ablated over the last span positions only: the first of three untouched, and a generation pass too.
+    y = torch.tensor([[[1.0, 2.0], [3.0, -1.0], [-2.0, 5.0]]])
+    assert ablation(torch.tensor([3.0, 0.0]), span=2)(y).tolist() == [[[1.0, 2.0], [0.0, -1.0], [0.0, 5.0]]]
+    assert ablation(torch.tensor([3.0, 0.0]), span=5)(y).tolist() == [[[0.0, 2.0], [0.0, -1.0], [0.0, 5.0]]]
+    assert ablation(torch.tensor([3.0, 0.0]), span=2)(y[:, :1]) is None
+    with pytest.raises(ValueError, match="span"):
+        ablation(torch.tensor([3.0, 0.0]), span=-1)
     with pytest.raises(ValueError, match="zero vector"):
         unit(torch.zeros(3))
     with pytest.raises(ValueError, match="widths differ"):
@@ -72,6 +79,14 @@ def test_the_weight_edit_is_the_hooked_ablation(arch, tokenizer):
     for value in stream.values():
         assert (value @ r).abs().max() < 1e-4
     assert not torch.allclose(logits, plain, atol=1e-4)
+    # Over the last two positions only: the stream before them is the plain model's (the model is causal),
+    # the direction is gone from it at them.
+    _, plain_stream = _stream(model, ids)
+    with ablated(model, direction, span=2):
+        _, tail_stream = _stream(model, ids)
+    for name, value in tail_stream.items():
+        assert torch.allclose(value[:, :-2], plain_stream[name][:, :-2], atol=1e-5), (arch, name)
+        assert (value[:, -2:] @ r).abs().max() < 1e-4
     if arch in NORMED:
         with pytest.raises(ValueError, match=NORMED[arch]):
             orthogonalise(model, direction)
