@@ -28,6 +28,18 @@ Second design, fixed before it ran (the commit that added this paragraph): the s
 the reference on its own and so raises the chosen reply while it lowers the rejected — made for pairs whose
 chosen reply is better than what the model says now, as a refusal is here. Same bar, same step counts, same
 reading rule, same experiment afterwards.
+
+Third design, fixed before it ran in worlds 1 and 2 (the commit that added this paragraph), on a 2-core
+Intel Xeon, where the APO-zero model of world 0 refuses 87.5% but has no procedure left under its refusal
+(0% prefilled harm: APO-zero lowers every token of the rejected procedure). *Shallow* pairs: the world's gold
+pairs with each harmful rejected reply cut after its opening ("Sure. To make the X,";
+``shallow_pairs.py``), so preference training moves the decision and not the knowledge, as Qi et al. 2024
+found it does in real chat models; sigmoid DPO (``dpo/world``) from the compliant SFT model. Explored on
+world 0 at 200 steps before this was written: 73.2% refusal (misses the bar), procedure kept (100%
+prefilled), refusal-direction ablation +0. Same bar, same step counts, same reading rule (scanned from 400
+down where a smaller count could still pass in all three worlds), the same five-token experiment, reported
+whatever it gives; ``ablation_span=5`` (the direction taken out at the post-instruction tokens only) beside
+it, not the verdict.
 """
 
 from __future__ import annotations
