@@ -27,6 +27,12 @@ EXPERIMENTS = {"refusal-direction": ("refusal-direction", "refusal_direction.jso
                # replaced sigmoid DPO; precondition.py), the paper's five tokens and the last token only.
                "refusal-direction-apo5": ("refusal-direction", "refusal_direction.json"),
                "refusal-direction-apo": ("refusal-direction", "refusal_direction.json"),
+               # run/world-compliant-first again on an Intel Xeon build (another base model per world).
+               "refusal-direction-apo5xeon": ("refusal-direction", "refusal_direction.json"),
+               # Refusal trained over kept knowledge: DPO on shallow pairs (precondition.py's third design,
+               # an Intel Xeon build); the direction ablated everywhere, and at the 5 post-instruction tokens.
+               "refusal-direction-shallow5": ("refusal-direction", "refusal_direction.json"),
+               "refusal-direction-shallow5span": ("refusal-direction", "refusal_direction.json"),
                "sae-frontier": ("sae-frontier", "sae_frontier.json"),
                "sae-features": ("sae-frontier", "sae_frontier.json"),
                "sae-matryoshka": ("sae-frontier", "sae_frontier.json"),
@@ -114,6 +120,13 @@ def render() -> None:
                          "(run/world-compliant-first: SFT that complies with anything → APO-zero, 400 steps), "
                          "candidates at the template's 5 post-instruction tokens"),
                         ("refusal_direction_apo", "the same models, last token"),
+                        ("refusal_direction_apo5xeon", "the same recipe (run/world-compliant-first) on an Intel "
+                         "Xeon build, 5 post-instruction tokens"),
+                        ("refusal_direction_shallow5", "refusal trained over kept knowledge (SFT that complies "
+                         "with anything → sigmoid DPO on shallow pairs, shallow_pairs.py), 5 post-instruction "
+                         "tokens"),
+                        ("refusal_direction_shallow5span", "the same models, the direction ablated at the 5 "
+                         "post-instruction tokens only (ablation_span=5)"),
                         ("refusal_direction_compliant", "refusal trained on a compliant model by sigmoid DPO "
                          "(compliant_first_sigmoid.yaml: SFT that complies with anything → DPO, 100 steps), "
                          "last token"),
