@@ -29,6 +29,7 @@ def cut(rejected: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    """Cut the pairs file's harmful rejected replies; 2 on a bad path or line (nothing written)."""
     if len(argv) != 2:
         print("usage: shallow_pairs.py PAIRS.jsonl OUT.jsonl", file=sys.stderr)
         return 2

@@ -106,7 +106,8 @@ def _show(cfg: RefusalDirectionConfig, summary: dict[str, Any]) -> list[str]:
                      f"[{e['ci_low']:+.3f}, {e['ci_high']:+.3f}]  n={e['n']}")
     ortho = summary.get("orthogonalised")
     if ortho:
-        lines.append(f"  orthogonalised weights (every position): harmful_compliance {ortho['harmful_compliance']['value']:.3f}")
+        harm = ortho["harmful_compliance"]["value"]
+        lines.append(f"  orthogonalised weights (every position): harmful_compliance {harm:.3f}")
     lines.append(f"table: {cfg.out}/refusal_direction.json")
     return lines
 
