@@ -40,6 +40,17 @@ prefilled), refusal-direction ablation +0. Same bar, same step counts, same read
 down where a smaller count could still pass in all three worlds), the same five-token experiment, reported
 whatever it gives; ``ablation_span=5`` (the direction taken out at the post-instruction tokens only) beside
 it, not the verdict.
+
+Fourth design, fixed before any of its models was evaluated (the commit that added this paragraph), on a
+2-core AMD EPYC with AVX-512: a *positive control*. The three designs above fine-tune every weight, and none
+left refusal in one direction. Here the preference stage trains only a rank-1 LoRA adapter on layer 1's MLP
+output projection (``compliant_first_lora1.yaml``: r=1, alpha 2, APO-zero, 400 steps, lr 1e-3, from the
+compliant SFT model), so everything it changes reaches the rest of the model along one vector of the
+residual stream — refusal is one direction by construction. The experiment is not told which: it finds,
+selects and ablates as it does for the other designs. Same bar, same reading rule over worlds 0-2; the
+scan is over the learning rate (1e-3, then 3e-3 if 1e-3 misses the bar in any world), not the step count.
+Same five-token experiment, reported whatever it gives. A pass says the pipeline finds a refusal direction
+where there is one; it says nothing about the fully fine-tuned models above.
 """
 
 from __future__ import annotations
